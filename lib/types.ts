@@ -1,0 +1,203 @@
+/**
+ * Contracts shared by every stage. Data flows one way:
+ * source -> pair -> intake -> scorer -> policy -> sinks -> ack.
+ * Field names that appear in records, audit events or the curated layout are fixed by ../shared/DESIGN.md.
+ */
+
+/** The four MLM-filter metrics, by their full key (as in the prompts) and their short name (as in scores). */
+export const METRICS = [
+  { key: 'image_text_matching', short: 'itm' },
+  { key: 'object_detail_fulfillment', short: 'odf' },
+  { key: 'caption_text_quality', short: 'ctq' },
+  { key: 'semantic_understanding', short: 'su' },
+] as const;
+
+export type MetricKey = (typeof METRICS)[number]['key'];
+export type MetricShort = (typeof METRICS)[number]['short'];
+export type Scores = Partial<Record<MetricShort, number>>;
+
+/** Where an image comes from. `bytes` is used by sources that carry the image inline (WebDataset shards). */
+export type ImageRef =
+  | { kind: 'url'; url: string }
+  | { kind: 'base64'; data: Buffer }
+  | { kind: 's3'; bucket: string; key: string }
+  | { kind: 'bytes'; data: Buffer; ext?: string };
+
+/** A validated image-text pair. */
+export interface Pair {
+  /** Given by the record, else derived deterministically from url (or image digest) + caption. */
+  readonly id: string;
+  readonly caption: string;
+  readonly image: ImageRef;
+  /** The image URL when the record had one (kept for audit events and the curated metadata). */
+  readonly url?: string;
+  /** Every other field of the record, passed through untouched. */
+  readonly metadata: Record<string, unknown>;
+}
+
+/** Fixed reject reason codes (DESIGN.md). Extensible: add, never rename. */
+export type ReasonCode =
+  | 'invalid_record'
+  | 'fetch_failed'
+  | 'undecodable_image'
+  | 'image_too_small'
+  | 'below_threshold'
+  | 'duplicate'
+  | 'scoring_failed';
+
+export interface Reason {
+  readonly code: ReasonCode;
+  /** Human-readable, names the field / metric / host involved. */
+  readonly message: string;
+  /** Machine-readable context, e.g. {status: 404}, {metric: 'itm', score: 12, threshold: 66}. */
+  readonly detail?: Record<string, unknown>;
+}
+
+/** A failure of one record that must end as a reject with this reason (never a crash). */
+export class RejectError extends Error {
+  constructor(readonly reason: Reason) {
+    super(reason.message);
+    this.name = 'RejectError';
+  }
+}
+
+/** A failure of the tool or its environment (bad flag, missing model, sink down): carries a stable code. */
+export class FilterError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly context: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'FilterError';
+  }
+}
+
+/** Where a raw record came from: carried into audit events (`source`) and used for deterministic shard names. */
+export type SourceOrigin =
+  | { kind: 'kafka'; topic: string; partition: number; offset: string }
+  | { kind: 'sqs'; queueUrl: string; messageId: string }
+  | { kind: 'file'; path: string; line: number }
+  | { kind: 'webdataset'; path: string; key: string };
+
+/** A WebDataset sample as read from a tar shard: key plus its members by extension. */
+export interface RawSample {
+  readonly key: string;
+  readonly members: Record<string, Buffer>;
+}
+
+/** One raw record as the source delivered it. */
+export interface SourceRecord {
+  readonly raw: Buffer | string | RawSample;
+  readonly origin: SourceOrigin;
+}
+
+/**
+ * A unit of acknowledgement. The pipeline calls `ack()` once every record's outcome is durable in every sink,
+ * in the order the source produced the batches. `revoked` fires when the source loses ownership (Kafka rebalance):
+ * the pipeline then drops the batch's in-flight work without acking.
+ */
+export interface SourceBatch {
+  readonly records: readonly SourceRecord[];
+  ack(): Promise<void>;
+  /** Work for this batch could not be made durable: the source should make it redeliverable. */
+  nack?(error: Error): Promise<void>;
+  readonly revoked?: AbortSignal;
+}
+
+export interface Source {
+  /** Yields batches until the input ends or `signal` aborts. Bounded: it must not read ahead without limit. */
+  batches(signal: AbortSignal): AsyncIterable<SourceBatch>;
+  /** Total records when known in advance (for ETA), else undefined. */
+  readonly sizeHint?: number;
+  close(): Promise<void>;
+}
+
+/** An image after intake: the encoded bytes (kept for the curated sink) and the model's input tensor. */
+export interface PreparedImage {
+  /** Encoded bytes to store in the curated shard (the original when it was jpg/png/webp, else re-encoded). */
+  readonly encoded: Buffer;
+  readonly ext: 'jpg' | 'png' | 'webp';
+  /** Size of the decoded original. */
+  readonly width: number;
+  readonly height: number;
+  /** float32 CHW, already rescaled and normalised for the model. */
+  readonly pixelValues: Float32Array;
+  /** [3, H, W] */
+  readonly shape: readonly [number, number, number];
+}
+
+/** How the model wants its pixels, from preprocessor_config.json + mlm_filter.json. */
+export interface PreprocessSpec {
+  /** Output side length (square). */
+  readonly size: number;
+  readonly mean: readonly [number, number, number];
+  readonly std: readonly [number, number, number];
+  /** Multiplier from 0..255 to the model's range, usually 1/255. */
+  readonly rescale: number;
+  /** Pad to a square with the mean colour before resizing (LLaVA `image_aspect_ratio: pad`), else plain resize. */
+  readonly padToSquare: boolean;
+  /** When not padding: resize the shortest edge then centre-crop (CLIP processors), else squash to square (SigLIP). */
+  readonly centerCrop: boolean;
+  readonly resample: 'bicubic' | 'bilinear' | 'nearest';
+}
+
+/** Input to the scorer for one pair. */
+export interface ScoreInput {
+  readonly id: string;
+  readonly caption: string;
+  readonly pixelValues: Float32Array;
+}
+
+/** Scorer output for one pair. */
+export interface ScoreResult {
+  /** Integer scores 0..100 read greedily, as the reference does. */
+  readonly scores: Scores;
+  /** Expected score from the digit probabilities (continuous; ranks better, breaks ties). */
+  readonly expected?: Scores;
+}
+
+export interface ModelInfo {
+  readonly name: string;
+  readonly revision: string;
+}
+
+/** The MLM scorer seen from the pipeline. Implementations run inference off the main thread. */
+export interface Scorer {
+  readonly model: ModelInfo;
+  readonly preprocess: PreprocessSpec;
+  readonly metrics: readonly MetricShort[];
+  /** Preferred batch size; the pipeline batches up to it. */
+  readonly maxBatch: number;
+  score(batch: readonly ScoreInput[], signal?: AbortSignal): Promise<ScoreResult[]>;
+  close(): Promise<void>;
+}
+
+export type Decision = 'accept' | 'reject';
+
+/** The end state of one record: exactly one per input record. */
+export interface Outcome {
+  readonly record: SourceRecord;
+  /** Absent when the record could not be decoded into a pair. */
+  readonly pair?: Pair;
+  /** Id of the pair, or a deterministic id of the raw record when it was invalid. */
+  readonly id: string;
+  readonly decision: Decision;
+  readonly reasons: readonly Reason[];
+  readonly scores: Scores;
+  readonly expected?: Scores;
+  readonly image?: PreparedImage;
+}
+
+/**
+ * A destination for outcomes. `write` resolves once the outcomes it was given are durable (a sink may hold them in
+ * a shard until it flushes by count or idle time; it must flush on its own within a bounded time).
+ */
+export interface Sink {
+  readonly name: string;
+  write(outcomes: readonly Outcome[]): Promise<void>;
+  /** Makes everything written durable now (drain). */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
