@@ -187,8 +187,11 @@ export interface Outcome {
   readonly reasons: readonly Reason[];
   readonly scores: Scores;
   readonly expected?: Scores;
-  readonly image?: PreparedImage;
+  /** The image as stored by the curated sink; the pixel tensor is dropped after scoring to bound memory. */
+  readonly image?: StoredImage;
 }
+
+export type StoredImage = Pick<PreparedImage, 'encoded' | 'ext' | 'width' | 'height'>;
 
 /**
  * A destination for outcomes. `write` resolves once the outcomes it was given are durable (a sink may hold them in
