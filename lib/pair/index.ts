@@ -1,0 +1,194 @@
+import { createHash } from 'node:crypto';
+import type { ImageRef, Pair, RawSample, SourceRecord } from '../types.ts';
+import { RejectError } from '../types.ts';
+
+/** Limits applied while parsing a raw record into a pair. */
+export interface PairOptions {
+  /** Longest caption accepted, in UTF-16 code units (JS string length). Default 4096: prompts stay bounded. */
+  readonly maxCaptionChars?: number;
+  /** Largest raw record accepted, in bytes. Default 16 MiB (inline base64 images included). */
+  readonly maxRecordBytes?: number;
+}
+
+export const PAIR_DEFAULTS: Required<PairOptions> = { maxCaptionChars: 4096, maxRecordBytes: 16 * 1024 * 1024 };
+
+const IMAGE_EXTS = ['jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff', 'avif'];
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const sha256 = (...parts: (string | Buffer)[]) => {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest('hex');
+};
+
+const invalid = (message: string, field?: string): never => {
+  throw new RejectError({ code: 'invalid_record', message, ...(field ? { detail: { field } } : {}) });
+};
+
+/** Deterministic id of a pair without one: the same url (or image bytes) and caption always give the same id. */
+export function derivePairId(imageKey: string, caption: string): string {
+  return sha256(imageKey, '\n', caption).slice(0, 32);
+}
+
+/** Id for a record that could not be parsed: deterministic over its bytes, so replays agree. */
+export function rawRecordId(record: SourceRecord): string {
+  const raw = record.raw;
+  if (typeof raw === 'string' || Buffer.isBuffer(raw)) {
+    const text = typeof raw === 'string' ? raw : raw.toString('latin1');
+    const declared = /"id"\s*:\s*"([^"\\]{1,256})"/.exec(text)?.[1];
+    return declared ?? `invalid-${sha256(typeof raw === 'string' ? raw : raw).slice(0, 24)}`;
+  }
+  return raw.key;
+}
+
+/**
+ * Parses and validates one raw record (Kafka/SQS bytes, a JSONL line, or a WebDataset sample) into a Pair.
+ * Throws only RejectError with code `invalid_record` and a message naming the field.
+ */
+export function parseRecord(record: SourceRecord, options: PairOptions = {}): Pair {
+  const opts = { ...PAIR_DEFAULTS, ...options };
+  const raw = record.raw;
+  if (typeof raw === 'string' || Buffer.isBuffer(raw)) return parseJsonRecord(raw, opts);
+  return parseSample(raw, opts);
+}
+
+function parseJsonRecord(raw: string | Buffer, opts: Required<PairOptions>): Pair {
+  const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
+  if (size === 0) invalid('record is empty');
+  if (size > opts.maxRecordBytes) invalid(`record is ${size} bytes, over the ${opts.maxRecordBytes}-byte limit`);
+  let text: string;
+  try {
+    text = typeof raw === 'string' ? raw : utf8.decode(raw);
+  } catch {
+    return invalid('record is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return invalid(`record is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return invalid(`record must be a JSON object, got ${Array.isArray(value) ? 'array' : typeof value}`);
+  }
+  return fromObject(value as Record<string, unknown>, undefined, opts);
+}
+
+function parseSample(sample: RawSample, opts: Required<PairOptions>): Pair {
+  // img2dataset / DataComp samples: <key>.jpg|png|webp, <key>.txt caption, <key>.json metadata (may hold url, caption).
+  let meta: Record<string, unknown> = {};
+  const json = sample.members.json;
+  if (json) {
+    try {
+      const parsed: unknown = JSON.parse(utf8.decode(json));
+      if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed))
+        meta = parsed as Record<string, unknown>;
+      else invalid(`sample ${sample.key}: ${sample.key}.json must hold a JSON object`, 'json');
+    } catch (err) {
+      if (err instanceof RejectError) throw err;
+      invalid(`sample ${sample.key}: ${sample.key}.json is not valid UTF-8 JSON`, 'json');
+    }
+  }
+  const ext = IMAGE_EXTS.find((e) => sample.members[e] !== undefined);
+  if (!ext) invalid(`sample ${sample.key} has no image member (one of .${IMAGE_EXTS.join(', .')})`, 'image');
+  let caption: unknown = meta.caption;
+  const txt = sample.members.txt;
+  if (txt) {
+    try {
+      caption = utf8.decode(txt);
+    } catch {
+      invalid(`sample ${sample.key}: ${sample.key}.txt is not valid UTF-8`, 'caption');
+    }
+  }
+  const data = sample.members[ext!]!;
+  const obj: Record<string, unknown> = { ...meta, caption };
+  if (obj.id === undefined) obj.id = typeof meta.key === 'string' && meta.key ? meta.key : sample.key;
+  return fromObject(obj, { kind: 'bytes', data, ext: ext === 'jpeg' ? 'jpg' : ext }, opts);
+}
+
+function fromObject(obj: Record<string, unknown>, inline: ImageRef | undefined, opts: Required<PairOptions>): Pair {
+  const { id: rawId, url: rawUrl, image: rawImage, caption: rawCaption, ...metadata } = obj;
+
+  if (rawCaption === undefined || rawCaption === null) invalid('field "caption" is missing', 'caption');
+  if (typeof rawCaption !== 'string') invalid(`field "caption" must be a string, got ${typeof rawCaption}`, 'caption');
+  const caption = rawCaption as string;
+  if (caption.trim().length === 0) invalid('field "caption" is empty', 'caption');
+  if (caption.length > opts.maxCaptionChars) {
+    invalid(`field "caption" has ${caption.length} characters, over the limit of ${opts.maxCaptionChars}`, 'caption');
+  }
+  if (/[\uD800-\uDFFF]/.test(caption.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, ''))) {
+    invalid('field "caption" holds an unpaired UTF-16 surrogate', 'caption');
+  }
+
+  let image: ImageRef;
+  let url: string | undefined;
+  let imageKey: string;
+  if (inline) {
+    image = inline;
+    if (typeof rawUrl === 'string') url = rawUrl;
+    imageKey = url ?? `sha256:${sha256((inline as { data: Buffer }).data)}`;
+  } else if (rawUrl !== undefined && rawImage !== undefined) {
+    return invalid('record has both "url" and "image": give exactly one', 'image');
+  } else if (rawUrl !== undefined) {
+    url = parseUrl(rawUrl);
+    image = { kind: 'url', url };
+    imageKey = url;
+  } else if (rawImage !== undefined) {
+    [image, imageKey] = parseImageField(rawImage);
+  } else {
+    return invalid('record has neither "url" nor "image"', 'url');
+  }
+
+  let id: string;
+  if (rawId === undefined || rawId === null) id = derivePairId(imageKey, caption);
+  else if (typeof rawId === 'number' && Number.isSafeInteger(rawId)) id = String(rawId);
+  else if (typeof rawId === 'string' && rawId.length > 0 && rawId.length <= 256 && !hasControlChars(rawId)) {
+    id = rawId;
+  } else
+    return invalid(
+      'field "id" must be a non-empty string (at most 256 characters, no control characters) or an integer',
+      'id',
+    );
+
+  return { id, caption, image, ...(url !== undefined ? { url } : {}), metadata };
+}
+
+// eslint-disable-next-line no-control-regex -- ids must not carry control characters into keys and logs
+const hasControlChars = (s: string) => /[\u0000-\u001f\u007f]/.test(s);
+
+function parseUrl(value: unknown): string {
+  if (typeof value !== 'string') return invalid(`field "url" must be a string, got ${typeof value}`, 'url');
+  if (value.length > 8192) return invalid('field "url" is longer than 8192 characters', 'url');
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    return invalid(`field "url" is not a valid URL: ${JSON.stringify(value.slice(0, 200))}`, 'url');
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    return invalid(`field "url" must use http or https, got ${parsed.protocol.replace(/:$/, '')}`, 'url');
+  }
+  if (parsed.username || parsed.password) return invalid('field "url" must not carry credentials', 'url');
+  return parsed.href;
+}
+
+function parseImageField(value: unknown): [ImageRef, string] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return invalid('field "image" must be an object {"base64": ...} or {"s3": "s3://bucket/key"}', 'image');
+  }
+  const v = value as Record<string, unknown>;
+  if (typeof v.base64 === 'string') {
+    const b64 = v.base64.replace(/\s+/g, '');
+    if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(b64) || b64.length === 0) {
+      return invalid('field "image.base64" is not valid base64', 'image.base64');
+    }
+    const data = Buffer.from(b64, 'base64');
+    if (data.length === 0) return invalid('field "image.base64" decodes to zero bytes', 'image.base64');
+    return [{ kind: 'base64', data }, `sha256:${sha256(data)}`];
+  }
+  if (typeof v.s3 === 'string') {
+    const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(v.s3);
+    if (!m) return invalid('field "image.s3" must look like s3://bucket/key', 'image.s3');
+    return [{ kind: 's3', bucket: m[1]!, key: m[2]! }, v.s3];
+  }
+  return invalid('field "image" must hold "base64" (string) or "s3" (s3://bucket/key)', 'image');
+}
