@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
 import type { Policy } from '../policy/index.ts';
@@ -119,6 +120,8 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
   const log = options.logger ?? silent;
   const scorer = options.scorer;
   const hard = options.abort ?? new AbortController().signal;
+  // Every waiting record listens on the stop signals; hundreds at once are expected, not a leak.
+  setMaxListeners(0, hard);
   const stats: PipelineStats = {
     records: 0,
     accepted: 0,
@@ -250,22 +253,31 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     );
   }
 
-  /** Called when a batch holds all its outcomes: queue its write behind earlier batches, then its ack. */
-  function complete(state: BatchState): void {
+  /**
+   * Chains a batch's write behind the previous batch's write and its ack behind the previous ack, at admission, so
+   * sinks see outcomes and the source sees acks in source order whatever order the records finish in.
+   * `ready` resolves true once every outcome is in, false if the batch was dropped (hard stop, revoked, fatal error).
+   */
+  function chain(state: BatchState, ready: Promise<boolean>): void {
     const outcomes = state.outcomes as Outcome[];
     const revoked = state.batch.revoked;
-    const previousWrite = writeChain;
-    const written = previousWrite.then(() => (revoked?.aborted ? undefined : writeDurably(outcomes)));
+    const written = writeChain.then(async () => {
+      if (!(await ready) || revoked?.aborted) return false;
+      await writeDurably(outcomes);
+      return true;
+    });
     writeChain = written.then(
       () => undefined,
       () => undefined,
     );
-    const previousAck = ackChain;
-    ackChain = Promise.all([previousAck, written])
-      .then(async () => {
-        if (revoked?.aborted) {
-          log.info('batch revoked before ack: dropped, will be redelivered', { records: outcomes.length });
+    ackChain = Promise.all([ackChain, written])
+      .then(async ([, wrote]) => {
+        if (!wrote || revoked?.aborted) {
+          // Dropped: it will be redelivered, so its ids must not count as duplicates then.
           for (const id of state.ids) recent?.forget(id);
+          if (revoked?.aborted)
+            log.info('batch revoked before ack: dropped for redelivery', { records: outcomes.length });
+          else hole = true;
           return;
         }
         if (hole || fatal) return;
@@ -300,11 +312,14 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
       done: deferred(),
     };
     order.push(state);
+    let markReady!: (ok: boolean) => void;
+    chain(state, new Promise<boolean>((r) => (markReady = r)));
     if (n === 0) {
-      complete(state);
+      markReady(true);
       return state;
     }
     const signal = batch.revoked ? AbortSignal.any([hard, batch.revoked]) : hard;
+    setMaxListeners(0, signal);
     batch.records.forEach((record, i) => {
       processing++;
       processRecord(record, signal, state.ids)
@@ -314,22 +329,11 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
           },
           (err) => {
             if (!signal.aborted) fail(err);
-            state.outcomes[i] = undefined;
           },
         )
         .finally(() => {
           processing--;
-          if (--state.remaining === 0) {
-            if (state.outcomes.every((o) => o !== undefined) && !fatal) complete(state);
-            else {
-              // A hard stop, a revoked batch or a fatal scorer error: leave it unacked for redelivery.
-              if (!batch.revoked?.aborted) hole = true;
-              for (const id of state.ids) recent?.forget(id);
-              pending.release(n);
-              order.splice(order.indexOf(state), 1);
-              state.done.resolve();
-            }
-          }
+          if (--state.remaining === 0) markReady(state.outcomes.every((o) => o !== undefined) && !fatal);
         });
     });
     return state;

@@ -1,0 +1,189 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { runPipeline } from '../../lib/pipeline/index.ts';
+import { Policy } from '../../lib/policy/index.ts';
+import type { Outcome, Sink } from '../../lib/types.ts';
+import { ArraySource, CaptionScorer, FakeIntake, jsonRecord } from '../helpers/doubles.ts';
+
+const img = { base64: Buffer.from('x').toString('base64') };
+
+class MemorySink implements Sink {
+  readonly name = 'memory';
+  outcomes: Outcome[] = [];
+  failuresLeft = 0;
+  writes = 0;
+  async write(outcomes: readonly Outcome[]) {
+    this.writes++;
+    if (this.failuresLeft-- > 0) throw new Error('sink down');
+    this.outcomes.push(...outcomes);
+  }
+  async flush() {}
+  async close() {}
+}
+
+test('every record ends as exactly one outcome, acked in order', async () => {
+  const records = [
+    jsonRecord({ id: 'a', url: 'https://ok.test/a.jpg', caption: 'score=90' }),
+    jsonRecord({ id: 'b', url: 'https://ok.test/b.jpg', caption: 'score=10' }),
+    jsonRecord('{not json'),
+    jsonRecord({ id: 'd', url: 'https://bad.test/d.jpg', caption: 'score=90' }),
+    jsonRecord({ id: 'e', image: img, caption: 'score=70' }),
+    jsonRecord({ id: 'a', url: 'https://ok.test/a.jpg', caption: 'score=90' }),
+    jsonRecord({ id: 'g', url: 'ftp://x/y', caption: 'c' }),
+  ];
+  const source = new ArraySource(records, 2);
+  const sink = new MemorySink();
+  const stats = await runPipeline({
+    source,
+    intake: new FakeIntake(),
+    scorer: new CaptionScorer(4),
+    policy: new Policy(),
+    sinks: [sink],
+  });
+  assert.equal(stats.records, records.length);
+  assert.equal(stats.accepted + stats.rejected, records.length);
+  assert.deepEqual(source.acked, [0, 1, 2, 3]);
+  const byId = new Map(sink.outcomes.map((o) => [o.id, o]));
+  assert.equal(sink.outcomes.length, 7);
+  assert.equal(byId.get('b')?.reasons[0]?.code, 'below_threshold');
+  assert.deepEqual(
+    byId.get('b')?.reasons.map((r) => r.detail?.metric),
+    ['itm', 'odf'],
+  );
+  assert.equal(byId.get('d')?.reasons[0]?.code, 'fetch_failed');
+  assert.equal(byId.get('g')?.reasons[0]?.code, 'invalid_record');
+  assert.equal(
+    sink.outcomes
+      .filter((o) => o.id === 'a')
+      .map((o) => o.decision)
+      .join(),
+    'accept,reject',
+  );
+  assert.equal(sink.outcomes.filter((o) => o.reasons[0]?.code === 'duplicate').length, 1);
+  assert.equal(sink.outcomes[2]?.reasons[0]?.code, 'invalid_record');
+  assert.equal(byId.get('e')?.decision, 'accept');
+  assert.equal(byId.get('e')?.image?.ext, 'jpg');
+});
+
+test('scorer batches fill up to maxBatch', async () => {
+  const records = Array.from({ length: 20 }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `score=${i}` }));
+  const scorer = new CaptionScorer(8);
+  await runPipeline({
+    source: new ArraySource(records, 20),
+    intake: new FakeIntake(),
+    scorer,
+    policy: new Policy(),
+    sinks: [],
+  });
+  assert.deepEqual(
+    scorer.calls.reduce((a, b) => a + b, 0),
+    20,
+  );
+  assert.ok(Math.max(...scorer.calls) === 8, `batches were ${scorer.calls}`);
+});
+
+test('a poison pair is rejected alone; its batch-mates are scored', async () => {
+  const records = [
+    jsonRecord({ id: 'p', image: img, caption: 'fail me' }),
+    jsonRecord({ id: 'q', image: img, caption: 'score=80' }),
+  ];
+  const sink = new MemorySink();
+  await runPipeline({
+    source: new ArraySource(records, 2),
+    intake: new FakeIntake(),
+    scorer: new CaptionScorer(2),
+    policy: new Policy(),
+    sinks: [sink],
+  });
+  const byId = new Map(sink.outcomes.map((o) => [o.id, o]));
+  assert.equal(byId.get('p')?.reasons[0]?.code, 'scoring_failed');
+  assert.equal(byId.get('q')?.decision, 'accept');
+});
+
+test('a broken scorer stops the run without acking anything', async () => {
+  const records = Array.from({ length: 6 }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `x${i}` }));
+  const scorer = new CaptionScorer(3);
+  scorer.broken = true;
+  const source = new ArraySource(records, 3);
+  await assert.rejects(
+    runPipeline({ source, intake: new FakeIntake(), scorer, policy: new Policy(), sinks: [] }),
+    /device lost/,
+  );
+  assert.deepEqual(source.acked, []);
+});
+
+test('a failing sink is retried; nothing is acked until it succeeds', async () => {
+  const records = Array.from({ length: 4 }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `score=90` }));
+  const sink = new MemorySink();
+  sink.failuresLeft = 3;
+  const source = new ArraySource(records, 2);
+  const stats = await runPipeline({
+    source,
+    intake: new FakeIntake(),
+    scorer: new CaptionScorer(2),
+    policy: new Policy(),
+    sinks: [sink],
+    sinkRetryBaseMs: 1,
+  });
+  assert.equal(stats.records, 4);
+  assert.equal(sink.outcomes.length, 4);
+  assert.deepEqual(source.acked, [0, 1]);
+  assert.ok(sink.writes >= 5);
+});
+
+test('a revoked batch is dropped without ack', async () => {
+  const records = Array.from({ length: 6 }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `score=90` }));
+  const ac = new AbortController();
+  const source = new ArraySource(records, 2, (b) => (b === 1 ? ac.signal : undefined));
+  const scorer = new CaptionScorer(2, 30);
+  const sink = new MemorySink();
+  setTimeout(() => ac.abort(), 5);
+  await runPipeline({ source, intake: new FakeIntake(), scorer, policy: new Policy(), sinks: [sink] });
+  assert.ok(!source.acked.includes(1));
+  assert.ok(!sink.outcomes.some((o) => o.id === 'r2' || o.id === 'r3'));
+});
+
+test('pending records stay bounded behind a slow scorer', async () => {
+  const n = 200;
+  const records = Array.from({ length: n }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `score=50` }));
+  const intake = new FakeIntake();
+  let maxAhead = 0;
+  const sink = new MemorySink();
+  const scorer = new CaptionScorer(4, 2);
+  const orig = scorer.score.bind(scorer);
+  scorer.score = async (b) => {
+    maxAhead = Math.max(maxAhead, intake.prepared - sink.outcomes.length);
+    return orig(b);
+  };
+  const stats = await runPipeline({
+    source: new ArraySource(records, 8),
+    intake,
+    scorer,
+    policy: new Policy(),
+    sinks: [sink],
+    maxPendingRecords: 32,
+    maxPreparedImages: 8,
+  });
+  assert.equal(stats.records, n);
+  assert.ok(maxAhead <= 40, `prepared ran ${maxAhead} ahead of the sinks`);
+});
+
+test('graceful stop finishes and acks what was admitted', async () => {
+  const records = Array.from({ length: 100 }, (_, i) => jsonRecord({ id: `r${i}`, image: img, caption: `score=90` }));
+  const ac = new AbortController();
+  const source = new ArraySource(records, 5);
+  const sink = new MemorySink();
+  setTimeout(() => ac.abort(), 20);
+  const stats = await runPipeline({
+    source,
+    intake: new FakeIntake(),
+    scorer: new CaptionScorer(5, 5),
+    policy: new Policy(),
+    sinks: [sink],
+    signal: ac.signal,
+    maxPendingRecords: 10,
+  });
+  assert.ok(stats.records < 100);
+  assert.equal(sink.outcomes.length, stats.records);
+  assert.equal(source.acked.length * 5, stats.records);
+});
