@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's test command (`npm test`): starts the local services the integration tests need (Kafka, the SQS and
+# S3 servers; installed on first use, reused afterwards), runs every test file with Node's test runner, and stops
+# the services it started. Slow suites (*.slow.test.ts) run only with MLMF_SLOW=1.
+# Usage: scripts/test.sh [test files...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$#" -gt 0 ]; then
+  files=("$@")
+else
+  pattern='*.test.ts'
+  mapfile -t files < <(find test -name "$pattern" -not -path '*/fixtures/*' | sort)
+  if [ "${MLMF_SLOW:-0}" != "1" ]; then
+    mapfile -t files < <(printf '%s\n' "${files[@]}" | grep -v '\.slow\.test\.ts$' || true)
+  fi
+fi
+
+started=0
+if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
+  if ! bash scripts/services.sh status >/dev/null 2>&1; then
+    echo "test.sh: starting local services (scripts/services.sh up)"
+    bash scripts/services.sh up
+    started=1
+  fi
+  export MLMF_SERVICES=1
+fi
+cleanup() { if [ "$started" = 1 ]; then bash scripts/services.sh down || true; fi; }
+trap cleanup EXIT
+
+node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
