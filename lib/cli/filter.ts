@@ -1,0 +1,153 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import cliProgress from 'cli-progress';
+import { Intake, type IntakeOptions } from '../intake/index.ts';
+import { loadScorer, type ScorerOptions } from '../model/index.ts';
+import type { PairOptions } from '../pair/index.ts';
+import { runPipeline, type PipelineLogger } from '../pipeline/index.ts';
+import { Policy, type PolicyOptions } from '../policy/index.ts';
+import { LocalAuditSink } from '../sinks/local-audit.ts';
+import { LocalCuratedSink } from '../sinks/local-curated.ts';
+import { JsonlSource } from '../sources/jsonl.ts';
+import { WebDatasetSource } from '../sources/webdataset.ts';
+import type { Source } from '../types.ts';
+import { FilterError } from '../types.ts';
+import { SummaryCollector, formatSummary, type RunSummary } from './summary.ts';
+
+/** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
+export interface FilterJobOptions {
+  /** JSONL file, `-` for stdin, a WebDataset .tar shard or a directory of shards. */
+  readonly input: string;
+  /** `jsonl` or `webdataset`; default: by extension (.tar or a directory means webdataset). */
+  readonly inputFormat?: 'jsonl' | 'webdataset';
+  /** Output directory: curated/ shards, rejects.jsonl, summary.json. */
+  readonly out: string;
+  /** Model directory (or a hub id with a cached export). */
+  readonly model: string;
+  readonly policy?: PolicyOptions;
+  readonly intake?: IntakeOptions;
+  readonly scorer?: ScorerOptions;
+  readonly pair?: PairOptions;
+  /** Images fetched and decoded at once. Default 32. */
+  readonly concurrency?: number;
+  /** Accepted samples per curated shard. Default 1000. */
+  readonly samplesPerShard?: number;
+  /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
+  readonly progress?: 'bar' | 'log' | 'none';
+  readonly signal?: AbortSignal;
+  readonly logger?: PipelineLogger;
+}
+
+export async function openInput(input: string, format: FilterJobOptions['inputFormat']): Promise<Source> {
+  const fmt =
+    format ?? (input !== '-' && (/\.tar$/i.test(input) || !/\.[a-z0-9]+$/i.test(input)) ? 'webdataset' : 'jsonl');
+  if (fmt === 'webdataset') return WebDatasetSource.open({ paths: [input] });
+  return JsonlSource.open({ path: input });
+}
+
+/** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
+export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
+  const source = await openInput(options.input, options.inputFormat);
+  const policy = new Policy(options.policy);
+  const scorer = await loadScorer(options.model, options.scorer ?? {});
+  try {
+    const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
+    if (missing.length) {
+      throw new FilterError(
+        'bad_threshold',
+        `the policy reads ${missing.join(', ')} but the scorer does not score it`,
+        {
+          missing,
+        },
+      );
+    }
+    await mkdir(options.out, { recursive: true }).catch((err: Error) => {
+      throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
+    });
+    const intake = new Intake(options.intake ?? {}, scorer.preprocess);
+    const curated = await LocalCuratedSink.open({
+      dir: join(options.out, 'curated'),
+      model: scorer.model,
+      samplesPerShard: options.samplesPerShard,
+    });
+    const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model: scorer.model });
+    const summary = new SummaryCollector();
+    const progress = startProgress(options.progress, summary, source.sizeHint);
+    try {
+      await runPipeline({
+        source,
+        intake,
+        scorer,
+        policy,
+        sinks: [curated, audit],
+        pair: options.pair,
+        intakeConcurrency: options.concurrency,
+        signal: options.signal,
+        logger: options.logger,
+        onOutcome: (o) => summary.add(o),
+      });
+    } finally {
+      progress.stop();
+      await Promise.allSettled([curated.close(), audit.close(), intake.close(), source.close()]);
+    }
+    const result = summary.summary();
+    const file = {
+      ...result,
+      input: options.input,
+      model: scorer.model,
+      policy: { thresholds: policy.thresholds, combine: policy.combine },
+      interrupted: options.signal?.aborted ?? false,
+    };
+    await writeFile(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
+    return result;
+  } finally {
+    await scorer.close();
+  }
+}
+
+interface Progress {
+  stop(): void;
+}
+
+function startProgress(mode: FilterJobOptions['progress'], s: SummaryCollector, total?: number): Progress {
+  const chosen = mode ?? (process.stderr.isTTY ? 'bar' : 'log');
+  if (chosen === 'none') return { stop() {} };
+  if (chosen === 'log') {
+    const timer = setInterval(() => process.stderr.write(formatProgressLine(s, total) + '\n'), 10_000);
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+  const bar = new cliProgress.SingleBar(
+    {
+      format: total
+        ? '{bar} {percentage}% | {value}/{total} | accepted {accepted} rejected {rejected} | {rate} pairs/s | ETA {eta_formatted}'
+        : '{value} processed | accepted {accepted} rejected {rejected} | {rate} pairs/s',
+      stream: process.stderr,
+      hideCursor: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(total ?? 0, 0, { accepted: 0, rejected: 0, rate: '0.0' });
+  const timer = setInterval(
+    () => bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) }),
+    250,
+  );
+  return {
+    stop() {
+      clearInterval(timer);
+      bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) });
+      bar.stop();
+    },
+  };
+}
+
+export function formatProgressLine(s: SummaryCollector, total?: number): string {
+  const rate = s.pairsPerSecond;
+  const eta = total && rate > 0 ? ` eta ${Math.max(0, (total - s.records) / rate).toFixed(0)}s` : '';
+  return (
+    `processed ${s.records}${total ? `/${total}` : ''} accepted ${s.accepted} rejected ${s.rejected} ` +
+    `${rate.toFixed(1)} pairs/s${eta}`
+  );
+}
+
+export { formatSummary };

@@ -1,0 +1,191 @@
+import { readFile } from 'node:fs/promises';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
+import { parseThreshold, type Threshold } from '../policy/index.ts';
+import { FilterError, METRICS, type MetricKey } from '../types.ts';
+import { formatSummary, runFilterJob, type FilterJobOptions } from './filter.ts';
+
+/** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
+export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+const positiveInt = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+  return n;
+};
+const thresholdArg = (value: string, previous: Threshold[] = []) => {
+  try {
+    return [...previous, parseThreshold(value)];
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+};
+
+function metricKey(value: string): MetricKey {
+  const m = METRICS.find((x) => x.key === value || x.short === value);
+  if (!m)
+    throw new InvalidArgumentError(`metric must be one of ${METRICS.map((x) => `${x.short} (${x.key})`).join(', ')}`);
+  return m.key;
+}
+
+/** Graceful stop on the first SIGINT/SIGTERM (finish, flush, ack), hard stop on the second. */
+function stopSignals(): { signal: AbortSignal; abort: AbortSignal } {
+  const graceful = new AbortController();
+  const hard = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (!graceful.signal.aborted) {
+      process.stderr.write(`\n${sig}: draining (finishing in-flight pairs); send again to stop at once\n`);
+      graceful.abort(new Error(sig));
+    } else hard.abort(new Error(sig));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return { signal: graceful.signal, abort: hard.signal };
+}
+
+export function buildProgram(): Command {
+  const program = new Command('mlm-filter')
+    .description('Filter image-text pairs with the fine-tuned MLM filter (Wang et al. 2024)')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('filter')
+    .description('score pairs from a JSONL file or WebDataset shards; write curated shards, rejects and a summary')
+    .requiredOption('--input <path>', 'JSONL file, - for stdin, a WebDataset .tar shard or a directory of shards')
+    .requiredOption('--out <dir>', 'output directory (curated/, rejects.jsonl, summary.json)')
+    .requiredOption('--model <dir>', 'exported model directory, or a hub id with a cached export')
+    .addOption(
+      new Option('--input-format <fmt>', 'input format (default: by extension)').choices(['jsonl', 'webdataset']),
+    )
+    .option(
+      '--threshold <cond>',
+      'keep pairs where METRIC OP VALUE holds, repeatable (default itm>=66 and odf>=20)',
+      thresholdArg,
+    )
+    .addOption(new Option('--combine <op>', 'combine thresholds with').choices(['and', 'or']).default('and'))
+    .option('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', collect)
+    .option('--user-agent <ua>', 'User-Agent for image fetches')
+    .option('--concurrency <n>', 'images fetched and decoded at once', positiveInt('--concurrency'))
+    .option('--batch-size <n>', 'pairs per scorer batch', positiveInt('--batch-size'))
+    .addOption(
+      new Option('--execution-provider <ep>', 'onnxruntime execution provider').choices(['cuda', 'webgpu', 'cpu']),
+    )
+    .addOption(new Option('--dtype <dtype>', 'model files to load').choices(['fp32', 'fp16']))
+    .option('--threads <n>', 'intra-op threads per inference worker', positiveInt('--threads'))
+    .option('--reference-mode', "reproduce the reference scorer's numbers (no pad-to-square, 2 new tokens)")
+    .option('--samples-per-shard <n>', 'accepted samples per curated shard', positiveInt('--samples-per-shard'))
+    .option('--max-caption-chars <n>', 'longest caption accepted', positiveInt('--max-caption-chars'))
+    .option('--config <file>', 'JSON file with the same options (flags win)')
+    .addOption(new Option('--progress <mode>', 'progress display').choices(['bar', 'log', 'none']))
+    .action(async (flags) => {
+      const config = flags.config ? await readConfig(flags.config) : {};
+      const stops = stopSignals();
+      const options: FilterJobOptions = {
+        ...config,
+        input: flags.input,
+        out: flags.out,
+        model: flags.model,
+        inputFormat: flags.inputFormat ?? config.inputFormat,
+        policy: {
+          thresholds: flags.threshold ?? config.policy?.thresholds,
+          combine: flags.combine ?? config.policy?.combine,
+        },
+        intake: {
+          ...config.intake,
+          ...(flags.allowAddress ? { allowAddresses: flags.allowAddress } : {}),
+          ...(flags.userAgent ? { userAgent: flags.userAgent } : {}),
+        },
+        scorer: {
+          ...config.scorer,
+          ...(flags.batchSize ? { batchSize: flags.batchSize } : {}),
+          ...(flags.executionProvider ? { executionProvider: flags.executionProvider } : {}),
+          ...(flags.dtype ? { dtype: flags.dtype } : {}),
+          ...(flags.threads ? { intraOpThreads: flags.threads } : {}),
+          ...(flags.referenceMode ? { referenceMode: true } : {}),
+        },
+        pair: { ...config.pair, ...(flags.maxCaptionChars ? { maxCaptionChars: flags.maxCaptionChars } : {}) },
+        concurrency: flags.concurrency ?? config.concurrency,
+        samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
+        progress: flags.progress ?? config.progress,
+        signal: stops.signal,
+      };
+      const summary = await runFilterJob(options);
+      process.stdout.write(formatSummary(summary) + '\n');
+      process.stdout.write(
+        `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${options.out}/summary.json\n`,
+      );
+      if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
+    });
+
+  program
+    .command('prompt')
+    .description("print the exact prompt the scorer feeds the model (byte-exact with the reference's template)")
+    .addOption(
+      new Option('--format <fmt>', 'conversation format').choices([...CONVERSATION_FORMATS]).makeOptionMandatory(),
+    )
+    .requiredOption('--metric <metric>', 'itm, odf, ctq, su (or the full key)', metricKey)
+    .option('--caption <text>', 'the caption (or use --caption-file)')
+    .option('--caption-file <path>', 'read the caption from a file (- for stdin), byte for byte')
+    .action(async (flags) => {
+      if ((flags.caption === undefined) === (flags.captionFile === undefined)) {
+        throw new FilterError('bad_usage', 'give exactly one of --caption or --caption-file');
+      }
+      if (!isConversationFormat(flags.format)) throw new FilterError('bad_usage', `unknown format ${flags.format}`);
+      const caption: string =
+        flags.caption ?? (await readFile(flags.captionFile === '-' ? 0 : flags.captionFile, 'utf8'));
+      process.stdout.write(buildPrompt(flags.format, flags.metric, caption));
+    });
+
+  return program;
+}
+
+async function readConfig(path: string): Promise<Partial<FilterJobOptions>> {
+  try {
+    const config = JSON.parse(await readFile(path, 'utf8')) as Partial<FilterJobOptions>;
+    if (config.policy?.thresholds) {
+      const raw = config.policy.thresholds as unknown[];
+      return {
+        ...config,
+        policy: {
+          ...config.policy,
+          thresholds: raw.map((t) => (typeof t === 'string' ? parseThreshold(t) : (t as Threshold))),
+        },
+      };
+    }
+    return config;
+  } catch (err) {
+    if (err instanceof FilterError) throw err;
+    throw new FilterError('bad_config', `cannot read config ${path}: ${(err as Error).message}`, { path });
+  }
+}
+
+/** Runs the CLI; returns the exit code instead of exiting, so tests can call it. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number; message?: string };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
+      return EXIT.ok;
+    }
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) return EXIT.usage;
+    if (err instanceof FilterError) {
+      process.stderr.write(`mlm-filter: error [${err.code}]: ${err.message}\n`);
+      const usage = [
+        'bad_usage',
+        'bad_config',
+        'bad_threshold',
+        'model_invalid',
+        'model_not_exported',
+        'input_unreadable',
+      ];
+      return usage.includes(err.code) ? EXIT.usage : EXIT.failure;
+    }
+    process.stderr.write(`mlm-filter: unexpected error: ${(err as Error)?.stack ?? err}\n`);
+    return EXIT.failure;
+  }
+}

@@ -1,0 +1,105 @@
+import type { MetricShort, Outcome } from '../types.ts';
+import { METRICS } from '../types.ts';
+
+/** Quantiles reported per metric in summary.json. */
+const QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95] as const;
+
+export interface MetricSummary {
+  count: number;
+  mean: number | null;
+  quantiles: Record<string, number | null>;
+}
+
+export interface RunSummary {
+  records: number;
+  decisions: { accept: number; reject: number };
+  /** Each rejected record counts once per distinct reason code it carries. */
+  reasons: Record<string, number>;
+  scores: Record<MetricShort, MetricSummary>;
+  elapsedSeconds: number;
+  pairsPerSecond: number;
+}
+
+/**
+ * Counts outcomes as they are acked. Scores are integers 0..100, so a 101-bin histogram per metric gives exact
+ * quantiles in constant memory, however long the run.
+ */
+export class SummaryCollector {
+  records = 0;
+  accepted = 0;
+  rejected = 0;
+  readonly reasons = new Map<string, number>();
+  private readonly histograms = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
+  private readonly startedAt = Date.now();
+
+  add(outcome: Outcome): void {
+    this.records++;
+    if (outcome.decision === 'accept') this.accepted++;
+    else this.rejected++;
+    for (const code of new Set(outcome.reasons.map((r) => r.code))) {
+      this.reasons.set(code, (this.reasons.get(code) ?? 0) + 1);
+    }
+    for (const [metric, score] of Object.entries(outcome.scores) as [MetricShort, number][]) {
+      if (Number.isFinite(score)) this.histograms.get(metric)![Math.max(0, Math.min(100, Math.round(score)))]!++;
+    }
+  }
+
+  get elapsedSeconds(): number {
+    return (Date.now() - this.startedAt) / 1000;
+  }
+
+  get pairsPerSecond(): number {
+    return this.records / Math.max(this.elapsedSeconds, 1e-3);
+  }
+
+  summary(): RunSummary {
+    const scores = {} as Record<MetricShort, MetricSummary>;
+    for (const [metric, h] of this.histograms) {
+      const count = h.reduce((a, b) => a + b, 0);
+      const sum = h.reduce((a, n, score) => a + n * score, 0);
+      const quantiles: Record<string, number | null> = {};
+      for (const q of QUANTILES) {
+        let cumulative = 0;
+        let value: number | null = null;
+        for (let s = 0; s <= 100 && count > 0; s++) {
+          cumulative += h[s]!;
+          if (cumulative >= q * count) {
+            value = s;
+            break;
+          }
+        }
+        quantiles[`p${Math.round(q * 100)}`] = value;
+      }
+      scores[metric] = { count, mean: count ? sum / count : null, quantiles };
+    }
+    return {
+      records: this.records,
+      decisions: { accept: this.accepted, reject: this.rejected },
+      reasons: Object.fromEntries([...this.reasons].sort((a, b) => b[1] - a[1])),
+      scores,
+      elapsedSeconds: Number(this.elapsedSeconds.toFixed(3)),
+      pairsPerSecond: Number(this.pairsPerSecond.toFixed(2)),
+    };
+  }
+}
+
+export function formatSummary(s: RunSummary): string {
+  const lines = [
+    `records ${s.records}: accepted ${s.decisions.accept}, rejected ${s.decisions.reject} ` +
+      `(${s.elapsedSeconds.toFixed(1)} s, ${s.pairsPerSecond.toFixed(1)} pairs/s)`,
+  ];
+  if (Object.keys(s.reasons).length) {
+    lines.push(
+      'reject reasons: ' +
+        Object.entries(s.reasons)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', '),
+    );
+  }
+  for (const [metric, m] of Object.entries(s.scores)) {
+    if (m.count === 0) continue;
+    const q = m.quantiles;
+    lines.push(`${metric}: n=${m.count} mean=${m.mean?.toFixed(1)} p5=${q.p5} p50=${q.p50} p95=${q.p95}`);
+  }
+  return lines.join('\n');
+}
