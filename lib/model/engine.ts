@@ -179,6 +179,10 @@ export class ScoringEngine {
     this.eos = new Set(options.eosTokenIds ?? []);
   }
 
+  async release(): Promise<void> {
+    await Promise.all([this.sessions.vision.release(), this.sessions.embed.release(), this.sessions.decoder.release()]);
+  }
+
   /** Scores a batch of pairs on every configured metric. */
   async score(inputs: readonly EngineInput[]): Promise<EngineResult[]> {
     if (inputs.length === 0) return [];
@@ -383,7 +387,7 @@ export class ScoringEngine {
     const step = this.rowsPerRun(maxPrefix);
     for (let start = 0; start < prefixes.length; start += step) {
       const chunk = prefixes.slice(start, start + step);
-      const rows: RunRow[] = chunk.map((x, i) => ({
+      const rows: RunRow[] = chunk.map((x) => ({
         embeds: x.embeds,
         len: x.len,
         startPos: 0,

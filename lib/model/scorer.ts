@@ -1,0 +1,272 @@
+/**
+ * The MLM scorer as the pipeline sees it (the `Scorer` contract): a small pool of worker threads, each owning one
+ * inference engine, so that the blocking `session.run` never stalls the main thread's Kafka heartbeats and HTTP.
+ */
+import { Worker } from 'node:worker_threads';
+import {
+  FilterError,
+  METRICS,
+  type MetricKey,
+  type MetricShort,
+  type ModelInfo,
+  type PreprocessSpec,
+} from '../types.ts';
+import type { Scorer, ScoreInput, ScoreResult } from '../types.ts';
+import type { EngineStats } from './engine.ts';
+import { readModelDir, resolveModelDir } from './model-dir.ts';
+import type { WireError, WorkerReply, WorkerRequest } from './protocol.ts';
+import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
+
+export interface ScorerOptions extends SessionOptions {
+  /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
+  readonly batchSize?: number;
+  /** Metrics to score, by short or full name. Default: all four. */
+  readonly metrics?: readonly (MetricShort | MetricKey)[];
+  /** Worker threads, each with its own copy of the model. Default 1 (one accelerator wants one). */
+  readonly workers?: number;
+  /**
+   * Reproduce the reference scorer's numbers: no pad-to-square, one full prompt per metric, 2 greedy tokens,
+   * int() of the first line. Default false (shared prefix + early-stopped digit decoding + expected scores).
+   */
+  readonly referenceMode?: boolean;
+  /** Most generated tokens per metric in the default mode (leading space + 3 digits). Default 4. */
+  readonly maxNewTokens?: number;
+  /** Most logits floats one decoder run may return. Default 32M. */
+  readonly logitsBudget?: number;
+  /** Padding tolerated when grouping suffix rows by length (1.15 = 15 %); Infinity = one batch. */
+  readonly suffixPaddingSlack?: number;
+  /** Where load and fallback messages go. Default: one JSON line on stderr. */
+  readonly logger?: LogFn;
+  /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+/** The scorer plus what operators and benchmarks want to see. */
+export interface MlmScorer extends Scorer {
+  /** The provider the workers actually run on (after any fallback). */
+  readonly executionProvider: ExecutionProvider;
+  readonly modelDir: string;
+  /** Work counters summed over the workers. */
+  stats(): EngineStats;
+}
+
+const defaultLog: LogFn = (level, message, context) =>
+  process.stderr.write(`${JSON.stringify({ level, component: 'scorer', message, ...context })}\n`);
+
+function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
+  if (!metrics || metrics.length === 0) return METRICS.map((m) => m.key);
+  return metrics.map((name) => {
+    const m = METRICS.find((x) => x.key === name || x.short === name);
+    if (!m) throw new FilterError('unknown_metric', `unknown metric '${name}'`, { metric: name, known: METRICS });
+    return m.key;
+  });
+}
+
+function workerUrl(): { url: URL; execArgv?: string[] } {
+  const ts = import.meta.url.endsWith('.ts');
+  const url = new URL(ts ? './worker.ts' : './worker.js', import.meta.url);
+  // Running from source: the worker needs the TypeScript loader too (inherited when the parent was started with it).
+  if (ts && !process.execArgv.some((a) => a.includes('tsx')))
+    return { url, execArgv: [...process.execArgv, '--import', 'tsx'] };
+  return { url };
+}
+
+const errorFrom = (e: WireError) => new FilterError(e.code, e.message, e.context);
+
+interface Job {
+  readonly inputs: ScoreInput[];
+  readonly resolve: (r: ScoreResult[]) => void;
+  readonly reject: (e: unknown) => void;
+  readonly signal: AbortSignal | undefined;
+}
+
+class PoolWorker {
+  private pending = new Map<number, Job>();
+  private nextId = 0;
+  busy = false;
+  stats: EngineStats | undefined;
+
+  constructor(
+    readonly worker: Worker,
+    private readonly onIdle: (w: PoolWorker) => void,
+    private readonly log: LogFn,
+  ) {
+    worker.on('message', (msg: WorkerReply) => this.onMessage(msg));
+    worker.on('error', (err) => this.failAll(err));
+    worker.on('exit', (code) => {
+      if (this.pending.size > 0) this.failAll(new Error(`scorer worker exited with code ${code}`));
+    });
+  }
+
+  run(job: Job): void {
+    const id = this.nextId++;
+    this.pending.set(id, job);
+    this.busy = true;
+    const msg: WorkerRequest = {
+      type: 'score',
+      id,
+      inputs: job.inputs.map((i) => ({ caption: i.caption, pixelValues: i.pixelValues })),
+    };
+    this.worker.postMessage(msg);
+  }
+
+  private onMessage(msg: WorkerReply): void {
+    if (msg.type === 'log') this.log(msg.level, msg.message, msg.context);
+    if (msg.type !== 'result' && msg.type !== 'error') return;
+    const job = this.pending.get(msg.id);
+    this.pending.delete(msg.id);
+    this.busy = false;
+    if (job) {
+      if (msg.type === 'result') {
+        this.stats = msg.stats;
+        job.resolve(msg.results.map((r) => ({ scores: r.scores, expected: r.expected })));
+      } else {
+        job.reject(errorFrom(msg.error));
+      }
+    }
+    this.onIdle(this);
+  }
+
+  private failAll(err: Error): void {
+    const e = new FilterError('scorer_failed', `scorer worker failed: ${err.message}`, {}, { cause: err });
+    for (const job of this.pending.values()) job.reject(e);
+    this.pending.clear();
+    this.busy = false;
+  }
+}
+
+async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, log: LogFn) {
+  const { url, execArgv } = workerUrl();
+  const worker = new Worker(url, execArgv ? { execArgv } : {});
+  const ep = await new Promise<ExecutionProvider>((resolve, reject) => {
+    const onMessage = (msg: WorkerReply) => {
+      if (msg.type === 'log') log(msg.level, msg.message, msg.context);
+      else if (msg.type === 'ready') {
+        worker.off('message', onMessage);
+        resolve(msg.executionProvider);
+      } else if (msg.type === 'failed') {
+        worker.off('message', onMessage);
+        reject(errorFrom(msg.error));
+      }
+    };
+    worker.on('message', onMessage);
+    worker.once('error', (err) =>
+      reject(
+        new FilterError('scorer_failed', `scorer worker failed to start: ${err.message}`, { dir }, { cause: err }),
+      ),
+    );
+    worker.postMessage(init);
+  });
+  return { worker, ep };
+}
+
+/**
+ * Loads a model directory (or a hub id with a cached export) into a worker pool. Fails with 'model_invalid' /
+ * 'model_not_exported' naming what is missing and the export command to run.
+ */
+export async function loadScorer(model: string, options: ScorerOptions = {}): Promise<MlmScorer> {
+  const log = options.logger ?? defaultLog;
+  const dir = resolveModelDir(model, options.env);
+  // Checked here too so that a broken directory fails before any thread starts.
+  const info = readModelDir(dir, options.dtype ?? 'fp32');
+  const metrics = metricKeys(options.metrics);
+  const batchSize = Math.max(1, options.batchSize ?? 8);
+  const init: WorkerRequest & { type: 'init' } = {
+    type: 'init',
+    dir,
+    options: {
+      ...(options.executionProvider ? { executionProvider: options.executionProvider } : {}),
+      ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}),
+      ...(options.interOpThreads ? { interOpThreads: options.interOpThreads } : {}),
+      dtype: options.dtype ?? 'fp32',
+      metrics,
+      referenceMode: options.referenceMode ?? false,
+      ...(options.maxNewTokens ? { maxNewTokens: options.maxNewTokens } : {}),
+      ...(options.logitsBudget ? { logitsBudget: options.logitsBudget } : {}),
+      ...(options.suffixPaddingSlack ? { suffixPaddingSlack: options.suffixPaddingSlack } : {}),
+    },
+  };
+  const count = Math.max(1, options.workers ?? 1);
+  const started = await Promise.allSettled(Array.from({ length: count }, () => startWorker(dir, init, log)));
+  const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) {
+    await Promise.all(started.map((s) => (s.status === 'fulfilled' ? s.value.worker.terminate() : Promise.resolve(0))));
+    throw failed.reason;
+  }
+  const ok = started.map((s) => (s as PromiseFulfilledResult<{ worker: Worker; ep: ExecutionProvider }>).value);
+  const queue: Job[] = [];
+  let closed = false;
+  const pool: PoolWorker[] = [];
+  const dispatch = (w: PoolWorker) => {
+    while (!w.busy && queue.length > 0) {
+      const job = queue.shift() as Job;
+      if (job.signal?.aborted) {
+        job.reject(job.signal.reason);
+        continue;
+      }
+      w.run(job);
+    }
+  };
+  for (const { worker } of ok) pool.push(new PoolWorker(worker, dispatch, log));
+  const preprocess: PreprocessSpec = options.referenceMode
+    ? { ...info.preprocess, padToSquare: false }
+    : info.preprocess;
+  const modelInfo: ModelInfo = info.model;
+
+  return {
+    model: modelInfo,
+    preprocess,
+    metrics: metrics.map((k) => METRICS.find((m) => m.key === k)?.short as MetricShort),
+    maxBatch: batchSize,
+    executionProvider: ok[0]?.ep ?? 'cpu',
+    modelDir: dir,
+    async score(batch, signal) {
+      if (closed) throw new FilterError('scorer_closed', 'score() after close()', {});
+      signal?.throwIfAborted();
+      const chunks: ScoreInput[][] = [];
+      for (let i = 0; i < batch.length; i += batchSize) chunks.push(batch.slice(i, i + batchSize));
+      const parts = await Promise.all(
+        chunks.map(
+          (inputs) =>
+            new Promise<ScoreResult[]>((resolve, reject) => {
+              queue.push({ inputs, resolve, reject, signal });
+              for (const w of pool) dispatch(w);
+            }),
+        ),
+      );
+      return parts.flat();
+    },
+    stats() {
+      const total: EngineStats = {
+        decoderPositions: 0,
+        decoderRealTokens: 0,
+        decoderRuns: 0,
+        visionImages: 0,
+        visionRuns: 0,
+        pairs: 0,
+      };
+      for (const w of pool) {
+        for (const k of Object.keys(total) as (keyof EngineStats)[]) total[k] += w.stats?.[k] ?? 0;
+      }
+      return total;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const job of queue.splice(0)) job.reject(new FilterError('scorer_closed', 'scorer closed', {}));
+      await Promise.all(
+        pool.map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              const t = setTimeout(() => void w.worker.terminate().then(() => resolve()), 5000);
+              w.worker.once('exit', () => {
+                clearTimeout(t);
+                resolve();
+              });
+              w.worker.postMessage({ type: 'close' } satisfies WorkerRequest);
+            }),
+        ),
+      );
+    },
+  };
+}
