@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's first command: install, then run the main job on the sample data the repository ships.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The CPU runtime ships inside onnxruntime-node; its postinstall would download CUDA libraries (a GPU image sets
+# ONNXRUNTIME_NODE_INSTALL=cuda12 instead).
+export ONNXRUNTIME_NODE_INSTALL="${ONNXRUNTIME_NODE_INSTALL:-skip}"
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+rm -rf out/sample
+npx mlm-filter filter --input sample/pairs.jsonl --out out/sample --model test/fixtures/models/tiny-llava-qwen "$@"
