@@ -13,6 +13,7 @@ import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from './summary.ts';
+import { applyTopFraction, RankingValues, type TopFractionOptions } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -25,6 +26,11 @@ export interface FilterJobOptions {
   /** Model directory (or a hub id with a cached export). */
   readonly model: string;
   readonly policy?: PolicyOptions;
+  /**
+   * Batch jobs: instead of fixed thresholds, keep the best fraction of the whole run on one metric. The run is scored
+   * first (scored pairs are staged under DIR/.staging), then routed by the run-wide cutoff.
+   */
+  readonly topFraction?: TopFractionOptions;
   readonly intake?: IntakeOptions;
   readonly scorer?: ScorerOptions;
   readonly pair?: PairOptions;
@@ -48,7 +54,9 @@ export async function openInput(input: string, format: FilterJobOptions['inputFo
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
   const source = await openInput(options.input, options.inputFormat);
-  const policy = new Policy(options.policy);
+  const top = options.topFraction;
+  // In top-fraction mode the first pass keeps every pair that got a number on the ranked metric.
+  const policy = new Policy(top ? { thresholds: [{ metric: top.metric, op: '>=', value: 0 }] } : options.policy);
   const scorer = await loadScorer(options.model, options.scorer ?? {});
   try {
     const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
@@ -70,6 +78,9 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       model: scorer.model,
       samplesPerShard: options.samplesPerShard,
     });
+    const stagingDir = join(options.out, '.staging');
+    const staging = top ? await LocalCuratedSink.open({ dir: stagingDir, model: scorer.model }) : undefined;
+    const ranking = new RankingValues();
     const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model: scorer.model });
     const summary = new SummaryCollector();
     const progress = startProgress(options.progress, summary, source.sizeHint);
@@ -79,23 +90,30 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
         intake,
         scorer,
         policy,
-        sinks: [curated, audit],
+        sinks: [staging ?? curated, audit],
         pair: options.pair,
         intakeConcurrency: options.concurrency,
         signal: options.signal,
         logger: options.logger,
-        onOutcome: (o) => summary.add(o),
+        onOutcome: (o) => {
+          if (!top || o.decision === 'reject') summary.add(o);
+          else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
+        },
       });
+      if (top && staging) {
+        await staging.flush();
+        await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o));
+      }
     } finally {
       progress.stop();
-      await Promise.allSettled([curated.close(), audit.close(), intake.close(), source.close()]);
+      await Promise.allSettled([curated.close(), audit.close(), intake.close(), source.close(), staging?.flush()]);
     }
     const result = summary.summary();
     const file = {
       ...result,
       input: options.input,
       model: scorer.model,
-      policy: { thresholds: policy.thresholds, combine: policy.combine },
+      policy: top ? { topFraction: top } : { thresholds: policy.thresholds, combine: policy.combine },
       interrupted: options.signal?.aborted ?? false,
     };
     await writeFile(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');

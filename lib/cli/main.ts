@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
 import { parseThreshold, type Threshold } from '../policy/index.ts';
-import { FilterError, METRICS, type MetricKey } from '../types.ts';
+import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
 import { formatSummary, runFilterJob, type FilterJobOptions } from './filter.ts';
 
 /** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
@@ -27,6 +27,12 @@ function metricKey(value: string): MetricKey {
   if (!m)
     throw new InvalidArgumentError(`metric must be one of ${METRICS.map((x) => `${x.short} (${x.key})`).join(', ')}`);
   return m.key;
+}
+
+function metricShort(value: string): MetricShort {
+  const m = METRICS.find((x) => x.key === value || x.short === value);
+  if (!m) throw new InvalidArgumentError(`metric must be one of ${METRICS.map((x) => x.short).join(', ')}`);
+  return m.short;
 }
 
 /** Graceful stop on the first SIGINT/SIGTERM (finish, flush, ack), hard stop on the second. */
@@ -64,7 +70,17 @@ export function buildProgram(): Command {
       'keep pairs where METRIC OP VALUE holds, repeatable (default itm>=66 and odf>=20)',
       thresholdArg,
     )
-    .addOption(new Option('--combine <op>', 'combine thresholds with').choices(['and', 'or']).default('and'))
+    .addOption(new Option('--combine <op>', 'combine thresholds with').choices(['and', 'or']))
+    .option(
+      '--top-fraction <f>',
+      'batch jobs: keep the best fraction (0..1] of the run on --top-metric instead of thresholds',
+      (v) => {
+        const f = Number(v);
+        if (!(f > 0 && f <= 1)) throw new InvalidArgumentError('--top-fraction must be within (0, 1]');
+        return f;
+      },
+    )
+    .option('--top-metric <metric>', 'metric ranked by --top-fraction (default itm)', metricShort)
     .option('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', collect)
     .option('--user-agent <ua>', 'User-Agent for image fetches')
     .option('--concurrency <n>', 'images fetched and decoded at once', positiveInt('--concurrency'))
@@ -88,6 +104,9 @@ export function buildProgram(): Command {
         out: flags.out,
         model: flags.model,
         inputFormat: flags.inputFormat ?? config.inputFormat,
+        topFraction: flags.topFraction
+          ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
+          : config.topFraction,
         policy: {
           thresholds: flags.threshold ?? config.policy?.thresholds,
           combine: flags.combine ?? config.policy?.combine,
