@@ -1,0 +1,164 @@
+/**
+ * Decoding untrusted image bytes with sharp: format sniffing, header checks before any pixel is decoded, and the
+ * normalisation every model input needs (EXIF orientation, first frame, 8-bit sRGB, no alpha).
+ */
+import sharp, { type Metadata, type Sharp } from 'sharp';
+import { tooSmall, undecodable } from './reject.ts';
+import { RejectError } from '../types.ts';
+
+/** Raster formats the intake accepts, by magic bytes. SVG is never accepted: it is a document, not pixels. */
+export type ImageFormat = 'jpeg' | 'png' | 'gif' | 'webp' | 'heif' | 'tiff' | 'bmp';
+
+const HEIF_BRANDS = new Set(['avif', 'avis', 'heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'mif1', 'msf1']);
+
+/** Identifies a raster format from its leading bytes, or undefined when it is none we accept. */
+export function sniffFormat(b: Buffer): ImageFormat | undefined {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 8 && b.readUInt32BE(0) === 0x89504e47 && b.readUInt32BE(4) === 0x0d0a1a0a) return 'png';
+  if (b.length >= 6 && (b.toString('latin1', 0, 6) === 'GIF87a' || b.toString('latin1', 0, 6) === 'GIF89a')) {
+    return 'gif';
+  }
+  if (b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP') return 'webp';
+  if (b.length >= 12 && b.toString('latin1', 4, 8) === 'ftyp' && HEIF_BRANDS.has(b.toString('latin1', 8, 12))) {
+    return 'heif';
+  }
+  if (b.length >= 4 && (b.readUInt32BE(0) === 0x49492a00 || b.readUInt32BE(0) === 0x4d4d002a)) return 'tiff';
+  if (b.length >= 14 && b[0] === 0x42 && b[1] === 0x4d) return 'bmp';
+  return undefined;
+}
+
+/** A short label for bytes that are not an accepted image, for the reject detail (operators ask "what was it?"). */
+export function describeUnknown(b: Buffer): string {
+  const head = b
+    .subarray(0, 512)
+    .toString('utf8')
+    .replace(/^\uFEFF/, '')
+    .trimStart()
+    .toLowerCase();
+  if (head.startsWith('<?xml') || head.startsWith('<svg') || head.includes('<svg')) return 'svg';
+  if (head.startsWith('<!doctype html') || head.startsWith('<html')) return 'html';
+  if (head.startsWith('{') || head.startsWith('[')) return 'json';
+  return 'unknown';
+}
+
+export interface DecodeLimits {
+  /** Largest width x height decoded; bigger headers are refused before decoding (decompression bombs). */
+  readonly maxPixels: number;
+  /** Smallest accepted shorter side, in pixels. */
+  readonly minSide: number;
+  /** Largest accepted long/short side ratio. */
+  readonly maxAspectRatio: number;
+}
+
+export interface ImageHeader {
+  readonly format: ImageFormat;
+  /** Displayed size, i.e. after EXIF orientation. */
+  readonly width: number;
+  readonly height: number;
+  readonly hasAlpha: boolean;
+}
+
+/**
+ * Sniffs and reads the header only, then applies the size rules; no pixel data is decoded, so a 20000x20000 bomb is
+ * refused in microseconds.
+ */
+export async function inspect(bytes: Buffer, limits: DecodeLimits): Promise<ImageHeader> {
+  const format = sniffFormat(bytes);
+  if (format === undefined) {
+    const looksLike = describeUnknown(bytes);
+    throw undecodable('unsupported_format', `not a supported raster image (looks like ${looksLike})`, {
+      format: looksLike,
+    });
+  }
+  let meta: Metadata;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch (err) {
+    throw decodeError(err, format);
+  }
+  const rawW = meta.width ?? 0;
+  const rawH = meta.pageHeight ?? meta.height ?? 0;
+  if (rawW <= 0 || rawH <= 0) throw undecodable('decode_error', `${format} header has no dimensions`, { format });
+  if (rawW * rawH > limits.maxPixels) {
+    throw undecodable('too_many_pixels', `${rawW}x${rawH} ${format} exceeds the ${limits.maxPixels}-pixel limit`, {
+      format,
+      width: rawW,
+      height: rawH,
+      maxPixels: limits.maxPixels,
+    });
+  }
+  const swap = (meta.orientation ?? 1) >= 5; // orientations 5-8 transpose the image
+  const width = swap ? rawH : rawW;
+  const height = swap ? rawW : rawH;
+  const short = Math.min(width, height);
+  if (short < limits.minSide) {
+    throw tooSmall(`${width}x${height} image is smaller than ${limits.minSide} px on its short side`, {
+      width,
+      height,
+      minSide: limits.minSide,
+    });
+  }
+  const aspectRatio = Math.max(width, height) / short;
+  if (aspectRatio > limits.maxAspectRatio) {
+    throw tooSmall(`${width}x${height} image has aspect ratio ${aspectRatio.toFixed(2)} > ${limits.maxAspectRatio}`, {
+      width,
+      height,
+      aspectRatio: Math.round(aspectRatio * 100) / 100,
+      max: limits.maxAspectRatio,
+    });
+  }
+  return { format, width, height, hasAlpha: meta.hasAlpha };
+}
+
+/**
+ * A sharp pipeline over the image as a model sees it: EXIF-oriented, first frame only, alpha flattened onto
+ * `background`, 8-bit sRGB (CMYK, 16-bit, grey all end as 3 uchar channels). Truncated data fails the pipeline.
+ */
+export function openImage(
+  bytes: Buffer,
+  header: ImageHeader,
+  limits: DecodeLimits,
+  background: { r: number; g: number; b: number; alpha?: number },
+): Sharp {
+  let img = sharp(bytes, {
+    failOn: 'truncated',
+    limitInputPixels: limits.maxPixels,
+    autoOrient: true,
+    pages: 1,
+  });
+  if (header.hasAlpha) img = img.flatten({ background });
+  return img.toColourspace('srgb');
+}
+
+/** Bytes for the curated shard: the original for jpg/png/webp, else a re-encode (png keeps GIF/alpha crispness). */
+export async function encodedForSink(
+  bytes: Buffer,
+  header: ImageHeader,
+  limits: DecodeLimits,
+): Promise<{ encoded: Buffer; ext: 'jpg' | 'png' | 'webp' }> {
+  if (header.format === 'jpeg') return { encoded: bytes, ext: 'jpg' };
+  if (header.format === 'png' || header.format === 'webp') return { encoded: bytes, ext: header.format };
+  const img = sharp(bytes, { failOn: 'truncated', limitInputPixels: limits.maxPixels, autoOrient: true, pages: 1 });
+  try {
+    if (header.hasAlpha || header.format === 'gif') return { encoded: await img.png().toBuffer(), ext: 'png' };
+    return { encoded: await img.jpeg({ quality: 90 }).toBuffer(), ext: 'jpg' };
+  } catch (err) {
+    throw decodeError(err, header.format);
+  }
+}
+
+/** Maps a sharp/libvips failure to the reject it means. */
+export function decodeError(err: unknown, format: string | undefined): RejectError {
+  if (err instanceof RejectError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (/pixel limit/i.test(message)) {
+    return undecodable('too_many_pixels', `${format ?? 'image'} exceeds the pixel limit`, { format });
+  }
+  if (/unsupported image format/i.test(message)) {
+    return undecodable('unsupported_format', `${format ?? 'image'} cannot be decoded here`, { format });
+  }
+  return undecodable('decode_error', `cannot decode ${format ?? 'image'}: ${message.slice(0, 200)}`, {
+    format,
+    error: message.slice(0, 200),
+  });
+}

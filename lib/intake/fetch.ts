@@ -1,0 +1,403 @@
+/**
+ * Bounded, SSRF-guarded HTTP(S) fetching of crawled image URLs with undici.
+ *
+ * One keep-alive Agent is shared by all requests. Its connector resolves every new connection's host through the
+ * AddressGuard and dials the address that passed the check (SNI and Host keep the original name), so a DNS answer
+ * cannot change between check and connect. Redirects are followed here, not by undici, so each hop is checked.
+ */
+import { Agent, buildConnector, type Dispatcher } from 'undici';
+import { AddressGuard, BlockedAddressError, ResolveError } from './address-guard.ts';
+import { fetchFailed } from './reject.ts';
+import { RejectError } from '../types.ts';
+
+export interface FetcherOptions {
+  readonly userAgent: string;
+  readonly connectTimeoutMs: number;
+  readonly headersTimeoutMs: number;
+  readonly bodyTimeoutMs: number;
+  readonly totalTimeoutMs: number;
+  readonly maxBytes: number;
+  readonly maxRedirects: number;
+  readonly retries: number;
+  readonly retryBaseDelayMs: number;
+  readonly maxRetryDelayMs: number;
+  readonly perHostConcurrency: number;
+}
+
+export interface FetchedBody {
+  readonly bytes: Buffer;
+  /** Media type without parameters, lower-cased; undefined when the server sent none. */
+  readonly contentType?: string;
+  /** The URL the bytes came from, after redirects. */
+  readonly url: string;
+  readonly attempts: number;
+  readonly redirects: number;
+}
+
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+/** Network failures worth another try: the next connection may well succeed. */
+const RETRYABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'EAI_TIMEOUT',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+type Attempt =
+  | { type: 'ok'; bytes: Buffer; contentType?: string }
+  | { type: 'redirect'; location: URL }
+  | { type: 'retry'; status: number; retryAfterMs?: number };
+
+/** Per-host counting semaphore: a crawl batch often hits one CDN host hundreds of times. */
+class HostLimiter {
+  private readonly slots = new Map<string, { active: number; waiters: (() => void)[] }>();
+  constructor(private readonly limit: number) {}
+
+  async acquire(host: string, signal: AbortSignal): Promise<() => void> {
+    let s = this.slots.get(host);
+    if (!s) this.slots.set(host, (s = { active: 0, waiters: [] }));
+    const slot = s;
+    if (slot.active >= this.limit) {
+      await new Promise<void>((resolve, reject) => {
+        const wake = (): void => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = (): void => {
+          const i = slot.waiters.indexOf(wake);
+          if (i >= 0) slot.waiters.splice(i, 1);
+          reject(signal.reason);
+        };
+        slot.waiters.push(wake);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    } else {
+      slot.active++;
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = slot.waiters.shift();
+      if (next)
+        next(); // the slot passes straight to the waiter
+      else if (--slot.active === 0) this.slots.delete(host);
+    };
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Retry-After as ms from now (delta-seconds or HTTP-date), undefined when absent or unparseable. */
+export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (v === undefined || v.trim() === '') return undefined;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - now);
+}
+
+function header(h: Dispatcher.ResponseData['headers'], name: string): string | undefined {
+  const v = h[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Accepted media types: images other than SVG (script-capable, not a raster), and generic binary. */
+function contentTypeOk(type: string | undefined): boolean {
+  if (type === undefined || type === '') return true; // many origins omit it; the magic-byte check decides
+  if (type === 'image/svg+xml') return false;
+  return type.startsWith('image/') || type === 'application/octet-stream' || type === 'binary/octet-stream';
+}
+
+export class Fetcher {
+  private readonly agent: Agent;
+  private readonly limiter: HostLimiter;
+
+  constructor(
+    private readonly opts: FetcherOptions,
+    private readonly guard: AddressGuard,
+  ) {
+    const base = buildConnector({ timeout: opts.connectTimeoutMs });
+    const connect: buildConnector.connector = (o, cb) => {
+      const port = Number(o.port) || (o.protocol === 'https:' ? 443 : 80);
+      guard.resolve(o.hostname, port).then(
+        (address) => {
+          const name = o.hostname.replace(/^\[(.*)\]$/, '$1');
+          // Dial the checked address; keep the name for TLS (SNI + certificate check) unless it was an IP.
+          const servername = o.servername || (name === address || name.includes(':') ? undefined : name);
+          base({ ...o, hostname: address, servername }, cb);
+        },
+        (err: Error) => cb(err, null),
+      );
+    };
+    this.agent = new Agent({
+      connect,
+      connections: opts.perHostConcurrency,
+      headersTimeout: opts.headersTimeoutMs,
+      bodyTimeout: opts.bodyTimeoutMs,
+      keepAliveTimeout: 10_000,
+    });
+    this.limiter = new HostLimiter(opts.perHostConcurrency);
+  }
+
+  /** GETs `url` following checked redirects. Rejects with RejectError `fetch_failed`, or `signal.reason` on abort. */
+  async fetch(url: string, signal?: AbortSignal): Promise<FetchedBody> {
+    const deadline = AbortSignal.timeout(this.opts.totalTimeoutMs);
+    const sig = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    let current = checkScheme(url);
+    let attempts = 0;
+    for (let redirects = 0; ; redirects++) {
+      const hop = await this.fetchHop(current, sig, signal);
+      attempts += hop.attempts;
+      if (hop.result.type === 'ok') {
+        return {
+          bytes: hop.result.bytes,
+          contentType: hop.result.contentType,
+          url: current.href,
+          attempts,
+          redirects,
+        };
+      }
+      if (redirects >= this.opts.maxRedirects) {
+        throw fetchFailed('too_many_redirects', `more than ${this.opts.maxRedirects} redirects fetching ${url}`, {
+          limit: this.opts.maxRedirects,
+          url,
+        });
+      }
+      current = checkScheme(hop.result.location.href);
+    }
+  }
+
+  private async fetchHop(
+    url: URL,
+    sig: AbortSignal,
+    callerSignal: AbortSignal | undefined,
+  ): Promise<{ result: Exclude<Attempt, { type: 'retry' }>; attempts: number }> {
+    const max = this.opts.retries;
+    for (let attempt = 0; ; attempt++) {
+      let outcome: Attempt;
+      const release = await this.limiter.acquire(url.host, sig).catch((e: unknown) => {
+        throw this.mapError(e, url, sig, callerSignal).error;
+      });
+      try {
+        outcome = await this.attempt(url, sig);
+      } catch (err) {
+        const mapped = this.mapError(err, url, sig, callerSignal);
+        if (!mapped.retryable || attempt >= max) {
+          if (mapped.error instanceof RejectError && mapped.error.reason.detail && attempt > 0) {
+            (mapped.error.reason.detail as Record<string, unknown>).attempts = attempt + 1;
+          }
+          throw mapped.error;
+        }
+        release();
+        await this.backoff(attempt, undefined, sig, callerSignal, url);
+        continue;
+      } finally {
+        release();
+      }
+      if (outcome.type !== 'retry') return { result: outcome, attempts: attempt + 1 };
+      const tooLong = outcome.retryAfterMs !== undefined && outcome.retryAfterMs > this.opts.maxRetryDelayMs;
+      if (attempt >= max || tooLong) {
+        throw fetchFailed('http_status', `HTTP ${outcome.status} from ${url.host} after ${attempt + 1} attempt(s)`, {
+          status: outcome.status,
+          attempts: attempt + 1,
+          ...(outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {}),
+          url: url.href,
+        });
+      }
+      await this.backoff(attempt, outcome.retryAfterMs, sig, callerSignal, url);
+    }
+  }
+
+  private async backoff(
+    attempt: number,
+    retryAfterMs: number | undefined,
+    sig: AbortSignal,
+    callerSignal: AbortSignal | undefined,
+    url: URL,
+  ): Promise<void> {
+    // Exponential backoff with jitter so a burst of failures against one host does not retry in lockstep.
+    const exp = this.opts.retryBaseDelayMs * 2 ** attempt * (0.5 + Math.random() / 2);
+    const ms = Math.min(this.opts.maxRetryDelayMs, Math.max(exp, retryAfterMs ?? 0));
+    await sleep(ms, sig).catch((e: unknown) => {
+      throw this.mapError(e, url, sig, callerSignal).error;
+    });
+  }
+
+  private async attempt(url: URL, sig: AbortSignal): Promise<Attempt> {
+    const res = await this.agent.request({
+      origin: url.origin,
+      path: url.pathname + url.search,
+      method: 'GET',
+      headers: { 'user-agent': this.opts.userAgent, accept: 'image/*,application/octet-stream;q=0.9,*/*;q=0.5' },
+      signal: sig,
+    });
+    const { statusCode: status, headers, body } = res;
+    const discard = (): void => {
+      body.on('error', () => undefined); // destroy() without a cause still emits an abort error
+      body.destroy();
+    };
+    const drain = (): void => {
+      // Small leftovers are read so the connection returns to the pool; large ones just close it.
+      body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+    };
+    if (REDIRECT_STATUSES.has(status)) {
+      const loc = header(headers, 'location');
+      drain();
+      if (loc === undefined)
+        throw fetchFailed('http_status', `HTTP ${status} without Location from ${url.host}`, { status });
+      let location: URL;
+      try {
+        location = new URL(loc, url);
+      } catch {
+        throw fetchFailed('http_status', `HTTP ${status} with invalid Location from ${url.host}`, { status });
+      }
+      return { type: 'redirect', location };
+    }
+    if (status === 429 || status >= 500) {
+      const retryAfterMs = status === 429 || status === 503 ? parseRetryAfter(headers['retry-after']) : undefined;
+      drain();
+      return { type: 'retry', status, retryAfterMs };
+    }
+    if (status < 200 || status >= 300) {
+      drain();
+      throw fetchFailed('http_status', `HTTP ${status} from ${url.host}`, { status, url: url.href });
+    }
+    const contentType = header(headers, 'content-type')?.split(';')[0]?.trim().toLowerCase();
+    if (!contentTypeOk(contentType)) {
+      discard();
+      throw fetchFailed('bad_content_type', `content type ${contentType} from ${url.host} is not an image`, {
+        contentType,
+        url: url.href,
+      });
+    }
+    const max = this.opts.maxBytes;
+    const declared = Number(header(headers, 'content-length'));
+    if (Number.isFinite(declared) && declared > max) {
+      discard();
+      throw fetchFailed('too_large', `${url.host} declares ${declared} bytes, over the ${max}-byte limit`, {
+        limit: max,
+        contentLength: declared,
+      });
+    }
+    const chunks: Buffer[] = [];
+    let received = 0;
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      received += chunk.length;
+      if (received > max) {
+        discard();
+        throw fetchFailed('too_large', `body from ${url.host} exceeds the ${max}-byte limit`, {
+          limit: max,
+          received,
+        });
+      }
+      chunks.push(chunk);
+    }
+    if (received === 0) throw fetchFailed('empty_body', `empty body from ${url.host}`, { url: url.href });
+    return { type: 'ok', bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received), contentType };
+  }
+
+  private mapError(
+    err: unknown,
+    url: URL,
+    sig: AbortSignal,
+    callerSignal: AbortSignal | undefined,
+  ): { error: Error; retryable: boolean } {
+    if (err instanceof RejectError) return { error: err, retryable: false };
+    if (callerSignal?.aborted) return { error: toError(callerSignal.reason), retryable: false };
+    if (sig.aborted) {
+      return {
+        error: fetchFailed('timeout', `fetching ${url.href} took over ${this.opts.totalTimeoutMs} ms`, {
+          phase: 'total',
+          ms: this.opts.totalTimeoutMs,
+        }),
+        retryable: false,
+      };
+    }
+    const e = findCause(err);
+    if (e instanceof BlockedAddressError) {
+      return {
+        error: fetchFailed('blocked_address', e.message, { address: e.address, host: e.host, range: e.range }),
+        retryable: false,
+      };
+    }
+    const code = e instanceof ResolveError ? e.code : ((e as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+    const timeoutPhase =
+      code === 'UND_ERR_CONNECT_TIMEOUT'
+        ? 'connect'
+        : code === 'UND_ERR_HEADERS_TIMEOUT'
+          ? 'headers'
+          : code === 'UND_ERR_BODY_TIMEOUT'
+            ? 'body'
+            : code === 'EAI_TIMEOUT'
+              ? 'dns'
+              : undefined;
+    const retryable = RETRYABLE_CODES.has(code);
+    if (timeoutPhase) {
+      return {
+        error: fetchFailed('timeout', `${timeoutPhase} timeout fetching from ${url.host}`, { phase: timeoutPhase }),
+        retryable,
+      };
+    }
+    return {
+      error: fetchFailed('connection_error', `connection to ${url.host} failed: ${code} ${(e as Error).message}`, {
+        code,
+        host: url.host,
+      }),
+      retryable,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}
+
+/** Only http(s) may be fetched: the pair parser already enforces this, but redirects can point anywhere. */
+function checkScheme(url: string): URL {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw fetchFailed('bad_scheme', `not a valid URL: ${url.slice(0, 200)}`, { url: url.slice(0, 200) });
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw fetchFailed('bad_scheme', `refusing ${u.protocol} URL (only http and https)`, { scheme: u.protocol });
+  }
+  if (u.username || u.password) u.username = u.password = '';
+  return u;
+}
+
+function findCause(err: unknown): unknown {
+  let e = err;
+  for (let i = 0; i < 5 && e instanceof Error; i++) {
+    if (e instanceof BlockedAddressError || e instanceof ResolveError) return e;
+    if (e.cause === undefined) break;
+    e = e.cause;
+  }
+  return err;
+}
+
+function toError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason));
+}

@@ -1,0 +1,237 @@
+/**
+ * Image intake: gets an image's bytes (URL, S3, inline), refuses hostile or useless input with a reason, and turns
+ * the rest into the model's input tensor plus the bytes the curated sink stores.
+ */
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { AddressGuard, parseAllowAddress, type AllowRule, type LookupFn } from './address-guard.ts';
+import { decodeError, encodedForSink, inspect, openImage, type DecodeLimits } from './decode.ts';
+import { Fetcher, type FetcherOptions } from './fetch.ts';
+import { padColour, toPixelValues } from './preprocess.ts';
+import { fetchFailed } from './reject.ts';
+import { FilterError, RejectError, type ImageRef, type PreparedImage, type PreprocessSpec } from '../types.ts';
+
+export { parseAllowAddress, blockedRange, type AllowRule, type LookupFn } from './address-guard.ts';
+export { sniffFormat, type ImageFormat } from './decode.ts';
+export { normalise, padColour } from './preprocess.ts';
+
+export interface IntakeOptions {
+  /** User-Agent sent with every image request; operators should name their crawler and a contact. */
+  userAgent?: string;
+  /** TCP (and TLS) connect timeout per connection, ms. Default 5000. */
+  connectTimeoutMs?: number;
+  /** Time to wait for response headers once the request is sent, ms. Default 10000. */
+  headersTimeoutMs?: number;
+  /** Longest gap between two body chunks, ms. Default 10000. */
+  bodyTimeoutMs?: number;
+  /** Whole-fetch deadline including redirects and retries, ms; stops bodies that trickle in forever. Default 30000. */
+  totalTimeoutMs?: number;
+  /** Largest accepted image in bytes (URL, S3 and inline). Default 16 MiB. */
+  maxBytes?: number;
+  /** Redirect hops followed, each one re-checked by the address guard. Default 5. */
+  maxRedirects?: number;
+  /** Extra attempts after a 429, a 5xx or a connection error. Default 2. */
+  retries?: number;
+  /** First backoff delay, ms; doubles per attempt with +-25% jitter. Default 250. */
+  retryBaseDelayMs?: number;
+  /** Cap on one backoff delay, ms; a longer Retry-After gives up at once instead of waiting. Default 5000. */
+  maxRetryDelayMs?: number;
+  /** Concurrent requests (and pooled connections) per host:port. Default 8. */
+  perHostConcurrency?: number;
+  /**
+   * Addresses opened despite the SSRF policy: `CIDR` (any port) or `host:port` (`127.0.0.1:8080`, `localhost:9000`).
+   * Strings are parsed with parseAllowAddress. Default none: only global unicast addresses are fetched.
+   */
+  allowAddresses?: (string | AllowRule)[];
+  /** Largest width x height decoded (decompression bomb guard). Default 50 000 000. */
+  maxPixels?: number;
+  /** Smallest accepted short side, px. Default 32 (spacers, tracking pixels, icons). */
+  minSide?: number;
+  /** Largest accepted long/short side ratio. Default 10 (banners, separators). */
+  maxAspectRatio?: number;
+  /** Client for `image.s3` refs; without it such refs reject as `fetch_failed` connection_error. */
+  s3?: S3Client;
+  /** Host resolver, injectable for tests; default node:dns lookup (all addresses). */
+  lookup?: LookupFn;
+}
+
+const DEFAULTS = {
+  userAgent: 'mlm-filter-stream/0.1 (image-text pair filtering)',
+  connectTimeoutMs: 5000,
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 10_000,
+  totalTimeoutMs: 30_000,
+  maxBytes: 16 * 1024 * 1024,
+  maxRedirects: 5,
+  retries: 2,
+  retryBaseDelayMs: 250,
+  maxRetryDelayMs: 5000,
+  perHostConcurrency: 8,
+  maxPixels: 50_000_000,
+  minSide: 32,
+  maxAspectRatio: 10,
+} as const;
+
+function positive(name: string, v: number, integer = true): number {
+  if (!Number.isFinite(v) || v < 0 || (integer && !Number.isInteger(v))) {
+    throw new FilterError(
+      'invalid_option',
+      `intake option ${name} must be a non-negative ${integer ? 'integer' : 'number'}, got ${v}`,
+      {
+        option: name,
+        value: v,
+      },
+    );
+  }
+  return v;
+}
+
+export class Intake {
+  private readonly fetcher: Fetcher;
+  private readonly limits: DecodeLimits;
+  private readonly maxBytes: number;
+  private readonly s3?: S3Client;
+  private readonly background: { r: number; g: number; b: number; alpha: number };
+
+  constructor(
+    options: IntakeOptions,
+    private readonly spec: PreprocessSpec,
+  ) {
+    const o = { ...DEFAULTS, ...stripUndefined(options) };
+    const fetchOpts: FetcherOptions = {
+      userAgent: o.userAgent,
+      connectTimeoutMs: positive('connectTimeoutMs', o.connectTimeoutMs),
+      headersTimeoutMs: positive('headersTimeoutMs', o.headersTimeoutMs),
+      bodyTimeoutMs: positive('bodyTimeoutMs', o.bodyTimeoutMs),
+      totalTimeoutMs: positive('totalTimeoutMs', o.totalTimeoutMs),
+      maxBytes: positive('maxBytes', o.maxBytes),
+      maxRedirects: positive('maxRedirects', o.maxRedirects),
+      retries: positive('retries', o.retries),
+      retryBaseDelayMs: positive('retryBaseDelayMs', o.retryBaseDelayMs),
+      maxRetryDelayMs: positive('maxRetryDelayMs', o.maxRetryDelayMs),
+      perHostConcurrency: Math.max(1, positive('perHostConcurrency', o.perHostConcurrency)),
+    };
+    const allow = (options.allowAddresses ?? []).map((a) => (typeof a === 'string' ? parseAllowAddress(a) : a));
+    const guard = new AddressGuard({ allow, lookup: options.lookup, timeoutMs: fetchOpts.connectTimeoutMs });
+    this.fetcher = new Fetcher(fetchOpts, guard);
+    this.maxBytes = fetchOpts.maxBytes;
+    this.limits = {
+      maxPixels: positive('maxPixels', o.maxPixels),
+      minSide: positive('minSide', o.minSide),
+      maxAspectRatio: positive('maxAspectRatio', o.maxAspectRatio, false),
+    };
+    this.s3 = options.s3;
+    // Transparent areas get the pad colour: like padding, "no content" then normalises to ~0.
+    this.background = { ...padColour(spec), alpha: 1 };
+  }
+
+  /**
+   * Fetches (url, s3) or takes (base64, bytes) the image, decodes, checks and preprocesses it. Every failure of the
+   * record is a RejectError (`fetch_failed`, `undecodable_image`, `image_too_small`); an abort through `signal`
+   * rethrows the signal's reason instead, since the caller asked for it.
+   */
+  async prepare(image: ImageRef, signal?: AbortSignal): Promise<PreparedImage> {
+    const bytes = await this.bytesOf(image, signal);
+    signal?.throwIfAborted();
+    const header = await inspect(bytes, this.limits);
+    try {
+      const [px, sink] = await Promise.all([
+        toPixelValues(openImage(bytes, header, this.limits, this.background), this.spec),
+        encodedForSink(bytes, header, this.limits),
+      ]);
+      return {
+        encoded: sink.encoded,
+        ext: sink.ext,
+        width: header.width,
+        height: header.height,
+        pixelValues: px.pixelValues,
+        shape: px.shape,
+      };
+    } catch (err) {
+      throw decodeError(err, header.format);
+    }
+  }
+
+  private async bytesOf(image: ImageRef, signal?: AbortSignal): Promise<Buffer> {
+    switch (image.kind) {
+      case 'url':
+        return (await this.fetcher.fetch(image.url, signal)).bytes;
+      case 's3':
+        return this.fromS3(image.bucket, image.key, signal);
+      case 'base64':
+      case 'bytes': {
+        if (image.data.length === 0) throw fetchFailed('empty_body', 'inline image is empty');
+        if (image.data.length > this.maxBytes) {
+          throw fetchFailed('too_large', `inline image of ${image.data.length} bytes exceeds ${this.maxBytes}`, {
+            limit: this.maxBytes,
+            received: image.data.length,
+          });
+        }
+        return image.data;
+      }
+    }
+  }
+
+  private async fromS3(bucket: string, key: string, signal?: AbortSignal): Promise<Buffer> {
+    const where = `s3://${bucket}/${key}`;
+    if (!this.s3)
+      throw fetchFailed('connection_error', `no S3 client configured for ${where}`, { code: 'NO_S3_CLIENT' });
+    let res;
+    try {
+      res = await this.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      const e = err as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+      const status = e.name === 'NoSuchKey' ? 404 : e.$metadata?.httpStatusCode;
+      if (status !== undefined) {
+        throw fetchFailed('http_status', `S3 GetObject ${where}: ${e.name ?? 'error'} (HTTP ${status})`, {
+          status,
+          s3Error: e.name,
+        });
+      }
+      throw fetchFailed('connection_error', `S3 GetObject ${where} failed: ${e.message ?? String(err)}`, {
+        code: e.name ?? 'UNKNOWN',
+      });
+    }
+    const body = res.Body as (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
+    if (res.ContentLength !== undefined && res.ContentLength > this.maxBytes) {
+      body?.destroy?.();
+      throw fetchFailed('too_large', `${where} is ${res.ContentLength} bytes, over the ${this.maxBytes}-byte limit`, {
+        limit: this.maxBytes,
+        contentLength: res.ContentLength,
+      });
+    }
+    if (!body) throw fetchFailed('empty_body', `${where} has no body`);
+    const chunks: Buffer[] = [];
+    let received = 0;
+    try {
+      for await (const chunk of body) {
+        received += chunk.length;
+        if (received > this.maxBytes) {
+          body.destroy?.();
+          throw fetchFailed('too_large', `${where} exceeds the ${this.maxBytes}-byte limit`, {
+            limit: this.maxBytes,
+            received,
+          });
+        }
+        chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      }
+    } catch (err) {
+      if (err instanceof RejectError) throw err;
+      if (signal?.aborted) throw signal.reason;
+      throw fetchFailed('connection_error', `reading ${where} failed: ${(err as Error).message}`, {
+        code: (err as NodeJS.ErrnoException).code ?? 'UNKNOWN',
+      });
+    }
+    if (received === 0) throw fetchFailed('empty_body', `${where} is empty`);
+    return Buffer.concat(chunks, received);
+  }
+
+  /** Closes pooled connections. */
+  async close(): Promise<void> {
+    await this.fetcher.close();
+  }
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
