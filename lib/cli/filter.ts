@@ -1,5 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
 import { Intake, type IntakeOptions } from '../intake/index.ts';
 import { loadScorer, type ScorerOptions } from '../model/index.ts';
@@ -72,7 +73,15 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
     });
-    const intake = new Intake(options.intake ?? {}, scorer.preprocess);
+    // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
+    const endpoint = process.env.MLMF_S3_ENDPOINT;
+    const s3 =
+      options.intake?.s3 ??
+      new S3Client({
+        region: process.env.AWS_REGION ?? 'us-east-1',
+        ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
+      });
+    const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
     const curated = await LocalCuratedSink.open({
       dir: join(options.out, 'curated'),
       model: scorer.model,
