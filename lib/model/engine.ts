@@ -37,7 +37,7 @@ export interface EngineOptions {
   readonly referenceMode?: boolean;
   /** Most generated tokens per sequence in shared-prefix mode (a leading space + 3 digits). */
   readonly maxNewTokens?: number;
-  /** Most logits floats one decoder run may return (rows are split to stay under it). Default 32M (128 MB). */
+  /** Most logits floats one decoder run may return (rows are split to stay under it). Default 64M (256 MB). */
   readonly logitsBudget?: number;
   /** Largest padded/real token ratio accepted when grouping suffix rows; Infinity = one group. Default 1.15. */
   readonly suffixPaddingSlack?: number;
@@ -154,7 +154,7 @@ export class ScoringEngine {
     this.opts = {
       referenceMode: options.referenceMode ?? false,
       maxNewTokens: options.maxNewTokens ?? 4,
-      logitsBudget: options.logitsBudget ?? 32 * 1024 * 1024,
+      logitsBudget: options.logitsBudget ?? 64 * 1024 * 1024,
       suffixPaddingSlack: options.suffixPaddingSlack ?? 1.15,
       maxRowsPerRun: options.maxRowsPerRun ?? Number.POSITIVE_INFINITY,
       captureScoreLogits: options.captureScoreLogits ?? false,

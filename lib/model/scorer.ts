@@ -31,7 +31,7 @@ export interface ScorerOptions extends SessionOptions {
   readonly referenceMode?: boolean;
   /** Most generated tokens per metric in the default mode (leading space + 3 digits). Default 4. */
   readonly maxNewTokens?: number;
-  /** Most logits floats one decoder run may return. Default 32M. */
+  /** Most logits floats one decoder run may return. Default 64M (256 MB). */
   readonly logitsBudget?: number;
   /** Padding tolerated when grouping suffix rows by length (1.15 = 15 %); Infinity = one batch. */
   readonly suffixPaddingSlack?: number;

@@ -1,0 +1,178 @@
+/**
+ * Scorer benchmark: the reference's way (one batched full-prompt pass per metric, 2 greedy tokens) against ours
+ * (shared image+caption prefix, suffixes batched, early-stopped digit decoding), same pairs, same model file, one run.
+ *
+ *   npm run bench:scorer -- [--model DIR] [--pairs 8] [--batch 4] [--threads N] [--dtype fp32|fp16]
+ *                           [--ep cpu|cuda|webgpu] [--layers 2] [--write]
+ *
+ * Without --model it generates a random-weight model of realistic width (Qwen2.5-1.5B + SigLIP-so400m shapes, few
+ * layers, real Qwen vocabulary) with tools/export/export.sh into bench/.cache/ (gitignored) on first use.
+ * --write replaces the "## Scorer" section of BENCHMARKS.md with the table.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { parseArgs } from 'node:util';
+import { loadScorer, type MlmScorer, type ScorerOptions } from '../../lib/model/scorer.ts';
+import type { EngineStats } from '../../lib/model/engine.ts';
+import type { ScoreInput } from '../../lib/types.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    pairs: { type: 'string', default: '8' },
+    batch: { type: 'string', default: '4' },
+    threads: { type: 'string' },
+    dtype: { type: 'string', default: 'fp32' },
+    ep: { type: 'string', default: 'cpu' },
+    layers: { type: 'string', default: '2' },
+    write: { type: 'boolean', default: false },
+  },
+});
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+
+/** Crawled-alt-text-like captions of varied length (the prefix share depends on the caption length). */
+const CAPTIONS = [
+  'A red bicycle leaning against a brick wall.',
+  'Vintage 1960s Ford Mustang convertible parked on a coastal road at sunset, side view',
+  'IMG_2041.JPG',
+  'Two golden retriever puppies playing in the snow in the backyard',
+  'Buy Now! 50% off summer dresses - free shipping on all orders over $50',
+  'The Eiffel Tower seen from the Trocadéro gardens on a cloudy afternoon in Paris, France.',
+  'bowl of ramen with soft-boiled egg, nori and green onions',
+  'Aerial photograph of a winding river cutting through a dense autumn forest with orange and yellow leaves',
+  'logo',
+  'A woman in a blue raincoat walks her dog past a row of colourful terraced houses on a rainy morning in Dublin',
+  'Close-up of a monarch butterfly on a purple coneflower',
+  'Diagram showing the water cycle: evaporation, condensation, precipitation and collection',
+];
+
+function generatedModelDir(layers: number): string {
+  const dir = `${ROOT}bench/.cache/realistic-qwen-l${layers}`;
+  if (existsSync(`${dir}/mlm_filter.json`)) return dir;
+  const cmd = [
+    `${ROOT}tools/export/export.sh`,
+    '--random-config',
+    '--family',
+    'qwen',
+    '--layers',
+    String(layers),
+    '--out',
+    dir,
+  ];
+  process.stderr.write(`bench: generating a realistic-width random model: ${cmd.join(' ')}\n`);
+  execFileSync(cmd[0] as string, cmd.slice(1), { stdio: 'inherit' });
+  return dir;
+}
+
+/** Deterministic pseudo-random pixels (mulberry32) in the normalised range. */
+function pixels(size: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(3 * size * size);
+  for (let i = 0; i < out.length; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+interface RunFigures {
+  readonly seconds: number;
+  readonly pairsPerSecond: number;
+  readonly stats: EngineStats;
+  readonly scored: number;
+}
+
+async function measure(scorer: MlmScorer, pairs: ScoreInput[], batch: number): Promise<RunFigures> {
+  // Warm-up on one pair so session initialisation is not timed; its work is subtracted from the counters.
+  await scorer.score(pairs.slice(0, 1));
+  const before = scorer.stats();
+  const t0 = performance.now();
+  let scored = 0;
+  for (let i = 0; i < pairs.length; i += batch) {
+    const res = await scorer.score(pairs.slice(i, i + batch));
+    scored += res.reduce((a, r) => a + Object.keys(r.scores).length, 0);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const after = scorer.stats();
+  const stats = Object.fromEntries(
+    Object.keys(after).map((k) => [k, after[k as keyof EngineStats] - before[k as keyof EngineStats]]),
+  ) as unknown as EngineStats;
+  return { seconds, pairsPerSecond: pairs.length / seconds, stats, scored };
+}
+
+async function main(): Promise<void> {
+  const model = args.model ?? generatedModelDir(Number(args.layers));
+  const nPairs = Number(args.pairs);
+  const batch = Number(args.batch);
+  const common: ScorerOptions = {
+    batchSize: batch,
+    dtype: args.dtype as 'fp32' | 'fp16',
+    executionProvider: args.ep as 'cpu' | 'cuda' | 'webgpu',
+    ...(args.threads ? { intraOpThreads: Number(args.threads) } : {}),
+    logger: (level, message, context) => process.stderr.write(`${level}: ${message} ${JSON.stringify(context)}\n`),
+  };
+  const results: Record<'reference' | 'ours', RunFigures> = {} as never;
+  let info = '';
+  for (const mode of ['reference', 'ours'] as const) {
+    const scorer = await loadScorer(model, { ...common, referenceMode: mode === 'reference' });
+    const size = scorer.preprocess.size;
+    const pairs: ScoreInput[] = Array.from({ length: nPairs }, (_, i) => ({
+      id: String(i),
+      caption: CAPTIONS[i % CAPTIONS.length] as string,
+      pixelValues: pixels(size, i + 1),
+    }));
+    results[mode] = await measure(scorer, pairs, batch);
+    info = `${scorer.model.name} (${scorer.modelDir.replace(ROOT, '')}), ${size}px, EP ${scorer.executionProvider}`;
+    await scorer.close();
+    process.stderr.write(`bench: ${mode} done in ${results[mode].seconds.toFixed(1)} s\n`);
+  }
+  const perPair = (r: RunFigures, k: keyof EngineStats) => r.stats[k] / nPairs;
+  const ref = results.reference;
+  const ours = results.ours;
+  const row = (label: string, r: RunFigures) =>
+    `| ${label} | ${r.pairsPerSecond.toFixed(3)} | ${perPair(r, 'decoderPositions').toFixed(0)} | ${perPair(r, 'decoderRealTokens').toFixed(0)} | ${perPair(r, 'visionImages').toFixed(0)} | ${(r.stats.decoderRuns / nPairs).toFixed(2)} | ${r.scored}/${nPairs * 4} |`;
+  const cmd = `npm run bench:scorer -- ${process.argv.slice(2).join(' ')}`.trim();
+  const table = [
+    `Model: ${info}; ${args.dtype}; ${nPairs} pairs x 4 metrics, batch ${batch}; ${cpus().length} CPU cores` +
+      ` (${cpus()[0]?.model ?? 'unknown CPU'}); no GPU on this machine. Measured ${new Date().toISOString().slice(0, 10)}.`,
+    '',
+    '| path | pairs/s | decoder positions / pair (with padding) | real decoder tokens / pair | vision encodes / pair | decoder runs / pair | scores read |',
+    '|---|---|---|---|---|---|---|',
+    row('reference way (4 full-prompt passes, 2 greedy tokens)', ref),
+    row('ours (shared prefix, suffix batch, early-stopped digits)', ours),
+    '',
+    `Ratios, ours vs reference: **${(ref.stats.decoderPositions / ours.stats.decoderPositions).toFixed(2)}x fewer decoder positions**, ` +
+      `${(ref.stats.decoderRealTokens / ours.stats.decoderRealTokens).toFixed(2)}x fewer real tokens, ` +
+      `**${(ours.pairsPerSecond / ref.pairsPerSecond).toFixed(2)}x pairs/s**.`,
+    '',
+    `Command: \`${cmd}\``,
+  ].join('\n');
+  process.stdout.write(`${table}\n`);
+  if (args.write) writeSection(table);
+}
+
+function writeSection(body: string): void {
+  const file = `${ROOT}BENCHMARKS.md`;
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n';
+  const section = `## Scorer\n\n${body}\n`;
+  const start = text.indexOf('\n## Scorer\n');
+  let next: string;
+  if (start < 0) {
+    next = `${text.trimEnd()}\n\n${section}`;
+  } else {
+    const rest = text.slice(start + 1);
+    const end = rest.indexOf('\n## ', 4);
+    next = text.slice(0, start + 1) + section + (end < 0 ? '' : `\n${rest.slice(end + 1)}`);
+  }
+  writeFileSync(file, next);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench:scorer failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

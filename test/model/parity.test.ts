@@ -1,0 +1,198 @@
+/**
+ * Parity of the Node scorer with the PyTorch reference on the committed tiny models (test/fixtures/models/*):
+ * reference.json holds, per (image, caption, metric), the exact prompt, input ids, the logits of the first generated
+ * token, the greedy tokens/score and the reference script's 2-token score, computed by the LLaVA-style PyTorch model.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { loadEngine } from '../../lib/model/sessions.ts';
+import { buildPrompt } from '../../lib/model/prompt.ts';
+import type { EngineResult } from '../../lib/model/engine.ts';
+import { loadScorer } from '../../lib/model/scorer.ts';
+import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
+
+interface RefCase {
+  image: number;
+  caption: string;
+  metric: MetricKey;
+  prompt: string;
+  input_ids: number[];
+  score_logits: number[];
+  greedy_tokens: number[];
+  greedy_score: number | null;
+  reference_2tok_score: number | null;
+}
+interface Reference {
+  format: string;
+  images: { file: string; pixel_values: string }[];
+  cases: RefCase[];
+}
+
+const FIXTURES = ['tiny-llava-qwen', 'tiny-llava-v1'];
+const quiet = () => undefined;
+const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
+
+function load(name: string) {
+  const dir = new URL(`../fixtures/models/${name}/`, import.meta.url).pathname;
+  const ref = JSON.parse(readFileSync(`${dir}reference.json`, 'utf8')) as Reference;
+  const pixels = ref.images.map((im) => {
+    const buf = readFileSync(`${dir}${im.pixel_values}`);
+    return new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4).slice();
+  });
+  // Pairs in first-seen order; each pair carries the cases of its metrics.
+  const pairs: { image: number; caption: string; cases: RefCase[] }[] = [];
+  for (const c of ref.cases) {
+    let p = pairs.find((x) => x.image === c.image && x.caption === c.caption);
+    if (!p) pairs.push((p = { image: c.image, caption: c.caption, cases: [] }));
+    p.cases.push(c);
+  }
+  const inputs = pairs.map((p) => ({ caption: p.caption, pixelValues: pixels[p.image] as Float32Array }));
+  return { dir, ref, pairs, inputs };
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, 'logits length');
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
+  return m;
+}
+
+function argmaxOf(a: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if ((a[i] as number) > (a[best] as number)) best = i;
+  return best;
+}
+
+for (const name of FIXTURES) {
+  const present = existsSync(new URL(`../fixtures/models/${name}/reference.json`, import.meta.url));
+  const skip = !present && `fixture ${name} not committed yet`;
+
+  test(`${name}: shared-prefix batched path matches the PyTorch reference (fp32)`, { skip }, async () => {
+    const { dir, ref, pairs, inputs } = load(name);
+    const { engine } = await loadEngine(dir, { captureScoreLogits: true, intraOpThreads: 1 }, quiet);
+    try {
+      const results = await engine.score(inputs);
+      let worst = 0;
+      let scored = 0;
+      pairs.forEach((p, i) => {
+        const r = results[i] as EngineResult;
+        for (const c of p.cases) {
+          const short = SHORT[c.metric];
+          const trace = r.traces[short];
+          assert.ok(trace, `${short} traced`);
+          assert.equal(buildPrompt(ref.format as never, c.metric, c.caption), c.prompt, 'prompt');
+          assert.deepEqual(trace.inputIds, c.input_ids, `input ids ${short} ${JSON.stringify(c.caption)}`);
+          const d = maxAbsDiff(trace.scoreLogits as Float32Array, c.score_logits);
+          worst = Math.max(worst, d);
+          assert.ok(d < 1e-3, `score logits differ by ${d} (${short}, ${JSON.stringify(c.caption)})`);
+          assert.deepEqual(trace.tokens, c.greedy_tokens.slice(0, trace.tokens.length), `greedy tokens ${short}`);
+          assert.equal(r.scores[short] ?? null, c.greedy_score, `greedy score ${short} ${JSON.stringify(c.caption)}`);
+          if (c.greedy_score !== null) {
+            scored++;
+            const e = r.expected[short] as number;
+            assert.ok(e >= 0 && e <= 100, `expected in range: ${e}`);
+          } else {
+            assert.equal(r.expected[short], undefined);
+          }
+        }
+      });
+      assert.ok(scored > 0, 'the fixture must produce some scores for the test to mean anything');
+      assert.ok(worst < 1e-3);
+      // The shared prefix must actually be shared: fewer decoder tokens than four full prompts per pair.
+      const full = ref.cases.reduce((a, c) => a + c.input_ids.length, 0);
+      assert.ok(engine.stats.decoderRealTokens < full, `${engine.stats.decoderRealTokens} < ${full}`);
+    } finally {
+      await engine.release();
+    }
+  });
+
+  test(`${name}: reference mode reproduces the reference script's 2-token scores (fp32)`, { skip }, async () => {
+    const { dir, pairs, inputs } = load(name);
+    const { engine } = await loadEngine(
+      dir,
+      { captureScoreLogits: true, referenceMode: true, intraOpThreads: 1 },
+      quiet,
+    );
+    try {
+      const results = await engine.score(inputs);
+      pairs.forEach((p, i) => {
+        const r = results[i] as EngineResult;
+        for (const c of p.cases) {
+          const short = SHORT[c.metric];
+          const trace = r.traces[short];
+          const d = maxAbsDiff(trace?.scoreLogits as Float32Array, c.score_logits);
+          assert.ok(d < 1e-3, `score logits differ by ${d}`);
+          const want = c.reference_2tok_score === null ? null : Math.min(100, Math.max(0, c.reference_2tok_score));
+          assert.equal(r.scores[short] ?? null, want, `2-token score ${short} ${JSON.stringify(c.caption)}`);
+        }
+      });
+    } finally {
+      await engine.release();
+    }
+  });
+
+  test(`${name}: scores do not depend on the batch (each pair alone = all together)`, { skip }, async () => {
+    const { dir, inputs } = load(name);
+    const { engine } = await loadEngine(dir, { intraOpThreads: 1 }, quiet);
+    try {
+      const together = await engine.score(inputs);
+      for (let i = 0; i < inputs.length; i++) {
+        const [alone] = await engine.score([inputs[i] as (typeof inputs)[number]]);
+        assert.deepEqual(alone?.scores, together[i]?.scores);
+      }
+    } finally {
+      await engine.release();
+    }
+  });
+
+  const fp16 =
+    present && existsSync(new URL(`../fixtures/models/${name}/onnx/decoder_model_merged_fp16.onnx`, import.meta.url));
+  test(
+    `${name}: the fp16 files run and agree loosely with the reference`,
+    { skip: !fp16 && `no fp16 files in ${name}` },
+    async () => {
+      const { dir, pairs, inputs } = load(name);
+      const { engine } = await loadEngine(dir, { dtype: 'fp16', captureScoreLogits: true, intraOpThreads: 1 }, quiet);
+      try {
+        const results = await engine.score(inputs);
+        let same = 0;
+        let total = 0;
+        let worst = 0;
+        pairs.forEach((p, i) => {
+          for (const c of p.cases) {
+            const trace = (results[i] as EngineResult).traces[SHORT[c.metric]];
+            const logits = trace?.scoreLogits as Float32Array;
+            worst = Math.max(worst, maxAbsDiff(logits, c.score_logits));
+            total++;
+            if (argmaxOf(logits) === argmaxOf(c.score_logits)) same++;
+          }
+        });
+        assert.ok(worst < 0.25, `fp16 score logits within 0.25 of fp32 reference (worst ${worst})`);
+        assert.ok(same / total >= 0.75, `fp16 first token agrees in ${same}/${total}`);
+      } finally {
+        await engine.release();
+      }
+    },
+  );
+
+  test(`${name}: the worker-thread scorer returns the same scores as the engine`, { skip }, async () => {
+    const { dir, inputs } = load(name);
+    const { engine } = await loadEngine(dir, { intraOpThreads: 1 }, quiet);
+    const direct = await engine.score(inputs);
+    await engine.release();
+    const scorer = await loadScorer(dir, { batchSize: 3, workers: 2, intraOpThreads: 1, logger: quiet });
+    try {
+      assert.equal(scorer.maxBatch, 3);
+      assert.deepEqual(scorer.metrics, ['itm', 'odf', 'ctq', 'su']);
+      const res = await scorer.score(inputs.map((x, i) => ({ id: String(i), ...x })));
+      assert.deepEqual(
+        res.map((r) => r.scores),
+        direct.map((r) => r.scores),
+      );
+      assert.ok(scorer.stats().pairs >= inputs.length);
+    } finally {
+      await scorer.close();
+    }
+  });
+}
