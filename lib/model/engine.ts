@@ -78,6 +78,8 @@ export interface EngineStats {
   decoderRealTokens: number;
   decoderRuns: number;
   visionImages: number;
+  /** Patch tokens through the vision tower (images x (side / patch)^2), when the patch size is known. */
+  visionPatches: number;
   visionRuns: number;
   pairs: number;
 }
@@ -130,6 +132,7 @@ export class ScoringEngine {
     decoderRealTokens: 0,
     decoderRuns: 0,
     visionImages: 0,
+    visionPatches: 0,
     visionRuns: 0,
     pairs: 0,
   };
@@ -138,6 +141,7 @@ export class ScoringEngine {
   private readonly kvHeads: number;
   private readonly headDim: number;
   private readonly hidden: number;
+  private readonly patchSize: number | undefined;
   private readonly logitsToKeepInput: string | undefined;
   private readonly digits: DigitVocab;
   private readonly eos: ReadonlySet<number>;
@@ -147,7 +151,7 @@ export class ScoringEngine {
   constructor(
     private readonly sessions: EngineSessions,
     private readonly tokenizer: PromptTokenizer,
-    dims: { hidden: number; kvHeads: number; headDim: number },
+    dims: { hidden: number; kvHeads: number; headDim: number; patchSize?: number | undefined },
     options: EngineOptions = {},
   ) {
     this.metrics = options.metrics ?? METRICS.map((m) => m.key);
@@ -175,6 +179,7 @@ export class ScoringEngine {
     this.hidden = dims.hidden;
     this.kvHeads = dims.kvHeads;
     this.headDim = dims.headDim;
+    this.patchSize = dims.patchSize;
     this.digits = new DigitVocab(tokenizer.vocabSize, (id) => tokenizer.tokenText(id));
     this.eos = new Set(options.eosTokenIds ?? []);
   }
@@ -247,6 +252,7 @@ export class ScoringEngine {
     }
     this.stats.visionRuns++;
     this.stats.visionImages += pixels.length;
+    if (this.patchSize) this.stats.visionPatches += pixels.length * Math.floor(side / this.patchSize) ** 2;
     const data = ScoringEngine.raw(feats);
     const per = n * h;
     return { features: pixels.map((_, i) => data.slice(i * per, (i + 1) * per)), tokens: n };

@@ -62,13 +62,17 @@ function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
   });
 }
 
-function workerUrl(): { url: URL; execArgv?: string[] } {
-  const ts = import.meta.url.endsWith('.ts');
-  const url = new URL(ts ? './worker.ts' : './worker.js', import.meta.url);
-  // Running from source: the worker needs the TypeScript loader too (inherited when the parent was started with it).
-  if (ts && !process.execArgv.some((a) => a.includes('tsx')))
-    return { url, execArgv: [...process.execArgv, '--import', 'tsx'] };
-  return { url };
+/**
+ * Starts the worker script. From the TypeScript sources (tsx), loader hooks registered on the main thread do not
+ * reach workers, and `--import tsx` in a worker's execArgv races its entry module on Node 20; so a tiny eval'd
+ * bootstrap registers tsx in the worker before importing worker.ts.
+ */
+function spawnWorker(): Worker {
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url));
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./worker.ts', import.meta.url).href;
+  const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
+  return new Worker(boot, { eval: true });
 }
 
 const errorFrom = (e: WireError) => new FilterError(e.code, e.message, e.context);
@@ -136,8 +140,7 @@ class PoolWorker {
 }
 
 async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, log: LogFn) {
-  const { url, execArgv } = workerUrl();
-  const worker = new Worker(url, execArgv ? { execArgv } : {});
+  const worker = spawnWorker();
   const ep = await new Promise<ExecutionProvider>((resolve, reject) => {
     const onMessage = (msg: WorkerReply) => {
       if (msg.type === 'log') log(msg.level, msg.message, msg.context);
@@ -242,6 +245,7 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
         decoderRealTokens: 0,
         decoderRuns: 0,
         visionImages: 0,
+        visionPatches: 0,
         visionRuns: 0,
         pairs: 0,
       };

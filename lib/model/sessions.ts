@@ -76,6 +76,19 @@ export function decoderDims(sessions: EngineSessions, config: Record<string, unk
   return { hidden, kvHeads, headDim };
 }
 
+/** The vision tower's patch size, wherever config.json keeps it (vision_config, mm_* fields). */
+function findPatchSize(obj: unknown, depth = 0): number | undefined {
+  if (!obj || typeof obj !== 'object' || depth > 3) return undefined;
+  const o = obj as Record<string, unknown>;
+  const direct = num(o.patch_size);
+  if (direct) return direct;
+  for (const v of Object.values(o)) {
+    const found = findPatchSize(v, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
 function eosIds(info: ModelDirInfo, tok: PromptTokenizer): number[] {
   const out = new Set<number>();
   const add = (v: unknown) => {
@@ -130,7 +143,8 @@ export async function loadEngine(
     format: info.format,
     ...(info.whitespaceTokenId !== undefined ? { whitespaceTokenId: info.whitespaceTokenId } : {}),
   });
-  const engine = new ScoringEngine(sessions, tokenizer, decoderDims(sessions, info.config), {
+  const dims = { ...decoderDims(sessions, info.config), patchSize: findPatchSize(info.config) };
+  const engine = new ScoringEngine(sessions, tokenizer, dims, {
     ...opts,
     eosTokenIds: eosIds(info, tokenizer),
   });
