@@ -50,7 +50,12 @@ const CAPTIONS = [
 
 function generatedModelDir(layers: number): string {
   const dir = `${ROOT}bench/.cache/realistic-qwen-l${layers}`;
-  if (existsSync(`${dir}/mlm_filter.json`)) return dir;
+  if (
+    existsSync(`${dir}/mlm_filter.json`) &&
+    (args.dtype !== 'fp16' || existsSync(`${dir}/onnx/decoder_model_merged_fp16.onnx`))
+  ) {
+    return dir;
+  }
   const cmd = [
     `${ROOT}tools/export/export.sh`,
     '--random-config',

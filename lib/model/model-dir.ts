@@ -12,7 +12,7 @@ export type ModelDtype = 'fp32' | 'fp16';
 
 /** The command that produces a model directory, quoted in every error about a missing or broken one. */
 export function exportCommand(source: string, outDir: string): string {
-  return `tools/export/export.sh --model ${source} --out ${outDir}`;
+  return `tools/export/export.sh ${source} --out ${outDir}`;
 }
 
 const HUB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/;

@@ -17,7 +17,11 @@ export const REFERENCE_MAX_LEN = 2040;
 export interface PromptTokenizerOptions {
   /** Conversation format of the model (mlm_filter.json). */
   readonly format: ConversationFormat;
-  /** Id appended after the prompt; default: the last id of tokenizer(' ') as the reference computes it. */
+  /**
+   * Id appended after the prompt (mlm_filter.json's whitespace_token_id). Default: what the reference's
+   * tokenizer(' ')[-1] gives: the bare '▁' piece for sentencepiece vocabularies (the slow LLaMA tokenizer's answer;
+   * tokenizer.json would say '▁▁'), else the last id of encoding ' ' (220 for Qwen2.5).
+   */
   readonly whitespaceTokenId?: number;
   /** Truncate the prompt ids (placeholder counted as one) to this length, as the reference does. */
   readonly maxLen?: number;
@@ -43,7 +47,10 @@ export class PromptTokenizer {
     const bare = tokenizer.encode('a', { add_special_tokens: false }).ids;
     // A tokenizer that prepends a special token (LLaMA's <s>) shows it as the extra leading id.
     this.bosTokenId = probe.length > bare.length ? probe[0] : undefined;
-    const ws = tokenizer.encode(' ').ids.at(-1);
+    const ws =
+      options.format === 'llava_v1'
+        ? (tokenizer.token_to_id('▁') ?? tokenizer.encode(' ').ids.at(-1))
+        : tokenizer.encode(' ').ids.at(-1);
     const whitespace = options.whitespaceTokenId ?? ws;
     if (whitespace === undefined) {
       throw new FilterError('model_invalid', 'tokenizer cannot encode a space', { format: this.format });

@@ -62,7 +62,7 @@ test('a hub id without a cached export fails with model_not_exported and the com
       (err: unknown) => {
         assert.ok(err instanceof FilterError);
         assert.equal(err.code, 'model_not_exported');
-        assert.match(err.message, /tools\/export\/export\.sh --model Victorwz\/mlm-filter-qwen2\.5-1\.5b-gpt4o --out /);
+        assert.match(err.message, /tools\/export\/export\.sh Victorwz\/mlm-filter-qwen2\.5-1\.5b-gpt4o --out /);
         assert.equal(err.context.expectedDir, join(cache, 'Victorwz--mlm-filter-qwen2.5-1.5b-gpt4o'));
         return true;
       },
