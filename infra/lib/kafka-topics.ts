@@ -1,0 +1,145 @@
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CustomResource, Duration, Stack, Validations } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as cr from 'aws-cdk-lib/custom-resources';
+import { Construct } from 'constructs';
+import type { MskArns } from './msk.ts';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** One topic the provisioner creates. */
+export interface KafkaTopicSpec {
+  readonly name: string;
+  /** @default 12 */
+  readonly partitions?: number;
+  /** @default 3 */
+  readonly replicationFactor?: number;
+  /** Topic configs applied at creation only (e.g. `retention.ms`). @default - broker defaults */
+  readonly configs?: Record<string, string>;
+}
+
+export interface KafkaTopicsProps {
+  readonly vpc: ec2.IVpc;
+  readonly vpcSubnets?: ec2.SubnetSelection;
+  /** Security group of the provisioner function; the caller opens the brokers to it. */
+  readonly securityGroup: ec2.ISecurityGroup;
+  readonly bootstrapServers: readonly string[];
+  readonly auth: 'none' | 'iam' | 'scram-sha-512';
+  readonly tls: boolean;
+  readonly scramSecret?: secretsmanager.ISecret;
+  /** Set for MSK IAM: the function is granted topic management on exactly these topics. */
+  readonly msk?: MskArns;
+  readonly topics: readonly KafkaTopicSpec[];
+  /** Delete the topics (and their data) when the stack or this resource is deleted. @default false */
+  readonly deleteOnDestroy?: boolean;
+}
+
+/**
+ * Creates Kafka topics through a custom resource backed by functions/lambda/topic-provisioner.ts
+ * (bundled locally with esbuild, no Docker).
+ */
+export class KafkaTopics extends Construct {
+  readonly handler: NodejsFunction;
+
+  constructor(scope: Construct, id: string, props: KafkaTopicsProps) {
+    super(scope, id);
+    const logGroup = new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH });
+    this.handler = new NodejsFunction(this, 'Handler', {
+      entry: path.join(repoRoot, 'functions', 'lambda', 'topic-provisioner.ts'),
+      handler: 'handler',
+      projectRoot: repoRoot,
+      depsLockFilePath: path.join(repoRoot, 'package-lock.json'),
+      runtime: lambda.Runtime.NODEJS_24_X,
+      architecture: lambda.Architecture.ARM_64,
+      memorySize: 256,
+      timeout: Duration.minutes(5),
+      vpc: props.vpc,
+      vpcSubnets: props.vpcSubnets,
+      securityGroups: [props.securityGroup],
+      logGroup,
+      bundling: {
+        // Local esbuild only: synth must work on machines without Docker.
+        forceDockerBundling: false,
+        format: OutputFormat.ESM,
+        target: 'node24',
+        minify: true,
+        sourceMap: true,
+        // The Node.js runtime ships AWS SDK v3; the MSK signer's own SDK deps are bundled with it.
+        externalModules: ['@aws-sdk/client-secrets-manager'],
+        // ESM bundles of CommonJS deps (kafkajs) need a require().
+        banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+      },
+    });
+
+    const managed = props.topics.map((t) => t.name);
+    if (props.msk) {
+      const topicArns = managed.map((n) => props.msk!.topic(n));
+      this.handler.addToRolePolicy(
+        new iam.PolicyStatement({
+          actions: ['kafka-cluster:Connect', 'kafka-cluster:DescribeCluster'],
+          resources: [props.msk.clusterArn],
+        }),
+      );
+      this.handler.addToRolePolicy(
+        new iam.PolicyStatement({
+          actions: [
+            'kafka-cluster:CreateTopic',
+            'kafka-cluster:DescribeTopic',
+            'kafka-cluster:AlterTopic',
+            ...(props.deleteOnDestroy ? ['kafka-cluster:DeleteTopic'] : []),
+          ],
+          resources: topicArns,
+        }),
+      );
+    }
+    props.scramSecret?.grantRead(this.handler);
+
+    const provider = new cr.Provider(this, 'Provider', {
+      onEventHandler: this.handler,
+      logGroup,
+    });
+
+    new CustomResource(this, 'Resource', {
+      serviceToken: provider.serviceToken,
+      resourceType: 'Custom::KafkaTopics',
+      properties: {
+        Brokers: props.bootstrapServers.join(','),
+        Auth: props.auth,
+        Tls: String(props.tls),
+        SecretArn: props.scramSecret?.secretArn ?? '',
+        Region: Stack.of(this).region,
+        DeleteOnDestroy: String(props.deleteOnDestroy ?? false),
+        Topics: props.topics.map((t) => ({
+          Name: t.name,
+          Partitions: String(t.partitions ?? 12),
+          ReplicationFactor: String(t.replicationFactor ?? 3),
+          ...(t.configs ? { Configs: t.configs } : {}),
+        })),
+      },
+    });
+
+    const v = Validations.of(this);
+    v.acknowledge({
+      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+      reason: 'Lambda log delivery; the managed policy only allows CreateLogStream/PutLogEvents.',
+    });
+    v.acknowledge({
+      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
+      reason: 'The provisioner runs in the brokers VPC; ENI management needs this AWS policy.',
+    });
+    const frameworkPolicy = provider.node
+      .findChild('framework-onEvent')
+      .node.findChild('ServiceRole')
+      .node.findChild('DefaultPolicy');
+    Validations.of(frameworkPolicy).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.handler.node.defaultChild as lambda.CfnFunction)}.Arn>:*]`,
+      reason: 'The CDK Provider framework invokes the provisioner function and its versions only.',
+    });
+  }
+}

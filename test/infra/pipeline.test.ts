@@ -1,0 +1,487 @@
+import { describe, test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Duration, Stack } from 'aws-cdk-lib';
+import { Match } from 'aws-cdk-lib/assertions';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import {
+  MSK_ARN,
+  MSK_GROUP_PREFIX,
+  MSK_TOPIC_PREFIX,
+  brokersVpc,
+  model,
+  statements,
+  synth,
+  workerEnv,
+  type Synthesised,
+} from './helpers.ts';
+import { METRIC } from '../../infra/lib/metric-names.ts';
+
+const WORKER_ENV = [
+  'MLMF_SOURCE',
+  'MLMF_BROKERS',
+  'MLMF_KAFKA_AUTH',
+  'MLMF_KAFKA_TLS',
+  'MLMF_BUCKET',
+  'MLMF_PREFIX',
+  'MLMF_AUDIT_TOPIC',
+  'MLMF_MODEL_DIR',
+  'MLMF_MODEL_S3_URI',
+  'MLMF_MODEL_SHA256',
+  'MLMF_THRESHOLDS',
+  'MLMF_COMBINE',
+  'MLMF_EXECUTION_PROVIDER',
+  'MLMF_BATCH_SIZE',
+  'MLMF_HEALTH_PORT',
+  'MLMF_METRICS_NAMESPACE',
+  'MLMF_PIPELINE',
+  'AWS_REGION',
+];
+
+const mskBrokers = ['b-1.crawl.kafka.eu-west-1.amazonaws.com:9098', 'b-2.crawl.kafka.eu-west-1.amazonaws.com:9098'];
+
+function noWildcardResources(s: Synthesised, policyIdPart: string) {
+  const found = statements(s.template).filter((st) => st.policy.includes(policyIdPart) && st.Resource.includes('*'));
+  assert.deepEqual(found, [], `'*' resources in ${policyIdPart}`);
+}
+
+describe('MSK (IAM) + SQS: two services, one per source', () => {
+  let s: Synthesised;
+  before(() => {
+    s = synth((stack) => ({
+      pipelineName: 'crawl-filter',
+      vpc: brokersVpc(stack),
+      kafka: {
+        kind: 'msk-iam',
+        clusterArn: MSK_ARN,
+        bootstrapServers: mskBrokers,
+        securityGroup: ec2.SecurityGroup.fromSecurityGroupId(stack, 'MskSg', 'sg-0123456789abcdef0'),
+      },
+      kafkaSource: { topic: 'crawl.pairs', maxTasks: 6 },
+      sqsSource: { maxTasks: 3 },
+      topics: { audit: 'mlmf.audit', accepted: 'mlmf.accepted', deadLetter: 'mlmf.dlq' },
+      model: model(stack),
+      monitoring: { alarmTopic: sns.Topic.fromTopicArn(stack, 'Ops', 'arn:aws:sns:eu-west-1:111122223333:ops') },
+    }));
+  });
+
+  test('cdk-nag AwsSolutions and CloudFormation validation: no unacknowledged finding', () => {
+    assert.deepEqual(s.violations, []);
+  });
+
+  test('GPU capacity: ECS GPU AMI, encrypted root volume, IMDSv2, managed scaling', () => {
+    s.template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+      LaunchTemplateData: Match.objectLike({
+        ImageId: { Ref: Match.stringLikeRegexp('gpurecommendedimageid') },
+        MetadataOptions: Match.objectLike({ HttpTokens: 'required' }),
+        BlockDeviceMappings: [Match.objectLike({ Ebs: Match.objectLike({ Encrypted: true, VolumeType: 'gp3' }) })],
+      }),
+    });
+    const params = s.template.toJSON().Parameters as Record<string, { Default?: string }>;
+    assert.ok(
+      Object.values(params).some(
+        (p) => p.Default === '/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id',
+      ),
+    );
+    s.template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MinSize: '0',
+      MaxSize: '9',
+      MixedInstancesPolicy: Match.objectLike({
+        InstancesDistribution: Match.objectLike({ OnDemandPercentageAboveBaseCapacity: 100 }),
+        LaunchTemplate: Match.objectLike({
+          Overrides: [{ InstanceType: 'g5.xlarge' }, { InstanceType: 'g6.xlarge' }],
+        }),
+      }),
+    });
+    s.template.hasResourceProperties('AWS::ECS::CapacityProvider', {
+      AutoScalingGroupProvider: Match.objectLike({ ManagedScaling: Match.objectLike({ Status: 'ENABLED' }) }),
+    });
+    s.template.hasResourceProperties('AWS::ECS::Cluster', {
+      ClusterSettings: [{ Name: 'containerInsights', Value: 'enabled' }],
+    });
+  });
+
+  test('task definitions: one GPU, health check, full worker environment', () => {
+    s.template.resourceCountIs('AWS::ECS::TaskDefinition', 2);
+    s.template.resourceCountIs('AWS::ECS::Service', 2);
+    s.template.allResourcesProperties('AWS::ECS::TaskDefinition', {
+      ContainerDefinitions: [
+        Match.objectLike({
+          ResourceRequirements: [{ Type: 'GPU', Value: '1' }],
+          HealthCheck: Match.objectLike({ StartPeriod: 300 }),
+          StopTimeout: 120,
+          LogConfiguration: Match.objectLike({ LogDriver: 'awslogs' }),
+        }),
+      ],
+    });
+    const kafka = workerEnv(s.template, 'KafkaTask');
+    for (const k of WORKER_ENV) assert.ok(k in kafka, `kafka worker env lacks ${k}`);
+    assert.equal(kafka.MLMF_SOURCE, 'kafka');
+    assert.equal(kafka.MLMF_SOURCE_TOPIC, 'crawl.pairs');
+    assert.equal(kafka.MLMF_GROUP_ID, 'mlm-filter-crawl-filter');
+    assert.equal(kafka.MLMF_KAFKA_AUTH, 'iam');
+    assert.equal(kafka.MLMF_KAFKA_TLS, 'true');
+    assert.equal(kafka.MLMF_BROKERS, mskBrokers.join(','));
+    assert.equal(kafka.MLMF_ACCEPTED_TOPIC, 'mlmf.accepted');
+    assert.equal(kafka.MLMF_DLQ_TOPIC, 'mlmf.dlq');
+    assert.equal(kafka.MLMF_MODEL_S3_URI, 's3://models-bucket/mlm/qwen-1.5b.tar');
+    assert.equal(kafka.MLMF_THRESHOLDS, 'itm>=66,odf>=20');
+    assert.equal(kafka.MLMF_PIPELINE, 'crawl-filter');
+    const sqsEnv = workerEnv(s.template, 'SqsTask');
+    assert.equal(sqsEnv.MLMF_SOURCE, 'sqs');
+    assert.ok(sqsEnv.MLMF_SQS_QUEUE_URL, 'queue url passed');
+    assert.equal(sqsEnv.MLMF_SOURCE_TOPIC, undefined);
+  });
+
+  test('worker image comes from functions/worker/Dockerfile as an asset (hashed at synth, built at deploy)', () => {
+    const manifest = JSON.parse(fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8')) as {
+      dockerImages: Record<string, { source: { directory: string; dockerFile?: string } }>;
+    };
+    const images = Object.values(manifest.dockerImages);
+    assert.equal(images.length, 1);
+    assert.equal(images[0]!.source.dockerFile, 'functions/worker/Dockerfile');
+    const staged = path.join(s.outdir, images[0]!.source.directory);
+    assert.ok(fs.existsSync(path.join(staged, 'package-lock.json')));
+    assert.ok(!fs.existsSync(path.join(staged, 'node_modules')), 'node_modules is not in the build context');
+    assert.ok(!fs.existsSync(path.join(staged, 'test')), 'tests are not in the build context');
+  });
+
+  test('created SQS queue: encrypted, TLS only, dead-letter queue with redrive', () => {
+    s.template.resourceCountIs('AWS::SQS::Queue', 2);
+    s.template.hasResourceProperties('AWS::SQS::Queue', {
+      SqsManagedSseEnabled: true,
+      VisibilityTimeout: 900,
+      RedrivePolicy: { deadLetterTargetArn: Match.anyValue(), maxReceiveCount: 5 },
+    });
+    s.template.allResourcesProperties('AWS::SQS::QueuePolicy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }),
+        ]),
+      },
+    });
+  });
+
+  test('curated bucket: encrypted, public access blocked, TLS enforced, versioned, access-logged', () => {
+    s.template.hasResourceProperties('AWS::S3::Bucket', {
+      BucketEncryption: {
+        ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+      },
+      PublicAccessBlockConfiguration: {
+        BlockPublicAcls: true,
+        BlockPublicPolicy: true,
+        IgnorePublicAcls: true,
+        RestrictPublicBuckets: true,
+      },
+      VersioningConfiguration: { Status: 'Enabled' },
+      LoggingConfiguration: Match.objectLike({ LogFilePrefix: 'curated/' }),
+    });
+    s.template.hasResource('AWS::S3::Bucket', { DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+    s.template.allResourcesProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }),
+        ]),
+      },
+    });
+  });
+
+  test('IAM: MSK actions scoped to the exact cluster, topic and group ARNs', () => {
+    const st = statements(s.template);
+    const kafkaTask = st.filter((x) => x.policy.includes('KafkaTaskRole'));
+    const sqsTask = st.filter((x) => x.policy.includes('SqsTaskRole'));
+    const find = (list: typeof st, action: string) => list.filter((x) => x.Action.includes(action));
+
+    assert.deepEqual(find(kafkaTask, 'kafka-cluster:ReadData')[0]?.Resource, [`${MSK_TOPIC_PREFIX}crawl.pairs`]);
+    assert.deepEqual(find(kafkaTask, 'kafka-cluster:AlterGroup')[0]?.Resource, [
+      `${MSK_GROUP_PREFIX}mlm-filter-crawl-filter`,
+    ]);
+    const sinkTopics = ['mlmf.audit', 'mlmf.accepted', 'mlmf.dlq'].map((t) => MSK_TOPIC_PREFIX + t);
+    assert.deepEqual(find(kafkaTask, 'kafka-cluster:WriteData')[0]?.Resource, sinkTopics);
+    assert.deepEqual(find(kafkaTask, 'kafka-cluster:Connect')[0]?.Resource, [MSK_ARN]);
+    // The SQS-fed service writes the same sinks but never reads the Kafka source.
+    assert.deepEqual(find(sqsTask, 'kafka-cluster:WriteData')[0]?.Resource, sinkTopics);
+    assert.equal(find(sqsTask, 'kafka-cluster:ReadData').length, 0);
+    assert.equal(find(kafkaTask, 'sqs:ReceiveMessage').length, 0);
+    assert.equal(find(sqsTask, 'sqs:ReceiveMessage').length, 1);
+    // No role may touch other topics or the whole cluster's topics.
+    for (const x of st.filter((x) => x.Action.some((a) => a.startsWith('kafka-cluster:')))) {
+      for (const r of x.Resource)
+        assert.ok(typeof r === 'string' && !r.includes('*'), `wildcard kafka resource ${String(r)}`);
+    }
+    // The provisioner can create exactly the three sink topics and cannot delete (deleteOnDestroy is off).
+    const prov = st.filter((x) => x.Action.includes('kafka-cluster:CreateTopic'));
+    assert.equal(prov.length, 1);
+    assert.deepEqual(prov[0]!.Resource, sinkTopics);
+    assert.ok(!st.some((x) => x.Action.includes('kafka-cluster:DeleteTopic')));
+    noWildcardResources(s, 'KafkaTaskRole');
+    noWildcardResources(s, 'SqsTaskRole');
+  });
+
+  test('IAM: S3 scoped to the curated prefix and the model object', () => {
+    const st = statements(s.template).filter((x) => x.policy.includes('KafkaTaskRole'));
+    const put = st.find((x) => x.Action.includes('s3:PutObject'))!;
+    assert.equal(put.Resource.length, 1);
+    assert.match(JSON.stringify(put.Resource), /\/curated\/\*/);
+    assert.ok(!put.Action.includes('s3:DeleteObject'));
+    const list = st.find((x) => x.Action.includes('s3:ListBucket'))!;
+    assert.deepEqual(list.Condition, { StringLike: { 's3:prefix': ['curated/*'] } });
+    const modelGet = st.find((x) => x.Action.length === 1 && x.Action[0] === 's3:GetObject')!;
+    assert.match(JSON.stringify(modelGet.Resource), /models-bucket\/mlm\/qwen-1\.5b\.tar"/);
+  });
+
+  test('topics: custom resource on a Node.js Lambda in the VPC, brokers opened on 9098', () => {
+    s.template.hasResourceProperties('Custom::KafkaTopics', {
+      Brokers: mskBrokers.join(','),
+      Auth: 'iam',
+      Tls: 'true',
+      DeleteOnDestroy: 'false',
+      Topics: [
+        { Name: 'mlmf.audit', Partitions: '12', ReplicationFactor: '3', Configs: { 'retention.ms': '2592000000' } },
+        { Name: 'mlmf.accepted', Partitions: '12', ReplicationFactor: '3' },
+        { Name: 'mlmf.dlq', Partitions: '12', ReplicationFactor: '3' },
+      ],
+    });
+    s.template.hasResourceProperties('AWS::Lambda::Function', {
+      Runtime: Match.stringLikeRegexp('^nodejs(2[2-9]|[3-9][0-9])\\.x$'),
+      Handler: 'index.handler',
+      VpcConfig: Match.objectLike({ SubnetIds: ['subnet-0aaaaaaaaaaaaaaa1', 'subnet-0aaaaaaaaaaaaaaa2'] }),
+    });
+    const ingress = s.template.findResources('AWS::EC2::SecurityGroupIngress', {
+      Properties: { GroupId: 'sg-0123456789abcdef0', FromPort: 9098, ToPort: 9098 },
+    });
+    assert.equal(Object.keys(ingress).length, 2, 'worker and provisioner may reach the brokers');
+  });
+
+  test('autoscaling: target tracking on backlog per task, wake-from-zero step policy', () => {
+    const policies = s.template.findResources('AWS::ApplicationAutoScaling::ScalingPolicy');
+    const tt = Object.values(policies).filter(
+      (p) => (p as { Properties: { PolicyType: string } }).Properties.PolicyType === 'TargetTrackingScaling',
+    );
+    assert.equal(tt.length, 2);
+    const json = JSON.stringify(tt);
+    assert.match(json, /backlog \/ IF\(tasks > 1, tasks, 1\)/);
+    assert.match(json, /SumOffsetLag/);
+    assert.match(json, /ApproximateNumberOfMessagesVisible/);
+    assert.match(json, /RunningTaskCount/);
+    s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', {
+      MinCapacity: 0,
+      MaxCapacity: 6,
+      ScalableDimension: 'ecs:service:DesiredCount',
+    });
+    const steps = Object.values(policies).filter(
+      (p) => (p as { Properties: { PolicyType: string } }).Properties.PolicyType === 'StepScaling',
+    );
+    assert.equal(steps.length, 2, 'one wake policy per source');
+    s.template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Metrics: Match.arrayWith([Match.objectLike({ Expression: 'IF(FILL(tasks, 0) < 1 AND backlog > 0, 1, 0)' })]),
+      AlarmActions: [{ Ref: Match.anyValue() }],
+    });
+  });
+
+  test('monitoring: dashboard on the shared metric names, alarms to the SNS topic', () => {
+    const dash = s.template.findResources('AWS::CloudWatch::Dashboard');
+    const body = JSON.stringify(dash);
+    for (const name of [
+      METRIC.PairsIn,
+      METRIC.PairsAccepted,
+      METRIC.PairsRejected,
+      METRIC.RejectsByReason,
+      METRIC.ScoreITM,
+      METRIC.ScoreODF,
+      METRIC.ScoreCTQ,
+      METRIC.ScoreSU,
+      METRIC.GpuUtilization,
+      METRIC.Errors,
+      METRIC.BatchLatencyMs,
+      'SumOffsetLag',
+      'ApproximateNumberOfMessagesVisible',
+    ]) {
+      assert.ok(body.includes(name), `dashboard lacks ${name}`);
+    }
+    const alarms = Object.entries(s.template.findResources('AWS::CloudWatch::Alarm')).filter(([id]) =>
+      id.includes('Monitoring'),
+    );
+    const ids = alarms.map(([id]) => id).join(' ');
+    for (const kind of [
+      'OldestInputKafka',
+      'OldestInputSqs',
+      'DeadLettersSqs',
+      'NoProgressKafka',
+      'NoProgressSqs',
+      'ErrorRate',
+    ]) {
+      assert.match(ids, new RegExp(kind), `alarm ${kind}`);
+    }
+    for (const [, a] of alarms) {
+      assert.deepEqual((a as { Properties: { AlarmActions: unknown[] } }).Properties.AlarmActions, [
+        'arn:aws:sns:eu-west-1:111122223333:ops',
+      ]);
+    }
+  });
+});
+
+describe('self-managed Kafka with SASL/SCRAM in an existing VPC', () => {
+  let s: Synthesised;
+  const secretArn = 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:crawl-kafka-AbCdEf';
+  before(() => {
+    s = synth((stack) => ({
+      vpc: brokersVpc(stack),
+      kafka: {
+        kind: 'self-managed',
+        bootstrapServers: ['kafka-1.internal:9096', 'kafka-2.internal:9096'],
+        scramSecret: secretsmanager.Secret.fromSecretCompleteArn(stack, 'Scram', secretArn),
+        securityGroup: ec2.SecurityGroup.fromSecurityGroupId(stack, 'KafkaSg', 'sg-0fedcba9876543210'),
+      },
+      kafkaSource: { topic: 'crawl.pairs', consumerGroup: 'filters', minTasks: 1, maxTasks: 2 },
+      topics: { audit: 'mlmf.audit', partitions: 3, replicationFactor: 2 },
+      model: model(stack),
+      capacity: { spot: true, instanceTypes: [new ec2.InstanceType('g6.xlarge')] },
+    }));
+  });
+
+  test('no unacknowledged finding', () => assert.deepEqual(s.violations, []));
+
+  test('worker gets SCRAM settings and reads only that secret; no MSK permissions', () => {
+    const env = workerEnv(s.template, 'KafkaTask');
+    assert.equal(env.MLMF_KAFKA_AUTH, 'scram-sha-512');
+    assert.equal(env.MLMF_KAFKA_TLS, 'true');
+    assert.equal(env.MLMF_KAFKA_SECRET_ARN, secretArn);
+    assert.equal(env.MLMF_GROUP_ID, 'filters');
+    const st = statements(s.template);
+    const reads = st.filter((x) => x.Action.includes('secretsmanager:GetSecretValue'));
+    assert.ok(reads.length >= 2, 'worker and provisioner');
+    for (const r of reads) assert.deepEqual(r.Resource, [secretArn]);
+    assert.ok(!st.some((x) => x.Action.some((a) => a.startsWith('kafka-cluster:'))));
+    s.template.hasResourceProperties('AWS::EC2::SecurityGroupIngress', {
+      GroupId: 'sg-0fedcba9876543210',
+      FromPort: 9096,
+    });
+    s.template.hasResourceProperties('Custom::KafkaTopics', {
+      Auth: 'scram-sha-512',
+      SecretArn: secretArn,
+      Topics: [Match.objectLike({ Name: 'mlmf.audit', Partitions: '3', ReplicationFactor: '2' })],
+    });
+  });
+
+  test('spot capacity and worker-reported lag for scaling, min 1 task (no wake policy)', () => {
+    s.template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MaxSize: '2',
+      CapacityRebalance: true,
+      MixedInstancesPolicy: Match.objectLike({
+        InstancesDistribution: Match.objectLike({
+          OnDemandPercentageAboveBaseCapacity: 0,
+          SpotAllocationStrategy: 'price-capacity-optimized',
+        }),
+      }),
+    });
+    const json = JSON.stringify(s.template.findResources('AWS::ApplicationAutoScaling::ScalingPolicy'));
+    assert.match(json, /KafkaConsumerLag/);
+    assert.doesNotMatch(json, /StepScaling/);
+    s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 1, MaxCapacity: 2 });
+  });
+});
+
+describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-free defaults', () => {
+  let s: Synthesised;
+  const queueArn = 'arn:aws:sqs:eu-west-1:111122223333:crawler-pairs';
+  before(() => {
+    s = synth((stack) => ({
+      kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
+      sqsSource: { queueArn, maxTasks: 2 },
+      topics: { audit: 'mlmf.audit', provision: false },
+      model: model(stack),
+      curated: { bucket: s3.Bucket.fromBucketName(stack, 'Lake', 'data-lake'), prefix: 'mlm-filter/v1' },
+      worker: { imageUri: '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1.0', batchSize: 32 },
+    }));
+  });
+
+  test('no unacknowledged finding', () => assert.deepEqual(s.violations, []));
+
+  test('no queue, bucket or topic resources are created; a VPC with flow logs is', () => {
+    s.template.resourceCountIs('AWS::SQS::Queue', 0);
+    s.template.resourceCountIs('AWS::S3::Bucket', 0);
+    s.template.resourceCountIs('Custom::KafkaTopics', 0);
+    s.template.resourceCountIs('AWS::Lambda::Function', 0);
+    s.template.resourceCountIs('AWS::EC2::VPC', 1);
+    s.template.resourceCountIs('AWS::EC2::FlowLog', 1);
+  });
+
+  test('permissions name the imported queue and the prefix of the imported bucket', () => {
+    const st = statements(s.template);
+    const recv = st.find((x) => x.Action.includes('sqs:ReceiveMessage'))!;
+    assert.deepEqual(recv.Resource, [queueArn]);
+    const put = st.find((x) => x.Action.includes('s3:PutObject'))!;
+    assert.match(JSON.stringify(put.Resource), /data-lake\/mlm-filter\/v1\/\*/);
+    const env = workerEnv(s.template, 'SqsTask');
+    assert.equal(env.MLMF_BUCKET, 'data-lake');
+    assert.equal(env.MLMF_PREFIX, 'mlm-filter/v1/');
+    assert.equal(env.MLMF_BATCH_SIZE, '32');
+    assert.match(
+      JSON.stringify(s.stack.resolve(env.MLMF_SQS_QUEUE_URL)),
+      /https:\/\/sqs\.eu-west-1\.".*"\/111122223333\/crawler-pairs/,
+    );
+    s.template.hasResourceProperties('AWS::ECS::TaskDefinition', {
+      ContainerDefinitions: [
+        Match.objectLike({ Image: '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1.0' }),
+      ],
+    });
+    const manifest = fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8');
+    assert.doesNotMatch(manifest, /"dockerImages":\s*\{\s*"/, 'no image is built when imageUri is set');
+  });
+});
+
+describe('props validation', () => {
+  const base = (stack: Stack) => ({
+    kafka: { kind: 'msk-iam' as const, clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
+    topics: { audit: 'a', provision: false },
+    model: model(stack),
+  });
+  const sha = (stack: Stack) => {
+    const b = base(stack);
+    return { ...b, sqsSource: {}, model: { ...b.model, sha256: 'abc' } };
+  };
+  const cases: [
+    string,
+    (stack: Stack) => Parameters<typeof synth>[0] extends (s: Stack) => infer P ? P : never,
+    RegExp,
+  ][] = [
+    ['no source', (st) => base(st), /kafkaSource and\/or sqsSource/],
+    ['bad sha', sha, /sha256/],
+    [
+      'bad MSK ARN',
+      (st) => {
+        const b = base(st);
+        return { ...b, sqsSource: {}, kafka: { ...b.kafka, clusterArn: 'arn:aws:s3:::nope' } };
+      },
+      /clusterArn/,
+    ],
+    ['min > max', (st) => ({ ...base(st), sqsSource: { minTasks: 3, maxTasks: 2 } }), /minTasks/],
+    [
+      'self-managed scale to zero',
+      (st) => ({
+        ...base(st),
+        kafka: { kind: 'self-managed' as const, bootstrapServers: ['k:9092'], tls: false },
+        kafkaSource: { topic: 't', minTasks: 0 },
+      }),
+      /minTasks must be >= 1/,
+    ],
+  ];
+  for (const [name, build, message] of cases) {
+    test(name, () => assert.throws(() => synth(build, { nag: false }), message));
+  }
+
+  test('idle input alarm threshold follows maxInputAge', () => {
+    const s = synth((st) => ({ ...base(st), sqsSource: {}, monitoring: { maxInputAge: Duration.minutes(10) } }), {
+      nag: false,
+    });
+    s.template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'ApproximateAgeOfOldestMessage',
+      Threshold: 600,
+    });
+  });
+});
