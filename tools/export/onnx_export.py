@@ -1,0 +1,109 @@
+"""Export the three graphs with torch.onnx's dynamo exporter, and check them in onnxruntime against PyTorch."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch.export import Dim
+
+from llava_model import DecoderGraph, EmbedTokensGraph, LlavaModel, VisionEncoderGraph
+
+ONNX_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TWO_GB = 2_000_000_000
+
+
+def suffix(dtype: str) -> str:
+    return "" if dtype == "fp32" else "_" + dtype
+
+
+def _save(program, path: str) -> list[str]:
+    proto = program.model_proto
+    if proto.ByteSize() < TWO_GB - 100_000_000:
+        onnx.save(proto, path)
+        return [path]
+    data = os.path.basename(path) + "_data"
+    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+    return [path, os.path.join(os.path.dirname(path), data)]
+
+
+def _export(module, args, path, input_names, output_names, dynamic_shapes) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    return _save(program, path)
+
+
+def kv_names(n_layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+
+
+def export_all(model: LlavaModel, out_dir: str, dtype: str) -> list[str]:
+    """Writes onnx/{vision_encoder,embed_tokens,decoder_model_merged}{suffix}.onnx; returns the paths written."""
+    os.makedirs(os.path.join(out_dir, "onnx"), exist_ok=True)
+    tdtype = ONNX_DTYPES[dtype]
+    # A copy for other dtypes: casting the caller's model down and back would round its weights.
+    m = copy.deepcopy(model).to(tdtype) if tdtype != torch.float32 else model
+    sfx = suffix(dtype)
+    written: list[str] = []
+    batch = Dim("batch_size", min=1, max=1024)
+
+    vcfg = m.vision_tower.config
+    vis = VisionEncoderGraph(m).eval()
+    pix = torch.randn(2, 3, vcfg.image_size, vcfg.image_size, dtype=tdtype)
+    written += _export(
+        vis,
+        (pix,),
+        os.path.join(out_dir, "onnx", f"vision_encoder{sfx}.onnx"),
+        ["pixel_values"],
+        ["image_features"],
+        ({0: batch},),
+    )
+
+    emb = EmbedTokensGraph(m).eval()
+    seq = Dim("sequence_length", min=1, max=65536)
+    ids = torch.randint(0, m.lm.config.vocab_size, (2, 7))
+    written += _export(
+        emb,
+        (ids,),
+        os.path.join(out_dir, "onnx", f"embed_tokens{sfx}.onnx"),
+        ["input_ids"],
+        ["inputs_embeds"],
+        ({0: batch, 1: seq},),
+    )
+
+    dec = DecoderGraph(m).eval()
+    n_layers = len(dec.layers)
+    past_len, s = 3, 5
+    hidden = m.lm.config.hidden_size
+    past_dim = Dim("past_sequence_length", min=0, max=65536)
+    embeds = torch.randn(2, s, hidden, dtype=tdtype)
+    mask = torch.ones(2, past_len + s, dtype=torch.int64)
+    pos = torch.arange(past_len, past_len + s)[None].repeat(2, 1)
+    past = [torch.randn(2, dec.n_kv, past_len, dec.head_dim, dtype=tdtype) for _ in range(2 * n_layers)]
+    # The exporter derives total = past + sequence from the graph; a free dim here lets it.
+    total = Dim.DYNAMIC
+    # *past is one varargs entry for torch.export: its shapes go in one nested tuple.
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, tuple({0: batch, 2: past_dim} for _ in past))
+    written += _export(
+        dec,
+        (embeds, mask, pos, *past),
+        os.path.join(out_dir, "onnx", f"decoder_model_merged{sfx}.onnx"),
+        ["inputs_embeds", "attention_mask", "position_ids", *kv_names(n_layers, "past_key_values")],
+        ["logits", *kv_names(n_layers, "present")],
+        shapes,
+    )
+    return written

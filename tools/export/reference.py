@@ -1,0 +1,106 @@
+"""reference.json: PyTorch (LLaVA-style, no KV cache) outputs for a few images x captions x metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer
+
+import prompts
+from parity import build_ids
+from preprocess import preprocess_image, preprocessor_config
+
+CAPTIONS = [
+    "A brown dog running on the beach at sunset.",
+    "a photo of <image> tags written in the text",
+    "Café crème ☕ au 東京 — “quoted” {braces}",
+    "IMG_2041.jpg",
+    "Two children playing football in a green park, 3 goals.",
+]
+
+
+def fixture_images() -> list[Image.Image]:
+    """Small deterministic images of different shapes (padding to square matters for 3 of them)."""
+    imgs = []
+    sizes = [(40, 28), (30, 52), (56, 56), (64, 20)]
+    for i, (w, h) in enumerate(sizes):
+        y, x = np.mgrid[0:h, 0:w]
+        r = (x * (255 // max(1, w - 1)) + 40 * i) % 256
+        g = (y * (255 // max(1, h - 1)) + 90 * i) % 256
+        b = ((x + y) * 7 * (i + 1)) % 256
+        img = Image.fromarray(np.stack([r, g, b], -1).astype(np.uint8), "RGB")
+        d = ImageDraw.Draw(img)
+        d.ellipse([w // 4, h // 4, w // 2 + 3, h // 2 + 3], fill=(255 - 60 * i, 30 * i, 200))
+        imgs.append(img)
+    return imgs
+
+
+def sig6(values) -> list[float]:
+    return [float(f"{float(v):.6g}") for v in values]
+
+
+def decode(tok: Tokenizer, ids: list[int]) -> str:
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> None:
+    fmt = model.spec.conv_format
+    cfg = preprocessor_config(model)
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "pixel_values"), exist_ok=True)
+    images, pixels = [], []
+    for i, img in enumerate(fixture_images()):
+        img.save(os.path.join(out_dir, "images", f"{i}.png"), optimize=True)
+        # Re-read the PNG so the tensor is derived from exactly the bytes a consumer reads.
+        x = preprocess_image(Image.open(os.path.join(out_dir, "images", f"{i}.png")), cfg, model.spec.pad_to_square)
+        x.astype("<f4").tofile(os.path.join(out_dir, "pixel_values", f"{i}.f32"))
+        images.append({"file": f"images/{i}.png", "pixel_values": f"pixel_values/{i}.f32", "shape": list(x.shape)})
+        pixels.append(torch.from_numpy(x))
+
+    cases = []
+    digit_first = 0
+    for i in range(len(images)):
+        for caption in (CAPTIONS[i % len(CAPTIONS)], CAPTIONS[(i + 1) % len(CAPTIONS)] if i != 1 else CAPTIONS[2]):
+            for metric in prompts.METRICS:
+                ids = build_ids(tok, fmt, caption, metric, whitespace_id)
+                logits = model.reference_logits(ids, pixels[i])
+                greedy = model.reference_greedy(ids, pixels[i], 3)
+                assert int(logits[-1].argmax()) == greedy[0]
+                text3 = decode(tok, greedy)
+                cases.append(
+                    {
+                        "image": i,
+                        "caption": caption,
+                        "metric": metric,
+                        "prompt": prompts.build_prompt(fmt, caption, metric),
+                        "input_ids": ids,
+                        "score_logits": sig6(logits[-1].tolist()),
+                        "greedy_tokens": greedy,
+                        "greedy_text": text3,
+                        "greedy_score": prompts.leading_int(text3),
+                        "reference_2tok_score": prompts.reference_parse(decode(tok, greedy[:2])),
+                    }
+                )
+                digit_first += prompts.leading_int(text3) is not None
+    doc = {
+        "format": fmt,
+        "note": (
+            "PyTorch reference: image features spliced at the -200 slot (template slot only), full sequence, "
+            "no KV cache, fp32. score_logits = logits at the last prompt position (after the appended whitespace "
+            "token), i.e. for the first generated token. greedy_score = leading digits of up to 3 greedy tokens; "
+            "reference_2tok_score = int() of the first line of 2 greedy tokens (None when int() fails). "
+            "pixel_values files: float32 little-endian CHW, the exact tensors fed to the vision tower."
+        ),
+        "whitespace_token_id": whitespace_id,
+        "images": images,
+        "cases": cases,
+    }
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
+    scores = [c["greedy_score"] for c in cases]
+    print(f"reference.json: {len(cases)} cases, numeric greedy scores {digit_first}/{len(cases)}, distinct {len(set(scores))}")

@@ -1,0 +1,296 @@
+"""Tiny random-weight models of the real architectures, with small trained tokenizers of the same type.
+
+Used for committed test fixtures (--tiny-random) and, at realistic width, for benchmarks (--random-config).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPVisionConfig, LlamaConfig, Qwen2Config, SiglipVisionConfig
+
+from llava_model import LlavaModel, LlavaSpec
+from prompts import CRITERIA, INSTRUCTION_TEMPLATE
+
+# Qwen2's pre-tokenizer split (digits one by one via \p{N}), as in its tokenizer.json.
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+CAPTION_CORPUS = [
+    "A brown dog running on the beach at sunset.",
+    "Two children playing football in a green park.",
+    "A red car parked in front of an old brick building.",
+    "Close-up of a cup of coffee on a wooden table.",
+    "Mountains covered with snow under a clear blue sky.",
+    "A woman riding a bicycle through the city streets.",
+    "Fresh vegetables for sale at a farmers market.",
+    "A cat sleeping on a sofa next to a window.",
+    "Aerial view of a river winding through a forest.",
+    "The Eiffel Tower lit up at night in Paris, France.",
+    "A plate of spaghetti with tomato sauce and basil.",
+    "Stock photo: businessman shaking hands in an office.",
+    "Vintage poster of a 1950s jazz festival in New Orleans.",
+    "Buy now! 50% off all shoes, free shipping over $30.",
+    "IMG_2041.jpg",
+    "A bird perched on a branch, singing in the morning.",
+    "Tokyo street at night with neon signs and people walking.",
+    "Un café au lait et un croissant sur une terrasse à Paris.",
+    "Ein großer Hund spielt im Schnee.",
+    "东京的夜景，街道上有很多人。",
+    "A small boat floating on a calm lake.",
+    "Portrait of an elderly man wearing a hat and glasses.",
+    "Sunflowers in a field, yellow petals and green leaves.",
+    "The 3 kittens are playing with 2 balls of yarn.",
+    "Score: 87 out of 100 for this photo of a bridge.",
+]
+
+
+def training_corpus() -> list[str]:
+    texts = list(CAPTION_CORPUS)
+    for metric, criteria in CRITERIA.items():
+        texts.append(INSTRUCTION_TEMPLATE.replace("{criteria}", criteria).replace("{aspect}", metric.replace("_", " ")))
+    texts += [
+        "You are a helpful assistant",
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the human's questions. USER: ASSISTANT:",
+    ]
+    texts += [" ".join(str(i) for i in range(0, 101))]
+    return texts
+
+
+def train_qwen_tokenizer(vocab_size: int = 1200) -> Tokenizer:
+    """Byte-level BPE with Qwen2's normalizer, split regex, decoder; specials appended after the BPE vocab."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(training_corpus(), trainer)
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    return tok
+
+
+def train_llama_tokenizer(vocab_size: int = 1200) -> Tokenizer:
+    """Sentencepiece-style BPE (LLaMA's tokenizer.json layout): '▁' prefix, byte fallback, digits split."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    # Training-time split only: words start at '▁' and digits stand alone. LLaMA's tokenizer.json has no
+    # pre-tokenizer; with merges learned this way, inference without one gives the same pieces.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("▁", behavior="merged_with_next"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+        initial_alphabet=list("▁0123456789"),
+        show_progress=False,
+    )
+    tok.train_from_iterator(training_corpus(), trainer)
+    spec = json.loads(tok.to_str())
+    # Byte tokens are ordinary vocabulary entries in LLaMA's file, not added tokens that would match literal text.
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] in ("<unk>", "<s>", "</s>")]
+    spec["pre_tokenizer"] = None
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ],
+    }
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [
+            {"SpecialToken": {"id": "<s>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<s>", "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+    }
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def tokenizer_config(family: str, tok: Tokenizer) -> dict:
+    if family == "llava_qwen":
+        return {
+            "tokenizer_class": "Qwen2Tokenizer",
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "model_max_length": 32768,
+            "clean_up_tokenization_spaces": False,
+            "split_special_tokens": False,
+            "errors": "replace",
+        }
+    return {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<unk>",
+        "legacy": True,
+        "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def digit_ids(tok: Tokenizer) -> list[int]:
+    ids = [tok.token_to_id(str(d)) for d in range(10)]
+    if any(i is None for i in ids):
+        raise RuntimeError(f"tiny tokenizer lacks single-digit tokens: {ids}")
+    return ids
+
+
+def tiny_model(family: str, tok: Tokenizer, seed: int = 0) -> LlavaModel:
+    torch.manual_seed(seed)
+    vocab = tok.get_vocab_size()
+    if family == "llava_qwen":
+        vision = SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14
+        )
+        lm = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=tok.token_to_id("<|im_end|>"),
+            pad_token_id=tok.token_to_id("<|endoftext|>"),
+        )
+        spec = LlavaSpec("llava_qwen", "qwen_instruct", "aapool_mlp", -1, "patch", 4, True)
+    else:
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            projection_dim=32,
+        )
+        lm = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+        spec = LlavaSpec("llava_llama", "llava_v1", "mlp2x_gelu", -2, "patch", 16, True)
+    vision._attn_implementation = "eager"
+    lm._attn_implementation = "eager"
+    model = LlavaModel(spec, vision, lm)
+    # HF init draws weights with std 0.02: everything stays near-uniform. Wider weights make the logits depend
+    # visibly on the image and the caption, so parity tests can tell inputs apart.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 / max(1.0, p.shape[-1] ** 0.5) * 4)
+    model.eval()
+    calibrate_digits(model, tok)
+    return model
+
+
+@torch.no_grad()
+def calibrate_digits(model: LlavaModel, tok: Tokenizer, spread: float = 2.5, margin: float = 1.0) -> None:
+    """Rewrite the digit rows of lm_head so greedy decoding mostly reads a number that depends on the input.
+
+    Random LMs rarely emit digits, and their last hidden state is dominated by the last token (always the same
+    whitespace token here). Each digit row gets a shared component along the mean hidden state (so digits beat the
+    other tokens) plus its own random mix of the main directions in which hidden states vary across inputs.
+    """
+    from parity import build_ids  # local: parity imports onnxruntime, only needed here
+
+    fmt = model.spec.conv_format
+    wid = tok.token_to_id("▁") if fmt == "llava_v1" else tok.encode(" ").ids[-1]
+    size = model.vision_tower.config.image_size
+    states = []
+    for i, cap in enumerate(CAPTION_CORPUS[:8]):
+        for metric in CRITERIA:
+            ids = build_ids(tok, fmt, cap, metric, wid)
+            feats = model.encode_images(torch.randn(1, 3, size, size))[0]
+            out = model.lm.model(inputs_embeds=model.splice(ids, feats))
+            states.append(out.last_hidden_state[0, -6:])
+    h = torch.cat(states)
+    mean = h.mean(0)
+    centered = h - mean
+    _, sv, vt = torch.linalg.svd(centered, full_matrices=False)
+    k = min(8, vt.shape[0])
+    sd = sv[:k] / (h.shape[0] ** 0.5)
+    w = model.lm.lm_head.weight
+    digits = digit_ids(tok)
+    others = torch.ones(w.shape[0], dtype=torch.bool)
+    others[digits] = False
+    best_other = (h @ w[others].T).max(-1).values
+    target = float(torch.quantile(best_other, 0.9)) + margin
+    base = mean * (target / float(mean @ mean))
+    g = torch.Generator().manual_seed(1234)
+    for d in digits:
+        r = torch.randn(k, generator=g)
+        w[d] = base + spread * ((r / sd) @ vt[:k])
+
+
+def realistic_model(family: str, vocab_size: int, layers: int = 2, vision_layers: int = 2, seed: int = 0):
+    """Random weights at the released checkpoints' width (few layers), for benchmarks."""
+    torch.manual_seed(seed)
+    if family == "llava_qwen":
+        vision = SiglipVisionConfig(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=vision_layers, num_attention_heads=16,
+            image_size=384, patch_size=14,
+        )
+        lm = Qwen2Config(
+            vocab_size=vocab_size, hidden_size=1536, intermediate_size=8960, num_hidden_layers=layers,
+            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643,
+        )
+        spec = LlavaSpec("llava_qwen", "qwen_instruct", "aapool_mlp", -1, "patch", 144, True)
+    else:
+        vision = CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
+            image_size=336, patch_size=14, projection_dim=768,
+        )
+        lm = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=5120, intermediate_size=13824, num_hidden_layers=layers,
+            num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        )
+        spec = LlavaSpec("llava_llama", "llava_v1", "mlp2x_gelu", -2, "patch", 576, True)
+    vision._attn_implementation = "eager"
+    lm._attn_implementation = "eager"
+    return LlavaModel(spec, vision, lm).eval()
