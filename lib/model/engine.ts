@@ -60,6 +60,8 @@ export interface MetricTrace {
   readonly inputIds: number[];
   /** Greedily generated tokens. */
   readonly tokens: number[];
+  /** The digits read greedily, before clamping ('' when none). */
+  readonly digits: string;
   /** Logits of the first generated token (captureScoreLogits only). */
   scoreLogits?: Float32Array;
 }
@@ -473,6 +475,7 @@ export class ScoringEngine {
         traces[short] = {
           inputIds: (ids[p] as number[][])[mi] as number[],
           tokens: reader.tokens,
+          digits: reader.digits,
           ...(scoreLogits[r] ? { scoreLogits: scoreLogits[r] } : {}),
         };
       });
@@ -497,7 +500,11 @@ export class ScoringEngine {
       if (open.length === 0) return;
       const tokens = open.map(({ r }) => [(readers[r] as NumberReader).tokens.at(-1) as number]);
       const emb = await this.embedRows(tokens);
-      const kv = this.gatherKv(open.map(({ i }) => ({ kv: out.present, row: i })));
+      // Every row still open: the cache can be fed back as it is.
+      const kv =
+        open.length === out.present.rows
+          ? out.present
+          : this.gatherKv(open.map(({ i }) => ({ kv: out.present, row: i })));
       out = await this.runDecoder(
         open.map(({ r, i }, k) => ({
           embeds: emb[k] as FloatData,
@@ -554,6 +561,7 @@ export class ScoringEngine {
           res.traces[short] = {
             inputIds: ids[p] as number[],
             tokens,
+            digits: n === undefined ? '' : String(n),
             ...(this.opts.captureScoreLogits
               ? { scoreLogits: out.lastLogits.slice(i * this.vocab, (i + 1) * this.vocab) }
               : {}),
