@@ -155,7 +155,7 @@ for (const name of FIXTURES) {
   test(
     `${name}: the fp16 files run and agree loosely with the reference`,
     { skip: !fp16 && `no fp16 files in ${name}` },
-    async () => {
+    async (t) => {
       const { dir, pairs, inputs } = load(name);
       const { engine } = await loadEngine(dir, { dtype: 'fp16', captureScoreLogits: true, intraOpThreads: 1 }, quiet);
       try {
