@@ -100,7 +100,8 @@ def train_llama_tokenizer(vocab_size: int = 1200) -> Tokenizer:
         initial_alphabet=list("▁0123456789"),
         show_progress=False,
     )
-    tok.train_from_iterator(training_corpus(), trainer)
+    # LLaMA's vocabulary has no newline piece: '\n' goes through byte fallback (<0x0A>). Keep it out of training.
+    tok.train_from_iterator([t.replace("\n", " ") for t in training_corpus()], trainer)
     spec = json.loads(tok.to_str())
     # Byte tokens are ordinary vocabulary entries in LLaMA's file, not added tokens that would match literal text.
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] in ("<unk>", "<s>", "</s>")]
