@@ -1,6 +1,7 @@
 /**
  * One bench measurement, in its own process so UV_THREADPOOL_SIZE (read once at libuv start) can differ per run.
- * argv: <port> <pairs> <inFlight> <sharpConcurrency|0=default> <source: url|bytes> <imageCount>
+ * argv: <port> <pairs> <inFlight> <sharpConcurrency|0=default> <source: url|bytes|decode> <imageCount>
+ * `decode` times sharp's plain JPEG decode to raw pixels only: the ceiling no preprocessing can beat.
  * Prints {pairs, wallMs, cpuMs, rejects}.
  */
 import http from 'node:http';
@@ -27,7 +28,7 @@ const intake = new Intake({ allowAddresses: [`127.0.0.1:${port}`], perHostConcur
 
 // For the decode-only run the bytes are fetched up front with plain http, outside the measurement.
 const held: Buffer[] = [];
-if (source === 'bytes') {
+if (source === 'bytes' || source === 'decode') {
   for (let i = 0; i < count; i++) {
     held.push(
       await new Promise<Buffer>((resolve, reject) =>
@@ -59,8 +60,15 @@ await Promise.all(
     while (next < n) {
       const i = next++;
       try {
-        const p = await intake.prepare(ref(i));
-        checksum += p.pixelValues[i % p.pixelValues.length]!;
+        if (source === 'decode') {
+          const raw = await sharp(held[i % count]!)
+            .raw()
+            .toBuffer();
+          checksum += raw[i % raw.length]!;
+        } else {
+          const p = await intake.prepare(ref(i));
+          checksum += p.pixelValues[i % p.pixelValues.length]!;
+        }
       } catch {
         rejects++;
       }

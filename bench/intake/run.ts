@@ -49,11 +49,19 @@ interface Run {
   readonly threads: number;
   readonly sharpConcurrency: number;
   readonly inFlight: number;
-  readonly source: 'url' | 'bytes';
+  readonly source: 'url' | 'bytes' | 'decode';
 }
 const runs: Run[] = [
   { name: 'per core: fetch+decode+preprocess', cpu: 0, threads: 1, sharpConcurrency: 1, inFlight: 8, source: 'url' },
   { name: 'per core: decode+preprocess only', cpu: 0, threads: 1, sharpConcurrency: 1, inFlight: 4, source: 'bytes' },
+  {
+    name: 'per core: JPEG decode only (ceiling)',
+    cpu: 0,
+    threads: 1,
+    sharpConcurrency: 1,
+    inFlight: 4,
+    source: 'decode',
+  },
   {
     name: `all ${cores} cores: fetch+decode+preprocess`,
     threads: cores,

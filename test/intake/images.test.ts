@@ -3,7 +3,7 @@ import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { Intake, normalise, padColour, sniffFormat } from '../../lib/intake/index.ts';
-import type { PreparedImage, PreprocessSpec } from '../../lib/types.ts';
+import { RejectError, type PreparedImage, type PreprocessSpec } from '../../lib/types.ts';
 import { SIGLIP_PAD, SMALL_SQUASH, photoJpeg, pixel, solid } from './helpers.ts';
 
 const CLIP: PreprocessSpec = {
@@ -127,6 +127,29 @@ describe('awkward valid images', () => {
     const pt = await intake(SMALL_SQUASH).prepare({ kind: 'bytes', data: tiff });
     assert.equal(pt.ext, 'jpg');
     assert.equal(sniffFormat(pt.encoded), 'jpeg');
+  });
+  it('AVIF decodes and is re-encoded as JPEG; BMP (no decoder in sharp) is a clean reject', async () => {
+    const avif = await solid(40, 40, { r: 200, g: 10, b: 10 }).avif().toBuffer();
+    assert.equal(sniffFormat(avif), 'heif');
+    const p = await intake(SMALL_SQUASH).prepare({ kind: 'bytes', data: avif });
+    checkTensor(p, 32);
+    assert.equal(p.ext, 'jpg');
+    // 2x2 24-bit BMP, BITMAPINFOHEADER
+    const bmp = Buffer.alloc(54 + 16);
+    bmp.write('BM', 0, 'latin1');
+    bmp.writeUInt32LE(bmp.length, 2);
+    bmp.writeUInt32LE(54, 10);
+    bmp.writeUInt32LE(40, 14);
+    bmp.writeInt32LE(2, 18);
+    bmp.writeInt32LE(2, 22);
+    bmp.writeUInt16LE(1, 26);
+    bmp.writeUInt16LE(24, 28);
+    assert.equal(sniffFormat(bmp), 'bmp');
+    const e = await intake(SMALL_SQUASH)
+      .prepare({ kind: 'bytes', data: bmp })
+      .catch((err: unknown) => err);
+    assert.ok(e instanceof RejectError && e.reason.code === 'undecodable_image', String(e));
+    assert.equal(e.reason.detail?.format, 'bmp');
   });
 });
 
