@@ -145,6 +145,7 @@ export class ScoringEngine {
   private readonly hidden: number;
   private readonly patchSize: number | undefined;
   private readonly logitsToKeepInput: string | undefined;
+  private readonly presentNames: string[];
   private readonly digits: DigitVocab;
   private readonly eos: ReadonlySet<number>;
   private readonly opts: Required<Omit<EngineOptions, 'eosTokenIds' | 'metrics'>>;
@@ -175,6 +176,7 @@ export class ScoringEngine {
     if (this.numLayers === 0) {
       throw new FilterError('model_invalid', 'decoder_model_merged has no past_key_values inputs', { inputs: names });
     }
+    this.presentNames = sessions.decoder.outputNames.filter((n) => n.startsWith('present.'));
     this.logitsToKeepInput = names.find((n) => n === 'num_logits_to_keep' || n === 'logits_to_keep');
     const embedsMeta = sessions.decoder.inputMetadata.find((m) => m.name === 'inputs_embeds');
     this.floatType = embedsMeta?.isTensor && embedsMeta.type === 'float16' ? 'float16' : 'float32';
@@ -295,7 +297,12 @@ export class ScoringEngine {
    * One decoder run: each row's new tokens are right-aligned after the (shared-length) past; padding is masked and
    * position ids count only real tokens.
    */
-  private async runDecoder(rows: readonly RunRow[], past: Kv | undefined, width = 0): Promise<RunOutput> {
+  private async runDecoder(
+    rows: readonly RunRow[],
+    past: Kv | undefined,
+    width = 0,
+    needLogits = true,
+  ): Promise<RunOutput> {
     const b = rows.length;
     const pastLen = past?.len ?? 0;
     const s = Math.max(width, ...rows.map((r) => r.len));
@@ -327,19 +334,26 @@ export class ScoringEngine {
       feeds[`past_key_values.${l}.value`] = this.rawFloatTensor(layer?.value ?? this.allocFloat(0), dims);
     }
     if (this.logitsToKeepInput) feeds[this.logitsToKeepInput] = new ort.Tensor('int64', BigInt64Array.from([1n]), []);
-    const out = await this.sessions.decoder.run(feeds);
+    // Without logits (prefix prefill) only the caches are fetched, which spares copying [B,S,V] floats out.
+    const out = needLogits
+      ? await this.sessions.decoder.run(feeds)
+      : await this.sessions.decoder.run(feeds, this.presentNames);
     this.stats.decoderRuns++;
     this.stats.decoderPositions += b * s;
     this.stats.decoderRealTokens += rows.reduce((a, r) => a + r.len, 0);
-    const logits = out.logits;
-    if (!logits) throw new FilterError('model_invalid', 'decoder_model_merged returned no logits', {});
-    const [, k, v] = logits.dims as number[];
-    if (k === undefined || v === undefined)
-      throw new FilterError('model_invalid', 'decoder logits must be [B,S,V]', {});
-    this.vocab = v;
-    const all = ScoringEngine.toFloat32(logits);
-    const last = new Float32Array(b * v);
-    for (let i = 0; i < b; i++) last.set(all.subarray((i * k + k - 1) * v, (i * k + k) * v), i * v);
+    let last = new Float32Array(0);
+    if (needLogits) {
+      const logits = out.logits;
+      if (!logits) throw new FilterError('model_invalid', 'decoder_model_merged returned no logits', {});
+      const [, k, v] = logits.dims as number[];
+      if (k === undefined || v === undefined) {
+        throw new FilterError('model_invalid', 'decoder logits must be [B,S,V]', { dims: logits.dims });
+      }
+      this.vocab = v;
+      const all = ScoringEngine.toFloat32(logits);
+      last = new Float32Array(b * v);
+      for (let i = 0; i < b; i++) last.set(all.subarray((i * k + k - 1) * v, (i * k + k) * v), i * v);
+    }
     const layers = [];
     for (let l = 0; l < this.numLayers; l++) {
       const key = out[`present.${l}.key`];
@@ -401,7 +415,7 @@ export class ScoringEngine {
         startPos: 0,
         pastMask: new Uint8Array(0),
       }));
-      const out = await this.runDecoder(rows, undefined, maxPrefix);
+      const out = await this.runDecoder(rows, undefined, maxPrefix, false);
       chunk.forEach((_, i) => prefixCache.push({ kv: out.present, row: i, mask: out.masks[i] as Uint8Array }));
     }
 

@@ -137,3 +137,25 @@ test('unknown format or metric is a FilterError', () => {
   assert.throws(() => buildPrompt('llama_3' as never, 'image_text_matching', 'x'), { code: 'unknown_format' });
   assert.throws(() => buildPrompt('qwen_instruct', 'nope' as never, 'x'), { code: 'unknown_metric' });
 });
+
+test('prompts agree with the ones the exporter recorded in each fixture model (mlm_filter.json)', () => {
+  let checked = 0;
+  for (const name of ['tiny-llava-qwen', 'tiny-llava-v1']) {
+    const file = new URL(`../fixtures/models/${name}/mlm_filter.json`, import.meta.url);
+    let cfg: { conversation_format: string; prompts?: { full?: Record<string, string> } };
+    try {
+      cfg = JSON.parse(readFileSync(file, 'utf8'));
+    } catch {
+      continue;
+    }
+    for (const [metric, prompt] of Object.entries(cfg.prompts?.full ?? {})) {
+      assert.equal(
+        buildPrompt(cfg.conversation_format as never, metric as MetricKey, '{caption}'),
+        prompt,
+        `${name} ${metric}`,
+      );
+      checked++;
+    }
+  }
+  assert.ok(checked >= 4, 'at least one fixture model is committed');
+});

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PromptTokenizer, IMAGE_PLACEHOLDER_ID } from '../../lib/model/tokens.ts';
-import { promptPieces } from '../../lib/model/prompt.ts';
-import { METRICS } from '../../lib/types.ts';
+import { buildPrompt, promptPieces } from '../../lib/model/prompt.ts';
+import { METRICS, type MetricKey } from '../../lib/types.ts';
 
 // The packages export no subpaths; their vocabulary files sit in node_modules/<pkg>/models.
 function vocabDir(pkg: string): string {
@@ -87,22 +87,18 @@ for (const [name, tok] of [
 }
 
 function checkExpected(tok: PromptTokenizer, data: Record<string, unknown>): void {
-  const cases = (data.cases ?? data.prompts ?? []) as Record<string, unknown>[];
-  assert.ok(cases.length > 0, 'fixture has cases');
-  let checked = 0;
-  for (const c of cases) {
-    const ids = c.input_ids ?? c.ids;
-    if (typeof c.metric === 'string' && typeof c.caption === 'string' && Array.isArray(ids)) {
-      assert.deepEqual(tok.promptIds(c.metric as never, c.caption), ids, `${c.metric} ${JSON.stringify(c.caption)}`);
-      checked++;
-    } else if (typeof c.text === 'string' && Array.isArray(ids)) {
-      assert.deepEqual(
-        tok.tokenizer.encode(c.text, { add_special_tokens: c.add_special_tokens !== false }).ids,
-        ids,
-        JSON.stringify(c.text),
-      );
-      checked++;
-    }
+  assert.equal(tok.whitespaceTokenId, data.whitespace_token_id, 'whitespace id');
+  assert.equal(tok.bosTokenId ?? null, data.bos_token_id ?? null, 'bos id');
+  const prompts = (data.prompts ?? []) as { caption: string; metric: MetricKey; prompt: string; input_ids: number[] }[];
+  const captions = (data.captions ?? []) as { text: string; ids: number[]; ids_no_special: number[] }[];
+  assert.ok(prompts.length >= 8 && captions.length >= 4, 'fixture has prompts and captions');
+  for (const c of prompts) {
+    const label = `${c.metric} ${JSON.stringify(c.caption.slice(0, 60))}`;
+    assert.equal(buildPrompt(tok.format, c.metric, c.caption), c.prompt, `prompt ${label}`);
+    assert.deepEqual(tok.promptIds(c.metric, c.caption), c.input_ids, `ids ${label}`);
   }
-  assert.ok(checked > 0, 'no case of the fixture could be checked');
+  for (const c of captions) {
+    assert.deepEqual(tok.tokenizer.encode(c.text).ids, c.ids, JSON.stringify(c.text));
+    assert.deepEqual(tok.tokenizer.encode(c.text, { add_special_tokens: false }).ids, c.ids_no_special);
+  }
 }
