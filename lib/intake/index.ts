@@ -42,7 +42,11 @@ export interface IntakeOptions {
    * Strings are parsed with parseAllowAddress. Default none: only global unicast addresses are fetched.
    */
   allowAddresses?: (string | AllowRule)[];
-  /** Largest width x height decoded (decompression bomb guard). Default 50 000 000. */
+  /**
+   * Largest width x height decoded (decompression bomb guard), checked on the header before decoding. It is also the
+   * CPU bound per image: libvips cannot interrupt a running decode (sharp's timeout() did not fire on streamed
+   * decodes in our tests), and decode time grows with pixels (~2 s per Gpixel here). Default 50 000 000.
+   */
   maxPixels?: number;
   /** Smallest accepted short side, px. Default 32 (spacers, tracking pixels, icons). */
   minSide?: number;
