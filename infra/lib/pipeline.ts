@@ -7,6 +7,7 @@ import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
@@ -216,6 +217,8 @@ export class MlmFilterPipeline extends Construct {
 
   constructor(scope: Construct, id: string, props: MlmFilterPipelineProps) {
     super(scope, id);
+    // Access-log delivery by bucket policy (ACLs stay disabled), whatever the app's feature flags say.
+    this.node.setContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy', true);
     this.pipelineName = props.pipelineName ?? id;
     const namespace = props.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE;
     validate(this, props);
@@ -311,7 +314,7 @@ export class MlmFilterPipeline extends Construct {
 
     // --- worker image, logs, shared environment
     const image = props.worker?.imageUri
-      ? ecs.ContainerImage.fromRegistry(props.worker.imageUri)
+      ? this.registryImage(props.worker.imageUri)
       : ecs.ContainerImage.fromAsset(repoRoot, {
           file: 'functions/worker/Dockerfile',
           // Synth only hashes these files; Docker runs at deploy (cdk deploy / cdk-assets publish).
@@ -499,6 +502,27 @@ export class MlmFilterPipeline extends Construct {
     });
   }
 
+  /** An ECR image gets pull permissions on the execution role for exactly its repository; others are public. */
+  private registryImage(uri: string): ecs.ContainerImage {
+    const m =
+      /^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?\/([^:@]+)(?::([^@]+))?(?:@(sha256:[0-9a-f]{64}))?$/.exec(
+        uri,
+      );
+    if (!m) return ecs.ContainerImage.fromRegistry(uri);
+    const [, account, region, name, tag, digest] = m;
+    const repo = ecr.Repository.fromRepositoryAttributes(this, 'WorkerRepository', {
+      repositoryName: name!,
+      repositoryArn: Stack.of(this).formatArn({
+        service: 'ecr',
+        account,
+        region,
+        resource: 'repository',
+        resourceName: name,
+      }),
+    });
+    return ecs.ContainerImage.fromEcrRepository(repo, digest ?? tag ?? 'latest');
+  }
+
   private createVpc(): ec2.IVpc {
     const vpc = new ec2.Vpc(this, 'Vpc', {
       maxAzs: 2,
@@ -527,7 +551,8 @@ export class MlmFilterPipeline extends Construct {
         encryption: s3.BucketEncryption.S3_MANAGED,
         blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
         enforceSSL: true,
-        objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+        // ACLs disabled: access log delivery is granted by bucket policy, not the legacy LogDeliveryWrite ACL.
+        objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
         lifecycleRules: [{ expiration: Duration.days(365) }],
         removalPolicy,
       });

@@ -425,11 +425,12 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
       JSON.stringify(s.stack.resolve(env.MLMF_SQS_QUEUE_URL)),
       /https:\/\/sqs\.eu-west-1\.".*"\/111122223333\/crawler-pairs/,
     );
-    s.template.hasResourceProperties('AWS::ECS::TaskDefinition', {
-      ContainerDefinitions: [
-        Match.objectLike({ Image: '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1.0' }),
-      ],
-    });
+    const td = Object.values(s.template.findResources('AWS::ECS::TaskDefinition'))[0];
+    assert.match(JSON.stringify(td), /111122223333\.dkr\.ecr\.eu-west-1\.".*"\/mlm-filter:1\.0/);
+    const pull = st.find((x) => x.Action.includes('ecr:BatchGetImage'))!;
+    assert.deepEqual(pull.Resource, [
+      { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':ecr:eu-west-1:111122223333:repository/mlm-filter']] },
+    ]);
     const manifest = fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8');
     assert.doesNotMatch(manifest, /"dockerImages":\s*\{\s*"/, 'no image is built when imageUri is set');
   });
