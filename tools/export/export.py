@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
-import numpy as np
 import onnx
 import torch
 from tokenizers import Tokenizer
@@ -27,7 +25,7 @@ from checkpoint import ExportError, load_checkpoint
 from llava_model import LlavaModel
 from onnx_export import export_all, suffix
 from parity import self_check
-from preprocess import preprocess_image, preprocessor_config
+from preprocess import preprocessor_config
 from reference import write_reference
 
 FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llava_qwen", "llava_llama": "llava_llama"}

@@ -1,0 +1,153 @@
+"""Tests of the export tool. Run: tools/export/.venv/bin/python -m unittest discover -s tools/export -p 'test_*.py'"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from safetensors.torch import save_file
+
+import prompts
+import tiny
+from checkpoint import PROJECTOR_PREFIX, TOWER_PREFIX, ExportError, load_checkpoint
+from export import llava_config
+from parity import OrtModel, build_ids
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+FIXTURES = os.path.join(ROOT, "test", "fixtures", "models")
+
+
+def shared_prompts_path() -> str | None:
+    for base in (os.path.join(ROOT, "shared"), os.path.join(ROOT, "..", "shared")):
+        p = os.path.join(base, "reference", "mlm-filter-prompts.json")
+        if os.path.exists(p):
+            return p
+    return None
+
+
+class PromptTests(unittest.TestCase):
+    def test_texts_match_shared_reference(self):
+        path = shared_prompts_path()
+        if path is None:
+            self.skipTest("shared/reference/mlm-filter-prompts.json not present")
+        ref = json.load(open(path))
+        self.assertEqual(ref["instruction_template"], prompts.INSTRUCTION_TEMPLATE)
+        self.assertEqual(ref["criteria"], prompts.CRITERIA)
+        # The shared file spells the conversation newlines as the two characters backslash-n.
+        self.assertEqual(ref["user_turn"].replace("\\n", "\n"), prompts.USER_TURN)
+        for fmt, tmpl in prompts.CONVERSATION_FORMATS.items():
+            self.assertEqual(ref["conversation_formats"][fmt]["prompt"].replace("\\n", "\n"), tmpl)
+
+    def test_caption_braces_and_image_text_stay_literal(self):
+        p = prompts.build_prompt("qwen_instruct", "x {criteria} <image> {caption}", "caption_text_quality")
+        self.assertIn("Text Caption: x {criteria} <image> {caption}\n\n", p)
+        self.assertEqual(p.count("<image>"), 2)
+
+    def test_only_the_template_slot_becomes_image_index(self):
+        tok = tiny.train_qwen_tokenizer()
+        ids = build_ids(tok, "qwen_instruct", "a <image> in text", "image_text_matching", 5)
+        self.assertEqual(ids.count(prompts.IMAGE_TOKEN_INDEX), 1)
+        self.assertEqual(ids[-1], 5)
+        self.assertIn("<image>", tok.decode(ids[ids.index(-200) + 1 :]))
+
+    def test_llama_bos_once(self):
+        tok = tiny.train_llama_tokenizer()
+        ids = build_ids(tok, "llava_v1", "cat", "image_text_matching", tok.token_to_id("▁"))
+        self.assertEqual(ids[0], 1)
+        self.assertEqual(ids.count(1), 1)
+        i = ids.index(-200)
+        # As LLaVA-1.5 does: the chunk after the image starts with the bare '▁' then the newline byte.
+        self.assertEqual(ids[i + 1 : i + 3], [tok.token_to_id("▁"), tok.token_to_id("<0x0A>")])
+
+    def test_reference_parse(self):
+        self.assertEqual(prompts.reference_parse("87"), 87)
+        self.assertEqual(prompts.reference_parse(" 9\nbecause"), 9)
+        self.assertIsNone(prompts.reference_parse("8a"))
+        self.assertEqual(prompts.leading_int("74val"), 74)
+
+
+class FixtureTests(unittest.TestCase):
+    """The committed fixtures: ORT on the stored pixel_values reproduces the stored PyTorch score logits."""
+
+    def check(self, name: str, dtype: str, tol: float):
+        d = os.path.join(FIXTURES, name)
+        ref = json.load(open(os.path.join(d, "reference.json")))
+        m = OrtModel(d, dtype)
+        worst = 0.0
+        for case in ref["cases"][::5]:
+            img = ref["images"][case["image"]]
+            pix = np.fromfile(os.path.join(d, img["pixel_values"]), "<f4").reshape([1, *img["shape"]])
+            feats = m.vision.run(None, {"pixel_values": pix.astype(m.np_dtype)})[0][0]
+            e = m.embeds(case["input_ids"], feats)
+            n = len(e)
+            logits, _ = m.run(e[None], np.ones((1, n), np.int64), np.arange(n)[None].astype(np.int64), m.empty_past(1))
+            got = logits[0, -1].astype(np.float32)
+            want = np.array(case["score_logits"], np.float32)
+            worst = max(worst, float(np.abs(got - want).max()))
+            self.assertEqual(int(got.argmax()), case["greedy_tokens"][0])
+        self.assertLess(worst, tol, f"{name} {dtype}: max abs diff {worst}")
+
+    def test_qwen_fp32(self):
+        self.check("tiny-llava-qwen", "fp32", 1e-3)
+
+    def test_llava_v1_fp32(self):
+        self.check("tiny-llava-v1", "fp32", 1e-3)
+
+    def test_qwen_fp16(self):
+        self.check("tiny-llava-qwen", "fp16", 0.5)
+
+    def test_scores_vary(self):
+        for name in ("tiny-llava-qwen", "tiny-llava-v1"):
+            ref = json.load(open(os.path.join(FIXTURES, name, "reference.json")))
+            scores = [c["greedy_score"] for c in ref["cases"]]
+            self.assertGreater(len(set(scores)), 3, name)
+            self.assertGreater(sum(s is not None for s in scores), len(scores) // 2, name)
+
+
+class CheckpointTests(unittest.TestCase):
+    def test_llava_layout_round_trip(self):
+        tok = tiny.train_qwen_tokenizer()
+        src = tiny.tiny_model("llava_qwen", tok, seed=3)
+        with tempfile.TemporaryDirectory() as tmp:
+            state = {f"{TOWER_PREFIX}vision_model.{k}": v for k, v in src.vision_tower.state_dict().items()}
+            state.update({PROJECTOR_PREFIX + k: v for k, v in src.mm_projector.state_dict().items()})
+            state.update(src.lm.state_dict())
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"))
+            cfg = llava_config(src, "test")
+            cfg["mm_vision_tower"] = "google/siglip-so400m-patch14-384"
+            json.dump(cfg, open(os.path.join(tmp, "config.json"), "w"), default=str)
+            tok.save(os.path.join(tmp, "tokenizer.json"))
+            model, _, _, _, _ = load_checkpoint(tmp, None, None)
+        ids = build_ids(tok, "qwen_instruct", "a dog", "image_text_matching", 7)
+        pix = torch.randn(3, 56, 56)
+        torch.testing.assert_close(model.reference_logits(ids, pix), src.reference_logits(ids, pix))
+
+    def test_hub_id_offline_is_a_clear_error(self):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        with self.assertRaises(ExportError) as ctx:
+            load_checkpoint("weizhiwang/mlm-filter-qwen2.5-1.5b-gpt4o", None, None)
+        self.assertIn("--local-dir", str(ctx.exception))
+
+    def test_cli_reports_missing_checkpoint(self):
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        r = subprocess.run(
+            [sys.executable, os.path.join(HERE, "export.py"), "no-such/model", "--out", tempfile.mkdtemp()],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("could not be downloaded", r.stderr)
+
+
+if __name__ == "__main__":
+    ort.set_default_logger_severity(3)
+    unittest.main()
