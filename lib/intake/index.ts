@@ -139,7 +139,7 @@ export class Intake {
     const header = await inspect(bytes, this.limits);
     try {
       const [px, sink] = await Promise.all([
-        toPixelValues(openImage(bytes, header, this.limits, this.background), this.spec),
+        toPixelValues(openImage(bytes, header, this.limits, this.background), this.spec, header.width, header.height),
         encodedForSink(bytes, header, this.limits),
       ]);
       return {
