@@ -88,6 +88,8 @@ class PoolWorker {
   private pending = new Map<number, Job>();
   private nextId = 0;
   busy = false;
+  /** Set once the thread has crashed or exited: it takes no more work. */
+  dead = false;
   stats: EngineStats | undefined;
 
   constructor(
@@ -96,9 +98,14 @@ class PoolWorker {
     private readonly log: LogFn,
   ) {
     worker.on('message', (msg: WorkerReply) => this.onMessage(msg));
-    worker.on('error', (err) => this.failAll(err));
+    worker.on('error', (err) => {
+      this.dead = true;
+      this.failAll(err);
+    });
     worker.on('exit', (code) => {
+      this.dead = true;
       if (this.pending.size > 0) this.failAll(new Error(`scorer worker exited with code ${code}`));
+      this.onIdle(this);
     });
   }
 
@@ -201,7 +208,12 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
   let closed = false;
   const pool: PoolWorker[] = [];
   const dispatch = (w: PoolWorker) => {
-    while (!w.busy && queue.length > 0) {
+    if (pool.every((x) => x.dead)) {
+      const err = new FilterError('scorer_failed', 'every scorer worker thread has stopped', { dir });
+      for (const job of queue.splice(0)) job.reject(err);
+      return;
+    }
+    while (!w.busy && !w.dead && queue.length > 0) {
       const job = queue.shift() as Job;
       if (job.signal?.aborted) {
         job.reject(job.signal.reason);

@@ -203,3 +203,35 @@ for (const name of FIXTURES) {
     }
   });
 }
+
+test(
+  'an unavailable execution provider falls back to cpu with a logged warning',
+  {
+    skip: !existsSync(new URL('../fixtures/models/tiny-llava-qwen/reference.json', import.meta.url)) && 'no fixture',
+  },
+  async () => {
+    const { dir, inputs } = load('tiny-llava-qwen');
+    for (const ep of ['cuda', 'webgpu'] as const) {
+      const logs: { level: string; message: string; context: Record<string, unknown> }[] = [];
+      const scorer = await loadScorer(dir, {
+        executionProvider: ep,
+        intraOpThreads: 1,
+        logger: (level, message, context) => logs.push({ level, message, context }),
+      });
+      try {
+        if (scorer.executionProvider === 'cpu') {
+          const warn = logs.find((l) => l.level === 'warn');
+          assert.ok(warn, `a warning is logged when ${ep} falls back`);
+          assert.match(warn.message, new RegExp(`'${ep}' is unavailable here, falling back to cpu`));
+          assert.equal(warn.context.requested, ep);
+        } else {
+          assert.equal(scorer.executionProvider, ep);
+        }
+        const [res] = await scorer.score([{ id: 'x', ...(inputs[0] as (typeof inputs)[number]) }]);
+        assert.ok(res && Object.keys(res.scores).length > 0);
+      } finally {
+        await scorer.close();
+      }
+    }
+  },
+);
