@@ -2,6 +2,7 @@
  * The MLM scorer as the pipeline sees it (the `Scorer` contract): a small pool of worker threads, each owning one
  * inference engine, so that the blocking `session.run` never stalls the main thread's Kafka heartbeats and HTTP.
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import {
   FilterError,
@@ -197,6 +198,13 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
     },
   };
   const count = Math.max(1, options.workers ?? 1);
+  // Several CPU workers each defaulting to every core would oversubscribe: split the cores between them.
+  if (count > 1 && !init.options.intraOpThreads && (init.options.executionProvider ?? 'cpu') === 'cpu') {
+    (init.options as { intraOpThreads?: number }).intraOpThreads = Math.max(
+      1,
+      Math.floor(availableParallelism() / count),
+    );
+  }
   const started = await Promise.allSettled(Array.from({ length: count }, () => startWorker(dir, init, log)));
   const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
   if (failed) {

@@ -235,3 +235,26 @@ test(
     }
   },
 );
+
+test(
+  'a caption longer than the reference max_len is truncated like the reference and still scored',
+  {
+    skip: !existsSync(new URL('../fixtures/models/tiny-llava-qwen/reference.json', import.meta.url)) && 'no fixture',
+  },
+  async () => {
+    const { dir, inputs } = load('tiny-llava-qwen');
+    const { engine } = await loadEngine(dir, { intraOpThreads: 1 }, quiet);
+    try {
+      const caption = 'word '.repeat(5000);
+      const [res] = await engine.score([{ caption, pixelValues: (inputs[0] as (typeof inputs)[number]).pixelValues }]);
+      const traces = Object.values(res?.traces ?? {});
+      assert.equal(traces.length, 4);
+      for (const t of traces) {
+        assert.equal(t.inputIds.length, 2041, 'max_len 2040 + the whitespace id');
+        assert.deepEqual(t.inputIds, traces[0]?.inputIds, 'the metric text is cut off for every metric alike');
+      }
+    } finally {
+      await engine.release();
+    }
+  },
+);
