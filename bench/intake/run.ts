@@ -142,13 +142,21 @@ if (!process.env.BENCH_NO_WRITE) {
     'per-core figure that survives a shared machine; "pairs/s (wall)" is what the pinned process achieved while other',
     'work competed for the same core. Anchor: img2dataset ~85 pairs/s/core (download + resize). Target >= 300.',
     '',
+    "Where a pair's CPU goes on this machine (cpu-prof + the rows above): JPEG decode ~3.4 ms (the ceiling row: decode",
+    'alone does not reach 300/s here), bicubic reduce ~2 ms, HWC->CHW normalise ~1 ms, GC of the 1.77 MB float tensor',
+    'made per pair ~1 ms, HTTP over loopback ~1.5 ms. Done: shrink-on-load, padding inside the normalise pass (no',
+    'embed copy), no AbortSignal.timeout/any per fetch (they kept requests reachable and forced frequent',
+    'mark-compacts). Not done: decoding at 1/2 DCT scale below 2x the target (changes the model input) and recycling',
+    'tensors (needs a release hook in the pipeline contract). For scale: the scorer ceiling on an H200 is ~93 pairs/s',
+    '(DESIGN.md), so about one core of intake feeds one GPU.',
+    '',
   ].join('\n');
   let doc = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
   const start = doc.search(/^## Intake\s*$/m);
   if (start >= 0) {
     const rest = doc.slice(start + 1).search(/^## /m);
     const end = rest >= 0 ? start + 1 + rest : doc.length;
-    doc = doc.slice(0, start) + section + doc.slice(end);
+    doc = doc.slice(0, start) + section + (end < doc.length ? '\n' : '') + doc.slice(end);
   } else {
     doc = doc.replace(/\n*$/, '\n\n') + section;
   }
