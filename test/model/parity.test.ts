@@ -258,3 +258,31 @@ test(
     }
   },
 );
+
+test(
+  'the scorer honours an aborted signal and refuses work after close()',
+  {
+    skip: !existsSync(new URL('../fixtures/models/tiny-llava-qwen/reference.json', import.meta.url)) && 'no fixture',
+  },
+  async () => {
+    const { dir, inputs } = load('tiny-llava-qwen');
+    const scorer = await loadScorer(dir, {
+      intraOpThreads: 1,
+      metrics: ['itm', 'semantic_understanding'],
+      logger: quiet,
+    });
+    const batch = [{ id: 'a', ...(inputs[0] as (typeof inputs)[number]) }];
+    try {
+      assert.deepEqual(scorer.metrics, ['itm', 'su']);
+      const [res] = await scorer.score(batch);
+      assert.deepEqual(Object.keys(res?.scores ?? {}).sort(), ['itm', 'su']);
+      const ctl = new AbortController();
+      ctl.abort(new Error('stop'));
+      await assert.rejects(scorer.score(batch, ctl.signal), /stop/);
+    } finally {
+      await scorer.close();
+    }
+    await assert.rejects(scorer.score(batch), { code: 'scorer_closed' });
+    await assert.rejects(loadScorer(dir, { metrics: ['nope' as never] }), { code: 'unknown_metric' });
+  },
+);
