@@ -168,6 +168,32 @@ describe('SSRF guard: blocked before any connection', () => {
     assert.equal(calls, 1);
   });
 
+  it('HTTPS dials the checked address and keeps the host name for SNI (and verifies certificates)', async () => {
+    const tls = await import('node:tls');
+    const seen: (string | undefined)[] = [];
+    const server = tls.createServer({
+      SNICallback: (name, cb) => {
+        seen.push(name);
+        cb(new Error('test server has no certificate'), undefined);
+      },
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as import('node:net').AddressInfo).port;
+    try {
+      const i = intake({
+        allowAddresses: [`127.0.0.1:${port}`],
+        retries: 0,
+        lookup: async () => [{ address: '127.0.0.1', family: 4 }],
+      });
+      await expectReject(i.prepare({ kind: 'url', url: `https://img.test:${port}/a.jpg` }), 'fetch_failed', {
+        kind: 'connection_error',
+      });
+      assert.deepEqual(seen, ['img.test']);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it('a redirect from an allowed server to private addresses is blocked on that hop', async () => {
     const lookup: IntakeOptions['lookup'] = async () => [{ address: '10.0.0.5', family: 4 }];
     for (const [path, address] of [
