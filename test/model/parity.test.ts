@@ -68,48 +68,57 @@ for (const name of FIXTURES) {
   const present = existsSync(new URL(`../fixtures/models/${name}/reference.json`, import.meta.url));
   const skip = !present && `fixture ${name} not committed yet`;
 
-  test(`${name}: shared-prefix batched path matches the PyTorch reference (fp32)`, { skip }, async (t) => {
-    const { dir, ref, pairs, inputs } = load(name);
-    const { engine } = await loadEngine(dir, { captureScoreLogits: true, intraOpThreads: 1 }, quiet);
-    try {
-      const results = await engine.score(inputs);
-      let worst = 0;
-      let scored = 0;
-      pairs.forEach((p, i) => {
-        const r = results[i] as EngineResult;
-        for (const c of p.cases) {
-          const short = SHORT[c.metric];
-          const trace = r.traces[short];
-          assert.ok(trace, `${short} traced`);
-          assert.equal(buildPrompt(ref.format as never, c.metric, c.caption), c.prompt, 'prompt');
-          assert.deepEqual(trace.inputIds, c.input_ids, `input ids ${short} ${JSON.stringify(c.caption)}`);
-          const d = maxAbsDiff(trace.scoreLogits as Float32Array, c.score_logits);
-          worst = Math.max(worst, d);
-          assert.ok(d < 1e-3, `score logits differ by ${d} (${short}, ${JSON.stringify(c.caption)})`);
-          assert.deepEqual(trace.tokens, c.greedy_tokens.slice(0, trace.tokens.length), `greedy tokens ${short}`);
-          // The fixture's greedy_score is the raw digits of up to 3 tokens; ours is the same number clamped to 0..100.
-          assert.equal(trace.digits === '' ? null : Number(trace.digits), c.greedy_score, `digits ${short}`);
-          const want = c.greedy_score === null ? null : Math.min(100, c.greedy_score);
-          assert.equal(r.scores[short] ?? null, want, `greedy score ${short} ${JSON.stringify(c.caption)}`);
-          if (c.greedy_score !== null) {
-            scored++;
-            const e = r.expected[short] as number;
-            assert.ok(e >= 0 && e <= 100, `expected in range: ${e}`);
-          } else {
-            assert.equal(r.expected[short], undefined);
+  for (const [label, slack] of [
+    ['suffixes grouped by length', undefined],
+    ['all suffixes in one batch', Number.POSITIVE_INFINITY],
+  ] as const) {
+    test(`${name}: shared-prefix batched path matches the PyTorch reference (fp32, ${label})`, { skip }, async (t) => {
+      const { dir, ref, pairs, inputs } = load(name);
+      const { engine } = await loadEngine(
+        dir,
+        { captureScoreLogits: true, intraOpThreads: 1, ...(slack ? { suffixPaddingSlack: slack } : {}) },
+        quiet,
+      );
+      try {
+        const results = await engine.score(inputs);
+        let worst = 0;
+        let scored = 0;
+        pairs.forEach((p, i) => {
+          const r = results[i] as EngineResult;
+          for (const c of p.cases) {
+            const short = SHORT[c.metric];
+            const trace = r.traces[short];
+            assert.ok(trace, `${short} traced`);
+            assert.equal(buildPrompt(ref.format as never, c.metric, c.caption), c.prompt, 'prompt');
+            assert.deepEqual(trace.inputIds, c.input_ids, `input ids ${short} ${JSON.stringify(c.caption)}`);
+            const d = maxAbsDiff(trace.scoreLogits as Float32Array, c.score_logits);
+            worst = Math.max(worst, d);
+            assert.ok(d < 1e-3, `score logits differ by ${d} (${short}, ${JSON.stringify(c.caption)})`);
+            assert.deepEqual(trace.tokens, c.greedy_tokens.slice(0, trace.tokens.length), `greedy tokens ${short}`);
+            // The fixture's greedy_score is the raw digits of up to 3 tokens; ours is the same number clamped to 0..100.
+            assert.equal(trace.digits === '' ? null : Number(trace.digits), c.greedy_score, `digits ${short}`);
+            const want = c.greedy_score === null ? null : Math.min(100, c.greedy_score);
+            assert.equal(r.scores[short] ?? null, want, `greedy score ${short} ${JSON.stringify(c.caption)}`);
+            if (c.greedy_score !== null) {
+              scored++;
+              const e = r.expected[short] as number;
+              assert.ok(e >= 0 && e <= 100, `expected in range: ${e}`);
+            } else {
+              assert.equal(r.expected[short], undefined);
+            }
           }
-        }
-      });
-      assert.ok(scored > 0, 'the fixture must produce some scores for the test to mean anything');
-      assert.ok(worst < 1e-3);
-      t.diagnostic(`worst |logits - reference| = ${worst.toExponential(2)}; ${scored} scores read`);
-      // The shared prefix must actually be shared: fewer decoder tokens than four full prompts per pair.
-      const full = ref.cases.reduce((a, c) => a + c.input_ids.length, 0);
-      assert.ok(engine.stats.decoderRealTokens < full, `${engine.stats.decoderRealTokens} < ${full}`);
-    } finally {
-      await engine.release();
-    }
-  });
+        });
+        assert.ok(scored > 0, 'the fixture must produce some scores for the test to mean anything');
+        assert.ok(worst < 1e-3);
+        t.diagnostic(`worst |logits - reference| = ${worst.toExponential(2)}; ${scored} scores read`);
+        // The shared prefix must actually be shared: fewer decoder tokens than four full prompts per pair.
+        const full = ref.cases.reduce((a, c) => a + c.input_ids.length, 0);
+        assert.ok(engine.stats.decoderRealTokens < full, `${engine.stats.decoderRealTokens} < ${full}`);
+      } finally {
+        await engine.release();
+      }
+    });
+  }
 
   test(`${name}: reference mode reproduces the reference script's 2-token scores (fp32)`, { skip }, async () => {
     const { dir, pairs, inputs } = load(name);
