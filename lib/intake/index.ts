@@ -31,7 +31,7 @@ export interface IntakeOptions {
   maxRedirects?: number;
   /** Extra attempts after a 429, a 5xx or a connection error. Default 2. */
   retries?: number;
-  /** First backoff delay, ms; doubles per attempt with +-25% jitter. Default 250. */
+  /** First backoff delay, ms; doubles per attempt, each delay drawn in [50%, 100%] of that (jitter). Default 250. */
   retryBaseDelayMs?: number;
   /** Cap on one backoff delay, ms; a longer Retry-After gives up at once instead of waiting. Default 5000. */
   maxRetryDelayMs?: number;
