@@ -66,6 +66,8 @@ export interface ModelDirInfo {
   readonly model: ModelInfo;
   /** Preprocessing the model was trained with (pad to square when mlm_filter.json says so). */
   readonly preprocess: PreprocessSpec;
+  /** The same without padding to square (reference mode: the reference scorer skips it). */
+  readonly preprocessNoPad: PreprocessSpec;
   /** config.json, raw (for the decoder's layer/head counts when the ONNX metadata has symbolic dims). */
   readonly config: Record<string, unknown>;
   readonly mlmFilter: Record<string, unknown>;
@@ -189,6 +191,7 @@ export function readModelDir(dir: string, dtype: ModelDtype): ModelDirInfo {
     imageTokenCount: pick(mlm, ['image_token_count', 'num_image_tokens', 'image_tokens'], isNum),
     model: { name, revision },
     preprocess: preprocessFromConfig(pre, pad, dir),
+    preprocessNoPad: preprocessFromConfig(pre, false, dir),
     config,
     mlmFilter: mlm,
   };

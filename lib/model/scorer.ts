@@ -231,9 +231,8 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
     }
   };
   for (const { worker } of ok) pool.push(new PoolWorker(worker, dispatch, log));
-  const preprocess: PreprocessSpec = options.referenceMode
-    ? { ...info.preprocess, padToSquare: false }
-    : info.preprocess;
+  // Without padding, a CLIP processor's shortest-edge resize + centre crop applies again (it is moot on padded squares).
+  const preprocess: PreprocessSpec = options.referenceMode ? info.preprocessNoPad : info.preprocess;
   const modelInfo: ModelInfo = info.model;
 
   return {

@@ -114,4 +114,23 @@ test('preprocess spec: SigLIP squashes to size, CLIP resizes the short edge and 
   assert.equal(clip.centerCrop, true);
   assert.equal(clip.padToSquare, false);
   assert.throws(() => preprocessFromConfig({ size: 10 }, false), { code: 'model_invalid' });
+  const clipPadded = preprocessFromConfig(
+    { size: { shortest_edge: 336 }, crop_size: 336, do_center_crop: true, image_mean: [0, 0, 0], image_std: [1, 1, 1] },
+    true,
+  );
+  assert.deepEqual([clipPadded.padToSquare, clipPadded.centerCrop], [true, false], 'crop is moot on a padded square');
+});
+
+test('fixture models: trained preprocessing pads to square; reference mode does not (and crops for CLIP)', () => {
+  for (const [name, crop] of [
+    ['tiny-llava-qwen', false],
+    ['tiny-llava-v1', true],
+  ] as const) {
+    const info = readModelDir(new URL(`../fixtures/models/${name}`, import.meta.url).pathname, 'fp32');
+    assert.equal(info.preprocess.padToSquare, true, name);
+    assert.equal(info.preprocess.centerCrop, false, name);
+    assert.equal(info.preprocessNoPad.padToSquare, false, name);
+    assert.equal(info.preprocessNoPad.centerCrop, crop, name);
+    assert.equal(info.preprocess.size, 56);
+  }
 });
