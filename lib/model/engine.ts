@@ -400,6 +400,10 @@ export class ScoringEngine {
 
     const prefixIds = ids.map((seqs, p) => (seqs[0] as number[]).slice(0, prefixLen[p]));
     const suffixIds = ids.flatMap((seqs, p) => seqs.map((s) => s.slice(prefixLen[p])));
+    // The template puts the image right after the system text, so it always falls in the shared prefix.
+    if (suffixIds.some((s) => s.includes(IMAGE_PLACEHOLDER_ID))) {
+      throw new FilterError('prompt_template_invalid', 'the image slot is not part of the shared prompt prefix', {});
+    }
     const [prefixEmb, suffixEmb] = await Promise.all([this.embedRows(prefixIds), this.embedRows(suffixIds)]);
     const prefixes = prefixIds.map((r, p) => this.expand(r, prefixEmb[p] as FloatData, features[p]));
 
