@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Local real services for the streaming tests and benchmarks, on loopback only:
+#   kafka  Apache Kafka 4.1 (KRaft, one node) from Maven Central jars   127.0.0.1:9092 (controller 9093)
+#   sqs    ElasticMQ from Maven Central                                 http://127.0.0.1:9324
+#   s3     moto server from PyPI (in a venv)                            http://127.0.0.1:9000
+# Downloads are cached under .services/ (gitignored) and reused; state (Kafka log dirs, pid files, logs) too.
+# Usage: scripts/services.sh up|down|status|restart [kafka|sqs|s3 ...]   (default: all three)
+#   status exits 0 only when every named service answers its protocol probe.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$ROOT/scripts/services"
+SVC="$ROOT/.services"
+mkdir -p "$SVC"
+
+cmd="${1:-status}"
+shift || true
+services=("$@")
+[ "${#services[@]}" -gt 0 ] || services=(kafka sqs s3)
+
+log() { echo "services: $*" >&2; }
+
+probe() { (cd "$ROOT" && node --import tsx "$HERE/probe.ts" "$1" 2>/dev/null); }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Resolve a pom's runtime classpath into a lib dir once (the marker file makes later runs offline).
+resolve_jars() {
+  local pom="$1" dir="$2"
+  if [ -f "$dir/.complete" ] && [ "$dir/.complete" -nt "$pom" ]; then return 0; fi
+  log "resolving $(basename "$pom") from Maven Central into $dir (first run only)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir" \
+    >"$dir/../mvn.log" 2>&1 || { tail -40 "$dir/../mvn.log" >&2; log "maven resolution failed"; return 1; }
+  touch "$dir/.complete"
+}
+
+install_kafka() {
+  mkdir -p "$SVC/kafka"
+  resolve_jars "$HERE/kafka.pom.xml" "$SVC/kafka/lib"
+}
+
+install_sqs() {
+  mkdir -p "$SVC/elasticmq"
+  resolve_jars "$HERE/elasticmq.pom.xml" "$SVC/elasticmq/lib"
+}
+
+install_s3() {
+  local venv="$SVC/moto/venv"
+  if [ -x "$venv/bin/moto_server" ]; then return 0; fi
+  log "installing moto[server] from PyPI into $venv (first run only)"
+  mkdir -p "$SVC/moto"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.*' >"$SVC/moto/pip.log" 2>&1 ||
+    { tail -40 "$SVC/moto/pip.log" >&2; log "pip install moto failed"; return 1; }
+}
+
+kafka_java() {
+  java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$HERE/log4j2.properties" -cp "$SVC/kafka/lib/*" "$@"
+}
+
+start_kafka() {
+  local dir="$SVC/kafka" data="$SVC/kafka/data"
+  sed "s#@LOG_DIR@#$data#" "$HERE/kafka-server.properties" >"$dir/server.properties"
+  if [ ! -f "$data/meta.properties" ]; then
+    mkdir -p "$data"
+    local id
+    id="$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$dir/format.log" | tail -1)"
+    kafka_java kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >>"$dir/format.log" 2>&1 ||
+      { tail -30 "$dir/format.log" >&2; log "kafka storage format failed"; return 1; }
+  fi
+  nohup java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$HERE/log4j2.properties" -cp "$SVC/kafka/lib/*" \
+    kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 &
+  echo $! >"$dir/pid"
+}
+
+start_sqs() {
+  local dir="$SVC/elasticmq"
+  nohup java -Xms64m -Xmx256m -Dconfig.file="$HERE/elasticmq.conf" -cp "$dir/lib/*" \
+    org.elasticmq.server.Main >"$dir/elasticmq.log" 2>&1 &
+  echo $! >"$dir/pid"
+}
+
+start_s3() {
+  local dir="$SVC/moto"
+  nohup "$dir/venv/bin/moto_server" -H 127.0.0.1 -p 9000 >"$dir/moto.log" 2>&1 &
+  echo $! >"$dir/pid"
+}
+
+dir_of() { case "$1" in kafka) echo "$SVC/kafka" ;; sqs) echo "$SVC/elasticmq" ;; s3) echo "$SVC/moto" ;; esac; }
+log_of() { case "$1" in kafka) echo "$SVC/kafka/kafka.log" ;; sqs) echo "$SVC/elasticmq/elasticmq.log" ;; s3) echo "$SVC/moto/moto.log" ;; esac; }
+
+up_one() {
+  local s="$1" dir pidf
+  dir="$(dir_of "$s")"
+  pidf="$dir/pid"
+  if pid_alive "$pidf" && probe "$s"; then log "$s already up (pid $(cat "$pidf"))"; return 0; fi
+  if pid_alive "$pidf"; then
+    # A stopped (SIGSTOP) server from an outage test that was interrupted: resume it before probing again.
+    kill -CONT "$(cat "$pidf")" 2>/dev/null || true
+  else
+    "install_$s"
+    "start_$s"
+  fi
+  local deadline=$((SECONDS + ${MLMF_SERVICES_TIMEOUT:-90}))
+  until probe "$s"; do
+    if ! pid_alive "$pidf"; then
+      log "$s exited during startup; last lines of $(log_of "$s"):"
+      tail -30 "$(log_of "$s")" >&2 || true
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      log "$s did not answer within ${MLMF_SERVICES_TIMEOUT:-90}s; last lines of $(log_of "$s"):"
+      tail -30 "$(log_of "$s")" >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+  log "$s up (pid $(cat "$pidf")), log: $(log_of "$s")"
+}
+
+down_one() {
+  local s="$1" pidf
+  pidf="$(dir_of "$s")/pid"
+  if pid_alive "$pidf"; then
+    local pid
+    pid="$(cat "$pidf")"
+    kill -CONT "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    log "$s stopped"
+  fi
+  rm -f "$pidf"
+}
+
+rc=0
+case "$cmd" in
+  up)
+    for s in "${services[@]}"; do up_one "$s" || rc=1; done
+    [ $rc = 0 ] && log "MLMF_BROKERS=127.0.0.1:9092 MLMF_SQS_ENDPOINT=http://127.0.0.1:9324 MLMF_S3_ENDPOINT=http://127.0.0.1:9000"
+    ;;
+  down)
+    for s in "${services[@]}"; do down_one "$s"; done
+    ;;
+  restart)
+    for s in "${services[@]}"; do down_one "$s"; up_one "$s" || rc=1; done
+    ;;
+  status)
+    for s in "${services[@]}"; do
+      if probe "$s"; then echo "$s: up ($(log_of "$s"))"; else echo "$s: down"; rc=1; fi
+    done
+    ;;
+  *)
+    echo "usage: $0 up|down|status|restart [kafka|sqs|s3 ...]" >&2
+    exit 2
+    ;;
+esac
+exit $rc
