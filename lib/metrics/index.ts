@@ -1,0 +1,10 @@
+export { WorkerMetrics, PROM, type WorkerMetricsOptions } from './worker-metrics.ts';
+export {
+  emfDocument,
+  ValueCounter,
+  EMF_MAX_METRICS,
+  EMF_MAX_VALUES,
+  type EmfDistribution,
+  type EmfMetric,
+  type EmfUnit,
+} from './emf.ts';
