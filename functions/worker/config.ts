@@ -1,0 +1,183 @@
+import { hostname } from 'node:os';
+import type { Scorer } from '../../lib/types.ts';
+import { FilterError } from '../../lib/types.ts';
+import type { ImageIntake } from '../../lib/pipeline/index.ts';
+import type { ExecutionProvider } from '../../lib/model/index.ts';
+
+/** Everything the worker needs; from the environment (configFromEnv) or from the CLI's flags. */
+export interface WorkerConfig {
+  /** MLMF_SOURCE */
+  readonly source: 'kafka' | 'sqs';
+  /** MLMF_BROKERS (comma-separated host:port): the source brokers and the audit/accepted/DLQ topics' brokers. */
+  readonly brokers?: readonly string[];
+  /** MLMF_SOURCE_TOPIC */
+  readonly sourceTopic?: string;
+  /** MLMF_GROUP_ID. Default `mlm-filter`. */
+  readonly groupId?: string;
+  /** MLMF_KAFKA_AUTH: none | iam | scram-sha-512. Default none. */
+  readonly kafkaAuth?: 'none' | 'iam' | 'scram-sha-512';
+  /** MLMF_KAFKA_TLS. Default false. */
+  readonly kafkaTls?: boolean;
+  /** MLMF_KAFKA_SECRET_ARN: Secrets Manager secret {"username","password"} for SCRAM. */
+  readonly kafkaSecretArn?: string;
+  /** MLMF_SQS_QUEUE_URL */
+  readonly sqsQueueUrl?: string;
+  /** MLMF_BUCKET: the curated bucket. */
+  readonly bucket: string;
+  /** MLMF_PREFIX: key prefix in the curated bucket. Default ''. */
+  readonly prefix?: string;
+  /** MLMF_AUDIT_TOPIC */
+  readonly auditTopic?: string;
+  /** MLMF_ACCEPTED_TOPIC (optional) */
+  readonly acceptedTopic?: string;
+  /** MLMF_DLQ_TOPIC (optional; without it a poison record is only an audit reject). */
+  readonly dlqTopic?: string;
+  /** MLMF_MODEL_DIR. Default /opt/mlm-filter/model. */
+  readonly modelDir?: string;
+  /** MLMF_MODEL_S3_URI: fetched into modelDir when that holds no model (a .tar/.tar.gz archive of the directory). */
+  readonly modelS3Uri?: string;
+  /** MLMF_MODEL_SHA256: required digest of the object at modelS3Uri. */
+  readonly modelSha256?: string;
+  /** MLMF_THRESHOLDS, e.g. `itm>=66,odf>=20`. */
+  readonly thresholds?: string;
+  /** MLMF_COMBINE: and | or. */
+  readonly combine?: 'and' | 'or';
+  /** MLMF_EXECUTION_PROVIDER: cuda | webgpu | cpu. */
+  readonly executionProvider?: ExecutionProvider;
+  /** MLMF_BATCH_SIZE: scorer batch. */
+  readonly batchSize?: number;
+  /** MLMF_HEALTH_PORT: GET /healthz. Default 8080; 0 disables. */
+  readonly healthPort?: number;
+  /** MLMF_METRICS_NAMESPACE: CloudWatch EMF namespace. */
+  readonly metricsNamespace?: string;
+  /** MLMF_PIPELINE: pipeline name (metric dimension). */
+  readonly pipeline?: string;
+  /** AWS_REGION */
+  readonly region?: string;
+  /** MLMF_S3_ENDPOINT: local S3-protocol server (path-style addressing). */
+  readonly s3Endpoint?: string;
+  /** MLMF_SQS_ENDPOINT: local SQS-protocol server. */
+  readonly sqsEndpoint?: string;
+  /**
+   * MLMF_TRANSACTIONAL_ID: Kafka transactional id of this worker slot. Default `mlmf-<group>-<hostname>`; a restarted
+   * task with the same id fences the old one. MLMF_EXACTLY_ONCE=false turns transactions off (at-least-once).
+   */
+  readonly transactionalId?: string;
+  readonly exactlyOnce?: boolean;
+  /** MLMF_SHARD_SAMPLES: accepted samples per curated shard. Default 1000. */
+  readonly samplesPerShard?: number;
+  /** MLMF_FLUSH_MS: a partial shard is written after this idle time. Default 1000. */
+  readonly idleFlushMs?: number;
+  /** MLMF_SOURCE_BATCH: records per source batch (Kafka). Default 256. */
+  readonly sourceBatch?: number;
+  /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
+  readonly intakeConcurrency?: number;
+  /** MLMF_ALLOW_ADDRESSES: comma-separated CIDRs / host:port the image fetcher may open despite the SSRF guard. */
+  readonly allowAddresses?: readonly string[];
+  /** Injected scorer (tests, benchmarks); otherwise the MLM scorer is loaded from modelDir. */
+  readonly scorer?: Scorer;
+  /** Injected image intake (benchmarks); otherwise lib/intake. */
+  readonly intake?: ImageIntake;
+}
+
+const bool = (v: string | undefined, name: string): boolean | undefined => {
+  if (v === undefined || v === '') return undefined;
+  if (/^(1|true|yes)$/i.test(v)) return true;
+  if (/^(0|false|no)$/i.test(v)) return false;
+  throw new FilterError('worker_config', `${name} must be true or false, got ${JSON.stringify(v)}`, { name });
+};
+
+const int = (v: string | undefined, name: string): number | undefined => {
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new FilterError('worker_config', `${name} must be a non-negative integer, got ${JSON.stringify(v)}`, {
+      name,
+    });
+  }
+  return n;
+};
+
+const list = (v: string | undefined) =>
+  v
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+function oneOf<T extends string>(v: string | undefined, name: string, allowed: readonly T[]): T | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (!allowed.includes(v as T)) {
+    throw new FilterError('worker_config', `${name} must be one of ${allowed.join('|')}, got ${JSON.stringify(v)}`, {
+      name,
+    });
+  }
+  return v as T;
+}
+
+/** Reads the worker's configuration from environment variables (names shared with infra/). */
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  const e = (k: string) => (env[k] === '' ? undefined : env[k]);
+  const config: WorkerConfig = {
+    source:
+      oneOf(e('MLMF_SOURCE'), 'MLMF_SOURCE', ['kafka', 'sqs'] as const) ?? (e('MLMF_SQS_QUEUE_URL') ? 'sqs' : 'kafka'),
+    brokers: list(e('MLMF_BROKERS')),
+    sourceTopic: e('MLMF_SOURCE_TOPIC'),
+    groupId: e('MLMF_GROUP_ID'),
+    kafkaAuth: oneOf(e('MLMF_KAFKA_AUTH'), 'MLMF_KAFKA_AUTH', ['none', 'iam', 'scram-sha-512'] as const),
+    kafkaTls: bool(e('MLMF_KAFKA_TLS'), 'MLMF_KAFKA_TLS'),
+    kafkaSecretArn: e('MLMF_KAFKA_SECRET_ARN'),
+    sqsQueueUrl: e('MLMF_SQS_QUEUE_URL'),
+    bucket: e('MLMF_BUCKET') ?? '',
+    prefix: e('MLMF_PREFIX'),
+    auditTopic: e('MLMF_AUDIT_TOPIC'),
+    acceptedTopic: e('MLMF_ACCEPTED_TOPIC'),
+    dlqTopic: e('MLMF_DLQ_TOPIC'),
+    modelDir: e('MLMF_MODEL_DIR'),
+    modelS3Uri: e('MLMF_MODEL_S3_URI'),
+    modelSha256: e('MLMF_MODEL_SHA256'),
+    thresholds: e('MLMF_THRESHOLDS'),
+    combine: oneOf(e('MLMF_COMBINE'), 'MLMF_COMBINE', ['and', 'or'] as const),
+    executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), 'MLMF_EXECUTION_PROVIDER', [
+      'cuda',
+      'webgpu',
+      'cpu',
+    ] as const),
+    batchSize: int(e('MLMF_BATCH_SIZE'), 'MLMF_BATCH_SIZE'),
+    healthPort: int(e('MLMF_HEALTH_PORT'), 'MLMF_HEALTH_PORT'),
+    metricsNamespace: e('MLMF_METRICS_NAMESPACE'),
+    pipeline: e('MLMF_PIPELINE'),
+    region: e('AWS_REGION') ?? e('AWS_DEFAULT_REGION'),
+    s3Endpoint: e('MLMF_S3_ENDPOINT'),
+    sqsEndpoint: e('MLMF_SQS_ENDPOINT'),
+    transactionalId: e('MLMF_TRANSACTIONAL_ID'),
+    exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), 'MLMF_EXACTLY_ONCE'),
+    samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), 'MLMF_SHARD_SAMPLES'),
+    idleFlushMs: int(e('MLMF_FLUSH_MS'), 'MLMF_FLUSH_MS'),
+    sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
+    intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
+    allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),
+  };
+  return config;
+}
+
+/** Checks that the configuration names everything its source needs; throws FilterError('worker_config') if not. */
+export function validateConfig(c: WorkerConfig): void {
+  const missing: string[] = [];
+  if (!c.bucket) missing.push('MLMF_BUCKET (--bucket)');
+  if (c.source === 'kafka') {
+    if (!c.brokers?.length) missing.push('MLMF_BROKERS (--brokers)');
+    if (!c.sourceTopic) missing.push('MLMF_SOURCE_TOPIC (--source-topic)');
+  } else if (!c.sqsQueueUrl) missing.push('MLMF_SQS_QUEUE_URL (--sqs-queue-url)');
+  if (!c.auditTopic) missing.push('MLMF_AUDIT_TOPIC (--audit-topic)');
+  if ((c.auditTopic || c.acceptedTopic || c.dlqTopic) && !c.brokers?.length)
+    missing.push('MLMF_BROKERS (for the topics)');
+  if (c.kafkaAuth === 'scram-sha-512' && !c.kafkaSecretArn) missing.push('MLMF_KAFKA_SECRET_ARN (SCRAM credentials)');
+  if (c.modelS3Uri && !c.modelSha256) missing.push('MLMF_MODEL_SHA256 (digest of MLMF_MODEL_S3_URI)');
+  if (missing.length > 0) {
+    throw new FilterError('worker_config', `worker configuration incomplete: ${[...new Set(missing)].join(', ')}`, {
+      missing,
+    });
+  }
+}
+
+export const defaultTransactionalId = (groupId: string) => `mlmf-${groupId}-${hostname()}`;

@@ -1,0 +1,392 @@
+/**
+ * The GPU worker's container entry point: Kafka or SQS in, MLM filter, curated S3 shards + audit/accepted/DLQ topics
+ * out, offsets committed (or messages deleted) only once every outcome is durable.
+ * Config from the environment (configFromEnv) or from `mlm-filter worker` flags (the CLI calls runWorker).
+ * Logs: one JSON object per line on stdout. Health: GET /healthz on MLMF_HEALTH_PORT, 200 while consuming, 503 while
+ * starting or draining. SIGTERM/SIGINT: stop fetching, finish and ack what is in flight, flush sinks, exit 0; a second
+ * signal abandons in-flight work (it is redelivered) and exits 1.
+ */
+import { createHash } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { access, mkdir, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline as streamPipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { Intake } from '../../lib/intake/index.ts';
+import { runPipeline, type PipelineLogger, type PipelineStats } from '../../lib/pipeline/index.ts';
+import { Policy, parseThresholds } from '../../lib/policy/index.ts';
+import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
+import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
+import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
+import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
+import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
+import { createKafka, type KafkaAuth } from '../../lib/sources/kafka-client.ts';
+import { KafkaSource } from '../../lib/sources/kafka.ts';
+import { SqsSource } from '../../lib/sources/sqs.ts';
+import type { Outcome, Scorer, Sink, Source } from '../../lib/types.ts';
+import { FilterError } from '../../lib/types.ts';
+import {
+  DEFAULT_METRICS_NAMESPACE,
+  METRIC,
+  PIPELINE_DIMENSION,
+  REASON_DIMENSION,
+} from '../../infra/lib/metric-names.ts';
+import { configFromEnv, defaultTransactionalId, validateConfig, type WorkerConfig } from './config.ts';
+
+export { configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
+
+type Level = 'debug' | 'info' | 'warn' | 'error';
+export type WorkerLog = (level: Level, msg: string, ctx?: Record<string, unknown>) => void;
+
+/** One JSON object per line on stdout (CloudWatch Logs / any log shipper parses it as is). */
+export const jsonLog: WorkerLog = (level, msg, ctx = {}) => {
+  if (level === 'debug' && !process.env.MLMF_DEBUG) return;
+  process.stdout.write(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...ctx }) + '\n');
+};
+
+export interface RunWorkerOptions {
+  /** Graceful stop (what SIGTERM does): no new batches, in-flight work finishes and is acked. */
+  readonly signal?: AbortSignal;
+  /** Hard stop: in-flight work is abandoned unacked. */
+  readonly abort?: AbortSignal;
+  readonly log?: WorkerLog;
+  /** Called once the worker consumes (health turns 200), with the health server's port. */
+  readonly onReady?: (info: { healthPort?: number }) => void;
+  /** Where EMF metric lines go. Default stdout (CloudWatch Logs extracts them). */
+  readonly metricsOut?: (line: string) => void;
+}
+
+export interface WorkerResult {
+  readonly stats: PipelineStats;
+  readonly shardsWritten: number;
+}
+
+/** Fetches the model archive from S3 into `dir` when `dir` holds no model, verifying its SHA-256 first. */
+async function ensureModel(config: WorkerConfig, s3: S3Client, log: WorkerLog): Promise<string> {
+  const dir = config.modelDir ?? '/opt/mlm-filter/model';
+  const present = await access(join(dir, 'config.json')).then(
+    () => true,
+    () => false,
+  );
+  if (present || !config.modelS3Uri) return dir;
+  const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(config.modelS3Uri);
+  if (!m)
+    throw new FilterError('worker_config', `MLMF_MODEL_S3_URI must be s3://bucket/key`, { uri: config.modelS3Uri });
+  log('info', 'downloading the model', { uri: config.modelS3Uri, dir });
+  await mkdir(dir, { recursive: true });
+  const archive = join(dir, '.model-archive');
+  const res = await s3.send(new GetObjectCommand({ Bucket: m[1], Key: m[2] }));
+  const hash = createHash('sha256');
+  const body = res.Body as Readable;
+  body.on('data', (c: Buffer) => hash.update(c));
+  await streamPipeline(body, createWriteStream(archive));
+  const digest = hash.digest('hex');
+  if (digest !== config.modelSha256!.toLowerCase()) {
+    await rm(archive, { force: true });
+    throw new FilterError('model_digest_mismatch', `model archive sha256 ${digest} != MLMF_MODEL_SHA256`, {
+      uri: config.modelS3Uri,
+      expected: config.modelSha256,
+      actual: digest,
+    });
+  }
+  // The archive is the model directory as a (gzipped) tar; system tar handles both.
+  await promisify(execFile)('tar', ['-xf', archive, '-C', dir]);
+  await rm(archive, { force: true });
+  return dir;
+}
+
+async function kafkaAuth(config: WorkerConfig, region: string): Promise<KafkaAuth> {
+  switch (config.kafkaAuth ?? 'none') {
+    case 'none':
+      return { mechanism: 'none' };
+    case 'iam':
+      return { mechanism: 'iam', region };
+    case 'scram-sha-512': {
+      const sm = new SecretsManagerClient({ region });
+      const secret = await sm.send(new GetSecretValueCommand({ SecretId: config.kafkaSecretArn }));
+      sm.destroy();
+      const parsed = JSON.parse(secret.SecretString ?? '{}') as { username?: string; password?: string };
+      if (!parsed.username || !parsed.password) {
+        throw new FilterError('worker_config', 'the SCRAM secret must be JSON {"username","password"}', {
+          secretArn: config.kafkaSecretArn,
+        });
+      }
+      return { mechanism: 'scram-sha-512', username: parsed.username, password: parsed.password };
+    }
+  }
+}
+
+/** CloudWatch Embedded Metric Format: counters summed between flushes, one log line per flush. */
+class EmfMetrics {
+  private counts = { in: 0, accepted: 0, rejected: 0, errors: 0 };
+  private reasons = new Map<string, number>();
+  constructor(
+    private readonly namespace: string,
+    private readonly pipeline: string,
+    private readonly out: (line: string) => void,
+  ) {}
+  outcome(o: Outcome): void {
+    this.counts.in++;
+    if (o.decision === 'accept') this.counts.accepted++;
+    else {
+      this.counts.rejected++;
+      for (const r of o.reasons) this.reasons.set(r.code, (this.reasons.get(r.code) ?? 0) + 1);
+    }
+  }
+  error(): void {
+    this.counts.errors++;
+  }
+  flush(): void {
+    const c = this.counts;
+    if (c.in === 0 && c.errors === 0) return;
+    const ts = Date.now();
+    const line = (dims: string[][], metrics: string[], values: Record<string, unknown>) =>
+      this.out(
+        JSON.stringify({
+          _aws: {
+            Timestamp: ts,
+            CloudWatchMetrics: [
+              {
+                Namespace: this.namespace,
+                Dimensions: dims,
+                Metrics: metrics.map((Name) => ({ Name, Unit: 'Count' })),
+              },
+            ],
+          },
+          [PIPELINE_DIMENSION]: this.pipeline,
+          ...values,
+        }) + '\n',
+      );
+    line([[PIPELINE_DIMENSION]], [METRIC.PairsIn, METRIC.PairsAccepted, METRIC.PairsRejected, METRIC.Errors], {
+      [METRIC.PairsIn]: c.in,
+      [METRIC.PairsAccepted]: c.accepted,
+      [METRIC.PairsRejected]: c.rejected,
+      [METRIC.Errors]: c.errors,
+    });
+    for (const [reason, n] of this.reasons) {
+      line([[PIPELINE_DIMENSION, REASON_DIMENSION]], [METRIC.RejectsByReason], {
+        [REASON_DIMENSION]: reason,
+        [METRIC.RejectsByReason]: n,
+      });
+    }
+    this.counts = { in: 0, accepted: 0, rejected: 0, errors: 0 };
+    this.reasons.clear();
+  }
+}
+
+function healthServer(port: number, state: () => 'starting' | 'consuming' | 'draining'): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && (req.url === '/healthz' || req.url === '/health')) {
+      const s = state();
+      res.writeHead(s === 'consuming' ? 200 : 503, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: s }));
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, () => resolve(server));
+  });
+}
+
+/** Runs the worker until the source ends or `signal` aborts; sinks flushed and closed on return. */
+export async function runWorker(config: WorkerConfig, options: RunWorkerOptions = {}): Promise<WorkerResult> {
+  validateConfig(config);
+  const log = options.log ?? jsonLog;
+  const region = config.region ?? 'us-east-1';
+  let state: 'starting' | 'consuming' | 'draining' = 'starting';
+  const hard = options.abort ?? new AbortController().signal;
+  const graceful = options.signal ?? new AbortController().signal;
+  const onGraceful = () => {
+    state = 'draining';
+    log('info', 'draining: no new batches; finishing, flushing and acking in-flight work');
+  };
+  graceful.addEventListener('abort', onGraceful, { once: true });
+
+  const health = config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state);
+  const healthPort = (health?.address() as { port?: number } | null)?.port;
+  const s3 = new S3Client({
+    region,
+    ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
+  });
+  const closers: (() => Promise<unknown>)[] = [];
+  const metrics = new EmfMetrics(
+    config.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE,
+    config.pipeline ?? 'default',
+    options.metricsOut ?? ((line) => process.stdout.write(line)),
+  );
+  const metricsTimer = setInterval(() => metrics.flush(), 10_000);
+  metricsTimer.unref();
+  try {
+    const groupId = config.groupId ?? 'mlm-filter';
+    const kafka = config.brokers?.length
+      ? await createKafka({
+          brokers: config.brokers,
+          clientId: `mlm-filter-${config.pipeline ?? 'worker'}`,
+          auth: await kafkaAuth(config, region),
+          tls: config.kafkaTls ?? false,
+          log: (level, msg, extra) => log(level, msg, extra),
+        })
+      : undefined;
+    const exactlyOnce = config.source === 'kafka' && config.exactlyOnce !== false;
+    const hub = kafka
+      ? await KafkaProducerHub.open({
+          kafka,
+          transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
+        })
+      : undefined;
+    if (hub) closers.push(() => hub.close());
+
+    const scorer: Scorer =
+      config.scorer ??
+      (await (async () => {
+        const { loadScorer } = await import('../../lib/model/index.ts');
+        const dir = await ensureModel(config, s3, log);
+        return loadScorer(dir, {
+          executionProvider: config.executionProvider,
+          batchSize: config.batchSize,
+          logger: (level, msg, ctx) => log(level, msg, ctx),
+        });
+      })());
+    closers.push(() => scorer.close());
+    const model = scorer.model;
+    const policy = new Policy({
+      ...(config.thresholds ? { thresholds: parseThresholds(config.thresholds) } : {}),
+      ...(config.combine ? { combine: config.combine } : {}),
+    });
+
+    const curated = new S3CuratedSink({
+      s3,
+      bucket: config.bucket,
+      prefix: config.prefix,
+      model,
+      samplesPerShard: config.samplesPerShard,
+      idleFlushMs: config.idleFlushMs ?? 1000,
+      signal: hard,
+      log: (level, msg, ctx) => log(level, msg, ctx),
+    });
+    const dlq =
+      hub && config.dlqTopic
+        ? new DeadLetterSink({ target: { kind: 'kafka', hub, topic: config.dlqTopic } })
+        : undefined;
+    const sinks: Sink[] = [curated];
+    if (hub && config.auditTopic)
+      sinks.push(new KafkaAuditSink({ hub, topic: config.auditTopic, model, deadLetter: dlq }));
+    if (hub && config.acceptedTopic)
+      sinks.push(new KafkaAcceptedSink({ hub, topic: config.acceptedTopic, model, curated }));
+    if (dlq) sinks.push(dlq);
+
+    const sourceLog = {
+      info: (m: string, c?: Record<string, unknown>) => log('info', m, c),
+      warn: (m: string, c?: Record<string, unknown>) => log('warn', m, c),
+      error: (m: string, c?: Record<string, unknown>) => log('error', m, c),
+    };
+    let source: Source;
+    if (config.source === 'kafka') {
+      source = new KafkaSource({
+        kafka: kafka!,
+        topic: config.sourceTopic!,
+        groupId,
+        maxBatchRecords: config.sourceBatch,
+        hub: exactlyOnce ? hub : undefined,
+        onRevoked: (partitions) => curated.forgetPartitions(partitions),
+        logger: sourceLog,
+      });
+    } else {
+      const sqs = new SQSClient({ region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+      closers.push(async () => sqs.destroy());
+      source = new SqsSource({ client: sqs, queueUrl: config.sqsQueueUrl!, logger: sourceLog });
+    }
+    closers.unshift(() => source.close());
+
+    const intake =
+      config.intake ??
+      new Intake(
+        { s3, ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}) },
+        scorer.preprocess,
+      );
+    const pipelineLog: PipelineLogger = {
+      info: (m, c) => log('info', m, c),
+      warn: (m, c) => log('warn', m, c),
+      error: (m, c) => {
+        metrics.error();
+        log('error', m, c);
+      },
+    };
+    if (!graceful.aborted) state = 'consuming';
+    log('info', 'worker consuming', {
+      source: config.source,
+      topic: config.sourceTopic,
+      queueUrl: config.sqsQueueUrl,
+      groupId,
+      bucket: config.bucket,
+      exactlyOnce,
+      healthPort,
+      model,
+    });
+    options.onReady?.({ healthPort });
+    const stats = await runPipeline({
+      source,
+      intake,
+      scorer,
+      policy,
+      sinks,
+      signal: graceful,
+      abort: hard,
+      intakeConcurrency: config.intakeConcurrency,
+      onOutcome: (o) => metrics.outcome(o),
+      logger: pipelineLog,
+    });
+    state = 'draining';
+    if (!hard.aborted) await Promise.all(sinks.map((s) => s.close()));
+    log('info', 'worker stopped', { ...stats, shards: curated.shardsWritten, replaySkipped: curated.skippedReplayed });
+    return { stats, shardsWritten: curated.shardsWritten };
+  } finally {
+    state = 'draining';
+    graceful.removeEventListener('abort', onGraceful);
+    clearInterval(metricsTimer);
+    metrics.flush();
+    for (const close of closers) await close().catch((err) => log('warn', 'close failed', { error: String(err) }));
+    s3.destroy();
+    await new Promise<void>((r) => (health ? health.close(() => r()) : r()));
+  }
+}
+
+/** Container entry: env config, signals, exit code. */
+export async function main(): Promise<number> {
+  const graceful = new AbortController();
+  const hard = new AbortController();
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      jsonLog('info', `${sig}: graceful drain`, {});
+      graceful.abort();
+    } else {
+      jsonLog('warn', `${sig} again: abandoning in-flight work (it will be redelivered)`, {});
+      hard.abort();
+    }
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await runWorker(configFromEnv(), { signal: graceful.signal, abort: hard.signal });
+    return hard.signal.aborted ? 1 : 0;
+  } catch (err) {
+    const e = err as FilterError;
+    jsonLog('error', 'worker failed', { code: e.code ?? 'internal', error: e.message, context: e.context });
+    return 1;
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().then((code) => process.exit(code));
+}

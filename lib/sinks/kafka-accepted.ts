@@ -1,0 +1,63 @@
+import type { ModelInfo, Outcome, Sink } from '../types.ts';
+import { fullScores } from './audit-event.ts';
+import type { KafkaProducerHub, TopicMessage } from './kafka-transaction.ts';
+import type { CuratedLocation, S3CuratedSink } from './s3-curated.ts';
+
+export interface KafkaAcceptedSinkOptions {
+  readonly hub: KafkaProducerHub;
+  readonly topic: string;
+  readonly model: ModelInfo;
+  /** The curated sink whose shard placement each message reports. */
+  readonly curated: S3CuratedSink;
+}
+
+/** One accepted pair and where training code finds it. */
+export interface AcceptedEvent {
+  v: 1;
+  id: string;
+  scores: ReturnType<typeof fullScores>;
+  caption: string | null;
+  url: string | null;
+  model: ModelInfo;
+  location: CuratedLocation | null;
+  ts: string;
+}
+
+/**
+ * The optional accepted topic: one message per accepted pair, keyed by id, with its curated location (bucket, shard
+ * key, sample key). A message is produced once the shard holding the sample is durable, so a consumer that reads it
+ * can fetch the shard.
+ */
+export class KafkaAcceptedSink implements Sink {
+  readonly name = 'kafka-accepted';
+  constructor(private readonly options: KafkaAcceptedSinkOptions) {}
+
+  async write(outcomes: readonly Outcome[]): Promise<void> {
+    const accepted = outcomes.filter((o) => o.decision === 'accept');
+    if (accepted.length === 0) return;
+    const { hub, topic, curated, model } = this.options;
+    const locations = await Promise.all(accepted.map((o) => curated.location(o)));
+    const messages: TopicMessage[] = accepted.map((o, i) => {
+      const event: AcceptedEvent = {
+        v: 1,
+        id: o.id,
+        scores: fullScores(o.scores),
+        caption: o.pair?.caption ?? null,
+        url: o.pair?.url ?? null,
+        model,
+        location: locations[i] ?? null,
+        ts: new Date().toISOString(),
+      };
+      return { topic, key: o.id, value: JSON.stringify(event) };
+    });
+    if (hub.transactional) {
+      for (let i = 0; i < accepted.length; i++)
+        await hub.publish(this.name, accepted[i]!.record.origin, [messages[i]!]);
+    } else {
+      await hub.publish(this.name, accepted[0]!.record.origin, messages);
+    }
+  }
+
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+}

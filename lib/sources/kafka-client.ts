@@ -1,0 +1,86 @@
+import type { ConnectionOptions } from 'node:tls';
+import { Kafka, logLevel, type KafkaConfig, type SASLOptions, type logCreator } from 'kafkajs';
+import { FilterError } from '../types.ts';
+
+/** How the worker authenticates to the brokers. */
+export type KafkaAuth =
+  | { readonly mechanism: 'none' }
+  /** SASL/SCRAM-SHA-512 (MSK's username/password auth); credentials usually come from a Secrets Manager secret. */
+  | { readonly mechanism: 'scram-sha-512'; readonly username: string; readonly password: string }
+  /** AWS MSK IAM (SASL/OAUTHBEARER with a SigV4-signed token from the task role); needs TLS. */
+  | { readonly mechanism: 'iam'; readonly region: string };
+
+/** Connection settings shared by the Kafka source and the Kafka sinks. */
+export interface KafkaConnectionOptions {
+  /** `host:port` bootstrap brokers. */
+  readonly brokers: readonly string[];
+  readonly clientId?: string;
+  readonly auth?: KafkaAuth;
+  /** TLS to the brokers: true for the system CAs, or node:tls options (private CA, client certs). Default false. */
+  readonly tls?: boolean | ConnectionOptions;
+  /** Connect timeout per broker, ms. Default 5000. */
+  readonly connectionTimeoutMs?: number;
+  /** kafkajs log lines go here (the worker passes its JSON logger). Default: warnings and errors to stderr. */
+  readonly log?: (level: 'error' | 'warn' | 'info' | 'debug', message: string, extra: Record<string, unknown>) => void;
+}
+
+async function iamMechanism(region: string): Promise<SASLOptions> {
+  // Loaded lazily: the signer pulls in the AWS credential chain, which plain/SCRAM deployments do not need.
+  const { generateAuthToken } = await import('aws-msk-iam-sasl-signer-js');
+  return {
+    mechanism: 'oauthbearer',
+    oauthBearerProvider: async () => {
+      const { token } = await generateAuthToken({ region });
+      return { value: token };
+    },
+  };
+}
+
+/** Builds a kafkajs client from the connection settings (validated: a bad setting fails here, not on first use). */
+export async function createKafka(options: KafkaConnectionOptions): Promise<Kafka> {
+  if (options.brokers.length === 0 || options.brokers.some((b) => !/^[^\s:]+:\d+$/.test(b))) {
+    throw new FilterError('kafka_config', `brokers must be host:port, got ${JSON.stringify(options.brokers)}`, {
+      brokers: options.brokers,
+    });
+  }
+  const auth = options.auth ?? { mechanism: 'none' };
+  let sasl: SASLOptions | undefined;
+  if (auth.mechanism === 'scram-sha-512') {
+    sasl = { mechanism: 'scram-sha-512', username: auth.username, password: auth.password };
+  } else if (auth.mechanism === 'iam') {
+    if (!options.tls) throw new FilterError('kafka_config', 'MSK IAM auth requires TLS (MLMF_KAFKA_TLS=true)', {});
+    sasl = await iamMechanism(auth.region);
+  }
+  const sink = options.log;
+  const creator: logCreator =
+    () =>
+    ({ level, log }) => {
+      const { message, ...extra } = log;
+      const name =
+        level === logLevel.ERROR
+          ? 'error'
+          : level === logLevel.WARN
+            ? 'warn'
+            : level === logLevel.INFO
+              ? 'info'
+              : 'debug';
+      if (sink) sink(name, `kafkajs: ${message}`, extra);
+      else if (level <= logLevel.WARN)
+        console.error(JSON.stringify({ level: name, msg: `kafkajs: ${message}`, ...extra }));
+    };
+  const config: KafkaConfig = {
+    clientId: options.clientId ?? 'mlm-filter',
+    brokers: [...options.brokers],
+    ssl: options.tls === undefined ? false : options.tls,
+    sasl,
+    connectionTimeout: options.connectionTimeoutMs ?? 5000,
+    logLevel: logLevel.WARN,
+    logCreator: creator,
+    // Transient coordinator errors (loading, rebalancing) are retried with backoff by kafkajs itself.
+    retry: { initialRetryTime: 200, retries: 8, maxRetryTime: 5000 },
+  };
+  return new Kafka(config);
+}
+
+/** Offset arithmetic on kafkajs's string offsets (int64 does not fit a JS number). */
+export const nextOffset = (offset: string): string => (BigInt(offset) + 1n).toString();

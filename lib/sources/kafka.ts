@@ -1,0 +1,269 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import type { KafkaProducerHub } from '../sinks/kafka-transaction.ts';
+import type { Source, SourceBatch, SourceRecord } from '../types.ts';
+import { FilterError } from '../types.ts';
+import { nextOffset } from './kafka-client.ts';
+
+export interface KafkaSourceLogger {
+  info(msg: string, ctx?: Record<string, unknown>): void;
+  warn(msg: string, ctx?: Record<string, unknown>): void;
+  error(msg: string, ctx?: Record<string, unknown>): void;
+}
+
+/** Options of the Kafka source (a consumer group member). */
+export interface KafkaSourceOptions {
+  readonly kafka: Kafka;
+  readonly topic: string;
+  readonly groupId: string;
+  /** Where a group without committed offsets starts. Default true (earliest): a new filter sees the whole backlog. */
+  readonly fromBeginning?: boolean;
+  /** Records per SourceBatch (a fetched Kafka batch is cut into these). Default 256. */
+  readonly maxBatchRecords?: number;
+  /** Batches handed out and not yet acked; at the bound the fetch loop waits (heartbeating). Default 16. */
+  readonly maxInFlightBatches?: number;
+  /** Partitions processed concurrently by the fetch loop. Default 4. */
+  readonly partitionsConsumedConcurrently?: number;
+  /** Group session timeout, ms. Default 30000. Heartbeats continue while batches wait for scoring. */
+  readonly sessionTimeoutMs?: number;
+  /** Heartbeat interval, ms. Default 3000. */
+  readonly heartbeatIntervalMs?: number;
+  /**
+   * Transactional commits: `ack` commits the offsets in the hub's transaction together with the topic messages the
+   * sinks staged for those offsets (exactly-once to the audit/accepted/DLQ topics). Without it, `ack` commits the
+   * offsets with the consumer (at-least-once).
+   */
+  readonly hub?: KafkaProducerHub;
+  /** Called when in-flight batches are dropped on a rebalance, with the partitions they came from. */
+  readonly onRevoked?: (partitions: { topic: string; partition: number }[]) => void;
+  readonly logger?: KafkaSourceLogger;
+}
+
+interface InFlight {
+  readonly topic: string;
+  readonly partition: number;
+  readonly controller: AbortController;
+  settled: boolean;
+}
+
+const REBALANCE_ERRORS = new Set([
+  'REBALANCE_IN_PROGRESS',
+  'ILLEGAL_GENERATION',
+  'UNKNOWN_MEMBER_ID',
+  'NOT_COORDINATOR',
+  'FENCED_INSTANCE_ID',
+]);
+
+const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
+
+/**
+ * Kafka consumer-group source. The fetch loop (kafkajs eachBatch, no auto-commit, no auto-resolve) cuts each fetched
+ * batch into SourceBatches and hands them to the pipeline through a bounded queue; offsets are committed only in
+ * `ack`, which the pipeline calls in order once the batch is durable in every sink. On a rebalance every batch in
+ * flight is revoked (its `revoked` signal aborts and it is never committed): kafkajs resumes each assigned partition
+ * from its committed offset, so those records come again, to this worker or another.
+ */
+export class KafkaSource implements Source {
+  private consumer: Consumer | undefined;
+  private readonly inflight = new Set<InFlight>();
+  private readonly queue: SourceBatch[] = [];
+  private wake: (() => void) | undefined;
+  private stopping = false;
+  private crashed: unknown;
+  private joins = 0;
+  /** Fetch-loop handlers waiting for an in-flight slot. */
+  private roomWaiters: (() => void)[] = [];
+  /** Batches handed out, acked, revoked (for tests and metrics). */
+  readonly counts = { batches: 0, acked: 0, revoked: 0, records: 0 };
+  private readonly log: KafkaSourceLogger;
+
+  constructor(private readonly options: KafkaSourceOptions) {
+    this.log = options.logger ?? silent;
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+    const room = this.roomWaiters;
+    this.roomWaiters = [];
+    room.forEach((r) => r());
+  }
+
+  /** Drops every batch in flight: none of them may be committed by this generation. */
+  private revokeAll(reason: string): void {
+    const partitions = new Map<string, { topic: string; partition: number }>();
+    for (const f of this.inflight) {
+      if (f.settled) continue;
+      f.settled = true;
+      f.controller.abort(new FilterError('partition_revoked', reason, { topic: f.topic, partition: f.partition }));
+      partitions.set(`${f.topic}:${f.partition}`, { topic: f.topic, partition: f.partition });
+      this.counts.revoked++;
+    }
+    this.inflight.clear();
+    // Not yet picked up by the pipeline: drop them too (their offsets are not committed either).
+    this.queue.length = 0;
+    for (const p of partitions.values()) this.options.hub?.discard(p.topic, p.partition);
+    if (partitions.size > 0) {
+      this.log.warn('rebalance: in-flight batches revoked, they will be redelivered', {
+        reason,
+        partitions: [...partitions.values()],
+      });
+      this.options.onRevoked?.([...partitions.values()]);
+    }
+    this.notify();
+  }
+
+  private makeBatch(topic: string, partition: number, messages: KafkaMessage[]): SourceBatch {
+    const controller = new AbortController();
+    const entry: InFlight = { topic, partition, controller, settled: false };
+    const lastOffset = messages[messages.length - 1]!.offset;
+    const records: SourceRecord[] = messages.map((m) => ({
+      raw: m.value ?? Buffer.alloc(0),
+      origin: { kind: 'kafka', topic, partition, offset: m.offset },
+    }));
+    this.inflight.add(entry);
+    const settle = () => {
+      entry.settled = true;
+      this.inflight.delete(entry);
+      this.notify();
+    };
+    return {
+      records,
+      revoked: controller.signal,
+      ack: async () => {
+        if (controller.signal.aborted) return;
+        try {
+          if (this.options.hub) {
+            await this.options.hub.commit(this.options.groupId, topic, partition, lastOffset);
+          } else {
+            await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
+          }
+          this.counts.acked++;
+          settle();
+        } catch (err) {
+          const type =
+            (err as { type?: string; cause?: { type?: string } }).type ??
+            (err as { cause?: { type?: string } }).cause?.type;
+          if (type && REBALANCE_ERRORS.has(type)) {
+            // The group moved on: this generation may not commit; the records come again from the last commit.
+            this.revokeAll(`commit refused (${type})`);
+            return;
+          }
+          throw err;
+        }
+      },
+      nack: async (error: Error) => {
+        // Nothing to undo: uncommitted offsets are redelivered after a restart or rebalance.
+        this.log.warn('batch not acked; it will be redelivered', {
+          topic,
+          partition,
+          lastOffset,
+          error: error.message,
+        });
+        settle();
+      },
+    };
+  }
+
+  private async eachBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const size = this.options.maxBatchRecords ?? 256;
+    const max = this.options.maxInFlightBatches ?? 16;
+    const gone = () => this.stopping || !isRunning() || isStale();
+    for (let i = 0; i < batch.messages.length; i += size) {
+      // Backpressure: the fetch loop for this partition stops here until the pipeline acks; heartbeats keep the
+      // membership while scoring takes its time.
+      while (this.inflight.size >= max) {
+        if (gone()) return;
+        await Promise.race([new Promise<void>((r) => this.roomWaiters.push(r)), sleep(1000)]);
+        await heartbeat();
+      }
+      if (gone()) return;
+      const chunk = batch.messages.slice(i, i + size);
+      this.queue.push(this.makeBatch(batch.topic, batch.partition, chunk));
+      this.counts.batches++;
+      this.counts.records += chunk.length;
+      // Only the fetch position moves; the commit waits for ack.
+      resolveOffset(chunk[chunk.length - 1]!.offset);
+      this.notify();
+      await heartbeat();
+    }
+  }
+
+  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
+    const o = this.options;
+    const consumer = o.kafka.consumer({
+      groupId: o.groupId,
+      sessionTimeout: o.sessionTimeoutMs ?? 30_000,
+      heartbeatInterval: o.heartbeatIntervalMs ?? 3000,
+      readUncommitted: false,
+      retry: { retries: 8 },
+    });
+    this.consumer = consumer;
+    consumer.on(consumer.events.REBALANCING, () => this.revokeAll('group rebalancing'));
+    consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      // A later join is a new generation: positions restart from the committed offsets.
+      if (this.joins++ > 0) this.revokeAll('group re-joined');
+      this.log.info('joined consumer group', {
+        groupId: o.groupId,
+        generation: this.joins,
+        assignment: e.payload.memberAssignment,
+      });
+    });
+    consumer.on(consumer.events.CRASH, (e) => {
+      if (!e.payload.restart) {
+        this.crashed = e.payload.error;
+        this.notify();
+      } else {
+        this.revokeAll('consumer restarting after an error');
+      }
+    });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topic: o.topic, fromBeginning: o.fromBeginning ?? true });
+      await consumer.run({
+        autoCommit: false,
+        eachBatchAutoResolve: false,
+        partitionsConsumedConcurrently: o.partitionsConsumedConcurrently ?? 4,
+        eachBatch: (p) => this.eachBatch(p),
+      });
+    } catch (err) {
+      throw new FilterError('kafka_unavailable', `cannot consume ${o.topic}: ${(err as Error).message}`, {
+        topic: o.topic,
+        groupId: o.groupId,
+      });
+    }
+    const onAbort = () => this.notify();
+    signal.addEventListener('abort', onAbort);
+    try {
+      while (!signal.aborted) {
+        if (this.crashed) {
+          throw new FilterError('kafka_consumer_crashed', `Kafka consumer stopped: ${String(this.crashed)}`, {
+            topic: o.topic,
+          });
+        }
+        const next = this.queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        await new Promise<void>((r) => (this.wake = r));
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      // Stop fetching; the consumer stays in the group so in-flight batches can still commit on ack.
+      this.stopping = true;
+      try {
+        consumer.pause([{ topic: o.topic }]);
+      } catch {
+        // not running (connect failed)
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.stopping = true;
+    await this.consumer?.disconnect();
+  }
+}

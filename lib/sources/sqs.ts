@@ -1,0 +1,170 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  ChangeMessageVisibilityBatchCommand,
+  DeleteMessageBatchCommand,
+  ReceiveMessageCommand,
+  type Message,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
+import type { Source, SourceBatch } from '../types.ts';
+import { FilterError } from '../types.ts';
+import type { KafkaSourceLogger } from './kafka.ts';
+
+/** Options of the SQS source (standard or FIFO queue; competing consumers scale it out). */
+export interface SqsSourceOptions {
+  readonly client: SQSClient;
+  readonly queueUrl: string;
+  /** Long-poll wait per receive, s (0..20). Default 20. */
+  readonly waitTimeSeconds?: number;
+  /** Receives merged into one SourceBatch before it is handed out (each receive returns up to 10). Default 10. */
+  readonly receivesPerBatch?: number;
+  /** Batches handed out and not yet acked; at the bound, polling waits. Default 8. */
+  readonly maxInFlightBatches?: number;
+  /** Visibility timeout set on messages in work, s; renewed every third of it until ack. Default 60. */
+  readonly visibilityTimeoutSeconds?: number;
+  readonly logger?: KafkaSourceLogger;
+}
+
+const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
+
+/**
+ * SQS source: long polling, batch receive (10), visibility extended while the batch is in work, DeleteMessageBatch
+ * on ack. Messages are never deleted before their outcome is durable: a crash makes them visible again, and one
+ * that keeps failing moves to the queue's dead-letter queue by its redrive policy (maxReceiveCount), so it cannot
+ * circulate forever. Delivery is at-least-once; duplicates carry the same pair id.
+ */
+export class SqsSource implements Source {
+  private inflight = 0;
+  private room: (() => void) | undefined;
+  readonly counts = { batches: 0, acked: 0, records: 0, deleteFailures: 0 };
+  private readonly log: KafkaSourceLogger;
+
+  constructor(private readonly options: SqsSourceOptions) {
+    this.log = options.logger ?? silent;
+  }
+
+  private async receive(signal: AbortSignal, wait: number): Promise<Message[]> {
+    const res = await this.options.client.send(
+      new ReceiveMessageCommand({
+        QueueUrl: this.options.queueUrl,
+        MaxNumberOfMessages: 10,
+        WaitTimeSeconds: wait,
+        VisibilityTimeout: this.options.visibilityTimeoutSeconds ?? 60,
+        MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId'],
+      }),
+      { abortSignal: signal },
+    );
+    return res.Messages ?? [];
+  }
+
+  private async changeVisibility(messages: Message[], seconds: number): Promise<void> {
+    const res = await this.options.client.send(
+      new ChangeMessageVisibilityBatchCommand({
+        QueueUrl: this.options.queueUrl,
+        Entries: messages.map((m, i) => ({
+          Id: String(i),
+          ReceiptHandle: m.ReceiptHandle!,
+          VisibilityTimeout: seconds,
+        })),
+      }),
+    );
+    if (res.Failed?.length) this.log.warn('visibility change failed for some messages', { failed: res.Failed });
+  }
+
+  private makeBatch(messages: Message[]): SourceBatch {
+    const { queueUrl } = this.options;
+    const visibility = this.options.visibilityTimeoutSeconds ?? 60;
+    // Renew before the timeout runs out, so long scoring never lets another consumer take the messages.
+    const timer = setInterval(
+      () =>
+        void this.changeVisibility(messages, visibility).catch((err) =>
+          this.log.warn('visibility extension failed', { error: String(err) }),
+        ),
+      Math.max(1000, (visibility * 1000) / 3),
+    );
+    timer.unref();
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      clearInterval(timer);
+      this.inflight--;
+      this.room?.();
+    };
+    return {
+      records: messages.map((m) => ({
+        raw: m.Body ?? '',
+        origin: { kind: 'sqs', queueUrl, messageId: m.MessageId! },
+      })),
+      ack: async () => {
+        clearInterval(timer);
+        for (let i = 0; i < messages.length; i += 10) {
+          const chunk = messages.slice(i, i + 10);
+          let entries = chunk.map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle! }));
+          for (let attempt = 1; entries.length > 0; attempt++) {
+            const res = await this.options.client.send(
+              new DeleteMessageBatchCommand({ QueueUrl: queueUrl, Entries: entries }),
+            );
+            const failed = new Set((res.Failed ?? []).filter((f) => !f.SenderFault).map((f) => f.Id));
+            for (const f of res.Failed ?? []) {
+              if (f.SenderFault) {
+                // An expired receipt: the message may come again; its outcome is already durable (duplicate by id).
+                this.counts.deleteFailures++;
+                this.log.warn('delete refused; the message may be redelivered', { id: f.Id, code: f.Code });
+              }
+            }
+            entries = entries.filter((e) => failed.has(e.Id));
+            if (entries.length > 0) {
+              if (attempt >= 5) {
+                throw new FilterError('sqs_delete_failed', `could not delete ${entries.length} messages`, { queueUrl });
+              }
+              await sleep(200 * 2 ** attempt);
+            }
+          }
+        }
+        this.counts.acked++;
+        settle();
+      },
+      nack: async () => {
+        settle();
+        // Visible again at once rather than after the timeout: another consumer can retry it now.
+        await this.changeVisibility(messages, 0).catch(() => undefined);
+      },
+    };
+  }
+
+  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
+    const perBatch = this.options.receivesPerBatch ?? 10;
+    const max = this.options.maxInFlightBatches ?? 8;
+    const wait = this.options.waitTimeSeconds ?? 20;
+    while (!signal.aborted) {
+      while (this.inflight >= max && !signal.aborted) {
+        await Promise.race([new Promise<void>((r) => (this.room = r)), sleep(1000)]);
+      }
+      let messages: Message[] = [];
+      try {
+        // The first receive long-polls; the rest only top the batch up with what is already there.
+        messages = await this.receive(signal, wait);
+        for (let i = 1; i < perBatch && messages.length === 10 * i && !signal.aborted; i++) {
+          messages.push(...(await this.receive(signal, 0)));
+        }
+      } catch (err) {
+        if (signal.aborted) {
+          // Received but not handed out: make them visible again now.
+          if (messages.length) await this.changeVisibility(messages, 0).catch(() => undefined);
+          break;
+        }
+        this.log.error('SQS receive failed, retrying', { queueUrl: this.options.queueUrl, error: String(err) });
+        await sleep(1000, undefined, { signal }).catch(() => undefined);
+        if (messages.length === 0) continue;
+      }
+      if (messages.length === 0) continue;
+      this.inflight++;
+      this.counts.batches++;
+      this.counts.records += messages.length;
+      yield this.makeBatch(messages);
+    }
+  }
+
+  async close(): Promise<void> {}
+}

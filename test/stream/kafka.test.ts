@@ -1,0 +1,143 @@
+/**
+ * Kafka -> worker -> curated bucket + audit/accepted/DLQ topics, against the local services
+ * (bash scripts/services.sh up). Scores come from FastScorer (see helpers.ts); images go through the real intake.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Admin, Kafka } from 'kafkajs';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { runWorker } from '../../functions/worker/main.ts';
+import {
+  BROKERS,
+  FastScorer,
+  S3_ENDPOINT,
+  committedTotal,
+  createBucket,
+  createTopics,
+  curatedIds,
+  getJson,
+  kafkaClient,
+  listAll,
+  makeRecords,
+  needServices,
+  produce,
+  readTopic,
+  s3Client,
+  tally,
+  uniq,
+  waitFor,
+} from './helpers.ts';
+
+const skip = await needServices('kafka', 's3');
+
+describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
+  let kafka: Kafka;
+  let admin: Admin;
+  let s3: S3Client;
+  before(async () => {
+    kafka = kafkaClient();
+    admin = kafka.admin();
+    await admin.connect();
+    s3 = s3Client();
+  });
+  after(async () => {
+    await admin?.disconnect();
+    s3?.destroy();
+  });
+
+  it('stores every accept once in shards, every reject once on the audit topic, poison to the DLQ, commits all', async () => {
+    const t = uniq('in');
+    const audit = `${t}-audit`;
+    const accepted = `${t}-accepted`;
+    const dlq = `${t}-dlq`;
+    const bucket = uniq('curated');
+    const groupId = `${t}-group`;
+    await createTopics(admin, [{ topic: t, partitions: 2 }, { topic: audit }, { topic: accepted }, { topic: dlq }]);
+    await createBucket(s3, bucket);
+    const records: (string | object)[] = await makeRecords(t, 120);
+    // A poison pair (the scorer throws on it), an invalid record and a non-JSON one, mid-stream.
+    records.splice(30, 0, { ...(records[0] as object), id: `${t}-poison`, caption: 'poison pill' });
+    records.splice(61, 0, '{"caption": 42}');
+    records.splice(90, 0, 'not json at all');
+    await produce(kafka, t, records, 2);
+
+    const stop = new AbortController();
+    const logs: { level: string; msg: string }[] = [];
+    const run = runWorker(
+      {
+        source: 'kafka',
+        brokers: [BROKERS],
+        sourceTopic: t,
+        groupId,
+        bucket,
+        prefix: 'curated/',
+        auditTopic: audit,
+        acceptedTopic: accepted,
+        dlqTopic: dlq,
+        s3Endpoint: S3_ENDPOINT,
+        healthPort: 0,
+        transactionalId: `${t}-tx`,
+        sourceBatch: 20,
+        idleFlushMs: 200,
+        thresholds: 'itm>=50',
+        scorer: new FastScorer(8),
+      },
+      { signal: stop.signal, log: (level, msg) => logs.push({ level, msg }), metricsOut: () => undefined },
+    );
+    try {
+      await waitFor(
+        'all offsets committed',
+        async () => (await committedTotal(admin, groupId, t)) === records.length,
+        60_000,
+      );
+    } finally {
+      stop.abort();
+    }
+    const result = await run;
+    assert.equal(result.stats.records, records.length);
+
+    const { ids, shards } = await curatedIds(s3, bucket);
+    const want = (records as { id?: string }[]).filter(
+      (r, i) =>
+        typeof r === 'object' && r.id && /-(\d+)$/.test(r.id) && Number(/-(\d+)$/.exec(r.id)![1]) % 2 === 0 && i >= 0,
+    );
+    assert.deepEqual(
+      [...tally(ids).values()].filter((n) => n > 1),
+      [],
+      'no sample twice in the bucket',
+    );
+    assert.deepEqual(new Set(ids), new Set(want.map((r) => r.id)));
+    for (const key of shards) {
+      assert.match(key, new RegExp(`^curated/${t}/partition=[01]/${t}\\+[01]\\+\\d{20}-\\d{20}\\.tar$`));
+      const index = await getJson(s3, bucket, key.replace(/\.tar$/, '.index.json'));
+      assert.equal((index.samples as unknown[]).length, index.count);
+    }
+
+    const expectRejects = records.length - want.length; // odd ids + poison + 2 invalid
+    const events = await readTopic(kafka, audit, (m) => m.length >= expectRejects, 15_000);
+    assert.equal(events.length, expectRejects, 'every reject once on the audit topic');
+    assert.equal(new Set(events.map((e) => e.key)).size, expectRejects);
+    for (const e of events) {
+      assert.equal(e.value.decision, 'reject');
+      assert.equal((e.value.source as { kind: string }).kind, 'kafka');
+      assert.equal(e.key, e.value.id);
+    }
+    const poison = events.find((e) => e.key === `${t}-poison`);
+    assert.equal((poison?.value.reasons as { code: string }[])[0]?.code, 'scoring_failed');
+
+    const letters = await readTopic(kafka, dlq, (m) => m.length >= 1, 10_000);
+    assert.equal(letters.length, 1);
+    assert.equal(letters[0]!.key, `${t}-poison`);
+    assert.equal(letters[0]!.value.code, 'scoring_failed');
+    assert.match(String(letters[0]!.value.raw), /poison pill/);
+
+    const acc = await readTopic(kafka, accepted, (m) => m.length >= want.length, 15_000);
+    assert.equal(acc.length, want.length);
+    for (const a of acc) {
+      const loc = a.value.location as { bucket: string; shard: string; sample: string };
+      assert.equal(loc.bucket, bucket);
+      assert.ok(shards.includes(loc.shard), `accepted location ${loc.shard} is a shard in the bucket`);
+    }
+    assert.ok((await listAll(s3, bucket)).every((o) => o.Key!.startsWith('curated/')));
+  });
+});
