@@ -1,0 +1,97 @@
+import type { KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import { MonitorAggregator, parseEvent, type EventKind, type MonitorSnapshot } from './aggregate.ts';
+import { tailTopics } from './kafka-tail.ts';
+import { renderSnapshot } from './render.ts';
+
+export { MonitorAggregator, parseEvent, type MonitorEvent, type MonitorSnapshot } from './aggregate.ts';
+export { tailTopics, type TailMessage, type TailOptions } from './kafka-tail.ts';
+export { renderSnapshot } from './render.ts';
+
+/** Options of {@link runMonitor} (`mlm-filter monitor`). */
+export interface MonitorOptions {
+  readonly connection: KafkaConnectionOptions;
+  /** The worker's audit topic: rejects, and accepts when the worker audits them. */
+  readonly auditTopic: string;
+  /** The accepted topic, when the pipeline has one: accept events (deduplicated against the audit topic by id). */
+  readonly acceptedTopic?: string;
+  /** Start at this time (ms since the epoch) or at the earliest retained message; default: new messages only. */
+  readonly from?: number | 'earliest';
+  /** One JSON snapshot per line instead of the terminal view. */
+  readonly json?: boolean;
+  /** Refresh interval, ms. Default 1000. */
+  readonly intervalMs?: number;
+  /** Throughput window, seconds. Default 60. */
+  readonly windowSeconds?: number;
+  /** Stop after this long, ms (scripts, tests). Default: until the signal aborts. */
+  readonly durationMs?: number;
+  readonly signal?: AbortSignal;
+  /** Where frames go. Default process.stdout. */
+  readonly out?: NodeJS.WriteStream | { write(s: string): unknown; isTTY?: boolean; columns?: number };
+}
+
+/** Tails the topics and prints a frame (or a JSON snapshot) every interval; returns the last snapshot. */
+export async function runMonitor(options: MonitorOptions): Promise<MonitorSnapshot> {
+  const out = options.out ?? process.stdout;
+  const aggregator = new MonitorAggregator({
+    windowSeconds: options.windowSeconds,
+    acceptsVisible: options.acceptedTopic !== undefined,
+  });
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  if (options.signal?.aborted) stop.abort();
+  const timeout = options.durationMs !== undefined ? setTimeout(() => stop.abort(), options.durationMs) : undefined;
+
+  const topics: { topic: string; kind: EventKind }[] = [{ topic: options.auditTopic, kind: 'audit' }];
+  if (options.acceptedTopic) topics.push({ topic: options.acceptedTopic, kind: 'accepted' });
+  const title =
+    `mlm-filter monitor  audit=${options.auditTopic}` +
+    (options.acceptedTopic ? `  accepted=${options.acceptedTopic}` : '') +
+    `  (Ctrl-C to quit)`;
+  const show = (final: boolean) => {
+    const snap = aggregator.snapshot();
+    if (options.json) out.write(JSON.stringify(snap) + '\n');
+    else {
+      const frame = renderSnapshot(snap, { columns: out.columns, title });
+      // On a terminal redraw in place; into a pipe or file print frames one after another.
+      out.write(out.isTTY && !final ? `\x1b[H\x1b[2J${frame}\n` : `${frame}\n`);
+    }
+    return snap;
+  };
+  const ticker = setInterval(() => show(false), options.intervalMs ?? 1000);
+  try {
+    await tailTopics({
+      connection: options.connection,
+      topics,
+      from: options.from ?? 'latest',
+      signal: stop.signal,
+      onMessage: (m) => {
+        const e = parseEvent(m.kind, m.value, m.key, m.timestamp);
+        if ('error' in e) aggregator.addMalformed();
+        else aggregator.add(e);
+      },
+    });
+  } finally {
+    clearInterval(ticker);
+    clearTimeout(timeout);
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  return show(true);
+}
+
+/**
+ * Parses `--from`: an ISO date/time, epoch milliseconds, a duration before now (`90s`, `15m`, `2h`, `1d`), or
+ * `earliest`/`beginning`. Returns undefined for an unparseable value.
+ */
+export function parseFrom(value: string, now: number = Date.now()): number | 'earliest' | undefined {
+  const v = value.trim();
+  if (/^(earliest|beginning)$/i.test(v)) return 'earliest';
+  if (/^\d{12,}$/.test(v)) return Number(v);
+  const rel = /^(\d+(?:\.\d+)?)\s*(s|m|h|d)$/i.exec(v);
+  if (rel) {
+    const unit = { s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[rel[2]!.toLowerCase() as 's' | 'm' | 'h' | 'd'];
+    return now - Number(rel[1]) * unit;
+  }
+  const t = Date.parse(v);
+  return Number.isFinite(t) ? t : undefined;
+}

@@ -1,0 +1,185 @@
+import { createReadStream } from 'node:fs';
+import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import sharp from 'sharp';
+import { tailTopics } from '../monitor/kafka-tail.ts';
+import type { KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import { FilterError } from '../types.ts';
+import { fromObject, parseReportEvent, ReportCollector, type ReportData, type ReportSample } from './collect.ts';
+import { renderReportHtml } from './html.ts';
+
+/** Where the report reads from. */
+export type ReportInput =
+  /** `mlm-filter filter --out DIR`: DIR/rejects.jsonl and DIR/curated/*.tar with their .index.json. */
+  | { readonly kind: 'dir'; readonly path: string }
+  /** A JSONL file of audit events (e.g. rejects.jsonl alone). */
+  | { readonly kind: 'jsonl'; readonly path: string }
+  /** An audit topic (and optionally the accepted topic), read from `from` up to the end offsets at start. */
+  | {
+      readonly kind: 'kafka';
+      readonly connection: KafkaConnectionOptions;
+      readonly topic: string;
+      readonly acceptedTopic?: string;
+      readonly from?: number | 'earliest';
+    };
+
+export interface ReportOptions {
+  readonly input: ReportInput;
+  /** Output HTML file. */
+  readonly out: string;
+  readonly title?: string;
+  /** Samples per decision in the gallery. Default 24. */
+  readonly samples?: number;
+  /** Thumbnail longest side, px. Default 160. */
+  readonly thumbnailSize?: number;
+  readonly signal?: AbortSignal;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function readJsonl(path: string, collector: ReportCollector): Promise<void> {
+  const lines = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
+  for await (const line of lines) {
+    if (!line.trim()) continue;
+    const e = parseReportEvent(line);
+    if (e) collector.add(e);
+    else collector.malformed();
+  }
+}
+
+/** Reads every accepted sample's `<key>.json` through the shard index (random access, no tar scan). */
+async function readCurated(dir: string, collector: ReportCollector): Promise<number> {
+  const names = (await readdir(dir)).filter((n) => n.endsWith('.index.json')).sort();
+  for (const name of names) {
+    const index = JSON.parse(await readFile(join(dir, name), 'utf8')) as {
+      samples: { id: string; key: string; members: Record<string, { offset: number; size: number }> }[];
+    };
+    const tar = join(dir, name.replace(/\.index\.json$/, '.tar'));
+    const fh = await open(tar, 'r');
+    try {
+      for (const s of index.samples) {
+        const json = s.members.json;
+        if (!json) {
+          collector.malformed();
+          continue;
+        }
+        const buf = Buffer.alloc(json.size);
+        await fh.read(buf, 0, json.size, json.offset);
+        let meta: Record<string, unknown>;
+        try {
+          meta = JSON.parse(buf.toString('utf8')) as Record<string, unknown>;
+        } catch {
+          collector.malformed();
+          continue;
+        }
+        const e = fromObject({ ...meta, id: meta.id ?? s.id }, 'accept');
+        if (!e) {
+          collector.malformed();
+          continue;
+        }
+        const ext = ['jpg', 'png', 'webp'].find((x) => s.members[x]);
+        if (ext) e.image = { tar, offset: s.members[ext]!.offset, size: s.members[ext]!.size, ext };
+        collector.add(e);
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  return names.length;
+}
+
+async function thumbnail(sample: ReportSample, size: number): Promise<string | undefined> {
+  if (!sample.image) return undefined;
+  const fh = await open(sample.image.tar, 'r');
+  try {
+    const buf = Buffer.alloc(sample.image.size);
+    await fh.read(buf, 0, buf.length, sample.image.offset);
+    const out = await sharp(buf, { failOn: 'none' })
+      .rotate()
+      .resize(size, size, { fit: 'inside', withoutEnlargement: true })
+      .webp({ quality: 70 })
+      .toBuffer();
+    return `data:image/webp;base64,${out.toString('base64')}`;
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Collects the numbers of a report from its input (without writing anything). */
+export async function collectReport(options: ReportOptions): Promise<ReportData> {
+  const collector = new ReportCollector({ samples: options.samples });
+  const input = options.input;
+  let label: string;
+  if (input.kind === 'dir') {
+    label = input.path;
+    const rejects = join(input.path, 'rejects.jsonl');
+    const curated = join(input.path, 'curated');
+    const hasRejects = await exists(rejects);
+    const hasCurated = await exists(curated);
+    if (!hasRejects && !hasCurated) {
+      throw new FilterError('input_unreadable', `${input.path} has neither rejects.jsonl nor curated/`, {
+        path: input.path,
+      });
+    }
+    if (hasRejects) await readJsonl(rejects, collector);
+    else collector.notes.push('No rejects.jsonl: rejected pairs are not shown.');
+    if (hasCurated) {
+      collector.sawAcceptSource = true;
+      await readCurated(curated, collector);
+    } else collector.notes.push('No curated/ directory: accepted pairs are not shown.');
+  } else if (input.kind === 'jsonl') {
+    label = input.path;
+    if (!(await exists(input.path)))
+      throw new FilterError('input_unreadable', `cannot read ${input.path}`, { path: input.path });
+    await readJsonl(input.path, collector);
+    if (basename(input.path) === 'rejects.jsonl') {
+      collector.notes.push('Only rejects.jsonl was read: accepted pairs are not shown (pass --input DIR for both).');
+    }
+  } else {
+    label = `kafka ${input.topic}${input.acceptedTopic ? ` + ${input.acceptedTopic}` : ''}`;
+    if (input.acceptedTopic) collector.sawAcceptSource = true;
+    const topics = [{ topic: input.topic, kind: 'audit' as 'audit' | 'accepted' }];
+    if (input.acceptedTopic) topics.push({ topic: input.acceptedTopic, kind: 'accepted' });
+    const result = await tailTopics({
+      connection: input.connection,
+      topics,
+      from: input.from ?? 'earliest',
+      untilEnd: true,
+      signal: options.signal,
+      onMessage: (m) => {
+        const e = m.value
+          ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
+          : null;
+        if (!e) return collector.malformed();
+        if (e.ts === undefined && Number.isFinite(m.timestamp)) e.ts = m.timestamp;
+        collector.add(e);
+      },
+    });
+    if (!result.complete) collector.notes.push('The topic read ended before every partition reached its end offset.');
+  }
+  const data = collector.data(options.title ?? 'MLM filter report', label);
+  const size = options.thumbnailSize ?? 160;
+  for (const s of data.samples.accepted) s.thumbnail = await thumbnail(s, size);
+  return data;
+}
+
+/** Builds the report and writes the single self-contained HTML file; returns the data it shows. */
+export async function writeReport(options: ReportOptions): Promise<ReportData> {
+  const data = await collectReport(options);
+  try {
+    await writeFile(options.out, renderReportHtml(data));
+  } catch (err) {
+    throw new FilterError('output_unwritable', `cannot write ${options.out}: ${(err as Error).message}`, {
+      out: options.out,
+    });
+  }
+  return data;
+}
