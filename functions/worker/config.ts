@@ -68,6 +68,8 @@ export interface WorkerConfig {
   readonly samplesPerShard?: number;
   /** MLMF_FLUSH_MS: a partial shard is written after this idle time. Default 1000. */
   readonly idleFlushMs?: number;
+  /** MLMF_S3_TIMEOUT_MS: per-request timeout of S3 calls (a timed-out upload is retried). Default 30000. */
+  readonly s3RequestTimeoutMs?: number;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka). Default 256. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -153,6 +155,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), 'MLMF_EXACTLY_ONCE'),
     samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), 'MLMF_SHARD_SAMPLES'),
     idleFlushMs: int(e('MLMF_FLUSH_MS'), 'MLMF_FLUSH_MS'),
+    s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), 'MLMF_S3_TIMEOUT_MS'),
     sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
     intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),

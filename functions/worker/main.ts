@@ -20,6 +20,7 @@ import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { Intake } from '../../lib/intake/index.ts';
+import { WorkerMetrics } from '../../lib/metrics/index.ts';
 import { runPipeline, type PipelineLogger, type PipelineStats } from '../../lib/pipeline/index.ts';
 import { Policy, parseThresholds } from '../../lib/policy/index.ts';
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
@@ -30,14 +31,8 @@ import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
 import { createKafka, type KafkaAuth } from '../../lib/sources/kafka-client.ts';
 import { KafkaSource } from '../../lib/sources/kafka.ts';
 import { SqsSource } from '../../lib/sources/sqs.ts';
-import type { Outcome, Scorer, Sink, Source } from '../../lib/types.ts';
+import type { Scorer, Sink, Source } from '../../lib/types.ts';
 import { FilterError } from '../../lib/types.ts';
-import {
-  DEFAULT_METRICS_NAMESPACE,
-  METRIC,
-  PIPELINE_DIMENSION,
-  REASON_DIMENSION,
-} from '../../infra/lib/metric-names.ts';
 import { configFromEnv, defaultTransactionalId, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
@@ -59,8 +54,8 @@ export interface RunWorkerOptions {
   readonly log?: WorkerLog;
   /** Called once the worker consumes (health turns 200), with the health server's port. */
   readonly onReady?: (info: { healthPort?: number }) => void;
-  /** Where EMF metric lines go. Default stdout (CloudWatch Logs extracts them). */
-  readonly metricsOut?: (line: string) => void;
+  /** Where EMF metric lines go. Default stdout (CloudWatch Logs extracts them); null for none. */
+  readonly metricsOut?: ((line: string) => void) | null;
 }
 
 export interface WorkerResult {
@@ -123,66 +118,14 @@ async function kafkaAuth(config: WorkerConfig, region: string): Promise<KafkaAut
   }
 }
 
-/** CloudWatch Embedded Metric Format: counters summed between flushes, one log line per flush. */
-class EmfMetrics {
-  private counts = { in: 0, accepted: 0, rejected: 0, errors: 0 };
-  private reasons = new Map<string, number>();
-  constructor(
-    private readonly namespace: string,
-    private readonly pipeline: string,
-    private readonly out: (line: string) => void,
-  ) {}
-  outcome(o: Outcome): void {
-    this.counts.in++;
-    if (o.decision === 'accept') this.counts.accepted++;
-    else {
-      this.counts.rejected++;
-      for (const r of o.reasons) this.reasons.set(r.code, (this.reasons.get(r.code) ?? 0) + 1);
-    }
-  }
-  error(): void {
-    this.counts.errors++;
-  }
-  flush(): void {
-    const c = this.counts;
-    if (c.in === 0 && c.errors === 0) return;
-    const ts = Date.now();
-    const line = (dims: string[][], metrics: string[], values: Record<string, unknown>) =>
-      this.out(
-        JSON.stringify({
-          _aws: {
-            Timestamp: ts,
-            CloudWatchMetrics: [
-              {
-                Namespace: this.namespace,
-                Dimensions: dims,
-                Metrics: metrics.map((Name) => ({ Name, Unit: 'Count' })),
-              },
-            ],
-          },
-          [PIPELINE_DIMENSION]: this.pipeline,
-          ...values,
-        }) + '\n',
-      );
-    line([[PIPELINE_DIMENSION]], [METRIC.PairsIn, METRIC.PairsAccepted, METRIC.PairsRejected, METRIC.Errors], {
-      [METRIC.PairsIn]: c.in,
-      [METRIC.PairsAccepted]: c.accepted,
-      [METRIC.PairsRejected]: c.rejected,
-      [METRIC.Errors]: c.errors,
-    });
-    for (const [reason, n] of this.reasons) {
-      line([[PIPELINE_DIMENSION, REASON_DIMENSION]], [METRIC.RejectsByReason], {
-        [REASON_DIMENSION]: reason,
-        [METRIC.RejectsByReason]: n,
-      });
-    }
-    this.counts = { in: 0, accepted: 0, rejected: 0, errors: 0 };
-    this.reasons.clear();
-  }
-}
-
-function healthServer(port: number, state: () => 'starting' | 'consuming' | 'draining'): Promise<Server> {
+function healthServer(
+  port: number,
+  state: () => 'starting' | 'consuming' | 'draining',
+  metrics: WorkerMetrics,
+): Promise<Server> {
+  const prometheus = metrics.metricsHandler();
   const server = createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/metrics') return prometheus(req, res);
     if (req.method === 'GET' && (req.url === '/healthz' || req.url === '/health')) {
       const s = state();
       res.writeHead(s === 'consuming' ? 200 : 503, { 'content-type': 'application/json' });
@@ -211,20 +154,21 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
   };
   graceful.addEventListener('abort', onGraceful, { once: true });
 
-  const health = config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state);
+  const metrics = new WorkerMetrics({
+    pipeline: config.pipeline,
+    namespace: config.metricsNamespace,
+    emit: options.metricsOut === undefined ? undefined : options.metricsOut,
+  });
+  const health =
+    config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state, metrics);
   const healthPort = (health?.address() as { port?: number } | null)?.port;
   const s3 = new S3Client({
     region,
     ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
+    // A hung S3 request must fail and be retried, not hold the pipeline forever.
+    requestHandler: { requestTimeout: config.s3RequestTimeoutMs ?? 30_000, connectionTimeout: 5000 },
   });
   const closers: (() => Promise<unknown>)[] = [];
-  const metrics = new EmfMetrics(
-    config.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE,
-    config.pipeline ?? 'default',
-    options.metricsOut ?? ((line) => process.stdout.write(line)),
-  );
-  const metricsTimer = setInterval(() => metrics.flush(), 10_000);
-  metricsTimer.unref();
   try {
     const groupId = config.groupId ?? 'mlm-filter';
     const kafka = config.brokers?.length
@@ -317,7 +261,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       info: (m, c) => log('info', m, c),
       warn: (m, c) => log('warn', m, c),
       error: (m, c) => {
-        metrics.error();
+        metrics.countError('pipeline');
         log('error', m, c);
       },
     };
@@ -342,7 +286,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       signal: graceful,
       abort: hard,
       intakeConcurrency: config.intakeConcurrency,
-      onOutcome: (o) => metrics.outcome(o),
+      onOutcome: (o) => metrics.observe(o),
       logger: pipelineLog,
     });
     state = 'draining';
@@ -352,8 +296,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
   } finally {
     state = 'draining';
     graceful.removeEventListener('abort', onGraceful);
-    clearInterval(metricsTimer);
-    metrics.flush();
+    metrics.close();
     for (const close of closers) await close().catch((err) => log('warn', 'close failed', { error: String(err) }));
     s3.destroy();
     await new Promise<void>((r) => (health ? health.close(() => r()) : r()));

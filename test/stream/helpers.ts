@@ -12,6 +12,7 @@ import {
   S3Client,
   type _Object,
 } from '@aws-sdk/client-s3';
+import { GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
 import sharp from 'sharp';
 import tarStream from 'tar-stream';
@@ -243,4 +244,18 @@ export function tally(ids: string[]): Map<string, number> {
   const m = new Map<string, number>();
   for (const id of ids) m.set(id, (m.get(id) ?? 0) + 1);
   return m;
+}
+
+/** True when the queue has no message, visible or in flight. */
+export async function queueEmpty(sqs: SQSClient, url: string): Promise<boolean> {
+  const a = await sqs.send(
+    new GetQueueAttributesCommand({
+      QueueUrl: url,
+      AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
+    }),
+  );
+  return (
+    Number(a.Attributes?.ApproximateNumberOfMessages) === 0 &&
+    Number(a.Attributes?.ApproximateNumberOfMessagesNotVisible) === 0
+  );
 }

@@ -82,7 +82,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
         thresholds: 'itm>=50',
         scorer: new FastScorer(8),
       },
-      { signal: stop.signal, log: (level, msg) => logs.push({ level, msg }), metricsOut: () => undefined },
+      { signal: stop.signal, log: (level, msg) => logs.push({ level, msg }), metricsOut: null },
     );
     try {
       await waitFor(
