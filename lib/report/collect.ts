@@ -238,7 +238,8 @@ export class ReportCollector {
       if (x < lo) lo = x;
       if (x > hi) hi = x;
     }
-    const n = hi > lo ? this.maxBuckets : 1;
+    // At least ~10 events per bucket, else the rate line is noise (0 % / 100 % spikes).
+    const n = hi > lo ? Math.max(1, Math.min(this.maxBuckets, Math.floor(xs.length / 10))) : 1;
     const width = hi > lo ? (hi - lo) / n : 1;
     const buckets: TimelineBucket[] = Array.from({ length: n }, (_, i) => ({
       start: lo + i * width,

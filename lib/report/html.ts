@@ -20,7 +20,7 @@ export function jsonForScript(value: unknown): string {
     .replace(/\u2029/g, '\\u2029');
 }
 
-const COLORS = { accepted: '#2f8f5b', rejected: '#cf4b3f', rate: '#2563eb', volume: '#cbd5e1', axis: '#64748b' };
+const COLORS = { accepted: '#2f8f5b', rejected: '#cf4b3f', rate: '#2563eb', volume: '#dbe3ee', axis: '#64748b' };
 const pct = (x: number | null) => (x === null ? 'n/a' : `${(x * 100).toFixed(1)}%`);
 const fmt = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(1));
 const metricName = (m: MetricShort) => METRICS.find((x) => x.short === m)!.key.replace(/_/g, ' ');
@@ -97,7 +97,8 @@ export function timelineSvg(t: ReportData['timeline']): string {
   const y1 = 20;
   const n = t.buckets.length;
   const bw = (x1 - x0) / n;
-  const vmax = niceMax(Math.max(...t.buckets.map((b) => b.accepted + b.rejected)));
+  // Volume stays in the lower part of the plot so the rate line reads on top of it.
+  const vmax = niceMax(2.5 * Math.max(...t.buckets.map((b) => b.accepted + b.rejected)));
   const yr = (r: number) => y0 - (y0 - y1) * r;
   const yv = (v: number) => y0 - ((y0 - y1) * v) / vmax;
   const parts: string[] = [];
@@ -194,7 +195,7 @@ header{background:#0f172a;color:#f8fafc;padding:18px 28px}header h1{margin:0 0 4
 main{padding:20px 28px;max-width:1640px}section{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:16px 18px;margin:0 0 18px}
 h2{font-size:16px;margin:0 0 12px}.kpis{display:flex;gap:14px;flex-wrap:wrap}.kpi{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:12px 18px;min-width:150px}
 .kpi .v{font-size:26px;font-weight:650}.kpi .l{color:#64748b;font-size:12px;text-transform:uppercase;letter-spacing:.04em}.kpi.acc .v{color:${COLORS.accepted}}.kpi.rej .v{color:${COLORS.rejected}}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}svg.chart{width:100%;height:auto;background:#fff}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}svg.chart{width:100%;height:auto;background:#fff}svg.timeline{max-width:1100px;display:block}
 svg .tick{font-size:10px;fill:${COLORS.axis}}svg .title{font-size:13px;font-weight:650;fill:#0f172a}svg .sub{font-size:10px;fill:${COLORS.axis};font-weight:400}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 table.reasons{border-collapse:collapse;width:100%;max-width:820px}table.reasons td,table.reasons th{padding:6px 10px;border-bottom:1px solid #e2e8f0;text-align:left}

@@ -155,3 +155,65 @@ test(
     }
   },
 );
+
+test(
+  'report --topic reads the audit and accepted topics up to their end offsets',
+  { skip, timeout: 60_000 },
+  async () => {
+    const { writeReport } = await import('../../lib/report/index.ts');
+    const { mkdtemp, readFile, rm } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const kafka = new Kafka({ clientId: 'ops-test', brokers: [BROKER], logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    await admin.connect();
+    const tag = randomUUID().slice(0, 8);
+    const audit = `ops-report-audit-${tag}`;
+    const accepted = `ops-report-accepted-${tag}`;
+    const producer = kafka.producer();
+    const dir = await mkdtemp(join(tmpdir(), 'mlmf-ops-kafka-'));
+    try {
+      await admin.createTopics({
+        topics: [{ topic: audit, numPartitions: 2 }, { topic: accepted }],
+        waitForLeaders: true,
+      });
+      await producer.connect();
+      const below = {
+        code: 'below_threshold',
+        message: 'itm < 66',
+        detail: { metric: 'itm', score: 5, threshold: 66 },
+      };
+      await producer.send({
+        topic: audit,
+        messages: Array.from({ length: 30 }, (_, i) => ({ key: `r${i}`, value: event(`r${i}`, 'reject', 5, [below]) })),
+      });
+      await producer.send({
+        topic: accepted,
+        messages: Array.from({ length: 10 }, (_, i) => ({ key: `a${i}`, value: event(`a${i}`, 'accept', 95) })),
+      });
+      const out = join(dir, 'r.html');
+      const data = await writeReport({
+        input: {
+          kind: 'kafka',
+          connection: { brokers: [BROKER], log: () => undefined },
+          topic: audit,
+          acceptedTopic: accepted,
+        },
+        out,
+      });
+      assert.equal(data.totals.rejected, 30);
+      assert.equal(data.totals.accepted, 10);
+      assert.equal(data.acceptRate, 0.25);
+      assert.deepEqual(data.histograms.itm.rejected, [30, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+      assert.deepEqual(data.histograms.itm.accepted, [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]);
+      assert.equal(data.timeline.axis, 'time');
+      assert.deepEqual(data.notes, []);
+      assert.match(await readFile(out, 'utf8'), /data-kpi="accept-rate">25\.0%/);
+    } finally {
+      await producer.disconnect().catch(() => undefined);
+      await admin.deleteTopics({ topics: [audit, accepted] }).catch(() => undefined);
+      await admin.disconnect();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
