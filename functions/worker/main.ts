@@ -166,7 +166,11 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     region,
     ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
     // A hung S3 request must fail and be retried, not hold the pipeline forever.
-    requestHandler: { requestTimeout: config.s3RequestTimeoutMs ?? 30_000, connectionTimeout: 5000 },
+    requestHandler: {
+      requestTimeout: config.s3RequestTimeoutMs ?? 30_000,
+      connectionTimeout: 5000,
+      throwOnRequestTimeout: true,
+    },
   });
   const closers: (() => Promise<unknown>)[] = [];
   try {

@@ -55,6 +55,8 @@ export class KafkaProducerHub {
     const producer = options.kafka.producer({
       idempotent: true,
       maxInFlightRequests: transactional ? 1 : 5,
+      // kafkajs's idempotence needs unbounded retries; a send that cannot land holds its batch unacked meanwhile.
+      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 200, maxRetryTime: 5000 },
       ...(transactional
         ? { transactionalId: options.transactionalId, transactionTimeout: options.transactionTimeoutMs ?? 60_000 }
         : {}),
