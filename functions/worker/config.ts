@@ -70,6 +70,10 @@ export interface WorkerConfig {
   readonly idleFlushMs?: number;
   /** MLMF_S3_TIMEOUT_MS: per-request timeout of S3 calls (a timed-out upload is retried). Default 30000. */
   readonly s3RequestTimeoutMs?: number;
+  /** MLMF_SESSION_TIMEOUT_MS: Kafka group session timeout (how soon a dead worker's partitions move). Default 30000. */
+  readonly sessionTimeoutMs?: number;
+  /** MLMF_SQS_VISIBILITY_S: visibility timeout of messages in work (how soon a dead worker's messages return). Default 60. */
+  readonly sqsVisibilitySeconds?: number;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka). Default 256. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -156,6 +160,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), 'MLMF_SHARD_SAMPLES'),
     idleFlushMs: int(e('MLMF_FLUSH_MS'), 'MLMF_FLUSH_MS'),
     s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), 'MLMF_S3_TIMEOUT_MS'),
+    sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), 'MLMF_SESSION_TIMEOUT_MS'),
+    sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), 'MLMF_SQS_VISIBILITY_S'),
     sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
     intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),

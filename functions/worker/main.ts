@@ -244,6 +244,10 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
         topic: config.sourceTopic!,
         groupId,
         maxBatchRecords: config.sourceBatch,
+        sessionTimeoutMs: config.sessionTimeoutMs,
+        heartbeatIntervalMs: config.sessionTimeoutMs
+          ? Math.min(3000, Math.floor(config.sessionTimeoutMs / 3))
+          : undefined,
         hub: exactlyOnce ? hub : undefined,
         onRevoked: (partitions) => curated.forgetPartitions(partitions),
         logger: sourceLog,
@@ -251,7 +255,12 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     } else {
       const sqs = new SQSClient({ region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
       closers.push(async () => sqs.destroy());
-      source = new SqsSource({ client: sqs, queueUrl: config.sqsQueueUrl!, logger: sourceLog });
+      source = new SqsSource({
+        client: sqs,
+        queueUrl: config.sqsQueueUrl!,
+        visibilityTimeoutSeconds: config.sqsVisibilitySeconds,
+        logger: sourceLog,
+      });
     }
     closers.unshift(() => source.close());
 
