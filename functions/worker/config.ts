@@ -66,7 +66,11 @@ export interface WorkerConfig {
   readonly exactlyOnce?: boolean;
   /** MLMF_SHARD_SAMPLES: accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
-  /** MLMF_FLUSH_MS: a partial shard is written after this idle time. Default 1000. */
+  /**
+   * MLMF_FLUSH_MS: a partial shard is written after this idle time; 0 writes one shard per source batch. Default 0,
+   * because the pipeline waits for each batch to be durable before writing the next (holding would add the idle
+   * time to every batch); raise MLMF_SOURCE_BATCH for bigger shards.
+   */
   readonly idleFlushMs?: number;
   /** MLMF_S3_TIMEOUT_MS: per-request timeout of S3 calls (a timed-out upload is retried). Default 30000. */
   readonly s3RequestTimeoutMs?: number;
@@ -74,7 +78,7 @@ export interface WorkerConfig {
   readonly sessionTimeoutMs?: number;
   /** MLMF_SQS_VISIBILITY_S: visibility timeout of messages in work (how soon a dead worker's messages return). Default 60. */
   readonly sqsVisibilitySeconds?: number;
-  /** MLMF_SOURCE_BATCH: records per source batch (Kafka). Default 256. */
+  /** MLMF_SOURCE_BATCH: records per source batch (Kafka), hence at most one curated shard's worth. Default 1000. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
   readonly intakeConcurrency?: number;

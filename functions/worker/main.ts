@@ -217,7 +217,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       prefix: config.prefix,
       model,
       samplesPerShard: config.samplesPerShard,
-      idleFlushMs: config.idleFlushMs ?? 1000,
+      idleFlushMs: config.idleFlushMs ?? 0,
       signal: hard,
       log: (level, msg, ctx) => log(level, msg, ctx),
     });
@@ -243,7 +243,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
         kafka: kafka!,
         topic: config.sourceTopic!,
         groupId,
-        maxBatchRecords: config.sourceBatch,
+        maxBatchRecords: config.sourceBatch ?? 1000,
         sessionTimeoutMs: config.sessionTimeoutMs,
         heartbeatIntervalMs: config.sessionTimeoutMs
           ? Math.min(3000, Math.floor(config.sessionTimeoutMs / 3))

@@ -27,7 +27,12 @@ export interface S3CuratedSinkOptions {
   readonly samplesPerShard?: number;
   /** Shard size cap, bytes. Default 256 MiB. */
   readonly maxShardBytes?: number;
-  /** A partially filled shard is uploaded after this long without new accepts, ms. Default 5000. */
+  /**
+   * A partially filled shard is uploaded after this long without new accepts, ms. Default 5000. 0: cut at the end of
+   * every write call, i.e. one shard per source batch at most. Holding only pays off when the caller sends the next
+   * batch before the previous one is durable; a caller that waits for durability between writes (lib/pipeline does
+   * today) would otherwise wait the idle time on every batch.
+   */
   readonly idleFlushMs?: number;
   /** Multipart part size for large shards, bytes. Default 16 MiB. */
   readonly partSizeBytes?: number;
@@ -244,7 +249,9 @@ export class S3CuratedSink implements Sink {
       const maxBytes = this.options.maxShardBytes ?? 256 * 1024 * 1024;
       if (s.builder.count >= perShard || s.builder.bytes >= maxBytes) durable.push(this.cut(s));
     }
+    const idleMs = this.options.idleFlushMs ?? 5000;
     for (const s of touched) {
+      if (idleMs === 0 && s.builder.count > 0) this.cut(s).catch(() => undefined);
       // Everything this stream still has in flight includes what these outcomes were added to.
       durable.push(...s.inflight);
       if (s.builder.count > 0) {
@@ -252,7 +259,7 @@ export class S3CuratedSink implements Sink {
         s.waiters.push(w);
         durable.push(w.promise);
         clearTimeout(s.idle);
-        s.idle = setTimeout(() => void this.cut(s).catch(() => undefined), this.options.idleFlushMs ?? 5000);
+        s.idle = setTimeout(() => void this.cut(s).catch(() => undefined), idleMs);
         s.idle.unref();
       }
     }

@@ -87,7 +87,6 @@ describe('SQS source -> S3 curated + audit topic', { skip }, () => {
           auditTopic: audit,
           s3Endpoint: S3_ENDPOINT,
           healthPort: 0,
-          idleFlushMs: 200,
           thresholds: 'itm>=50',
           scorer: new FastScorer(8),
         },
