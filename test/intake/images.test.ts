@@ -216,3 +216,47 @@ describe('preprocessing geometry', () => {
     );
   });
 });
+
+describe('tensor recycling (Intake.release)', () => {
+  it('a released tensor is reused and fully rewritten: no value of the previous image survives', async () => {
+    const i = intake(SIGLIP_PAD);
+    // Portrait then landscape: the second image's padding lies where the first one had content, and vice versa.
+    const tall = await photoJpeg(300, 600, 90, 7);
+    const wide = await photoJpeg(600, 300, 90, 8);
+    const fresh = await intake(SIGLIP_PAD).prepare({ kind: 'bytes', data: wide });
+    const first = await i.prepare({ kind: 'bytes', data: tall });
+    const firstArray = first.pixelValues;
+    i.release(first);
+    const second = await i.prepare({ kind: 'bytes', data: wide });
+    assert.equal(second.pixelValues, firstArray, 'the released array is handed out again');
+    assert.deepEqual(second.pixelValues, fresh.pixelValues, 'same values as on a new array');
+  });
+
+  it('second releases and foreign images are ignored, so two live images never share a tensor', async () => {
+    const i = intake(SMALL_SQUASH);
+    const bytes = await photoJpeg(64, 48, 90, 3);
+    const a = await i.prepare({ kind: 'bytes', data: bytes });
+    i.release(a);
+    i.release(a);
+    i.release({ ...a }); // a copy is not the image the intake made
+    i.release({ ...a, pixelValues: new Float32Array(a.pixelValues.length) });
+    const b = await i.prepare({ kind: 'bytes', data: bytes });
+    const c = await i.prepare({ kind: 'bytes', data: bytes });
+    assert.notEqual(b.pixelValues, c.pixelValues);
+    assert.equal(b.pixelValues, a.pixelValues);
+    // b is live: releasing the stale a again must not put b's tensor back in the pool
+    i.release(a);
+    const d = await i.prepare({ kind: 'bytes', data: bytes });
+    assert.notEqual(d.pixelValues, b.pixelValues);
+  });
+
+  it('maxIdleTensors 0 never reuses', async () => {
+    const i = new Intake({ maxIdleTensors: 0 }, SMALL_SQUASH);
+    open.push(i);
+    const bytes = await photoJpeg(64, 48, 90, 3);
+    const a = await i.prepare({ kind: 'bytes', data: bytes });
+    i.release(a);
+    const b = await i.prepare({ kind: 'bytes', data: bytes });
+    assert.notEqual(b.pixelValues, a.pixelValues);
+  });
+});
