@@ -1,0 +1,75 @@
+/**
+ * Topic sinks against the local Kafka: an audit event over the size limit goes to the dead-letter topic instead of
+ * blocking its partition; transactional staging commits only the acked offsets' messages, and a revoked partition's
+ * staged messages never appear (read_committed).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Admin, Kafka } from 'kafkajs';
+import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
+import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
+import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
+import type { Outcome } from '../../lib/types.ts';
+import { createTopics, kafkaClient, needServices, readTopic, uniq } from './helpers.ts';
+
+const skip = await needServices('kafka');
+const model = { name: 'm', revision: 'r' };
+
+const reject = (topic: string, offset: number, caption: string): Outcome => ({
+  record: { raw: JSON.stringify({ caption }), origin: { kind: 'kafka', topic, partition: 0, offset: String(offset) } },
+  id: `${topic}-${offset}`,
+  pair: { id: `${topic}-${offset}`, caption, image: { kind: 'url', url: 'http://x.test/a.jpg' }, metadata: {} },
+  decision: 'reject',
+  reasons: [{ code: 'below_threshold', message: 'itm 1 fails itm>=66' }],
+  scores: { itm: 1 },
+});
+
+describe('Kafka topic sinks', { skip }, () => {
+  let kafka: Kafka;
+  let admin: Admin;
+  before(async () => {
+    kafka = kafkaClient();
+    admin = kafka.admin();
+    await admin.connect();
+  });
+  after(async () => {
+    await admin?.disconnect();
+  });
+
+  it('sends an audit event over the size limit to the DLQ, the rest to the audit topic', async () => {
+    const t = uniq('big');
+    await createTopics(admin, [{ topic: `${t}-audit` }, { topic: `${t}-dlq` }]);
+    const hub = await KafkaProducerHub.open({ kafka, maxMessageBytes: 4000 });
+    const dlq = new DeadLetterSink({ target: { kind: 'kafka', hub, topic: `${t}-dlq` }, maxRawBytes: 1000 });
+    const audit = new KafkaAuditSink({ hub, topic: `${t}-audit`, model, deadLetter: dlq });
+    await audit.write([reject(t, 0, 'short'), reject(t, 1, 'x'.repeat(5000)), reject(t, 2, 'short too')]);
+    const events = await readTopic(kafka, `${t}-audit`, (m) => m.length >= 2, 10_000);
+    assert.deepEqual(events.map((e) => e.key).sort(), [`${t}-0`, `${t}-2`]);
+    const letters = await readTopic(kafka, `${t}-dlq`, (m) => m.length >= 1, 10_000);
+    assert.equal(letters.length, 1);
+    assert.equal(letters[0]!.value.code, 'audit_event_too_large');
+    assert.equal(letters[0]!.value.raw_truncated, true);
+    assert.equal(letters[0]!.value.raw_bytes, JSON.stringify({ caption: 'x'.repeat(5000) }).length);
+    await hub.close();
+  });
+
+  it('transactions: commit publishes only the acked offsets; a revoked partition publishes nothing', async () => {
+    const t = uniq('txn');
+    const group = `${t}-g`;
+    await createTopics(admin, [{ topic: t }, { topic: `${t}-audit` }]);
+    const hub = await KafkaProducerHub.open({ kafka, transactionalId: `${t}-tx` });
+    const audit = new KafkaAuditSink({ hub, topic: `${t}-audit`, model });
+    await audit.write([reject(t, 0, 'a'), reject(t, 1, 'b'), reject(t, 2, 'c')]);
+    await audit.write([reject(t, 1, 'b')]); // a retried write stages once, not twice
+    assert.equal(hub.stagedCount, 3);
+    await hub.commit(group, t, 0, '1');
+    assert.equal(hub.stagedCount, 1);
+    hub.discard(t, 0);
+    assert.equal(hub.stagedCount, 0);
+    const events = await readTopic(kafka, `${t}-audit`, (m) => m.length >= 3, 4000);
+    assert.deepEqual(events.map((e) => e.key).sort(), [`${t}-0`, `${t}-1`]);
+    const offsets = await admin.fetchOffsets({ groupId: group, topics: [t] });
+    assert.equal(offsets[0]!.partitions[0]!.offset, '2', 'offsets committed in the same transaction');
+    await hub.close();
+  });
+});

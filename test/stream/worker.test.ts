@@ -1,0 +1,127 @@
+/**
+ * The worker entry: configuration from the environment (names shared with infra/), and the health endpoint's
+ * states against the local services (200 while consuming, 503 while draining).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Admin } from 'kafkajs';
+import { configFromEnv, runWorker, validateConfig } from '../../functions/worker/main.ts';
+import { FilterError } from '../../lib/types.ts';
+import {
+  BROKERS,
+  FastScorer,
+  S3_ENDPOINT,
+  createBucket,
+  createTopics,
+  kafkaClient,
+  makeRecords,
+  needServices,
+  produce,
+  s3Client,
+  uniq,
+  waitFor,
+} from './helpers.ts';
+
+describe('worker configuration from the environment', () => {
+  it('reads every variable the infra sets', () => {
+    const c = configFromEnv({
+      MLMF_SOURCE: 'kafka',
+      MLMF_BROKERS: 'b-1:9098, b-2:9098',
+      MLMF_SOURCE_TOPIC: 'pairs',
+      MLMF_GROUP_ID: 'g',
+      MLMF_KAFKA_AUTH: 'iam',
+      MLMF_KAFKA_TLS: 'true',
+      MLMF_BUCKET: 'curated',
+      MLMF_PREFIX: 'v1/',
+      MLMF_AUDIT_TOPIC: 'audit',
+      MLMF_ACCEPTED_TOPIC: 'accepted',
+      MLMF_DLQ_TOPIC: 'dlq',
+      MLMF_MODEL_DIR: '/opt/m',
+      MLMF_MODEL_S3_URI: 's3://m/model.tar.gz',
+      MLMF_MODEL_SHA256: 'ab',
+      MLMF_THRESHOLDS: 'itm>=66,odf>=20',
+      MLMF_COMBINE: 'and',
+      MLMF_EXECUTION_PROVIDER: 'cuda',
+      MLMF_BATCH_SIZE: '16',
+      MLMF_HEALTH_PORT: '8080',
+      MLMF_METRICS_NAMESPACE: 'Ns',
+      AWS_REGION: 'eu-west-1',
+    });
+    assert.deepEqual(c.brokers, ['b-1:9098', 'b-2:9098']);
+    assert.equal(c.kafkaAuth, 'iam');
+    assert.equal(c.kafkaTls, true);
+    assert.equal(c.batchSize, 16);
+    assert.equal(c.region, 'eu-west-1');
+    assert.equal(c.dlqTopic, 'dlq');
+    validateConfig(c);
+  });
+
+  it('names what is missing or malformed', () => {
+    assert.throws(
+      () => validateConfig(configFromEnv({ MLMF_SOURCE: 'sqs' })),
+      (e: unknown) =>
+        e instanceof FilterError &&
+        e.code === 'worker_config' &&
+        /MLMF_BUCKET/.test(e.message) &&
+        /MLMF_SQS_QUEUE_URL/.test(e.message),
+    );
+    assert.throws(() => configFromEnv({ MLMF_KAFKA_AUTH: 'plain' }), /MLMF_KAFKA_AUTH must be one of/);
+    assert.throws(() => configFromEnv({ MLMF_BATCH_SIZE: 'x' }), /MLMF_BATCH_SIZE must be a non-negative integer/);
+    assert.throws(() => configFromEnv({ MLMF_KAFKA_TLS: 'maybe' }), /MLMF_KAFKA_TLS must be true or false/);
+  });
+});
+
+const skip = await needServices('kafka', 's3');
+
+describe('worker health endpoint', { skip }, () => {
+  it('answers 200 while consuming and 503 while draining', async () => {
+    const t = uniq('health');
+    const kafka = kafkaClient();
+    const admin: Admin = kafka.admin();
+    await admin.connect();
+    const s3 = s3Client();
+    const bucket = uniq('curated');
+    await createTopics(admin, [{ topic: t }, { topic: `${t}-audit` }]);
+    await createBucket(s3, bucket);
+    await produce(kafka, t, await makeRecords(t, 60));
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const stop = new AbortController();
+    let ready!: () => void;
+    const isReady = new Promise<void>((r) => (ready = r));
+    let consumed = 0;
+    // A slow scorer keeps work in flight, so the drain lasts long enough to be observed.
+    const scorer = new FastScorer(4, 300);
+    const origScore = scorer.score.bind(scorer);
+    scorer.score = async (b) => {
+      consumed += b.length;
+      return origScore(b);
+    };
+    const run = runWorker(
+      {
+        source: 'kafka',
+        brokers: [BROKERS],
+        sourceTopic: t,
+        groupId: `${t}-g`,
+        bucket,
+        auditTopic: `${t}-audit`,
+        s3Endpoint: S3_ENDPOINT,
+        healthPort: port,
+        transactionalId: `${t}-tx`,
+        scorer,
+      },
+      { signal: stop.signal, log: () => undefined, metricsOut: null, onReady: () => ready() },
+    );
+    await isReady;
+    const health = async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).status;
+    assert.equal(await health(), 200);
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    assert.match(metrics, /mlmf_pairs_in_total/);
+    await waitFor('scoring started', async () => consumed > 0, 20_000);
+    stop.abort();
+    assert.equal(await health(), 503);
+    const result = await run;
+    assert.equal(result.stats.records, 60, 'the drain finished and acked the work in flight');
+    await admin.disconnect();
+    s3.destroy();
+  });
+});
