@@ -78,6 +78,8 @@ export interface WorkerConfig {
   readonly sessionTimeoutMs?: number;
   /** MLMF_SQS_VISIBILITY_S: visibility timeout of messages in work (how soon a dead worker's messages return). Default 60. */
   readonly sqsVisibilitySeconds?: number;
+  /** MLMF_BACKLOG_SAMPLE_MS: how often consumer lag / queue depth is sampled for metrics. Default 30000. */
+  readonly backlogSampleMs?: number;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka), hence at most one curated shard's worth. Default 1000. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -166,6 +168,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), 'MLMF_S3_TIMEOUT_MS'),
     sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), 'MLMF_SESSION_TIMEOUT_MS'),
     sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), 'MLMF_SQS_VISIBILITY_S'),
+    backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), 'MLMF_BACKLOG_SAMPLE_MS'),
     sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
     intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),

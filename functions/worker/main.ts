@@ -250,6 +250,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
           : undefined,
         hub: exactlyOnce ? hub : undefined,
         onRevoked: (partitions) => curated.forgetPartitions(partitions),
+        onAcked: (_n, ms) => metrics.observeBatchLatency(ms),
         logger: sourceLog,
       });
     } else {
@@ -259,10 +260,22 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
         client: sqs,
         queueUrl: config.sqsQueueUrl!,
         visibilityTimeoutSeconds: config.sqsVisibilitySeconds,
+        onAcked: (_n, ms) => metrics.observeBatchLatency(ms),
         logger: sourceLog,
       });
     }
     closers.unshift(() => source.close());
+    // Backlog for autoscaling and alarms: consumer lag (Kafka) or queue depth (SQS), sampled off the hot path.
+    const backlogSource = source;
+    const backlog = setInterval(() => {
+      const sample =
+        backlogSource instanceof KafkaSource
+          ? backlogSource.lag().then((lag) => (lag === undefined ? undefined : metrics.setConsumerLag(lag)))
+          : (backlogSource as SqsSource).depth().then((d) => metrics.setSourceQueueDepth(d));
+      sample.catch((err: unknown) => log('warn', 'backlog sample failed', { error: String(err) }));
+    }, config.backlogSampleMs ?? 30_000);
+    backlog.unref();
+    closers.unshift(async () => clearInterval(backlog));
 
     const intake =
       config.intake ??

@@ -36,6 +36,8 @@ export interface KafkaSourceOptions {
   readonly hub?: KafkaProducerHub;
   /** Called when in-flight batches are dropped on a rebalance, with the partitions they came from. */
   readonly onRevoked?: (partitions: { topic: string; partition: number }[]) => void;
+  /** Called after each commit with the batch's size and the time from hand-out to durable commit, ms. */
+  readonly onAcked?: (records: number, latencyMs: number) => void;
   readonly logger?: KafkaSourceLogger;
 }
 
@@ -71,6 +73,8 @@ export class KafkaSource implements Source {
   private stopping = false;
   private crashed: unknown;
   private joins = 0;
+  /** Partitions of the source topic this member owns (from the last group join). */
+  private assigned: number[] = [];
   /** Fetch-loop handlers waiting for an in-flight slot. */
   private roomWaiters: (() => void)[] = [];
   /** Batches handed out, acked, revoked (for tests and metrics). */
@@ -116,6 +120,7 @@ export class KafkaSource implements Source {
 
   private makeBatch(topic: string, partition: number, messages: KafkaMessage[]): SourceBatch {
     const controller = new AbortController();
+    const handedOut = performance.now();
     const entry: InFlight = { topic, partition, controller, settled: false };
     const lastOffset = messages[messages.length - 1]!.offset;
     const records: SourceRecord[] = messages.map((m) => ({
@@ -141,6 +146,7 @@ export class KafkaSource implements Source {
           }
           this.counts.acked++;
           settle();
+          this.options.onAcked?.(records.length, performance.now() - handedOut);
         } catch (err) {
           const type =
             (err as { type?: string; cause?: { type?: string } }).type ??
@@ -205,6 +211,7 @@ export class KafkaSource implements Source {
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       // A later join is a new generation: positions restart from the committed offsets.
       if (this.joins++ > 0) this.revokeAll('group re-joined');
+      this.assigned = e.payload.memberAssignment[o.topic] ?? [];
       this.log.info('joined consumer group', {
         groupId: o.groupId,
         generation: this.joins,
@@ -259,6 +266,34 @@ export class KafkaSource implements Source {
       } catch {
         // not running (connect failed)
       }
+    }
+  }
+
+  /**
+   * Consumer-group lag over the partitions this member owns: log end offset minus committed offset (records), the
+   * backlog signal autoscaling reads for self-managed Kafka. Undefined before the first assignment.
+   */
+  async lag(): Promise<number | undefined> {
+    if (this.joins === 0) return undefined;
+    const o = this.options;
+    const admin = o.kafka.admin();
+    await admin.connect();
+    try {
+      const [ends, committed] = await Promise.all([
+        admin.fetchTopicOffsets(o.topic),
+        admin.fetchOffsets({ groupId: o.groupId, topics: [o.topic] }),
+      ]);
+      const done = new Map(committed[0]?.partitions.map((p) => [p.partition, BigInt(p.offset)]) ?? []);
+      let lag = 0n;
+      for (const p of ends) {
+        if (!this.assigned.includes(p.partition)) continue;
+        const c = done.get(p.partition) ?? -1n;
+        const from = c >= 0n ? c : BigInt(p.low);
+        if (BigInt(p.high) > from) lag += BigInt(p.high) - from;
+      }
+      return Number(lag);
+    } finally {
+      await admin.disconnect();
     }
   }
 

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ChangeMessageVisibilityBatchCommand,
   DeleteMessageBatchCommand,
+  GetQueueAttributesCommand,
   ReceiveMessageCommand,
   type Message,
   type SQSClient,
@@ -22,6 +23,8 @@ export interface SqsSourceOptions {
   readonly maxInFlightBatches?: number;
   /** Visibility timeout set on messages in work, s; renewed every third of it until ack. Default 60. */
   readonly visibilityTimeoutSeconds?: number;
+  /** Called after each delete with the batch's size and the time from hand-out to delete, ms. */
+  readonly onAcked?: (records: number, latencyMs: number) => void;
   readonly logger?: KafkaSourceLogger;
 }
 
@@ -74,6 +77,7 @@ export class SqsSource implements Source {
   private makeBatch(messages: Message[]): SourceBatch {
     const { queueUrl } = this.options;
     const visibility = this.options.visibilityTimeoutSeconds ?? 60;
+    const handedOut = performance.now();
     // Renew before the timeout runs out, so long scoring never lets another consumer take the messages.
     const timer = setInterval(
       () =>
@@ -124,6 +128,7 @@ export class SqsSource implements Source {
         }
         this.counts.acked++;
         settle();
+        this.options.onAcked?.(messages.length, performance.now() - handedOut);
       },
       nack: async () => {
         settle();
@@ -164,6 +169,17 @@ export class SqsSource implements Source {
       this.counts.records += messages.length;
       yield this.makeBatch(messages);
     }
+  }
+
+  /** Messages waiting in the queue (ApproximateNumberOfMessages), the backlog signal for autoscaling and alarms. */
+  async depth(): Promise<number> {
+    const res = await this.options.client.send(
+      new GetQueueAttributesCommand({
+        QueueUrl: this.options.queueUrl,
+        AttributeNames: ['ApproximateNumberOfMessages'],
+      }),
+    );
+    return Number(res.Attributes?.ApproximateNumberOfMessages ?? 0);
   }
 
   async close(): Promise<void> {}

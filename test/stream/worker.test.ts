@@ -107,6 +107,7 @@ describe('worker health endpoint', { skip }, () => {
         s3Endpoint: S3_ENDPOINT,
         healthPort: port,
         transactionalId: `${t}-tx`,
+        backlogSampleMs: 200,
         scorer,
       },
       { signal: stop.signal, log: () => undefined, metricsOut: null, onReady: () => ready() },
@@ -117,6 +118,12 @@ describe('worker health endpoint', { skip }, () => {
     const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     assert.match(metrics, /mlmf_pairs_in_total/);
     await waitFor('scoring started', async () => consumed > 0, 20_000);
+    // The backlog the autoscaler reads for self-managed Kafka: this worker's partitions' lag, sampled.
+    await waitFor(
+      'consumer lag published',
+      async () => /^mlmf_kafka_consumer_lag \d+/m.test(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()),
+      10_000,
+    );
     stop.abort();
     assert.equal(await health(), 503);
     const result = await run;
