@@ -3,6 +3,7 @@ import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { Intake, normalise, padColour, sniffFormat } from '../../lib/intake/index.ts';
+import { normalisePadded } from '../../lib/intake/preprocess.ts';
 import { RejectError, type PreparedImage, type PreprocessSpec } from '../../lib/types.ts';
 import { SIGLIP_PAD, SMALL_SQUASH, photoJpeg, pixel, solid } from './helpers.ts';
 
@@ -258,5 +259,41 @@ describe('tensor recycling (Intake.release)', () => {
     i.release(a);
     const b = await i.prepare({ kind: 'bytes', data: bytes });
     assert.notEqual(b.pixelValues, a.pixelValues);
+  });
+});
+
+describe('normalisation fast path', () => {
+  // The word-at-a-time path only applies to 3-channel, 4-byte-aligned input; every width, alignment and channel
+  // count must give exactly the per-pixel formula.
+  it('normalisePadded equals the per-pixel formula for any width, offset and channel count', () => {
+    const S = 13;
+    const spec: PreprocessSpec = { ...CLIP, size: S };
+    const pad = padColour(spec);
+    let seed = 7;
+    const rnd = (): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) & 255;
+    for (const channels of [3, 4])
+      for (let w = 1; w <= S; w++)
+        for (const h of [1, 6, S])
+          for (const offset of [0, 1, 4]) {
+            const buf = new Uint8Array(w * h * channels + offset).map(rnd);
+            const raw = buf.subarray(offset);
+            const left = (S - w) >> 1;
+            const top = (S - h) >> 1;
+            const out = normalisePadded(raw, channels, w, h, left, top, spec, new Float32Array(3 * S * S).fill(NaN));
+            for (let c = 0; c < 3; c++)
+              for (let y = 0; y < S; y++)
+                for (let x = 0; x < S; x++) {
+                  const inside = x >= left && x < left + w && y >= top && y < top + h;
+                  const v = inside ? raw[((y - top) * w + (x - left)) * channels + c]! : [pad.r, pad.g, pad.b][c]!;
+                  const expected = Math.fround(
+                    v * Math.fround(spec.rescale / spec.std[c]!) + Math.fround(-spec.mean[c]! / spec.std[c]!),
+                  );
+                  assert.equal(
+                    out[c * S * S + y * S + x],
+                    expected,
+                    `w${w} h${h} ch${channels} +${offset} (${c},${x},${y})`,
+                  );
+                }
+          }
   });
 });
