@@ -297,3 +297,13 @@ describe('normalisation fast path', () => {
           }
   });
 });
+
+describe('libvips operation cache', () => {
+  it('is off after an Intake is made, unless keepSharpCache', () => {
+    sharp.cache({ items: 100 });
+    open.push(new Intake({ keepSharpCache: true }, SMALL_SQUASH));
+    assert.equal(sharp.cache().items.max, 100);
+    open.push(new Intake({}, SMALL_SQUASH));
+    assert.equal(sharp.cache().items.max, 0);
+  });
+});
