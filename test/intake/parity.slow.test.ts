@@ -63,7 +63,10 @@ describe(
   () => {
     const cases: [string, number, number, PreprocessSpec][] = [
       ['SigLIP pad, landscape 640x320 (no shrink-on-load)', 640, 320, SIGLIP_PAD],
-      ['SigLIP pad, portrait 500x900 (JPEG shrink-on-load x2)', 500, 900, SIGLIP_PAD],
+      // sharp decodes JPEGs at 1/2 DCT scale only from a 3x reduction up (int(shrink) == 2 is excluded)
+      ['SigLIP pad, portrait 500x900 (2.3x, full decode)', 500, 900, SIGLIP_PAD],
+      ['SigLIP pad, 1300x1000 (3.4x: JPEG shrink-on-load x2)', 1300, 1000, SIGLIP_PAD],
+      ['SigLIP pad, 2000x1500 (5.2x: JPEG shrink-on-load x4)', 2000, 1500, SIGLIP_PAD],
       ['SigLIP pad, small 300x260 (upscale)', 300, 260, SIGLIP_PAD],
       ['CLIP shortest-edge + centre crop, 800x600', 800, 600, CLIP_CROP],
     ];
