@@ -1,19 +1,24 @@
 /**
  * One bench measurement, in its own process so UV_THREADPOOL_SIZE (read once at libuv start) can differ per run.
- * argv: <port> <pairs> <inFlight> <sharpConcurrency|0=default> <source: url|bytes|decode> <imageCount>
+ * argv: <port> <pairs> <inFlight> <sharpConcurrency|0=default> <source: url|bytes|decode|fetch> <imageCount> [release]
+ * `release` = 1 hands each tensor back with intake.release() once read, as the pipeline does after scoring.
  * `decode` times sharp's plain JPEG decode to raw pixels only: the ceiling no preprocessing can beat.
+ * `fetch` times the guarded HTTP fetch alone (no decode), for the fetch share of a pair.
  * Prints {pairs, wallMs, cpuMs, rejects}.
  */
 import http from 'node:http';
+import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from 'node:perf_hooks';
 import sharp from 'sharp';
+import { AddressGuard, parseAllowAddress } from '../../lib/intake/address-guard.ts';
+import { Fetcher } from '../../lib/intake/fetch.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import type { ImageRef, PreprocessSpec } from '../../lib/types.ts';
 
-const [port, pairs, inFlight, sharpConc, source, imageCount] = process.argv.slice(2);
+const [port, pairs, inFlight, sharpConc, source, imageCount, release] = process.argv.slice(2);
+const recycle = release === '1';
 const n = Number(pairs);
 const count = Number(imageCount);
 if (Number(sharpConc) > 0) sharp.concurrency(Number(sharpConc));
-sharp.cache(false); // every crawled image is new: the cache would only flatter the numbers
 
 const SIGLIP: PreprocessSpec = {
   size: 384,
@@ -25,6 +30,26 @@ const SIGLIP: PreprocessSpec = {
   resample: 'bicubic',
 };
 const intake = new Intake({ allowAddresses: [`127.0.0.1:${port}`], perHostConcurrency: Number(inFlight) }, SIGLIP);
+// run.ts may run this client against an earlier lib/intake (BENCH_BASELINE) that has no release() and left the libvips
+// cache on; its own bench measured it with the cache off, and so does this one.
+const canRelease = typeof (intake as Partial<Intake>).release === 'function';
+if (!canRelease) sharp.cache(false);
+const fetcher = new Fetcher(
+  {
+    userAgent: 'bench',
+    connectTimeoutMs: 5000,
+    headersTimeoutMs: 10_000,
+    bodyTimeoutMs: 10_000,
+    totalTimeoutMs: 30_000,
+    maxBytes: 16 * 1024 * 1024,
+    maxRedirects: 5,
+    retries: 2,
+    retryBaseDelayMs: 250,
+    maxRetryDelayMs: 5000,
+    perHostConcurrency: Number(inFlight),
+  },
+  new AddressGuard({ allow: [parseAllowAddress(`127.0.0.1:${port}`)] }),
+);
 
 // For the decode-only run the bytes are fetched up front with plain http, outside the measurement.
 const held: Buffer[] = [];
@@ -48,7 +73,24 @@ const ref = (i: number): ImageRef =>
     : { kind: 'url', url: `http://127.0.0.1:${port}/img/${i % count}.jpg?r=${i}` };
 
 // Warm up: connections, sharp init, JIT.
-await Promise.all(Array.from({ length: Math.min(16, n) }, (_, i) => intake.prepare(ref(i))));
+await Promise.all(
+  Array.from({ length: Math.min(16, n) }, (_, i) =>
+    source === 'fetch' ? fetcher.fetch(`http://127.0.0.1:${port}/img/${i % count}.jpg`) : intake.prepare(ref(i)),
+  ),
+);
+
+// Main-thread GC pauses during the measurement: the per-pair tensors are external memory, and the full collections
+// they trigger are a large share of a pair's CPU.
+let gcMs = 0;
+let majorGcs = 0;
+const gcObserver = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    gcMs += e.duration;
+    const detail = (e as PerformanceEntry & { detail?: { kind?: number } }).detail;
+    if (detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) majorGcs++;
+  }
+});
+gcObserver.observe({ entryTypes: ['gc'] });
 
 let next = 0;
 let rejects = 0;
@@ -60,7 +102,11 @@ await Promise.all(
     while (next < n) {
       const i = next++;
       try {
-        if (source === 'decode') {
+        if (source === 'fetch') {
+          const r = ref(i);
+          const got = await fetcher.fetch(r.kind === 'url' ? r.url : '');
+          checksum += got.bytes[i % got.bytes.length]!;
+        } else if (source === 'decode') {
           const raw = await sharp(held[i % count]!)
             .raw()
             .toBuffer();
@@ -68,6 +114,7 @@ await Promise.all(
         } else {
           const p = await intake.prepare(ref(i));
           checksum += p.pixelValues[i % p.pixelValues.length]!;
+          if (recycle && canRelease) intake.release(p);
         }
       } catch {
         rejects++;
@@ -77,13 +124,17 @@ await Promise.all(
 );
 const wallMs = performance.now() - t0;
 const cpu = process.cpuUsage(cpu0);
+gcObserver.disconnect();
 await intake.close();
+await fetcher.close();
 process.stdout.write(
   JSON.stringify({
     pairs: n,
     wallMs,
     cpuMs: (cpu.user + cpu.system) / 1000,
     rejects,
+    gcMs,
+    majorGcs,
     checksum: Number.isFinite(checksum),
   }) + '\n',
 );
