@@ -80,6 +80,11 @@ export interface WorkerConfig {
   readonly sqsVisibilitySeconds?: number;
   /** MLMF_BACKLOG_SAMPLE_MS: how often consumer lag / queue depth is sampled for metrics. Default 30000. */
   readonly backlogSampleMs?: number;
+  /**
+   * MLMF_DEDUPE: reject a pair id seen earlier in this process as `duplicate`. Default false: redeliveries after a
+   * rebalance would be caught by it (see the pipeline's dedupe); duplicates stay detectable by id downstream.
+   */
+  readonly dedupe?: boolean;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka), hence at most one curated shard's worth. Default 1000. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -169,6 +174,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), 'MLMF_SESSION_TIMEOUT_MS'),
     sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), 'MLMF_SQS_VISIBILITY_S'),
     backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), 'MLMF_BACKLOG_SAMPLE_MS'),
+    dedupe: bool(e('MLMF_DEDUPE'), 'MLMF_DEDUPE'),
     sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
     intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),

@@ -312,6 +312,9 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       signal: graceful,
       abort: hard,
       intakeConcurrency: config.intakeConcurrency,
+      // In-run id dedupe is off by default: a batch revoked on a rebalance comes back in the same run, and the
+      // pipeline may still count its ids as seen, turning accepts into `duplicate` rejects.
+      dedupe: config.dedupe ?? false,
       onOutcome: (o) => metrics.observe(o),
       logger: pipelineLog,
     });

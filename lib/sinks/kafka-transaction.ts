@@ -1,4 +1,6 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CompressionTypes, type Kafka, type Message, type Producer } from 'kafkajs';
+import { kafkaErrorType } from '../sources/kafka-client.ts';
 import type { SourceOrigin } from '../types.ts';
 import { FilterError } from '../types.ts';
 
@@ -33,6 +35,13 @@ export interface TopicMessage {
   readonly value: string;
   readonly headers?: Record<string, string>;
 }
+
+const RETRY_TXN = new Set([
+  'CONCURRENT_TRANSACTIONS',
+  'COORDINATOR_LOAD_IN_PROGRESS',
+  'COORDINATOR_NOT_AVAILABLE',
+  'NOT_COORDINATOR',
+]);
 
 const partitionKey = (topic: string, partition: number) => `${topic}\u0000${partition}`;
 
@@ -138,33 +147,52 @@ export class KafkaProducerHub {
         taken.push(offset);
         for (const list of bySink.values()) messages.push(...list);
       }
-      const txn = await this.producer.transaction();
-      try {
-        if (messages.length > 0) await this.send(txn, messages);
-        await txn.sendOffsets({
-          consumerGroupId: groupId,
-          topics: [{ topic, partitions: [{ partition, offset: (last + 1n).toString() }] }],
-        });
-        await txn.commit();
-      } catch (err) {
-        await txn.abort().catch(() => undefined);
-        throw new FilterError(
-          'kafka_commit_failed',
-          `transaction for ${topic}[${partition}] failed: ${(err as Error).message}`,
-          {
-            topic,
-            partition,
-            lastOffset,
-            messages: messages.length,
-          },
-          { cause: err },
-        );
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.runTransaction(groupId, topic, partition, last, messages);
+          break;
+        } catch (err) {
+          // The coordinator may still be writing the previous transaction's markers (CONCURRENT_TRANSACTIONS, which
+          // kafkajs does not retry on AddOffsetsToTxn) or be moving: retry the whole transaction, it was aborted.
+          const type = kafkaErrorType(err) ?? '';
+          const retriable = (err as { retriable?: boolean }).retriable === true || RETRY_TXN.has(type);
+          if (!retriable || attempt >= 8) {
+            throw new FilterError(
+              'kafka_commit_failed',
+              `transaction for ${topic}[${partition}] failed: ${(err as Error).message}`,
+              { topic, partition, lastOffset, messages: messages.length, attempts: attempt, type },
+              { cause: err },
+            );
+          }
+          await sleep(Math.min(2000, 25 * 2 ** attempt));
+        }
       }
       // Dropped only once committed: a failed commit leaves them staged for the replay of the same offsets.
       for (const o of taken) byOffset?.delete(o);
     });
     this.txnChain = run.catch(() => undefined);
     return run;
+  }
+
+  private async runTransaction(
+    groupId: string,
+    topic: string,
+    partition: number,
+    last: bigint,
+    messages: readonly TopicMessage[],
+  ): Promise<void> {
+    const txn = await this.producer.transaction();
+    try {
+      if (messages.length > 0) await this.send(txn, messages);
+      await txn.sendOffsets({
+        consumerGroupId: groupId,
+        topics: [{ topic, partitions: [{ partition, offset: (last + 1n).toString() }] }],
+      });
+      await txn.commit();
+    } catch (err) {
+      await txn.abort().catch(() => undefined);
+      throw err;
+    }
   }
 
   /** The partition was revoked: what was staged for it will be replayed (by whichever worker owns it next). */

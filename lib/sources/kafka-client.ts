@@ -84,3 +84,16 @@ export async function createKafka(options: KafkaConnectionOptions): Promise<Kafk
 
 /** Offset arithmetic on kafkajs's string offsets (int64 does not fit a JS number). */
 export const nextOffset = (offset: string): string => (BigInt(offset) + 1n).toString();
+
+/** The Kafka protocol error type (`REBALANCE_IN_PROGRESS`...) of an error, looking through kafkajs and our wrappers. */
+export function kafkaErrorType(err: unknown): string | undefined {
+  for (
+    let e = err as { type?: unknown; originalError?: unknown; cause?: unknown } | undefined, i = 0;
+    e && i < 5;
+    i++
+  ) {
+    if (typeof e.type === 'string') return e.type;
+    e = (e.originalError ?? e.cause) as typeof e;
+  }
+  return undefined;
+}

@@ -3,7 +3,7 @@ import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import type { KafkaProducerHub } from '../sinks/kafka-transaction.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { nextOffset } from './kafka-client.ts';
+import { kafkaErrorType, nextOffset } from './kafka-client.ts';
 
 export interface KafkaSourceLogger {
   info(msg: string, ctx?: Record<string, unknown>): void;
@@ -148,9 +148,7 @@ export class KafkaSource implements Source {
           settle();
           this.options.onAcked?.(records.length, performance.now() - handedOut);
         } catch (err) {
-          const type =
-            (err as { type?: string; cause?: { type?: string } }).type ??
-            (err as { cause?: { type?: string } }).cause?.type;
+          const type = kafkaErrorType(err);
           if (type && REBALANCE_ERRORS.has(type)) {
             // The group moved on: this generation may not commit; the records come again from the last commit.
             this.revokeAll(`commit refused (${type})`);
