@@ -64,7 +64,7 @@ export interface WorkerResult {
 }
 
 /** Fetches the model archive from S3 into `dir` when `dir` holds no model, verifying its SHA-256 first. */
-async function ensureModel(config: WorkerConfig, s3: S3Client, log: WorkerLog): Promise<string> {
+export async function ensureModel(config: WorkerConfig, s3: S3Client, log: WorkerLog): Promise<string> {
   const dir = config.modelDir ?? '/opt/mlm-filter/model';
   const present = await access(join(dir, 'config.json')).then(
     () => true,

@@ -132,3 +132,36 @@ describe('worker health endpoint', { skip }, () => {
     s3.destroy();
   });
 });
+
+describe('worker model download (MLMF_MODEL_S3_URI)', { skip: await needServices('s3') }, () => {
+  it('fetches and unpacks the model archive when the directory is empty, refusing a wrong digest', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, writeFileSync, readFileSync, mkdirSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { createHash } = await import('node:crypto');
+    const { PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const { ensureModel } = await import('../../functions/worker/main.ts');
+    const work = mkdtempSync(join(tmpdir(), 'mlmf-model-'));
+    mkdirSync(join(work, 'src', 'onnx'), { recursive: true });
+    writeFileSync(join(work, 'src', 'config.json'), '{"model_type":"llava_qwen"}');
+    writeFileSync(join(work, 'src', 'onnx', 'x.onnx'), 'weights');
+    execFileSync('tar', ['-czf', join(work, 'model.tar.gz'), '-C', join(work, 'src'), '.']);
+    const archive = readFileSync(join(work, 'model.tar.gz'));
+    const sha = createHash('sha256').update(archive).digest('hex');
+    const s3 = s3Client();
+    const bucket = uniq('models');
+    await createBucket(s3, bucket);
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: 'm/model.tar.gz', Body: archive }));
+    const base = { source: 'kafka' as const, bucket: 'x', modelS3Uri: `s3://${bucket}/m/model.tar.gz` };
+    await assert.rejects(
+      ensureModel({ ...base, modelDir: join(work, 'bad'), modelSha256: '0'.repeat(64) }, s3, () => undefined),
+      (e: unknown) => e instanceof FilterError && e.code === 'model_digest_mismatch',
+    );
+    const dir = await ensureModel({ ...base, modelDir: join(work, 'good'), modelSha256: sha }, s3, () => undefined);
+    assert.equal(readFileSync(join(dir, 'onnx', 'x.onnx'), 'utf8'), 'weights');
+    // Present now: a second call downloads nothing (a wrong digest would otherwise fail).
+    await ensureModel({ ...base, modelDir: dir, modelSha256: 'f'.repeat(64) }, s3, () => undefined);
+    s3.destroy();
+  });
+});
