@@ -22,6 +22,8 @@ import { Semaphore } from './semaphore.ts';
 export interface ImageIntake {
   /** Throws RejectError for a bad image; any other error is treated as transient for that record. */
   prepare(image: ImageRef, signal?: AbortSignal): Promise<PreparedImage>;
+  /** Takes back an image's pixel tensor once the scorer is done with it (reuse spares V8 full GCs). Optional. */
+  release?(image: PreparedImage): void;
 }
 
 export interface PipelineLogger {
@@ -209,9 +211,13 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
       try {
         result = await batcher.score({ id: pair.id, caption: pair.caption, pixelValues: image.pixelValues });
       } catch (err) {
+        // Only a settled poison verdict frees the tensor: after other errors a batch may still hold it.
         if (!(err instanceof PoisonInputError)) throw err;
+        options.intake.release?.(image);
         return reject(record, pair.id, [{ code: 'scoring_failed', message: err.message }], pair);
       }
+      // The scorer copied the tensor when it posted it to its worker: it can be reused now.
+      options.intake.release?.(image);
       const verdict = options.policy.decide(result.scores);
       const stored = { encoded: image.encoded, ext: image.ext, width: image.width, height: image.height };
       return {
