@@ -4,6 +4,7 @@ import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../mode
 import { parseThreshold, type Threshold } from '../policy/index.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
 import { formatSummary, runFilterJob, type FilterJobOptions } from './filter.ts';
+import { addOpsCommands } from './ops.ts';
 
 /** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
@@ -157,6 +158,46 @@ export function buildProgram(): Command {
       process.stdout.write(buildPrompt(flags.format, flags.metric, caption));
     });
 
+  // Flags map onto the worker's environment names (shared with infra/), so the container and the CLI read one format.
+  const workerFlags: [flag: string, env: string, help: string][] = [
+    ['--brokers <list>', 'MLMF_BROKERS', 'Kafka bootstrap servers, comma-separated'],
+    ['--source-topic <topic>', 'MLMF_SOURCE_TOPIC', 'topic the crawler publishes pairs to'],
+    ['--group-id <id>', 'MLMF_GROUP_ID', 'Kafka consumer group'],
+    ['--kafka-auth <mode>', 'MLMF_KAFKA_AUTH', 'none | iam | scram-sha-512'],
+    ['--sqs-queue-url <url>', 'MLMF_SQS_QUEUE_URL', 'SQS queue to consume instead of Kafka'],
+    ['--bucket <name>', 'MLMF_BUCKET', 'curated S3 bucket'],
+    ['--prefix <prefix>', 'MLMF_PREFIX', 'key prefix in the curated bucket'],
+    ['--audit-topic <topic>', 'MLMF_AUDIT_TOPIC', 'Kafka topic for audit events of rejects'],
+    ['--accepted-topic <topic>', 'MLMF_ACCEPTED_TOPIC', 'optional Kafka topic for accepted pairs'],
+    ['--dlq-topic <topic>', 'MLMF_DLQ_TOPIC', 'optional dead-letter topic'],
+    ['--model <dir>', 'MLMF_MODEL_DIR', 'exported model directory'],
+    ['--thresholds <list>', 'MLMF_THRESHOLDS', 'e.g. itm>=66,odf>=20'],
+    ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', 'cuda | webgpu | cpu'],
+    ['--batch-size <n>', 'MLMF_BATCH_SIZE', 'pairs per scorer batch'],
+    ['--health-port <port>', 'MLMF_HEALTH_PORT', 'port of GET /healthz and /metrics'],
+    ['--s3-endpoint <url>', 'MLMF_S3_ENDPOINT', 'S3-compatible endpoint (local servers)'],
+    ['--sqs-endpoint <url>', 'MLMF_SQS_ENDPOINT', 'SQS-compatible endpoint (local servers)'],
+    ['--allow-addresses <list>', 'MLMF_ALLOW_ADDRESSES', 'addresses opened for image fetches, comma-separated'],
+  ];
+  const worker = program
+    .command('worker')
+    .description('run the streaming worker (Kafka or SQS -> curated bucket + audit topic); flags override MLMF_* env');
+  for (const [flag, , help] of workerFlags) worker.option(flag, help);
+  worker.action(async (flags: Record<string, string | undefined>) => {
+    const { configFromEnv, runWorker } = await import('../../functions/worker/main.ts');
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const [flag, name] of workerFlags) {
+      const key = flag
+        .replace(/^--/, '')
+        .split(' ')[0]!
+        .replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+      if (flags[key] !== undefined) env[name] = flags[key];
+    }
+    const stops = stopSignals();
+    await runWorker(configFromEnv(env), { signal: stops.signal, abort: stops.abort });
+  });
+
+  addOpsCommands(program);
   return program;
 }
 
