@@ -242,6 +242,9 @@ export async function main(argv: string[]): Promise<number> {
         'model_invalid',
         'model_not_exported',
         'input_unreadable',
+        'worker_config',
+        'invalid_allow_address',
+        'unknown_metric',
       ];
       return usage.includes(err.code) ? EXIT.usage : EXIT.failure;
     }
