@@ -91,28 +91,42 @@ start_s3() {
 dir_of() { case "$1" in kafka) echo "$SVC/kafka" ;; sqs) echo "$SVC/elasticmq" ;; s3) echo "$SVC/moto" ;; esac; }
 log_of() { case "$1" in kafka) echo "$SVC/kafka/kafka.log" ;; sqs) echo "$SVC/elasticmq/elasticmq.log" ;; s3) echo "$SVC/moto/moto.log" ;; esac; }
 
+ports_of() { case "$1" in kafka) echo "9092 9093" ;; sqs) echo 9324 ;; s3) echo 9000 ;; esac; }
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 up_one() {
   local s="$1" dir pidf
   dir="$(dir_of "$s")"
   pidf="$dir/pid"
   if pid_alive "$pidf" && probe "$s"; then log "$s already up (pid $(cat "$pidf"))"; return 0; fi
   if pid_alive "$pidf"; then
-    # A stopped (SIGSTOP) server from an outage test that was interrupted: resume it before probing again.
+    # A stopped (SIGSTOP) server from an interrupted outage test: resume it; if it still does not answer, replace it.
     kill -CONT "$(cat "$pidf")" 2>/dev/null || true
-  else
-    "install_$s"
-    "start_$s"
+    for _ in 1 2 3 4 5; do probe "$s" && { log "$s resumed (pid $(cat "$pidf"))"; return 0; }; sleep 1; done
+    log "$s (pid $(cat "$pidf")) does not answer: restarting it"
+    down_one "$s"
   fi
+  local p
+  for p in $(ports_of "$s"); do
+    if port_busy "$p"; then
+      log "$s cannot start: 127.0.0.1:$p is already in use by another process (not one services.sh started)"
+      return 1
+    fi
+  done
+  "install_$s"
+  "start_$s"
   local deadline=$((SECONDS + ${MLMF_SERVICES_TIMEOUT:-90}))
   until probe "$s"; do
     if ! pid_alive "$pidf"; then
       log "$s exited during startup; last lines of $(log_of "$s"):"
       tail -30 "$(log_of "$s")" >&2 || true
+      rm -f "$pidf"
       return 1
     fi
     if [ $SECONDS -ge $deadline ]; then
       log "$s did not answer within ${MLMF_SERVICES_TIMEOUT:-90}s; last lines of $(log_of "$s"):"
       tail -30 "$(log_of "$s")" >&2 || true
+      down_one "$s"
       return 1
     fi
     sleep 1
