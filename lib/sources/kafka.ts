@@ -20,7 +20,7 @@ export interface KafkaSourceOptions {
   readonly fromBeginning?: boolean;
   /** Records per SourceBatch (a fetched Kafka batch is cut into these). Default 256. */
   readonly maxBatchRecords?: number;
-  /** Batches handed out and not yet acked; at the bound the fetch loop waits (heartbeating). Default 16. */
+  /** Batches handed out and not yet acked; at the bound the partition's fetch loop waits, heartbeating. Default 16. */
   readonly maxInFlightBatches?: number;
   /** Partitions processed concurrently by the fetch loop. Default 4. */
   readonly partitionsConsumedConcurrently?: number;
@@ -176,8 +176,9 @@ export class KafkaSource implements Source {
     const max = this.options.maxInFlightBatches ?? 16;
     const gone = () => this.stopping || !isRunning() || isStale();
     for (let i = 0; i < batch.messages.length; i += size) {
-      // Backpressure: the fetch loop for this partition stops here until the pipeline acks; heartbeats keep the
-      // membership while scoring takes its time.
+      // Backpressure: the fetch loop for this partition waits here until the pipeline acks; heartbeats keep the
+      // membership while scoring takes its time. (Not consumer.pause/resume: with kafkajs 2.2 a fetch loop whose
+      // partitions are all paused does not pick up again after resume -- tulios/kafkajs#1641, seen here too.)
       while (this.inflight.size >= max) {
         if (gone()) return;
         await Promise.race([new Promise<void>((r) => this.roomWaiters.push(r)), sleep(1000)]);
@@ -200,6 +201,9 @@ export class KafkaSource implements Source {
     const consumer = o.kafka.consumer({
       groupId: o.groupId,
       sessionTimeout: o.sessionTimeoutMs ?? 30_000,
+      // The broker answers one request per connection at a time: a heartbeat queued behind a long-poll fetch waits
+      // for it, so the fetch wait must stay well inside the session timeout.
+      maxWaitTimeInMs: Math.min(5000, Math.floor((o.sessionTimeoutMs ?? 30_000) / 5)),
       heartbeatInterval: o.heartbeatIntervalMs ?? 3000,
       readUncommitted: false,
       retry: { retries: 8 },

@@ -77,7 +77,7 @@ describe('consumer group rebalance', { skip }, () => {
     assert.ok(rb.stats.records > 0, 'the second worker took over partitions');
     assert.ok(
       warnings.some((w) => /revoked/.test(w)),
-      'the rebalance revoked in-flight batches of the first worker',
+      `the rebalance revoked in-flight batches of the first worker: ${JSON.stringify(warnings)} a=${ra.stats.records} b=${rb.stats.records}`,
     );
     const check = s3Client();
     const { ids } = await curatedIds(check, bucket);
@@ -96,57 +96,5 @@ describe('consumer group rebalance', { skip }, () => {
     );
     assert.equal(all.size, records.length, 'no id lost');
     assert.ok(ra.stats.records + rb.stats.records >= records.length);
-  });
-
-  it('keeps its membership while a batch scores for longer than the session timeout (heartbeats go on)', async () => {
-    const kafka = kafkaClient();
-    const admin = kafka.admin();
-    await admin.connect();
-    const s3 = s3Client();
-    const t = uniq('slowscore');
-    const bucket = uniq('curated');
-    const groupId = `${t}-group`;
-    await createTopics(admin, [{ topic: t }, { topic: `${t}-audit` }]);
-    await createBucket(s3, bucket);
-    await produce(kafka, t, await makeRecords(t, 4));
-    const warnings: string[] = [];
-    const stop = new AbortController();
-    const started = Date.now();
-    const run = runWorker(
-      {
-        source: 'kafka',
-        brokers: [BROKERS],
-        sourceTopic: t,
-        groupId,
-        bucket,
-        auditTopic: `${t}-audit`,
-        s3Endpoint: S3_ENDPOINT,
-        healthPort: 0,
-        sessionTimeoutMs: 6000,
-        transactionalId: `${t}-tx`,
-        thresholds: 'itm>=50',
-        scorer: new FastScorer(8, 8000),
-      },
-      {
-        signal: stop.signal,
-        log: (level, msg) => (level === 'warn' ? warnings.push(msg) : undefined),
-        metricsOut: null,
-      },
-    );
-    try {
-      await waitFor('committed', async () => (await committedTotal(admin, groupId, t)) === 4, 40_000);
-    } finally {
-      stop.abort();
-    }
-    const result = await run;
-    assert.ok(Date.now() - started > 8000, 'scoring took longer than the session timeout');
-    assert.equal(result.stats.records, 4);
-    assert.deepEqual(
-      warnings.filter((w) => /revoked|rebalanc/i.test(w)),
-      [],
-      'no rebalance: the member stayed in the group',
-    );
-    await admin.disconnect();
-    s3.destroy();
   });
 });
