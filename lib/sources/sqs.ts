@@ -61,17 +61,20 @@ export class SqsSource implements Source {
   }
 
   private async changeVisibility(messages: Message[], seconds: number): Promise<void> {
-    const res = await this.options.client.send(
-      new ChangeMessageVisibilityBatchCommand({
-        QueueUrl: this.options.queueUrl,
-        Entries: messages.map((m, i) => ({
-          Id: String(i),
-          ReceiptHandle: m.ReceiptHandle!,
-          VisibilityTimeout: seconds,
-        })),
-      }),
-    );
-    if (res.Failed?.length) this.log.warn('visibility change failed for some messages', { failed: res.Failed });
+    // SQS takes at most 10 entries per batch request; a SourceBatch merges several receives.
+    for (let i = 0; i < messages.length; i += 10) {
+      const res = await this.options.client.send(
+        new ChangeMessageVisibilityBatchCommand({
+          QueueUrl: this.options.queueUrl,
+          Entries: messages.slice(i, i + 10).map((m, j) => ({
+            Id: String(j),
+            ReceiptHandle: m.ReceiptHandle!,
+            VisibilityTimeout: seconds,
+          })),
+        }),
+      );
+      if (res.Failed?.length) this.log.warn('visibility change failed for some messages', { failed: res.Failed });
+    }
   }
 
   private makeBatch(messages: Message[]): SourceBatch {
