@@ -71,6 +71,28 @@ describe('worker configuration from the environment', () => {
   });
 });
 
+describe('Kafka connection settings', () => {
+  it('refuses malformed brokers and IAM without TLS; builds SCRAM and IAM clients', async () => {
+    const { createKafka } = await import('../../lib/sources/kafka-client.ts');
+    await assert.rejects(
+      createKafka({ brokers: ['no-port'] }),
+      (e: unknown) => e instanceof FilterError && e.code === 'kafka_config',
+    );
+    await assert.rejects(
+      createKafka({ brokers: ['b:9098'], auth: { mechanism: 'iam', region: 'us-east-1' } }),
+      /MSK IAM auth requires TLS/,
+    );
+    assert.ok(await createKafka({ brokers: ['b:9098'], tls: true, auth: { mechanism: 'iam', region: 'us-east-1' } }));
+    assert.ok(
+      await createKafka({
+        brokers: ['b:9096'],
+        tls: true,
+        auth: { mechanism: 'scram-sha-512', username: 'u', password: 'p' },
+      }),
+    );
+  });
+});
+
 const skip = await needServices('kafka', 's3');
 
 describe('worker health endpoint', { skip }, () => {
