@@ -235,7 +235,8 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     }
   }
 
-  async function writeDurably(outcomes: Outcome[]): Promise<void> {
+  async function writeDurably(outcomes: Outcome[], revoked?: AbortSignal): Promise<void> {
+    const stop = revoked ? AbortSignal.any([hard, revoked]) : hard;
     await Promise.all(
       options.sinks.map(async (sink) => {
         for (let attempt = 1; ; attempt++) {
@@ -243,7 +244,8 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
             await sink.write(outcomes);
             return;
           } catch (err) {
-            if (hard.aborted) throw err;
+            // A revoked batch belongs to another consumer now: stop retrying, it will never be acked here.
+            if (hard.aborted || revoked?.aborted) throw err;
             const delay = Math.min(options.sinkRetryMaxMs ?? 30_000, (options.sinkRetryBaseMs ?? 200) * 2 ** attempt);
             log.error('sink write failed, retrying (nothing is acked meanwhile)', {
               sink: sink.name,
@@ -252,7 +254,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
               retryInMs: delay,
               error: String(err),
             });
-            await sleep(delay, undefined, { signal: hard });
+            await sleep(delay, undefined, { signal: stop });
           }
         }
       }),
@@ -269,7 +271,12 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     const revoked = state.batch.revoked;
     const written = writeChain.then(async () => {
       if (!(await ready) || revoked?.aborted) return false;
-      await writeDurably(outcomes);
+      try {
+        await writeDurably(outcomes, revoked);
+      } catch (err) {
+        if (revoked?.aborted) return false;
+        throw err;
+      }
       return true;
     });
     writeChain = written.then(
@@ -318,6 +325,9 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
       done: deferred(),
     };
     order.push(state);
+    // A revoked batch is redelivered, maybe to this very worker: its ids must stop counting as seen at once, not
+    // when its turn in the ack chain comes.
+    batch.revoked?.addEventListener('abort', () => state.ids.forEach((id) => recent?.forget(id)), { once: true });
     let markReady!: (ok: boolean) => void;
     chain(state, new Promise<boolean>((r) => (markReady = r)));
     if (n === 0) {
