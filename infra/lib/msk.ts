@@ -24,6 +24,11 @@ export class MskArns {
     return Fn.join('', [this.prefix, ':topic/', this.clusterPath, '/', name]);
   }
 
+  /** Transactional ids matching `pattern` (e.g. `mlmf-*`): the worker's exactly-once producer needs them. */
+  transactionalId(pattern: string): string {
+    return Fn.join('', [this.prefix, ':transactional-id/', this.clusterPath, '/', pattern]);
+  }
+
   group(name: string): string {
     return Fn.join('', [this.prefix, ':group/', this.clusterPath, '/', name]);
   }

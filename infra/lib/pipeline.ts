@@ -708,6 +708,12 @@ export class MlmFilterPipeline extends Construct {
           actions: ['kafka-cluster:DescribeTopic', 'kafka-cluster:WriteData'],
           resources: sinkTopics.map((t) => msk.topic(t)),
         }),
+      ); // Exactly-once: audit events and consumed offsets commit in one Kafka transaction under ids `mlmf-<group>-...`.
+      role.addToPrincipalPolicy(
+        new iam.PolicyStatement({
+          actions: ['kafka-cluster:DescribeTransactionalId', 'kafka-cluster:AlterTransactionalId'],
+          resources: [msk.transactionalId('mlmf-*')],
+        }),
       );
     }
     if (scramSecret) scramSecret.grantRead(role);
@@ -717,6 +723,12 @@ export class MlmFilterPipeline extends Construct {
         id: `AwsSolutions-IAM5[Resource::${nagResource(Stack.of(this), objects)}]`,
         reason: 'Shards are written under the curated prefix with deterministic but data-dependent names.',
       });
+      if (msk) {
+        Validations.of(policy).acknowledge({
+          id: `AwsSolutions-IAM5[Resource::${nagResource(Stack.of(this), msk.transactionalId('mlmf-*'))}]`,
+          reason: "Each worker task's transactional id embeds its host name; all share the mlmf- prefix.",
+        });
+      }
     }
   }
 

@@ -208,8 +208,12 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     assert.equal(find(sqsTask, 'kafka-cluster:ReadData').length, 0);
     assert.equal(find(kafkaTask, 'sqs:ReceiveMessage').length, 0);
     assert.equal(find(sqsTask, 'sqs:ReceiveMessage').length, 1);
+    // The exactly-once producer's transactional ids are the one pattern: only the worker's own `mlmf-` prefix.
+    const txn = find(kafkaTask, 'kafka-cluster:AlterTransactionalId')[0]?.Resource as string[] | undefined;
+    assert.deepEqual(txn, [`${MSK_ARN.replace(':cluster/', ':transactional-id/')}/mlmf-*`]);
     // No role may touch other topics or the whole cluster's topics.
     for (const x of st.filter((x) => x.Action.some((a) => a.startsWith('kafka-cluster:')))) {
+      if (x.Action.includes('kafka-cluster:AlterTransactionalId')) continue;
       for (const r of x.Resource)
         assert.ok(typeof r === 'string' && !r.includes('*'), `wildcard kafka resource ${String(r)}`);
     }
