@@ -206,6 +206,9 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       })());
     closers.push(() => scorer.close());
     const model = scorer.model;
+    // The provider actually in use after any fallback (the MLM scorer reports it; stand-ins do not).
+    const provider = (scorer as { executionProvider?: string }).executionProvider;
+    metrics.setExecutionProvider(provider ?? config.executionProvider ?? 'cpu', model);
     const policy = new Policy({
       ...(config.thresholds ? { thresholds: parseThresholds(config.thresholds) } : {}),
       ...(config.combine ? { combine: config.combine } : {}),
@@ -316,6 +319,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       // pipeline may still count its ids as seen, turning accepts into `duplicate` rejects.
       dedupe: config.dedupe ?? false,
       onOutcome: (o) => metrics.observe(o),
+      onStage: (stage, ms) => metrics.observeStage(stage, ms),
       logger: pipelineLog,
     });
     state = 'draining';

@@ -65,6 +65,8 @@ export interface PipelineOptions {
   readonly abort?: AbortSignal;
   /** Called once per outcome, in source order, after the outcome is durable and acked. */
   readonly onOutcome?: (outcome: Outcome) => void;
+  /** Called with each record's time in a stage (`intake`: fetch + decode + preprocess, `score`: wait + inference). */
+  readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
   readonly logger?: PipelineLogger;
 }
 
@@ -195,8 +197,10 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     await preparedSlots.acquire(1, signal);
     try {
       let image: PreparedImage;
+      const intakeStart = performance.now();
       try {
         image = await prepare(pair, signal);
+        options.onStage?.('intake', performance.now() - intakeStart);
       } catch (err) {
         if (err instanceof RejectError) return reject(record, pair.id, [err.reason], pair);
         if (signal.aborted) throw err;
@@ -208,6 +212,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
         );
       }
       let result;
+      const scoreStart = performance.now();
       try {
         result = await batcher.score({ id: pair.id, caption: pair.caption, pixelValues: image.pixelValues });
       } catch (err) {
@@ -218,6 +223,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
       }
       // The scorer copied the tensor when it posted it to its worker: it can be reused now.
       options.intake.release?.(image);
+      options.onStage?.('score', performance.now() - scoreStart);
       const verdict = options.policy.decide(result.scores);
       const stored = { encoded: image.encoded, ext: image.ext, width: image.width, height: image.height };
       return {
