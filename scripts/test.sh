@@ -24,6 +24,8 @@ if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
     started=1
   fi
   export MLMF_SERVICES=1
+  # The topic provisioner's real-broker test reads this name.
+  export MLMF_KAFKA_BROKERS="${MLMF_KAFKA_BROKERS:-127.0.0.1:9092}"
 fi
 cleanup() { if [ "$started" = 1 ]; then bash scripts/services.sh down || true; fi; }
 trap cleanup EXIT
