@@ -142,7 +142,7 @@ test(
       shard.subarray(first.members.json!.offset, first.members.json!.offset + first.members.json!.size).toString(),
     );
     assert.equal(typeof meta.scores.itm, 'number');
-    assert.equal(meta.metadata.src ?? 'test', 'test');
+    assert.equal(meta.metadata.src, 'test');
   },
 );
 
