@@ -4,6 +4,7 @@
  * token, the greedy tokens/score and the reference script's 2-token score, computed by the LLaVA-style PyTorch model.
  */
 import { test } from 'node:test';
+import * as ort from 'onnxruntime-node';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { loadEngine } from '../../lib/model/sessions.ts';
@@ -295,3 +296,49 @@ test(
     await assert.rejects(loadScorer(dir, { metrics: ['nope' as never] }), { code: 'unknown_metric' });
   },
 );
+
+for (const name of FIXTURES) {
+  test(`${name}: the decoder's num_logits_to_keep keeps the last position's logits, 0 keeps all`, async () => {
+    const dir = new URL(`../fixtures/models/${name}/onnx/`, import.meta.url).pathname;
+    const decoder = await ort.InferenceSession.create(`${dir}decoder_model_merged.onnx`, { intraOpNumThreads: 1 });
+    try {
+      assert.ok(decoder.inputNames.includes('num_logits_to_keep'), 're-export with tools/export to get the input');
+      const kvInputs = decoder.inputNames.filter((n) => n.startsWith('past_key_values.'));
+      const meta = decoder.inputMetadata.find((m) => m.name === kvInputs[0]);
+      const kvShape = meta?.isTensor ? meta.shape : [];
+      const [kvHeads, headDim] = [Number(kvShape[1]), Number(kvShape[3])];
+      const embedsMeta = decoder.inputMetadata.find((m) => m.name === 'inputs_embeds');
+      const hidden = Number(embedsMeta?.isTensor ? embedsMeta.shape[2] : NaN);
+      const b = 2;
+      const s = 5;
+      const embeds = Float32Array.from({ length: b * s * hidden }, (_, i) => Math.sin(i * 0.37));
+      const feeds = (keep: number): Record<string, ort.Tensor> => {
+        const f: Record<string, ort.Tensor> = {
+          inputs_embeds: new ort.Tensor('float32', embeds, [b, s, hidden]),
+          attention_mask: new ort.Tensor('int64', new BigInt64Array(b * s).fill(1n), [b, s]),
+          position_ids: new ort.Tensor(
+            'int64',
+            BigInt64Array.from({ length: b * s }, (_, i) => BigInt(i % s)),
+            [b, s],
+          ),
+          num_logits_to_keep: new ort.Tensor('int64', BigInt64Array.from([BigInt(keep)]), []),
+        };
+        for (const n of kvInputs) f[n] = new ort.Tensor('float32', new Float32Array(0), [b, kvHeads, 0, headDim]);
+        return f;
+      };
+      const all = (await decoder.run(feeds(0))).logits as ort.Tensor;
+      const last = (await decoder.run(feeds(1))).logits as ort.Tensor;
+      const v = Number(all.dims[2]);
+      assert.deepEqual(all.dims, [b, s, v]);
+      assert.deepEqual(last.dims, [b, 1, v]);
+      const a = all.data as Float32Array;
+      const l = last.data as Float32Array;
+      for (let row = 0; row < b; row++) {
+        const d = maxAbsDiff(l.subarray(row * v, (row + 1) * v), a.subarray((row * s + s - 1) * v, (row * s + s) * v));
+        assert.ok(d < 1e-5, `row ${row}: last-position logits differ by ${d}`);
+      }
+    } finally {
+      await decoder.release();
+    }
+  });
+}

@@ -234,11 +234,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class DecoderGraph(nn.Module):
-    """(inputs_embeds, attention_mask, position_ids, past k/v...) -> (logits, present k/v...).
+    """(inputs_embeds, attention_mask, position_ids, num_logits_to_keep, past k/v...) -> (logits, present k/v...).
 
     A plain re-statement of the Qwen2 / LLaMA decoder over the HF module's own parameters, so that the KV cache is
     explicit tensors in and out. attention_mask covers past + current positions ([B, past+S], 1 = attend);
     causality is by sequence index, so left padding only needs the mask and matching position_ids.
+
+    num_logits_to_keep (int64 scalar, transformers' meaning): 0 returns logits for every position, n > 0 for the last n
+    only. A scorer reads one position per row, and lm_head over every position ([B, S, V] with V = 152k for Qwen2.5)
+    costs more than the layers themselves in a prefill of a small model, and that much memory besides.
     """
 
     def __init__(self, model: LlavaModel):
@@ -265,7 +269,7 @@ class DecoderGraph(nn.Module):
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return norm.weight * x32.to(dtype)
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, *past):
         b, s, _ = inputs_embeds.shape
         dtype = inputs_embeds.dtype
         past_len = past[0].shape[2]
@@ -306,4 +310,10 @@ class DecoderGraph(nn.Module):
             mlp = layer.mlp
             h = h + mlp.down_proj(nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
         h = self._rms(self.norm, h)
-        return (self.lm_head(h), *presents)
+        # The kept length depends on the input's value: an unbacked size for torch.export, bounded by these checks.
+        start = torch.where(
+            num_logits_to_keep > 0, torch.clamp(s - num_logits_to_keep, min=0), torch.zeros_like(num_logits_to_keep)
+        ).item()
+        torch._check(start >= 0)
+        torch._check(start <= s)
+        return (self.lm_head(h.narrow(1, start, s - start)), *presents)

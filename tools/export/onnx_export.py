@@ -97,12 +97,19 @@ def export_all(model: LlavaModel, out_dir: str, dtype: str) -> list[str]:
     # The exporter derives total = past + sequence from the graph; a free dim here lets it.
     total = Dim.DYNAMIC
     # *past is one varargs entry for torch.export: its shapes go in one nested tuple.
-    shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, tuple({0: batch, 2: past_dim} for _ in past))
+    keep = torch.tensor(1, dtype=torch.int64)
+    shapes = (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},
+        {0: batch, 1: seq},
+        None,
+        tuple({0: batch, 2: past_dim} for _ in past),
+    )
     written += _export(
         dec,
-        (embeds, mask, pos, *past),
+        (embeds, mask, pos, keep, *past),
         os.path.join(out_dir, "onnx", f"decoder_model_merged{sfx}.onnx"),
-        ["inputs_embeds", "attention_mask", "position_ids", *kv_names(n_layers, "past_key_values")],
+        ["inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep", *kv_names(n_layers, "past_key_values")],
         ["logits", *kv_names(n_layers, "present")],
         shapes,
     )

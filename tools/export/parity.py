@@ -36,6 +36,7 @@ class OrtModel:
         load = lambda n: ort.InferenceSession(os.path.join(out_dir, "onnx", f"{n}{sfx}.onnx"), opts)  # noqa: E731
         self.vision, self.embed, self.decoder = load("vision_encoder"), load("embed_tokens"), load("decoder_model_merged")
         self.np_dtype = np.float16 if dtype == "fp16" else np.float32
+        self.input_names = {i.name for i in self.decoder.get_inputs()}
         kv = [i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self.n_layers = len(kv) // 2
         self.kv_heads, self.head_dim = kv[0].shape[1], kv[0].shape[3]
@@ -51,8 +52,11 @@ class OrtModel:
         z = np.zeros((b, self.kv_heads, 0, self.head_dim), self.np_dtype)
         return {f"past_key_values.{i}.{kv}": z for i in range(self.n_layers) for kv in ("key", "value")}
 
-    def run(self, embeds, mask, pos, past):
-        outs = self.decoder.run(None, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, **past})
+    def run(self, embeds, mask, pos, past, keep: int = 0):
+        feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, **past}
+        if "num_logits_to_keep" in self.input_names:
+            feeds["num_logits_to_keep"] = np.array(keep, np.int64)
+        outs = self.decoder.run(None, feeds)
         present = {
             f"past_key_values.{i}.{kv}": outs[1 + 2 * i + j]
             for i in range(self.n_layers)
@@ -99,7 +103,8 @@ def self_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, whit
         emb[r, n - len(e) :] = e
         mask[r, n - len(e) :] = 1
     pos = np.clip(np.cumsum(mask, 1) - 1, 0, None).astype(np.int64)
-    batch, _ = m.run(emb, mask, pos, m.empty_past(2))
+    # keep=1: the scorer's way (logits of the last position only), where the decoder has num_logits_to_keep
+    batch, _ = m.run(emb, mask, pos, m.empty_past(2), keep=1)
     diffs["left_padded_batch_last"] = float(
         max(np.abs(batch[0, -1].astype(np.float32) - ref_a[-1]).max(), np.abs(batch[1, -1].astype(np.float32) - ref_b[-1]).max())
     )
