@@ -3,8 +3,11 @@
  * score from the digit probabilities.
  *
  * Greedy rule: the first generated token(s) may be one whitespace-only token (the reference's `int()` ignores it),
- * then digits are collected token by token; the number is complete at the first non-digit token or once it has 3
- * digits (so `100` can be written). No digit at all -> no score. The integer is clamped to 0..100.
+ * then digits are collected token by token; the number is complete at the first non-digit token, or as soon as no
+ * further digit could keep it a score: after two digits (a third would pass 100), except after "10", where a third
+ * "0" makes 100 (any other third digit is not part of the number: "105" reads 10, as the reference's 2 tokens do).
+ * Decoding stops there, which saves the step the reference spends on a third token it never reads. No digit at all
+ * -> no score. The integer is clamped to 0..100.
  *
  * Expected score (documented formula): let q(d) be the probability of digit d at the step that produced the first
  * digit, renormalised over the 10 digits; let r(e) be the probability of digit e at the next step on the greedy path
@@ -101,7 +104,12 @@ export class NumberReader {
       if (digits !== undefined) this.digits += digits;
       else this.done = true;
     }
-    if (this.digits.length >= 3 || this.tokens.length >= this.maxNewTokens) this.done = true;
+    const d = this.digits;
+    if (d.length >= 2 && d !== '10') {
+      this.digits = d.startsWith('100') ? '100' : d.slice(0, 2);
+      this.done = true;
+    }
+    if (this.tokens.length >= this.maxNewTokens) this.done = true;
   }
 
   /** Integer score 0..100, or undefined when no digit was produced. */

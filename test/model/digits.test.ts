@@ -13,15 +13,21 @@ function feed(ids: number[]) {
   return r;
 }
 
-test('greedy digits stop at the first non-digit or after 3 digits', () => {
+test('greedy digits stop as soon as the number is complete: two digits, or 100', () => {
   assert.equal(feed([8, 5, 10, 3]).score, 85);
-  assert.deepEqual(feed([8, 5, 10, 3]).tokens, [8, 5, 10]);
+  assert.deepEqual(feed([8, 5, 10, 3]).tokens, [8, 5], 'no step for a third token after two digits');
   assert.equal(feed([1, 0, 0, 7]).score, 100);
   assert.deepEqual(feed([1, 0, 0, 7]).tokens, [1, 0, 0]);
+  assert.equal(feed([1, 0, 5]).score, 10, '"105" is 10 then a stray digit, as the 2-token reference reads it');
+  assert.deepEqual(feed([1, 0, 10]).tokens, [1, 0, 10]);
+  assert.equal(feed([1, 0, 10]).score, 10);
   assert.equal(feed([7, 12]).score, 7);
-  assert.equal(feed([9, 9, 9]).score, 100, 'clamped');
+  assert.equal(feed([9, 9, 9]).score, 99, 'a third digit is not read');
+  assert.deepEqual(feed([9, 9, 9]).tokens, [9, 9]);
   assert.equal(feed([0, 5, 10]).score, 5);
   assert.equal(feed([13, 10]).score, 42, 'multi-digit token');
+  assert.deepEqual(feed([13, 10]).tokens, [13]);
+  assert.equal(feed([4, 13]).score, 44, 'digits past the second are dropped');
 });
 
 test('one leading space token is skipped, anything else before a digit is no score', () => {

@@ -155,6 +155,16 @@ def reference_parse(text: str) -> int | None:
         return None
 
 
+def score_number(text: str) -> int | None:
+    """The score the scorer reads from greedy text: its leading digits, complete after two (a third digit would pass
+    100) except after "10", which a third "0" makes 100. None when the text does not start with a digit."""
+    m = _FIRST_INT.match(text)
+    if not m:
+        return None
+    digits = m.group(1)
+    return 100 if digits.startswith("100") else int(digits[:2])
+
+
 def leading_int(text: str) -> int | None:
     """The integer made by the leading digits of the generated text (None when it does not start with a digit)."""
     m = _FIRST_INT.match(text)

@@ -82,7 +82,7 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
                         "score_logits": sig6(logits[-1].tolist()),
                         "greedy_tokens": greedy,
                         "greedy_text": text3,
-                        "greedy_score": prompts.leading_int(text3),
+                        "greedy_score": prompts.score_number(text3),
                         "reference_2tok_score": prompts.reference_parse(decode(tok, greedy[:2])),
                     }
                 )
@@ -92,7 +92,8 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
         "note": (
             "PyTorch reference: image features spliced at the -200 slot (template slot only), full sequence, "
             "no KV cache, fp32. score_logits = logits at the last prompt position (after the appended whitespace "
-            "token), i.e. for the first generated token. greedy_score = leading digits of up to 3 greedy tokens; "
+            "token), i.e. for the first generated token. greedy_score = the number the scorer reads from 3 greedy "
+            "tokens: leading digits, complete after two, or three when they start '100' (prompts.score_number); "
             "reference_2tok_score = int() of the first line of 2 greedy tokens (None when int() fails). "
             "pixel_values files: float32 little-endian CHW, the exact tensors fed to the vision tower."
         ),

@@ -72,6 +72,11 @@ class PromptTests(unittest.TestCase):
         self.assertEqual(prompts.reference_parse(" 9\nbecause"), 9)
         self.assertIsNone(prompts.reference_parse("8a"))
         self.assertEqual(prompts.leading_int("74val"), 74)
+        self.assertEqual(prompts.score_number(" 875"), 87)
+        self.assertEqual(prompts.score_number("100\n"), 100)
+        self.assertEqual(prompts.score_number("105"), 10)
+        self.assertEqual(prompts.score_number("7\n"), 7)
+        self.assertIsNone(prompts.score_number("x7"))
 
 
 class FixtureTests(unittest.TestCase):
