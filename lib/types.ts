@@ -199,6 +199,14 @@ export type StoredImage = Pick<PreparedImage, 'encoded' | 'ext' | 'width' | 'hei
  */
 export interface Sink {
   readonly name: string;
+  /**
+   * True when `write` may be called again before an earlier call has resolved: the sink applies calls in call order
+   * and resolves each once its outcomes are durable. The pipeline then hands a batch to the sink as soon as the
+   * previous batch has been handed over, instead of after it is durable, so a sink that makes writes durable per
+   * shard can fill whole shards. Default false: one write at a time (a transactional sink commits each write before
+   * the next begins). A failed write that is retried may then land after later writes.
+   */
+  readonly overlappingWrites?: boolean;
   write(outcomes: readonly Outcome[]): Promise<void>;
   /** Makes everything written durable now (drain). */
   flush(): Promise<void>;

@@ -147,6 +147,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
   let hole = false;
   let processing = 0; // records not yet holding an outcome
   let writeChain: Promise<void> = Promise.resolve();
+  const overlapping = options.sinks.length > 0 && options.sinks.every((s) => s.overlappingWrites === true);
   let ackChain: Promise<void> = Promise.resolve();
 
   const fail = (err: unknown) => {
@@ -241,13 +242,17 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     }
   }
 
-  async function writeDurably(outcomes: Outcome[], revoked?: AbortSignal): Promise<void> {
+  /** Writes to every sink, retrying until durable; `handedOver` runs once every sink has had its first call. */
+  async function writeDurably(outcomes: Outcome[], revoked?: AbortSignal, handedOver?: () => void): Promise<void> {
     const stop = revoked ? AbortSignal.any([hard, revoked]) : hard;
+    let calls = 0;
     await Promise.all(
       options.sinks.map(async (sink) => {
         for (let attempt = 1; ; attempt++) {
           try {
-            await sink.write(outcomes);
+            const write = sink.write(outcomes);
+            if (++calls === options.sinks.length) handedOver?.();
+            await write;
             return;
           } catch (err) {
             // A revoked batch belongs to another consumer now: stop retrying, it will never be acked here.
@@ -275,20 +280,26 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
   function chain(state: BatchState, ready: Promise<boolean>): void {
     const outcomes = state.outcomes as Outcome[];
     const revoked = state.batch.revoked;
+    let handedOver!: () => void;
+    const issued = new Promise<void>((resolve) => (handedOver = resolve));
     const written = writeChain.then(async () => {
       if (!(await ready) || revoked?.aborted) return false;
       try {
-        await writeDurably(outcomes, revoked);
+        await writeDurably(outcomes, revoked, handedOver);
       } catch (err) {
         if (revoked?.aborted) return false;
         throw err;
       }
       return true;
     });
-    writeChain = written.then(
-      () => undefined,
-      () => undefined,
-    );
+    void written.finally(handedOver).catch(() => undefined);
+    // Overlapping sinks get the next batch once this one is handed over; others once it is durable.
+    writeChain = overlapping
+      ? issued
+      : written.then(
+          () => undefined,
+          () => undefined,
+        );
     ackChain = Promise.all([ackChain, written])
       .then(async ([, wrote]) => {
         if (!wrote || revoked?.aborted) {

@@ -14,6 +14,8 @@ export interface LocalAuditSinkOptions {
 
 export class LocalAuditSink implements Sink {
   readonly name = 'local-audit';
+  /** Appends are chained in call order. */
+  readonly overlappingWrites = true;
   private chain: Promise<void> = Promise.resolve();
 
   private constructor(

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { runPipeline } from '../../lib/pipeline/index.ts';
 import { Policy } from '../../lib/policy/index.ts';
+import { LocalCuratedSink } from '../../lib/sinks/local-curated.ts';
 import type { Outcome, Sink } from '../../lib/types.ts';
 import { ArraySource, CaptionScorer, FakeIntake, jsonRecord } from '../helpers/doubles.ts';
 
@@ -186,4 +190,80 @@ test('graceful stop finishes and acks what was admitted', async () => {
   assert.ok(stats.records < 100);
   assert.equal(sink.outcomes.length, stats.records);
   assert.equal(source.acked.length * 5, stats.records);
+});
+
+test('a sink that makes writes durable per shard fills whole shards (writes overlap, still in order)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'mlmf-shards-'));
+  try {
+    const records = Array.from({ length: 1000 }, (_, i) =>
+      jsonRecord({ id: `r${i}`, image: img, caption: `score=90 #${i}` }),
+    );
+    const curated = await LocalCuratedSink.open({
+      dir,
+      model: { name: 'test', revision: 'r' },
+      samplesPerShard: 100,
+      idleFlushMs: 60_000,
+    });
+    const source = new ArraySource(records, 10);
+    const stats = await runPipeline({
+      source,
+      intake: new FakeIntake(),
+      scorer: new CaptionScorer(8),
+      policy: new Policy(),
+      sinks: [curated],
+      maxPendingRecords: 400,
+    });
+    await curated.close();
+    assert.equal(stats.accepted, 1000);
+    assert.deepEqual(
+      source.acked,
+      Array.from({ length: 100 }, (_, i) => i),
+    );
+    const shards = (await readdir(dir)).filter((n) => n.endsWith('.index.json')).sort();
+    const sizes = await Promise.all(
+      shards.map(
+        async (n) => (JSON.parse(await readFile(join(dir, n), 'utf8')) as { samples: unknown[] }).samples.length,
+      ),
+    );
+    assert.deepEqual(sizes, Array(10).fill(100), 'ten full shards, not one per source batch');
+    const keys = (
+      await Promise.all(
+        shards.map(
+          async (n) => (JSON.parse(await readFile(join(dir, n), 'utf8')) as { samples: { id: string }[] }).samples,
+        ),
+      )
+    )
+      .flat()
+      .map((s) => s.id);
+    assert.equal(new Set(keys).size, 1000);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a sink without overlappingWrites never has two writes in flight', async () => {
+  let inFlight = 0;
+  let most = 0;
+  const order: string[] = [];
+  const sink: Sink = {
+    name: 'serial',
+    async write(outcomes) {
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setTimeout(r, 2));
+      order.push(...outcomes.map((o) => o.id));
+      inFlight--;
+    },
+    async flush() {},
+    async close() {},
+  };
+  const records = Array.from({ length: 60 }, (_, i) => jsonRecord({ id: `s${i}`, image: img, caption: 'score=90' }));
+  await runPipeline({
+    source: new ArraySource(records, 4),
+    intake: new FakeIntake(),
+    scorer: new CaptionScorer(8),
+    policy: new Policy(),
+    sinks: [sink],
+  });
+  assert.equal(most, 1);
+  assert.equal(order.length, 60);
 });
