@@ -144,6 +144,9 @@ def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str]:
         tok = Tokenizer.from_file(src)
         vocab = 151936 if family == "llava_qwen" else 32000
         model = tiny.realistic_model(family, vocab, args.layers, args.vision_layers, seed=args.seed)
+        # A trained MLM filter answers with digits; random weights almost never do, which would let a benchmark's
+        # early-stopping scorer skip the decode steps a real model needs.
+        tiny.calibrate_digits(model, tok)
         cfg_path = os.path.join(os.path.dirname(src), "tokenizer_config.json")
         tok_cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else tiny.tokenizer_config(family, tok)
         name = f"random-{family}-L{args.layers}-V{args.vision_layers}"

@@ -266,7 +266,9 @@ class DecoderGraph(nn.Module):
     def _rms(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x / sqrt(...) rather than x * rsqrt(...): onnxruntime fuses this form into (Skip)SimplifiedLayerNormalization
+        # when it loads the graph; the rsqrt form stays five separate ops per norm.
+        x32 = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return norm.weight * x32.to(dtype)
 
     def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, *past):
