@@ -19,8 +19,9 @@ export interface PromptTokenizerOptions {
   readonly format: ConversationFormat;
   /**
    * Id appended after the prompt (mlm_filter.json's whitespace_token_id). Default: what the reference's
-   * tokenizer(' ')[-1] gives: the bare '▁' piece for sentencepiece vocabularies (the slow LLaMA tokenizer's answer;
-   * tokenizer.json would say '▁▁'), else the last id of encoding ' ' (220 for Qwen2.5).
+   * tokenizer(' ')[-1] gives: for sentencepiece vocabularies the dummy prefix plus the space, i.e. the '▁▁' piece
+   * where the vocabulary has one (259 in LLaMA-2, as the slow LlamaTokenizer of transformers 4.31-4.44 answers;
+   * tokenizer.json conversions would say 29871), else '▁'; otherwise the last id of encoding ' ' (220 for Qwen2.5).
    */
   readonly whitespaceTokenId?: number;
   /** Truncate the prompt ids (placeholder counted as one) to this length, as the reference does. */
@@ -49,7 +50,7 @@ export class PromptTokenizer {
     this.bosTokenId = probe.length > bare.length ? probe[0] : undefined;
     const ws =
       options.format === 'llava_v1'
-        ? (tokenizer.token_to_id('▁') ?? tokenizer.encode(' ').ids.at(-1))
+        ? (tokenizer.token_to_id('▁▁') ?? tokenizer.token_to_id('▁') ?? tokenizer.encode(' ').ids.at(-1))
         : tokenizer.encode(' ').ids.at(-1);
     const whitespace = options.whitespaceTokenId ?? ws;
     if (whitespace === undefined) {

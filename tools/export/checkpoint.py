@@ -12,6 +12,8 @@ config.json's mm_vision_tower, e.g. google/siglip-so400m-patch14-384 or openai/c
 from __future__ import annotations
 
 import glob
+import gzip
+import hashlib
 import json
 import os
 
@@ -28,6 +30,15 @@ class ExportError(Exception):
 
 TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
+
+# LLaMA-2's sentencepiece model (the vocabulary of LLaVA-1.5 / mlm-filter-llava-13b-gpt4v) and its tokenizer.json,
+# converted with transformers 4.44 (from_slow, legacy=False) and verified id-for-id against the slow tokenizer the
+# reference scores with (test/fixtures/tokenizers/llama2/README.md). transformers 5's own conversion differs from it
+# on plain text, so it is never used for this vocabulary.
+LLAMA2_SPM_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+VERIFIED_LLAMA2_TOKENIZER = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "test", "fixtures", "tokenizers", "llama2", "tokenizer.json.gz"
+)
 
 
 def resolve(source: str, revision: str | None) -> str:
@@ -137,19 +148,45 @@ def load_checkpoint(source: str, vision_tower: str | None, revision: str | None)
         model.lm.tie_weights()
     model.float().eval()
 
-    tok_path = os.path.join(directory, "tokenizer.json")
-    if not os.path.exists(tok_path):
-        try:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(directory, use_fast=True).save_pretrained(directory)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{directory} has no tokenizer.json and converting its tokenizer failed: {e}") from None
-    tok = Tokenizer.from_file(tok_path)
+    tok = _load_tokenizer(directory)
     tc_path = os.path.join(directory, "tokenizer_config.json")
     tok_cfg = json.load(open(tc_path)) if os.path.exists(tc_path) else {}
     name = cfg.get("_name_or_path") or (source if not os.path.isdir(source) else os.path.basename(os.path.abspath(source)))
     return model, tok, tok_cfg, name, revision or "local"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_tokenizer(directory: str) -> Tokenizer:
+    """The checkpoint's tokenizer.json; for a sentencepiece-only checkpoint, the verified LLaMA-2 conversion."""
+    tok_path = os.path.join(directory, "tokenizer.json")
+    if os.path.exists(tok_path):
+        return Tokenizer.from_file(tok_path)
+    spm = os.path.join(directory, "tokenizer.model")
+    if os.path.exists(spm):
+        if _sha256(spm) == LLAMA2_SPM_SHA256 and os.path.exists(VERIFIED_LLAMA2_TOKENIZER):
+            with gzip.open(VERIFIED_LLAMA2_TOKENIZER, "rt", encoding="utf-8") as f:
+                return Tokenizer.from_str(f.read())
+        raise ExportError(
+            f"{directory} has a sentencepiece tokenizer.model but no tokenizer.json, and it is not LLaMA-2's (the only "
+            "one this tool carries a verified conversion for). transformers 5's conversion does not match the slow "
+            "tokenizer the reference scores with; convert it with transformers 4.44 and check a few captions: "
+            "python -c \"from transformers import AutoTokenizer as A; A.from_pretrained('DIR', use_fast=True, "
+            "from_slow=True, legacy=False).save_pretrained('DIR')\""
+        )
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(directory, use_fast=True).save_pretrained(directory)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{directory} has no tokenizer.json and converting its tokenizer failed: {e}") from None
+    return Tokenizer.from_file(tok_path)
 
 
 def _load_part(module: torch.nn.Module, state: dict, what: str, optional_prefixes: tuple[str, ...] = ()) -> None:

@@ -34,11 +34,14 @@ FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llav
 def whitespace_token_id(tok: Tokenizer, conv_format: str) -> int:
     """The id the reference appends after the prompt: tokenizer(' ').input_ids[-1].
 
-    For sentencepiece (LLaMA) tokenizers the reference's slow tokenizer yields the bare '▁' piece (29871 in
-    LLaMA-2); the fast tokenizer.json would give '▁▁', so we take '▁' directly.
+    For sentencepiece (LLaMA) vocabularies the reference's slow tokenizer encodes ' ' as the dummy-prefix '▁' plus the
+    space: the piece '▁▁' where the vocabulary has it (259 in LLaMA-2; transformers 4.31-4.44 give [1, 259]), else
+    '▁' twice. tokenizer.json conversions answer differently (29871 for LLaMA-2), so the piece is looked up directly.
     """
     if conv_format == "llava_v1":
-        wid = tok.token_to_id("▁")
+        wid = tok.token_to_id("▁▁")
+        if wid is None:
+            wid = tok.token_to_id("▁")
         if wid is None:
             raise ExportError("tokenizer has no '▁' piece: cannot determine the whitespace token")
         return wid

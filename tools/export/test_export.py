@@ -135,6 +135,15 @@ class CheckpointTests(unittest.TestCase):
         pix = torch.randn(3, 56, 56)
         torch.testing.assert_close(model.reference_logits(ids, pix), src.reference_logits(ids, pix))
 
+    def test_unknown_sentencepiece_vocab_is_refused(self):
+        from checkpoint import _load_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            open(os.path.join(tmp, "tokenizer.model"), "wb").write(b"not llama-2")
+            with self.assertRaises(ExportError) as ctx:
+                _load_tokenizer(tmp)
+        self.assertIn("transformers 4.44", str(ctx.exception))
+
     def test_hub_id_offline_is_a_clear_error(self):
         os.environ["HF_HUB_OFFLINE"] = "1"
         with self.assertRaises(ExportError) as ctx:
