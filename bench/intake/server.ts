@@ -4,25 +4,13 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { photoJpeg } from '../../test/intake/helpers.ts';
+import { benchImages } from './images.ts';
 
 const count = Number(process.argv[2] ?? 64);
-let seed = 12345;
-const rand = (): number => {
-  seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-  return seed / 0x7fffffff;
-};
-const images: Buffer[] = [];
-let bytes = 0;
-let pixels = 0;
-for (let i = 0; i < count; i++) {
-  const w = 256 + Math.floor(rand() * 769);
-  const h = 256 + Math.floor(rand() * 769);
-  const img = await photoJpeg(w, h, 85, i + 1);
-  images.push(img);
-  bytes += img.length;
-  pixels += w * h;
-}
+const set = await benchImages(count);
+const images = set.map((im) => im.bytes);
+const bytes = images.reduce((a, b) => a + b.length, 0);
+const pixels = set.reduce((a, im) => a + im.width * im.height, 0);
 const server = http.createServer((req, res) => {
   const m = /^\/img\/(\d+)\.jpg(?:\?.*)?$/.exec(req.url ?? '');
   const img = m ? images[Number(m[1]) % images.length] : undefined;
