@@ -28,7 +28,12 @@ def _save(program, path: str) -> list[str]:
         return [path]
     data = os.path.basename(path) + "_data"
     onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
-    return [path, os.path.join(os.path.dirname(path), data)]
+    data_path = os.path.join(os.path.dirname(path), data)
+    # onnx writes the data file owner-only (0600); the worker image reads models as a non-root user.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(data_path, 0o666 & ~umask)
+    return [path, data_path]
 
 
 def _export(module, args, path, input_names, output_names, dynamic_shapes) -> list[str]:

@@ -117,6 +117,41 @@ class FixtureTests(unittest.TestCase):
             self.assertGreater(sum(s is not None for s in scores), len(scores) // 2, name)
 
 
+class ExternalDataTests(unittest.TestCase):
+    def test_large_graph_goes_to_a_readable_data_file(self):
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        import onnx_export
+
+        w = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(64, 64), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+            [w],
+        )
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+        class Program:
+            model_proto = proto
+
+        old = onnx_export.TWO_GB
+        onnx_export.TWO_GB = 100_000_000  # everything counts as "large"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = onnx_export._save(Program(), os.path.join(tmp, "m.onnx"))
+                self.assertEqual([os.path.basename(p) for p in paths], ["m.onnx", "m.onnx_data"])
+                self.assertTrue(os.stat(paths[1]).st_mode & 0o044, "data file readable by group/others")
+                x = np.ones((1, 64), np.float32)
+                y = ort.InferenceSession(paths[0]).run(None, {"x": x})[0]
+                np.testing.assert_allclose(y, x @ numpy_helper.to_array(w))
+        finally:
+            onnx_export.TWO_GB = old
+        del onnx
+
+
 class CheckpointTests(unittest.TestCase):
     def test_llava_layout_round_trip(self):
         tok = tiny.train_qwen_tokenizer()
