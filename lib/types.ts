@@ -91,6 +91,8 @@ export interface RawSample {
 export interface SourceRecord {
   readonly raw: Buffer | string | RawSample;
   readonly origin: SourceOrigin;
+  /** The record's full size in bytes when `raw` holds only its first bytes (a source refused to buffer it all). */
+  readonly size?: number;
 }
 
 /**

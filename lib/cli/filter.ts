@@ -45,16 +45,24 @@ export interface FilterJobOptions {
   readonly logger?: PipelineLogger;
 }
 
-export async function openInput(input: string, format: FilterJobOptions['inputFormat']): Promise<Source> {
+export async function openInput(
+  input: string,
+  format: FilterJobOptions['inputFormat'],
+  pair?: PairOptions,
+): Promise<Source> {
   const fmt =
     format ?? (input !== '-' && (/\.tar$/i.test(input) || !/\.[a-z0-9]+$/i.test(input)) ? 'webdataset' : 'jsonl');
   if (fmt === 'webdataset') return WebDatasetSource.open({ paths: [input] });
-  return JsonlSource.open({ path: input });
+  // A line is buffered up to the record limit and no further: a longer one is refused by size, not held.
+  return JsonlSource.open({
+    path: input,
+    ...(pair?.maxRecordBytes !== undefined ? { maxLineBytes: pair.maxRecordBytes } : {}),
+  });
 }
 
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
-  const source = await openInput(options.input, options.inputFormat);
+  const source = await openInput(options.input, options.inputFormat, options.pair);
   const top = options.topFraction;
   // In top-fraction mode the first pass keeps every pair that got a number on the ranked metric.
   const policy = new Policy(top ? { thresholds: [{ metric: top.metric, op: '>=', value: 0 }] } : options.policy);

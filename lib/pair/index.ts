@@ -47,12 +47,12 @@ export function rawRecordId(record: SourceRecord): string {
 export function parseRecord(record: SourceRecord, options: PairOptions = {}): Pair {
   const opts = { ...PAIR_DEFAULTS, ...options };
   const raw = record.raw;
-  if (typeof raw === 'string' || Buffer.isBuffer(raw)) return parseJsonRecord(raw, opts);
+  if (typeof raw === 'string' || Buffer.isBuffer(raw)) return parseJsonRecord(raw, opts, record.size);
   return parseSample(raw, opts);
 }
 
-function parseJsonRecord(raw: string | Buffer, opts: Required<PairOptions>): Pair {
-  const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
+function parseJsonRecord(raw: string | Buffer, opts: Required<PairOptions>, fullSize?: number): Pair {
+  const size = Math.max(fullSize ?? 0, typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length);
   if (size === 0) invalid('record is empty');
   if (size > opts.maxRecordBytes) invalid(`record is ${size} bytes, over the ${opts.maxRecordBytes}-byte limit`);
   let text: string;

@@ -1,9 +1,10 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
+import { PAIR_DEFAULTS } from '../pair/index.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { boundedLines, isBlank } from './lines.ts';
 
 /** Options of the JSONL source (a file, or `-` for stdin). */
 export interface JsonlSourceOptions {
@@ -13,6 +14,11 @@ export interface JsonlSourceOptions {
   readonly batchSize?: number;
   /** Stream to read instead of the path (tests, stdin). */
   readonly stream?: Readable;
+  /**
+   * Most bytes of one line held in memory; a longer line becomes an `invalid_record` reject (its size is reported,
+   * its bytes past this are never buffered). Default: the pair parser's record limit (16 MiB).
+   */
+  readonly maxLineBytes?: number;
 }
 
 /** Counts newline-terminated records so progress can show an ETA; cheap next to scoring. */
@@ -27,8 +33,9 @@ async function countLines(path: string): Promise<number> {
 }
 
 /**
- * One record per non-blank line. Lines are read lazily (readline pauses the file while the pipeline has no room),
- * so the backlog lives on disk, not in memory. Acks are no-ops: a file has no offsets to commit.
+ * One record per non-blank line. Lines are read lazily (the file is paused while the pipeline has no room), so the
+ * backlog lives on disk, not in memory, and no line holds more than maxLineBytes. Acks are no-ops: a file has no
+ * offsets to commit.
  */
 export class JsonlSource implements Source {
   sizeHint?: number;
@@ -54,17 +61,19 @@ export class JsonlSource implements Source {
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
     const { path } = this.options;
     const stream = this.options.stream ?? (path === '-' ? process.stdin : createReadStream(path));
-    const lines = createInterface({ input: stream, crlfDelay: Infinity });
     const size = this.options.batchSize ?? 64;
+    const maxLineBytes = this.options.maxLineBytes ?? PAIR_DEFAULTS.maxRecordBytes;
     let records: SourceRecord[] = [];
-    let line = 0;
     const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, ack: async () => {} });
     try {
-      for await (const text of lines) {
-        line++;
+      for await (const line of boundedLines(stream as AsyncIterable<Buffer>, maxLineBytes)) {
         if (signal.aborted) break;
-        if (text.trim() === '') continue;
-        records.push({ raw: text, origin: { kind: 'file', path, line } });
+        if (line.size <= maxLineBytes && isBlank(line.bytes)) continue;
+        records.push({
+          raw: line.bytes,
+          origin: { kind: 'file', path, line: line.number },
+          ...(line.size > line.bytes.length ? { size: line.size } : {}),
+        });
         if (records.length >= size) {
           yield batch(records);
           records = [];
@@ -72,7 +81,6 @@ export class JsonlSource implements Source {
       }
       if (records.length > 0 && !signal.aborted) yield batch(records);
     } finally {
-      lines.close();
       if (stream !== process.stdin) stream.destroy();
     }
   }
