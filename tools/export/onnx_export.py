@@ -11,6 +11,7 @@ import onnx
 import torch
 from torch.export import Dim
 
+import fused_ops
 from llava_model import DecoderGraph, EmbedTokensGraph, LlavaModel, VisionEncoderGraph
 
 ONNX_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -48,6 +49,7 @@ def _export(module, args, path, input_names, output_names, dynamic_shapes) -> li
             dynamic_shapes=dynamic_shapes,
             optimize=True,
             verbose=False,
+            custom_translation_table=fused_ops.TRANSLATIONS,
         )
     return _save(program, path)
 
@@ -56,8 +58,11 @@ def kv_names(n_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
 
 
-def export_all(model: LlavaModel, out_dir: str, dtype: str) -> list[str]:
-    """Writes onnx/{vision_encoder,embed_tokens,decoder_model_merged}{suffix}.onnx; returns the paths written."""
+def export_all(model: LlavaModel, out_dir: str, dtype: str, fused_attention: bool = True) -> list[str]:
+    """Writes onnx/{vision_encoder,embed_tokens,decoder_model_merged}{suffix}.onnx; returns the paths written.
+
+    fused_attention: the decoder's attention as com.microsoft.MultiHeadAttention (onnxruntime only); False keeps
+    standard ONNX ops (for other runtimes)."""
     os.makedirs(os.path.join(out_dir, "onnx"), exist_ok=True)
     tdtype = ONNX_DTYPES[dtype]
     # A copy for other dtypes: casting the caller's model down and back would round its weights.
@@ -90,7 +95,7 @@ def export_all(model: LlavaModel, out_dir: str, dtype: str) -> list[str]:
         ({0: batch, 1: seq},),
     )
 
-    dec = DecoderGraph(m).eval()
+    dec = DecoderGraph(m, fused_attention=fused_attention).eval()
     n_layers = len(dec.layers)
     past_len, s = 3, 5
     hidden = m.lm.config.hidden_size
