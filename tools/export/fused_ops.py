@@ -1,4 +1,5 @@
-"""onnxruntime's fused attention, as a torch custom op the dynamo exporter lowers to com.microsoft.MultiHeadAttention.
+"""onnxruntime's fused operators as torch custom ops that the dynamo exporter lowers to com.microsoft nodes:
+MultiHeadAttention and RotaryEmbedding.
 
 The decoder keeps its explicit KV cache (past + new keys concatenated in the graph, presents returned as they are):
 only the attention itself (QK^T, scale, additive mask bias, softmax, x V) becomes one node, fed the full keys and
@@ -37,6 +38,21 @@ _MHA_SCHEMA = OpSchema(
     ],
 )
 _MHA = onnxscript.values.Op(_MSFT, "MultiHeadAttention", _MHA_SCHEMA)
+_ROTARY_SCHEMA = OpSchema(
+    "RotaryEmbedding",
+    "com.microsoft",
+    1,
+    inputs=[
+        OpSchema.FormalParameter("input", "T"),
+        OpSchema.FormalParameter("position_ids", "M"),
+        OpSchema.FormalParameter("cos_cache", "T"),
+        OpSchema.FormalParameter("sin_cache", "T"),
+    ],
+    outputs=[OpSchema.FormalParameter("output", "T")],
+    type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int64)"], "")],
+    attributes=[OpSchema.Attribute("interleaved", OpSchema.AttrType.INT, "")],
+)
+_ROTARY = onnxscript.values.Op(_MSFT, "RotaryEmbedding", _ROTARY_SCHEMA)
 
 
 @torch.library.custom_op("mlmf::attention", mutates_args=())
@@ -62,5 +78,25 @@ def _attention_onnx(query, key, value, bias, num_heads: int, scale: float):
     return _MHA(query, key, value, None, None, bias, num_heads=num_heads, scale=scale)
 
 
+@torch.library.custom_op("mlmf::rotary", mutates_args=())
+def rotary(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, rotate-half (non-interleaved) form, of x [B, N, S, D] at position_ids [B, S], from
+    caches [max_positions, D/2]: x * cos + rotate_half(x) * sin, as transformers' Qwen2 and LLaMA apply it."""
+    cos = torch.cat([cos_cache[position_ids], cos_cache[position_ids]], dim=-1)[:, None]
+    sin = torch.cat([sin_cache[position_ids], sin_cache[position_ids]], dim=-1)[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@rotary.register_fake
+def _(x, position_ids, cos_cache, sin_cache):
+    return torch.empty_like(x)
+
+
+def _rotary_onnx(x, position_ids, cos_cache, sin_cache):
+    return _ROTARY(x, position_ids, cos_cache, sin_cache, interleaved=0)
+
+
 # Passed to torch.onnx.export(custom_translation_table=...).
-TRANSLATIONS = {torch.ops.mlmf.attention.default: _attention_onnx}
+TRANSLATIONS = {torch.ops.mlmf.attention.default: _attention_onnx, torch.ops.mlmf.rotary.default: _rotary_onnx}

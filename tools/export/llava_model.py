@@ -28,6 +28,9 @@ from transformers import (
 import fused_ops
 from prompts import IMAGE_TOKEN_INDEX
 
+# Rows of the fused rotary embedding's cos/sin tables (positions the exported decoder accepts).
+ROTARY_MAX_POSITIONS = 4096
+
 
 class AvgPoolProjector(nn.Module):
     """`aapool_mlp`: parameter names match LLaVA-Unified (`mlp_projector.0`, `mlp_projector.2`)."""
@@ -248,7 +251,8 @@ class DecoderGraph(nn.Module):
 
     def __init__(self, model: LlavaModel, fused_attention: bool = True):
         super().__init__()
-        # True: attention as one com.microsoft.MultiHeadAttention node (fused_ops.py); False: plain ONNX ops.
+        # True: attention and rotary embedding as com.microsoft MultiHeadAttention / RotaryEmbedding nodes
+        # (fused_ops.py); False: plain ONNX ops.
         self.fused_attention = fused_attention
         lm = model.lm
         cfg = lm.config
@@ -265,6 +269,12 @@ class DecoderGraph(nn.Module):
             raise NotImplementedError(f"rope_type {rope.get('rope_type')} is not supported by the exporter")
         inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
+        # The fused RotaryEmbedding reads cos/sin from tables indexed by position. The scorer's positions stay under
+        # ~2.7k (prompts truncated to 2040 ids as the reference does, plus image tokens and a few digits).
+        self.rotary_positions = min(int(cfg.max_position_embeddings), ROTARY_MAX_POSITIONS)
+        table = torch.arange(self.rotary_positions, dtype=torch.float32)[:, None] * inv[None, :]
+        self.register_buffer("cos_table", table.cos(), persistent=False)
+        self.register_buffer("sin_table", table.sin(), persistent=False)
 
     def _rms(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -283,10 +293,13 @@ class DecoderGraph(nn.Module):
         k_idx = torch.arange(total, device=inputs_embeds.device)
         allowed = (k_idx[None, :] <= q_idx[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
 
-        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos = emb.cos().to(dtype)[:, None]
-        sin = emb.sin().to(dtype)[:, None]
+        if self.fused_attention:
+            cos_table, sin_table = self.cos_table.to(dtype), self.sin_table.to(dtype)
+        else:
+            freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
+            emb = torch.cat([freqs, freqs], dim=-1)
+            cos = emb.cos().to(dtype)[:, None]
+            sin = emb.sin().to(dtype)[:, None]
         scale = self.head_dim**-0.5
         rep = self.n_heads // self.n_kv
         neg = torch.finfo(dtype).min
@@ -302,8 +315,12 @@ class DecoderGraph(nn.Module):
             q = attn.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if self.fused_attention:
+                q = fused_ops.rotary(q, position_ids, cos_table, sin_table)
+                k = fused_ops.rotary(k, position_ids, cos_table, sin_table)
+            else:
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
             k = torch.cat([past[2 * i], k], dim=2)
             v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
