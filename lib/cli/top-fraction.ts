@@ -106,7 +106,9 @@ export async function applyTopFraction(
         const o = stagedOutcome(r.raw as RawSample);
         const score = o.scores[options.metric] ?? -1;
         const expected = o.expected?.[options.metric] ?? score;
-        const keep = score > cutoff.score || (score === cutoff.score && expected >= cutoff.expected);
+        // The ranking kept float32 values: compare at that precision, or the pair at the cutoff can fall below its own
+        // rounded value and be dropped.
+        const keep = score > cutoff.score || (score === cutoff.score && Math.fround(expected) >= cutoff.expected);
         if (keep) return o;
         return {
           ...o,
