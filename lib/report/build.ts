@@ -159,6 +159,9 @@ export async function collectReport(options: ReportOptions): Promise<ReportData>
           ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
           : null;
         if (!e) return collector.malformed();
+        // With the accepted topic read too, it is the one source of accepts: an audit topic that also logs accepts
+        // would repeat them, possibly further apart than the dedupe window remembers.
+        if (input.acceptedTopic && m.kind === 'audit' && e.decision === 'accept') return;
         if (e.ts === undefined && Number.isFinite(m.timestamp)) e.ts = m.timestamp;
         collector.add(e);
       },

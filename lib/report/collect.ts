@@ -1,7 +1,8 @@
 /**
  * Gathers what the report shows from audit events (rejects.jsonl, an audit topic) and curated shards (accepted
- * samples' `<key>.json`, read by the `.index.json` offsets without scanning the tar). Bounded memory apart from the
- * timeline, which keeps two numbers per event: counts and histograms are fixed-size, the gallery is a reservoir.
+ * samples' `<key>.json`, read by the `.index.json` offsets without scanning the tar). Bounded memory whatever the
+ * input size: counts and histograms are fixed-size, the gallery is a reservoir, the timeline is a fixed number of
+ * cells that coarsen as the axis grows, and the dedupe set keeps the most recent ids only.
  */
 import type { MetricShort } from '../types.ts';
 import { METRICS } from '../types.ts';
@@ -140,6 +141,69 @@ export interface CollectorOptions {
   readonly timelineBuckets?: number;
 }
 
+/** Most recent ids remembered for dedupe: redeliveries (at-least-once sources) arrive close to the original. */
+export const DEDUPE_CAPACITY = 200_000;
+/** Cells of the streaming timeline axis; the final buckets (<= 40) are drawn from them. */
+const TIMELINE_CELLS = 4096;
+
+/**
+ * Accept/reject counts along one axis (time or input position) in at most `maxCells` cells: a cell is
+ * [k * width, (k + 1) * width); when there are too many, the width doubles and neighbouring cells merge. Integer
+ * axes spanning fewer than `maxCells` units stay exact.
+ */
+export class StreamingAxis {
+  private cells = new Map<number, [number, number]>();
+  private width = 1;
+  lo = Infinity;
+  hi = -Infinity;
+  count = 0;
+
+  constructor(private readonly maxCells = TIMELINE_CELLS) {}
+
+  add(x: number, accept: boolean): void {
+    this.count++;
+    if (x < this.lo) this.lo = x;
+    if (x > this.hi) this.hi = x;
+    const k = Math.floor(x / this.width);
+    const cell = this.cells.get(k) ?? [0, 0];
+    cell[accept ? 0 : 1]++;
+    this.cells.set(k, cell);
+    while (this.cells.size > this.maxCells) this.coarsen();
+  }
+
+  private coarsen(): void {
+    this.width *= 2;
+    const merged = new Map<number, [number, number]>();
+    for (const [k, [a, r]] of this.cells) {
+      const key = Math.floor(k / 2);
+      const cell = merged.get(key) ?? [0, 0];
+      cell[0] += a;
+      cell[1] += r;
+      merged.set(key, cell);
+    }
+    this.cells = merged;
+  }
+
+  /** `n` equal buckets over [lo, hi]; each cell counts in the bucket of its start (clamped into [lo, hi]). */
+  buckets(n: number): TimelineBucket[] {
+    const { lo, hi } = this;
+    const width = hi > lo ? (hi - lo) / n : 1;
+    const out: TimelineBucket[] = Array.from({ length: n }, (_, i) => ({
+      start: lo + i * width,
+      end: lo + (i + 1) * width,
+      accepted: 0,
+      rejected: 0,
+    }));
+    for (const [k, [a, r]] of this.cells) {
+      const x = Math.min(hi, Math.max(lo, k * this.width));
+      const b = out[Math.min(n - 1, Math.floor((x - lo) / width))]!;
+      b.accepted += a;
+      b.rejected += r;
+    }
+    return out;
+  }
+}
+
 export class ReportCollector {
   private readonly sampleSize: number;
   private readonly maxBuckets: number;
@@ -158,9 +222,9 @@ export class ReportCollector {
   );
   private readonly reservoir = { accept: [] as ReportEvent[], reject: [] as ReportEvent[] };
   private readonly rand = prng(0x5eed);
-  private readonly ts: number[] = [];
-  private readonly pos: number[] = [];
-  private readonly dec: number[] = [];
+  private readonly ts = new StreamingAxis();
+  private readonly pos = new StreamingAxis();
+  private events = 0;
   private allTs = true;
   private allPos = true;
   readonly notes: string[] = [];
@@ -181,6 +245,7 @@ export class ReportCollector {
       return;
     }
     this.seen.add(e.id);
+    if (this.seen.size > DEDUPE_CAPACITY) this.seen.delete(this.seen.values().next().value!);
     const accept = e.decision === 'accept';
     if (accept) this.accepted++;
     else {
@@ -205,11 +270,11 @@ export class ReportCollector {
         h.sumR += v;
       }
     }
+    this.events++;
     if (e.ts === undefined) this.allTs = false;
+    else if (this.allTs) this.ts.add(e.ts, accept);
     if (e.position === undefined) this.allPos = false;
-    this.ts.push(e.ts ?? NaN);
-    this.pos.push(e.position ?? NaN);
-    this.dec.push(accept ? 1 : 0);
+    else if (this.allPos) this.pos.add(e.position, accept);
     // Reservoir sampling (algorithm R): a uniform sample of each decision whatever the input size.
     const pool = this.reservoir[e.decision];
     const n = accept ? this.accepted : this.rejected;
@@ -221,9 +286,9 @@ export class ReportCollector {
   }
 
   private timeline(): ReportData['timeline'] {
-    const axis = this.dec.length === 0 ? null : this.allTs ? 'time' : this.allPos ? 'position' : null;
+    const axis = this.events === 0 ? null : this.allTs ? 'time' : this.allPos ? 'position' : null;
     if (!axis) {
-      if (this.dec.length) {
+      if (this.events) {
         this.notes.push(
           'Accept rate over time is not shown: some events carry neither a time nor an input position ' +
             '(curated samples have no time; WebDataset inputs have no line number).',
@@ -232,27 +297,9 @@ export class ReportCollector {
       return { axis: null, buckets: [] };
     }
     const xs = axis === 'time' ? this.ts : this.pos;
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const x of xs) {
-      if (x < lo) lo = x;
-      if (x > hi) hi = x;
-    }
     // At least ~10 events per bucket, else the rate line is noise (0 % / 100 % spikes).
-    const n = hi > lo ? Math.max(1, Math.min(this.maxBuckets, Math.floor(xs.length / 10))) : 1;
-    const width = hi > lo ? (hi - lo) / n : 1;
-    const buckets: TimelineBucket[] = Array.from({ length: n }, (_, i) => ({
-      start: lo + i * width,
-      end: lo + (i + 1) * width,
-      accepted: 0,
-      rejected: 0,
-    }));
-    xs.forEach((x, i) => {
-      const b = buckets[Math.min(n - 1, Math.floor((x - lo) / width))]!;
-      if (this.dec[i]) b.accepted++;
-      else b.rejected++;
-    });
-    return { axis, buckets };
+    const n = xs.hi > xs.lo ? Math.max(1, Math.min(this.maxBuckets, Math.floor(xs.count / 10))) : 1;
+    return { axis, buckets: xs.buckets(n) };
   }
 
   /** The collected numbers; `samples` still need thumbnails (see build.ts). */

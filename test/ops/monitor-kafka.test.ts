@@ -191,6 +191,8 @@ test(
         topic: accepted,
         messages: Array.from({ length: 10 }, (_, i) => ({ key: `a${i}`, value: event(`a${i}`, 'accept', 95) })),
       });
+      // An audit topic that logs accepts too (MLMF audit decisions incl. 'accept'): the accepted topic counts them.
+      await producer.send({ topic: audit, messages: [{ key: 'a0', value: event('a0', 'accept', 95) }] });
       const out = join(dir, 'r.html');
       const data = await writeReport({
         input: {
