@@ -1,5 +1,6 @@
 import type { MetricShort, Outcome } from '../types.ts';
 import { METRICS } from '../types.ts';
+import { ReasonTally } from '../policy/reason-tally.ts';
 
 /** Quantiles reported per metric in summary.json. */
 const QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95] as const;
@@ -28,7 +29,7 @@ export class SummaryCollector {
   records = 0;
   accepted = 0;
   rejected = 0;
-  readonly reasons = new Map<string, number>();
+  private readonly tally = new ReasonTally();
   private readonly histograms = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
   private readonly startedAt = Date.now();
 
@@ -36,9 +37,7 @@ export class SummaryCollector {
     this.records++;
     if (outcome.decision === 'accept') this.accepted++;
     else this.rejected++;
-    for (const code of new Set(outcome.reasons.map((r) => r.code))) {
-      this.reasons.set(code, (this.reasons.get(code) ?? 0) + 1);
-    }
+    this.tally.add(outcome.reasons);
     for (const [metric, score] of Object.entries(outcome.scores) as [MetricShort, number][]) {
       if (Number.isFinite(score)) this.histograms.get(metric)![Math.max(0, Math.min(100, Math.round(score)))]!++;
     }
@@ -75,7 +74,7 @@ export class SummaryCollector {
     return {
       records: this.records,
       decisions: { accept: this.accepted, reject: this.rejected },
-      reasons: Object.fromEntries([...this.reasons].sort((a, b) => b[1] - a[1])),
+      reasons: Object.fromEntries([...this.tally.byCode].sort((a, b) => b[1] - a[1])),
       scores,
       elapsedSeconds: Number(this.elapsedSeconds.toFixed(3)),
       pairsPerSecond: Number(this.pairsPerSecond.toFixed(2)),

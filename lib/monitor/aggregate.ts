@@ -5,6 +5,7 @@
  */
 import type { MetricShort } from '../types.ts';
 import { METRICS } from '../types.ts';
+import { ReasonTally } from '../policy/reason-tally.ts';
 
 /** Which topic an event came from: the audit topic (rejects, and accepts when audited) or the accepted topic. */
 export type EventKind = 'audit' | 'accepted';
@@ -125,8 +126,7 @@ export class MonitorAggregator {
   private duplicates = 0;
   private malformed = 0;
   private lastTs = -Infinity;
-  private readonly reasons = new Map<string, number>();
-  private readonly belowBy = new Map<string, number>();
+  private readonly tally = new ReasonTally();
   private readonly hist = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
   /** Per-second buckets of the window: second -> [accepted, rejected]. */
   private readonly perSecond = new Map<number, [number, number]>();
@@ -150,12 +150,7 @@ export class MonitorAggregator {
     if (accept) this.accepted++;
     else {
       this.rejected++;
-      for (const code of new Set(e.reasons.map((r) => r.code)))
-        this.reasons.set(code, (this.reasons.get(code) ?? 0) + 1);
-      for (const r of e.reasons) {
-        const metric = r.code === 'below_threshold' ? r.detail?.metric : undefined;
-        if (typeof metric === 'string') this.belowBy.set(metric, (this.belowBy.get(metric) ?? 0) + 1);
-      }
+      this.tally.add(e.reasons);
     }
     for (const { short } of METRICS) {
       const v = e.scores[short];
@@ -217,10 +212,10 @@ export class MonitorAggregator {
       acceptsVisible,
       duplicates: this.duplicates,
       malformed: this.malformed,
-      reasons: [...this.reasons]
+      reasons: [...this.tally.byCode]
         .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
         .map(([code, count]) => ({ code, count, share: this.rejected ? count / this.rejected : 0 })),
-      belowThresholdByMetric: Object.fromEntries([...this.belowBy].sort((a, b) => b[1] - a[1])),
+      belowThresholdByMetric: Object.fromEntries([...this.tally.belowThresholdByMetric].sort((a, b) => b[1] - a[1])),
       scores,
       window: {
         seconds: this.windowSeconds,

@@ -6,6 +6,7 @@
  */
 import type { MetricShort } from '../types.ts';
 import { METRICS } from '../types.ts';
+import { ReasonTally } from '../policy/reason-tally.ts';
 
 export const BINS = 10;
 
@@ -212,8 +213,7 @@ export class ReportCollector {
   private rejected = 0;
   private duplicates = 0;
   private malformedCount = 0;
-  private readonly reasons = new Map<string, number>();
-  private readonly belowBy = new Map<string, number>();
+  private readonly tally = new ReasonTally();
   private readonly hist = new Map<MetricShort, { accepted: number[]; rejected: number[]; sumA: number; sumR: number }>(
     METRICS.map((m) => [
       m.short,
@@ -250,12 +250,7 @@ export class ReportCollector {
     if (accept) this.accepted++;
     else {
       this.rejected++;
-      for (const code of new Set(e.reasons.map((r) => r.code)))
-        this.reasons.set(code, (this.reasons.get(code) ?? 0) + 1);
-      for (const r of e.reasons) {
-        const m = r.code === 'below_threshold' ? r.detail?.metric : undefined;
-        if (typeof m === 'string') this.belowBy.set(m, (this.belowBy.get(m) ?? 0) + 1);
-      }
+      this.tally.add(e.reasons);
     }
     for (const { short } of METRICS) {
       const v = e.scores[short];
@@ -330,10 +325,10 @@ export class ReportCollector {
       },
       acceptRate:
         events && this.accepted > 0 ? this.accepted / events : events ? (this.sawAcceptSource ? 0 : null) : null,
-      reasons: [...this.reasons]
+      reasons: [...this.tally.byCode]
         .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
         .map(([code, count]) => ({ code, count, share: this.rejected ? count / this.rejected : 0 })),
-      belowThresholdByMetric: Object.fromEntries([...this.belowBy].sort((a, b) => b[1] - a[1])),
+      belowThresholdByMetric: Object.fromEntries([...this.tally.belowThresholdByMetric].sort((a, b) => b[1] - a[1])),
       histograms,
       timeline: this.timeline(),
       samples: { accepted: [...this.reservoir.accept].sort(byId), rejected: [...this.reservoir.reject].sort(byId) },
