@@ -16,43 +16,45 @@ import torch
 from onnx.defs import OpSchema
 
 _MSFT = onnxscript.values.Opset("com.microsoft", 1)
-_OPTIONAL = OpSchema.FormalParameterOption.Optional
-# The onnx package does not know onnxruntime's contrib schemas; this is the subset of inputs used here.
-_MHA_SCHEMA = OpSchema(
+_FLOATS = ["tensor(float)", "tensor(float16)"]
+
+
+def _contrib_op(name: str, inputs: list[tuple[str, str, bool]], index_type: str, attributes: dict[str, OpSchema.AttrType]):
+    """An onnxscript op for an onnxruntime contrib operator. The onnx package does not know those schemas; each is
+    declared with the subset of inputs used here: (name, type var, optional); T = float/float16, M = index_type."""
+    optional = OpSchema.FormalParameterOption.Optional
+    single = OpSchema.FormalParameterOption.Single
+    schema = OpSchema(
+        name,
+        "com.microsoft",
+        1,
+        inputs=[OpSchema.FormalParameter(n, t, param_option=optional if opt else single) for n, t, opt in inputs],
+        outputs=[OpSchema.FormalParameter("output", "T")],
+        type_constraints=[("T", _FLOATS, ""), ("M", [index_type], "")],
+        attributes=[OpSchema.Attribute(a, kind, "") for a, kind in attributes.items()],
+    )
+    return onnxscript.values.Op(_MSFT, name, schema)
+
+
+_MHA = _contrib_op(
     "MultiHeadAttention",
-    "com.microsoft",
-    1,
-    inputs=[
-        OpSchema.FormalParameter("query", "T"),
-        OpSchema.FormalParameter("key", "T"),
-        OpSchema.FormalParameter("value", "T"),
-        OpSchema.FormalParameter("bias", "T", param_option=_OPTIONAL),
-        OpSchema.FormalParameter("key_padding_mask", "M", param_option=_OPTIONAL),
-        OpSchema.FormalParameter("attention_bias", "T", param_option=_OPTIONAL),
+    [
+        ("query", "T", False),
+        ("key", "T", False),
+        ("value", "T", False),
+        ("bias", "T", True),
+        ("key_padding_mask", "M", True),
+        ("attention_bias", "T", True),
     ],
-    outputs=[OpSchema.FormalParameter("output", "T")],
-    type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
-    attributes=[
-        OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, ""),
-        OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, ""),
-    ],
+    "tensor(int32)",
+    {"num_heads": OpSchema.AttrType.INT, "scale": OpSchema.AttrType.FLOAT},
 )
-_MHA = onnxscript.values.Op(_MSFT, "MultiHeadAttention", _MHA_SCHEMA)
-_ROTARY_SCHEMA = OpSchema(
+_ROTARY = _contrib_op(
     "RotaryEmbedding",
-    "com.microsoft",
-    1,
-    inputs=[
-        OpSchema.FormalParameter("input", "T"),
-        OpSchema.FormalParameter("position_ids", "M"),
-        OpSchema.FormalParameter("cos_cache", "T"),
-        OpSchema.FormalParameter("sin_cache", "T"),
-    ],
-    outputs=[OpSchema.FormalParameter("output", "T")],
-    type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int64)"], "")],
-    attributes=[OpSchema.Attribute("interleaved", OpSchema.AttrType.INT, "")],
+    [("input", "T", False), ("position_ids", "M", False), ("cos_cache", "T", False), ("sin_cache", "T", False)],
+    "tensor(int64)",
+    {"interleaved": OpSchema.AttrType.INT},
 )
-_ROTARY = onnxscript.values.Op(_MSFT, "RotaryEmbedding", _ROTARY_SCHEMA)
 
 
 @torch.library.custom_op("mlmf::attention", mutates_args=())
