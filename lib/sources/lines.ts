@@ -34,7 +34,8 @@ export async function* boundedLines(chunks: AsyncIterable<Buffer | string>, maxL
   const finish = (): Line => {
     let bytes = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, kept);
     let full = size;
-    if (full <= maxLineBytes && bytes.length > 0 && bytes[bytes.length - 1] === CR) {
+    // A CRLF line's \r is dropped when the line was kept whole (a line of exactly maxLineBytes + \r included).
+    if (bytes.length === full && bytes.length > 0 && bytes[bytes.length - 1] === CR) {
       bytes = bytes.subarray(0, bytes.length - 1);
       full--;
     }

@@ -46,6 +46,17 @@ test('a line over the cap keeps only cap + 1 bytes and reports its full size', a
   );
 });
 
+test('a CRLF line of exactly the cap is kept whole, one byte more is refused by size', async () => {
+  const lines = await collect(boundedLines(chunked('aaaa\r\nbbbbb\r\n', 3), 4));
+  assert.deepEqual(
+    lines.map((l) => [l.bytes.toString(), l.size]),
+    [
+      ['aaaa', 4],
+      ['bbbbb', 6],
+    ],
+  );
+});
+
 test('memory stays bounded while a huge line without newlines streams through', async () => {
   const chunk = Buffer.alloc(1 << 20, 0x61); // 1 MiB of 'a'
   async function* huge(): AsyncIterable<Buffer> {
