@@ -270,8 +270,9 @@ class DecoderGraph(nn.Module):
         inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
         # The fused RotaryEmbedding reads cos/sin from tables indexed by position. The scorer's positions stay under
-        # ~2.7k (prompts truncated to 2040 ids as the reference does, plus image tokens and a few digits).
-        self.rotary_positions = min(int(cfg.max_position_embeddings), ROTARY_MAX_POSITIONS)
+        # ~2.7k (prompts truncated to 2040 ids as the reference does, plus image tokens and a few digits); a fixed
+        # table length, not the config's max_position_embeddings, so no checkpoint can make a long caption fail.
+        self.rotary_positions = ROTARY_MAX_POSITIONS
         table = torch.arange(self.rotary_positions, dtype=torch.float32)[:, None] * inv[None, :]
         self.register_buffer("cos_table", table.cos(), persistent=False)
         self.register_buffer("sin_table", table.sin(), persistent=False)
