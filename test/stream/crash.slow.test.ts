@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { CreateQueueCommand, SendMessageBatchCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { Admin, Kafka } from 'kafkajs';
@@ -24,16 +24,15 @@ import {
   createBucket,
   createTopics,
   curatedIds,
-  kafkaClient,
   makeRecords,
   needServices,
   produce,
   queueEmpty,
   readTopic,
-  s3Client,
   tally,
   uniq,
   waitFor,
+  useServiceClients,
 } from './helpers.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3', 'sqs') : 'slow suite: set MLMF_SLOW=1';
@@ -96,16 +95,7 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
   let s3: S3Client;
-  before(async () => {
-    kafka = kafkaClient();
-    admin = kafka.admin();
-    await admin.connect();
-    s3 = s3Client();
-  });
-  after(async () => {
-    await admin?.disconnect();
-    s3?.destroy();
-  });
+  useServiceClients((c) => ({ kafka, admin, s3 } = c));
 
   it('Kafka: every id exactly once across curated shards and the audit topic', async () => {
     const t = uniq('crash');

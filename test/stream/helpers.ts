@@ -5,6 +5,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
+import { after, before } from 'node:test';
 import {
   CreateBucketCommand,
   GetObjectCommand,
@@ -187,6 +188,35 @@ export async function waitFor(what: string, cond: () => Promise<boolean>, timeou
 
 export function s3Client(): S3Client {
   return new S3Client({ region: REGION, credentials: CREDENTIALS, endpoint: S3_ENDPOINT, forcePathStyle: true });
+}
+
+/** A Kafka client with a connected admin and an S3 client, as most stream tests need them. */
+export interface ServiceClients {
+  readonly kafka: Kafka;
+  readonly admin: Admin;
+  readonly s3: S3Client;
+}
+
+export async function openServiceClients(): Promise<ServiceClients> {
+  const kafka = kafkaClient();
+  const admin = kafka.admin();
+  await admin.connect();
+  return { kafka, admin, s3: s3Client() };
+}
+
+export async function closeServiceClients(c: ServiceClients | undefined): Promise<void> {
+  await c?.admin.disconnect();
+  c?.s3.destroy();
+}
+
+/** Opens the clients before the enclosing describe's tests (handing them to `receive`) and closes them after. */
+export function useServiceClients(receive: (c: ServiceClients) => void): void {
+  let clients: ServiceClients | undefined;
+  before(async () => {
+    clients = await openServiceClients();
+    receive(clients);
+  });
+  after(() => closeServiceClients(clients));
 }
 
 export async function createBucket(s3: S3Client, bucket: string): Promise<void> {

@@ -3,7 +3,7 @@
  * (bash scripts/services.sh up). Scores come from FastScorer (see helpers.ts); images go through the real intake.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { runWorker } from '../../functions/worker/main.ts';
@@ -16,16 +16,15 @@ import {
   createTopics,
   curatedIds,
   getJson,
-  kafkaClient,
   listAll,
   makeRecords,
   needServices,
   produce,
   readTopic,
-  s3Client,
   tally,
   uniq,
   waitFor,
+  useServiceClients,
 } from './helpers.ts';
 
 const skip = await needServices('kafka', 's3');
@@ -34,16 +33,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
   let s3: S3Client;
-  before(async () => {
-    kafka = kafkaClient();
-    admin = kafka.admin();
-    await admin.connect();
-    s3 = s3Client();
-  });
-  after(async () => {
-    await admin?.disconnect();
-    s3?.destroy();
-  });
+  useServiceClients((c) => ({ kafka, admin, s3 } = c));
 
   it('stores every accept once in shards, every reject once on the audit topic, poison to the DLQ, commits all', async () => {
     const t = uniq('in');

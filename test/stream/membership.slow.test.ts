@@ -12,23 +12,21 @@ import {
   committedTotal,
   createBucket,
   createTopics,
-  kafkaClient,
   makeRecords,
   needServices,
   produce,
-  s3Client,
   uniq,
   waitFor,
+  openServiceClients,
+  closeServiceClients,
 } from './helpers.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
 
 describe('long scoring', { skip }, () => {
   it('keeps its membership while a batch scores for longer than the session timeout (heartbeats go on)', async () => {
-    const kafka = kafkaClient();
-    const admin = kafka.admin();
-    await admin.connect();
-    const s3 = s3Client();
+    const clients = await openServiceClients();
+    const { kafka, admin, s3 } = clients;
     const t = uniq('slowscore');
     const bucket = uniq('curated');
     const groupId = `${t}-group`;
@@ -74,7 +72,6 @@ describe('long scoring', { skip }, () => {
       [],
       'no rebalance: the member stayed in the group',
     );
-    await admin.disconnect();
-    s3.destroy();
+    await closeServiceClients(clients);
   });
 });

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Admin, Kafka } from 'kafkajs';
 import { runWorker } from '../../functions/worker/main.ts';
@@ -18,15 +18,14 @@ import {
   createBucket,
   createTopics,
   curatedIds,
-  kafkaClient,
   makeRecords,
   needServices,
   produce,
   readTopic,
-  s3Client,
   tally,
   uniq,
   waitFor,
+  useServiceClients,
 } from './helpers.ts';
 
 const PID_FILE = new URL('../../.services/moto/pid', import.meta.url);
@@ -38,16 +37,7 @@ describe('S3 outage', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
   let s3: S3Client;
-  before(async () => {
-    kafka = kafkaClient();
-    admin = kafka.admin();
-    await admin.connect();
-    s3 = s3Client();
-  });
-  after(async () => {
-    await admin?.disconnect();
-    s3?.destroy();
-  });
+  useServiceClients((c) => ({ kafka, admin, s3 } = c));
 
   it('commits nothing while S3 is down, loses nothing, resumes when it is back', async () => {
     const t = uniq('outage');

@@ -13,7 +13,6 @@ import {
   createBucket,
   createTopics,
   curatedIds,
-  kafkaClient,
   makeRecords,
   needServices,
   produce,
@@ -22,16 +21,16 @@ import {
   tally,
   uniq,
   waitFor,
+  openServiceClients,
+  closeServiceClients,
 } from './helpers.ts';
 
 const skip = await needServices('kafka', 's3');
 
 describe('consumer group rebalance', { skip }, () => {
   it('revokes in-flight work on rebalance and still stores every id exactly once', async () => {
-    const kafka = kafkaClient();
-    const admin = kafka.admin();
-    await admin.connect();
-    const s3 = s3Client();
+    const clients = await openServiceClients();
+    const { kafka, admin, s3 } = clients;
     const t = uniq('rebal');
     const audit = `${t}-audit`;
     const bucket = uniq('curated');
@@ -72,8 +71,7 @@ describe('consumer group rebalance', { skip }, () => {
       stopB.abort();
     }
     const [ra, rb] = await Promise.all([a, b!]);
-    await admin.disconnect();
-    s3.destroy();
+    await closeServiceClients(clients);
     assert.ok(rb.stats.records > 0, 'the second worker took over partitions');
     assert.ok(
       warnings.some((w) => /revoked/.test(w)),

@@ -4,13 +4,13 @@
  * staged messages never appear (read_committed).
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
 import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
 import type { Outcome } from '../../lib/types.ts';
-import { createTopics, kafkaClient, needServices, readTopic, uniq } from './helpers.ts';
+import { createTopics, needServices, readTopic, uniq, useServiceClients } from './helpers.ts';
 
 const skip = await needServices('kafka');
 const model = { name: 'm', revision: 'r' };
@@ -27,14 +27,7 @@ const reject = (topic: string, offset: number, caption: string): Outcome => ({
 describe('Kafka topic sinks', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
-  before(async () => {
-    kafka = kafkaClient();
-    admin = kafka.admin();
-    await admin.connect();
-  });
-  after(async () => {
-    await admin?.disconnect();
-  });
+  useServiceClients((c) => ({ kafka, admin } = c));
 
   it('sends an audit event over the size limit to the DLQ, the rest to the audit topic', async () => {
     const t = uniq('big');

@@ -18,15 +18,14 @@ import {
   createBucket,
   createTopics,
   curatedIds,
-  kafkaClient,
   makeRecords,
   needServices,
   queueEmpty,
   readTopic,
-  s3Client,
   tally,
   uniq,
   waitFor,
+  useServiceClients,
 } from './helpers.ts';
 
 const skip = await needServices('kafka', 's3', 'sqs');
@@ -36,18 +35,11 @@ describe('SQS source -> S3 curated + audit topic', { skip }, () => {
   let admin: Admin;
   let s3: S3Client;
   let sqs: SQSClient;
-  before(async () => {
-    kafka = kafkaClient();
-    admin = kafka.admin();
-    await admin.connect();
-    s3 = s3Client();
+  useServiceClients((c) => ({ kafka, admin, s3 } = c));
+  before(() => {
     sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
   });
-  after(async () => {
-    await admin?.disconnect();
-    s3?.destroy();
-    sqs?.destroy();
-  });
+  after(() => sqs?.destroy());
 
   for (const fifo of [false, true]) {
     it(`${fifo ? 'FIFO' : 'standard'} queue: accepts in shards, rejects on the audit topic, queue drained`, async () => {
