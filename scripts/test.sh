@@ -16,6 +16,11 @@ else
   fi
 fi
 
+# The native JPEG decoder's tests (test/intake/jpeg-native.test.ts) need the module: build it when missing or stale.
+if [ ! -f build/native/jpeg_prepare.node ] || [ lib/intake/native/jpeg_prepare.c -nt build/native/jpeg_prepare.node ]; then
+  bash scripts/build-native.sh
+fi
+
 started=0
 if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
   if ! bash scripts/services.sh status >/dev/null 2>&1; then

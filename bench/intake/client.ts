@@ -4,7 +4,8 @@
  * `release` = 1 hands each tensor back with intake.release() once read, as the pipeline does after scoring.
  * `decode` times sharp's plain JPEG decode to raw pixels only: the ceiling no preprocessing can beat.
  * `fetch` times the guarded HTTP fetch alone (no decode), for the fetch share of a pair.
- * Prints {pairs, wallMs, cpuMs, rejects}.
+ * env BENCH_JPEG_DECODER (auto|native|sharp) and BENCH_JPEG_DCT_SCALING (0|1) set the intake's JPEG options.
+ * Prints {pairs, wallMs, cpuMs, rejects, decoder}.
  */
 import http from 'node:http';
 import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from 'node:perf_hooks';
@@ -29,7 +30,14 @@ const SIGLIP: PreprocessSpec = {
   centerCrop: false,
   resample: 'bicubic',
 };
-const intake = new Intake({ allowAddresses: [`127.0.0.1:${port}`], perHostConcurrency: Number(inFlight) }, SIGLIP);
+const jpegOptions = {
+  ...(process.env.BENCH_JPEG_DECODER ? { jpegDecoder: process.env.BENCH_JPEG_DECODER as 'auto' } : {}),
+  ...(process.env.BENCH_JPEG_DCT_SCALING ? { jpegDctScaling: process.env.BENCH_JPEG_DCT_SCALING === '1' } : {}),
+};
+const intake = new Intake(
+  { allowAddresses: [`127.0.0.1:${port}`], perHostConcurrency: Number(inFlight), ...jpegOptions },
+  SIGLIP,
+);
 // run.ts may run this client against an earlier lib/intake (BENCH_BASELINE) that has no release() and left the libvips
 // cache on; its own bench measured it with the cache off, and so does this one.
 const canRelease = typeof (intake as Partial<Intake>).release === 'function';

@@ -56,19 +56,36 @@ interface Run {
   readonly release?: boolean;
   /** Client script to run (a baseline copy for BENCH_BASELINE). */
   readonly client?: string;
+  /** Extra environment for the client (BENCH_JPEG_DECODER, BENCH_JPEG_DCT_SCALING). */
+  readonly env?: Record<string, string>;
 }
 const perCore = { cpu: 0, threads: 1, sharpConcurrency: 1 } as const;
+const native: Run = {
+  name: 'per core: fetch+decode+preprocess, tensors released',
+  ...perCore,
+  inFlight: 8,
+  source: 'url',
+  release: true,
+};
+const sharpOnly: Run = {
+  ...native,
+  name: 'per core: fetch+decode+preprocess, released, sharp JPEG decoder',
+  env: { BENCH_JPEG_DECODER: 'sharp' },
+};
 const runs: Run[] = [
+  // A-B-A-B: the native JPEG path (default) against sharp alone, so that load drift hits both alike
+  native,
+  sharpOnly,
+  { ...native },
+  { ...sharpOnly },
   {
-    name: 'per core: fetch+decode+preprocess, tensors released',
-    ...perCore,
-    inFlight: 8,
-    source: 'url',
-    release: true,
+    ...native,
+    name: 'per core: fetch+decode+preprocess, released, native without DCT scaling (PIL-exact tensors)',
+    env: { BENCH_JPEG_DCT_SCALING: '0' },
   },
   { name: 'per core: fetch+decode+preprocess, tensors not released', ...perCore, inFlight: 8, source: 'url' },
   { name: 'per core: decode+preprocess only, released', ...perCore, inFlight: 4, source: 'bytes', release: true },
-  { name: 'per core: JPEG decode only (ceiling)', ...perCore, inFlight: 4, source: 'decode' },
+  { name: 'per core: sharp JPEG decode only, no resize', ...perCore, inFlight: 4, source: 'decode' },
   { name: 'per core: guarded fetch only', ...perCore, inFlight: 8, source: 'fetch' },
   {
     name: `all ${cores} cores: fetch+decode+preprocess, released`,
@@ -89,7 +106,7 @@ if (baselineRef) {
   const tar = execFileSync('git', ['archive', baselineRef, 'lib/intake', 'lib/types.ts']);
   execFileSync('tar', ['-x', '-C', dir], { input: tar });
   copyFileSync('bench/intake/client.ts', `${dir}/bench/intake/client.ts`);
-  const base = runs[1]!;
+  const base = runs[5]!;
   const mine = runs[0]!;
   const label = `baseline ${baselineRef}`;
   const b = {
@@ -98,7 +115,7 @@ if (baselineRef) {
     client: `${dir}/bench/intake/client.ts`,
   };
   // A-B-A-B so that load drift on a shared machine hits both alike
-  runs.splice(0, 2, b, mine, { ...b }, { ...mine }, base);
+  runs.splice(0, 0, b, { ...mine }, { ...b }, { ...mine });
 }
 const results: {
   run: Run;
@@ -124,7 +141,7 @@ try {
     ];
     const [cmd, a] = pinned(run.cpu, args);
     const out = execFileSync(cmd, a, {
-      env: { ...process.env, UV_THREADPOOL_SIZE: String(run.threads) },
+      env: { ...process.env, ...run.env, UV_THREADPOOL_SIZE: String(run.threads) },
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -157,18 +174,21 @@ const rows = results.map(
     `${r.gcMsPerPair.toFixed(2)} | ${r.rejects} |`,
 );
 const table = [header, '|---|---:|---:|---:|---:|---:|', ...rows].join('\n');
-let comparison = '';
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+const cpuS = (pred: (r: Run) => boolean): number => mean(results.filter((r) => pred(r.run)).map((r) => r.pairsPerCpuS));
+const isMain = (r: Run): boolean => r.client === undefined && r.source === 'url' && r.release === true && r.cpu === 0;
+const nativeCpuS = cpuS((r) => isMain(r) && r.env === undefined);
+const sharpCpuS = cpuS((r) => isMain(r) && r.env?.BENCH_JPEG_DECODER === 'sharp');
+let comparison =
+  `Same run, per core, fetch+decode+preprocess, tensors released: native JPEG path ${nativeCpuS.toFixed(0)} pairs per ` +
+  `CPU-second vs sharp alone ${sharpCpuS.toFixed(0)} (${(nativeCpuS / sharpCpuS).toFixed(2)}x; mean of 2 interleaved runs each).`;
 if (baselineRef) {
-  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-  const cpuS = (pred: (r: Run) => boolean): number =>
-    mean(results.filter((r) => pred(r.run)).map((r) => r.pairsPerCpuS));
   const base = cpuS((r) => r.client !== undefined);
-  const mine = cpuS((r) => r.client === undefined && r.source === 'url' && r.release === true && r.cpu === 0);
-  comparison =
-    `Same run, per core, fetch+decode+preprocess: baseline ${baselineRef} ${base.toFixed(0)} pairs per CPU-second, ` +
-    `now ${mine.toFixed(0)} with tensors released (${(mine / base).toFixed(2)}x; mean of 2 interleaved runs each).`;
-  console.log(comparison);
+  comparison +=
+    ` Baseline ${baselineRef} (its own lib/intake): ${base.toFixed(0)} pairs per CPU-second; now ` +
+    `${(nativeCpuS / base).toFixed(2)}x that.`;
 }
+console.log(comparison);
 const context =
   `${PAIRS} pairs per run over ${IMAGES} distinct JPEGs (256-1024 px per side, quality 85, mean ` +
   `${(info.meanPixels / 1e6).toFixed(2)} MP, ${(info.meanBytes / 1024).toFixed(0)} KiB), SigLIP spec 384x384, ` +
@@ -190,7 +210,8 @@ if (!process.env.BENCH_NO_WRITE) {
     table,
     '',
     context,
-    ...(comparison ? ['', comparison] : []),
+    '',
+    comparison,
     '',
     '"Pairs per CPU-second" divides by the CPU time the client process used (main thread + libuv pool), so it is the',
     'per-core figure that survives a shared machine; "pairs/s (wall)" is what the pinned process achieved while other',

@@ -56,6 +56,10 @@ export interface ImageHeader {
   readonly width: number;
   readonly height: number;
   readonly hasAlpha: boolean;
+  /** EXIF orientation, 1 (as stored) to 8. */
+  readonly orientation: number;
+  /** libvips' interpretation of the stored pixels ('srgb', 'b-w', 'cmyk', ...). */
+  readonly space: string | undefined;
 }
 
 /**
@@ -107,7 +111,7 @@ export async function inspect(bytes: Buffer, limits: DecodeLimits): Promise<Imag
       max: limits.maxAspectRatio,
     });
   }
-  return { format, width, height, hasAlpha: meta.hasAlpha };
+  return { format, width, height, hasAlpha: meta.hasAlpha, orientation: meta.orientation ?? 1, space: meta.space };
 }
 
 /**

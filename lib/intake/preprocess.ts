@@ -65,7 +65,7 @@ export async function toPixelValues(
 const affineCache = new WeakMap<PreprocessSpec, Float32Array>();
 
 /** (v * rescale - mean) / std folded into v * scale + offset per channel. */
-function affine(spec: PreprocessSpec): Float32Array {
+export function affine(spec: PreprocessSpec): Float32Array {
   let a = affineCache.get(spec);
   if (!a) {
     a = new Float32Array(6);

@@ -1,0 +1,575 @@
+/*
+ * JPEG -> model input tensor in one native call, for the intake's common case (a JPEG without EXIF rotation).
+ *
+ * Why this exists: at 336-384 px model inputs, sharp spends ~3.2 ms decoding a typical crawled JPEG at full size and
+ * ~1.5 ms more resizing it, twice the intake's per-pair budget. libjpeg-turbo can decode straight to M/8 of the size
+ * (scaled IDCT), which sharp asks for only from a 3x reduction up, and no maintained Node binding exposes. This module
+ * decodes at the smallest M/8 that still covers the output footprint, resamples with Pillow's exact resampling
+ * arithmetic (the reference preprocessing is PIL: expand2square, then a bicubic resize), and writes the normalised
+ * float32 CHW tensor into the caller's array, all on the libuv pool.
+ *
+ * prepare(bytes, out, params) -> Promise<{ width, height, scaleNum }>
+ *   bytes   Buffer with the JPEG
+ *   out     Float32Array of 3 * size * size, written in full on success (untouched on failure)
+ *   params  Float64Array:
+ *           [0] size S          [1] mode (0 squash, 1 pad to square, 2 shortest edge + centre crop)
+ *           [2] filter (0 bicubic, 1 bilinear)
+ *           [3..5] pad colour r, g, b (mode 1)
+ *           [6..8] scale per channel, [9..11] offset per channel: out = px * scale + offset (as float32 values)
+ *           [12] resized width, [13] resized height (mode 2: the shortest-edge resize before the crop)
+ *           [14] minimum ratio of decoded size to output footprint (1 = smallest scale that does not upsample;
+ *                a value >= 8 or 0 disables DCT scaling, which makes the output PIL's to the bit)
+ *   width/height: the JPEG's size; scaleNum: the M of the M/8 decode scale used.
+ *
+ * Pillow's resampling, as reproduced here: separable, horizontal pass then vertical, each output pixel's taps from
+ * the filter stretched by max(scale, 1), weights normalised in double then rounded to 22-bit fixed point, 8-bit
+ * rounding (floor((sum + 2^21) / 2^22), clamped) after each pass. Padding is virtual: taps that fall on the pad take
+ * the pad colour, so the padded square is never materialised. At scale 8/8 the result equals PIL's
+ * resize(expand2square(img)) bit for bit (test/intake/native-parity.slow.test.ts); at M/8 < 8/8 the taps are laid
+ * on the decoded grid (libjpeg's scaled pixel i covers source pixels [8i/M, 8(i+1)/M)).
+ *
+ * Errors reject with an Error whose `code` is JPEG_TRUNCATED (premature end of data: libjpeg would fill the rest
+ * with grey), JPEG_UNSUPPORTED (CMYK/YCCK: left to the general decoder) or JPEG_ERROR (libjpeg's message). Warnings
+ * other than truncation (extraneous bytes, ...) are tolerated, as libvips' fail-on=truncated does.
+ *
+ * Built by scripts/build-native.sh against the system libjpeg-turbo.
+ */
+#include <node_api.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jpeglib.h>
+#include <jerror.h>
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+
+#define PRECISION_BITS (32 - 8 - 2)
+#define N_PARAMS 15
+
+enum { MODE_SQUASH = 0, MODE_PAD = 1, MODE_CROP = 2 };
+
+typedef struct {
+  struct jpeg_error_mgr pub;
+  jmp_buf jump;
+  const char *code;
+  char message[JMSG_LENGTH_MAX];
+} error_mgr;
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref input_ref, out_ref;
+  const unsigned char *input;
+  size_t input_len;
+  float *out;
+  double p[N_PARAMS];
+  unsigned int width, height, scale_num;
+  const char *code;
+  char message[JMSG_LENGTH_MAX + 64];
+} job_t;
+
+/* One axis of the resampling: for each output index, its taps on the decoded content (start, count, weights) and
+ * the summed weight of the taps that fall on the pad. */
+typedef struct {
+  int out_n;
+  int ksize;
+  int *start, *count;
+  int32_t *k, *pad_k;
+  int32_t *k4; /* k with each weight repeated four times (one per RGBX lane), for the AVX2 horizontal pass */
+} axis_t;
+
+static double bicubic(double x) {
+  const double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+static double triangle(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return 1.0 - x;
+  return 0.0;
+}
+
+static int32_t to_fixed(double k) {
+  return (int32_t)(k < 0 ? -0.5 + k * (1 << PRECISION_BITS) : 0.5 + k * (1 << PRECISION_BITS));
+}
+
+static uint8_t clip8(int32_t v) {
+  v >>= PRECISION_BITS;
+  return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
+}
+
+static void axis_free(axis_t *a) {
+  free(a->start);
+  free(a->count);
+  free(a->k);
+  free(a->pad_k);
+  free(a->k4);
+}
+
+static int axis_broadcast(axis_t *a) {
+  size_t n = (size_t)a->out_n * a->ksize;
+  a->k4 = (int32_t *)malloc(sizeof(int32_t) * n * 4);
+  if (a->k4 == NULL) return 0;
+  for (size_t i = 0; i < n; i++) a->k4[i * 4] = a->k4[i * 4 + 1] = a->k4[i * 4 + 2] = a->k4[i * 4 + 3] = a->k[i];
+  return 1;
+}
+
+/*
+ * out_n outputs; content of `content_n` decoded pixels (full-resolution length `full_len`, decoded at r = M/8)
+ * placed at `off` in a virtual extent of `extent` full-resolution pixels; output index xx samples the extent at
+ * ((xx + shift) + 0.5) * scale. Returns 0 on allocation failure.
+ */
+static int axis_init(axis_t *a, int out_n, int content_n, int full_len, double r, int off, int extent, double scale,
+                     int shift, int filter) {
+  double (*fn)(double) = filter == 1 ? triangle : bicubic;
+  double fsupport = filter == 1 ? 1.0 : 2.0;
+  double filterscale = scale * r < 1.0 ? 1.0 : scale * r;
+  double support = fsupport * filterscale, ss = 1.0 / filterscale;
+  int ksize = (int)ceil(support) * 2 + 1;
+  double *w = (double *)malloc(sizeof(double) * ksize);
+  /* libjpeg rounds the scaled size up, so the last decoded pixel may cover only `last_frac` of content (the rest is
+   * libjpeg's edge replication). Next to a pad, that pixel's weight is split: content for the covered part, pad for
+   * the rest, as the reference's full-resolution taps would fall. Without a pad it counts as content (the reference
+   * clamps its taps at the edge, much the same). */
+  int has_pad = extent > full_len;
+  double last_frac = 1.0;
+  if (r < 1.0 && has_pad) {
+    double exact = full_len * r;
+    if (content_n > (int)ceil(exact)) content_n = (int)ceil(exact);
+    last_frac = exact - (content_n - 1);
+  }
+  a->out_n = out_n;
+  a->ksize = ksize;
+  a->start = (int *)malloc(sizeof(int) * out_n);
+  a->count = (int *)malloc(sizeof(int) * out_n);
+  a->k = (int32_t *)calloc((size_t)out_n * ksize, sizeof(int32_t));
+  a->pad_k = (int32_t *)malloc(sizeof(int32_t) * out_n);
+  if (!w || !a->start || !a->count || !a->k || !a->pad_k) {
+    free(w);
+    return 0;
+  }
+  for (int xx = 0; xx < out_n; xx++) {
+    double center = ((double)(xx + shift) + 0.5) * scale;
+    int xmin, xmax, coff; /* taps [xmin, xmax) on a grid where content pixel i is grid index i + coff */
+    if (r == 1.0) {
+      /* Pillow's arithmetic exactly, on the virtual padded image. */
+      xmin = (int)(center - support + 0.5);
+      if (xmin < 0) xmin = 0;
+      xmax = (int)(center + support + 0.5);
+      if (xmax > extent) xmax = extent;
+      coff = off;
+    } else {
+      /* The same on the decoded grid; the pad continues it, bounded where its pixel centres leave the extent. */
+      center = (center - off) * r;
+      int lo = has_pad ? (int)ceil(-off * r - 0.5) : 0, hi = has_pad ? (int)ceil((extent - off) * r - 0.5) : content_n;
+      xmin = (int)floor(center - support + 0.5);
+      if (xmin < lo) xmin = lo;
+      xmax = (int)floor(center + support + 0.5);
+      if (xmax > hi) xmax = hi;
+      coff = 0;
+    }
+    int n = xmax - xmin;
+    if (n > ksize) n = ksize; /* cannot happen; guards the buffer */
+    double ww = 0.0;
+    for (int x = 0; x < n; x++) {
+      w[x] = fn(((double)(x + xmin) - center + 0.5) * ss);
+      ww += w[x];
+    }
+    int first = -1, cnt = 0;
+    int32_t pad = 0, *k = a->k + (size_t)xx * ksize;
+    for (int x = 0; x < n; x++) {
+      double wn = ww != 0.0 ? w[x] / ww : w[x];
+      int i = x + xmin - coff;
+      if (i < 0 || i >= content_n) {
+        pad += to_fixed(wn);
+      } else {
+        if (first < 0) first = i;
+        if (i == content_n - 1 && last_frac < 1.0) {
+          k[cnt++] = to_fixed(wn * last_frac);
+          pad += to_fixed(wn * (1.0 - last_frac));
+        } else {
+          k[cnt++] = to_fixed(wn);
+        }
+      }
+    }
+    a->start[xx] = first < 0 ? 0 : first;
+    a->count[xx] = cnt;
+    a->pad_k[xx] = pad;
+  }
+  free(w);
+  return 1;
+}
+
+static void on_error_exit(j_common_ptr cinfo) {
+  error_mgr *err = (error_mgr *)cinfo->err;
+  (*cinfo->err->format_message)(cinfo, err->message);
+  err->code = "JPEG_ERROR";
+  longjmp(err->jump, 1);
+}
+
+static void on_emit_message(j_common_ptr cinfo, int level) {
+  error_mgr *err = (error_mgr *)cinfo->err;
+  if (level >= 0) return; /* trace messages */
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    (*cinfo->err->format_message)(cinfo, err->message);
+    err->code = "JPEG_TRUNCATED";
+    longjmp(err->jump, 1);
+  }
+  cinfo->err->num_warnings++;
+}
+
+/* Smallest M in 1..8 with ceil(dim * M / 8) >= need for both sides (libjpeg rounds scaled sizes up). */
+static unsigned int pick_scale(unsigned int w, unsigned int h, double need_w, double need_h) {
+  for (unsigned int m = 1; m < 8; m++) {
+    double sw = (double)(((unsigned long)w * m + 7) / 8), sh = (double)(((unsigned long)h * m + 7) / 8);
+    if (sw >= need_w && sh >= need_h) return m;
+  }
+  return 8;
+}
+
+static void fail(job_t *job, const char *code, const char *message) {
+  job->code = code;
+  snprintf(job->message, sizeof job->message, "%s", message);
+}
+
+#define HALF (1 << (PRECISION_BITS - 1))
+
+/* Horizontal pass over one decoded RGBX row into three 8-bit planes of S. Plain C: any CPU. */
+static void hrow_scalar(const uint8_t *row, const axis_t *ax, const int pad[3], uint8_t *o0, uint8_t *o1,
+                        uint8_t *o2) {
+  for (int xx = 0; xx < ax->out_n; xx++) {
+    const int32_t *k = ax->k + (size_t)xx * ax->ksize;
+    const uint8_t *s = row + (size_t)ax->start[xx] * 4;
+    int32_t pk = ax->pad_k[xx];
+    int32_t a0 = HALF + pad[0] * pk, a1 = HALF + pad[1] * pk, a2 = HALF + pad[2] * pk;
+    for (int t = 0, n = ax->count[xx]; t < n; t++, s += 4) {
+      a0 += s[0] * k[t];
+      a1 += s[1] * k[t];
+      a2 += s[2] * k[t];
+    }
+    o0[xx] = clip8(a0);
+    o1[xx] = clip8(a1);
+    o2[xx] = clip8(a2);
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+/* The same with one pixel's four channels per 128-bit register (SSE4.1: pmovzxbd, pmulld); identical integers. */
+__attribute__((target("sse4.1"))) static void hrow_sse41(const uint8_t *row, const axis_t *ax, const int pad[3],
+                                                          uint8_t *o0, uint8_t *o1, uint8_t *o2) {
+  const __m128i padv = _mm_setr_epi32(pad[0], pad[1], pad[2], 0), half = _mm_set1_epi32(HALF);
+  for (int xx = 0; xx < ax->out_n; xx++) {
+    const int32_t *k = ax->k + (size_t)xx * ax->ksize;
+    const uint8_t *s = row + (size_t)ax->start[xx] * 4;
+    __m128i acc = _mm_add_epi32(half, _mm_mullo_epi32(padv, _mm_set1_epi32(ax->pad_k[xx])));
+    for (int t = 0, n = ax->count[xx]; t < n; t++, s += 4) {
+      int32_t px;
+      memcpy(&px, s, 4);
+      acc = _mm_add_epi32(acc, _mm_mullo_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(px)), _mm_set1_epi32(k[t])));
+    }
+    /* clip8: arithmetic shift, then saturate to 0..255 */
+    __m128i v = _mm_packus_epi16(_mm_packs_epi32(_mm_srai_epi32(acc, PRECISION_BITS), acc), acc);
+    int32_t out = _mm_cvtsi128_si32(v);
+    o0[xx] = (uint8_t)out;
+    o1[xx] = (uint8_t)(out >> 8);
+    o2[xx] = (uint8_t)(out >> 16);
+  }
+}
+
+/* Two taps per step: 8 bytes (two RGBX pixels) widened to eight int32 lanes, times each tap's weight in four lanes
+ * (kernel pre-broadcast by axis_broadcast); the halves are summed at the end. Identical integers again. */
+__attribute__((target("avx2"))) static void hrow_avx2(const uint8_t *row, const axis_t *ax, const int pad[3],
+                                                      uint8_t *o0, uint8_t *o1, uint8_t *o2) {
+  const __m128i padv = _mm_setr_epi32(pad[0], pad[1], pad[2], 0), half = _mm_set1_epi32(HALF);
+  for (int xx = 0; xx < ax->out_n; xx++) {
+    const int32_t *k4 = ax->k4 + (size_t)xx * ax->ksize * 4;
+    const uint8_t *s = row + (size_t)ax->start[xx] * 4;
+    int n = ax->count[xx], t = 0;
+    __m256i acc2 = _mm256_setzero_si256();
+    for (; t + 2 <= n; t += 2, s += 8) {
+      __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)s));
+      acc2 = _mm256_add_epi32(acc2, _mm256_mullo_epi32(px, _mm256_loadu_si256((const __m256i *)(k4 + t * 4))));
+    }
+    __m128i acc = _mm_add_epi32(_mm256_castsi256_si128(acc2), _mm256_extracti128_si256(acc2, 1));
+    acc = _mm_add_epi32(acc, _mm_add_epi32(half, _mm_mullo_epi32(padv, _mm_set1_epi32(ax->pad_k[xx]))));
+    if (t < n) {
+      int32_t px;
+      memcpy(&px, s, 4);
+      acc = _mm_add_epi32(acc, _mm_mullo_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(px)),
+                                               _mm_loadu_si128((const __m128i *)(k4 + t * 4))));
+    }
+    __m128i v = _mm_packus_epi16(_mm_packs_epi32(_mm_srai_epi32(acc, PRECISION_BITS), acc), acc);
+    int32_t out = _mm_cvtsi128_si32(v);
+    o0[xx] = (uint8_t)out;
+    o1[xx] = (uint8_t)(out >> 8);
+    o2[xx] = (uint8_t)(out >> 16);
+  }
+}
+#define TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TARGET_CLONES
+#endif
+
+/*
+ * Vertical pass for one output row of one channel: taps over the planar horizontal output, then the normalised
+ * float into the tensor. Written for the auto-vectoriser; compiled for AVX2 and for the baseline, picked at load.
+ */
+TARGET_CLONES static void vrow(const uint8_t *plane, int S, int y0, int start, int count, const int32_t *k,
+                               int32_t pad_k, const uint8_t *prow, int32_t *acc, float scale, float offset,
+                               float *out) {
+  for (int x = 0; x < S; x++) acc[x] = HALF + prow[x] * pad_k;
+  for (int t = 0; t < count; t++) {
+    const uint8_t *row = plane + (size_t)(start + t - y0) * S;
+    int32_t kt = k[t];
+    for (int x = 0; x < S; x++) acc[x] += row[x] * kt;
+  }
+  for (int x = 0; x < S; x++) {
+    int32_t v = acc[x] >> PRECISION_BITS;
+    v = v < 0 ? 0 : v > 255 ? 255 : v;
+    out[x] = (float)v * scale + offset;
+  }
+}
+
+/* Resample the decoded RGBX (ws x hs) into the job's tensor. */
+static void resample(job_t *job, const uint8_t *src, int ws, int hs, double r) {
+  const double *p = job->p;
+  int S = (int)p[0], mode = (int)p[1], filter = (int)p[2];
+  int W = (int)job->width, H = (int)job->height;
+  int pad[3] = {(int)p[3], (int)p[4], (int)p[5]};
+  int side = W > H ? W : H;
+  axis_t ax = {0}, ay = {0};
+  uint8_t *tmp = NULL, *prow = NULL;
+  int32_t *acc = NULL;
+  int ok;
+  if (mode == MODE_PAD) {
+    ok = axis_init(&ax, S, ws, W, r, (side - W) >> 1, side, (double)side / S, 0, filter) &&
+         axis_init(&ay, S, hs, H, r, (side - H) >> 1, side, (double)side / S, 0, filter);
+  } else if (mode == MODE_CROP) {
+    int rw = (int)p[12], rh = (int)p[13];
+    ok = axis_init(&ax, S, ws, W, r, 0, W, (double)W / rw, (rw - S) >> 1, filter) &&
+         axis_init(&ay, S, hs, H, r, 0, H, (double)H / rh, (rh - S) >> 1, filter);
+  } else {
+    ok = axis_init(&ax, S, ws, W, r, 0, W, (double)W / S, 0, filter) &&
+         axis_init(&ay, S, hs, H, r, 0, H, (double)H / S, 0, filter);
+  }
+  /* Rows of the decoded image the vertical pass reads. */
+  int y0 = hs, y1 = 0;
+  if (ok) {
+    for (int yy = 0; yy < S; yy++) {
+      if (ay.count[yy] == 0) continue;
+      if (ay.start[yy] < y0) y0 = ay.start[yy];
+      if (ay.start[yy] + ay.count[yy] > y1) y1 = ay.start[yy] + ay.count[yy];
+    }
+    if (y1 < y0) y1 = y0;
+    tmp = (uint8_t *)malloc((size_t)(y1 - y0 + 1) * S * 3);
+    prow = (uint8_t *)malloc((size_t)S * 3);
+    acc = (int32_t *)malloc(sizeof(int32_t) * S);
+    ok = tmp != NULL && prow != NULL && acc != NULL;
+  }
+  if (!ok) {
+    fail(job, "JPEG_ERROR", "out of memory while resampling");
+    goto done;
+  }
+  /* Horizontal pass into three planes of (y1 - y0) rows. A pad row (all taps on the pad) resamples to prow. */
+  size_t hplane = (size_t)(y1 - y0 + 1) * S;
+  for (int xx = 0; xx < S; xx++) {
+    int32_t all = ax.pad_k[xx];
+    const int32_t *k = ax.k + (size_t)xx * ax.ksize;
+    for (int t = 0; t < ax.count[xx]; t++) all += k[t];
+    for (int c = 0; c < 3; c++) prow[c * S + xx] = clip8(HALF + pad[c] * all);
+  }
+  void (*hrow)(const uint8_t *, const axis_t *, const int[3], uint8_t *, uint8_t *, uint8_t *) = hrow_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx2") && axis_broadcast(&ax)) {
+    hrow = hrow_avx2;
+  } else if (__builtin_cpu_supports("sse4.1")) {
+    hrow = hrow_sse41;
+  }
+#endif
+  for (int y = y0; y < y1; y++) {
+    size_t o = (size_t)(y - y0) * S;
+    hrow(src + (size_t)y * ws * 4, &ax, pad, tmp + o, tmp + hplane + o, tmp + 2 * hplane + o);
+  }
+  /* Vertical pass per channel, straight into the normalised planes. */
+  size_t plane = (size_t)S * S;
+  for (int c = 0; c < 3; c++) {
+    for (int yy = 0; yy < S; yy++) {
+      vrow(tmp + c * hplane, S, y0, ay.start[yy], ay.count[yy], ay.k + (size_t)yy * ay.ksize, ay.pad_k[yy],
+           prow + c * S, acc, (float)p[6 + c], (float)p[9 + c], job->out + c * plane + (size_t)yy * S);
+    }
+  }
+done:
+  free(tmp);
+  free(prow);
+  free(acc);
+  axis_free(&ax);
+  axis_free(&ay);
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  job_t *job = (job_t *)data;
+  struct jpeg_decompress_struct cinfo;
+  error_mgr err;
+  unsigned char *volatile pixels = NULL; /* volatile: set between setjmp and a longjmp back to it */
+  memset(&cinfo, 0, sizeof cinfo);
+  cinfo.err = jpeg_std_error(&err.pub);
+  err.pub.error_exit = on_error_exit;
+  err.pub.emit_message = on_emit_message;
+  err.code = NULL;
+  err.message[0] = 0;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    free(pixels);
+    fail(job, err.code, err.message);
+    return;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, job->input, (unsigned long)job->input_len);
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    jpeg_destroy_decompress(&cinfo);
+    fail(job, "JPEG_UNSUPPORTED", "CMYK/YCCK JPEG is left to the general decoder");
+    return;
+  }
+  const double *p = job->p;
+  int S = (int)p[0], mode = (int)p[1];
+  unsigned int W = cinfo.image_width, H = cinfo.image_height, side = W > H ? W : H;
+  /* The content's footprint in the output, which the decoded size must cover (times the minimum ratio). */
+  double need_w, need_h, gap = p[14];
+  if (mode == MODE_PAD) {
+    need_w = (double)W * S / side;
+    need_h = (double)H * S / side;
+  } else if (mode == MODE_CROP) {
+    need_w = p[12];
+    need_h = p[13];
+  } else {
+    need_w = S;
+    need_h = S;
+  }
+  cinfo.out_color_space = JCS_EXT_RGBX; /* 4-byte pixels: one SIMD lane each in the horizontal pass */
+  cinfo.scale_num = gap > 0 && gap < 8 ? pick_scale(W, H, need_w * gap, need_h * gap) : 8;
+  cinfo.scale_denom = 8;
+  jpeg_start_decompress(&cinfo);
+  size_t stride = (size_t)cinfo.output_width * 4;
+  pixels = (unsigned char *)malloc(stride * cinfo.output_height);
+  if (pixels == NULL) {
+    jpeg_destroy_decompress(&cinfo);
+    fail(job, "JPEG_ERROR", "out of memory for the decoded image");
+    return;
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW rows[16];
+    unsigned int n = 0;
+    for (; n < 16 && cinfo.output_scanline + n < cinfo.output_height; n++) {
+      rows[n] = pixels + (size_t)(cinfo.output_scanline + n) * stride;
+    }
+    jpeg_read_scanlines(&cinfo, rows, n);
+  }
+  jpeg_finish_decompress(&cinfo);
+  job->width = W;
+  job->height = H;
+  job->scale_num = cinfo.scale_num;
+  int ws = (int)cinfo.output_width, hs = (int)cinfo.output_height;
+  jpeg_destroy_decompress(&cinfo);
+  resample(job, pixels, ws, hs, job->scale_num / 8.0);
+  free(pixels);
+}
+
+static napi_value make_error(napi_env env, const char *code, const char *message) {
+  napi_value c, m, e;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &m);
+  napi_create_error(env, c, m, &e);
+  return e;
+}
+
+static void set_uint(napi_env env, napi_value obj, const char *key, unsigned int v) {
+  napi_value n;
+  napi_create_uint32(env, v, &n);
+  napi_set_named_property(env, obj, key, n);
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  job_t *job = (job_t *)data;
+  if (status != napi_ok && job->code == NULL) fail(job, "JPEG_ERROR", "the decode job was cancelled");
+  if (job->code != NULL) {
+    napi_reject_deferred(env, job->deferred, make_error(env, job->code, job->message));
+  } else {
+    napi_value result;
+    napi_create_object(env, &result);
+    set_uint(env, result, "width", job->width);
+    set_uint(env, result, "height", job->height);
+    set_uint(env, result, "scaleNum", job->scale_num);
+    napi_resolve_deferred(env, job->deferred, result);
+  }
+  napi_delete_reference(env, job->input_ref);
+  napi_delete_reference(env, job->out_ref);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static int typed_array(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length) {
+  bool is = false;
+  napi_typedarray_type type;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
+  if (napi_get_typedarray_info(env, v, &type, length, data, NULL, NULL) != napi_ok) return 0;
+  return type == want;
+}
+
+static napi_value prepare(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool is_buffer = false;
+  void *bytes = NULL, *out = NULL, *params = NULL;
+  size_t input_len = 0, out_len = 0, n_params = 0;
+  if (argc < 3 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer ||
+      !typed_array(env, argv[1], napi_float32_array, &out, &out_len) ||
+      !typed_array(env, argv[2], napi_float64_array, &params, &n_params) || n_params < N_PARAMS) {
+    napi_throw_type_error(env, "JPEG_ARGS", "prepare(bytes: Buffer, out: Float32Array, params: Float64Array(15))");
+    return NULL;
+  }
+  const double *p = (const double *)params;
+  double S = p[0];
+  if (!(S >= 1 && S <= 8192) || out_len != (size_t)(3 * S * S) || !(p[1] >= 0 && p[1] <= 2) ||
+      !(p[2] >= 0 && p[2] <= 1) || (p[1] == MODE_CROP && !(p[12] >= S && p[13] >= S && p[12] < 1e6 && p[13] < 1e6))) {
+    napi_throw_range_error(env, "JPEG_ARGS", "prepare: params out of range or tensor of the wrong length");
+    return NULL;
+  }
+  napi_get_buffer_info(env, argv[0], &bytes, &input_len);
+  job_t *job = (job_t *)calloc(1, sizeof(job_t));
+  if (job == NULL) {
+    napi_throw_error(env, "JPEG_ERROR", "out of memory");
+    return NULL;
+  }
+  job->input = (const unsigned char *)bytes;
+  job->input_len = input_len;
+  job->out = (float *)out;
+  memcpy(job->p, p, sizeof job->p);
+  /* Both arrays must outlive the job: strong references until complete(). */
+  napi_create_reference(env, argv[0], 1, &job->input_ref);
+  napi_create_reference(env, argv[1], 1, &job->out_ref);
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "mlmf.jpegPrepare", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
+NAPI_MODULE_INIT() {
+  napi_value fn, version;
+  napi_create_function(env, "prepare", NAPI_AUTO_LENGTH, prepare, NULL, &fn);
+  napi_set_named_property(env, exports, "prepare", fn);
+  napi_create_string_utf8(env, STRINGIFY(LIBJPEG_TURBO_VERSION), NAPI_AUTO_LENGTH, &version);
+  napi_set_named_property(env, exports, "libjpegTurboVersion", version);
+  return exports;
+}
