@@ -3,7 +3,8 @@
 # Needs a C compiler, Node's headers (node_api.h) and libjpeg-turbo's headers and shared library (Debian:
 # libjpeg62-turbo-dev; Ubuntu: libjpeg-turbo8-dev). The module links the system libjpeg dynamically (Debian's
 # libjpeg.a is not position-independent), so build it where it runs, as the worker image does. Node-API is
-# ABI-stable: one build serves every Node version >= 20.
+# ABI-stable: one build serves every Node version >= 20. The module looks for libjpeg next to itself first (rpath
+# $ORIGIN), so an image whose base lacks that libjpeg ABI can carry it there (functions/worker/Dockerfile does).
 #
 # Without the module the intake decodes JPEGs with sharp alone (slower; see BENCHMARKS.md): `--jpeg-decoder sharp`
 # makes that explicit, and the default `auto` logs which decoder it uses.
@@ -38,7 +39,7 @@ if ! echo '#include <stdio.h>
 fi
 mkdir -p build/native
 "$CC" -O3 -ffp-contract=off -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -std=c11 \
-  -I"$NODE_INCLUDE" lib/intake/native/jpeg_prepare.c -ljpeg -lm \
+  -I"$NODE_INCLUDE" lib/intake/native/jpeg_prepare.c -ljpeg -lm -Wl,-rpath,'$ORIGIN' \
   -o build/native/jpeg_prepare.node.tmp
 mv build/native/jpeg_prepare.node.tmp build/native/jpeg_prepare.node
 echo "build-native: build/native/jpeg_prepare.node (libjpeg-turbo $(node -p "require('./build/native/jpeg_prepare.node').libjpegTurboVersion"))"

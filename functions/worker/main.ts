@@ -283,9 +283,15 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     const intake =
       config.intake ??
       new Intake(
-        { s3, ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}) },
+        {
+          s3,
+          ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}),
+          ...(config.jpegDecoder ? { jpegDecoder: config.jpegDecoder } : {}),
+          ...(config.jpegDctScaling !== undefined ? { jpegDctScaling: config.jpegDctScaling } : {}),
+        },
         scorer.preprocess,
       );
+    if (intake instanceof Intake) log('info', 'intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     const pipelineLog: PipelineLogger = {
       info: (m, c) => log('info', m, c),
       warn: (m, c) => log('warn', m, c),

@@ -90,6 +90,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
         ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
       });
     const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
+    options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     const curated = await LocalCuratedSink.open({
       dir: join(options.out, 'curated'),
       model: scorer.model,
@@ -132,6 +133,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       model: scorer.model,
       policy: top ? { topFraction: top } : { thresholds: policy.thresholds, combine: policy.combine },
       interrupted: options.signal?.aborted ?? false,
+      intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     };
     await writeFile(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
     return result;

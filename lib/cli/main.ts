@@ -84,6 +84,16 @@ export function buildProgram(): Command {
     .option('--top-metric <metric>', 'metric ranked by --top-fraction (default itm)', metricShort)
     .option('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', collect)
     .option('--user-agent <ua>', 'User-Agent for image fetches')
+    .addOption(
+      new Option(
+        '--jpeg-decoder <decoder>',
+        'JPEG decoder for model tensors (default auto: native when built)',
+      ).choices(['auto', 'native', 'sharp']),
+    )
+    .option(
+      '--jpeg-full-decode',
+      "decode JPEGs at full size: tensors equal the reference's PIL ones bit for bit (slower)",
+    )
     .option('--concurrency <n>', 'images fetched and decoded at once', positiveInt('--concurrency'))
     .option('--batch-size <n>', 'pairs per scorer batch', positiveInt('--batch-size'))
     .addOption(
@@ -116,6 +126,8 @@ export function buildProgram(): Command {
           ...config.intake,
           ...(flags.allowAddress ? { allowAddresses: flags.allowAddress } : {}),
           ...(flags.userAgent ? { userAgent: flags.userAgent } : {}),
+          ...(flags.jpegDecoder ? { jpegDecoder: flags.jpegDecoder } : {}),
+          ...(flags.jpegFullDecode ? { jpegDctScaling: false } : {}),
         },
         scorer: {
           ...config.scorer,

@@ -73,6 +73,35 @@ test('bad flags exit 2 with a message', () => {
   assert.match(r.err, /metric must be one of/);
   r = cli(['nonsense']);
   assert.equal(r.code, 2);
+  r = cli(['filter', '--input', 'x', '--out', 'o', '--model', 'm', '--jpeg-decoder', 'turbo']);
+  assert.equal(r.code, 2);
+  assert.match(r.err, /--jpeg-decoder/);
+});
+
+test('--jpeg-decoder and --jpeg-full-decode reach the intake (summary.json names the decoder)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-cli-'));
+  const model = 'test/fixtures/models/tiny-llava-qwen';
+  for (const [flags, decoder] of [
+    [['--jpeg-decoder', 'sharp'], /^sharp \(jpegDecoder is sharp\)$/],
+    [['--jpeg-full-decode'], /^native \(libjpeg-turbo .*, DCT scaling off\)$/],
+  ] as const) {
+    const out = join(dir, flags[0]);
+    const r = cli([
+      'filter',
+      '--input',
+      'sample/pairs.jsonl',
+      '--out',
+      out,
+      '--model',
+      model,
+      '--progress',
+      'none',
+      ...flags,
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
+    assert.match(summary.intake.jpegDecoder, decoder);
+  }
 });
 
 test('a missing model dir and an unreadable input exit 2 and say what to do', () => {

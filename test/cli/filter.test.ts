@@ -131,6 +131,9 @@ test(
     const scored = o.accepted.length + o.rejects.filter((e) => e.scores.itm !== null).length;
     assert.equal(scored, 13);
     assert.equal(o.summary.scores.itm.count, 13);
+    // The served JPEGs went through the native path (scripts/test.sh builds it), none refused by libjpeg.
+    assert.match(o.summary.intake.jpegDecoder, /^native \(libjpeg-turbo /);
+    assert.equal(o.summary.intake.nativeFallbacks, 0);
     // The curated sample holds the original bytes, the caption and the scores.
     const shard = readFileSync(join(out, 'curated', `${o.indexes[0]!.shard}.tar`));
     const first = o.indexes[0]!.samples[0]!;

@@ -7,6 +7,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import sharp from 'sharp';
+import { readJpegHeader } from '../../lib/intake/decode.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import { loadJpegNative, nativeParams, prepareJpeg, shortestEdgeSize } from '../../lib/intake/jpeg-native.ts';
 import { FilterError, type PreprocessSpec } from '../../lib/types.ts';
@@ -205,3 +207,55 @@ describe('Intake with the native JPEG path', () => {
     );
   });
 });
+
+describe('JPEG header reader (the inspect fast path)', () => {
+  it('agrees with sharp on size, components and orientation', async () => {
+    const base = solid(70, 50, { r: 20, g: 120, b: 220 });
+    const cases: [string, Buffer][] = [
+      ['baseline', await photoJpeg(123, 77)],
+      ['progressive', await base.clone().jpeg({ progressive: true }).toBuffer()],
+      ['grey', await base.clone().greyscale().jpeg().toBuffer()],
+      ['cmyk', await base.clone().toColourspace('cmyk').jpeg().toBuffer()],
+      ...(await Promise.all(
+        [1, 2, 3, 4, 5, 6, 7, 8].map(
+          async (o) =>
+            [`orientation ${o}`, await base.clone().jpeg().withMetadata({ orientation: o }).toBuffer()] as [
+              string,
+              Buffer,
+            ],
+        ),
+      )),
+    ];
+    for (const [name, bytes] of cases) {
+      const meta = await sharp(bytes).metadata();
+      const h = readJpegHeader(bytes);
+      assert.ok(h, name);
+      assert.deepEqual(
+        [h.width, h.height, h.orientation, h.components],
+        [meta.width, meta.height, meta.orientation ?? 1, meta.channels],
+        name,
+      );
+    }
+  });
+
+  it('never throws on damaged headers, and gives up rather than guess', async () => {
+    const bytes = await base4();
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    for (let k = 0; k < 2000; k++) {
+      const b = Buffer.from(bytes.subarray(0, 2 + rand(600)));
+      for (let f = rand(4); f > 0; f--) b[2 + rand(Math.max(1, b.length - 2))] = rand(256);
+      const h = readJpegHeader(b);
+      if (h) assert.ok(h.width > 0 && h.height > 0 && h.orientation >= 1 && h.orientation <= 8);
+    }
+    assert.equal(readJpegHeader(bytes.subarray(0, 40)), undefined, 'cut before the frame header');
+  });
+});
+
+/** A JPEG with an Exif block (orientation 3) before its frame header. */
+function base4(): Promise<Buffer> {
+  return solid(40, 30, { r: 1, g: 2, b: 3 }).jpeg().withMetadata({ orientation: 3 }).toBuffer();
+}
