@@ -13,6 +13,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { loadJpegNative, nativeParams } from '../../lib/intake/jpeg-native.ts';
 import { benchImages } from './images.ts';
 
 const ROUNDS = 5;
@@ -40,6 +41,29 @@ const rows: [string, number][] = [
     await cpuMsPerImage((b) => sharp(b).resize(384, 384, { fit: 'inside', kernel: 'nearest' }).raw().toBuffer()),
   ],
 ];
+
+// The intake's native path: decode + Pillow-exact bicubic pad-to-square 384 + normalise into a float32 tensor.
+const native = loadJpegNative().module;
+if (native) {
+  const spec = {
+    size: 384,
+    mean: [0.5, 0.5, 0.5] as [number, number, number],
+    std: [0.5, 0.5, 0.5] as [number, number, number],
+    rescale: 1 / 255,
+    padToSquare: true,
+    centerCrop: false,
+    resample: 'bicubic' as const,
+  };
+  const out = new Float32Array(3 * 384 * 384);
+  const affine = new Float32Array([2 / 255, 2 / 255, 2 / 255, -1, -1, -1]);
+  for (const [label, minRatio] of [
+    ['native: DCT-scaled decode + bicubic pad 384 + normalise (the intake default)', 1],
+    ['native: full decode + bicubic pad 384 + normalise (PIL-exact)', 0],
+  ] as const) {
+    const params = nativeParams(spec, affine, minRatio);
+    rows.push([label, await cpuMsPerImage((b) => native.prepare(b, out, params))]);
+  }
+}
 
 const python = new URL('../../tools/export/.venv/bin/python', import.meta.url).pathname;
 if (existsSync(python)) {

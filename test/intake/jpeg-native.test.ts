@@ -259,3 +259,34 @@ describe('JPEG header reader (the inspect fast path)', () => {
 function base4(): Promise<Buffer> {
   return solid(40, 30, { r: 1, g: 2, b: 3 }).jpeg().withMetadata({ orientation: 3 }).toBuffer();
 }
+
+describe('native JPEG path on damaged input', () => {
+  it('mutated and cut JPEGs resolve or reject with a code, never crash, and the tensor is written only on success', async () => {
+    const spec = identitySpec({ mode: 'pad', size: 64, filter: 'bicubic' });
+    const seeds = [await photoJpeg(200, 150, 85, 9), readFileSync(new URL('progressive.jpg', FIXTURES))];
+    let seed = 11;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const codes = new Map<string, number>();
+    for (let k = 0; k < 300; k++) {
+      const src = seeds[k % seeds.length]!;
+      const b = Buffer.from(src.subarray(0, rand(4) === 0 ? 2 + rand(src.length) : src.length));
+      for (let f = 1 + rand(6); f > 0; f--) b[2 + rand(b.length - 2)] = rand(256);
+      const out = new Float32Array(3 * 64 * 64).fill(-1);
+      for (const minRatio of [0, 1]) {
+        try {
+          await native.module!.prepare(b, out, nativeParams(spec, new Float32Array([1, 1, 1, 0, 0, 0]), minRatio));
+          assert.ok(out.every((v) => v >= 0 && v <= 255 && Number.isInteger(v)));
+          codes.set('ok', (codes.get('ok') ?? 0) + 1);
+        } catch (err) {
+          const code = (err as { code?: string }).code ?? 'none';
+          assert.match(code, /^JPEG_(TRUNCATED|ERROR|UNSUPPORTED)$/);
+          codes.set(code, (codes.get(code) ?? 0) + 1);
+        }
+      }
+    }
+    assert.ok((codes.get('ok') ?? 0) > 0 && (codes.get('JPEG_ERROR') ?? 0) + (codes.get('JPEG_TRUNCATED') ?? 0) > 0);
+  });
+});

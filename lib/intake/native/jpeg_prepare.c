@@ -49,6 +49,8 @@
 
 #define PRECISION_BITS (32 - 8 - 2)
 #define N_PARAMS 15
+/* Scanlines asked of libjpeg per call (it returns at most its output row group: 1-2 rows, more when scaled). */
+#define SCAN_ROWS 16
 
 enum { MODE_SQUASH = 0, MODE_PAD = 1, MODE_CROP = 2 };
 
@@ -338,80 +340,116 @@ TARGET_CLONES static void vrow(const uint8_t *plane, int S, int y0, int start, i
   }
 }
 
-/* Resample the decoded RGBX (ws x hs) into the job's tensor. */
-static void resample(job_t *job, const uint8_t *src, int ws, int hs, double r) {
+/*
+ * The resampler's state for one image. Rows arrive from libjpeg one scanline at a time and are resampled
+ * horizontally at once, so only the S-wide intermediate rows are kept, never the decoded image: a 50-megapixel JPEG
+ * decoded at full size holds ~7000 x S x 3 bytes here, not 200 MB.
+ */
+typedef struct {
+  axis_t ax, ay;
+  int S, ws, hs, y0, y1;
+  int pad[3];
+  size_t hplane;
+  uint8_t *tmp, *prow, *scan;
+  int32_t *acc;
+  void (*hrow)(const uint8_t *, const axis_t *, const int[3], uint8_t *, uint8_t *, uint8_t *);
+} resampler_t;
+
+static void resampler_free(resampler_t *rs) {
+  if (rs == NULL) return;
+  free(rs->tmp);
+  free(rs->prow);
+  free(rs->scan);
+  free(rs->acc);
+  axis_free(&rs->ax);
+  axis_free(&rs->ay);
+  free(rs);
+}
+
+/* Sets up the taps for a decoded size ws x hs (scale r of the job's width x height); NULL when out of memory. */
+static resampler_t *resampler_new(const job_t *job, int ws, int hs, double r) {
   const double *p = job->p;
   int S = (int)p[0], mode = (int)p[1], filter = (int)p[2];
   int W = (int)job->width, H = (int)job->height;
-  int pad[3] = {(int)p[3], (int)p[4], (int)p[5]};
   int side = W > H ? W : H;
-  axis_t ax = {0}, ay = {0};
-  uint8_t *tmp = NULL, *prow = NULL;
-  int32_t *acc = NULL;
+  resampler_t *rs = (resampler_t *)calloc(1, sizeof(resampler_t));
+  if (rs == NULL) return NULL;
+  rs->S = S;
+  rs->ws = ws;
+  rs->hs = hs;
+  for (int c = 0; c < 3; c++) rs->pad[c] = (int)p[3 + c];
   int ok;
   if (mode == MODE_PAD) {
-    ok = axis_init(&ax, S, ws, W, r, (side - W) >> 1, side, (double)side / S, 0, filter) &&
-         axis_init(&ay, S, hs, H, r, (side - H) >> 1, side, (double)side / S, 0, filter);
+    ok = axis_init(&rs->ax, S, ws, W, r, (side - W) >> 1, side, (double)side / S, 0, filter) &&
+         axis_init(&rs->ay, S, hs, H, r, (side - H) >> 1, side, (double)side / S, 0, filter);
   } else if (mode == MODE_CROP) {
     int rw = (int)p[12], rh = (int)p[13];
-    ok = axis_init(&ax, S, ws, W, r, 0, W, (double)W / rw, (rw - S) >> 1, filter) &&
-         axis_init(&ay, S, hs, H, r, 0, H, (double)H / rh, (rh - S) >> 1, filter);
+    ok = axis_init(&rs->ax, S, ws, W, r, 0, W, (double)W / rw, (rw - S) >> 1, filter) &&
+         axis_init(&rs->ay, S, hs, H, r, 0, H, (double)H / rh, (rh - S) >> 1, filter);
   } else {
-    ok = axis_init(&ax, S, ws, W, r, 0, W, (double)W / S, 0, filter) &&
-         axis_init(&ay, S, hs, H, r, 0, H, (double)H / S, 0, filter);
+    ok = axis_init(&rs->ax, S, ws, W, r, 0, W, (double)W / S, 0, filter) &&
+         axis_init(&rs->ay, S, hs, H, r, 0, H, (double)H / S, 0, filter);
+  }
+  if (!ok) {
+    resampler_free(rs);
+    return NULL;
   }
   /* Rows of the decoded image the vertical pass reads. */
   int y0 = hs, y1 = 0;
-  if (ok) {
-    for (int yy = 0; yy < S; yy++) {
-      if (ay.count[yy] == 0) continue;
-      if (ay.start[yy] < y0) y0 = ay.start[yy];
-      if (ay.start[yy] + ay.count[yy] > y1) y1 = ay.start[yy] + ay.count[yy];
-    }
-    if (y1 < y0) y1 = y0;
-    tmp = (uint8_t *)malloc((size_t)(y1 - y0 + 1) * S * 3);
-    prow = (uint8_t *)malloc((size_t)S * 3);
-    acc = (int32_t *)malloc(sizeof(int32_t) * S);
-    ok = tmp != NULL && prow != NULL && acc != NULL;
+  for (int yy = 0; yy < S; yy++) {
+    if (rs->ay.count[yy] == 0) continue;
+    if (rs->ay.start[yy] < y0) y0 = rs->ay.start[yy];
+    if (rs->ay.start[yy] + rs->ay.count[yy] > y1) y1 = rs->ay.start[yy] + rs->ay.count[yy];
   }
-  if (!ok) {
-    fail(job, "JPEG_ERROR", "out of memory while resampling");
-    goto done;
+  if (y1 < y0) y1 = y0;
+  rs->y0 = y0;
+  rs->y1 = y1;
+  rs->hplane = (size_t)(y1 - y0 + 1) * S;
+  rs->tmp = (uint8_t *)malloc(rs->hplane * 3);
+  rs->prow = (uint8_t *)malloc((size_t)S * 3);
+  rs->scan = (uint8_t *)malloc((size_t)ws * 4 * SCAN_ROWS);
+  rs->acc = (int32_t *)malloc(sizeof(int32_t) * S);
+  if (!rs->tmp || !rs->prow || !rs->scan || !rs->acc) {
+    resampler_free(rs);
+    return NULL;
   }
-  /* Horizontal pass into three planes of (y1 - y0) rows. A pad row (all taps on the pad) resamples to prow. */
-  size_t hplane = (size_t)(y1 - y0 + 1) * S;
+  /* A pad row (all taps on the pad) resamples horizontally to prow. */
   for (int xx = 0; xx < S; xx++) {
-    int32_t all = ax.pad_k[xx];
-    const int32_t *k = ax.k + (size_t)xx * ax.ksize;
-    for (int t = 0; t < ax.count[xx]; t++) all += k[t];
-    for (int c = 0; c < 3; c++) prow[c * S + xx] = clip8(HALF + pad[c] * all);
+    int32_t all = rs->ax.pad_k[xx];
+    const int32_t *k = rs->ax.k + (size_t)xx * rs->ax.ksize;
+    for (int t = 0; t < rs->ax.count[xx]; t++) all += k[t];
+    for (int c = 0; c < 3; c++) rs->prow[c * S + xx] = clip8(HALF + rs->pad[c] * all);
   }
-  void (*hrow)(const uint8_t *, const axis_t *, const int[3], uint8_t *, uint8_t *, uint8_t *) = hrow_scalar;
+  rs->hrow = hrow_scalar;
 #if defined(__x86_64__) || defined(__i386__)
-  if (__builtin_cpu_supports("avx2") && axis_broadcast(&ax)) {
-    hrow = hrow_avx2;
+  if (__builtin_cpu_supports("avx2") && axis_broadcast(&rs->ax)) {
+    rs->hrow = hrow_avx2;
   } else if (__builtin_cpu_supports("sse4.1")) {
-    hrow = hrow_sse41;
+    rs->hrow = hrow_sse41;
   }
 #endif
-  for (int y = y0; y < y1; y++) {
-    size_t o = (size_t)(y - y0) * S;
-    hrow(src + (size_t)y * ws * 4, &ax, pad, tmp + o, tmp + hplane + o, tmp + 2 * hplane + o);
-  }
-  /* Vertical pass per channel, straight into the normalised planes. */
+  return rs;
+}
+
+/* Horizontal pass of decoded row y (RGBX), if the vertical pass reads it. */
+static void resampler_row(resampler_t *rs, int y, const uint8_t *row) {
+  if (y < rs->y0 || y >= rs->y1) return;
+  size_t o = (size_t)(y - rs->y0) * rs->S;
+  rs->hrow(row, &rs->ax, rs->pad, rs->tmp + o, rs->tmp + rs->hplane + o, rs->tmp + 2 * rs->hplane + o);
+}
+
+/* Vertical pass per channel, straight into the normalised planes of the job's tensor. */
+static void resampler_finish(resampler_t *rs, job_t *job) {
+  const double *p = job->p;
+  int S = rs->S;
   size_t plane = (size_t)S * S;
   for (int c = 0; c < 3; c++) {
     for (int yy = 0; yy < S; yy++) {
-      vrow(tmp + c * hplane, S, y0, ay.start[yy], ay.count[yy], ay.k + (size_t)yy * ay.ksize, ay.pad_k[yy],
-           prow + c * S, acc, (float)p[6 + c], (float)p[9 + c], job->out + c * plane + (size_t)yy * S);
+      vrow(rs->tmp + c * rs->hplane, S, rs->y0, rs->ay.start[yy], rs->ay.count[yy],
+           rs->ay.k + (size_t)yy * rs->ay.ksize, rs->ay.pad_k[yy], rs->prow + c * S, rs->acc, (float)p[6 + c],
+           (float)p[9 + c], job->out + c * plane + (size_t)yy * S);
     }
   }
-done:
-  free(tmp);
-  free(prow);
-  free(acc);
-  axis_free(&ax);
-  axis_free(&ay);
 }
 
 static void execute(napi_env env, void *data) {
@@ -419,7 +457,7 @@ static void execute(napi_env env, void *data) {
   job_t *job = (job_t *)data;
   struct jpeg_decompress_struct cinfo;
   error_mgr err;
-  unsigned char *volatile pixels = NULL; /* volatile: set between setjmp and a longjmp back to it */
+  resampler_t *volatile rs = NULL; /* volatile: set between setjmp and a longjmp back to it */
   memset(&cinfo, 0, sizeof cinfo);
   cinfo.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = on_error_exit;
@@ -428,7 +466,7 @@ static void execute(napi_env env, void *data) {
   err.message[0] = 0;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
-    free(pixels);
+    resampler_free(rs);
     fail(job, err.code, err.message);
     return;
   }
@@ -459,29 +497,28 @@ static void execute(napi_env env, void *data) {
   cinfo.scale_num = gap > 0 && gap < 8 ? pick_scale(W, H, need_w * gap, need_h * gap) : 8;
   cinfo.scale_denom = 8;
   jpeg_start_decompress(&cinfo);
-  size_t stride = (size_t)cinfo.output_width * 4;
-  pixels = (unsigned char *)malloc(stride * cinfo.output_height);
-  if (pixels == NULL) {
-    jpeg_destroy_decompress(&cinfo);
-    fail(job, "JPEG_ERROR", "out of memory for the decoded image");
-    return;
-  }
-  while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW rows[16];
-    unsigned int n = 0;
-    for (; n < 16 && cinfo.output_scanline + n < cinfo.output_height; n++) {
-      rows[n] = pixels + (size_t)(cinfo.output_scanline + n) * stride;
-    }
-    jpeg_read_scanlines(&cinfo, rows, n);
-  }
-  jpeg_finish_decompress(&cinfo);
   job->width = W;
   job->height = H;
   job->scale_num = cinfo.scale_num;
   int ws = (int)cinfo.output_width, hs = (int)cinfo.output_height;
+  rs = resampler_new(job, ws, hs, cinfo.scale_num / 8.0);
+  if (rs == NULL) {
+    jpeg_destroy_decompress(&cinfo);
+    fail(job, "JPEG_ERROR", "out of memory while setting up the resize");
+    return;
+  }
+  size_t stride = (size_t)ws * 4;
+  while ((int)cinfo.output_scanline < hs) {
+    int y = (int)cinfo.output_scanline;
+    JSAMPROW rows[SCAN_ROWS];
+    for (int i = 0; i < SCAN_ROWS; i++) rows[i] = rs->scan + (size_t)i * stride;
+    int n = (int)jpeg_read_scanlines(&cinfo, rows, SCAN_ROWS);
+    for (int i = 0; i < n; i++) resampler_row(rs, y + i, rows[i]);
+  }
+  jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
-  resample(job, pixels, ws, hs, job->scale_num / 8.0);
-  free(pixels);
+  resampler_finish(rs, job);
+  resampler_free(rs);
 }
 
 static napi_value make_error(napi_env env, const char *code, const char *message) {
