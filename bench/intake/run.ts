@@ -200,6 +200,14 @@ console.log(context);
 
 if (!process.env.BENCH_NO_WRITE) {
   const path = 'BENCHMARKS.md';
+  const [dcmd, dargs] = pinned(0, [...tsx, 'bench/intake/decoders.ts']);
+  const decoders = execFileSync(dcmd, dargs, {
+    env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+    encoding: 'utf8',
+  })
+    .split('\n')
+    .filter((l) => l.startsWith('|'))
+    .join('\n');
   const section = [
     '## Intake',
     '',
@@ -217,32 +225,27 @@ if (!process.env.BENCH_NO_WRITE) {
     'per-core figure that survives a shared machine; "pairs/s (wall)" is what the pinned process achieved while other',
     'work competed for the same core. Anchor: img2dataset ~85 pairs/s/core (download + resize). Target >= 300.',
     '',
-    "Where a pair's CPU goes now (`UV_THREADPOOL_SIZE=1 taskset -c 0 node --import tsx bench/intake/stages.ts`, medians",
-    'of 5 interleaved rounds, plus cpu-prof of the client): full-resolution JPEG decode ~3.0 ms, cubic reduce to 384',
-    '~1.4 ms (decode + resize together 4.7-5.0 ms, the bulk), normalise into CHW 0.50 ms into a recycled tensor (0.74',
-    'into a new one; 1.06 before this round), header read 0.16 ms, sharp call overhead ~0.3 ms, guarded loopback fetch',
-    '0.3-0.9 ms, GC pauses 0.05-0.3 ms with tensors released (1.0-1.5 ms without). prepare() on held bytes: 5.8 ms',
-    'released, 6.8 ms not.',
+    'How: JPEGs (without EXIF rotation) go through the native path (lib/intake/native/jpeg_prepare.c, README "Image',
+    'preprocessing"): libjpeg-turbo decodes at the smallest M/8 scale that still covers the 384 px footprint, the',
+    "resize reproduces Pillow's bicubic arithmetic, and the normalised CHW tensor is written in the same libuv-pool",
+    'call. Its tensors are within 0.3-0.9/255 (mean) of the reference PIL preprocessing on these images; without DCT',
+    "scaling (`--jpeg-full-decode`) they equal PIL's bit for bit, at the row marked PIL-exact. The JPEG header is read",
+    'from the markers in JS (no libvips call). sharp/libvips keeps every other image and decides every reject.',
     '',
-    'Why >= 300/s/core is out of reach on this machine: decoding these JPEGs to pixels and nothing else runs at',
-    '265-300 per CPU-second (ceiling row), and every bench image is decoded at full resolution. sharp uses libjpeg',
-    "DCT-domain downscaling (shrink-on-load) only from a 3x reduction up (it skips x2 when int(shrink) == 2, for libjpeg's",
-    'rounding) and has no option to ask for it; the 256-1024 px bench images need at most 2.67x. Crawled images over',
-    '1152 px do get it (parity test vs PIL: 0.4-1.2/255 mean difference with it, dominated by the padded edge). With',
-    'decode + resize at ~4.7 ms this design tops out near 210 pairs per CPU-second here, ~160 with the rest of the',
-    'preprocessing and ~150 with the fetch.',
+    'Decode floor of the same 64 images, CPU per image, one core (`taskset -c 0 env UV_THREADPOOL_SIZE=1 node',
+    '--import tsx bench/intake/decoders.ts`, run by this bench):',
     '',
-    'Changes in this round, each its own commit: `Intake.release(image)` with a tensor pool (the new 1.77 MB tensor per',
-    'pair made V8 run a mark-compact every ~12 pairs; released, one per 40-200); libvips operation cache off by',
-    'default (it never hits on crawled images; `keepSharpCache` opts out); normalise reads 4 pixels per 3 uint32 words',
-    'and pads only the border (bit-identical output, unit-tested against the per-pixel formula). Measured and not kept:',
-    "padding in libvips (`fit: 'contain'`) costs 5.9 vs 4.7 ms per image; a linear kernel is no faster than cubic",
-    '(decode dominates); sharp concurrency 1 vs default on all cores: same.',
+    decoders,
     '',
-    'The "released" rows apply to the pipeline once it calls `intake.release(image)` after the scorer\'s score() for',
-    'that pair has resolved (the scorer copies tensors into its worker when it posts them); until then the "not',
-    'released" row is what it gets. For scale: the scorer ceiling on an H200 is ~93 pairs/s',
-    '(DESIGN.md), so about one core of intake feeds one GPU.',
+    "Where a pair's CPU goes now: the native call ~2.4-2.6 ms (libjpeg-turbo at M/8 ~1.5 ms, mostly Huffman decoding,",
+    "which no scale reduces; Pillow's own libjpeg-turbo decode of the same files is in the table), the guarded loopback",
+    'fetch ~0.6 ms, the rest ~0.2 ms. Not kept: an even-tap kernel layout with the pad term precomputed per output',
+    '(no measurable change in the AVX2 horizontal pass); restricting DCT scales to 1/2, 1/4 and',
+    "1/8 (SIMD IDCTs; same time) and libjpeg's fast integer IDCT or plain upsampling (same time, less exact).",
+    '',
+    'The "released" rows are what the pipeline gets: it calls `intake.release(image)` once the scorer\'s score() for',
+    'that pair has resolved (the scorer copies tensors into its worker when it posts them). For scale: the scorer',
+    'ceiling on an H200 is ~93 pairs/s (DESIGN.md), so one core of intake now feeds about three GPUs.',
     '',
   ].join('\n');
   let doc = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
