@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On the lent GPU machine (device tool, carry [".devcarry"] made by scripts/gpu-pack.sh): unpack the carried Node and
+# node_modules, then (1) bench/scorer/ep-check.ts on WebGPU (EP_VERBOSE=1: also the nodes onnxruntime left on the
+# CPU), (2) the intake bench on that host's CPU (SKIP_INTAKE=1 skips it). Logs land in $OUT.
+set -u
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+python3 - <<'PY'
+import lzma, shutil, tarfile, os
+os.makedirs('/tmp/nodebin', exist_ok=True)
+with lzma.open('.devcarry/node.xz') as src, open('/tmp/nodebin/node', 'wb') as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod('/tmp/nodebin/node', 0o755)
+with tarfile.open('.devcarry/nm.tar.xz', 'r:xz') as t:
+    t.extractall('.')
+PY
+export PATH=/tmp/nodebin:$PATH
+mkdir -p build/native && cp .devcarry/jpeg_prepare.node .devcarry/libjpeg.so.62 build/native/
+for f in .devcarry/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+ls /usr/local/nvidia /usr/local/nvidia/share/vulkan/icd.d /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 | head -20
+find / -xdev \( -name '*nvidia*icd*.json' -o -name '10_nvidia.json' \) 2>/dev/null | head
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+echo "unpacked in $(( $(date +%s) - t0 )) s"
+{ node --version; nproc; lscpu | grep -E "Model name|^CPU\(s\)|MHz" ; nvidia-smi -L; } 2>&1 | tee "$OUT/host.txt"
+ldconfig -p | grep -i vulkan | head -2
+if [ "${EP_VERBOSE:-0}" = 1 ]; then
+  timeout 180 node --import tsx bench/scorer/ep-check.ts webgpu > /tmp/ep.log 2>&1
+  grep -v "\[V:" /tmp/ep.log | grep -v "^\s*at " | tail -12 | tee "$OUT/ep-check.log"
+  # every placement block: the header line and the node lines under it
+  awk '/placed on \[/ {print; n=($0 ~ /Node\(s\) placed on \[CPU/) ? $NF+0 : 0; next} n>0 {print; n--}' /tmp/ep.log | sed 's/^.*VerifyEachNodeIsAssignedToAnEp\]//' > "$OUT/placements.log"
+  grep -c . "$OUT/placements.log"; grep -v "placed on" "$OUT/placements.log" | awk '{print $1}' | sort | uniq -c
+else
+  timeout 180 node --import tsx bench/scorer/ep-check.ts webgpu 2>&1 | grep -v "^\s*at " | tail -40 | tee "$OUT/ep-check.log"
+fi
+echo "ep-check done at $(( $(date +%s) - t0 )) s"
+[ "${SKIP_INTAKE:-0}" = 1 ] && exit 0
+BENCH_PAIRS=${BENCH_PAIRS:-1000} BENCH_NO_WRITE=1 timeout 240 node --import tsx bench/intake/run.ts 2>&1 | tail -25 | tee "$OUT/intake.log"
+echo "all done at $(( $(date +%s) - t0 )) s"
