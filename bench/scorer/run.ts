@@ -182,7 +182,7 @@ async function main(): Promise<void> {
   const cmd = `npm run bench:scorer -- ${process.argv.slice(2).join(' ')}`.trim();
   const table = [
     `Model: ${info}; ${args.dtype}; ${nPairs} pairs x 4 metrics, batch ${batch}; ${cpus().length} CPU cores` +
-      ` (${cpus()[0]?.model ?? 'unknown CPU'}); ${load}; no GPU on this machine. Measured ${new Date().toISOString().slice(0, 10)}.`,
+      ` (${cpus()[0]?.model ?? 'unknown CPU'}); ${load}; ${args.ep === 'cpu' ? 'CPU only' : `on the ${args.ep} EP (the GPU the EP found)`}. Measured ${new Date().toISOString().slice(0, 10)}.`,
     '',
     '| path | pairs/s | model tokens / pair (vision patches + decoder positions) | decoder positions / pair (with padding) | real decoder tokens / pair | vision encodes / pair | decoder runs / pair | scores read |',
     '|---|---|---|---|---|---|---|---|',
