@@ -506,6 +506,11 @@ static void execute(napi_env env, void *data) {
     JSAMPROW rows[SCAN_ROWS];
     for (int i = 0; i < SCAN_ROWS; i++) rows[i] = rs->scan + (size_t)i * stride;
     int n = (int)jpeg_read_scanlines(&cinfo, rows, SCAN_ROWS);
+    if (n == 0) { /* only a suspending source returns none, and memory sources never suspend */
+      err.code = "JPEG_ERROR";
+      snprintf(err.message, sizeof err.message, "libjpeg returned no scanlines at row %d", y);
+      longjmp(err.jump, 1);
+    }
     for (int i = 0; i < n; i++) resampler_row(rs, y + i, rows[i]);
   }
   jpeg_finish_decompress(&cinfo);
