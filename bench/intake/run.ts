@@ -243,7 +243,7 @@ if (!process.env.BENCH_NO_WRITE) {
     'the horizontal pass ~6.8M (~44 per output pixel and decoded row: 5-6 taps x 4 lanes), the vertical pass ~2.6M.',
     'Not kept (no measurable change, each measured interleaved against the kept code): an even-tap kernel with the pad',
     'term precomputed per output; 14-bit weights through pmaddwd for the DCT-scaled path; two decoded rows per',
-    'horizontal-pass call; restricting DCT scales to 1/2, 1/4 and 1/8 (SIMD IDCTs); libjpeg\'s fast integer IDCT or',
+    "horizontal-pass call; restricting DCT scales to 1/2, 1/4 and 1/8 (SIMD IDCTs); libjpeg's fast integer IDCT or",
     'plain upsampling (also less exact).',
     '',
     'The "released" rows are what the pipeline gets: it calls `intake.release(image)` once the scorer\'s score() for',
