@@ -308,6 +308,117 @@ __attribute__((target("avx2"))) static void hrow_avx2(const uint8_t *row, const 
     o2[xx] = (uint8_t)(out >> 16);
   }
 }
+
+/*
+ * The horizontal pass vectorised across output pixels, for the common case where 8 neighbouring outputs read
+ * within 16 decoded pixels (reductions up to ~1.3x, which DCT scaling leaves): per block of 8 outputs and per
+ * channel, one 16-byte load of the channel's plane, then per tap a byte shuffle gathers the 8 outputs' pixels,
+ * widened to int32 and multiplied by the 8 weights. ~16 instructions per output pixel instead of ~44 for
+ * hrow_avx2's one-pixel-at-a-time loop; the same integers, summed in another order.
+ */
+typedef struct {
+  int nblocks, maxk;
+  int *base;       /* per block: the decoded pixel its 16-byte window starts at */
+  int *ntaps;      /* per block: taps of its widest output */
+  uint8_t *mask;   /* per block and tap: 16-byte shuffle (low 8 bytes: each output's pixel in the window) */
+  int32_t *w;      /* per block and tap: the 8 outputs' weights (0 past an output's own taps) */
+  int32_t *bias;   /* per block and channel: HALF + pad colour x pad weight, 8 outputs */
+  uint8_t *planes; /* one decoded row split into three channel planes (+16 bytes of slack each) */
+  size_t plane_len;
+} hblocks_t;
+
+static void hblocks_free(hblocks_t *b) {
+  free(b->base);
+  free(b->ntaps);
+  free(b->mask);
+  free(b->w);
+  free(b->bias);
+  free(b->planes);
+  memset(b, 0, sizeof *b);
+}
+
+/* 1 when every block fits its window (and the tables were allocated), else 0 and nothing kept. */
+static int hblocks_init(hblocks_t *b, const axis_t *ax, int ws, const int pad[3]) {
+  memset(b, 0, sizeof *b);
+  if (ax->out_n % 8 != 0) return 0;
+  int nb = ax->out_n / 8, maxk = 0;
+  for (int xx = 0; xx < ax->out_n; xx++) maxk = ax->count[xx] > maxk ? ax->count[xx] : maxk;
+  b->nblocks = nb;
+  b->maxk = maxk;
+  b->base = (int *)malloc(sizeof(int) * nb);
+  b->ntaps = (int *)malloc(sizeof(int) * nb);
+  b->mask = (uint8_t *)calloc((size_t)nb * maxk * 16, 1);
+  b->w = (int32_t *)calloc((size_t)nb * maxk * 8, sizeof(int32_t));
+  b->bias = (int32_t *)malloc(sizeof(int32_t) * nb * 3 * 8);
+  b->plane_len = (size_t)ws + 32;
+  b->planes = (uint8_t *)calloc(b->plane_len * 3, 1);
+  if (!b->base || !b->ntaps || !b->mask || !b->w || !b->bias || !b->planes) {
+    hblocks_free(b);
+    return 0;
+  }
+  for (int bi = 0; bi < nb; bi++) {
+    int x0 = bi * 8, base = ax->start[x0], k = 0;
+    for (int j = 0; j < 8; j++) {
+      int xx = x0 + j, c = ax->count[xx];
+      if (c > k) k = c;
+      if (c > 0 && (ax->start[xx] < base || ax->start[xx] + c - base > 16)) {
+        hblocks_free(b);
+        return 0;
+      }
+      for (int t = 0; t < c; t++) {
+        b->mask[((size_t)bi * maxk + t) * 16 + j] = (uint8_t)(ax->start[xx] + t - base);
+        b->w[((size_t)bi * maxk + t) * 8 + j] = ax->k[(size_t)xx * ax->ksize + t];
+      }
+      for (int ch = 0; ch < 3; ch++) b->bias[((size_t)bi * 3 + ch) * 8 + j] = HALF + pad[ch] * ax->pad_k[xx];
+    }
+    b->base[bi] = base;
+    b->ntaps[bi] = k;
+  }
+  return 1;
+}
+
+__attribute__((target("avx2"))) static void hrow_blocks_avx2(const uint8_t *row, int ws, hblocks_t *b,
+                                                             uint8_t *o0, uint8_t *o1, uint8_t *o2) {
+  /* RGBX -> three planes, 16 pixels per step: bytes to [R0-3 G0-3 B0-3 X0-3] per 4 pixels, then a 4x4 transpose. */
+  const __m128i split = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  uint8_t *pr = b->planes, *pg = pr + b->plane_len, *pb = pg + b->plane_len;
+  int x = 0;
+  for (; x + 16 <= ws; x += 16) {
+    const __m128i *src = (const __m128i *)(row + (size_t)x * 4);
+    __m128i q0 = _mm_shuffle_epi8(_mm_loadu_si128(src), split);
+    __m128i q1 = _mm_shuffle_epi8(_mm_loadu_si128(src + 1), split);
+    __m128i q2 = _mm_shuffle_epi8(_mm_loadu_si128(src + 2), split);
+    __m128i q3 = _mm_shuffle_epi8(_mm_loadu_si128(src + 3), split);
+    __m128i t0 = _mm_unpacklo_epi32(q0, q1), t1 = _mm_unpacklo_epi32(q2, q3);
+    __m128i t2 = _mm_unpackhi_epi32(q0, q1), t3 = _mm_unpackhi_epi32(q2, q3);
+    _mm_storeu_si128((__m128i *)(pr + x), _mm_unpacklo_epi64(t0, t1));
+    _mm_storeu_si128((__m128i *)(pg + x), _mm_unpackhi_epi64(t0, t1));
+    _mm_storeu_si128((__m128i *)(pb + x), _mm_unpacklo_epi64(t2, t3));
+  }
+  for (; x < ws; x++) {
+    pr[x] = row[(size_t)x * 4];
+    pg[x] = row[(size_t)x * 4 + 1];
+    pb[x] = row[(size_t)x * 4 + 2];
+  }
+  uint8_t *planes[3] = {pr, pg, pb}, *outs[3] = {o0, o1, o2};
+  for (int bi = 0; bi < b->nblocks; bi++) {
+    const uint8_t *mask = b->mask + (size_t)bi * b->maxk * 16;
+    const int32_t *w = b->w + (size_t)bi * b->maxk * 8;
+    int n = b->ntaps[bi];
+    for (int c = 0; c < 3; c++) {
+      __m128i win = _mm_loadu_si128((const __m128i *)(planes[c] + b->base[bi]));
+      __m256i acc = _mm256_loadu_si256((const __m256i *)(b->bias + ((size_t)bi * 3 + c) * 8));
+      for (int t = 0; t < n; t++) {
+        __m128i px = _mm_shuffle_epi8(win, _mm_loadu_si128((const __m128i *)(mask + t * 16)));
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px),
+                                                       _mm256_loadu_si256((const __m256i *)(w + t * 8))));
+      }
+      acc = _mm256_srai_epi32(acc, PRECISION_BITS);
+      __m128i v = _mm_packs_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+      _mm_storel_epi64((__m128i *)(outs[c] + bi * 8), _mm_packus_epi16(v, v));
+    }
+  }
+}
 #define TARGET_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define TARGET_CLONES
@@ -346,6 +457,9 @@ typedef struct {
   uint8_t *tmp, *prow, *scan;
   int32_t *acc;
   void (*hrow)(const uint8_t *, const axis_t *, const int[3], uint8_t *, uint8_t *, uint8_t *);
+#if defined(__x86_64__) || defined(__i386__)
+  hblocks_t blocks; /* in use when blocks.planes is set */
+#endif
 } resampler_t;
 
 static void resampler_free(resampler_t *rs) {
@@ -354,6 +468,9 @@ static void resampler_free(resampler_t *rs) {
   free(rs->prow);
   free(rs->scan);
   free(rs->acc);
+#if defined(__x86_64__) || defined(__i386__)
+  hblocks_free(&rs->blocks);
+#endif
   axis_free(&rs->ax);
   axis_free(&rs->ay);
   free(rs);
@@ -417,6 +534,7 @@ static resampler_t *resampler_new(const job_t *job, int ws, int hs, double r) {
 #if defined(__x86_64__) || defined(__i386__)
   if (__builtin_cpu_supports("avx2")) {
     rs->hrow = hrow_avx2;
+    hblocks_init(&rs->blocks, &rs->ax, ws, rs->pad);
   } else if (__builtin_cpu_supports("sse4.1")) {
     rs->hrow = hrow_sse41;
   }
@@ -428,6 +546,12 @@ static resampler_t *resampler_new(const job_t *job, int ws, int hs, double r) {
 static void resampler_row(resampler_t *rs, int y, const uint8_t *row) {
   if (y < rs->y0 || y >= rs->y1) return;
   size_t o = (size_t)(y - rs->y0) * rs->S;
+#if defined(__x86_64__) || defined(__i386__)
+  if (rs->blocks.planes != NULL) {
+    hrow_blocks_avx2(row, rs->ws, &rs->blocks, rs->tmp + o, rs->tmp + rs->hplane + o, rs->tmp + 2 * rs->hplane + o);
+    return;
+  }
+#endif
   rs->hrow(row, &rs->ax, rs->pad, rs->tmp + o, rs->tmp + rs->hplane + o, rs->tmp + 2 * rs->hplane + o);
 }
 
