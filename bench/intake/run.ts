@@ -243,7 +243,7 @@ if (!process.env.BENCH_NO_WRITE) {
     'is in the table), the horizontal pass 3.6M (vectorised across 8 output pixels; 6.8M one pixel at a time), the',
     'vertical pass and normalisation 2.6M. Not kept (no measurable change, each measured interleaved against the',
     'kept code): an even-tap kernel with the pad term precomputed per output; 14-bit weights through pmaddwd; two',
-    "decoded rows per horizontal-pass call; restricting DCT scales to 1/2, 1/4 and 1/8 (SIMD IDCTs); libjpeg's",
+    "decoded rows per horizontal-pass call; a register-blocked AVX2 vertical pass (more instructions than the auto-vectorised one); restricting DCT scales to 1/2, 1/4 and 1/8 (SIMD IDCTs); libjpeg's",
     'fast integer IDCT or plain upsampling (also less exact).',
     '',
     'The "released" rows are what the pipeline gets: it calls `intake.release(image)` once the scorer\'s score() for',
