@@ -10,18 +10,10 @@
  *   node --import tsx bench/scorer/ep-check.ts webgpu [cuda]
  */
 import * as ort from 'onnxruntime-node';
-import { readFileSync } from 'node:fs';
 import type { EngineResult } from '../../lib/model/engine.ts';
 import { loadEngine, type ExecutionProvider } from '../../lib/model/sessions.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
-
-interface RefCase {
-  image: number;
-  caption: string;
-  metric: MetricKey;
-  score_logits: number[];
-  greedy_score: number | null;
-}
+import { loadReference } from '../../test/model/reference.ts';
 
 if (process.env.EP_VERBOSE === '1') ort.env.logLevel = 'verbose';
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
@@ -37,22 +29,7 @@ function maxAbs(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 for (const name of ['tiny-llava-qwen', 'tiny-llava-v1']) {
-  const dir = new URL(`../../test/fixtures/models/${name}/`, import.meta.url).pathname;
-  const ref = JSON.parse(readFileSync(`${dir}reference.json`, 'utf8')) as {
-    images: { pixel_values: string }[];
-    cases: RefCase[];
-  };
-  const pixels = ref.images.map((im) => {
-    const b = readFileSync(`${dir}${im.pixel_values}`);
-    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4).slice();
-  });
-  const pairs: { image: number; caption: string; cases: RefCase[] }[] = [];
-  for (const c of ref.cases) {
-    let p = pairs.find((x) => x.image === c.image && x.caption === c.caption);
-    if (!p) pairs.push((p = { image: c.image, caption: c.caption, cases: [] }));
-    p.cases.push(c);
-  }
-  const inputs = pairs.map((p) => ({ caption: p.caption, pixelValues: pixels[p.image]! }));
+  const { dir, pairs, inputs } = loadReference(name);
   const runs: { ep: string; used: string; results: EngineResult[]; ms: number }[] = [];
   for (const requested of ['cpu', ...eps] as ExecutionProvider[]) {
     for (const dtype of requested === 'cpu' ? (['fp32'] as const) : (['fp32', 'fp16'] as const)) {

@@ -6,51 +6,17 @@
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { loadEngine } from '../../lib/model/sessions.ts';
 import { buildPrompt } from '../../lib/model/prompt.ts';
 import type { EngineResult } from '../../lib/model/engine.ts';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
-
-interface RefCase {
-  image: number;
-  caption: string;
-  metric: MetricKey;
-  prompt: string;
-  input_ids: number[];
-  score_logits: number[];
-  greedy_tokens: number[];
-  greedy_score: number | null;
-  reference_2tok_score: number | null;
-}
-interface Reference {
-  format: string;
-  images: { file: string; pixel_values: string }[];
-  cases: RefCase[];
-}
+import { loadReference as load } from './reference.ts';
 
 const FIXTURES = ['tiny-llava-qwen', 'tiny-llava-v1'];
 const quiet = () => undefined;
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
-
-function load(name: string) {
-  const dir = new URL(`../fixtures/models/${name}/`, import.meta.url).pathname;
-  const ref = JSON.parse(readFileSync(`${dir}reference.json`, 'utf8')) as Reference;
-  const pixels = ref.images.map((im) => {
-    const buf = readFileSync(`${dir}${im.pixel_values}`);
-    return new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4).slice();
-  });
-  // Pairs in first-seen order; each pair carries the cases of its metrics.
-  const pairs: { image: number; caption: string; cases: RefCase[] }[] = [];
-  for (const c of ref.cases) {
-    let p = pairs.find((x) => x.image === c.image && x.caption === c.caption);
-    if (!p) pairs.push((p = { image: c.image, caption: c.caption, cases: [] }));
-    p.cases.push(c);
-  }
-  const inputs = pairs.map((p) => ({ caption: p.caption, pixelValues: pixels[p.image] as Float32Array }));
-  return { dir, ref, pairs, inputs };
-}
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length, 'logits length');

@@ -255,6 +255,23 @@ static void hrow_scalar(const uint8_t *row, const axis_t *ax, const int pad[3], 
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+/* acc += one RGBX pixel x weight, per lane. */
+__attribute__((target("sse4.1"))) static inline __m128i tap1(__m128i acc, const uint8_t *s, int32_t k) {
+  int32_t px;
+  memcpy(&px, s, 4);
+  return _mm_add_epi32(acc, _mm_mullo_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(px)), _mm_set1_epi32(k)));
+}
+
+/* clip8 of the R, G, B lanes (arithmetic shift, then saturate to 0..255) into the three planes at xx. */
+__attribute__((target("sse4.1"))) static inline void store_rgb(__m128i acc, uint8_t *o0, uint8_t *o1, uint8_t *o2,
+                                                               int xx) {
+  __m128i v = _mm_packus_epi16(_mm_packs_epi32(_mm_srai_epi32(acc, PRECISION_BITS), acc), acc);
+  int32_t out = _mm_cvtsi128_si32(v);
+  o0[xx] = (uint8_t)out;
+  o1[xx] = (uint8_t)(out >> 8);
+  o2[xx] = (uint8_t)(out >> 16);
+}
+
 /* The same with one pixel's four channels per 128-bit register (SSE4.1: pmovzxbd, pmulld); identical integers. */
 __attribute__((target("sse4.1"))) static void hrow_sse41(const uint8_t *row, const axis_t *ax, const int pad[3],
                                                           uint8_t *o0, uint8_t *o1, uint8_t *o2) {
@@ -263,17 +280,8 @@ __attribute__((target("sse4.1"))) static void hrow_sse41(const uint8_t *row, con
     const int32_t *k = ax->k + (size_t)xx * ax->ksize;
     const uint8_t *s = row + (size_t)ax->start[xx] * 4;
     __m128i acc = _mm_add_epi32(half, _mm_mullo_epi32(padv, _mm_set1_epi32(ax->pad_k[xx])));
-    for (int t = 0, n = ax->count[xx]; t < n; t++, s += 4) {
-      int32_t px;
-      memcpy(&px, s, 4);
-      acc = _mm_add_epi32(acc, _mm_mullo_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(px)), _mm_set1_epi32(k[t])));
-    }
-    /* clip8: arithmetic shift, then saturate to 0..255 */
-    __m128i v = _mm_packus_epi16(_mm_packs_epi32(_mm_srai_epi32(acc, PRECISION_BITS), acc), acc);
-    int32_t out = _mm_cvtsi128_si32(v);
-    o0[xx] = (uint8_t)out;
-    o1[xx] = (uint8_t)(out >> 8);
-    o2[xx] = (uint8_t)(out >> 16);
+    for (int t = 0, n = ax->count[xx]; t < n; t++, s += 4) acc = tap1(acc, s, k[t]);
+    store_rgb(acc, o0, o1, o2, xx);
   }
 }
 
@@ -296,16 +304,8 @@ __attribute__((target("avx2"))) static void hrow_avx2(const uint8_t *row, const 
     }
     __m128i acc = _mm_add_epi32(_mm256_castsi256_si128(acc2), _mm256_extracti128_si256(acc2, 1));
     acc = _mm_add_epi32(acc, _mm_add_epi32(half, _mm_mullo_epi32(padv, _mm_set1_epi32(ax->pad_k[xx]))));
-    if (t < n) {
-      int32_t px;
-      memcpy(&px, s, 4);
-      acc = _mm_add_epi32(acc, _mm_mullo_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(px)), _mm_set1_epi32(k[t])));
-    }
-    __m128i v = _mm_packus_epi16(_mm_packs_epi32(_mm_srai_epi32(acc, PRECISION_BITS), acc), acc);
-    int32_t out = _mm_cvtsi128_si32(v);
-    o0[xx] = (uint8_t)out;
-    o1[xx] = (uint8_t)(out >> 8);
-    o2[xx] = (uint8_t)(out >> 16);
+    if (t < n) acc = tap1(acc, s, k[t]);
+    store_rgb(acc, o0, o1, o2, xx);
   }
 }
 
