@@ -73,9 +73,11 @@ const sharpOnly: Run = {
   env: { BENCH_JPEG_DECODER: 'sharp' },
 };
 const runs: Run[] = [
-  // A-B-A-B: the native JPEG path (default) against sharp alone, so that load drift hits both alike
+  // A-B-A-B-A-B: the native JPEG path (default) against sharp alone, so that load drift hits both alike
   native,
   sharpOnly,
+  { ...native },
+  { ...sharpOnly },
   { ...native },
   { ...sharpOnly },
   {
@@ -106,7 +108,7 @@ if (baselineRef) {
   const tar = execFileSync('git', ['archive', baselineRef, 'lib/intake', 'lib/types.ts']);
   execFileSync('tar', ['-x', '-C', dir], { input: tar });
   copyFileSync('bench/intake/client.ts', `${dir}/bench/intake/client.ts`);
-  const base = runs[5]!;
+  const base = runs.find((r) => r.name.endsWith('tensors not released'))!;
   const mine = runs[0]!;
   const label = `baseline ${baselineRef}`;
   const b = {
@@ -174,14 +176,21 @@ const rows = results.map(
     `${r.gcMsPerPair.toFixed(2)} | ${r.rejects} |`,
 );
 const table = [header, '|---|---:|---:|---:|---:|---:|', ...rows].join('\n');
-const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-const cpuS = (pred: (r: Run) => boolean): number => mean(results.filter((r) => pred(r.run)).map((r) => r.pairsPerCpuS));
+const median = (xs: number[]): number => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 ? v[v.length >> 1]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+};
+const rowsOf = (pred: (r: Run) => boolean): number[] => results.filter((r) => pred(r.run)).map((r) => r.pairsPerCpuS);
+const cpuS = (pred: (r: Run) => boolean): number => median(rowsOf(pred));
 const isMain = (r: Run): boolean => r.client === undefined && r.source === 'url' && r.release === true && r.cpu === 0;
-const nativeCpuS = cpuS((r) => isMain(r) && r.env === undefined);
-const sharpCpuS = cpuS((r) => isMain(r) && r.env?.BENCH_JPEG_DECODER === 'sharp');
+const isNative = (r: Run): boolean => isMain(r) && r.env === undefined;
+const isSharp = (r: Run): boolean => isMain(r) && r.env?.BENCH_JPEG_DECODER === 'sharp';
+const nativeCpuS = cpuS(isNative);
+const sharpCpuS = cpuS(isSharp);
 let comparison =
   `Same run, per core, fetch+decode+preprocess, tensors released: native JPEG path ${nativeCpuS.toFixed(0)} pairs per ` +
-  `CPU-second vs sharp alone ${sharpCpuS.toFixed(0)} (${(nativeCpuS / sharpCpuS).toFixed(2)}x; mean of 2 interleaved runs each).`;
+  `CPU-second vs sharp alone ${sharpCpuS.toFixed(0)} (${(nativeCpuS / sharpCpuS).toFixed(2)}x; medians of the ${rowsOf(isNative).length} native and ` +
+  `${rowsOf(isSharp).length} sharp rows, interleaved).`;
 if (baselineRef) {
   const base = cpuS((r) => r.client !== undefined);
   comparison +=
