@@ -23,7 +23,8 @@ export function padColour(spec: PreprocessSpec): { r: number; g: number; b: numb
  *
  * Padding is done here while normalising rather than by sharp's `contain`: same placement (the reference's paste
  * offset `(side - w) // 2` scaled to the output, floored), one image-sized copy less, and a smaller raw buffer.
- * Measured against PIL's expand2square + bicubic: mean |diff| 0.2-1.8 /255 (see parity.slow.test.ts), the residual
+ * This is the sharp path (non-JPEG images, rotated or CMYK JPEGs; JPEGs otherwise take lib/intake/native). Measured
+ * against PIL's expand2square + bicubic: mean |diff| 0.2-1.8 /255 (see parity.slow.test.ts), the residual
  * being sub-pixel placement and the hard content edge (PIL blends the pad into the edge row when it resizes).
  */
 export async function toPixelValues(

@@ -25,7 +25,8 @@
  * the filter stretched by max(scale, 1), weights normalised in double then rounded to 22-bit fixed point, 8-bit
  * rounding (floor((sum + 2^21) / 2^22), clamped) after each pass. Padding is virtual: taps that fall on the pad take
  * the pad colour, so the padded square is never materialised. At scale 8/8 the result equals PIL's
- * resize(expand2square(img)) bit for bit (test/intake/native-parity.slow.test.ts); at M/8 < 8/8 the taps are laid
+ * resize(expand2square(img)) bit for bit (test/intake/jpeg-native.test.ts, on PIL outputs committed by
+ * tools/export/pil_fixtures.py); at M/8 < 8/8 the taps are laid
  * on the decoded grid (libjpeg's scaled pixel i covers source pixels [8i/M, 8(i+1)/M)).
  *
  * Errors reject with an Error whose `code` is JPEG_TRUNCATED (premature end of data: libjpeg would fill the rest
