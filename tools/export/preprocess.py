@@ -60,9 +60,11 @@ def preprocess_image(img: Image.Image, cfg: dict, pad_to_square: bool) -> np.nda
         img = expand2square(img, tuple(int(x * 255) for x in cfg["image_mean"]))
     if "shortest_edge" in cfg["size"]:
         s = cfg["size"]["shortest_edge"]
+        # transformers' get_resize_output_image_size(default_to_square=False): the long side is truncated, not rounded
         w, h = img.size
-        scale = s / min(w, h)
-        img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BICUBIC)
+        short, long = min(w, h), max(w, h)
+        new_long = int(s * long / short)
+        img = img.resize((s, new_long) if w <= h else (new_long, s), Image.BICUBIC)
         c = cfg["crop_size"]["height"]
         left, top = (img.size[0] - c) // 2, (img.size[1] - c) // 2
         img = img.crop((left, top, left + c, top + c))
