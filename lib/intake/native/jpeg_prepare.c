@@ -114,7 +114,6 @@ static void axis_free(axis_t *a) {
   free(a->pad_k);
 }
 
-
 /*
  * out_n outputs; content of `content_n` decoded pixels (full-resolution length `full_len`, decoded at r = M/8)
  * placed at `off` in a virtual extent of `extent` full-resolution pixels; output index xx samples the extent at
