@@ -158,6 +158,10 @@ export interface ScoreResult {
   readonly scores: Scores;
   /** Expected score from the digit probabilities (continuous; ranks better, breaks ties). */
   readonly expected?: Scores;
+  /** The caption was shortened from its end to fit the model's context (lengths in UTF-16 code units). */
+  readonly captionCut?: { readonly originalChars: number; readonly keptChars: number };
+  /** The pair cannot be scored at all (e.g. its caption cannot fit the model even when cut): a reject. */
+  readonly unscorable?: { readonly code: 'invalid_record'; readonly message: string };
 }
 
 export interface ModelInfo {
@@ -189,6 +193,8 @@ export interface Outcome {
   readonly reasons: readonly Reason[];
   readonly scores: Scores;
   readonly expected?: Scores;
+  /** The caption was shortened to fit the model's context before scoring (ScoreResult.captionCut). */
+  readonly captionCut?: ScoreResult['captionCut'];
   /** The image as stored by the curated sink; the pixel tensor is dropped after scoring to bound memory. */
   readonly image?: StoredImage;
 }

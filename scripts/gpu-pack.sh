@@ -3,7 +3,8 @@
 # that machine has no Node and reaches no registry. Node (xz), node_modules without the CDK/lint/test-only packages
 # (xz tar), the native JPEG module with its libjpeg, and Debian's Vulkan loader + GL dispatch libraries (the WebGPU
 # execution provider reaches the NVIDIA driver through them). About 52 MB; the device tool carries 64 MiB in all.
-#   bash scripts/gpu-pack.sh    then run `bash scripts/gpu-check.sh` there with carry [".devcarry"]
+#   bash scripts/gpu-pack.sh [--cuda]   then run `bash scripts/gpu-check.sh` (or gpu-scorer-bench.sh) there with
+#   carry [".devcarry"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
@@ -24,3 +25,37 @@ o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp
 apt-get $o update -q >/dev/null
 (cd .devcarry/gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 du -sh .devcarry
+
+# --cuda: also onnxruntime's CUDA provider (from the onnxruntime-gpu wheel of onnxruntime-node's version, see
+# scripts/cuda-provider.sh), zstd-compressed (272 MB -> ~178 MB) and split into parts under 56 MB in
+# .devcarry-cuda/1..N, each carried by its own back-to-back call (the device tool carries 64 MiB per call; carried
+# folders stay on the machine while it is warm). The lent machine has CUDA 13 and cuDNN 9 of its own: only the
+# provider travels. scripts/gpu-scorer-bench.sh reassembles it.
+if [ "${1-}" = "--cuda" ]; then
+  grep -qx '/.devcarry-cuda/' .git/info/exclude 2>/dev/null || echo '/.devcarry-cuda/' >> .git/info/exclude
+  version="$(node -p "require('./node_modules/onnxruntime-node/package.json').version")"
+  cache="${MLMF_CUDA_WHEEL_CACHE:-build/cuda-provider/.wheels}"
+  wheel="$(ls "$cache"/onnxruntime_gpu-"$version"-*.whl 2>/dev/null | head -1)"
+  if [ -z "$wheel" ]; then
+    # Fills the wheel cache; its dependency check fails on a host without CUDA, which does not matter here.
+    bash scripts/cuda-provider.sh --provider-only --dest build/cuda-provider/stage >/dev/null 2>&1 || true
+    wheel="$(ls "$cache"/onnxruntime_gpu-"$version"-*.whl | head -1)"
+  fi
+  stage="$(mktemp -d)"
+  python3 -c "
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for n in z.namelist():
+    if n.endswith(('libonnxruntime_providers_cuda.so', 'libonnxruntime_providers_shared.so')):
+        open(sys.argv[2] + '/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n))
+" "$wheel" "$stage"
+  rm -rf .devcarry-cuda && mkdir -p .devcarry-cuda
+  tar -C "$stage" -c . | zstd -19 -T0 -q -o "$stage/provider.tar.zst"
+  split -b 56M -d -a 1 "$stage/provider.tar.zst" "$stage/part-"
+  n=0
+  for part in "$stage"/part-*; do
+    n=$((n + 1)); mkdir -p ".devcarry-cuda/$n"; mv "$part" ".devcarry-cuda/$n/"
+  done
+  rm -rf "$stage"
+  du -sh .devcarry-cuda/*
+fi

@@ -1,8 +1,9 @@
 /**
- * Does the exported graph (fused MultiHeadAttention / RotaryEmbedding / SimplifiedLayerNormalization) run on a GPU
+ * Does the scoring graph (fused MultiHeadAttention / RotaryEmbedding / SimplifiedLayerNormalization) run on a GPU
  * execution provider, and does it give the CPU's numbers? Scores the committed tiny fixtures' reference pairs on the
  * CPU and on each EP named, and prints per fixture: the EP actually used (a failed one falls back to cpu with a
- * warning), the largest |logit| difference against PyTorch's reference and against the CPU run, whether the greedy
+ * warning), the largest digit-probability difference against PyTorch's reference and against the CPU run, the
+ * expected scores against PyTorch's, whether the greedy
  * scores agree, and the wall time of one scoring call (the tiny models say nothing about throughput: this is a
  * placement and correctness check). onnxruntime's own warnings (nodes not assigned to the EP) go to stderr;
  * EP_VERBOSE=1 turns onnxruntime's verbose log on, which lists every node placed on each provider.
@@ -35,7 +36,7 @@ for (const name of ['tiny-llava-qwen', 'tiny-llava-v1']) {
     for (const dtype of requested === 'cpu' ? (['fp32'] as const) : (['fp32', 'fp16'] as const)) {
       const { engine, executionProvider } = await loadEngine(
         dir,
-        { executionProvider: requested, dtype, captureScoreLogits: true },
+        { executionProvider: requested, dtype, captureDetail: true },
         log,
       );
       try {
@@ -52,22 +53,25 @@ for (const name of ['tiny-llava-qwen', 'tiny-llava-v1']) {
   for (const r of runs) {
     let vsRef = 0;
     let vsCpu = 0;
+    let expRef = 0;
     let same = 0;
     let total = 0;
     pairs.forEach((p, i) => {
       for (const c of p.cases) {
         const short = SHORT[c.metric];
-        const t = r.results[i]!.traces[short]!;
-        const tc = cpu.results[i]!.traces[short]!;
-        vsRef = Math.max(vsRef, maxAbs(t.scoreLogits as Float32Array, c.score_logits));
-        vsCpu = Math.max(vsCpu, maxAbs(t.scoreLogits as Float32Array, tc.scoreLogits as Float32Array));
+        const d = r.results[i]!.detail![short]!;
+        const dc = cpu.results[i]!.detail![short]!;
+        vsRef = Math.max(vsRef, maxAbs(d.q, c.q), ...c.r.map((rd, k) => maxAbs(d.r[k]!, rd)));
+        vsCpu = Math.max(vsCpu, maxAbs(d.q, dc.q), ...dc.r.map((rd, k) => maxAbs(d.r[k]!, rd)));
+        expRef = Math.max(expRef, Math.abs((d.expected ?? NaN) - (c.expected ?? NaN)));
         total++;
         if (r.results[i]!.scores[short] === cpu.results[i]!.scores[short]) same++;
       }
     });
     console.log(
-      `${name} ${r.ep}: ran on ${r.used}; max |logit diff| vs PyTorch ${vsRef.toExponential(2)}, vs CPU ` +
-        `${vsCpu.toExponential(2)}; scores equal to CPU ${same}/${total}; one call ${r.ms.toFixed(0)} ms`,
+      `${name} ${r.ep}: ran on ${r.used}; max |digit probability diff| vs PyTorch ${vsRef.toExponential(2)}, vs CPU ` +
+        `${vsCpu.toExponential(2)}; max |expected - PyTorch| ${expRef.toFixed(4)}; scores equal to CPU ` +
+        `${same}/${total}; one call ${r.ms.toFixed(0)} ms`,
     );
   }
 }

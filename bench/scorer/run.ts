@@ -1,24 +1,30 @@
 /**
- * Scorer benchmark: the reference's way (one batched full-prompt pass per metric, 2 greedy tokens) against ours
- * (shared image+caption prefix, suffixes batched, early-stopped digit decoding), same pairs, same model file, one run.
+ * Scorer benchmark, one process, same pairs, same random-weight model: the reference's way (one full-prompt pass per
+ * metric, 2 greedy tokens), the previous engine (shared-prefix KV cache moved through JS, 10 session runs per batch;
+ * run from its last commit, BASELINE_REF, as the intake bench keeps its baseline), and the one-pass scoring graph
+ * with all four metrics and with `--metrics policy` (ITM and ODF, the paper's default policy).
  *
  *   npm run bench:scorer -- [--model DIR] [--family qwen|llava_v1] [--pairs 8] [--batch 4] [--threads N]
- *                           [--dtype fp32|fp16] [--ep cpu|cuda|webgpu] [--layers 2] [--write]
+ *                           [--dtype fp32|fp16] [--ep cpu|cuda|webgpu] [--layers 2] [--baseline REF|none] [--write]
  *
- * Without --model it generates a random-weight model of realistic width with tools/export/export.sh into
- * bench/.cache/ (gitignored) on first use, and again whenever the exporter's graph code changes: --family qwen
- * (default) = Qwen2.5-1.5B + SigLIP-so400m shapes, real Qwen vocabulary; llava_v1 = Vicuna-13B + CLIP ViT-L/14-336
- * shapes (576 image tokens). Few layers either way.
- * --write replaces this family's section of BENCHMARKS.md ("## Scorer" for qwen, "## Scorer, LLaVA-1.5 family").
+ * Without --model it generates a random-weight model of realistic width with tools/export/export.sh (both the
+ * scoring graph and the transformers.js trio the previous engine runs, from the same weights) into bench/.cache/
+ * (gitignored) on first use, and again whenever the exporter's graph code changes: --family qwen (default) =
+ * Qwen2.5-1.5B + SigLIP-so400m shapes, real Qwen vocabulary; llava_v1 = Vicuna-13B + CLIP ViT-L/14-336 shapes (576
+ * image tokens). Few layers either way. --baseline none (or a model without the trio) leaves the previous engine's
+ * rows out. --write replaces this family's section of BENCHMARKS.md.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { loadScorer, type MlmScorer, type ScorerOptions } from '../../lib/model/scorer.ts';
-import type { EngineStats } from '../../lib/model/engine.ts';
-import type { ScoreInput } from '../../lib/types.ts';
+import * as ort from 'onnxruntime-node';
+import { loadEngine } from '../../lib/model/sessions.ts';
+import type { MetricKey } from '../../lib/types.ts';
+
+/** The last commit with the previous (multi-session, KV cache through JS) engine. */
+const BASELINE_REF = '8235523';
 
 const { values: args } = parseArgs({
   options: {
@@ -30,12 +36,12 @@ const { values: args } = parseArgs({
     dtype: { type: 'string', default: 'fp32' },
     ep: { type: 'string', default: 'cpu' },
     layers: { type: 'string', default: '2' },
+    baseline: { type: 'string', default: process.env.BENCH_BASELINE ?? BASELINE_REF },
     write: { type: 'boolean', default: false },
   },
 });
 
 const ROOT = new URL('../../', import.meta.url).pathname;
-
 /** Crawled-alt-text-like captions of varied length (the prefix share depends on the caption length). */
 const CAPTIONS = [
   'A red bicycle leaning against a brick wall.',
@@ -55,7 +61,7 @@ const CAPTIONS = [
 /** The exporter files that shape the graphs: a cached bench model made by older code is regenerated. */
 function exporterHash(): string {
   const h = createHash('sha256');
-  for (const f of ['export.py', 'llava_model.py', 'onnx_export.py', 'tiny.py'])
+  for (const f of ['export.py', 'llava_model.py', 'onnx_export.py', 'scorer_graph.py', 'tiny.py'])
     h.update(readFileSync(`${ROOT}tools/export/${f}`));
   return h.digest('hex').slice(0, 8);
 }
@@ -65,7 +71,7 @@ function generatedModelDir(family: string, layers: number): string {
   const dir = `${ROOT}bench/.cache/realistic-${family}-l${layers}-${exporterHash()}`;
   if (
     existsSync(`${dir}/mlm_filter.json`) &&
-    existsSync(`${dir}/onnx/decoder_model_merged${args.dtype === 'fp16' ? '_fp16' : ''}.onnx`)
+    existsSync(`${dir}/onnx/mlm_scorer${args.dtype === 'fp16' ? '_fp16' : ''}.onnx`)
   ) {
     return dir;
   }
@@ -78,6 +84,9 @@ function generatedModelDir(family: string, layers: number): string {
     String(layers),
     '--dtypes',
     args.dtype === 'fp16' ? 'fp16' : 'fp32',
+    '--parts',
+    args.baseline === 'none' ? 'scorer' : 'scorer,trio',
+    '--no-check',
     '--out',
     dir,
   ];
@@ -100,135 +109,204 @@ function pixels(size: number, seed: number): Float32Array {
   return out;
 }
 
-interface RunFigures {
-  readonly seconds: number;
-  readonly pairsPerSecond: number;
-  readonly stats: EngineStats;
-  readonly scored: number;
+/** What every path measures: the engine's score() and the time inside onnxruntime's session.run. */
+interface Engine {
+  score(inputs: readonly { caption: string; pixelValues: Float32Array }[]): Promise<{ scores: object }[]>;
+  release(): Promise<void>;
+  readonly stats: { decoderPositions: number; visionImages: number };
 }
 
-async function measure(scorer: MlmScorer, pairs: ScoreInput[], batch: number): Promise<RunFigures> {
-  // Warm-up on one pair so session initialisation is not timed; its work is subtracted from the counters.
-  await scorer.score(pairs.slice(0, 1));
-  const before = scorer.stats();
+interface RunFigures {
+  seconds: number;
+  runSeconds: number;
+  runs: number;
+  batches: number;
+  decoderPositions: number;
+  visionImages: number;
+  scored: number;
+  pairs: number;
+}
+
+/** Counts and times every session.run in this process (both engines use the same onnxruntime-node). */
+const runClock = { calls: 0, ms: 0 };
+const proto = (ort.InferenceSession as unknown as { prototype: { run: (...a: unknown[]) => Promise<unknown> } })
+  .prototype;
+const originalRun = proto.run;
+proto.run = async function (this: unknown, ...a: unknown[]) {
+  const t = performance.now();
+  try {
+    return await originalRun.apply(this, a);
+  } finally {
+    runClock.calls++;
+    runClock.ms += performance.now() - t;
+  }
+};
+
+async function measure(engine: Engine, pairs: { caption: string; pixelValues: Float32Array }[], batch: number) {
+  await engine.score(pairs.slice(0, 1)); // warm-up, not timed
+  const before = { ...engine.stats, calls: runClock.calls, ms: runClock.ms };
   const t0 = performance.now();
   let scored = 0;
+  let batches = 0;
   for (let i = 0; i < pairs.length; i += batch) {
-    const res = await scorer.score(pairs.slice(i, i + batch));
+    const res = await engine.score(pairs.slice(i, i + batch));
     scored += res.reduce((a, r) => a + Object.keys(r.scores).length, 0);
+    batches++;
   }
-  const seconds = (performance.now() - t0) / 1000;
-  const after = scorer.stats();
-  const stats = Object.fromEntries(
-    Object.keys(after).map((k) => [k, after[k as keyof EngineStats] - before[k as keyof EngineStats]]),
-  ) as unknown as EngineStats;
-  return { seconds, pairsPerSecond: pairs.length / seconds, stats, scored };
+  return {
+    seconds: (performance.now() - t0) / 1000,
+    runSeconds: (runClock.ms - before.ms) / 1000,
+    runs: runClock.calls - before.calls,
+    batches,
+    decoderPositions: engine.stats.decoderPositions - before.decoderPositions,
+    visionImages: engine.stats.visionImages - before.visionImages,
+    scored,
+    pairs: pairs.length,
+  } satisfies RunFigures;
 }
 
-function combine(a: RunFigures, b: RunFigures, pairs: number): RunFigures {
-  const seconds = a.seconds + b.seconds;
-  const stats = Object.fromEntries(
-    Object.keys(a.stats).map((k) => [k, a.stats[k as keyof EngineStats] + b.stats[k as keyof EngineStats]]),
-  ) as unknown as EngineStats;
-  return { seconds, pairsPerSecond: pairs / seconds, stats, scored: a.scored + b.scored };
+function add(a: RunFigures | undefined, b: RunFigures): RunFigures {
+  if (!a) return b;
+  const out = { ...a };
+  for (const k of Object.keys(b) as (keyof RunFigures)[]) out[k] += b[k];
+  return out;
+}
+
+/** The previous engine's lib/model from git (with the lib/types.ts it was written against). */
+async function baselineLoader(ref: string) {
+  const dir = `${ROOT}bench/.cache/scorer-baseline-${ref}`;
+  if (!existsSync(`${dir}/lib/model/sessions.ts`)) {
+    mkdirSync(dir, { recursive: true });
+    const tar = execFileSync('git', ['-C', ROOT, 'archive', ref, 'lib/model', 'lib/types.ts'], { maxBuffer: 1 << 28 });
+    execFileSync('tar', ['-x', '-C', dir], { input: tar });
+  }
+  const mod = (await import(`${dir}/lib/model/sessions.ts`)) as { loadEngine: typeof loadEngine };
+  return mod.loadEngine as unknown as (
+    dir: string,
+    opts: Record<string, unknown>,
+    log: () => void,
+  ) => Promise<{ engine: Engine; info: { preprocess: { size: number } } }>;
+}
+
+/** What a reader needs to interpret the table. */
+const NOTES = [
+  '- Same pairs (captions of crawled-alt-text lengths, seeded random pixels), same weights (one export writes the ' +
+    "scoring graph and the previous engine's three files), one process. Each path runs over the first half of the " +
+    'pairs, then in reverse order over the second half, each phase warmed up untimed, so load from other work on a ' +
+    'shared machine drifts onto every path alike.',
+  "- Model tokens = the vision tower's patch tokens + decoder positions (padding included). The one-pass graph " +
+    'holds ~44 more positions per pair than the previous engine (11 digit candidates per metric, which give every ' +
+    "first digit's own second-digit distribution: the exact 0..100 distribution) and runs lm_head on 12 rows per " +
+    'metric; its last decoder layer computes only those rows (keys and values for all positions), which at 2 layers ' +
+    'is half the decoder and at 28 layers 1/28 of it, so the CPU ratio against the previous engine shrinks with depth.',
+  '- session.run calls per batch: the previous engine ran the vision encoder, the embedding and the decoder with KV ' +
+    'caches and logits crossing into JS between runs; the one-pass graph is one run. JS ms per pair = wall time ' +
+    'minus the time inside session.run (tokenising the prompts, packing, readout, garbage collection).',
+];
+
+type PathName = 'reference' | 'previous' | 'onepass' | 'policy';
+const LABELS: Record<PathName, string> = {
+  reference: 'reference way (previous engine, reference mode: 4 full-prompt passes, 2 greedy tokens)',
+  previous: 'previous engine (shared-prefix KV cache through JS, early-stopped digits)',
+  onepass: 'one-pass graph, all 4 metrics',
+  policy: 'one-pass graph, `--metrics policy` (itm, odf)',
+};
+const POLICY: MetricKey[] = ['image_text_matching', 'object_detail_fulfillment'];
+
+function patchesPerImage(model: string): number {
+  const cfg = JSON.parse(readFileSync(`${model}/config.json`, 'utf8')) as {
+    vision_config?: { image_size?: number; patch_size?: number };
+  };
+  const v = cfg.vision_config ?? {};
+  return v.image_size && v.patch_size ? Math.floor(v.image_size / v.patch_size) ** 2 : 0;
 }
 
 async function main(): Promise<void> {
   const model = args.model ?? generatedModelDir(args.family, Number(args.layers));
   const nPairs = Number(args.pairs);
   const batch = Number(args.batch);
-  const common: ScorerOptions = {
-    batchSize: batch,
+  const hasTrio = existsSync(`${model}/onnx/decoder_model_merged${args.dtype === 'fp16' ? '_fp16' : ''}.onnx`);
+  const baseline = args.baseline !== 'none' && hasTrio ? await baselineLoader(args.baseline) : undefined;
+  const common = {
     dtype: args.dtype as 'fp32' | 'fp16',
     executionProvider: args.ep as 'cpu' | 'cuda' | 'webgpu',
     ...(args.threads ? { intraOpThreads: Number(args.threads) } : {}),
-    logger: (level, message, context) => process.stderr.write(`${level}: ${message} ${JSON.stringify(context)}\n`),
   };
-  const results: Partial<Record<'reference' | 'ours', RunFigures>> = {};
+  const log = (level: string, message: string, context: Record<string, unknown>) => {
+    if (level === 'warn') process.stderr.write(`${level}: ${message} ${JSON.stringify(context)}\n`);
+  };
+  const open = async (path: PathName): Promise<{ engine: Engine; size: number }> => {
+    if (path === 'reference' || path === 'previous') {
+      const l = await (baseline as NonNullable<typeof baseline>)(
+        model,
+        { ...common, referenceMode: path === 'reference' },
+        () => undefined,
+      );
+      return { engine: l.engine, size: l.info.preprocess.size };
+    }
+    const l = await loadEngine(model, { ...common, ...(path === 'policy' ? { metrics: POLICY } : {}) }, log);
+    return { engine: l.engine, size: l.info.preprocess.size };
+  };
+  const paths: PathName[] = baseline ? ['reference', 'previous', 'onepass', 'policy'] : ['onepass', 'policy'];
+  const results: Partial<Record<PathName, RunFigures>> = {};
   const loadBefore = loadavg()[0] as number;
-  let info = '';
-  // A-B-B-A over the two halves of the pairs, so that load from other work on a shared machine drifts onto both
-  // paths alike; each phase loads its scorer afresh and warms it up untimed.
+  // Each path over the first half, then in reverse order over the second half, so that load from other work on a
+  // shared machine drifts onto every path alike; each phase loads its engine afresh and warms it up untimed.
   const half = Math.ceil(nPairs / 2);
   const phases = [
-    ['reference', 0, half],
-    ['ours', 0, half],
-    ['ours', half, nPairs],
-    ['reference', half, nPairs],
-  ] as const;
-  for (const [mode, from, to] of phases) {
+    ...paths.map((p) => [p, 0, half] as const),
+    ...[...paths].reverse().map((p) => [p, half, nPairs] as const),
+  ];
+  let size = 0;
+  for (const [path, from, to] of phases) {
     if (from >= to) continue;
-    const scorer = await loadScorer(model, { ...common, referenceMode: mode === 'reference' });
-    const size = scorer.preprocess.size;
-    const pairs: ScoreInput[] = Array.from({ length: to - from }, (_, k) => ({
-      id: String(from + k),
+    const { engine, size: s } = await open(path);
+    size = s;
+    const pairs = Array.from({ length: to - from }, (_, k) => ({
       caption: CAPTIONS[(from + k) % CAPTIONS.length] as string,
       pixelValues: pixels(size, from + k + 1),
     }));
-    const r = await measure(scorer, pairs, batch);
-    info = `${scorer.model.name} (${scorer.modelDir.replace(ROOT, '')}), ${size}px, EP ${scorer.executionProvider}`;
-    await scorer.close();
-    process.stderr.write(`bench: ${mode} pairs ${from}..${to - 1} done in ${r.seconds.toFixed(1)} s\n`);
-    const prev = results[mode];
-    results[mode] = prev ? combine(prev, r, nPairs) : r;
+    const r = await measure(engine, pairs, batch);
+    await engine.release();
+    process.stderr.write(`bench: ${path} pairs ${from}..${to - 1} done in ${r.seconds.toFixed(1)} s\n`);
+    results[path] = add(results[path], r);
   }
-  const perPair = (r: RunFigures, k: keyof EngineStats) => r.stats[k] / nPairs;
-  const ref = results.reference as RunFigures;
-  const ours = results.ours as RunFigures;
-  const modelTokens = (r: RunFigures) => r.stats.decoderPositions + r.stats.visionPatches;
-  const row = (label: string, r: RunFigures) =>
-    `| ${label} | ${r.pairsPerSecond.toFixed(3)} | ${(modelTokens(r) / nPairs).toFixed(0)} | ${perPair(r, 'decoderPositions').toFixed(0)} | ${perPair(r, 'decoderRealTokens').toFixed(0)} | ${perPair(r, 'visionImages').toFixed(0)} | ${(r.stats.decoderRuns / nPairs).toFixed(2)} | ${r.scored}/${nPairs * 4} |`;
+  const patches = patchesPerImage(model);
+  const perPair = (r: RunFigures, v: number) => (v / r.pairs).toFixed(0);
+  const jsMs = (r: RunFigures) => (((r.seconds - r.runSeconds) * 1000) / r.pairs).toFixed(2);
+  const pps = (r: RunFigures) => r.pairs / r.seconds;
+  const row = (p: PathName) => {
+    const r = results[p] as RunFigures;
+    const metrics = p === 'policy' ? 2 : 4;
+    return `| ${LABELS[p]} | ${pps(r).toFixed(3)} | ${perPair(r, r.decoderPositions + r.visionImages * patches)} | ${perPair(r, r.decoderPositions)} | ${(r.runs / r.batches).toFixed(1)} | ${jsMs(r)} | ${r.scored}/${r.pairs * metrics} |`;
+  };
   const load = `load average ${loadBefore.toFixed(1)} -> ${(loadavg()[0] as number).toFixed(1)} (shared machine)`;
   const cmd = `npm run bench:scorer -- ${process.argv.slice(2).join(' ')}`.trim();
+  const one = results.onepass as RunFigures;
+  const ratio = (a: PathName, b: PathName) => {
+    const x = results[a];
+    const y = results[b];
+    return x && y ? `${(pps(x) / pps(y)).toFixed(2)}x` : 'n/a';
+  };
   const table = [
-    `Model: ${info}; ${args.dtype}; ${nPairs} pairs x 4 metrics, batch ${batch}; ${cpus().length} CPU cores` +
-      ` (${cpus()[0]?.model ?? 'unknown CPU'}); ${load}; ${args.ep === 'cpu' ? 'CPU only' : `on the ${args.ep} EP (the GPU the EP found)`}. Measured ${new Date().toISOString().slice(0, 10)}.`,
+    `Model: ${model.replace(ROOT, '')}, ${size}px; ${args.dtype}; ${nPairs} pairs, batch ${batch}; ${cpus().length} CPU cores` +
+      ` (${cpus()[0]?.model ?? 'unknown CPU'}); ${load}; ${args.ep === 'cpu' ? 'CPU only' : `on the ${args.ep} EP`}.` +
+      ` Measured ${new Date().toISOString().slice(0, 10)}.`,
     '',
-    '| path | pairs/s | model tokens / pair (vision patches + decoder positions) | decoder positions / pair (with padding) | real decoder tokens / pair | vision encodes / pair | decoder runs / pair | scores read |',
-    '|---|---|---|---|---|---|---|---|',
-    row('reference way (4 full-prompt passes, 2 greedy tokens)', ref),
-    row('ours (shared prefix, suffix batch, early-stopped digits)', ours),
+    '| path | pairs/s | model tokens / pair (vision patches + decoder positions, padding included) | decoder positions / pair | session.run calls / batch | JS ms / pair outside onnxruntime | scores read |',
+    '|---|---|---|---|---|---|---|',
+    ...paths.map(row),
     '',
-    `Ratios, ours vs reference: **${(modelTokens(ref) / modelTokens(ours)).toFixed(2)}x fewer model tokens**, ` +
-      `${(ref.stats.decoderPositions / ours.stats.decoderPositions).toFixed(2)}x fewer decoder positions, ` +
-      `${(ref.stats.decoderRealTokens / ours.stats.decoderRealTokens).toFixed(2)}x fewer real tokens, ` +
-      `**${(ours.pairsPerSecond / ref.pairsPerSecond).toFixed(2)}x pairs/s**.`,
+    `Ratios (pairs/s): one-pass vs previous engine **${ratio('onepass', 'previous')}**, vs the reference way ` +
+      `${ratio('onepass', 'reference')}; \`--metrics policy\` vs all **${ratio('policy', 'onepass')}**. ` +
+      `One-pass JS outside onnxruntime: ${jsMs(one)} ms per pair (tokenising 4 prompts, packing, readout).`,
     '',
-    ...notes(ref, ours, nPairs),
+    ...NOTES,
     '',
     `Command: \`${cmd}\``,
   ].join('\n');
   process.stdout.write(`${table}\n`);
   if (args.write) writeSection(args.family === 'llava_v1' ? 'Scorer, LLaVA-1.5 family' : 'Scorer', table);
-}
-
-/** What a reader needs to interpret the figures of this particular run. */
-function notes(ref: RunFigures, ours: RunFigures, nPairs: number): string[] {
-  const out = [
-    '- Same pairs (captions of crawled-alt-text lengths, seeded random pixels), same model files, one process; the ' +
-      'two paths alternate A-B-B-A over the two halves of the pairs (so load from other work drifts onto both), ' +
-      'each phase warmed up on one pair first (not timed).',
-    '- "Model tokens" = patch tokens through the vision tower + decoder positions (padding included). The reference ' +
-      'runs the vision tower once per metric pass; ours once per pair. Decoder-only, the saving is bounded by the ' +
-      'prompt shape: 4(p + s) / (p + 4s) with the shared prefix p (system + 144 image tokens + caption, ~170 ' +
-      'tokens for Qwen) and the mean metric suffix s (~270 tokens: criteria + the common instruction tail), i.e. ' +
-      '~1.47x; with LLaVA-1.5 (576 image tokens) the same formula gives ~2.2x.',
-  ];
-  const scoredShare = (r: RunFigures) => `${r.scored}/${nPairs * 4}`;
-  out.push(
-    `- Scores read: ${scoredShare(ref)} (reference way) and ${scoredShare(ours)} (ours). The bench model's digit rows ` +
-      'of lm_head are calibrated (tools/export tiny.calibrate_digits) so that, like the trained filter, it answers ' +
-      'with digits and both paths pay their decode steps: the reference always a second token, ours until the ' +
-      'number is complete (two digits, three for 100) or a non-digit.',
-  );
-  const perRow = (r: RunFigures) => r.stats.decoderRuns / nPairs;
-  out.push(
-    `- Decoder runs per pair: ${perRow(ref).toFixed(2)} (reference way) vs ${perRow(ours).toFixed(2)} (ours). A decoder ` +
-      'exported with `num_logits_to_keep` (tools/export does) runs lm_head on the last position only, so whole ' +
-      "batches fit one run; without it every position's logits come back ([B,S,V]) and rows are split to stay " +
-      'within the 64M-float logits budget.',
-  );
-  return out;
 }
 
 function writeSection(title: string, body: string): void {

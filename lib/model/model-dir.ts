@@ -46,11 +46,22 @@ export function resolveModelDir(model: string, env: NodeJS.ProcessEnv = process.
   throw new FilterError('model_invalid', `model directory ${model} does not exist`, { model });
 }
 
-export const ONNX_PARTS = ['vision_encoder', 'embed_tokens', 'decoder_model_merged'] as const;
+/**
+ * ONNX files of a model directory. `scorer` (onnx/mlm_scorer[_fp16].onnx) is the one-pass scoring graph the scorer
+ * runs; the transformers.js-style trio (vision_encoder, embed_tokens, decoder_model_merged) is for users who run the
+ * model elsewhere and is optional here.
+ */
+export const ONNX_PARTS = ['scorer', 'vision_encoder', 'embed_tokens', 'decoder_model_merged'] as const;
 export type OnnxPart = (typeof ONNX_PARTS)[number];
+const FILE_NAMES: Record<OnnxPart, string> = {
+  scorer: 'mlm_scorer',
+  vision_encoder: 'vision_encoder',
+  embed_tokens: 'embed_tokens',
+  decoder_model_merged: 'decoder_model_merged',
+};
 
 export function onnxFile(dir: string, part: OnnxPart, dtype: ModelDtype): string {
-  return join(dir, 'onnx', `${part}${dtype === 'fp16' ? '_fp16' : ''}.onnx`);
+  return join(dir, 'onnx', `${FILE_NAMES[part]}${dtype === 'fp16' ? '_fp16' : ''}.onnx`);
 }
 
 /** What the scorer reads from the directory. */
@@ -63,6 +74,8 @@ export interface ModelDirInfo {
   readonly format: ConversationFormat;
   readonly whitespaceTokenId: number | undefined;
   readonly imageTokenCount: number | undefined;
+  /** mlm_filter.json `score_whitespace_lead`: the model may answer with the whitespace token before the digits. */
+  readonly whitespaceLead: boolean;
   readonly model: ModelInfo;
   /** Preprocessing the model was trained with (pad to square when mlm_filter.json says so). */
   readonly preprocess: PreprocessSpec;
@@ -146,20 +159,24 @@ export function preprocessFromConfig(pre: Json, padToSquare: boolean, dir = ''):
 export function readModelDir(dir: string, dtype: ModelDtype): ModelDirInfo {
   const files = Object.fromEntries(ONNX_PARTS.map((p) => [p, onnxFile(dir, p, dtype)])) as Record<OnnxPart, string>;
   const required = [
-    ...Object.values(files),
+    files.scorer,
     ...['tokenizer.json', 'tokenizer_config.json', 'config.json', 'preprocessor_config.json', 'mlm_filter.json'].map(
       (f) => join(dir, f),
     ),
   ];
   const missing = required.filter((f) => !existsSync(f));
   if (missing.length > 0) {
-    const hint =
+    const hint = missing.includes(files.scorer)
+      ? ' (exports made before the one-pass scorer lack onnx/mlm_scorer*.onnx: re-export)'
+      : '';
+    const fp16Hint =
       dtype === 'fp16' && missing.every((f) => f.endsWith('_fp16.onnx'))
         ? ' (this export has no fp16 files: use dtype fp32 or re-export with fp16)'
         : '';
     throw new FilterError(
       'model_invalid',
-      `model directory ${dir} is incomplete, missing: ${missing.map((f) => f.slice(dir.length + 1)).join(', ')}${hint}; ` +
+      `model directory ${dir} is incomplete, missing: ${missing.map((f) => f.slice(dir.length + 1)).join(', ')}` +
+        `${fp16Hint || hint}; ` +
         `re-export it with: ${exportCommand('<checkpoint-dir-or-hub-id>', dir)}`,
       { dir, missing, dtype, command: exportCommand('<checkpoint-dir-or-hub-id>', dir) },
     );
@@ -189,6 +206,7 @@ export function readModelDir(dir: string, dtype: ModelDtype): ModelDirInfo {
     format,
     whitespaceTokenId: pick(mlm, ['whitespace_token_id', 'after_prompt_token_id'], isNum),
     imageTokenCount: pick(mlm, ['image_token_count', 'num_image_tokens', 'image_tokens'], isNum),
+    whitespaceLead: pick(mlm, ['score_whitespace_lead'], isBool) ?? false,
     model: { name, revision },
     preprocess: preprocessFromConfig(pre, pad, dir),
     preprocessNoPad: preprocessFromConfig(pre, false, dir),

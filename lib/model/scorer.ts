@@ -13,7 +13,7 @@ import {
   type PreprocessSpec,
 } from '../types.ts';
 import type { Scorer, ScoreInput, ScoreResult } from '../types.ts';
-import type { EngineStats } from './engine.ts';
+import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
@@ -26,16 +26,13 @@ export interface ScorerOptions extends SessionOptions {
   /** Worker threads, each with its own copy of the model. Default 1 (one accelerator wants one). */
   readonly workers?: number;
   /**
-   * Reproduce the reference scorer's numbers: no pad-to-square, one full prompt per metric, 2 greedy tokens,
-   * int() of the first line. Default false (shared prefix + early-stopped digit decoding + expected scores).
+   * Reproduce the reference scorer's numbers: no pad-to-square, its prompt truncation and caption tokenisation,
+   * int() of the first line of 2 greedy tokens. Default false (exact expected scores, captions as text, long captions
+   * shortened instead of the question).
    */
   readonly referenceMode?: boolean;
-  /** Most generated tokens per metric in the default mode (leading space + 3 digits). Default 4. */
-  readonly maxNewTokens?: number;
-  /** Most logits floats one decoder run may return. Default 64M (256 MB). */
-  readonly logitsBudget?: number;
-  /** Padding tolerated when grouping suffix rows by length (1.15 = 15 %); Infinity = one batch. */
-  readonly suffixPaddingSlack?: number;
+  /** Also read answers that start with the whitespace token. Default: mlm_filter.json's `score_whitespace_lead`. */
+  readonly whitespaceLead?: boolean;
   /** Where load and fallback messages go. Default: one JSON line on stderr. */
   readonly logger?: LogFn;
   /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
@@ -131,7 +128,14 @@ class PoolWorker {
     if (job) {
       if (msg.type === 'result') {
         this.stats = msg.stats;
-        job.resolve(msg.results.map((r) => ({ scores: r.scores, expected: r.expected })));
+        job.resolve(
+          msg.results.map((r) => ({
+            scores: r.scores,
+            expected: r.expected,
+            ...(r.captionCut ? { captionCut: r.captionCut } : {}),
+            ...(r.unscorable ? { unscorable: r.unscorable } : {}),
+          })),
+        );
       } else {
         job.reject(errorFrom(msg.error));
       }
@@ -157,6 +161,7 @@ async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, 
         resolve(msg.executionProvider);
       } else if (msg.type === 'failed') {
         worker.off('message', onMessage);
+        void worker.terminate(); // a thread whose model failed to load would otherwise keep the process alive
         reject(errorFrom(msg.error));
       }
     };
@@ -187,14 +192,13 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
     dir,
     options: {
       ...(options.executionProvider ? { executionProvider: options.executionProvider } : {}),
+      ...(options.fallbackToCpu !== undefined ? { fallbackToCpu: options.fallbackToCpu } : {}),
       ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}),
       ...(options.interOpThreads ? { interOpThreads: options.interOpThreads } : {}),
       dtype: options.dtype ?? 'fp32',
       metrics,
       referenceMode: options.referenceMode ?? false,
-      ...(options.maxNewTokens ? { maxNewTokens: options.maxNewTokens } : {}),
-      ...(options.logitsBudget ? { logitsBudget: options.logitsBudget } : {}),
-      ...(options.suffixPaddingSlack ? { suffixPaddingSlack: options.suffixPaddingSlack } : {}),
+      ...(options.whitespaceLead !== undefined ? { whitespaceLead: options.whitespaceLead } : {}),
     },
   };
   const count = Math.max(1, options.workers ?? 1);
@@ -259,15 +263,7 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
       return parts.flat();
     },
     stats() {
-      const total: EngineStats = {
-        decoderPositions: 0,
-        decoderRealTokens: 0,
-        decoderRuns: 0,
-        visionImages: 0,
-        visionPatches: 0,
-        visionRuns: 0,
-        pairs: 0,
-      };
+      const total = emptyStats();
       for (const w of pool) {
         for (const k of Object.keys(total) as (keyof EngineStats)[]) total[k] += w.stats?.[k] ?? 0;
       }

@@ -1,22 +1,33 @@
-/** Creating the three onnxruntime sessions of a model directory, with an explicit, logged CPU fallback. */
+/** Creating the scoring graph's onnxruntime session of a model directory, with an explicit, logged CPU fallback. */
 import * as ort from 'onnxruntime-node';
 import { FilterError } from '../types.ts';
-import { ScoringEngine, type EngineOptions, type EngineSessions } from './engine.ts';
+import { ScoringEngine, type EngineModel, type EngineOptions } from './engine.ts';
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';
 import { PromptTokenizer } from './tokens.ts';
 
 export type ExecutionProvider = 'cuda' | 'webgpu' | 'cpu';
 
 export interface SessionOptions {
-  /** Accelerator to run on; falls back to 'cpu' (logged) when it cannot be created here. Default 'cpu'. */
+  /**
+   * Accelerator to run on; falls back to 'cpu' (logged) when it cannot be created here, unless `fallbackToCpu` is
+   * false. Default 'cpu'.
+   */
   readonly executionProvider?: ExecutionProvider;
+  /**
+   * When the requested accelerator cannot be created (provider libraries missing, no GPU or driver too old): true
+   * logs a warning and runs on 'cpu'; false fails with FilterError 'execution_provider_unavailable' naming the
+   * provider, onnxruntime's error and the fix. The worker sets false (a GPU task silently on CPU is a broken task);
+   * the CLI keeps the fallback.
+   * @default true
+   */
+  readonly fallbackToCpu?: boolean;
   /** Threads inside one operator (CPU EP). Default: onnxruntime's choice (all cores). */
   readonly intraOpThreads?: number;
   /** Threads across independent operators. Default: onnxruntime's choice. */
   readonly interOpThreads?: number;
   readonly dtype?: ModelDtype;
   /**
-   * Diagnostics: onnxruntime's profiler on, each session writing `<prefix>-vision|embed|decoder_<time>.json` (Chrome
+   * Diagnostics: onnxruntime's profiler on, the session writing `<prefix>-scorer_<time>.json` (Chrome
    * trace format: every node's run time and provider) when the engine is released. Off by default: it costs time.
    */
   readonly profilePrefix?: string;
@@ -31,72 +42,18 @@ export interface LoadedEngine {
   readonly executionProvider: ExecutionProvider;
 }
 
-async function createAll(info: ModelDirInfo, ep: ExecutionProvider, opts: SessionOptions): Promise<EngineSessions> {
-  const sessionOptions: ort.InferenceSession.SessionOptions = {
+async function createSession(info: ModelDirInfo, ep: ExecutionProvider, opts: SessionOptions): Promise<EngineModel> {
+  const session = await ort.InferenceSession.create(info.files.scorer, {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
     ...(opts.intraOpThreads ? { intraOpNumThreads: opts.intraOpThreads } : {}),
     ...(opts.interOpThreads ? { interOpNumThreads: opts.interOpThreads } : {}),
-  };
-  const create = (file: string, name: string): Promise<ort.InferenceSession> =>
-    ort.InferenceSession.create(file, {
-      ...sessionOptions,
-      ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${opts.profilePrefix}-${name}` } : {}),
-    });
-  const [vision, embed, decoder] = await Promise.all([
-    create(info.files.vision_encoder, 'vision'),
-    create(info.files.embed_tokens, 'embed'),
-    create(info.files.decoder_model_merged, 'decoder'),
-  ]);
-  return { vision, embed, decoder, profiling: opts.profilePrefix !== undefined };
-}
-
-function num(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
-}
-
-/** Decoder width and KV shape, from the ONNX metadata where static, else config.json (or its text_config). */
-export function decoderDims(sessions: EngineSessions, config: Record<string, unknown>) {
-  const text = (config.text_config && typeof config.text_config === 'object' ? config.text_config : config) as Record<
-    string,
-    unknown
-  >;
-  const get = (k: string) => num(text[k]) ?? num(config[k]);
-  const meta = (name: string) => {
-    const m = sessions.decoder.inputMetadata.find((x) => x.name === name);
-    return m?.isTensor ? m.shape : [];
-  };
-  const kvShape = meta('past_key_values.0.key');
-  const embShape = meta('inputs_embeds');
-  const heads = get('num_attention_heads');
-  const hidden = num(embShape[2]) ?? get('hidden_size');
-  const kvHeads = num(kvShape[1]) ?? get('num_key_value_heads') ?? heads;
-  const headDim = num(kvShape[3]) ?? get('head_dim') ?? (hidden && heads ? hidden / heads : undefined);
-  if (!hidden || !kvHeads || !headDim) {
-    throw new FilterError(
-      'model_invalid',
-      'cannot tell the decoder width / KV shape from the ONNX file or config.json',
-      {
-        hidden,
-        kvHeads,
-        headDim,
-      },
-    );
+    ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${opts.profilePrefix}-scorer` } : {}),
+  });
+  if (info.imageTokenCount === undefined) {
+    throw new FilterError('model_invalid', 'mlm_filter.json does not say num_image_tokens', { dir: info.dir });
   }
-  return { hidden, kvHeads, headDim };
-}
-
-/** The vision tower's patch size, wherever config.json keeps it (vision_config, mm_* fields). */
-function findPatchSize(obj: unknown, depth = 0): number | undefined {
-  if (!obj || typeof obj !== 'object' || depth > 3) return undefined;
-  const o = obj as Record<string, unknown>;
-  const direct = num(o.patch_size);
-  if (direct) return direct;
-  for (const v of Object.values(o)) {
-    const found = findPatchSize(v, depth + 1);
-    if (found) return found;
-  }
-  return undefined;
+  return { session, imageTokens: info.imageTokenCount, profiling: opts.profilePrefix !== undefined };
 }
 
 function eosIds(info: ModelDirInfo, tok: PromptTokenizer): number[] {
@@ -127,9 +84,9 @@ export async function loadEngine(
   const info = readModelDir(dir, opts.dtype ?? 'fp32');
   const requested = opts.executionProvider ?? 'cpu';
   let ep: ExecutionProvider = requested;
-  let sessions: EngineSessions;
+  let model: EngineModel;
   try {
-    sessions = await createAll(info, requested, opts);
+    model = await createSession(info, requested, opts);
   } catch (err) {
     if (requested === 'cpu') {
       throw new FilterError(
@@ -142,20 +99,36 @@ export async function loadEngine(
         { cause: err },
       );
     }
+    if (opts.fallbackToCpu === false) {
+      if (err instanceof FilterError) throw err;
+      const fix =
+        requested === 'cuda'
+          ? 'run scripts/cuda-provider.sh (it puts the CUDA provider and CUDA 13 libraries beside onnxruntime-node; ' +
+            'that directory goes on LD_LIBRARY_PATH) on a host with an NVIDIA GPU and driver >= 580, or request cpu'
+          : `give the host a GPU and driver that onnxruntime's ${requested} provider supports, or request cpu`;
+      const error = String((err as Error)?.message ?? err).trim();
+      throw new FilterError(
+        'execution_provider_unavailable',
+        `execution provider '${requested}' is unavailable here: ${error} ` +
+          `(onnxruntime's log on stderr names the library or call that failed). Fix: ${fix}`,
+        { requested, dir, error },
+        { cause: err },
+      );
+    }
     log('warn', `execution provider '${requested}' is unavailable here, falling back to cpu`, {
       requested,
       error: (err as Error).message,
     });
     ep = 'cpu';
-    sessions = await createAll(info, 'cpu', opts);
+    model = await createSession(info, 'cpu', opts);
   }
   const tokenizer = PromptTokenizer.fromFiles(info.tokenizerJson, info.tokenizerConfigJson, {
     format: info.format,
     ...(info.whitespaceTokenId !== undefined ? { whitespaceTokenId: info.whitespaceTokenId } : {}),
   });
-  const dims = { ...decoderDims(sessions, info.config), patchSize: findPatchSize(info.config) };
-  const engine = new ScoringEngine(sessions, tokenizer, dims, {
+  const engine = new ScoringEngine(model, tokenizer, {
     ...opts,
+    ...(opts.whitespaceLead === undefined && info.whitespaceLead ? { whitespaceLead: true } : {}),
     eosTokenIds: eosIds(info, tokenizer),
   });
   log('info', 'model loaded', { dir, dtype: info.dtype, executionProvider: ep, format: info.format });

@@ -225,6 +225,9 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
       // The scorer copied the tensor when it posted it to its worker: it can be reused now.
       options.intake.release?.(image);
       options.onStage?.('score', performance.now() - scoreStart);
+      if (result.unscorable) {
+        return reject(record, pair.id, [{ ...result.unscorable, detail: { field: 'caption' } }], pair);
+      }
       const verdict = options.policy.decide(result.scores);
       const stored = { encoded: image.encoded, ext: image.ext, width: image.width, height: image.height };
       return {
@@ -235,6 +238,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
         reasons: verdict.reasons,
         scores: result.scores,
         ...(result.expected ? { expected: result.expected } : {}),
+        ...(result.captionCut ? { captionCut: result.captionCut } : {}),
         image: stored,
       };
     } finally {

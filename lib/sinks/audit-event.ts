@@ -15,6 +15,8 @@ export interface AuditEvent {
   model: ModelInfo;
   source: AuditSource;
   ts: string;
+  /** Extension: present when the caption was shortened to fit the model before scoring. */
+  caption_cut?: { original_chars: number; kept_chars: number };
 }
 
 export type AuditSource =
@@ -40,6 +42,10 @@ export function fullScores(s: Scores): AuditEvent['scores'] {
   return { itm: s.itm ?? null, odf: s.odf ?? null, ctq: s.ctq ?? null, su: s.su ?? null };
 }
 
+export function captionCutJson(c: NonNullable<Outcome['captionCut']>) {
+  return { original_chars: c.originalChars, kept_chars: c.keptChars };
+}
+
 export function toAuditEvent(outcome: Outcome, model: ModelInfo, now: Date = new Date()): AuditEvent {
   return {
     v: AUDIT_EVENT_VERSION,
@@ -52,5 +58,6 @@ export function toAuditEvent(outcome: Outcome, model: ModelInfo, now: Date = new
     model: { name: model.name, revision: model.revision },
     source: auditSource(outcome.record.origin),
     ts: now.toISOString(),
+    ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
   };
 }

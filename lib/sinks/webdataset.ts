@@ -1,6 +1,6 @@
 import tarStream from 'tar-stream';
 import type { ModelInfo, Outcome } from '../types.ts';
-import { auditSource, fullScores, type AuditSource } from './audit-event.ts';
+import { auditSource, captionCutJson, fullScores, type AuditSource } from './audit-event.ts';
 
 /**
  * WebDataset shards as OpenCLIP / DataComp / img2dataset read them: for each sample `<key>.<jpg|png|webp>`,
@@ -31,6 +31,8 @@ export interface CuratedSampleMeta {
   model: ModelInfo;
   source: AuditSource;
   metadata: Record<string, unknown>;
+  /** Present when the caption was shortened to fit the model: it was scored on its first `kept_chars` characters. */
+  caption_cut?: { original_chars: number; kept_chars: number };
 }
 
 export interface ShardIndexEntry {
@@ -89,6 +91,7 @@ export class ShardBuilder {
       model: this.model,
       source: auditSource(outcome.record.origin),
       metadata: outcome.pair.metadata,
+      ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
     };
     const members: [string, Buffer][] = [
       [outcome.image.ext, outcome.image.encoded],

@@ -20,13 +20,11 @@ test('a directory missing files fails with model_invalid naming them and the exp
   await assert.rejects(loadScorer(dir), (err: unknown) => {
     assert.ok(err instanceof FilterError);
     assert.equal(err.code, 'model_invalid');
-    assert.match(
-      err.message,
-      /missing: onnx\/embed_tokens\.onnx, onnx\/decoder_model_merged\.onnx, tokenizer_config\.json/,
-    );
+    assert.match(err.message, /missing: onnx\/mlm_scorer\.onnx, tokenizer_config\.json/);
+    assert.match(err.message, /re-export/);
     assert.match(err.message, /mlm_filter\.json/);
     assert.match(err.message, /tools\/export\/export\.sh/);
-    assert.deepEqual((err.context.missing as string[]).length, 6);
+    assert.deepEqual((err.context.missing as string[]).length, 5);
     return true;
   });
 });
@@ -35,8 +33,7 @@ test('fp16 requested on an fp32-only export says so', () => {
   const dir = tempDir();
   try {
     mkdirSync(join(dir, 'onnx'));
-    for (const f of ['vision_encoder', 'embed_tokens', 'decoder_model_merged'])
-      writeFileSync(join(dir, 'onnx', `${f}.onnx`), '');
+    writeFileSync(join(dir, 'onnx', 'mlm_scorer.onnx'), '');
     for (const f of [
       'tokenizer.json',
       'tokenizer_config.json',

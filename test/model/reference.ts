@@ -1,7 +1,8 @@
 /**
  * The committed tiny fixtures' PyTorch reference (test/fixtures/models/NAME/reference.json): per (image, caption,
- * metric) the prompt, input ids, first-token logits and greedy/2-token scores; loaded with the pixel tensors and
- * grouped into the scorer's pairs. Shared by the parity tests and bench/scorer/ep-check.ts.
+ * metric) the prompt, input ids, the digit distributions of every first digit's own continuation, the exact expected
+ * score and the greedy / 2-token scores; loaded with the pixel tensors and grouped into the scorer's pairs. Shared
+ * by the parity tests and bench/scorer/ep-check.ts.
  */
 import { readFileSync } from 'node:fs';
 import type { MetricKey } from '../../lib/types.ts';
@@ -12,10 +13,19 @@ export interface RefCase {
   metric: MetricKey;
   prompt: string;
   input_ids: number[];
-  score_logits: number[];
   greedy_tokens: number[];
   greedy_score: number | null;
   reference_2tok_score: number | null;
+  /** P(first token = digit d). */
+  q: number[];
+  /** r[d][e] = P(next = digit e) after the prompt + digit d, run alone. */
+  r: number[][];
+  /** P("0") after the prompt + "1","0". */
+  t: number;
+  /** The exact expected score over 0..100 from q, r, t. */
+  expected: number | null;
+  /** The greedy number read along the argmax tokens. */
+  greedy_integer: number | null;
 }
 export interface Reference {
   format: string;

@@ -23,10 +23,8 @@ import prompts
 import tiny
 from checkpoint import ExportError, load_checkpoint
 from llava_model import LlavaModel
-from onnx_export import export_all, suffix
-from parity import self_check
+from onnx_export import export_all, export_scorer, scorer_file, suffix
 from preprocess import preprocessor_config
-from reference import write_reference
 
 FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llava_qwen", "llava_llama": "llava_llama"}
 
@@ -102,6 +100,15 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
         "pad_token_id": lm.pad_token_id,
         "digit_token_ids": [tok.token_to_id(str(d)) for d in range(10)],
         "max_new_tokens_in_reference": prompts.MAX_NEW_TOKENS_IN_REFERENCE[conv_format],
+        # The scorer also reads answers that start with the whitespace token when true (costs ~11 positions/metric).
+        "score_whitespace_lead": False,
+        "scorer_graph": {
+            "file": "onnx/mlm_scorer[_fp16].onnx",
+            "inputs": "pixel_values f32 [B,3,S,S]; input_ids, position_ids, branch_ids, chain_ids int64 [B,L] "
+            "(image slots: negative ids); readout_positions int64 [B,R]; readout_token_ids int64 [K]",
+            "outputs": "token_logprobs f32 [B,R,K]; top_token_ids int64 [B,R]",
+            "layout": "tools/export/scorer_graph.py",
+        },
         "pad_to_square": model.spec.pad_to_square,
         "image_size": model.vision_tower.config.image_size,
         "decoder": {
@@ -183,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="export the decoder's attention as standard ONNX ops instead of onnxruntime's fused MultiHeadAttention",
     )
+    ap.add_argument(
+        "--parts",
+        default="scorer,trio",
+        help="what to write: scorer (onnx/mlm_scorer*.onnx, what mlm-filter runs) and/or trio (the "
+        "transformers.js-style vision_encoder / embed_tokens / decoder_model_merged files)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference", action="store_true", help="write reference.json + images (tiny models)")
     ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
@@ -201,14 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
 
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"scorer", "trio"}:
+        print(f"export: error: --parts takes scorer and/or trio, got {args.parts!r}", file=sys.stderr)
+        return 2
     files: dict[str, dict[str, str]] = {}
     for dtype in dtypes:
-        paths = export_all(model, out, dtype, fused_attention=not args.plain_attention)
         sfx = suffix(dtype)
-        fix_dim_names(os.path.join(out, "onnx", f"decoder_model_merged{sfx}.onnx"))
-        files[dtype] = {
-            k: os.path.join(out, "onnx", f"{k}{sfx}.onnx") for k in ("vision_encoder", "embed_tokens", "decoder_model_merged")
-        }
+        files[dtype] = {}
+        paths = []
+        if "scorer" in parts:
+            paths += export_scorer(model, out, dtype, fused_attention=not args.plain_attention)
+            files[dtype]["scorer"] = scorer_file(out, dtype)
+        if "trio" in parts:
+            paths += export_all(model, out, dtype, fused_attention=not args.plain_attention)
+            fix_dim_names(os.path.join(out, "onnx", f"decoder_model_merged{sfx}.onnx"))
+            for k in ("vision_encoder", "embed_tokens", "decoder_model_merged"):
+                files[dtype][k] = os.path.join(out, "onnx", f"{k}{sfx}.onnx")
         print(f"exported {dtype}: {', '.join(os.path.relpath(p, out) for p in paths)}")
 
     tok.save(os.path.join(out, "tokenizer.json"))
@@ -224,9 +246,17 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     if not args.no_check:
+        # Imported here: --no-check runs where onnxruntime's Python package is not installed (the lent GPU machine).
+        from parity import scorer_check, self_check
+
         for dtype in dtypes:
-            ok = self_check(model, tok, out, dtype, wid) and ok
+            if "scorer" in parts:
+                ok = scorer_check(model, tok, out, dtype, wid) and ok
+            if "trio" in parts:
+                ok = self_check(model, tok, out, dtype, wid) and ok
     if args.reference:
+        from reference import write_reference
+
         write_reference(model, tok, out, wid)
     print(f"done in {time.time() - t0:.1f}s -> {out}")
     if not ok:

@@ -13,6 +13,7 @@ from torch.export import Dim
 
 import fused_ops
 from llava_model import DecoderGraph, EmbedTokensGraph, LlavaModel, VisionEncoderGraph
+from scorer_graph import INPUT_NAMES, OUTPUT_NAMES, ScorerGraph
 
 ONNX_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TWO_GB = 2_000_000_000
@@ -124,3 +125,44 @@ def export_all(model: LlavaModel, out_dir: str, dtype: str, fused_attention: boo
         shapes,
     )
     return written
+
+
+def scorer_file(out_dir: str, dtype: str) -> str:
+    return os.path.join(out_dir, "onnx", f"mlm_scorer{suffix(dtype)}.onnx")
+
+
+def export_scorer(model: LlavaModel, out_dir: str, dtype: str, fused_attention: bool = True) -> list[str]:
+    """Writes onnx/mlm_scorer{suffix}.onnx, the scorer's one-pass graph (scorer_graph.py); returns the paths."""
+    os.makedirs(os.path.join(out_dir, "onnx"), exist_ok=True)
+    tdtype = ONNX_DTYPES[dtype]
+    m = copy.deepcopy(model).to(tdtype) if tdtype != torch.float32 else model
+    graph = ScorerGraph(m, fused_attention=fused_attention).eval()
+    size = m.vision_tower.config.image_size
+    pix = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        n_img = graph.vision(pix.to(tdtype)).shape[1]
+    # A small valid packing: 3 prefix ids, the image, 2 more prefix ids, then one branch of 3 suffix ids and 2 chains.
+    vocab = m.lm.config.vocab_size
+    text = torch.randint(0, vocab, (2, 10))
+    ids = torch.cat([text[:, :3], torch.full((2, n_img), -200), text[:, 3:]], 1)
+    length = ids.shape[1]
+    pos = torch.arange(length)[None].repeat(2, 1)
+    branch = torch.zeros(2, length, dtype=torch.int64)
+    branch[:, -5:] = 1
+    chain = torch.zeros(2, length, dtype=torch.int64)
+    chain[:, -2], chain[:, -1] = 1, 2
+    pos[:, -1] = pos[:, -2]
+    readout = torch.tensor([[length - 3, length - 2, length - 1]] * 2)
+    token_ids = torch.arange(4)
+    batch = Dim("batch_size", min=1, max=1024)
+    seq = Dim("sequence_length", min=2, max=65536)
+    rows = Dim("readout_rows", min=1, max=65536)
+    k = Dim("readout_tokens", min=1, max=65536)
+    return _export(
+        graph,
+        (pix, ids, pos, branch, chain, readout, token_ids),
+        scorer_file(out_dir, dtype),
+        INPUT_NAMES,
+        OUTPUT_NAMES,
+        ({0: batch}, {0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: rows}, {0: k}),
+    )

@@ -123,3 +123,59 @@ def self_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, whit
     status = "OK" if ok else "FAILED"
     print(f"parity {dtype} ORT vs PyTorch: {detail}; score-token argmax equal: {argmax_ok}; {rule}: {status}")
     return ok
+
+
+@torch.no_grad()
+def scorer_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, whitespace_id: int) -> bool:
+    """The one-pass graph on a batch of two packed pairs (4 metrics, digit chains) against PyTorch running every
+    metric's full prompt, and every prompt + chain, alone."""
+    from onnx_export import scorer_file
+    from scorer_graph import pack_pair
+
+    torch.manual_seed(2)
+    size = model.vision_tower.config.image_size
+    pix = torch.randn(2, 3, size, size)
+    fmt = model.spec.conv_format
+    digits = [tok.token_to_id(str(d)) for d in range(10)]
+    chains = [[digits[0]], [digits[1], digits[0]]] + [[x] for x in digits[2:]]
+    n_img = int(model.encode_images(pix[:1]).shape[1])
+    rows = []
+    for caption in ("A brown dog running on the beach.", "Two <image> cats, 東京 ☕"):
+        ps = [build_ids(tok, fmt, caption, m, whitespace_id) for m in prompts.METRICS]
+        rows.append((ps, pack_pair(ps, chains, n_img)))
+    length = max(len(p["ids"]) for _, p in rows)
+    feeds = {k: np.zeros((2, length), np.int64) for k in ("input_ids", "position_ids", "chain_ids")}
+    feeds["branch_ids"] = np.full((2, length), -1, np.int64)
+    readout, expect = [], []
+    for b, (ps, pk) in enumerate(rows):
+        n = len(pk["ids"])
+        for name, key in (("input_ids", "ids"), ("position_ids", "position_ids"), ("branch_ids", "branch_ids"), ("chain_ids", "chain_ids")):
+            feeds[name][b, :n] = pk[key]
+        r = []
+        for m, rr in enumerate(pk["readout"]):
+            r.append(rr["prompt"])
+            expect.append((b, len(r) - 1, ps[m], []))
+            for c, positions in zip(chains, rr["chains"]):
+                for j, at in enumerate(positions):
+                    r.append(at)
+                    expect.append((b, len(r) - 1, ps[m], c[: j + 1]))
+        readout.append(r)
+    feeds["readout_positions"] = np.array(readout, np.int64)
+    feeds["readout_token_ids"] = np.array(digits, np.int64)
+    feeds["pixel_values"] = pix.numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(scorer_file(out_dir, dtype), opts)
+    logprobs, top = sess.run(None, feeds)
+    worst, argmax_ok = 0.0, True
+    for b, row, ids, cont in expect:
+        logits = model.reference_logits(ids + cont, pix[b])[-1]
+        ref = torch.log_softmax(logits, -1)[digits].numpy()
+        worst = max(worst, float(np.abs(ref - logprobs[b, row]).max()))
+        argmax_ok &= int(logits.argmax()) == int(top[b, row])
+    tol = 1e-4 if dtype == "fp32" else 0.1
+    ok = worst < tol and (argmax_ok or dtype != "fp32")
+    status = "OK" if ok else "FAILED"
+    print(f"scorer graph {dtype} ORT vs PyTorch full prompts: max |digit logprob diff| {worst:.3g} (< {tol}), "
+          f"greedy tokens equal: {argmax_ok}: {status}")
+    return ok

@@ -47,6 +47,58 @@ def decode(tok: Tokenizer, ids: list[int]) -> str:
     return tok.decode(ids, skip_special_tokens=True)
 
 
+def digit_ids(tok: Tokenizer) -> list[int]:
+    return [tok.token_to_id(str(d)) for d in range(10)]
+
+
+@torch.no_grad()
+def digit_distributions(model, tok: Tokenizer, ids: list[int], pixel_values: torch.Tensor) -> dict:
+    """The first digit's distribution q, each first digit's own next-token digit distribution r[d] (its full prompt
+    followed by that digit, run alone), and t = P("0" after "1","0"); the exact expected score over 0..100 that they
+    give (numbers complete after two digits, "100" after three), and the greedy integer read along the argmaxes."""
+    digits = digit_ids(tok)
+
+    def step(extra: list[int]) -> tuple[list[float], int]:
+        logits = model.reference_logits(ids + extra, pixel_values)[-1].float()
+        p = torch.softmax(logits, -1)
+        return [float(p[x]) for x in digits], int(logits.argmax())
+
+    q, top0 = step([])
+    r, tops = [], []
+    for d in range(10):
+        rd, top = step([digits[d]])
+        r.append(rd)
+        tops.append(top)
+    t_probs, top10 = step([digits[1], digits[0]])
+    t = t_probs[0]
+    dist = [0.0] * 101
+    for d in range(10):
+        dist[d] += q[d] * max(0.0, 1.0 - sum(r[d]))
+        for e in range(10):
+            if d == 1 and e == 0:
+                dist[10] += q[1] * r[1][0] * (1 - t)
+                dist[100] += q[1] * r[1][0] * t
+            else:
+                dist[10 * d + e] += q[d] * r[d][e]
+    mass = sum(dist)
+    expected = sum(v * p for v, p in enumerate(dist)) / mass if mass > 0 else None
+    greedy = None
+    if top0 in digits:
+        d = digits.index(top0)
+        if tops[d] in digits:
+            e = digits.index(tops[d])
+            greedy = (100 if top10 == digits[0] else 10) if (d, e) == (1, 0) else 10 * d + e
+        else:
+            greedy = d
+    return {
+        "q": sig6(q),
+        "r": [sig6(x) for x in r],
+        "t": float(f"{t:.6g}"),
+        "expected": None if expected is None else float(f"{expected:.6g}"),
+        "greedy_integer": greedy,
+    }
+
+
 @torch.no_grad()
 def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> None:
     fmt = model.spec.conv_format
@@ -72,6 +124,7 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
                 greedy = model.reference_greedy(ids, pixels[i], 3)
                 assert int(logits[-1].argmax()) == greedy[0]
                 text3 = decode(tok, greedy)
+                dist = digit_distributions(model, tok, ids, pixels[i])
                 cases.append(
                     {
                         "image": i,
@@ -79,11 +132,11 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
                         "metric": metric,
                         "prompt": prompts.build_prompt(fmt, caption, metric),
                         "input_ids": ids,
-                        "score_logits": sig6(logits[-1].tolist()),
                         "greedy_tokens": greedy,
                         "greedy_text": text3,
                         "greedy_score": prompts.score_number(text3),
                         "reference_2tok_score": prompts.reference_parse(decode(tok, greedy[:2])),
+                        **dist,
                     }
                 )
                 digit_first += prompts.leading_int(text3) is not None
@@ -91,11 +144,13 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
         "format": fmt,
         "note": (
             "PyTorch reference: image features spliced at the -200 slot (template slot only), full sequence, "
-            "no KV cache, fp32. score_logits = logits at the last prompt position (after the appended whitespace "
-            "token), i.e. for the first generated token. greedy_score = the number the scorer reads from 3 greedy "
+            "no KV cache, fp32. greedy_score = the number the scorer reads from 3 greedy "
             "tokens: leading digits, complete after two, or three when they start '100' (prompts.score_number); "
             "reference_2tok_score = int() of the first line of 2 greedy tokens (None when int() fails). "
-            "pixel_values files: float32 little-endian CHW, the exact tensors fed to the vision tower."
+            "pixel_values files: float32 little-endian CHW, the exact tensors fed to the vision tower. "
+            "q = P(first token = digit d) at the prompt's end; r[d] = P(next = digit e) after the prompt + digit d, "
+            "each first digit run as its own continuation; t = P('0') after '1','0'; expected = the exact expected "
+            "score over 0..100 they give; greedy_integer = the greedy number read along the argmax tokens."
         ),
         "whitespace_token_id": whitespace_id,
         "images": images,
