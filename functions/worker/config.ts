@@ -1,8 +1,15 @@
 import { hostname } from 'node:os';
 import type { Scorer } from '../../lib/types.ts';
-import { FilterError } from '../../lib/types.ts';
+import { FilterError, type MetricShort } from '../../lib/types.ts';
 import type { ImageIntake } from '../../lib/pipeline/index.ts';
 import type { ExecutionProvider } from '../../lib/model/index.ts';
+import { formatThreshold, parseThresholds, Policy } from '../../lib/policy/index.ts';
+import {
+  parseMetricSelection,
+  resolveMetricSelection,
+  type MetricSelection,
+  type SelectionSource,
+} from '../../lib/policy/metric-selection.ts';
 
 /** Everything the worker needs; from the environment (configFromEnv) or from the CLI's flags. */
 export interface WorkerConfig {
@@ -42,6 +49,11 @@ export interface WorkerConfig {
   readonly thresholds?: string;
   /** MLMF_COMBINE: and | or. */
   readonly combine?: 'and' | 'or';
+  /**
+   * MLMF_METRICS: which metrics the scorer scores: `all` (default), `policy` (exactly the ones MLMF_THRESHOLDS
+   * reads), or a comma-separated list that includes every one of those. Unscored metrics are null in the outputs.
+   */
+  readonly metrics?: MetricSelection;
   /** MLMF_EXECUTION_PROVIDER: cuda | webgpu | cpu. */
   readonly executionProvider?: ExecutionProvider;
   /** MLMF_BATCH_SIZE: scorer batch. */
@@ -164,6 +176,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     modelSha256: e('MLMF_MODEL_SHA256'),
     thresholds: e('MLMF_THRESHOLDS'),
     combine: oneOf(e('MLMF_COMBINE'), 'MLMF_COMBINE', ['and', 'or'] as const),
+    metrics: e('MLMF_METRICS') === undefined ? undefined : parseMetricSelection(e('MLMF_METRICS')!, ENV_METRICS),
     executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), 'MLMF_EXECUTION_PROVIDER', [
       'cuda',
       'webgpu',
@@ -203,6 +216,25 @@ function jpegDecoder(v: string | undefined): WorkerConfig['jpegDecoder'] {
   });
 }
 
+const ENV_METRICS: SelectionSource = { name: 'MLMF_METRICS', code: 'worker_config' };
+
+/** The worker's policy, from MLMF_THRESHOLDS and MLMF_COMBINE (defaults: the paper's itm>=66 AND odf>=20). */
+export function policyFromConfig(c: WorkerConfig): Policy {
+  return new Policy({
+    ...(c.thresholds ? { thresholds: parseThresholds(c.thresholds) } : {}),
+    ...(c.combine ? { combine: c.combine } : {}),
+  });
+}
+
+/**
+ * The metrics the scorer scores (MLMF_METRICS against what the policy reads). Throws FilterError('worker_config')
+ * naming a metric the policy reads that an explicit list leaves out.
+ */
+export function scoredMetrics(c: WorkerConfig, policy: Policy = policyFromConfig(c)): MetricShort[] {
+  const requiredBy = `the policy reads (MLMF_THRESHOLDS ${policy.thresholds.map(formatThreshold).join(',')})`;
+  return resolveMetricSelection(c.metrics ?? 'all', policy.metrics, ENV_METRICS, requiredBy);
+}
+
 /** Checks that the configuration names everything its source needs; throws FilterError('worker_config') if not. */
 export function validateConfig(c: WorkerConfig): void {
   const missing: string[] = [];
@@ -221,6 +253,7 @@ export function validateConfig(c: WorkerConfig): void {
       missing,
     });
   }
+  scoredMetrics(c);
 }
 
 export const defaultTransactionalId = (groupId: string) => `mlmf-${groupId}-${hostname()}`;

@@ -22,7 +22,6 @@ import { SQSClient } from '@aws-sdk/client-sqs';
 import { Intake } from '../../lib/intake/index.ts';
 import { WorkerMetrics } from '../../lib/metrics/index.ts';
 import { runPipeline, type PipelineLogger, type PipelineStats } from '../../lib/pipeline/index.ts';
-import { Policy, parseThresholds } from '../../lib/policy/index.ts';
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
@@ -33,7 +32,14 @@ import { KafkaSource } from '../../lib/sources/kafka.ts';
 import { SqsSource } from '../../lib/sources/sqs.ts';
 import type { Scorer, Sink, Source } from '../../lib/types.ts';
 import { FilterError } from '../../lib/types.ts';
-import { configFromEnv, defaultTransactionalId, validateConfig, type WorkerConfig } from './config.ts';
+import {
+  configFromEnv,
+  defaultTransactionalId,
+  policyFromConfig,
+  scoredMetrics,
+  validateConfig,
+  type WorkerConfig,
+} from './config.ts';
 
 export { configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
 
@@ -193,6 +199,8 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       : undefined;
     if (hub) closers.push(() => hub.close());
 
+    const policy = policyFromConfig(config);
+    const scored = scoredMetrics(config, policy);
     const scorer: Scorer =
       config.scorer ??
       (await (async () => {
@@ -200,19 +208,18 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
         const dir = await ensureModel(config, s3, log);
         return loadScorer(dir, {
           executionProvider: config.executionProvider,
+          // A GPU task that cannot create its provider must fail its start (health never turns 200), not score on CPU.
+          fallbackToCpu: false,
           batchSize: config.batchSize,
+          metrics: scored,
           logger: (level, msg, ctx) => log(level, msg, ctx),
         });
       })());
     closers.push(() => scorer.close());
     const model = scorer.model;
-    // The provider actually in use after any fallback (the MLM scorer reports it; stand-ins do not).
+    // The provider in use (the MLM scorer reports it; stand-ins do not). No CPU fallback here: see fallbackToCpu.
     const provider = (scorer as { executionProvider?: string }).executionProvider;
     metrics.setExecutionProvider(provider ?? config.executionProvider ?? 'cpu', model);
-    const policy = new Policy({
-      ...(config.thresholds ? { thresholds: parseThresholds(config.thresholds) } : {}),
-      ...(config.combine ? { combine: config.combine } : {}),
-    });
 
     const curated = new S3CuratedSink({
       s3,
@@ -310,6 +317,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       exactlyOnce,
       healthPort,
       model,
+      scoredMetrics: scorer.metrics,
     });
     options.onReady?.({ healthPort });
     const stats = await runPipeline({

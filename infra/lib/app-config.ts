@@ -55,6 +55,7 @@ export const CONTEXT_KEYS = [
   'batchSize',
   'thresholds',
   'combine',
+  'metrics',
   'alarmEmail',
   'alarmTopicArn',
   'nag',
@@ -225,6 +226,7 @@ export class MlmFilterStack extends Stack {
         batchSize: int(props.context('batchSize'), 'batchSize'),
         thresholds: str(props.context('thresholds')),
         combine: combine as 'and' | 'or' | undefined,
+        metrics: str(props.context('metrics')),
       },
       monitoring: {
         alarmTopic: alarmTopicArn

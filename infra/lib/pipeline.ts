@@ -156,6 +156,13 @@ export interface WorkerOptions {
   readonly thresholds?: string;
   /** @default 'and' */
   readonly combine?: 'and' | 'or';
+  /**
+   * Metrics the worker scores (MLMF_METRICS): `all`, `policy` (only those `thresholds` reads: for the default policy
+   * two metrics instead of four, roughly 1.5-1.8x fewer decoder tokens; the others are null in the curated samples
+   * and audit events and cannot be re-thresholded later without rescoring), or a list such as `itm,odf,ctq` that
+   * includes every metric `thresholds` reads (the worker refuses to start otherwise). @default 'all'
+   */
+  readonly metrics?: string;
   /** @default 3584 (of a 4-vCPU instance) */
   readonly cpu?: number;
   /** Soft memory reservation, MiB. @default 12288 */
@@ -340,6 +347,7 @@ export class MlmFilterPipeline extends Construct {
       MLMF_MODEL_SHA256: props.model.sha256.toLowerCase(),
       MLMF_THRESHOLDS: w.thresholds ?? 'itm>=66,odf>=20',
       MLMF_COMBINE: w.combine ?? 'and',
+      MLMF_METRICS: w.metrics ?? 'all',
       MLMF_EXECUTION_PROVIDER: w.executionProvider ?? 'cuda',
       MLMF_BATCH_SIZE: String(w.batchSize ?? 16),
       MLMF_HEALTH_PORT: String(w.healthPort ?? 8080),
@@ -591,7 +599,9 @@ export class MlmFilterPipeline extends Construct {
       description: 'ECS container instance (agent registration, image pull, logs)',
     });
     const launchTemplate = new ec2.LaunchTemplate(this, 'GpuLaunchTemplate', {
-      machineImage: ecs.EcsOptimizedImage.amazonLinux2(ecs.AmiHardwareType.GPU),
+      // Amazon Linux 2023's ECS GPU AMI ships NVIDIA driver 580: the worker's onnxruntime CUDA provider is a CUDA 13
+      // build (scripts/cuda-provider.sh), which AL2's GPU AMI (driver 550) cannot run.
+      machineImage: ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU),
       userData: ec2.UserData.forLinux(),
       role,
       securityGroup: instanceSg,

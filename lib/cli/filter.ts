@@ -6,7 +6,13 @@ import { Intake, type IntakeOptions } from '../intake/index.ts';
 import { loadScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type PipelineLogger } from '../pipeline/index.ts';
-import { Policy, type PolicyOptions } from '../policy/index.ts';
+import { formatThreshold, Policy, type PolicyOptions } from '../policy/index.ts';
+import {
+  CLI_METRICS,
+  parseMetricSelection,
+  resolveMetricSelection,
+  type MetricSelection,
+} from '../policy/metric-selection.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink } from '../sinks/local-curated.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
@@ -27,6 +33,12 @@ export interface FilterJobOptions {
   /** Model directory (or a hub id with a cached export). */
   readonly model: string;
   readonly policy?: PolicyOptions;
+  /**
+   * Which metrics to score: `all` (default), `policy` (exactly the metrics the policy reads, or the top-fraction
+   * metric), or a list that must include every metric the policy reads. Unscored metrics are `null` in the outputs.
+   * Overrides `scorer.metrics`.
+   */
+  readonly metrics?: MetricSelection;
   /**
    * Batch jobs: instead of fixed thresholds, keep the best fraction of the whole run on one metric. The run is scored
    * first (scored pairs are staged under DIR/.staging), then routed by the run-wide cutoff.
@@ -62,11 +74,12 @@ export async function openInput(
 
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
-  const source = await openInput(options.input, options.inputFormat, options.pair);
   const top = options.topFraction;
   // In top-fraction mode the first pass keeps every pair that got a number on the ranked metric.
   const policy = new Policy(top ? { thresholds: [{ metric: top.metric, op: '>=', value: 0 }] } : options.policy);
-  const scorer = await loadScorer(options.model, options.scorer ?? {});
+  const metrics = scoredMetrics(options, policy);
+  const source = await openInput(options.input, options.inputFormat, options.pair);
+  const scorer = await loadScorer(options.model, { ...options.scorer, metrics });
   try {
     const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
     if (missing.length) {
@@ -132,6 +145,8 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       input: options.input,
       model: scorer.model,
       policy: top ? { topFraction: top } : { thresholds: policy.thresholds, combine: policy.combine },
+      // The metrics scored; the others are null in the outputs and count 0 in `scores`.
+      metrics: scorer.metrics,
       interrupted: options.signal?.aborted ?? false,
       intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     };
@@ -140,6 +155,21 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   } finally {
     await scorer.close();
   }
+}
+
+/**
+ * The metrics the scorer scores: `options.metrics` (else `scorer.metrics` as an explicit list, else `all`), checked
+ * against what the policy reads before any model loads.
+ */
+function scoredMetrics(options: FilterJobOptions, policy: Policy) {
+  const selection: MetricSelection =
+    options.metrics ??
+    (options.scorer?.metrics?.length ? parseMetricSelection(options.scorer.metrics, CLI_METRICS) : 'all');
+  const top = options.topFraction;
+  const requiredBy = top
+    ? `--top-fraction ranks on (--top-metric ${top.metric})`
+    : `the policy reads (${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)})`;
+  return resolveMetricSelection(selection, policy.metrics, CLI_METRICS, requiredBy);
 }
 
 interface Progress {

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
 import { parseThreshold, type Threshold } from '../policy/index.ts';
+import { CLI_METRICS, parseMetricSelection } from '../policy/metric-selection.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
 import { formatSummary, runFilterJob, type FilterJobOptions } from './filter.ts';
 import { addOpsCommands } from './ops.ts';
@@ -18,6 +19,14 @@ const positiveInt = (name: string) => (value: string) => {
 const thresholdArg = (value: string, previous: Threshold[] = []) => {
   try {
     return [...previous, parseThreshold(value)];
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+};
+
+const metricsArg = (value: string) => {
+  try {
+    return parseMetricSelection(value, CLI_METRICS);
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
@@ -82,6 +91,12 @@ export function buildProgram(): Command {
       },
     )
     .option('--top-metric <metric>', 'metric ranked by --top-fraction (default itm)', metricShort)
+    .option(
+      '--metrics <list>',
+      'metrics to score: all (default), policy (only those the policy or --top-metric reads), or e.g. itm,odf,ctq; ' +
+        'unscored metrics are null in the outputs',
+      metricsArg,
+    )
     .option('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', collect)
     .option('--user-agent <ua>', 'User-Agent for image fetches')
     .addOption(
@@ -115,6 +130,7 @@ export function buildProgram(): Command {
         out: flags.out,
         model: flags.model,
         inputFormat: flags.inputFormat ?? config.inputFormat,
+        metrics: flags.metrics ?? config.metrics,
         topFraction: flags.topFraction
           ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
           : config.topFraction,
@@ -186,6 +202,7 @@ export function buildProgram(): Command {
     ['--thresholds <list>', 'MLMF_THRESHOLDS', 'e.g. itm>=66,odf>=20'],
     ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', 'cuda | webgpu | cpu'],
     ['--batch-size <n>', 'MLMF_BATCH_SIZE', 'pairs per scorer batch'],
+    ['--metrics <list>', 'MLMF_METRICS', 'metrics to score: all (default) | policy | e.g. itm,odf'],
     ['--health-port <port>', 'MLMF_HEALTH_PORT', 'port of GET /healthz and /metrics'],
     ['--s3-endpoint <url>', 'MLMF_S3_ENDPOINT', 'S3-compatible endpoint (local servers)'],
     ['--sqs-endpoint <url>', 'MLMF_SQS_ENDPOINT', 'SQS-compatible endpoint (local servers)'],
@@ -215,7 +232,16 @@ export function buildProgram(): Command {
 
 async function readConfig(path: string): Promise<Partial<FilterJobOptions>> {
   try {
-    const config = JSON.parse(await readFile(path, 'utf8')) as Partial<FilterJobOptions>;
+    let config = JSON.parse(await readFile(path, 'utf8')) as Partial<FilterJobOptions>;
+    if (config.metrics !== undefined) {
+      const raw = config.metrics as unknown;
+      if (typeof raw !== 'string' && !(Array.isArray(raw) && raw.every((m) => typeof m === 'string'))) {
+        throw new FilterError('bad_metrics', `${path}: metrics must be "all", "policy" or a list of metric names`, {
+          path,
+        });
+      }
+      config = { ...config, metrics: parseMetricSelection(raw, { ...CLI_METRICS, name: `${path}: metrics` }) };
+    }
     if (config.policy?.thresholds) {
       const raw = config.policy.thresholds as unknown[];
       return {
@@ -257,6 +283,7 @@ export async function main(argv: string[]): Promise<number> {
         'worker_config',
         'invalid_allow_address',
         'unknown_metric',
+        'bad_metrics',
       ];
       return usage.includes(err.code) ? EXIT.usage : EXIT.failure;
     }

@@ -34,6 +34,7 @@ const WORKER_ENV = [
   'MLMF_MODEL_SHA256',
   'MLMF_THRESHOLDS',
   'MLMF_COMBINE',
+  'MLMF_METRICS',
   'MLMF_EXECUTION_PROVIDER',
   'MLMF_BATCH_SIZE',
   'MLMF_HEALTH_PORT',
@@ -84,7 +85,7 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     const params = s.template.toJSON().Parameters as Record<string, { Default?: string }>;
     assert.ok(
       Object.values(params).some(
-        (p) => p.Default === '/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id',
+        (p) => p.Default === '/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id',
       ),
     );
     s.template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
@@ -130,6 +131,7 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     assert.equal(kafka.MLMF_DLQ_TOPIC, 'mlmf.dlq');
     assert.equal(kafka.MLMF_MODEL_S3_URI, 's3://models-bucket/mlm/qwen-1.5b.tar');
     assert.equal(kafka.MLMF_THRESHOLDS, 'itm>=66,odf>=20');
+    assert.equal(kafka.MLMF_METRICS, 'all');
     assert.equal(kafka.MLMF_PIPELINE, 'crawl-filter');
     const sqsEnv = workerEnv(s.template, 'SqsTask');
     assert.equal(sqsEnv.MLMF_SOURCE, 'sqs');
@@ -400,7 +402,11 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
       topics: { audit: 'mlmf.audit', provision: false },
       model: model(stack),
       curated: { bucket: s3.Bucket.fromBucketName(stack, 'Lake', 'data-lake'), prefix: 'mlm-filter/v1' },
-      worker: { imageUri: '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1.0', batchSize: 32 },
+      worker: {
+        imageUri: '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1.0',
+        batchSize: 32,
+        metrics: 'policy',
+      },
     }));
   });
 
@@ -425,6 +431,7 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
     assert.equal(env.MLMF_BUCKET, 'data-lake');
     assert.equal(env.MLMF_PREFIX, 'mlm-filter/v1/');
     assert.equal(env.MLMF_BATCH_SIZE, '32');
+    assert.equal(env.MLMF_METRICS, 'policy');
     assert.match(
       JSON.stringify(s.stack.resolve(env.MLMF_SQS_QUEUE_URL)),
       /https:\/\/sqs\.eu-west-1\.".*"\/111122223333\/crawler-pairs/,

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Admin } from 'kafkajs';
 import { configFromEnv, runWorker, validateConfig } from '../../functions/worker/main.ts';
+import { scoredMetrics } from '../../functions/worker/config.ts';
 import { FilterError } from '../../lib/types.ts';
 import {
   BROKERS,
@@ -41,6 +42,7 @@ describe('worker configuration from the environment', () => {
       MLMF_MODEL_SHA256: 'ab',
       MLMF_THRESHOLDS: 'itm>=66,odf>=20',
       MLMF_COMBINE: 'and',
+      MLMF_METRICS: 'all',
       MLMF_EXECUTION_PROVIDER: 'cuda',
       MLMF_BATCH_SIZE: '16',
       MLMF_HEALTH_PORT: '8080',
@@ -53,7 +55,61 @@ describe('worker configuration from the environment', () => {
     assert.equal(c.batchSize, 16);
     assert.equal(c.region, 'eu-west-1');
     assert.equal(c.dlqTopic, 'dlq');
+    assert.equal(c.metrics, 'all');
     validateConfig(c);
+  });
+
+  it('MLMF_METRICS: all (default), policy, or a list that covers MLMF_THRESHOLDS', async () => {
+    const base = {
+      MLMF_SOURCE: 'sqs',
+      MLMF_SQS_QUEUE_URL: 'q',
+      MLMF_BUCKET: 'b',
+      MLMF_AUDIT_TOPIC: 'a',
+      MLMF_BROKERS: 'k:9092',
+    };
+    const all = ['itm', 'odf', 'ctq', 'su'];
+    assert.equal(configFromEnv(base).metrics, undefined);
+    assert.deepEqual(scoredMetrics(configFromEnv(base)), all);
+    assert.deepEqual(scoredMetrics(configFromEnv({ ...base, MLMF_METRICS: '' })), all);
+    assert.deepEqual(scoredMetrics(configFromEnv({ ...base, MLMF_METRICS: 'all' })), all);
+    // policy: exactly what the thresholds read (default itm>=66,odf>=20).
+    assert.equal(configFromEnv({ ...base, MLMF_METRICS: 'policy' }).metrics, 'policy');
+    assert.deepEqual(scoredMetrics(configFromEnv({ ...base, MLMF_METRICS: 'policy' })), ['itm', 'odf']);
+    assert.deepEqual(
+      scoredMetrics(configFromEnv({ ...base, MLMF_METRICS: 'policy', MLMF_THRESHOLDS: 'su>50, ctq>=10' })),
+      ['ctq', 'su'],
+    );
+    // A list: short names or full keys, any order, spaces allowed; scored in the canonical order.
+    const list = configFromEnv({ ...base, MLMF_METRICS: ' su, object_detail_fulfillment ,itm' });
+    assert.deepEqual(list.metrics, ['itm', 'odf', 'su']);
+    assert.deepEqual(scoredMetrics(list), ['itm', 'odf', 'su']);
+    validateConfig(list);
+
+    assert.throws(
+      () => configFromEnv({ ...base, MLMF_METRICS: 'itm,beauty' }),
+      (e: unknown) =>
+        e instanceof FilterError &&
+        e.code === 'worker_config' &&
+        /MLMF_METRICS: unknown metric 'beauty'/.test(e.message),
+    );
+    // A list without a metric the policy reads stops the worker at start, naming the metric and the fix.
+    const missing = (e: unknown) =>
+      e instanceof FilterError &&
+      e.code === 'worker_config' &&
+      /MLMF_METRICS=itm,ctq leaves out odf, which the policy reads \(MLMF_THRESHOLDS itm>=66,odf>=20\)/.test(
+        e.message,
+      ) &&
+      /add odf to MLMF_METRICS \(MLMF_METRICS=itm,odf,ctq\), or use MLMF_METRICS=policy/.test(e.message);
+    assert.throws(() => validateConfig(configFromEnv({ ...base, MLMF_METRICS: 'itm,ctq' })), missing);
+    // runWorker checks it before it connects to anything or loads a model.
+    await assert.rejects(
+      runWorker({ ...configFromEnv({ ...base, MLMF_METRICS: 'itm,ctq' }), scorer: new FastScorer() }),
+      missing,
+    );
+    assert.throws(
+      () => validateConfig(configFromEnv({ ...base, MLMF_METRICS: 'itm', MLMF_THRESHOLDS: 'itm>=50,su>=10' })),
+      /leaves out su/,
+    );
   });
 
   it('names what is missing or malformed', () => {
