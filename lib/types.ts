@@ -1,7 +1,7 @@
 /**
  * Contracts shared by every stage. Data flows one way:
  * source -> pair -> intake -> scorer -> policy -> sinks -> ack.
- * Field names that appear in records, audit events or the curated layout are fixed by ../shared/DESIGN.md.
+ * Field names that appear in records, audit events or the curated layout are fixed by docs/DESIGN.md.
  */
 
 /** The four MLM-filter metrics, by their full key (as in the prompts) and their short name (as in scores). */

@@ -2,8 +2,8 @@
 
 Source of truth: Victorwz/MLM_Filter mlm_filter_scoring_datacomp_batch_inference_v2.py (instruction template and
 criteria) and Victorwz/LLaVA-Unified llava/conversation.py (qwen_instruct = MPT separator style, llava_v1 = TWO
-separator style). The texts below are byte-identical to shared/reference/mlm-filter-prompts.json; the test
-test_prompts.py checks that when the shared file is present. Note: that JSON writes the newline of `user_turn` and of
+separator style). The texts below are byte-identical to docs/reference/mlm-filter-prompts.json (committed verbatim);
+test_export.py checks that. Note: that JSON writes the newline of `user_turn` and of
 the conversation prompts as the two characters "\\n"; the reference code uses a real newline, and so do we.
 """
 

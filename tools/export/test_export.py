@@ -25,20 +25,13 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 FIXTURES = os.path.join(ROOT, "test", "fixtures", "models")
 
 
-def shared_prompts_path() -> str | None:
-    for base in (os.path.join(ROOT, "shared"), os.path.join(ROOT, "..", "shared")):
-        p = os.path.join(base, "reference", "mlm-filter-prompts.json")
-        if os.path.exists(p):
-            return p
-    return None
+# The reference prompt text as published with the paper's code, committed verbatim (docs/reference/).
+REFERENCE_PROMPTS = os.path.join(ROOT, "docs", "reference", "mlm-filter-prompts.json")
 
 
 class PromptTests(unittest.TestCase):
     def test_texts_match_shared_reference(self):
-        path = shared_prompts_path()
-        if path is None:
-            self.skipTest("shared/reference/mlm-filter-prompts.json not present")
-        ref = json.load(open(path))
+        ref = json.load(open(REFERENCE_PROMPTS))
         self.assertEqual(ref["instruction_template"], prompts.INSTRUCTION_TEMPLATE)
         self.assertEqual(ref["criteria"], prompts.CRITERIA)
         # The shared file spells the conversation newlines as the two characters backslash-n.
