@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { Scorer } from '../../lib/types.ts';
 import { FilterError, type MetricShort } from '../../lib/types.ts';
+import type { WorkerEnvName } from '../../lib/worker-env.ts';
 import type { ImageIntake } from '../../lib/pipeline/index.ts';
 import type { ExecutionProvider } from '../../lib/model/index.ts';
 import { formatThreshold, parseThresholds, Policy } from '../../lib/policy/index.ts';
@@ -153,9 +154,9 @@ function oneOf<T extends string>(v: string | undefined, name: string, allowed: r
   return v as T;
 }
 
-/** Reads the worker's configuration from environment variables (names shared with infra/). */
+/** Reads the worker's configuration from environment variables (names: lib/worker-env.ts, shared with infra/). */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
-  const e = (k: string) => (env[k] === '' ? undefined : env[k]);
+  const e = (k: WorkerEnvName) => (env[k] === '' ? undefined : env[k]);
   const config: WorkerConfig = {
     source:
       oneOf(e('MLMF_SOURCE'), 'MLMF_SOURCE', ['kafka', 'sqs'] as const) ?? (e('MLMF_SQS_QUEUE_URL') ? 'sqs' : 'kafka'),

@@ -3,7 +3,7 @@ import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { METRIC, PIPELINE_DIMENSION, REASON_DIMENSION, SCORE_METRIC } from './metric-names.ts';
+import { METRIC, PIPELINE_DIMENSION, REASON_DIMENSION, SCORE_METRIC } from '../../lib/metrics/metric-names.ts';
 
 /** Alarm thresholds and where alarms go. */
 export interface MonitoringOptions {

@@ -16,7 +16,8 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION, PIPELINE_ENV } from './metric-names.ts';
+import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION, PIPELINE_ENV } from '../../lib/metrics/metric-names.ts';
+import type { WorkerEnv } from '../../lib/worker-env.ts';
 import { KafkaTopics } from './kafka-topics.ts';
 import { PipelineMonitoring, type BacklogSignal, type MonitoringOptions } from './monitoring.ts';
 import { MskArns, isMskClusterArn } from './msk.ts';
@@ -333,8 +334,8 @@ export class MlmFilterPipeline extends Construct {
       removalPolicy: RemovalPolicy.RETAIN,
     });
     const w = props.worker ?? {};
-    const common: Record<string, string> = {
-      ...(w.environment ?? {}),
+    // Typed against the worker's environment contract (lib/worker-env.ts): a misspelt name does not compile.
+    const contract: WorkerEnv = {
       [PIPELINE_ENV]: this.pipelineName,
       MLMF_BROKERS: kafka.bootstrapServers.join(','),
       MLMF_KAFKA_AUTH: kafkaAuth,
@@ -354,12 +355,16 @@ export class MlmFilterPipeline extends Construct {
       MLMF_METRICS_NAMESPACE: namespace,
       AWS_REGION: Stack.of(this).region,
     };
-    if (props.topics.accepted) common.MLMF_ACCEPTED_TOPIC = props.topics.accepted;
-    if (props.topics.deadLetter) common.MLMF_DLQ_TOPIC = props.topics.deadLetter;
-    if (scramSecret) common.MLMF_KAFKA_SECRET_ARN = scramSecret.secretArn;
+    if (props.topics.accepted) contract.MLMF_ACCEPTED_TOPIC = props.topics.accepted;
+    if (props.topics.deadLetter) contract.MLMF_DLQ_TOPIC = props.topics.deadLetter;
+    if (scramSecret) contract.MLMF_KAFKA_SECRET_ARN = scramSecret.secretArn;
+    const common: Record<string, string> = {
+      ...(w.environment ?? {}),
+      ...(contract as Record<string, string>),
+    };
 
     const backlogs: BacklogSignal[] = [];
-    const build = (source: 'kafka' | 'sqs', env: Record<string, string>, scaling: ScalingOptions) => {
+    const build = (source: 'kafka' | 'sqs', env: WorkerEnv, scaling: ScalingOptions) => {
       const taskRole = new iam.Role(this, `${cap(source)}TaskRole`, {
         assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
         description: `MLM filter worker (${this.pipelineName}, ${source} source)`,
@@ -375,7 +380,7 @@ export class MlmFilterPipeline extends Construct {
         cpu: w.cpu ?? 3584,
         memoryReservationMiB: w.memoryReservationMiB ?? 12288,
         gpuCount: 1,
-        environment: { ...common, ...env },
+        environment: { ...common, ...(env as Record<string, string>) },
         logging: ecs.LogDrivers.awsLogs({ logGroup, streamPrefix: source }),
         portMappings: [{ containerPort: healthPort }],
         healthCheck: {

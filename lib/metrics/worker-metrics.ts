@@ -7,7 +7,7 @@ import {
   PIPELINE_ENV,
   REASON_DIMENSION,
   SCORE_METRIC,
-} from '../../infra/lib/metric-names.ts';
+} from './metric-names.ts';
 import type { MetricShort, ModelInfo, Outcome } from '../types.ts';
 import { METRICS } from '../types.ts';
 import { emfDocument, ValueCounter, type EmfMetric } from './emf.ts';
@@ -58,7 +58,7 @@ const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 /**
  * The worker's metrics, for two readers at once: a Prometheus registry (scraped from the worker's health server at
  * /metrics, cumulative) and CloudWatch EMF log lines (aggregated per interval, the names the dashboard and alarms use,
- * from infra/lib/metric-names.ts). Callers report what happened; nothing here blocks or throws on bad input.
+ * from lib/metrics/metric-names.ts). Callers report what happened; nothing here blocks or throws on bad input.
  */
 export class WorkerMetrics {
   readonly registry: Registry;

@@ -19,7 +19,7 @@ import {
   workerEnv,
   type Synthesised,
 } from './helpers.ts';
-import { METRIC } from '../../infra/lib/metric-names.ts';
+import { METRIC } from '../../lib/metrics/metric-names.ts';
 
 const WORKER_ENV = [
   'MLMF_SOURCE',

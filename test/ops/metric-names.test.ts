@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { App, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
-import { METRIC } from '../../infra/lib/metric-names.ts';
+import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { PipelineMonitoring } from '../../infra/lib/monitoring.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
 import type { Outcome } from '../../lib/types.ts';
@@ -86,7 +86,7 @@ test('the dashboard and alarms read only metrics the worker really emits', () =>
   assert.deepEqual(missing, [], `dashboard reads metrics the worker never emits: ${missing.join(', ')}`);
 });
 
-test('the worker emits exactly the contract names of infra/lib/metric-names.ts', () => {
+test('the worker emits exactly the contract names of lib/metrics/metric-names.ts', () => {
   assert.deepEqual([...emittedMetricNames()].sort(), Object.values(METRIC).sort());
 });
 

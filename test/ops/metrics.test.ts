@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
-import { METRIC, REASON_DIMENSION, SCORE_METRIC } from '../../infra/lib/metric-names.ts';
+import { METRIC, REASON_DIMENSION, SCORE_METRIC } from '../../lib/metrics/metric-names.ts';
 import { EMF_MAX_VALUES, ValueCounter } from '../../lib/metrics/emf.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
 import type { Outcome, Reason, Scores } from '../../lib/types.ts';

@@ -5,6 +5,7 @@
  * Every metric carries the dimension {@link PIPELINE_DIMENSION} (the pipeline name, passed to the worker in
  * {@link PIPELINE_ENV}); {@link METRIC.RejectsByReason} additionally carries {@link REASON_DIMENSION}.
  */
+import type { WorkerEnvName } from '../worker-env.ts';
 
 /** Default EMF namespace (the worker reads MLMF_METRICS_NAMESPACE, the construct passes its own value). */
 export const DEFAULT_METRICS_NAMESPACE = 'MlmFilter';
@@ -16,7 +17,7 @@ export const PIPELINE_DIMENSION = 'Pipeline';
 export const REASON_DIMENSION = 'Reason';
 
 /** Environment variable through which the task definition tells the worker its pipeline name. */
-export const PIPELINE_ENV = 'MLMF_PIPELINE';
+export const PIPELINE_ENV = 'MLMF_PIPELINE' satisfies WorkerEnvName;
 
 /** Metric names. Counters are published per batch (statistic Sum); values (scores, latency, lag) use percentiles. */
 export const METRIC = {

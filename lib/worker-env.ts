@@ -1,0 +1,55 @@
+/**
+ * The GPU worker's environment contract: every variable the worker reads (functions/worker/config.ts) and the
+ * construct sets on its tasks (infra/lib/pipeline.ts). Both sides type their names against this one list, so a
+ * variable renamed or misspelt on either side is a compile error instead of a silently ignored setting. The worker's
+ * `WorkerConfig` documents each value's meaning and default; docs/DEPLOY.md the operator's view.
+ */
+export const WORKER_ENV = {
+  MLMF_SOURCE: 'kafka | sqs',
+  MLMF_BROKERS: 'comma-separated host:port of the source and audit/accepted/DLQ brokers',
+  MLMF_SOURCE_TOPIC: 'the crawler topic',
+  MLMF_GROUP_ID: 'Kafka consumer group',
+  MLMF_KAFKA_AUTH: 'none | iam | scram-sha-512',
+  MLMF_KAFKA_TLS: 'true | false',
+  MLMF_KAFKA_SECRET_ARN: 'Secrets Manager secret {username, password} for SCRAM',
+  MLMF_SQS_QUEUE_URL: 'the crawler queue',
+  MLMF_SQS_ENDPOINT: 'local SQS-protocol server (tests)',
+  MLMF_SQS_VISIBILITY_S: 'visibility timeout of messages in work',
+  MLMF_BUCKET: 'the curated bucket',
+  MLMF_PREFIX: 'key prefix in the curated bucket',
+  MLMF_S3_ENDPOINT: 'local S3-protocol server (tests)',
+  MLMF_S3_TIMEOUT_MS: 'per-request timeout of S3 calls',
+  MLMF_AUDIT_TOPIC: 'audit topic (rejects)',
+  MLMF_ACCEPTED_TOPIC: 'accepted topic (optional)',
+  MLMF_DLQ_TOPIC: 'dead-letter topic (optional)',
+  MLMF_MODEL_DIR: 'model directory in the task',
+  MLMF_MODEL_S3_URI: 'model archive fetched into MLMF_MODEL_DIR',
+  MLMF_MODEL_SHA256: 'required digest of the model archive',
+  MLMF_THRESHOLDS: 'policy conditions, e.g. itm>=66,odf>=20',
+  MLMF_COMBINE: 'and | or',
+  MLMF_METRICS: 'all | policy | comma-separated metrics',
+  MLMF_EXECUTION_PROVIDER: 'cuda | webgpu | cpu',
+  MLMF_BATCH_SIZE: 'scorer batch',
+  MLMF_HEALTH_PORT: 'GET /healthz port (0 disables)',
+  MLMF_METRICS_NAMESPACE: 'CloudWatch EMF namespace',
+  MLMF_PIPELINE: 'pipeline name (metric dimension)',
+  MLMF_TRANSACTIONAL_ID: 'Kafka transactional id of this worker slot',
+  MLMF_EXACTLY_ONCE: 'false turns Kafka transactions off (at-least-once)',
+  MLMF_SHARD_SAMPLES: 'accepted samples per curated shard',
+  MLMF_FLUSH_MS: 'idle time before a partial shard is written',
+  MLMF_SESSION_TIMEOUT_MS: 'Kafka group session timeout',
+  MLMF_BACKLOG_SAMPLE_MS: 'how often consumer lag / queue depth is sampled',
+  MLMF_DEDUPE: 'reject a pair id seen earlier in this process',
+  MLMF_SOURCE_BATCH: 'records per source batch',
+  MLMF_INTAKE_CONCURRENCY: 'images fetched at once',
+  MLMF_ALLOW_ADDRESSES: 'CIDRs / host:port the image fetcher may open despite the SSRF guard',
+  MLMF_JPEG_DECODER: 'auto | native | sharp',
+  MLMF_JPEG_DCT_SCALING: 'true | false',
+  MLMF_DEBUG: 'debug logging',
+  AWS_REGION: 'region of the AWS clients',
+  AWS_DEFAULT_REGION: 'region of the AWS clients when AWS_REGION is unset',
+} as const;
+
+export type WorkerEnvName = keyof typeof WORKER_ENV;
+/** Values the construct sets (strings, as the container environment holds them). */
+export type WorkerEnv = Partial<Record<WorkerEnvName, string>>;
