@@ -17,23 +17,45 @@ export class PoisonInputError extends Error {
   }
 }
 
+/** The scorer failed on several pairs in a row, each alone: it is broken, not the pairs. */
+export class ScorerBrokenError extends Error {
+  readonly code = 'scorer_failed';
+  constructor(
+    readonly consecutive: number,
+    cause: unknown,
+  ) {
+    super(`the scorer failed on ${consecutive} pairs in a row, each alone: ${(cause as Error)?.message ?? cause}`, {
+      cause,
+    });
+  }
+}
+
 /**
  * Collects single score requests into batches of up to `scorer.maxBatch`, waiting at most `maxWaitMs` for a batch
  * to fill, with at most `concurrency` batches in the scorer at once (so the next batch is assembled while one runs).
- * A failed batch is retried one pair at a time: pairs that fail alone get PoisonInputError; if every pair fails
- * alone the scorer itself is broken and each caller gets the original error (the run stops, nothing is acked).
+ *
+ * Poison: a failed batch (even of one pair) is retried one pair at a time, once; a pair that fails alone gets
+ * PoisonInputError (its caller rejects it as `scoring_failed` and the partition moves on). The scorer itself is
+ * taken for broken, and the callers get ScorerBrokenError (the run stops, nothing is acked), when every pair of a
+ * batch of several fails alone, or when `brokenAfter` pairs in a row have failed alone with no success in between:
+ * one poison pair at low traffic, alone in its batch, must not look like a broken scorer (a scorer that breaks at low
+ * traffic may so reject up to `brokenAfter - 1` pairs as scoring_failed before the run stops).
  */
 export class ScoreBatcher {
   private queue: Pending[] = [];
   private timer: NodeJS.Timeout | undefined;
   private readonly slots: Semaphore;
+  /** Pairs that failed alone since the last pair that scored. */
+  private failedInRow = 0;
   batches = 0;
   scoredPairs = 0;
+  poisonPairs = 0;
 
   constructor(
     private readonly scorer: Scorer,
     private readonly maxWaitMs = 50,
     concurrency = 2,
+    private readonly brokenAfter = 3,
   ) {
     this.slots = new Semaphore(concurrency);
   }
@@ -68,20 +90,42 @@ export class ScoreBatcher {
       batch.forEach((p, i) => p.resolve(results[i]!));
       this.batches++;
       this.scoredPairs += batch.length;
+      this.failedInRow = 0;
     } catch (batchError) {
-      if (batch.length === 1) {
-        batch[0]!.reject(batchError);
+      // A closed scorer is not the pair's fault: nothing to retry.
+      if ((batchError as { code?: string })?.code === 'scorer_closed') {
+        for (const p of batch) p.reject(batchError);
         return;
       }
-      const single = await Promise.allSettled(batch.map((p) => this.scorer.score([p.input])));
-      const allFailed = single.every((s) => s.status === 'rejected');
-      single.forEach((s, i) => {
-        const p = batch[i]!;
-        if (s.status === 'fulfilled' && s.value[0]) p.resolve(s.value[0]);
-        else p.reject(allFailed ? batchError : new PoisonInputError(p.input.id, (s as PromiseRejectedResult).reason));
+      const alone: { result?: ScoreResult; error?: unknown }[] = [];
+      for (const p of batch) alone.push(await this.retryAlone(p));
+      // Every pair of a batch failing alone too: the scorer, not the pairs.
+      const brokenBatch = batch.length > 1 && alone.every((r) => r.error !== undefined);
+      batch.forEach((p, i) => {
+        const r = alone[i]!;
+        if (r.error === undefined) p.resolve(r.result!);
+        else if (brokenBatch || this.failedInRow >= this.brokenAfter)
+          p.reject(new ScorerBrokenError(this.failedInRow, r.error));
+        else {
+          this.poisonPairs++;
+          p.reject(new PoisonInputError(p.input.id, r.error));
+        }
       });
     } finally {
       this.slots.release();
+    }
+  }
+
+  private async retryAlone(p: Pending): Promise<{ result?: ScoreResult; error?: unknown }> {
+    try {
+      const [result] = await this.scorer.score([p.input]);
+      if (!result) throw new Error('scorer returned no result for one pair');
+      this.failedInRow = 0;
+      this.scoredPairs++;
+      return { result };
+    } catch (error) {
+      this.failedInRow++;
+      return { error: error ?? new Error('scorer failed') };
     }
   }
 }

@@ -130,4 +130,49 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     }
     assert.ok((await listAll(s3, bucket)).every((o) => o.Key!.startsWith('curated/')));
   });
+
+  it('a poison pair alone at low traffic ends as scoring_failed and the records after it flow', async () => {
+    const t = uniq('lone');
+    const audit = `${t}-audit`;
+    const bucket = uniq('curated');
+    const groupId = `${t}-group`;
+    await createTopics(admin, [{ topic: t, partitions: 1 }, { topic: audit }]);
+    await createBucket(s3, bucket);
+    const [good] = await makeRecords(t, 1);
+    await produce(kafka, t, [{ ...(good as object), id: `${t}-poison`, caption: 'poison pill' }], 1);
+    const stop = new AbortController();
+    const run = runWorker(
+      {
+        source: 'kafka',
+        brokers: [BROKERS],
+        sourceTopic: t,
+        groupId,
+        bucket,
+        prefix: 'curated/',
+        auditTopic: audit,
+        s3Endpoint: S3_ENDPOINT,
+        healthPort: 0,
+        transactionalId: `${t}-tx`,
+        sourceBatch: 20,
+        idleFlushMs: 200,
+        thresholds: 'itm>=50',
+        scorer: new FastScorer(8),
+      },
+      { signal: stop.signal, log: () => undefined, metricsOut: null },
+    );
+    try {
+      // Alone in its scorer batch: once it was taken for a broken scorer and the worker crash-looped on it.
+      await waitFor('the poison record committed', async () => (await committedTotal(admin, groupId, t)) === 1, 30_000);
+      const later = await makeRecords(`${t}-later`, 3);
+      await produce(kafka, t, later, 1);
+      await waitFor('the later records committed', async () => (await committedTotal(admin, groupId, t)) === 4, 30_000);
+    } finally {
+      stop.abort();
+    }
+    const result = await run;
+    assert.equal(result.stats.records, 4);
+    const events = await readTopic(kafka, audit, (m) => m.length >= 2, 15_000);
+    const poison = events.find((e) => e.key === `${t}-poison`);
+    assert.equal((poison?.value.reasons as { code: string }[])[0]?.code, 'scoring_failed');
+  });
 });
