@@ -48,6 +48,11 @@ export interface DecodeLimits {
   readonly minSide: number;
   /** Largest accepted long/short side ratio. */
   readonly maxAspectRatio: number;
+  /**
+   * Most start-of-scan markers a JPEG may hold (default: no limit). Decode cost grows with pixels x scans, in libvips
+   * as in libjpeg, and neither can be interrupted: thousands of scans are minutes of CPU on a libuv pool thread.
+   */
+  readonly maxJpegScans?: number;
 }
 
 export interface ImageHeader {
@@ -85,6 +90,16 @@ export async function inspect(bytes: Buffer, limits: DecodeLimits): Promise<Imag
       meta = await sharp(bytes, { limitInputPixels: false }).metadata();
     } catch (err) {
       throw decodeError(err, format);
+    }
+  }
+  if (format === 'jpeg' && limits.maxJpegScans !== undefined) {
+    const scans = countJpegScans(bytes, limits.maxJpegScans + 1);
+    if (scans > limits.maxJpegScans) {
+      throw undecodable('decode_error', `jpeg has more than ${limits.maxJpegScans} scans`, {
+        format,
+        scans: `>${limits.maxJpegScans}`,
+        maxScans: limits.maxJpegScans,
+      });
     }
   }
   const rawW = meta.width ?? 0;
@@ -125,9 +140,24 @@ export async function inspect(bytes: Buffer, limits: DecodeLimits): Promise<Imag
 const JPEG_SPACES: Record<number, string> = { 1: 'b-w', 3: 'srgb', 4: 'cmyk' };
 
 /**
+ * Markers with a length that may come before the first scan, as libjpeg reads them: SOFn (C0-CF less C4, C8, CC),
+ * DHT (C4), DAC (CC), DQT (DB), DRI (DD), APPn (E0-EF), COM (FE).
+ */
+function lengthMarkerBeforeScan(m: number): boolean {
+  return (m >= 0xc0 && m <= 0xcf && m !== 0xc8) || m === 0xdb || m === 0xdd || (m >= 0xe0 && m <= 0xef) || m === 0xfe;
+}
+
+/**
  * A JPEG's size, component count and EXIF orientation from its markers (up to the first scan), or undefined when
  * they do not read cleanly: no frame header, a zero height (set by a later DNL marker), a segment running past the
  * end, an odd component count, an unreadable Exif block or orientation. Never throws on any input.
+ *
+ * It reads only what it understands, since the decoder must see the same frame header: a marker is FF then a code
+ * that is neither 00 nor FF, optionally after FF fill bytes (T.81 B.1.1.2); RSTn and TEM stand alone; a second SOI,
+ * an EOI, FF 00 (a stuffed zero, data not a marker: libjpeg skips it and scans on for the next FF, so a "length"
+ * after it could hide a frame header from this reader), bytes other than FF where a marker belongs, reserved codes
+ * (JPG, JPGn, RES, DNL before the scan) all give undefined, and sharp, which reads the markers as libjpeg does, sizes
+ * the image instead.
  */
 export function readJpegHeader(
   b: Buffer,
@@ -142,11 +172,11 @@ export function readJpegHeader(
       i++; // fill byte
       continue;
     }
-    if (m === 0xd8 || m === 0x01 || (m >= 0xd0 && m <= 0xd7)) {
-      i += 2; // markers without a length
+    if (m === 0x01 || (m >= 0xd0 && m <= 0xd7)) {
+      i += 2; // TEM and RSTn: markers without a length
       continue;
     }
-    if (m === 0xd9) return undefined;
+    if (m !== 0xda && !lengthMarkerBeforeScan(m)) return undefined; // FF 00, SOI again, EOI, reserved codes
     const len = b.readUInt16BE(i + 2);
     const seg = i + 4;
     const end = i + 2 + len;
@@ -165,6 +195,19 @@ export function readJpegHeader(
     return undefined;
   }
   return { ...frame, orientation: orientation ?? 1 };
+}
+
+/**
+ * Start-of-scan markers (FF DA) in a JPEG, counted up to `stop`. Entropy-coded data stuffs every FF byte as FF 00, so
+ * FF DA appears only as a marker or inside a segment's payload (an embedded thumbnail's own scans): never fewer than
+ * the scans a decoder reads.
+ */
+export function countJpegScans(b: Buffer, stop = Infinity): number {
+  let n = 0;
+  for (let i = b.indexOf(0xff); i >= 0 && i + 1 < b.length && n < stop; i = b.indexOf(0xff, i + 1)) {
+    if (b[i + 1] === 0xda) n++;
+  }
+  return n;
 }
 
 /** IFD0's Orientation (0x0112) from the TIFF structure in b[start, end): 1 when absent, undefined when unreadable. */

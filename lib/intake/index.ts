@@ -7,7 +7,14 @@ import sharp from 'sharp';
 import { AddressGuard, parseAllowAddress, type AllowRule, type LookupFn } from './address-guard.ts';
 import { decodeError, encodedForSink, inspect, openImage, type DecodeLimits, type ImageHeader } from './decode.ts';
 import { Fetcher, type FetcherOptions } from './fetch.ts';
-import { loadJpegNative, nativeParams, nativeSupports, prepareJpeg } from './jpeg-native.ts';
+import {
+  DEFAULT_MAX_SCANS,
+  loadJpegNative,
+  nativeParams,
+  nativeReject,
+  nativeSupports,
+  prepareJpeg,
+} from './jpeg-native.ts';
 import { TensorPool, affine, padColour, toPixelValues } from './preprocess.ts';
 import { fetchFailed } from './reject.ts';
 import { FilterError, RejectError, type ImageRef, type PreparedImage, type PreprocessSpec } from '../types.ts';
@@ -83,6 +90,13 @@ export interface IntakeOptions {
    * cost.
    */
   jpegDctScaling?: boolean;
+  /**
+   * Most scans a JPEG may have (`undecodable_image` decode_error above it): counted on the bytes before any decoder
+   * (sharp too) sees them, and enforced again by libjpeg in the native path. Decode cost grows with pixels x scans
+   * and no decoder can be interrupted: a crafted file with thousands of scans costs minutes of CPU. Default 100
+   * (encoders write about 10; libjpeg-turbo's djpeg -maxscans sets the same kind of limit).
+   */
+  jpegMaxScans?: number;
 }
 
 const DEFAULTS = {
@@ -103,6 +117,7 @@ const DEFAULTS = {
   maxIdleTensors: 16,
   jpegDecoder: 'auto',
   jpegDctScaling: true,
+  jpegMaxScans: DEFAULT_MAX_SCANS,
 } as const;
 
 function positive(name: string, v: number, integer = true): number {
@@ -163,6 +178,7 @@ export class Intake {
       maxPixels: positive('maxPixels', o.maxPixels),
       minSide: positive('minSide', o.minSide),
       maxAspectRatio: positive('maxAspectRatio', o.maxAspectRatio, false),
+      maxJpegScans: Math.max(1, positive('jpegMaxScans', o.jpegMaxScans)),
     };
     this.s3 = options.s3;
     // Transparent areas get the pad colour: like padding, "no content" then normalises to ~0.
@@ -182,7 +198,11 @@ export class Intake {
     }
     const loaded = choice === 'sharp' ? { error: 'jpegDecoder is sharp' } : loadJpegNative();
     if (loaded.module && nativeSupports(spec)) {
-      this.native = { module: loaded.module, params: nativeParams(spec, affine(spec), o.jpegDctScaling ? 1 : 0) };
+      const limits = { maxPixels: this.limits.maxPixels, maxScans: this.limits.maxJpegScans };
+      this.native = {
+        module: loaded.module,
+        params: nativeParams(spec, affine(spec), o.jpegDctScaling ? 1 : 0, limits),
+      };
       this.jpegDecoder = `native (libjpeg-turbo ${loaded.module.libjpegTurboVersion}, DCT scaling ${o.jpegDctScaling ? 'on' : 'off'})`;
     } else {
       const why = loaded.error ?? `the native path has no ${spec.resample} resampling`;
@@ -235,9 +255,12 @@ export class Intake {
       try {
         await prepareJpeg(this.native.module, bytes, header.width, header.height, this.spec, this.native.params, out);
         return { pixelValues: out, shape: [3, S, S] };
-      } catch {
-        // libjpeg refused it (truncated, CMYK, corrupt...): sharp decodes it or names the reject, as for any image.
+      } catch (err) {
         pool?.give(out);
+        // Hostile (frame size not the one checked, over the limits, too many scans): refused here, not retried.
+        const reject = nativeReject(err);
+        if (reject) throw reject;
+        // libjpeg refused it (truncated, CMYK, corrupt...): sharp decodes it or names the reject, as for any image.
         this.nativeFallbacks++;
       }
     }

@@ -19,6 +19,12 @@
  *           [12] resized width, [13] resized height (mode 2: the shortest-edge resize before the crop)
  *           [14] minimum ratio of decoded size to output footprint (1 = smallest scale that does not upsample;
  *                a value >= 8 or 0 disables DCT scaling, which makes the output PIL's to the bit)
+ *           [15] expected width, [16] expected height: the size the caller read from the markers and checked; the
+ *                frame header libjpeg reads must state the same (0: not checked)
+ *           [17] pixel limit: width x height over it is refused before any pixel is decoded, and libjpeg's own
+ *                memory is bounded by it (0: DEFAULT_MAX_PIXELS)
+ *           [18] most scans read (progressive JPEGs; 0: DEFAULT_MAX_SCANS)
+ *           Params 15-18 are optional: a Float64Array(15) gets the defaults and no size check.
  *   width/height: the JPEG's size; scaleNum: the M of the M/8 decode scale used.
  *
  * Pillow's resampling, as reproduced here: separable, horizontal pass then vertical, each output pixel's taps from
@@ -32,6 +38,16 @@
  * Errors reject with an Error whose `code` is JPEG_TRUNCATED (premature end of data: libjpeg would fill the rest
  * with grey), JPEG_UNSUPPORTED (CMYK/YCCK: left to the general decoder) or JPEG_ERROR (libjpeg's message). Warnings
  * other than truncation (extraneous bytes, ...) are tolerated, as libvips' fail-on=truncated does.
+ *
+ * Hostile input (each bounded here, whatever the caller checked before; the caller refuses the image rather than
+ * hand it to another decoder):
+ *   JPEG_SIZE_MISMATCH    libjpeg's frame header states another size than params [15]/[16] (markers the caller's
+ *                         reader skipped, e.g. a bogus FF 00 "segment" hiding a 65500x65500 frame header)
+ *   JPEG_TOO_LARGE        width x height over the pixel limit, components x pixels over 3x it, or libjpeg's memory
+ *                         over the bound derived from it (max_memory_to_use: whole-image coefficient buffers)
+ *   JPEG_TOO_MANY_SCANS   more scans than params [18] (decode cost grows with pixels x scans: thousands of scans
+ *                         are minutes of CPU on a libuv pool thread), as djpeg -maxscans
+ *   JPEG_BAD_PROGRESSION  libjpeg's bogus-progression warning (a scan that repeats or skips refinement bits)
  *
  * Built by scripts/build-native.sh against the system libjpeg-turbo.
  */
@@ -49,7 +65,12 @@
 #define STRINGIFY(x) STRINGIFY_(x)
 
 #define PRECISION_BITS (32 - 8 - 2)
-#define N_PARAMS 15
+#define N_PARAMS 19
+#define N_PARAMS_MIN 15
+#define DEFAULT_MAX_PIXELS 50000000.0
+#define DEFAULT_MAX_SCANS 100
+/* libjpeg's allocations beyond whole-image coefficient buffers (tables, row buffers): a few MB at most. */
+#define MEMORY_SLACK (64L * 1024 * 1024)
 /* Scanlines asked of libjpeg per call (it returns at most its output row group: 1-2 rows, more when scaled). */
 #define SCAN_ROWS 16
 
@@ -61,6 +82,13 @@ typedef struct {
   const char *code;
   char message[JMSG_LENGTH_MAX];
 } error_mgr;
+
+/* Called by libjpeg before each unit of input (an iMCU row of a scan) and each output call: the scan limit. */
+typedef struct {
+  struct jpeg_progress_mgr pub;
+  error_mgr *err;
+  int max_scans;
+} progress_mgr;
 
 typedef struct {
   napi_async_work work;
@@ -203,19 +231,34 @@ static int axis_init(axis_t *a, int out_n, int content_n, int full_len, double r
 static void on_error_exit(j_common_ptr cinfo) {
   error_mgr *err = (error_mgr *)cinfo->err;
   (*cinfo->err->format_message)(cinfo, err->message);
-  err->code = "JPEG_ERROR";
+  /* Over max_memory_to_use, libjpeg asks for a backing store (there is none) or reports no memory. */
+  int memory = cinfo->err->msg_code == JERR_NO_BACKING_STORE || cinfo->err->msg_code == JERR_OUT_OF_MEMORY;
+  err->code = memory ? "JPEG_TOO_LARGE" : "JPEG_ERROR";
   longjmp(err->jump, 1);
 }
+
+static void on_error_exit(j_common_ptr cinfo);
 
 static void on_emit_message(j_common_ptr cinfo, int level) {
   error_mgr *err = (error_mgr *)cinfo->err;
   if (level >= 0) return; /* trace messages */
-  if (cinfo->err->msg_code == JWRN_JPEG_EOF) {
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF || cinfo->err->msg_code == JWRN_BOGUS_PROGRESSION) {
     (*cinfo->err->format_message)(cinfo, err->message);
-    err->code = "JPEG_TRUNCATED";
+    err->code = cinfo->err->msg_code == JWRN_JPEG_EOF ? "JPEG_TRUNCATED" : "JPEG_BAD_PROGRESSION";
     longjmp(err->jump, 1);
   }
   cinfo->err->num_warnings++;
+}
+
+static void on_progress(j_common_ptr cinfo) {
+  progress_mgr *pm = (progress_mgr *)cinfo->progress;
+  if (!cinfo->is_decompressor) return;
+  int scans = ((j_decompress_ptr)cinfo)->input_scan_number;
+  if (scans > pm->max_scans) {
+    snprintf(pm->err->message, sizeof pm->err->message, "more than %d scans", pm->max_scans);
+    pm->err->code = "JPEG_TOO_MANY_SCANS";
+    longjmp(pm->err->jump, 1);
+  }
 }
 
 /* Smallest M in 1..8 with ceil(dim * M / 8) >= need for both sides (libjpeg rounds scaled sizes up). */
@@ -574,6 +617,7 @@ static void execute(napi_env env, void *data) {
   job_t *job = (job_t *)data;
   struct jpeg_decompress_struct cinfo;
   error_mgr err;
+  progress_mgr progress;
   resampler_t *volatile rs = NULL; /* volatile: set between setjmp and a longjmp back to it */
   memset(&cinfo, 0, sizeof cinfo);
   cinfo.err = jpeg_std_error(&err.pub);
@@ -581,6 +625,11 @@ static void execute(napi_env env, void *data) {
   err.pub.emit_message = on_emit_message;
   err.code = NULL;
   err.message[0] = 0;
+  const double max_pixels = job->p[17] > 0 ? job->p[17] : DEFAULT_MAX_PIXELS;
+  memset(&progress, 0, sizeof progress);
+  progress.pub.progress_monitor = on_progress;
+  progress.err = &err;
+  progress.max_scans = job->p[18] > 0 ? (int)job->p[18] : DEFAULT_MAX_SCANS;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     resampler_free(rs);
@@ -588,8 +637,28 @@ static void execute(napi_env env, void *data) {
     return;
   }
   jpeg_create_decompress(&cinfo);
+  cinfo.progress = &progress.pub;
+  /* Whole-image buffers (progressive and multi-scan JPEGs keep every DCT coefficient: 2 bytes per sample) for up to
+   * 3 full-size components at the pixel limit; above it libjpeg asks for a backing store and fails. */
+  cinfo.mem->max_memory_to_use = (long)(max_pixels * 3 * 2 * 1.1) + MEMORY_SLACK;
   jpeg_mem_src(&cinfo, job->input, (unsigned long)job->input_len);
   jpeg_read_header(&cinfo, TRUE);
+  /* The size the caller checked must be the size decoded: a marker parsed differently on each side could otherwise
+   * hide a 65500x65500 frame header behind a 64x64 one. */
+  if ((job->p[15] > 0 && cinfo.image_width != (JDIMENSION)job->p[15]) ||
+      (job->p[16] > 0 && cinfo.image_height != (JDIMENSION)job->p[16])) {
+    err.code = "JPEG_SIZE_MISMATCH";
+    snprintf(err.message, sizeof err.message, "libjpeg reads a %ux%u frame, the markers said %.0fx%.0f",
+             cinfo.image_width, cinfo.image_height, job->p[15], job->p[16]);
+    longjmp(err.jump, 1);
+  }
+  if ((double)cinfo.image_width * cinfo.image_height > max_pixels ||
+      (double)cinfo.image_width * cinfo.image_height * cinfo.num_components > max_pixels * 3) {
+    err.code = "JPEG_TOO_LARGE";
+    snprintf(err.message, sizeof err.message, "%ux%u JPEG with %d components exceeds the %.0f-pixel limit",
+             cinfo.image_width, cinfo.image_height, cinfo.num_components, max_pixels);
+    longjmp(err.jump, 1);
+  }
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
     jpeg_destroy_decompress(&cinfo);
     fail(job, "JPEG_UNSUPPORTED", "CMYK/YCCK JPEG is left to the general decoder");
@@ -693,14 +762,17 @@ static napi_value prepare(napi_env env, napi_callback_info info) {
   size_t input_len = 0, out_len = 0, n_params = 0;
   if (argc < 3 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer ||
       !typed_array(env, argv[1], napi_float32_array, &out, &out_len) ||
-      !typed_array(env, argv[2], napi_float64_array, &params, &n_params) || n_params < N_PARAMS) {
-    napi_throw_type_error(env, "JPEG_ARGS", "prepare(bytes: Buffer, out: Float32Array, params: Float64Array(15))");
+      !typed_array(env, argv[2], napi_float64_array, &params, &n_params) || n_params < N_PARAMS_MIN) {
+    napi_throw_type_error(env, "JPEG_ARGS", "prepare(bytes: Buffer, out: Float32Array, params: Float64Array(15-19))");
     return NULL;
   }
-  const double *p = (const double *)params;
+  double p[N_PARAMS] = {0};
+  memcpy(p, params, sizeof(double) * (n_params < N_PARAMS ? n_params : N_PARAMS));
   double S = p[0];
   if (!(S >= 1 && S <= 8192) || out_len != (size_t)(3 * S * S) || !(p[1] >= 0 && p[1] <= 2) ||
-      !(p[2] >= 0 && p[2] <= 1) || (p[1] == MODE_CROP && !(p[12] >= S && p[13] >= S && p[12] < 1e6 && p[13] < 1e6))) {
+      !(p[2] >= 0 && p[2] <= 1) || (p[1] == MODE_CROP && !(p[12] >= S && p[13] >= S && p[12] < 1e6 && p[13] < 1e6)) ||
+      !(p[15] >= 0 && p[15] <= 65535 && p[16] >= 0 && p[16] <= 65535) || !(p[17] >= 0 && p[17] <= 1e12) ||
+      !(p[18] >= 0 && p[18] <= 1e6)) {
     napi_throw_range_error(env, "JPEG_ARGS", "prepare: params out of range or tensor of the wrong length");
     return NULL;
   }
