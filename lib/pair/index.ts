@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { ImageRef, Pair, RawSample, SourceRecord } from '../types.ts';
+import type { ImageRef, Pair, RawSample, Reason, SourceRecord } from '../types.ts';
 import { RejectError } from '../types.ts';
 
 /** Limits applied while parsing a raw record into a pair. */
@@ -8,9 +8,31 @@ export interface PairOptions {
   readonly maxCaptionChars?: number;
   /** Largest raw record accepted, in bytes. Default 16 MiB (inline base64 images included). */
   readonly maxRecordBytes?: number;
+  /**
+   * Deepest nesting of objects/arrays in one metadata field (a scalar is 0, `{}` or `[]` is 1). Default 32: the
+   * curated `.json` and the audit event must serialise without running out of stack.
+   */
+  readonly maxMetadataDepth?: number;
+  /** Largest metadata (every field but id, url, image, caption) as JSON, in UTF-8 bytes. Default 64 KiB. */
+  readonly maxMetadataBytes?: number;
 }
 
-export const PAIR_DEFAULTS: Required<PairOptions> = { maxCaptionChars: 4096, maxRecordBytes: 16 * 1024 * 1024 };
+export const PAIR_DEFAULTS: Required<PairOptions> = {
+  maxCaptionChars: 4096,
+  maxRecordBytes: 16 * 1024 * 1024,
+  maxMetadataDepth: 32,
+  maxMetadataBytes: 64 * 1024,
+};
+
+/**
+ * A WebDataset sample (or the rest of a shard) that the source could not read: a truncated or corrupt shard, or a
+ * member over the size limit. Parsing it throws its reason, so it ends as an `invalid_record` reject.
+ */
+export interface UnreadableSample extends RawSample {
+  readonly unreadable: Reason;
+}
+
+const isUnreadable = (s: RawSample): s is UnreadableSample => (s as Partial<UnreadableSample>).unreadable !== undefined;
 
 const IMAGE_EXTS = ['jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff', 'avif'];
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -20,8 +42,8 @@ const sha256 = (...parts: (string | Buffer)[]) => {
   return h.digest('hex');
 };
 
-const invalid = (message: string, field?: string): never => {
-  throw new RejectError({ code: 'invalid_record', message, ...(field ? { detail: { field } } : {}) });
+const invalid = (message: string, field?: string, extra?: Record<string, unknown>): never => {
+  throw new RejectError({ code: 'invalid_record', message, ...(field ? { detail: { field, ...extra } } : {}) });
 };
 
 /** Deterministic id of a pair without one: the same url (or image bytes) and caption always give the same id. */
@@ -29,15 +51,38 @@ export function derivePairId(imageKey: string, caption: string): string {
   return sha256(imageKey, '\n', caption).slice(0, 32);
 }
 
-/** Id for a record that could not be parsed: deterministic over its bytes, so replays agree. */
+/**
+ * Id for a record that could not be parsed into a pair: deterministic over its bytes, so replays agree. A JSON object's
+ * own `id` is kept only when it is one a valid record could carry (a plain printable string of at most 256
+ * characters, or an integer); anything else (bytes that are not JSON, an id with control characters) gets
+ * `invalid-` + the first 24 hex digits of the sha256 of the raw bytes: an id is never fished out of broken JSON.
+ */
 export function rawRecordId(record: SourceRecord): string {
   const raw = record.raw;
   if (typeof raw === 'string' || Buffer.isBuffer(raw)) {
-    const text = typeof raw === 'string' ? raw : raw.toString('latin1');
-    const declared = /"id"\s*:\s*"([^"\\]{1,256})"/.exec(text)?.[1];
-    return declared ?? `invalid-${sha256(typeof raw === 'string' ? raw : raw).slice(0, 24)}`;
+    const bytes = typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw;
+    const fallback = `invalid-${sha256(bytes).slice(0, 24)}`;
+    if (record.size !== undefined && record.size > bytes.length) return fallback;
+    try {
+      const value: unknown = JSON.parse(utf8.decode(bytes));
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+        return plainId((value as Record<string, unknown>).id) ?? fallback;
+      }
+    } catch {
+      // not UTF-8 JSON: the digest names it
+    }
+    return fallback;
   }
-  return raw.key;
+  if (isUnreadable(raw))
+    return `invalid-${sha256('unreadable\n', JSON.stringify(raw.unreadable.detail ?? {})).slice(0, 24)}`;
+  return plainId(raw.key) ?? `invalid-${sha256('key\n', raw.key).slice(0, 24)}`;
+}
+
+/** The id as a valid record may give it, else undefined. */
+function plainId(value: unknown): string | undefined {
+  if (typeof value === 'number' && Number.isSafeInteger(value)) return String(value);
+  if (typeof value === 'string' && value.length > 0 && value.length <= 256 && !hasControlChars(value)) return value;
+  return undefined;
 }
 
 /**
@@ -74,6 +119,7 @@ function parseJsonRecord(raw: string | Buffer, opts: Required<PairOptions>, full
 }
 
 function parseSample(sample: RawSample, opts: Required<PairOptions>): Pair {
+  if (isUnreadable(sample)) throw new RejectError(sample.unreadable);
   // img2dataset / DataComp samples: <key>.jpg|png|webp, <key>.txt caption, <key>.json metadata (may hold url, caption).
   let meta: Record<string, unknown> = {};
   const json = sample.members.json;
@@ -111,7 +157,8 @@ function fromObject(obj: Record<string, unknown>, inline: ImageRef | undefined, 
   if (rawCaption === undefined || rawCaption === null) invalid('field "caption" is missing', 'caption');
   if (typeof rawCaption !== 'string') invalid(`field "caption" must be a string, got ${typeof rawCaption}`, 'caption');
   const caption = rawCaption as string;
-  if (caption.trim().length === 0) invalid('field "caption" is empty', 'caption');
+  if (isBlankCaption(caption))
+    invalid('field "caption" is empty (only whitespace or zero-width characters)', 'caption');
   if (caption.length > opts.maxCaptionChars) {
     invalid(`field "caption" has ${caption.length} characters, over the limit of ${opts.maxCaptionChars}`, 'caption');
   }
@@ -123,8 +170,17 @@ function fromObject(obj: Record<string, unknown>, inline: ImageRef | undefined, 
   let url: string | undefined;
   let imageKey: string;
   if (inline) {
+    // A sample's url only records where its embedded image came from: the same http/https check as a record's url,
+    // and one that fails it is dropped (never stored nor audited) with a note in the metadata; the sample still scores.
     image = inline;
-    if (typeof rawUrl === 'string') url = rawUrl;
+    if (rawUrl !== undefined && rawUrl !== null) {
+      try {
+        url = parseUrl(rawUrl);
+      } catch (err) {
+        if (!(err instanceof RejectError)) throw err;
+        metadata.url_dropped = 'the sample\'s "url" was not an http or https URL without credentials';
+      }
+    }
     imageKey = url ?? `sha256:${sha256((inline as { data: Buffer }).data)}`;
   } else if (rawUrl !== undefined && rawImage !== undefined) {
     return invalid('record has both "url" and "image": give exactly one', 'image');
@@ -140,20 +196,54 @@ function fromObject(obj: Record<string, unknown>, inline: ImageRef | undefined, 
 
   let id: string;
   if (rawId === undefined || rawId === null) id = derivePairId(imageKey, caption);
-  else if (typeof rawId === 'number' && Number.isSafeInteger(rawId)) id = String(rawId);
-  else if (typeof rawId === 'string' && rawId.length > 0 && rawId.length <= 256 && !hasControlChars(rawId)) {
-    id = rawId;
-  } else
-    return invalid(
-      'field "id" must be a non-empty string (at most 256 characters, no control characters) or an integer',
-      'id',
-    );
+  else {
+    const given = plainId(rawId);
+    if (given === undefined) {
+      return invalid(
+        'field "id" must be a non-empty string (at most 256 characters, no control characters) or an integer',
+        'id',
+      );
+    }
+    id = given;
+  }
+  checkMetadata(metadata, opts);
 
   return { id, caption, image, ...(url !== undefined ? { url } : {}), metadata };
 }
 
-// eslint-disable-next-line no-control-regex -- ids must not carry control characters into keys and logs
-const hasControlChars = (s: string) => /[\u0000-\u001f\u007f]/.test(s);
+// eslint-disable-next-line no-control-regex -- ids must not carry control characters (C0, C1, line separators, bidi overrides) into keys and logs
+const hasControlChars = (s: string) => /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(s);
+
+/** Whitespace and the zero-width characters that render as nothing (ZWSP, ZWNJ, ZWJ, word joiner, BOM). */
+const isBlankCaption = (s: string) => s.replace(/(?:\s|\u200b|\u200c|\u200d|\u2060|\ufeff)+/g, '').length === 0;
+
+/**
+ * Bounds what passes through as metadata: nesting (checked without recursion, so a hostile record cannot exhaust the
+ * stack here) and serialised size. Both are checked at parse time so no later stage (curated `.json`, audit event)
+ * meets a value it cannot serialise.
+ */
+function checkMetadata(metadata: Record<string, unknown>, opts: Required<PairOptions>): void {
+  const stack: [unknown, number][] = Object.values(metadata).map((v) => [v, 1]);
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (depth > opts.maxMetadataDepth) {
+      invalid(`metadata nests deeper than ${opts.maxMetadataDepth} levels`, 'metadata', {
+        limit: 'depth',
+        max: opts.maxMetadataDepth,
+      });
+    }
+    for (const v of Object.values(value)) if (typeof v === 'object' && v !== null) stack.push([v, depth + 1]);
+  }
+  const bytes = Buffer.byteLength(JSON.stringify(metadata));
+  if (bytes > opts.maxMetadataBytes) {
+    invalid(`metadata is ${bytes} bytes as JSON, over the ${opts.maxMetadataBytes}-byte limit`, 'metadata', {
+      limit: 'bytes',
+      max: opts.maxMetadataBytes,
+      bytes,
+    });
+  }
+}
 
 function parseUrl(value: unknown): string {
   if (typeof value !== 'string') return invalid(`field "url" must be a string, got ${typeof value}`, 'url');

@@ -1,9 +1,9 @@
-import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import tarStream from 'tar-stream';
+import type { UnreadableSample } from '../pair/index.ts';
 import type { RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { readTar } from './tar-reader.ts';
 
 /** Options of the WebDataset source: img2dataset / DataComp shards (`<key>.jpg|png|webp`, `.txt`, `.json`). */
 export interface WebDatasetSourceOptions {
@@ -11,7 +11,10 @@ export interface WebDatasetSourceOptions {
   readonly paths: readonly string[];
   /** Samples per batch. Default 64. */
   readonly batchSize?: number;
-  /** Largest member accepted, bytes; larger ones are skipped so the sample ends as an invalid/undecodable reject. */
+  /**
+   * Largest member accepted, bytes. Default 64 MiB. A larger one is skipped unread and its sample ends as an
+   * `invalid_record` reject (detail kind `member_too_large`).
+   */
   readonly maxMemberBytes?: number;
 }
 
@@ -41,7 +44,12 @@ function splitName(name: string): [string, string] {
   return dot === -1 ? [name, ''] : [name.slice(0, dot), name.slice(dot + 1).toLowerCase()];
 }
 
-/** Streams samples out of tar shards; a sample is the run of consecutive members sharing a key. */
+/**
+ * Streams samples out of tar shards; a sample is the run of consecutive members sharing a key. A shard that stops
+ * being readable (cut off, corrupt header) and a sample with a member over the size limit do not end the run: each
+ * becomes one record that parses to an `invalid_record` reject (detail: `kind`, `shard`, `offset`), and reading goes
+ * on with the next sample or shard.
+ */
 export class WebDatasetSource implements Source {
   private constructor(
     private readonly shards: string[],
@@ -73,35 +81,49 @@ export class WebDatasetSource implements Source {
   async close(): Promise<void> {}
 }
 
+const unreadable = (key: string, kind: string, message: string, detail: Record<string, unknown>): UnreadableSample => ({
+  key,
+  members: {},
+  unreadable: { code: 'invalid_record', message, detail: { field: 'shard', kind, ...detail } },
+});
+
 async function* readSamples(path: string, maxMember: number): AsyncGenerator<RawSample> {
-  const extract = tarStream.extract();
-  createReadStream(path)
-    .on('error', (err) => extract.destroy(err))
-    .pipe(extract);
-  let current: { key: string; members: Record<string, Buffer> } | undefined;
-  try {
-    for await (const entry of extract) {
-      const { name, type, size } = entry.header;
-      if (type !== 'file' || name.startsWith('._') || name.includes('/._')) {
-        entry.resume();
-        continue;
-      }
-      const [key, ext] = splitName(name.replace(/^\.\//, ''));
-      if (current && current.key !== key) {
-        yield current;
-        current = undefined;
-      }
-      current ??= { key, members: {} };
-      if ((size ?? 0) > maxMember) {
-        entry.resume();
-        continue;
-      }
-      const chunks: Buffer[] = [];
-      for await (const c of entry) chunks.push(c as Buffer);
-      current.members[ext] = Buffer.concat(chunks);
+  let current:
+    | { key: string; members: Record<string, Buffer>; tooLarge?: { name: string; size: number; offset: number } }
+    | undefined;
+  const finish = (s: NonNullable<typeof current>): RawSample => {
+    if (!s.tooLarge) return { key: s.key, members: s.members };
+    const { name, size, offset } = s.tooLarge;
+    return unreadable(
+      s.key,
+      'member_too_large',
+      `sample ${s.key}: member ${name} of shard ${path} claims ${size} bytes, over the ${maxMember}-byte limit (skipped unread)`,
+      { shard: path, offset, member: name, size, limit: maxMember },
+    );
+  };
+  for await (const event of readTar(path, maxMember)) {
+    if (event.type === 'unreadable') {
+      const key = event.name !== undefined ? splitName(event.name.replace(/^\.\//, ''))[0] : undefined;
+      // The sample being read when the shard ended is incomplete: it is part of the unreadable rest.
+      if (current && current.key !== key) yield finish(current);
+      yield unreadable(
+        key ?? `@${event.offset}`,
+        event.kind,
+        `shard ${path} is unreadable from byte ${event.offset}: ${event.message}`,
+        { shard: path, offset: event.offset, ...(event.name !== undefined ? { member: event.name } : {}) },
+      );
+      return;
     }
-  } catch (err) {
-    throw new FilterError('input_unreadable', `cannot read shard ${path}: ${(err as Error).message}`, { path });
+    const { name, size, offset, data } = event;
+    if (name.startsWith('._') || name.includes('/._')) continue;
+    const [key, ext] = splitName(name.replace(/^\.\//, ''));
+    if (current && current.key !== key) {
+      yield finish(current);
+      current = undefined;
+    }
+    current ??= { key, members: {} };
+    if (data === undefined) current.tooLarge ??= { name, size, offset };
+    else current.members[ext] = data;
   }
-  if (current) yield current;
+  if (current) yield finish(current);
 }

@@ -77,7 +77,6 @@ function records(): string[] {
 }
 
 const expectedCodes: Record<string, string> = {
-  'bad-json': 'invalid_record',
   'no-caption': 'invalid_record',
   metadata: 'fetch_failed',
   'loopback-other-port': 'fetch_failed',
@@ -126,6 +125,10 @@ test(
     const byId = new Map(o.rejects.map((e) => [e.id, e]));
     for (const [id, code] of Object.entries(expectedCodes)) assert.equal(byId.get(id)?.reasons[0]?.code, code, id);
     assert.equal(byId.get('dup')?.reasons[0]?.code, 'duplicate');
+    // Broken JSON gets an id derived from its bytes, never one fished out of it (line 13 claims "bad-json").
+    const badJson = o.rejects.find((e) => e.source.kind === 'file' && e.source.line === 13);
+    assert.equal(badJson?.reasons[0]?.code, 'invalid_record');
+    assert.match(badJson?.id ?? '', /^invalid-[0-9a-f]{24}$/);
     assert.equal(byId.get('metadata')?.reasons[0]?.detail?.kind, 'blocked_address');
     // Every fetchable image was scored on all four metrics.
     const scored = o.accepted.length + o.rejects.filter((e) => e.scores.itm !== null).length;

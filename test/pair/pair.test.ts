@@ -47,6 +47,12 @@ const hostile: [string, string | Buffer, string][] = [
   ['image is a string', '{"image": "abc", "caption": "a"}', 'image'],
   ['id is an object', '{"id": {}, "url": "http://a.test/b.jpg", "caption": "a"}', 'id'],
   ['id with control chars', '{"id": "a\\u0000b", "url": "http://a.test/b.jpg", "caption": "a"}', 'id'],
+  ['id with a bidi override', '{"id": "a\\u202eb", "url": "http://a.test/b.jpg", "caption": "a"}', 'id'],
+  [
+    'zero-width caption',
+    '{"url": "http://a.test/b.jpg", "caption": "\\u200b\\u200c \\u200d\\u2060\\ufeff\\n"}',
+    'empty',
+  ],
 ];
 
 for (const [name, raw, mentions] of hostile) {
@@ -101,10 +107,86 @@ test('WebDataset samples: caption from .txt, metadata from .json, image bytes in
   assert.equal(rejectOf({ key: 'k', members: { txt: Buffer.from('x') } }).code, 'invalid_record');
 });
 
-test('an invalid record still gets a deterministic id', () => {
+test('an invalid record still gets a deterministic id, derived from its bytes unless it parsed with a plain id', () => {
   const r = rec('{oops');
   assert.equal(rawRecordId(r), rawRecordId(rec('{oops')));
-  assert.equal(rawRecordId(rec('{"id": "abc", broken')), 'abc');
+  assert.match(rawRecordId(r), /^invalid-[0-9a-f]{24}$/);
+  // Broken JSON: no id is fished out of it, whatever it claims (another pair's id, control characters).
+  const claims = rawRecordId(rec('{"id": "ok-1", broken'));
+  assert.match(claims, /^invalid-[0-9a-f]{24}$/);
+  assert.notEqual(claims, rawRecordId(rec('{"id": "ok-2", broken')));
+  assert.match(rawRecordId(rec('{"id": "a\\u0000\\nb", "caption": 3}')), /^invalid-[0-9a-f]{24}$/);
+  assert.match(rawRecordId(rec(`{"id": "${'x'.repeat(300)}", "caption": 3}`)), /^invalid-/);
+  // Well-formed JSON whose id a valid record could carry keeps it (the record failed on another field).
+  assert.equal(rawRecordId(rec('{"id": "no-caption", "url": "http://a.test/b.jpg"}')), 'no-caption');
+  assert.equal(rawRecordId(rec('{"id": 17, "caption": ""}')), '17');
+  // A record cut off by the source (size past its bytes) is never trusted.
+  assert.match(rawRecordId({ ...rec('{"id": "abc"}'), size: 1 << 30 }), /^invalid-/);
+  // A sample key with control characters does not reach the audit key.
+  assert.match(rawRecordId(rec({ key: 'k\u0007\n', members: {} })), /^invalid-[0-9a-f]{24}$/);
+  assert.equal(rawRecordId(rec({ key: '000001', members: {} })), '000001');
+});
+
+test('metadata is bounded in depth and size at parse time', () => {
+  const nest = (depth: number) => {
+    let v: unknown = 1;
+    for (let i = 0; i < depth; i++) v = i % 2 ? [v] : { a: v };
+    return v;
+  };
+  const record = (meta: unknown) => JSON.stringify({ url: 'http://a.test/b.jpg', caption: 'c', meta });
+  assert.deepEqual(parseRecord(rec(record(nest(32)))).metadata.meta, nest(32));
+  const deep = rejectOf(record(nest(33)));
+  assert.equal(deep.code, 'invalid_record');
+  assert.deepEqual(deep.detail, { field: 'metadata', limit: 'depth', max: 32 });
+  // The red-team record: 13 KB nesting about 5000 deep. JSON.stringify of it throws; the parser rejects it first.
+  const hostileText = `{"url": "http://a.test/b.jpg", "caption": "c", "m": ${'['.repeat(5000)}${']'.repeat(5000)}}`;
+  assert.throws(() => JSON.stringify(JSON.parse(hostileText)), RangeError);
+  assert.deepEqual(rejectOf(hostileText).detail, { field: 'metadata', limit: 'depth', max: 32 });
+  // Size: 64 KiB of metadata JSON.
+  assert.equal(parseRecord(rec(record('x'.repeat(60_000)))).metadata.meta, 'x'.repeat(60_000));
+  const big = rejectOf(record('x'.repeat(70_000)));
+  assert.equal(big.detail?.field, 'metadata');
+  assert.equal(big.detail?.limit, 'bytes');
+  assert.equal(big.detail?.max, 65536);
+  // WebDataset .json metadata too.
+  const sampleReason = rejectOf({
+    key: 'k',
+    members: { jpg: Buffer.from([1]), txt: Buffer.from('c'), json: Buffer.from(JSON.stringify({ m: nest(40) })) },
+  });
+  assert.equal(sampleReason.detail?.field, 'metadata');
+  // Limits are options.
+  assert.equal(parseRecord(rec(record(nest(40))), { maxMetadataDepth: 64 }).id.length, 32);
+});
+
+test('WebDataset sample urls get the http/https check: a bad one is dropped with a note, the sample still parses', () => {
+  for (const url of ['javascript:alert(1)', 'data:image/png;base64,AAAA', 'http://u:p@a.test/x', 'not a url', 42]) {
+    const pair = parseRecord(
+      rec({
+        key: 's1',
+        members: {
+          jpg: Buffer.from([0xff, 0xd8]),
+          txt: Buffer.from('a cat'),
+          json: Buffer.from(JSON.stringify({ url, n: 1 })),
+        },
+      }),
+    );
+    assert.equal(pair.url, undefined, String(url));
+    assert.equal(pair.image.kind, 'bytes');
+    assert.equal(pair.metadata.n, 1);
+    assert.match(String(pair.metadata.url_dropped), /http or https/);
+    assert.ok(!JSON.stringify(pair).includes(String(url)), `${url} leaked into the pair`);
+  }
+  const ok = parseRecord(
+    rec({
+      key: 's2',
+      members: { jpg: Buffer.from([1]), txt: Buffer.from('c'), json: Buffer.from('{"url": "https://a.test/x.jpg"}') },
+    }),
+  );
+  assert.equal(ok.url, 'https://a.test/x.jpg');
+  assert.equal(ok.metadata.url_dropped, undefined);
+  // A zero-width .txt caption is empty.
+  const reason = rejectOf({ key: 's3', members: { jpg: Buffer.from([1]), txt: Buffer.from('\u200b\u2060\ufeff ') } });
+  assert.deepEqual(reason.detail, { field: 'caption' });
 });
 
 test('the published JSON Schema agrees with the parser', () => {

@@ -1,0 +1,152 @@
+/**
+ * WebDataset source over hostile shards: a truncated shard, a member whose header claims 8 GiB and a corrupt header
+ * each become one record that parses to an invalid_record reject naming the shard and the offset; the samples before
+ * them and the shards after them are still read.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import tarStream from 'tar-stream';
+import { parseRecord, rawRecordId } from '../../lib/pair/index.ts';
+import { WebDatasetSource } from '../../lib/sources/webdataset.ts';
+import type { Reason, SourceRecord } from '../../lib/types.ts';
+import { RejectError } from '../../lib/types.ts';
+import { base256, ustar, ustarHeader, ustarMember } from './ustar.ts';
+
+const jpg = Buffer.from([0xff, 0xd8, 0xff, 0xd9]);
+const sample = (key: string): [string, Buffer][] => [
+  [`${key}.jpg`, jpg],
+  [`${key}.txt`, Buffer.from(`caption of ${key}`)],
+  [`${key}.json`, Buffer.from(JSON.stringify({ n: key }))],
+];
+
+async function readAll(paths: string[], options: { maxMemberBytes?: number } = {}): Promise<SourceRecord[]> {
+  const source = await WebDatasetSource.open({ paths, batchSize: 2, ...options });
+  const out: SourceRecord[] = [];
+  for await (const b of source.batches(new AbortController().signal)) out.push(...b.records);
+  return out;
+}
+
+function outcome(r: SourceRecord): { id: string; reason?: Reason } {
+  try {
+    return { id: parseRecord(r).id };
+  } catch (err) {
+    assert.ok(err instanceof RejectError, String(err));
+    return { id: rawRecordId(r), reason: err.reason };
+  }
+}
+
+test('a directory with a good, a truncated and an 8 GiB-member shard: every good sample read, each bad part a reject', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-wds-'));
+  writeFileSync(join(dir, 'a.tar'), ustar([...sample('a0'), ...sample('a1')]));
+  // b.tar: b0 whole, then b1's .txt member cut in the middle of its data.
+  const b0 = Buffer.concat(sample('b0').map(([n, d]) => ustarMember(n, d)));
+  const b1jpg = ustarMember('b1.jpg', jpg);
+  const b1txt = ustarMember('b1.txt', Buffer.from('x'.repeat(2000)));
+  writeFileSync(join(dir, 'b.tar'), Buffer.concat([b0, b1jpg, b1txt.subarray(0, 512 + 700)]));
+  // c.tar: c0 whole, c1's image claims 8 GiB (12-digit octal) and the file ends right after the header.
+  const c0 = Buffer.concat(sample('c0').map(([n, d]) => ustarMember(n, d)));
+  writeFileSync(join(dir, 'c.tar'), Buffer.concat([c0, ustarHeader('c1.jpg', 8 * 1024 ** 3), Buffer.alloc(1024)]));
+  // e.tar: a good shard after them all.
+  writeFileSync(join(dir, 'e.tar'), ustar(sample('e0')));
+
+  const records = await readAll([dir]);
+  const results = records.map(outcome);
+  const ok = results.filter((r) => !r.reason).map((r) => r.id);
+  assert.deepEqual(ok, ['a0', 'a1', 'b0', 'c0', 'e0']);
+  const bad = results.filter((r) => r.reason);
+  assert.equal(bad.length, 2);
+  const truncated = bad.find((r) => r.reason!.detail?.kind === 'truncated_shard')!;
+  assert.equal(truncated.reason!.code, 'invalid_record');
+  assert.equal(truncated.reason!.detail!.shard, join(dir, 'b.tar'));
+  assert.equal(truncated.reason!.detail!.offset, b0.length + b1jpg.length);
+  assert.equal(truncated.reason!.detail!.member, 'b1.txt');
+  assert.match(truncated.reason!.message, /b\.tar is unreadable from byte \d+/);
+  assert.match(truncated.id, /^invalid-[0-9a-f]{24}$/);
+  const large = bad.find((r) => r.reason!.detail?.kind === 'member_too_large')!;
+  assert.equal(large.reason!.detail!.shard, join(dir, 'c.tar'));
+  assert.equal(large.reason!.detail!.offset, c0.length);
+  assert.equal(large.reason!.detail!.size, 8 * 1024 ** 3);
+  assert.equal(large.reason!.detail!.limit, 64 * 1024 * 1024);
+  // The rejects' origins name the shard and the sample.
+  const origins = records.filter((_, i) => results[i]!.reason).map((r) => r.origin);
+  assert.deepEqual(origins, [
+    { kind: 'webdataset', path: join(dir, 'b.tar'), key: 'b1' },
+    { kind: 'webdataset', path: join(dir, 'c.tar'), key: 'c1' },
+  ]);
+  // Replays agree on the rejects' ids.
+  assert.deepEqual(
+    (await readAll([dir])).map((r) => outcome(r).id),
+    results.map((r) => r.id),
+  );
+});
+
+test('an oversized member (base-256 size) is skipped unread and the shard goes on after it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-wds-'));
+  // A member claiming 4 KiB against a 1 KiB limit, with its data present: the next sample is still read.
+  const big = Buffer.alloc(4096, 7);
+  const head = ustarHeader('k0.jpg', big.length, base256(BigInt(big.length)));
+  writeFileSync(
+    join(dir, 's.tar'),
+    Buffer.concat([
+      head,
+      big,
+      ustarMember('k0.txt', Buffer.from('a')),
+      ...sample('k1').map(([n, d]) => ustarMember(n, d)),
+      Buffer.alloc(1024),
+    ]),
+  );
+  const results = (await readAll([dir], { maxMemberBytes: 1024 })).map(outcome);
+  assert.equal(results.length, 2);
+  assert.equal(results[0]!.reason?.detail?.kind, 'member_too_large');
+  assert.equal(results[0]!.reason?.detail?.member, 'k0.jpg');
+  assert.equal(results[0]!.reason?.detail?.offset, 0);
+  assert.equal(results[1]!.id, 'k1');
+  assert.equal(results[1]!.reason, undefined);
+});
+
+test('a corrupt header ends its shard as a reject; a cut inside a header too', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-wds-'));
+  const good = Buffer.concat(sample('g0').map(([n, d]) => ustarMember(n, d)));
+  const corrupt = ustarHeader('g1.jpg', 4);
+  corrupt[0] = 'h'.charCodeAt(0); // checksum no longer matches
+  writeFileSync(join(dir, '1.tar'), Buffer.concat([good, corrupt, Buffer.alloc(1024)]));
+  writeFileSync(
+    join(dir, '2.tar'),
+    Buffer.concat([ustarMember('h0.jpg', jpg), ustarHeader('h0.txt', 3).subarray(0, 100)]),
+  );
+  const results = (await readAll([dir])).map(outcome);
+  assert.deepEqual(
+    results.map((r) => [
+      r.id.startsWith('invalid-') ? 'invalid' : r.id,
+      r.reason?.detail?.kind,
+      r.reason?.detail?.offset,
+    ]),
+    [
+      ['g0', undefined, undefined],
+      ['invalid', 'corrupt_shard', good.length],
+      ['h0', undefined, undefined],
+      ['invalid', 'truncated_shard', 1024],
+    ],
+  );
+});
+
+test('shards written by tar-stream (the curated sink writer) read back whole', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-wds-'));
+  const pack = tarStream.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+  const done = new Promise<void>((r) => pack.on('end', () => r()));
+  const longKey = `${'d'.repeat(120)}/s0`;
+  for (const [n, d] of [...sample('s0'), ...sample(longKey)]) pack.entry({ name: n, size: d.length }, d);
+  pack.finalize();
+  await done;
+  writeFileSync(join(dir, 'x.tar'), Buffer.concat(chunks));
+  const results = (await readAll([dir])).map(outcome);
+  assert.deepEqual(
+    results.map((r) => r.id),
+    ['s0', longKey],
+  );
+});
