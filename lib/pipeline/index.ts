@@ -150,8 +150,12 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
   const overlapping = options.sinks.length > 0 && options.sinks.every((s) => s.overlappingWrites === true);
   let ackChain: Promise<void> = Promise.resolve();
 
+  // A fatal error also ends the source read at once: waiting for the next source batch to notice it would keep an
+  // idle worker alive (and /healthz green) while it commits nothing.
+  const failed = new AbortController();
   const fail = (err: unknown) => {
     fatal ??= err;
+    if (!failed.signal.aborted) failed.abort(err);
   };
 
   const reject = (record: SourceRecord, id: string, reasons: Reason[], pair?: Pair): Outcome => ({
@@ -395,7 +399,7 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     await acquired;
   }
 
-  const readSignal = AbortSignal.any([options.signal ?? new AbortController().signal, hard]);
+  const readSignal = AbortSignal.any([options.signal ?? new AbortController().signal, hard, failed.signal]);
   try {
     for await (const batch of options.source.batches(readSignal)) {
       if (fatal) break;

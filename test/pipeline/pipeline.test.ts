@@ -267,3 +267,30 @@ test('a sink without overlappingWrites never has two writes in flight', async ()
   assert.equal(most, 1);
   assert.equal(order.length, 60);
 });
+
+/** A source that yields its records once and then stays open, as a quiet Kafka partition does. */
+class IdleSource extends ArraySource {
+  override async *batches(signal: AbortSignal) {
+    yield* super.batches(signal);
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+  }
+}
+
+test('a fatal error ends the run at once, with no further traffic (a quiet source)', async () => {
+  const scorer = new CaptionScorer(4);
+  scorer.broken = true;
+  const records = ['x1', 'x2', 'x3'].map((id) => jsonRecord({ id, image: img, caption: 'score=90' }));
+  const started = Date.now();
+  await assert.rejects(
+    runPipeline({
+      source: new IdleSource(records, 3),
+      intake: new FakeIntake(),
+      scorer,
+      policy: new Policy(),
+      sinks: [],
+    }),
+    /device lost/,
+  );
+  // Before: the run only noticed the error when the next source batch arrived, i.e. never on a quiet source.
+  assert.ok(Date.now() - started < 10_000);
+});
