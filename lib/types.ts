@@ -3,6 +3,7 @@
  * source -> pair -> intake -> scorer -> policy -> sinks -> ack.
  * Field names that appear in records, audit events or the curated layout are fixed by docs/DESIGN.md.
  */
+import type { ErrorCode } from './errors.ts';
 
 /** The four MLM-filter metrics, by their full key (as in the prompts) and their short name (as in scores). */
 export const METRICS = [
@@ -62,9 +63,10 @@ export class RejectError extends Error {
 }
 
 /** A failure of the tool or its environment (bad flag, missing model, sink down): carries a stable code. */
+/** An error with a stable code from the catalog (lib/errors.ts: exit class, retriable). */
 export class FilterError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
     readonly context: Record<string, unknown> = {},
     options?: { cause?: unknown },

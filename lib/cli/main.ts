@@ -1,3 +1,4 @@
+import { exitCodeOf } from '../errors.ts';
 import { readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
@@ -273,19 +274,8 @@ export async function main(argv: string[]): Promise<number> {
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) return EXIT.usage;
     if (err instanceof FilterError) {
       process.stderr.write(`mlm-filter: error [${err.code}]: ${err.message}\n`);
-      const usage = [
-        'bad_usage',
-        'bad_config',
-        'bad_threshold',
-        'model_invalid',
-        'model_not_exported',
-        'input_unreadable',
-        'worker_config',
-        'invalid_allow_address',
-        'unknown_metric',
-        'bad_metrics',
-      ];
-      return usage.includes(err.code) ? EXIT.usage : EXIT.failure;
+      // The error catalog says which codes are usage or configuration (2) and which are runtime failures (1).
+      return exitCodeOf(err.code);
     }
     process.stderr.write(`mlm-filter: unexpected error: ${(err as Error)?.stack ?? err}\n`);
     return EXIT.failure;

@@ -1,6 +1,7 @@
 /** Messages between the scorer (main thread) and its worker threads. */
 import type { EngineInput, EngineOptions, EngineResult, EngineStats } from './engine.ts';
 import type { ExecutionProvider, SessionOptions } from './sessions.ts';
+import type { ErrorCode } from '../errors.ts';
 
 export interface WorkerInit {
   readonly type: 'init';
@@ -14,7 +15,7 @@ export type WorkerRequest =
   | { readonly type: 'close' };
 
 export interface WireError {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly message: string;
   readonly context: Record<string, unknown>;
 }

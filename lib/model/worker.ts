@@ -6,14 +6,14 @@ import { parentPort } from 'node:worker_threads';
 import { FilterError } from '../types.ts';
 import type { ScoringEngine } from './engine.ts';
 import { loadEngine } from './sessions.ts';
-import type { WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
+import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 
 if (!parentPort) throw new Error('lib/model/worker.ts must run in a worker thread');
 const port = parentPort;
 
 let engine: ScoringEngine | undefined;
 
-function errorOf(err: unknown) {
+function errorOf(err: unknown): WireError {
   if (err instanceof FilterError) return { code: err.code, message: err.message, context: err.context };
   const e = err as Error;
   return { code: 'scorer_failed', message: e?.message ?? String(err), context: { stack: e?.stack } };

@@ -4,6 +4,7 @@
  * half the decoder tokens). Unscored metrics are `null` in the curated `.json`, audit events and accepted events.
  */
 import { FilterError, METRICS, type MetricShort } from '../types.ts';
+import type { ErrorCode } from '../errors.ts';
 
 /** `all` (default), `policy` (exactly what the policy reads), or an explicit list. */
 export type MetricSelection = 'all' | 'policy' | readonly MetricShort[];
@@ -13,7 +14,7 @@ export interface SelectionSource {
   /** `--metrics` or `MLMF_METRICS`. */
   readonly name: string;
   /** FilterError code; the CLI's is a usage error, the worker's a configuration error. */
-  readonly code: string;
+  readonly code: ErrorCode;
 }
 
 export const CLI_METRICS: SelectionSource = { name: '--metrics', code: 'bad_metrics' };

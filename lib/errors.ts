@@ -1,0 +1,85 @@
+/**
+ * The error catalog: every code a FilterError may carry, with its exit class (what the CLI's exit code says) and
+ * whether retrying the same operation can succeed (what a retry policy may read, like kafkajs's `retriable`).
+ * FilterError's `code` is typed against this table, so a code thrown anywhere without an entry here does not compile.
+ *
+ * Exit classes: `usage` (bad flags or arguments: exit 2), `config` (a configuration, model or input the run cannot
+ * use: exit 2), `runtime` (something failed while running: exit 1). Interrupted runs exit 130 (lib/cli/main.ts).
+ */
+export type ExitClass = 'usage' | 'config' | 'runtime';
+
+export interface ErrorSpec {
+  readonly exit: ExitClass;
+  /** Retrying the same operation later can succeed (a broker or server that is down, a timeout). */
+  readonly retriable: boolean;
+  readonly summary: string;
+}
+
+const usage = (summary: string): ErrorSpec => ({ exit: 'usage', retriable: false, summary });
+const config = (summary: string): ErrorSpec => ({ exit: 'config', retriable: false, summary });
+const runtime = (summary: string, retriable: boolean): ErrorSpec => ({ exit: 'runtime', retriable, summary });
+
+export const ERRORS = {
+  // The command line and configuration files.
+  bad_usage: usage('a flag or argument the command cannot take'),
+  invalid_option: usage('an option value out of range or of the wrong form'),
+  bad_threshold: usage('a threshold that is not METRIC OP VALUE'),
+  bad_top_fraction: usage('--top-fraction outside (0, 1]'),
+  bad_metrics: usage('a --metrics selection that leaves out a metric the policy reads'),
+  unknown_metric: usage('a metric name that is not itm, odf, ctq, su or a full key'),
+  unknown_format: usage('a conversation format the prompts do not have'),
+  invalid_allow_address: usage('an --allow-address that is neither a CIDR nor host:port'),
+  bad_config: config('a --config file that cannot be read or has unknown keys'),
+  worker_config: config("the worker's environment is incomplete or inconsistent"),
+  kafka_config: config('Kafka settings that cannot work (no brokers, no topic...)'),
+  kafka_config_invalid: config('Kafka client options the client refuses'),
+  kafka_secret_invalid: config('the SCRAM secret is missing or not {username, password}'),
+  topic_request_invalid: config('a topic provisioning request with bad properties'),
+  // Models.
+  model_invalid: config('the model directory is incomplete or not a supported export'),
+  model_not_exported: config('a hub id without a cached export'),
+  model_digest_mismatch: config('the downloaded model archive does not have the configured sha256'),
+  prompt_template_invalid: config('the vendored prompt template is malformed'),
+  execution_provider_unavailable: config('the requested GPU execution provider cannot be loaded here'),
+  // Inputs and outputs.
+  input_unreadable: config('the input path cannot be read'),
+  output_unwritable: runtime('the output directory or file cannot be written', false),
+  // Scoring.
+  bad_pixel_values: runtime('pixel values of the wrong size for the model', false),
+  scorer_failed: runtime('the scorer (its worker threads or the model run) failed', false),
+  scorer_closed: runtime('score() after close()', false),
+  // Streams.
+  kafka_unavailable: runtime('the Kafka brokers cannot be reached', true),
+  kafka_unreachable: runtime('the Kafka brokers cannot be reached for a request', true),
+  kafka_topic_unavailable: runtime('a topic is missing or has no leader', true),
+  kafka_commit_failed: runtime('a Kafka transaction or offset commit failed', true),
+  kafka_consumer_crashed: runtime('the Kafka consumer stopped', true),
+  message_too_large: runtime('a message is larger than the topic accepts', false),
+  partition_revoked: runtime('the partition was revoked from this worker mid-batch', false),
+  sink_aborted: runtime('a sink write was abandoned (stop or revocation)', false),
+  sqs_delete_failed: runtime('acknowledging SQS messages failed', true),
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+const EXIT_CODES: Record<ExitClass, number> = { usage: 2, config: 2, runtime: 1 };
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERRORS, code);
+}
+
+/** The process exit code for an error code (unknown codes: 1). */
+export function exitCodeOf(code: string): number {
+  return isErrorCode(code) ? EXIT_CODES[ERRORS[code].exit] : 1;
+}
+
+/**
+ * Whether retrying can help: the catalog's flag for a coded error; kafkajs's own `retriable` flag for its errors;
+ * otherwise true (network and server errors of the AWS SDK and undici are transient far more often than not).
+ */
+export function isRetriable(err: unknown): boolean {
+  const e = err as { code?: unknown; retriable?: unknown } | undefined;
+  if (isErrorCode(e?.code)) return ERRORS[e.code].retriable;
+  if (typeof e?.retriable === 'boolean') return e.retriable;
+  return true;
+}
