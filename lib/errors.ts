@@ -74,12 +74,15 @@ export function exitCodeOf(code: string): number {
 }
 
 /**
- * Whether retrying can help: the catalog's flag for a coded error; kafkajs's own `retriable` flag for its errors;
- * otherwise true (network and server errors of the AWS SDK and undici are transient far more often than not).
+ * Whether retrying can help: the catalog's flag for a coded error; kafkajs's own `retriable` flag for its errors,
+ * except that kafkajs giving up after its own retries (KafkaJSNumberOfRetriesExceeded) is an outage that may still
+ * end, so the caller's slower backoff goes on; otherwise true (network and server errors of the AWS SDK and undici
+ * are transient far more often than not).
  */
 export function isRetriable(err: unknown): boolean {
-  const e = err as { code?: unknown; retriable?: unknown } | undefined;
+  const e = err as { code?: unknown; retriable?: unknown; name?: unknown } | undefined;
   if (isErrorCode(e?.code)) return ERRORS[e.code].retriable;
+  if (e?.name === 'KafkaJSNumberOfRetriesExceeded') return true;
   if (typeof e?.retriable === 'boolean') return e.retriable;
   return true;
 }

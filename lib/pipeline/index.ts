@@ -1,3 +1,4 @@
+import { isRetriable } from '../errors.ts';
 import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
@@ -250,7 +251,10 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
     }
   }
 
-  /** Writes to every sink, retrying until durable; `handedOver` runs once every sink has had its first call. */
+  /**
+   * Writes to every sink, retrying retriable errors until durable (lib/errors.ts); `handedOver` runs once every sink
+   * has had its first call.
+   */
   async function writeDurably(outcomes: Outcome[], revoked?: AbortSignal, handedOver?: () => void): Promise<void> {
     const stop = revoked ? AbortSignal.any([hard, revoked]) : hard;
     let calls = 0;
@@ -265,6 +269,17 @@ export async function runPipeline(options: PipelineOptions): Promise<PipelineSta
           } catch (err) {
             // A revoked batch belongs to another consumer now: stop retrying, it will never be acked here.
             if (hard.aborted || revoked?.aborted) throw err;
+            // The error catalog says a retry cannot succeed (message_too_large...): retrying forever would stall the
+            // partition with the worker looking healthy. Stop the run instead; nothing of this batch is acked.
+            if (!isRetriable(err)) {
+              log.error('sink write failed and cannot succeed on retry; stopping (nothing is acked)', {
+                sink: sink.name,
+                records: outcomes.length,
+                error: String(err),
+              });
+              fail(err);
+              throw err;
+            }
             const delay = Math.min(options.sinkRetryMaxMs ?? 30_000, (options.sinkRetryBaseMs ?? 200) * 2 ** attempt);
             log.error('sink write failed, retrying (nothing is acked meanwhile)', {
               sink: sink.name,

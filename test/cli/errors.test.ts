@@ -28,6 +28,11 @@ test("retriable: the catalog for coded errors, kafkajs's own flag, else transien
   assert.equal(isRetriable(new FilterError('message_too_large', 'big')), false);
   assert.equal(isRetriable(Object.assign(new Error('x'), { retriable: false })), false);
   assert.equal(isRetriable(new Error('ECONNRESET')), true);
+  // kafkajs gave up after its own retries: the outage may end, the caller's backoff goes on.
+  assert.equal(
+    isRetriable(Object.assign(new Error('x'), { name: 'KafkaJSNumberOfRetriesExceeded', retriable: false })),
+    true,
+  );
 });
 
 test('every code the sources throw is in the catalog, and every catalog entry is thrown somewhere', () => {

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { runPipeline } from '../../lib/pipeline/index.ts';
 import { Policy } from '../../lib/policy/index.ts';
 import { LocalCuratedSink } from '../../lib/sinks/local-curated.ts';
-import type { Outcome, Sink } from '../../lib/types.ts';
+import { FilterError, type Outcome, type Sink } from '../../lib/types.ts';
 import { ArraySource, CaptionScorer, FakeIntake, jsonRecord } from '../helpers/doubles.ts';
 
 const img = { base64: Buffer.from('x').toString('base64') };
@@ -293,4 +293,31 @@ test('a fatal error ends the run at once, with no further traffic (a quiet sourc
   );
   // Before: the run only noticed the error when the next source batch arrived, i.e. never on a quiet source.
   assert.ok(Date.now() - started < 10_000);
+});
+
+test('a sink error that cannot succeed on retry stops the run instead of retrying forever; nothing is acked', async () => {
+  const records = ['n1', 'n2'].map((id) => jsonRecord({ id, image: img, caption: 'score=90' }));
+  const source = new ArraySource(records, 2);
+  let writes = 0;
+  const sink: Sink = {
+    name: 'too-small-topic',
+    async write() {
+      writes++;
+      throw new FilterError('message_too_large', 'message for audit is over 1000 bytes');
+    },
+    async flush() {},
+    async close() {},
+  };
+  await assert.rejects(
+    runPipeline({
+      source,
+      intake: new FakeIntake(),
+      scorer: new CaptionScorer(4),
+      policy: new Policy(),
+      sinks: [sink],
+    }),
+    { code: 'message_too_large' },
+  );
+  assert.equal(writes, 1, 'not retried');
+  assert.deepEqual(source.acked, []);
 });
