@@ -27,7 +27,7 @@ import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
 import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
 import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
-import { createKafka, type KafkaAuth } from '../../lib/sources/kafka-client.ts';
+import { createKafka, topicMaxMessageBytes, type KafkaAuth } from '../../lib/sources/kafka-client.ts';
 import { KafkaSource } from '../../lib/sources/kafka.ts';
 import { SqsSource } from '../../lib/sources/sqs.ts';
 import type { Scorer, Sink, Source } from '../../lib/types.ts';
@@ -236,8 +236,20 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
         ? new DeadLetterSink({ target: { kind: 'kafka', hub, topic: config.dlqTopic } })
         : undefined;
     const sinks: Sink[] = [curated];
-    if (hub && config.auditTopic)
-      sinks.push(new KafkaAuditSink({ hub, topic: config.auditTopic, model, deadLetter: dlq }));
+    if (hub && kafka && config.auditTopic) {
+      // The topic's own limit, not a hard-coded one: a smaller max.message.bytes would refuse an event the sink let
+      // through, fail the transaction and stall the partition.
+      const topicMax = await topicMaxMessageBytes(kafka, config.auditTopic);
+      sinks.push(
+        new KafkaAuditSink({
+          hub,
+          topic: config.auditTopic,
+          model,
+          deadLetter: dlq,
+          ...(topicMax ? { topicMaxMessageBytes: topicMax } : {}),
+        }),
+      );
+    }
     if (hub && config.acceptedTopic)
       sinks.push(new KafkaAcceptedSink({ hub, topic: config.acceptedTopic, model, curated }));
     if (dlq) sinks.push(dlq);

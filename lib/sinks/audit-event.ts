@@ -17,6 +17,8 @@ export interface AuditEvent {
   ts: string;
   /** Extension: present when the caption was shortened to fit the model before scoring. */
   caption_cut?: { original_chars: number; kept_chars: number };
+  /** Extension: present when the event was shortened to fit the audit topic: the original lengths of what was cut. */
+  trimmed?: Record<string, number>;
 }
 
 export type AuditSource =

@@ -1,6 +1,6 @@
 import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { toAuditEvent } from './audit-event.ts';
+import { toAuditEvent, type AuditEvent } from './audit-event.ts';
 import type { DeadLetterSink } from './dead-letter.ts';
 import { KafkaProducerHub, type TopicMessage } from './kafka-transaction.ts';
 
@@ -11,9 +11,17 @@ export interface KafkaAuditSinkOptions {
   readonly model: ModelInfo;
   /** Decisions written. Default: rejects only (DESIGN.md); add 'accept' for a full decision log. */
   readonly decisions?: readonly Decision[];
-  /** Where an event the topic cannot take (over the size limit) goes instead of blocking its partition. */
+  /** Where a bounded copy of an event the topic cannot take whole goes (besides its trimmed event). */
   readonly deadLetter?: DeadLetterSink;
+  /**
+   * The audit topic's own limit (`max.message.bytes`, see topicMaxMessageBytes); the producer's limit applies too.
+   * @default the hub's maxMessageBytes
+   */
+  readonly topicMaxMessageBytes?: number;
 }
+
+/** Room left for the record batch's own framing and headers under the topic's `max.message.bytes`. */
+const BATCH_OVERHEAD = 512;
 
 /**
  * Audit events (DESIGN.md's fixed shape, toAuditEvent) on a Kafka topic, keyed by pair id so compaction and
@@ -25,31 +33,69 @@ export class KafkaAuditSink implements Sink {
 
   async write(outcomes: readonly Outcome[]): Promise<void> {
     const wanted = this.options.decisions ?? ['reject'];
-    const { hub, topic } = this.options;
+    const { hub } = this.options;
     const direct: TopicMessage[] = [];
     for (const o of outcomes) {
       if (!wanted.includes(o.decision)) continue;
-      const message: TopicMessage = {
-        topic,
-        key: o.id,
-        value: JSON.stringify(toAuditEvent(o, this.options.model)),
-        headers: { decision: o.decision },
-      };
-      if (KafkaProducerHub.size(message) > hub.maxMessageBytes) {
-        // A caption or metadata this large cannot go to the topic; the DLQ keeps a bounded copy and the reason.
-        if (!this.options.deadLetter) {
-          throw new FilterError('message_too_large', `audit event for ${o.id} is too large and no DLQ is set`, {
-            id: o.id,
-            topic,
-          });
+      const event = toAuditEvent(o, this.options.model);
+      let message = this.message(o, event);
+      if (KafkaProducerHub.size(message) > this.limit) {
+        // Over the topic's limit: the audit topic still gets the event, trimmed and saying so (a partition must not
+        // stall on one long caption); the DLQ, when there is one, keeps a bounded copy of the whole outcome.
+        message = this.message(o, this.trimmed(event, o.id));
+        if (this.options.deadLetter) {
+          await this.options.deadLetter.send(o, 'audit_event_too_large', `audit event over ${this.limit} bytes`);
         }
-        await this.options.deadLetter.send(o, 'audit_event_too_large', `audit event over ${hub.maxMessageBytes} bytes`);
-        continue;
       }
       if (hub.transactional) await hub.publish(this.name, o.record.origin, [message]);
       else direct.push(message);
     }
     if (direct.length > 0) await hub.publish(this.name, outcomes[0]!.record.origin, direct);
+  }
+
+  /** The smaller of the producer's and the topic's limits. */
+  private get limit(): number {
+    const topic = this.options.topicMaxMessageBytes;
+    const hub = this.options.hub.maxMessageBytes;
+    return topic === undefined ? hub : Math.min(hub, Math.max(1024, topic - BATCH_OVERHEAD));
+  }
+
+  private message(o: Outcome, event: AuditEvent): TopicMessage {
+    return { topic: this.options.topic, key: o.id, value: JSON.stringify(event), headers: { decision: o.decision } };
+  }
+
+  /** The event with its caption, then its url, shortened to fit, and `trimmed` naming what was cut and how long it was. */
+  private trimmed(event: AuditEvent, id: string): AuditEvent {
+    const fits = (e: AuditEvent) =>
+      KafkaProducerHub.size({ topic: this.options.topic, key: id, value: JSON.stringify(e) }) <= this.limit - 64;
+    const trimmed: Record<string, number> = {};
+    let out: AuditEvent = { ...event };
+    for (const field of ['caption', 'url'] as const) {
+      const text = out[field];
+      if (fits({ ...out, trimmed }) || !text) continue;
+      trimmed[`${field}_chars`] = text.length;
+      const chars = [...text];
+      let lo = 0;
+      let hi = chars.length;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (fits({ ...out, [field]: chars.slice(0, mid).join(''), trimmed })) lo = mid;
+        else hi = mid - 1;
+      }
+      out = { ...out, [field]: chars.slice(0, lo).join('') };
+    }
+    out = { ...out, trimmed };
+    if (!fits(out)) {
+      throw new FilterError(
+        'message_too_large',
+        `audit event for ${id} does not fit ${this.limit} bytes even trimmed`,
+        {
+          id,
+          topic: this.options.topic,
+        },
+      );
+    }
+    return out;
   }
 
   async flush(): Promise<void> {}

@@ -1,5 +1,12 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Kafka, logLevel, type KafkaConfig, type SASLOptions, type logCreator } from 'kafkajs';
+import {
+  Kafka,
+  logLevel,
+  type ConfigResourceTypes,
+  type KafkaConfig,
+  type SASLOptions,
+  type logCreator,
+} from 'kafkajs';
 import { FilterError } from '../types.ts';
 
 /** How the worker authenticates to the brokers. */
@@ -96,4 +103,29 @@ export function kafkaErrorType(err: unknown): string | undefined {
     e = (e.originalError ?? e.cause) as typeof e;
   }
   return undefined;
+}
+
+const TOPIC_RESOURCE = 2 as ConfigResourceTypes;
+
+/**
+ * The largest record a topic accepts (`max.message.bytes`, which defaults to the broker's `message.max.bytes`), or
+ * undefined when it cannot be read (no describe permission): the caller keeps its own default then.
+ */
+export async function topicMaxMessageBytes(kafka: Kafka, topic: string): Promise<number | undefined> {
+  const admin = kafka.admin();
+  try {
+    await admin.connect();
+    const res = await admin.describeConfigs({
+      includeSynonyms: false,
+      // ConfigResourceTypes.TOPIC: kafkajs's CommonJS exports do not name that enum for ESM importers.
+      resources: [{ type: TOPIC_RESOURCE, name: topic, configNames: ['max.message.bytes'] }],
+    });
+    const value = res.resources[0]?.configEntries.find((e) => e.configName === 'max.message.bytes')?.configValue;
+    const n = Number(value);
+    return Number.isFinite(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
 }

@@ -131,6 +131,62 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     assert.ok((await listAll(s3, bucket)).every((o) => o.Key!.startsWith('curated/')));
   });
 
+  it("an audit event over the topic's max.message.bytes is trimmed, not stalled: committed, nothing lost", async () => {
+    const t = uniq('big');
+    const audit = `${t}-audit`;
+    const bucket = uniq('curated');
+    const groupId = `${t}-group`;
+    await createTopics(admin, [{ topic: t, partitions: 1 }]);
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        {
+          topic: audit,
+          numPartitions: 1,
+          replicationFactor: 1,
+          configEntries: [{ name: 'max.message.bytes', value: '2000' }],
+        },
+      ],
+    });
+    await createBucket(s3, bucket);
+    const [base] = await makeRecords(t, 1);
+    const long = `score=10 ${'a long caption '.repeat(180)}`; // ~2.7 KB: the event cannot fit 2000 bytes whole
+    const records = [{ ...(base as object), id: `${t}-long`, caption: long }, ...(await makeRecords(`${t}-after`, 2))];
+    await produce(kafka, t, records, 1);
+    const stop = new AbortController();
+    const run = runWorker(
+      {
+        source: 'kafka',
+        brokers: [BROKERS],
+        sourceTopic: t,
+        groupId,
+        bucket,
+        prefix: 'curated/',
+        auditTopic: audit,
+        s3Endpoint: S3_ENDPOINT,
+        healthPort: 0,
+        transactionalId: `${t}-tx`,
+        sourceBatch: 20,
+        idleFlushMs: 200,
+        thresholds: 'itm>=50',
+        scorer: new FastScorer(8),
+      },
+      { signal: stop.signal, log: () => undefined, metricsOut: null },
+    );
+    try {
+      await waitFor('all offsets committed', async () => (await committedTotal(admin, groupId, t)) === 3, 30_000);
+    } finally {
+      stop.abort();
+    }
+    await run;
+    const events = await readTopic(kafka, audit, (m) => m.length >= 2, 15_000);
+    const big = events.find((e) => e.key === `${t}-long`);
+    assert.ok(big, 'the long reject is on the audit topic');
+    assert.deepEqual(big.value.trimmed, { caption_chars: long.length });
+    assert.ok(long.startsWith(String(big.value.caption)) && String(big.value.caption).length < long.length);
+    assert.equal((big.value.reasons as { code: string }[])[0]?.code, 'below_threshold');
+  });
+
   it('a poison pair alone at low traffic ends as scoring_failed and the records after it flow', async () => {
     const t = uniq('lone');
     const audit = `${t}-audit`;

@@ -29,15 +29,19 @@ describe('Kafka topic sinks', { skip }, () => {
   let admin: Admin;
   useServiceClients((c) => ({ kafka, admin } = c));
 
-  it('sends an audit event over the size limit to the DLQ, the rest to the audit topic', async () => {
+  it('an audit event over the size limit goes to the audit topic trimmed (saying so) and whole-ish to the DLQ', async () => {
     const t = uniq('big');
     await createTopics(admin, [{ topic: `${t}-audit` }, { topic: `${t}-dlq` }]);
     const hub = await KafkaProducerHub.open({ kafka, maxMessageBytes: 4000 });
     const dlq = new DeadLetterSink({ target: { kind: 'kafka', hub, topic: `${t}-dlq` }, maxRawBytes: 1000 });
     const audit = new KafkaAuditSink({ hub, topic: `${t}-audit`, model, deadLetter: dlq });
     await audit.write([reject(t, 0, 'short'), reject(t, 1, 'x'.repeat(5000)), reject(t, 2, 'short too')]);
-    const events = await readTopic(kafka, `${t}-audit`, (m) => m.length >= 2, 10_000);
-    assert.deepEqual(events.map((e) => e.key).sort(), [`${t}-0`, `${t}-2`]);
+    const events = await readTopic(kafka, `${t}-audit`, (m) => m.length >= 3, 10_000);
+    assert.deepEqual(events.map((e) => e.key).sort(), [`${t}-0`, `${t}-1`, `${t}-2`]);
+    const big = events.find((e) => e.key === `${t}-1`)!;
+    assert.deepEqual(big.value.trimmed, { caption_chars: 5000 });
+    assert.match(String(big.value.caption), /^x+$/);
+    assert.ok(events.every((e) => e.key === `${t}-1` || e.value.trimmed === undefined));
     const letters = await readTopic(kafka, `${t}-dlq`, (m) => m.length >= 1, 10_000);
     assert.equal(letters.length, 1);
     assert.equal(letters[0]!.value.code, 'audit_event_too_large');
