@@ -29,6 +29,25 @@ import {
 
 const skip = await needServices('kafka', 's3');
 
+/** The worker settings every test here shares: topic `t` in, curated bucket, audit topic `${t}-audit`, FastScorer. */
+const workerConfig = (t: string, bucket: string, extra: Partial<Parameters<typeof runWorker>[0]> = {}) => ({
+  source: 'kafka' as const,
+  brokers: [BROKERS],
+  sourceTopic: t,
+  groupId: `${t}-group`,
+  bucket,
+  prefix: 'curated/',
+  auditTopic: `${t}-audit`,
+  s3Endpoint: S3_ENDPOINT,
+  healthPort: 0,
+  transactionalId: `${t}-tx`,
+  sourceBatch: 20,
+  idleFlushMs: 200,
+  thresholds: 'itm>=50',
+  scorer: new FastScorer(8),
+  ...extra,
+});
+
 describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
@@ -53,27 +72,11 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
 
     const stop = new AbortController();
     const logs: { level: string; msg: string }[] = [];
-    const run = runWorker(
-      {
-        source: 'kafka',
-        brokers: [BROKERS],
-        sourceTopic: t,
-        groupId,
-        bucket,
-        prefix: 'curated/',
-        auditTopic: audit,
-        acceptedTopic: accepted,
-        dlqTopic: dlq,
-        s3Endpoint: S3_ENDPOINT,
-        healthPort: 0,
-        transactionalId: `${t}-tx`,
-        sourceBatch: 20,
-        idleFlushMs: 200,
-        thresholds: 'itm>=50',
-        scorer: new FastScorer(8),
-      },
-      { signal: stop.signal, log: (level, msg) => logs.push({ level, msg }), metricsOut: null },
-    );
+    const run = runWorker(workerConfig(t, bucket, { acceptedTopic: accepted, dlqTopic: dlq }), {
+      signal: stop.signal,
+      log: (level, msg) => logs.push({ level, msg }),
+      metricsOut: null,
+    });
     try {
       await waitFor(
         'all offsets committed',
@@ -154,25 +157,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const records = [{ ...(base as object), id: `${t}-long`, caption: long }, ...(await makeRecords(`${t}-after`, 2))];
     await produce(kafka, t, records, 1);
     const stop = new AbortController();
-    const run = runWorker(
-      {
-        source: 'kafka',
-        brokers: [BROKERS],
-        sourceTopic: t,
-        groupId,
-        bucket,
-        prefix: 'curated/',
-        auditTopic: audit,
-        s3Endpoint: S3_ENDPOINT,
-        healthPort: 0,
-        transactionalId: `${t}-tx`,
-        sourceBatch: 20,
-        idleFlushMs: 200,
-        thresholds: 'itm>=50',
-        scorer: new FastScorer(8),
-      },
-      { signal: stop.signal, log: () => undefined, metricsOut: null },
-    );
+    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, log: () => undefined, metricsOut: null });
     try {
       await waitFor('all offsets committed', async () => (await committedTotal(admin, groupId, t)) === 3, 30_000);
     } finally {
@@ -197,25 +182,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const [good] = await makeRecords(t, 1);
     await produce(kafka, t, [{ ...(good as object), id: `${t}-poison`, caption: 'poison pill' }], 1);
     const stop = new AbortController();
-    const run = runWorker(
-      {
-        source: 'kafka',
-        brokers: [BROKERS],
-        sourceTopic: t,
-        groupId,
-        bucket,
-        prefix: 'curated/',
-        auditTopic: audit,
-        s3Endpoint: S3_ENDPOINT,
-        healthPort: 0,
-        transactionalId: `${t}-tx`,
-        sourceBatch: 20,
-        idleFlushMs: 200,
-        thresholds: 'itm>=50',
-        scorer: new FastScorer(8),
-      },
-      { signal: stop.signal, log: () => undefined, metricsOut: null },
-    );
+    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, log: () => undefined, metricsOut: null });
     try {
       // Alone in its scorer batch: once it was taken for a broken scorer and the worker crash-looped on it.
       await waitFor('the poison record committed', async () => (await committedTotal(admin, groupId, t)) === 1, 30_000);
