@@ -45,6 +45,11 @@ async function iamMechanism(region: string): Promise<SASLOptions> {
 
 /** Builds a kafkajs client from the connection settings (validated: a bad setting fails here, not on first use). */
 export async function createKafka(options: KafkaConnectionOptions): Promise<Kafka> {
+  return new Kafka(await kafkaConfig(options));
+}
+
+/** The kafkajs configuration createKafka uses: brokers checked, TLS and SASL (SCRAM, MSK IAM) set up, logging. */
+export async function kafkaConfig(options: KafkaConnectionOptions): Promise<KafkaConfig> {
   if (options.brokers.length === 0 || options.brokers.some((b) => !/^[^\s:]+:\d+$/.test(b))) {
     throw new FilterError('kafka_config', `brokers must be host:port, got ${JSON.stringify(options.brokers)}`, {
       brokers: options.brokers,
@@ -86,7 +91,7 @@ export async function createKafka(options: KafkaConnectionOptions): Promise<Kafk
     // Transient coordinator errors (loading, rebalancing) are retried with backoff by kafkajs itself.
     retry: { initialRetryTime: 200, retries: 8, maxRetryTime: 5000 },
   };
-  return new Kafka(config);
+  return config;
 }
 
 /** Offset arithmetic on kafkajs's string offsets (int64 does not fit a JS number). */

@@ -129,7 +129,7 @@ describe('worker configuration from the environment', () => {
 
 describe('Kafka connection settings', () => {
   it('refuses malformed brokers and IAM without TLS; builds SCRAM and IAM clients', async () => {
-    const { createKafka } = await import('../../lib/sources/kafka-client.ts');
+    const { createKafka, kafkaConfig } = await import('../../lib/sources/kafka-client.ts');
     await assert.rejects(
       createKafka({ brokers: ['no-port'] }),
       (e: unknown) => e instanceof FilterError && e.code === 'kafka_config',
@@ -138,14 +138,20 @@ describe('Kafka connection settings', () => {
       createKafka({ brokers: ['b:9098'], auth: { mechanism: 'iam', region: 'us-east-1' } }),
       /MSK IAM auth requires TLS/,
     );
-    assert.ok(await createKafka({ brokers: ['b:9098'], tls: true, auth: { mechanism: 'iam', region: 'us-east-1' } }));
-    assert.ok(
-      await createKafka({
-        brokers: ['b:9096'],
-        tls: true,
-        auth: { mechanism: 'scram-sha-512', username: 'u', password: 'p' },
-      }),
-    );
+    const iam = await kafkaConfig({ brokers: ['b:9098'], tls: true, auth: { mechanism: 'iam', region: 'us-east-1' } });
+    assert.equal(iam.ssl, true);
+    assert.equal(iam.sasl?.mechanism, 'oauthbearer', 'MSK IAM signs with an OAUTHBEARER token');
+    assert.equal(typeof (iam.sasl as { oauthBearerProvider?: unknown }).oauthBearerProvider, 'function');
+    const scram = await kafkaConfig({
+      brokers: ['b:9096'],
+      tls: true,
+      auth: { mechanism: 'scram-sha-512', username: 'u', password: 'p' },
+    });
+    assert.deepEqual(scram.sasl, { mechanism: 'scram-sha-512', username: 'u', password: 'p' });
+    assert.deepEqual(scram.brokers, ['b:9096']);
+    const plain = await kafkaConfig({ brokers: ['127.0.0.1:9092'] });
+    assert.equal(plain.ssl, false);
+    assert.equal(plain.sasl, undefined);
   });
 });
 
