@@ -75,7 +75,7 @@ function emittedMetricNames(): Set<string> {
   return names;
 }
 
-test('the dashboard and alarms read only metrics the worker really emits', () => {
+test('the dashboard and alarms read only metrics WorkerMetrics can emit (the running worker: test/stream/kafka.test.ts)', () => {
   const dashboard = dashboardMetricNames();
   const emitted = emittedMetricNames();
   // Guard the extraction itself: these widgets exist on the dashboard, so a parser that finds nothing must fail.
@@ -86,7 +86,7 @@ test('the dashboard and alarms read only metrics the worker really emits', () =>
   assert.deepEqual(missing, [], `dashboard reads metrics the worker never emits: ${missing.join(', ')}`);
 });
 
-test('the worker emits exactly the contract names of lib/metrics/metric-names.ts', () => {
+test('WorkerMetrics emits exactly the contract names of lib/metrics/metric-names.ts', () => {
   assert.deepEqual([...emittedMetricNames()].sort(), Object.values(METRIC).sort());
 });
 

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { runWorker } from '../../functions/worker/main.ts';
+import { METRIC } from '../../lib/metrics/metric-names.ts';
 import {
   BROKERS,
   FastScorer,
@@ -170,6 +171,63 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     assert.deepEqual(big.value.trimmed, { caption_chars: long.length });
     assert.ok(long.startsWith(String(big.value.caption)) && String(big.value.caption).length < long.length);
     assert.equal((big.value.reasons as { code: string }[])[0]?.code, 'below_threshold');
+  });
+
+  it('the running worker emits the metrics the dashboard reads (its own EMF output, not a test calling setters)', async () => {
+    const t = uniq('emf');
+    const bucket = uniq('curated');
+    await createTopics(admin, [{ topic: t, partitions: 1 }, { topic: `${t}-audit` }]);
+    await createBucket(s3, bucket);
+    await produce(kafka, t, await makeRecords(t, 6), 1);
+    const lines: string[] = [];
+    const stop = new AbortController();
+    const run = runWorker(
+      workerConfig(t, bucket, { pipeline: 'emf-check', metricsNamespace: 'MlmFilterCheck', backlogSampleMs: 200 }),
+      { signal: stop.signal, log: () => undefined, metricsOut: (l) => lines.push(l) },
+    );
+    const names = () => {
+      const out = new Set<string>();
+      for (const line of lines) {
+        const doc = JSON.parse(line) as {
+          _aws?: { CloudWatchMetrics: { Namespace: string; Metrics: { Name: string }[] }[] };
+        };
+        for (const d of doc._aws?.CloudWatchMetrics ?? []) {
+          assert.equal(d.Namespace, 'MlmFilterCheck');
+          for (const x of d.Metrics) out.add(x.Name);
+        }
+      }
+      return out;
+    };
+    // What any healthy run on a Kafka source must report (GPU utilisation needs a GPU; error counts need errors).
+    const wanted = [
+      METRIC.PairsIn,
+      METRIC.PairsAccepted,
+      METRIC.PairsRejected,
+      METRIC.ScoreITM,
+      METRIC.BatchLatencyMs,
+      METRIC.KafkaConsumerLag,
+    ];
+    try {
+      await waitFor('all offsets committed', async () => (await committedTotal(admin, `${t}-group`, t)) === 6, 30_000);
+      await waitFor('the metrics emitted', async () => wanted.every((n) => names().has(n)), 15_000).catch(
+        () => undefined,
+      );
+    } finally {
+      stop.abort();
+    }
+    await run;
+    const emitted = names();
+    assert.deepEqual(
+      wanted.filter((n) => !emitted.has(n)),
+      [],
+      `emitted: ${[...emitted].join(', ')}`,
+    );
+    const known = new Set<string>(Object.values(METRIC));
+    assert.deepEqual(
+      [...emitted].filter((n) => !known.has(n)),
+      [],
+      'every emitted name is in the contract',
+    );
   });
 
   it('a poison pair alone at low traffic ends as scoring_failed and the records after it flow', async () => {
