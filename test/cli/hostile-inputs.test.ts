@@ -6,16 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
-import type { CuratedSampleMeta, ShardIndex } from '../../lib/sinks/webdataset.ts';
 import { ustar, ustarHeader, ustarMember } from '../sources/ustar.ts';
+import { readRun } from '../helpers/cli-output.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
@@ -77,27 +76,6 @@ function filter(input: string, out: string) {
     '--allow-address',
     `127.0.0.1:${new URL(base).port}`,
   ]);
-}
-
-function readRun(out: string) {
-  const curatedDir = join(out, 'curated');
-  const curated = readdirSync(curatedDir)
-    .filter((n) => n.endsWith('.index.json'))
-    .flatMap((n) => {
-      const index = JSON.parse(readFileSync(join(curatedDir, n), 'utf8')) as ShardIndex;
-      const tar = readFileSync(join(curatedDir, `${index.shard}.tar`));
-      return index.samples.map((s) => {
-        const m = s.members.json!;
-        return JSON.parse(tar.subarray(m.offset, m.offset + m.size).toString('utf8')) as CuratedSampleMeta;
-      });
-    });
-  const rejectsText = readFileSync(join(out, 'rejects.jsonl'), 'utf8');
-  const rejects = rejectsText
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as AuditEvent);
-  const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
-  return { curated, rejects, rejectsText, summary };
 }
 
 const scoredCount = (r: ReturnType<typeof readRun>) =>

@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
-import type { CuratedSampleMeta, ShardIndex } from '../../lib/sinks/webdataset.ts';
+import { readRun } from '../helpers/cli-output.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 const model = 'test/fixtures/models/tiny-llava-qwen';
@@ -27,27 +27,6 @@ function cli(args: string[]) {
 
 function filter(out: string, ...flags: string[]) {
   return cli(['filter', '--input', input, '--out', out, '--model', model, '--progress', 'none', ...flags]);
-}
-
-/** Everything the run wrote: the curated samples' `.json` members, the audit events and summary.json. */
-function readRun(out: string) {
-  const curatedDir = join(out, 'curated');
-  const curated = readdirSync(curatedDir)
-    .filter((n) => n.endsWith('.index.json'))
-    .flatMap((n) => {
-      const index = JSON.parse(readFileSync(join(curatedDir, n), 'utf8')) as ShardIndex;
-      const tar = readFileSync(join(curatedDir, `${index.shard}.tar`));
-      return index.samples.map((s) => {
-        const m = s.members.json!;
-        return JSON.parse(tar.subarray(m.offset, m.offset + m.size).toString('utf8')) as CuratedSampleMeta;
-      });
-    });
-  const rejects = readFileSync(join(out, 'rejects.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as AuditEvent);
-  const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
-  return { curated, rejects, summary };
 }
 
 /** The four keys are always there; `scored` hold integers 0..100, the others null. */
