@@ -25,9 +25,9 @@ import { runPipeline, type PipelineLogger, type PipelineStats } from '../../lib/
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
-import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
+import { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
 import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
-import { createKafka, topicMaxMessageBytes, type KafkaAuth } from '../../lib/sources/kafka-client.ts';
+import { createKafka, topicMaxMessageBytes, type KafkaAuth } from '../../lib/kafka/client.ts';
 import { KafkaSource } from '../../lib/sources/kafka.ts';
 import { SqsSource } from '../../lib/sources/sqs.ts';
 import type { Scorer, Sink, Source } from '../../lib/types.ts';

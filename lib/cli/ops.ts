@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseFrom, runMonitor } from '../monitor/index.ts';
 import { writeReport, type ReportInput } from '../report/index.ts';
-import type { KafkaAuth, KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import type { KafkaAuth, KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
 
 const brokersArg = (value: string) => {

@@ -1,4 +1,4 @@
-import type { KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import type { KafkaConnectionOptions } from '../kafka/client.ts';
 import { MonitorAggregator, parseEvent, type EventKind, type MonitorSnapshot } from './aggregate.ts';
 import { tailTopics } from './kafka-tail.ts';
 import { renderSnapshot } from './render.ts';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Admin, Consumer } from 'kafkajs';
-import { createKafka, type KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import { createKafka, type KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
 import type { EventKind } from './aggregate.ts';
 

@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import sharp from 'sharp';
 import { tailTopics } from '../monitor/kafka-tail.ts';
-import type { KafkaConnectionOptions } from '../sources/kafka-client.ts';
+import type { KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
 import { fromObject, parseReportEvent, ReportCollector, type ReportData, type ReportSample } from './collect.ts';
 import { renderReportHtml } from './html.ts';

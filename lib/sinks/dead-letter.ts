@@ -1,7 +1,7 @@
 import { SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Outcome, ReasonCode, Sink } from '../types.ts';
 import { auditSource, type AuditSource } from './audit-event.ts';
-import type { KafkaProducerHub } from './kafka-transaction.ts';
+import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 
 /** Where dead letters go: a Kafka topic (through the hub, transactional with the offsets) or an SQS queue. */
 export type DeadLetterTarget =

@@ -1,6 +1,6 @@
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
 import { fullScores } from './audit-event.ts';
-import type { KafkaProducerHub, TopicMessage } from './kafka-transaction.ts';
+import type { KafkaProducerHub, TopicMessage } from '../kafka/producer-hub.ts';
 import type { CuratedLocation, S3CuratedSink } from './s3-curated.ts';
 
 export interface KafkaAcceptedSinkOptions {

@@ -2,7 +2,7 @@ import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { toAuditEvent, type AuditEvent } from './audit-event.ts';
 import type { DeadLetterSink } from './dead-letter.ts';
-import { KafkaProducerHub, type TopicMessage } from './kafka-transaction.ts';
+import { KafkaProducerHub, type TopicMessage } from '../kafka/producer-hub.ts';
 
 /** Options of the audit topic sink. */
 export interface KafkaAuditSinkOptions {

@@ -1,9 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
-import type { KafkaProducerHub } from '../sinks/kafka-transaction.ts';
+import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { kafkaErrorType, nextOffset } from './kafka-client.ts';
+import { kafkaErrorType, nextOffset } from '../kafka/client.ts';
 
 export interface KafkaSourceLogger {
   info(msg: string, ctx?: Record<string, unknown>): void;

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
-import { KafkaProducerHub } from '../../lib/sinks/kafka-transaction.ts';
+import { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
 import type { Outcome } from '../../lib/types.ts';
 import { createTopics, needServices, readTopic, uniq, useServiceClients } from './helpers.ts';
 

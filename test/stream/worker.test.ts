@@ -129,7 +129,7 @@ describe('worker configuration from the environment', () => {
 
 describe('Kafka connection settings', () => {
   it('refuses malformed brokers and IAM without TLS; builds SCRAM and IAM clients', async () => {
-    const { createKafka, kafkaConfig } = await import('../../lib/sources/kafka-client.ts');
+    const { createKafka, kafkaConfig } = await import('../../lib/kafka/client.ts');
     await assert.rejects(
       createKafka({ brokers: ['no-port'] }),
       (e: unknown) => e instanceof FilterError && e.code === 'kafka_config',

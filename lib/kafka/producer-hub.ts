@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CompressionTypes, type Kafka, type Message, type Producer } from 'kafkajs';
-import { kafkaErrorType } from '../sources/kafka-client.ts';
+import { kafkaErrorType } from './client.ts';
 import type { SourceOrigin } from '../types.ts';
 import { FilterError } from '../types.ts';
 
