@@ -56,6 +56,7 @@ export const ERRORS = {
   kafka_consumer_crashed: runtime('the Kafka consumer stopped', true),
   message_too_large: runtime('a message is larger than the topic accepts', false),
   partition_revoked: runtime('the partition was revoked from this worker mid-batch', false),
+  sink_broken: runtime('a sink refuses every outcome with an error a retry cannot fix', false),
   sink_aborted: runtime('a sink write was abandoned (stop or revocation)', false),
   sqs_delete_failed: runtime('acknowledging SQS messages failed', true),
 } as const satisfies Record<string, ErrorSpec>;

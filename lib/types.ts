@@ -44,7 +44,8 @@ export type ReasonCode =
   | 'image_too_small'
   | 'below_threshold'
   | 'duplicate'
-  | 'scoring_failed';
+  | 'scoring_failed'
+  | 'intake_failed';
 
 export interface Reason {
   readonly code: ReasonCode;
@@ -98,17 +99,36 @@ export interface SourceRecord {
 }
 
 /**
- * A unit of acknowledgement. The pipeline calls `ack()` once every record's outcome is durable in every sink,
- * in the order the source produced the batches. `revoked` fires when the source loses ownership (Kafka rebalance):
- * the pipeline then drops the batch's in-flight work without acking.
+ * A unit of acknowledgement. The pipeline's batch ledger hands it to its `committer` once every record's outcome is
+ * written to every sink, in the order the source produced the batches. `revoked` fires when the source loses
+ * ownership (Kafka rebalance): the ledger then drops the batch's in-flight work without committing it.
  */
 export interface SourceBatch {
   readonly records: readonly SourceRecord[];
-  ack(): Promise<void>;
-  /** Work for this batch could not be made durable: the source should make it redeliverable. */
-  nack?(error: Error): Promise<void>;
+  /** The only thing that acknowledges this batch. */
+  readonly committer: Committer;
   readonly revoked?: AbortSignal;
 }
+
+/**
+ * How a source acknowledges batches: the Kafka transaction (offsets committed in the same transaction as the staged
+ * topic messages), the consumer's offset commit, the SQS batch delete, or nothing for files. Called by the batch
+ * ledger only, once per batch, in source order; a source keeps whatever it needs per batch itself.
+ */
+export interface Committer {
+  readonly kind: 'kafka-transaction' | 'kafka-offsets' | 'sqs-delete' | 'none';
+  /** Makes the batch's consumption permanent. A batch revoked meanwhile is not committed (resolves quietly). */
+  commit(batch: SourceBatch): Promise<void>;
+  /** This run will not commit the batch (a sink failed for good, hard stop): make it redeliverable where it can. */
+  release(batch: SourceBatch, error: Error): Promise<void>;
+}
+
+/** Files have nothing to acknowledge: a re-run reads them again. */
+export const NO_COMMIT: Committer = {
+  kind: 'none',
+  commit: async () => {},
+  release: async () => {},
+};
 
 export interface Source {
   /** Yields batches until the input ends or `signal` aborts. Bounded: it must not read ahead without limit. */
@@ -204,11 +224,20 @@ export interface Outcome {
 export type StoredImage = Pick<PreparedImage, 'encoded' | 'ext' | 'width' | 'height'>;
 
 /**
- * A destination for outcomes. `write` resolves once the outcomes it was given are durable (a sink may hold them in
- * a shard until it flushes by count or idle time; it must flush on its own within a bounded time).
+ * What a sink's resolved `write` means. `durable`: the outcomes are stored for good (a file, an S3 object, a topic
+ * message acked by the brokers). `staged`: they are staged in the Kafka transaction that the source's committer
+ * commits with the batch's offsets; they become visible exactly when the batch is committed, never before.
+ */
+export type SinkDurability = 'durable' | 'staged';
+
+/**
+ * A destination for outcomes. `write` resolves once the outcomes it was given are durable or staged (`durability`);
+ * a sink may hold them in a shard until it flushes by count or idle time; it must flush on its own within a bounded
+ * time.
  */
 export interface Sink {
   readonly name: string;
+  readonly durability: SinkDurability;
   /**
    * True when `write` may be called again before an earlier call has resolved: the sink applies calls in call order
    * and resolves each once its outcomes are durable. The pipeline then hands a batch to the sink as soon as the

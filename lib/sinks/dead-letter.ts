@@ -1,5 +1,5 @@
 import { SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import type { Outcome, ReasonCode, Sink } from '../types.ts';
+import type { Outcome, ReasonCode, Sink, SinkDurability } from '../types.ts';
 import { auditSource, type AuditSource } from './audit-event.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 
@@ -66,6 +66,12 @@ function rawOf(
 export class DeadLetterSink implements Sink {
   readonly name = 'dead-letter';
   constructor(private readonly options: DeadLetterSinkOptions) {}
+
+  /** On a transactional hub, staged until the batch's offsets commit with it; SQS sends are durable. */
+  get durability(): SinkDurability {
+    const t = this.options.target;
+    return t.kind === 'kafka' && t.hub.transactional ? 'staged' : 'durable';
+  }
 
   letter(outcome: Outcome, code: string, message: string): DeadLetter {
     return {

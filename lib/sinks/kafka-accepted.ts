@@ -1,4 +1,4 @@
-import type { ModelInfo, Outcome, Sink } from '../types.ts';
+import type { ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
 import { fullScores } from './audit-event.ts';
 import type { KafkaProducerHub, TopicMessage } from '../kafka/producer-hub.ts';
 import type { CuratedLocation, S3CuratedSink } from './s3-curated.ts';
@@ -31,6 +31,11 @@ export interface AcceptedEvent {
 export class KafkaAcceptedSink implements Sink {
   readonly name = 'kafka-accepted';
   constructor(private readonly options: KafkaAcceptedSinkOptions) {}
+
+  /** Transactional hub: staged until the batch's offsets commit with it. */
+  get durability(): SinkDurability {
+    return this.options.hub.transactional ? 'staged' : 'durable';
+  }
 
   async write(outcomes: readonly Outcome[]): Promise<void> {
     const accepted = outcomes.filter((o) => o.decision === 'accept');

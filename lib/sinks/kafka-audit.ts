@@ -1,4 +1,4 @@
-import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
+import type { Decision, ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { toAuditEvent, type AuditEvent } from './audit-event.ts';
 import type { DeadLetterSink } from './dead-letter.ts';
@@ -30,6 +30,11 @@ const BATCH_OVERHEAD = 512;
 export class KafkaAuditSink implements Sink {
   readonly name = 'kafka-audit';
   constructor(private readonly options: KafkaAuditSinkOptions) {}
+
+  /** Transactional hub: staged until the batch's offsets commit with it. */
+  get durability(): SinkDurability {
+    return this.options.hub.transactional ? 'staged' : 'durable';
+  }
 
   async write(outcomes: readonly Outcome[]): Promise<void> {
     const wanted = this.options.decisions ?? ['reject'];

@@ -14,6 +14,7 @@ export interface LocalAuditSinkOptions {
 
 export class LocalAuditSink implements Sink {
   readonly name = 'local-audit';
+  readonly durability = 'durable' as const;
   /** Appends are chained in call order. */
   readonly overlappingWrites = true;
   private chain: Promise<void> = Promise.resolve();

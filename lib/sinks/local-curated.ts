@@ -32,6 +32,7 @@ async function writeDurable(path: string, data: Buffer | string): Promise<void> 
 
 export class LocalCuratedSink implements Sink {
   readonly name = 'local-curated';
+  readonly durability = 'durable' as const;
   /** Writes wait for their shard's cut, so the pipeline must keep handing outcomes over while they wait. */
   readonly overlappingWrites = true;
   private builder: ShardBuilder;

@@ -103,6 +103,7 @@ interface Stream {
  */
 export class S3CuratedSink implements Sink {
   readonly name = 's3-curated';
+  readonly durability = 'durable' as const;
   private readonly streams = new Map<string, Stream>();
   /** Chains of streams dropped on revocation: a re-recovery waits for their uploads before listing. */
   private readonly retired = new Map<string, Promise<void>>();

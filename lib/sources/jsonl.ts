@@ -3,7 +3,7 @@ import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { PAIR_DEFAULTS } from '../pair/index.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
-import { FilterError } from '../types.ts';
+import { FilterError, NO_COMMIT } from '../types.ts';
 import { boundedLines, isBlank } from './lines.ts';
 
 /** Options of the JSONL source (a file, or `-` for stdin). */
@@ -64,7 +64,7 @@ export class JsonlSource implements Source {
     const size = this.options.batchSize ?? 64;
     const maxLineBytes = this.options.maxLineBytes ?? PAIR_DEFAULTS.maxRecordBytes;
     let records: SourceRecord[] = [];
-    const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, ack: async () => {} });
+    const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, committer: NO_COMMIT });
     try {
       for await (const line of boundedLines(stream as AsyncIterable<Buffer>, maxLineBytes)) {
         if (signal.aborted) break;

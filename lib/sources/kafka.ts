@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
-import type { Source, SourceBatch, SourceRecord } from '../types.ts';
+import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { kafkaErrorType, nextOffset } from '../kafka/client.ts';
 
@@ -44,6 +44,8 @@ export interface KafkaSourceOptions {
 interface InFlight {
   readonly topic: string;
   readonly partition: number;
+  readonly lastOffset: string;
+  readonly handedOut: number;
   readonly controller: AbortController;
   settled: boolean;
 }
@@ -68,6 +70,8 @@ const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 export class KafkaSource implements Source {
   private consumer: Consumer | undefined;
   private readonly inflight = new Set<InFlight>();
+  private readonly entries = new WeakMap<SourceBatch, InFlight>();
+  readonly committer: Committer;
   private readonly queue: SourceBatch[] = [];
   private wake: (() => void) | undefined;
   private stopping = false;
@@ -83,6 +87,7 @@ export class KafkaSource implements Source {
 
   constructor(private readonly options: KafkaSourceOptions) {
     this.log = options.logger ?? silent;
+    this.committer = this.makeCommitter();
   }
 
   private notify(): void {
@@ -119,55 +124,81 @@ export class KafkaSource implements Source {
   }
 
   private makeBatch(topic: string, partition: number, messages: KafkaMessage[]): SourceBatch {
-    const controller = new AbortController();
-    const handedOut = performance.now();
-    const entry: InFlight = { topic, partition, controller, settled: false };
-    const lastOffset = messages[messages.length - 1]!.offset;
-    const records: SourceRecord[] = messages.map((m) => ({
-      raw: m.value ?? Buffer.alloc(0),
-      origin: { kind: 'kafka', topic, partition, offset: m.offset },
-    }));
+    const entry: InFlight = {
+      topic,
+      partition,
+      lastOffset: messages[messages.length - 1]!.offset,
+      handedOut: performance.now(),
+      controller: new AbortController(),
+      settled: false,
+    };
     this.inflight.add(entry);
-    const settle = () => {
-      entry.settled = true;
-      this.inflight.delete(entry);
-      this.notify();
+    const batch: SourceBatch = {
+      records: messages.map((m) => ({
+        raw: m.value ?? Buffer.alloc(0),
+        origin: { kind: 'kafka', topic, partition, offset: m.offset },
+      })),
+      revoked: entry.controller.signal,
+      committer: this.committer,
     };
+    this.entries.set(batch, entry);
+    return batch;
+  }
+
+  private settle(entry: InFlight): void {
+    entry.settled = true;
+    this.inflight.delete(entry);
+    this.notify();
+  }
+
+  /**
+   * The committer: with a hub, the offsets commit in ONE transaction with the messages the topic sinks staged for
+   * them (`kafka-transaction`); without, the consumer commits the offsets (`kafka-offsets`, at-least-once). A commit
+   * the group refuses (it rebalanced) revokes what is in flight instead of failing the run.
+   */
+  private makeCommitter(): Committer {
     return {
-      records,
-      revoked: controller.signal,
-      ack: async () => {
-        if (controller.signal.aborted) return;
-        try {
-          if (this.options.hub) {
-            await this.options.hub.commit(this.options.groupId, topic, partition, lastOffset);
-          } else {
-            await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
-          }
-          this.counts.acked++;
-          settle();
-          this.options.onAcked?.(records.length, performance.now() - handedOut);
-        } catch (err) {
-          const type = kafkaErrorType(err);
-          if (type && REBALANCE_ERRORS.has(type)) {
-            // The group moved on: this generation may not commit; the records come again from the last commit.
-            this.revokeAll(`commit refused (${type})`);
-            return;
-          }
-          throw err;
-        }
-      },
-      nack: async (error: Error) => {
-        // Nothing to undo: uncommitted offsets are redelivered after a restart or rebalance.
-        this.log.warn('batch not acked; it will be redelivered', {
-          topic,
-          partition,
-          lastOffset,
-          error: error.message,
-        });
-        settle();
-      },
+      kind: this.options.hub ? 'kafka-transaction' : 'kafka-offsets',
+      commit: (batch) => this.commit(batch),
+      release: (batch, error) => this.release(batch, error),
     };
+  }
+
+  private async commit(batch: SourceBatch): Promise<void> {
+    const entry = this.entries.get(batch);
+    if (!entry || entry.controller.signal.aborted) return;
+    try {
+      await this.commitOffsets(entry);
+    } catch (err) {
+      const type = kafkaErrorType(err);
+      if (!type || !REBALANCE_ERRORS.has(type)) throw err;
+      // The group moved on: this generation may not commit; the records come again from the last commit.
+      this.revokeAll(`commit refused (${type})`);
+      return;
+    }
+    this.counts.acked++;
+    this.settle(entry);
+    this.options.onAcked?.(batch.records.length, performance.now() - entry.handedOut);
+  }
+
+  private async release(batch: SourceBatch, error: Error): Promise<void> {
+    const entry = this.entries.get(batch);
+    if (!entry || entry.settled) return;
+    // Nothing to undo: uncommitted offsets are redelivered after a restart or rebalance.
+    const { topic, partition, lastOffset } = entry;
+    this.log.warn('batch not committed; it will be redelivered', {
+      topic,
+      partition,
+      lastOffset,
+      error: error.message,
+    });
+    this.settle(entry);
+  }
+
+  private async commitOffsets({ topic, partition, lastOffset }: InFlight): Promise<void> {
+    const hub = this.options.hub;
+    if (hub) await hub.commit(this.options.groupId, topic, partition, lastOffset);
+    else await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
   }
 
   private async eachBatch(payload: EachBatchPayload): Promise<void> {

@@ -7,7 +7,7 @@ import {
   type Message,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import type { Source, SourceBatch } from '../types.ts';
+import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import type { KafkaSourceLogger } from './kafka.ts';
 
@@ -30,6 +30,14 @@ export interface SqsSourceOptions {
 
 const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 
+/** A batch handed out and not yet committed or released. */
+interface InWork {
+  readonly messages: Message[];
+  readonly timer: NodeJS.Timeout;
+  readonly handedOut: number;
+  settled: boolean;
+}
+
 /**
  * SQS source: long polling, batch receive (10), visibility extended while the batch is in work, DeleteMessageBatch
  * on ack. Messages are never deleted before their outcome is durable: a crash makes them visible again, and one
@@ -39,6 +47,7 @@ const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 export class SqsSource implements Source {
   private inflight = 0;
   private room: (() => void) | undefined;
+  private readonly inWork = new WeakMap<SourceBatch, InWork>();
   readonly counts = { batches: 0, acked: 0, records: 0, deleteFailures: 0 };
   private readonly log: KafkaSourceLogger;
 
@@ -80,7 +89,6 @@ export class SqsSource implements Source {
   private makeBatch(messages: Message[]): SourceBatch {
     const { queueUrl } = this.options;
     const visibility = this.options.visibilityTimeoutSeconds ?? 60;
-    const handedOut = performance.now();
     // Renew before the timeout runs out, so long scoring never lets another consumer take the messages.
     const timer = setInterval(
       () =>
@@ -90,55 +98,68 @@ export class SqsSource implements Source {
       Math.max(1000, (visibility * 1000) / 3),
     );
     timer.unref();
-    let settled = false;
-    const settle = () => {
-      if (settled) return;
-      settled = true;
-      clearInterval(timer);
-      this.inflight--;
-      this.room?.();
-    };
-    return {
+    const batch: SourceBatch = {
       records: messages.map((m) => ({
         raw: m.Body ?? '',
         origin: { kind: 'sqs', queueUrl, messageId: m.MessageId! },
       })),
-      ack: async () => {
-        clearInterval(timer);
-        for (let i = 0; i < messages.length; i += 10) {
-          const chunk = messages.slice(i, i + 10);
-          let entries = chunk.map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle! }));
-          for (let attempt = 1; entries.length > 0; attempt++) {
-            const res = await this.options.client.send(
-              new DeleteMessageBatchCommand({ QueueUrl: queueUrl, Entries: entries }),
-            );
-            const failed = new Set((res.Failed ?? []).filter((f) => !f.SenderFault).map((f) => f.Id));
-            for (const f of res.Failed ?? []) {
-              if (f.SenderFault) {
-                // An expired receipt: the message may come again; its outcome is already durable (duplicate by id).
-                this.counts.deleteFailures++;
-                this.log.warn('delete refused; the message may be redelivered', { id: f.Id, code: f.Code });
-              }
-            }
-            entries = entries.filter((e) => failed.has(e.Id));
-            if (entries.length > 0) {
-              if (attempt >= 5) {
-                throw new FilterError('sqs_delete_failed', `could not delete ${entries.length} messages`, { queueUrl });
-              }
-              await sleep(200 * 2 ** attempt);
-            }
-          }
-        }
-        this.counts.acked++;
-        settle();
-        this.options.onAcked?.(messages.length, performance.now() - handedOut);
-      },
-      nack: async () => {
-        settle();
-        // Visible again at once rather than after the timeout: another consumer can retry it now.
-        await this.changeVisibility(messages, 0).catch(() => undefined);
-      },
+      committer: this.committer,
     };
+    this.inWork.set(batch, { messages, timer, handedOut: performance.now(), settled: false });
+    return batch;
+  }
+
+  /** Stops the batch's visibility renewal and frees its in-flight slot (once). */
+  private settle(work: InWork): void {
+    if (work.settled) return;
+    work.settled = true;
+    clearInterval(work.timer);
+    this.inflight--;
+    this.room?.();
+  }
+
+  /** The committer: DeleteMessageBatch (10 per request), retried; a release makes the messages visible at once. */
+  readonly committer: Committer = {
+    kind: 'sqs-delete',
+    commit: async (batch) => {
+      const work = this.inWork.get(batch);
+      if (!work || work.settled) return;
+      clearInterval(work.timer);
+      for (let i = 0; i < work.messages.length; i += 10) await this.deleteChunk(work.messages.slice(i, i + 10));
+      this.counts.acked++;
+      this.settle(work);
+      this.options.onAcked?.(work.messages.length, performance.now() - work.handedOut);
+    },
+    release: async (batch) => {
+      const work = this.inWork.get(batch);
+      if (!work || work.settled) return;
+      this.settle(work);
+      // Visible again at once rather than after the timeout: another consumer can retry it now.
+      await this.changeVisibility(work.messages, 0).catch(() => undefined);
+    },
+  };
+
+  private async deleteChunk(chunk: Message[]): Promise<void> {
+    const queueUrl = this.options.queueUrl;
+    let entries = chunk.map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle! }));
+    for (let attempt = 1; entries.length > 0; attempt++) {
+      const res = await this.options.client.send(
+        new DeleteMessageBatchCommand({ QueueUrl: queueUrl, Entries: entries }),
+      );
+      const failed = new Set((res.Failed ?? []).filter((f) => !f.SenderFault).map((f) => f.Id));
+      for (const f of res.Failed ?? []) {
+        if (!f.SenderFault) continue;
+        // An expired receipt: the message may come again; its outcome is already durable (duplicate by id).
+        this.counts.deleteFailures++;
+        this.log.warn('delete refused; the message may be redelivered', { id: f.Id, code: f.Code });
+      }
+      entries = entries.filter((e) => failed.has(e.Id));
+      if (entries.length === 0) return;
+      if (attempt >= 5) {
+        throw new FilterError('sqs_delete_failed', `could not delete ${entries.length} messages`, { queueUrl });
+      }
+      await sleep(200 * 2 ** attempt);
+    }
   }
 
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {

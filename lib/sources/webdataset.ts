@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { UnreadableSample } from '../pair/index.ts';
 import type { RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
-import { FilterError } from '../types.ts';
+import { FilterError, NO_COMMIT } from '../types.ts';
 import { readTar } from './tar-reader.ts';
 
 /** Options of the WebDataset source: img2dataset / DataComp shards (`<key>.jpg|png|webp`, `.txt`, `.json`). */
@@ -64,7 +64,7 @@ export class WebDatasetSource implements Source {
     const size = this.options.batchSize ?? 64;
     const maxMember = this.options.maxMemberBytes ?? 64 * 1024 * 1024;
     let records: SourceRecord[] = [];
-    const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, ack: async () => {} });
+    const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, committer: NO_COMMIT });
     for (const path of this.shards) {
       for await (const sample of readSamples(path, maxMember)) {
         if (signal.aborted) return;

@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type {
+  Committer,
   ImageRef,
   PreparedImage,
   Scorer,
@@ -72,9 +73,16 @@ export class FakeIntake {
   }
 }
 
-/** A source over in-memory records that records acks and their order. */
+/** A source over in-memory records that records commits (and releases) and their order. */
 export class ArraySource implements Source {
   acked: number[] = [];
+  released: number[] = [];
+  private readonly index = new WeakMap<SourceBatch, number>();
+  readonly committer: Committer = {
+    kind: 'none',
+    commit: async (batch) => void this.acked.push(this.index.get(batch)!),
+    release: async (batch) => void this.released.push(this.index.get(batch)!),
+  };
   constructor(
     private readonly records: SourceRecord[],
     private readonly batchSize = 3,
@@ -83,14 +91,13 @@ export class ArraySource implements Source {
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
     for (let i = 0, b = 0; i < this.records.length; i += this.batchSize, b++) {
       if (signal.aborted) return;
-      const index = b;
-      yield {
+      const batch: SourceBatch = {
         records: this.records.slice(i, i + this.batchSize),
-        ack: async () => {
-          this.acked.push(index);
-        },
-        revoked: this.revoke?.(index),
+        committer: this.committer,
+        revoked: this.revoke?.(b),
       };
+      this.index.set(batch, b);
+      yield batch;
     }
   }
   async close() {}

@@ -13,6 +13,7 @@ const img = { base64: Buffer.from('x').toString('base64') };
 
 class MemorySink implements Sink {
   readonly name = 'memory';
+  readonly durability = 'durable' as const;
   outcomes: Outcome[] = [];
   failuresLeft = 0;
   writes = 0;
@@ -247,6 +248,7 @@ test('a sink without overlappingWrites never has two writes in flight', async ()
   const order: string[] = [];
   const sink: Sink = {
     name: 'serial',
+    durability: 'durable',
     async write(outcomes) {
       most = Math.max(most, ++inFlight);
       await new Promise((r) => setTimeout(r, 2));
@@ -301,6 +303,7 @@ test('a sink error that cannot succeed on retry stops the run instead of retryin
   let writes = 0;
   const sink: Sink = {
     name: 'too-small-topic',
+    durability: 'durable',
     async write() {
       writes++;
       throw new FilterError('message_too_large', 'message for audit is over 1000 bytes');

@@ -1,6 +1,6 @@
 /**
  * SqsSource against the local SQS server (ElasticMQ): batches merge several receives, visibility is extended while
- * a batch is in work (more than 10 messages: chunked requests), ack deletes, nack makes the messages visible at once.
+ * a batch is in work (more than 10 messages: chunked requests), commit deletes, release makes the messages visible at once.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -56,7 +56,7 @@ describe('SQS source', { skip }, () => {
     (await sqs.send(new ReceiveMessageCommand({ QueueUrl: url, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }))).Messages
       ?.length ?? 0;
 
-  it('keeps a batch of more than 10 messages invisible while in work, deletes it on ack', async () => {
+  it('keeps a batch of more than 10 messages invisible while in work, deletes it on commit', async () => {
     const url = await queueWith(25);
     const source = new SqsSource({ client: sqs, queueUrl: url, visibilityTimeoutSeconds: 2, waitTimeSeconds: 1 });
     const stop = new AbortController();
@@ -67,12 +67,12 @@ describe('SQS source', { skip }, () => {
     assert.equal(batch.records[0]!.origin.kind, 'sqs');
     await new Promise((r) => setTimeout(r, 3500)); // past the 2 s visibility: only the extension keeps them hidden
     assert.equal(await depth(url), 25 - mine, 'the batch stays invisible while in work');
-    await batch.ack();
-    assert.equal(await depth(url, 'ApproximateNumberOfMessagesNotVisible'), 0, 'acked messages are deleted');
+    await batch.committer.commit(batch);
+    assert.equal(await depth(url, 'ApproximateNumberOfMessagesNotVisible'), 0, 'committed messages are deleted');
     assert.equal(await depth(url), 25 - mine);
   });
 
-  it('extension: nobody else receives the batch past its visibility timeout; nack releases it at once', async () => {
+  it('extension: nobody else receives the batch past its visibility timeout; release makes it visible at once', async () => {
     const url = await queueWith(12);
     const source = new SqsSource({ client: sqs, queueUrl: url, visibilityTimeoutSeconds: 2, waitTimeSeconds: 1 });
     const stop = new AbortController();
@@ -81,8 +81,8 @@ describe('SQS source', { skip }, () => {
     const mine = batch.records.length;
     await new Promise((r) => setTimeout(r, 3500));
     assert.equal(await othersSee(url), Math.min(10, 12 - mine), 'only messages outside the batch are visible');
-    await batch.nack!(new Error('sink down'));
+    await batch.committer.release(batch, new Error('sink down'));
     await new Promise((r) => setTimeout(r, 200));
-    assert.ok((await othersSee(url)) > 0, 'nacked messages are visible again');
+    assert.ok((await othersSee(url)) > 0, 'released messages are visible again');
   });
 });

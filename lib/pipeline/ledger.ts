@@ -1,0 +1,219 @@
+import { setMaxListeners } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Outcome, SourceBatch } from '../types.ts';
+import type { PipelineLogger } from './logger.ts';
+import { RecentIds } from './recent-ids.ts';
+import type { RunFailure } from './run-failure.ts';
+import { Semaphore } from './semaphore.ts';
+import type { SinkWriter } from './sink-writer.ts';
+
+export interface LedgerOptions {
+  /** The sinks behind the run's retry policy. */
+  readonly writer: SinkWriter;
+  /** Records admitted and not yet committed or dropped: the bound on memory under any backlog. */
+  readonly maxPendingRecords: number;
+  /** Reject repeated pair ids seen in this run (remembers the last 1M). */
+  readonly dedupe: boolean;
+  /** Hard stop: in-flight batches are dropped uncommitted. */
+  readonly hard: AbortSignal;
+  readonly failure: RunFailure;
+  readonly logger: PipelineLogger;
+  /** Each committed batch's outcomes, in source order. */
+  readonly onCommitted: (outcomes: readonly Outcome[]) => void;
+  /** Records wait on nothing but sink buffering: push partial work through (the scorer's partial batch). */
+  readonly onIdle?: () => void;
+}
+
+/** One source batch's life in the ledger: admitted, each record's outcome in (or lost), then written, committed. */
+export class BatchEntry {
+  readonly outcomes: (Outcome | undefined)[];
+  /** Stops the batch's records: a hard stop, or the source revoking the batch. */
+  readonly signal: AbortSignal;
+  /** True once every record holds an outcome; false when one ended without (stop, fatal error). */
+  readonly ready: Promise<boolean>;
+  private markReady!: (complete: boolean) => void;
+  private readonly ids: string[] = [];
+  private remaining: number;
+  private lost = false;
+
+  constructor(
+    readonly batch: SourceBatch,
+    hard: AbortSignal,
+    private readonly recent: RecentIds | undefined,
+    private readonly onRecordDone: () => void,
+  ) {
+    const n = batch.records.length;
+    this.outcomes = new Array(n);
+    this.remaining = n;
+    this.signal = batch.revoked ? AbortSignal.any([hard, batch.revoked]) : hard;
+    // Every waiting record listens on the stop signals; hundreds at once are expected, not a leak.
+    setMaxListeners(0, this.signal);
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    if (n === 0) this.markReady(true);
+    // A revoked batch is redelivered, maybe to this very worker: its ids must stop counting as seen at once.
+    batch.revoked?.addEventListener('abort', () => this.forgetIds(), { once: true });
+  }
+
+  get revoked(): boolean {
+    return this.batch.revoked?.aborted === true;
+  }
+
+  /** Registers a pair id of this batch; false when the run saw it before (a duplicate). */
+  claim(id: string): boolean {
+    if (this.recent?.seen(id)) return false;
+    this.ids.push(id);
+    return true;
+  }
+
+  settle(index: number, outcome: Outcome): void {
+    this.outcomes[index] = outcome;
+    this.recordDone();
+  }
+
+  /** A record ended without an outcome: the batch cannot be written or committed in this run. */
+  lose(): void {
+    this.lost = true;
+    this.recordDone();
+  }
+
+  /** The batch will be redelivered: its ids must not count as duplicates then. */
+  forgetIds(): void {
+    for (const id of this.ids) this.recent?.forget(id);
+  }
+
+  private recordDone(): void {
+    this.onRecordDone();
+    if (--this.remaining === 0) this.markReady(!this.lost);
+  }
+}
+
+/**
+ * Owns every source batch's life: admitted (within the pending-record bound), every outcome known, written to the
+ * sinks in source order through the run's retry policy (SinkWriter), committed in source order by the batch's
+ * committer -- or dropped (revoked, hard stop, fatal error), forgetting its dedupe ids and releasing it to its
+ * source. Once a batch is dropped for any reason but revocation, no later batch is committed in this run: Kafka
+ * offsets are cumulative, so committing a later batch would commit past the dropped one.
+ */
+export class BatchLedger {
+  private readonly open = new Set<{ entry: BatchEntry; done: Promise<void> }>();
+  private readonly room: Semaphore;
+  private readonly recent: RecentIds | undefined;
+  private writeTail: Promise<void> = Promise.resolve();
+  private commitTail: Promise<void> = Promise.resolve();
+  private hole = false;
+  /** Records admitted that hold no outcome yet. */
+  private inProgress = 0;
+  readonly counts = { committed: 0, dropped: 0 };
+
+  constructor(private readonly options: LedgerOptions) {
+    this.room = new Semaphore(options.maxPendingRecords);
+    this.recent = options.dedupe ? new RecentIds(1_000_000) : undefined;
+  }
+
+  /** Waits for room for the batch's records, then takes it in; its records are the caller's to process. */
+  async admit(batch: SourceBatch): Promise<BatchEntry> {
+    await this.waitForRoom(batch.records.length);
+    this.inProgress += batch.records.length;
+    const entry = new BatchEntry(batch, this.options.hard, this.recent, () => this.inProgress--);
+    const done = this.schedule(entry);
+    const item = { entry, done };
+    this.open.add(item);
+    void done.finally(() => this.open.delete(item));
+    return entry;
+  }
+
+  /** Waits until every admitted batch is committed or dropped, flushing the sinks when only they hold records. */
+  async drain(): Promise<void> {
+    const { hard } = this.options;
+    while (this.open.size > 0 && !hard.aborted) {
+      const done = Promise.all([...this.open].map((o) => o.done));
+      await Promise.race([done, sleep(200)]);
+      if (this.inProgress === 0 && this.open.size > 0 && !hard.aborted) await this.flushSinks();
+    }
+    await this.commitTail;
+  }
+
+  /**
+   * Chains the batch's write behind the previous batch's write and its commit behind the previous commit, at
+   * admission, so sinks see outcomes and the source sees commits in source order whatever order records finish in.
+   */
+  private schedule(entry: BatchEntry): Promise<void> {
+    let handedOver!: () => void;
+    const issued = new Promise<void>((resolve) => (handedOver = resolve));
+    const written = this.writeTail.then(() => this.writeInTurn(entry, handedOver));
+    void written.finally(handedOver);
+    // Overlapping sinks get the next batch once this one is handed over; others once it is durable.
+    this.writeTail = this.options.writer.overlapping ? issued : written.then(() => undefined);
+    const committed = Promise.all([this.commitTail, written])
+      .then(([, wrote]) => this.commitInTurn(entry, wrote))
+      .catch((err: unknown) => this.commitFailed(entry, err))
+      .finally(() => this.room.release(entry.batch.records.length));
+    this.commitTail = committed;
+    return committed;
+  }
+
+  /** True once the outcomes are written; false when the batch was dropped before or during the write. */
+  private async writeInTurn(entry: BatchEntry, handedOver: () => void): Promise<boolean> {
+    if (!(await entry.ready) || entry.revoked || this.options.failure.failed) return false;
+    try {
+      await this.options.writer.write(entry.outcomes as Outcome[], entry.signal, handedOver);
+      return true;
+    } catch (err) {
+      if (!entry.signal.aborted) this.options.failure.fail(err);
+      return false;
+    }
+  }
+
+  private async commitInTurn(entry: BatchEntry, wrote: boolean): Promise<void> {
+    if (!wrote || entry.revoked) return this.drop(entry);
+    if (this.hole || this.options.failure.failed) return this.drop(entry);
+    await entry.batch.committer.commit(entry.batch);
+    if (entry.revoked) return this.drop(entry); // the commit found the group moved on: nothing was committed
+    this.counts.committed++;
+    this.options.onCommitted(entry.outcomes as Outcome[]);
+  }
+
+  private async commitFailed(entry: BatchEntry, err: unknown): Promise<void> {
+    this.options.failure.fail(err);
+    await this.drop(entry);
+  }
+
+  /** Not committed in this run: forget its ids (it comes again) and hand it back to its source. */
+  private async drop(entry: BatchEntry): Promise<void> {
+    this.counts.dropped++;
+    entry.forgetIds();
+    const records = entry.batch.records.length;
+    if (entry.revoked) {
+      this.options.logger.info('batch revoked before commit: dropped for redelivery', { records });
+      return;
+    }
+    this.hole = true;
+    const reason = this.options.hard.aborted ? 'hard stop' : 'the run failed before this batch was committed';
+    await entry.batch.committer.release(entry.batch, new Error(reason)).catch((err: unknown) => {
+      this.options.logger.warn('releasing an uncommitted batch failed', { records, error: String(err) });
+    });
+  }
+
+  /** Waits for room for `n` more records; when only sink buffering holds the room, flushes the sinks. */
+  private async waitForRoom(n: number): Promise<void> {
+    const { failure } = this.options;
+    const acquired = this.room.acquire(n, AbortSignal.any([this.options.hard, failure.signal]));
+    let settled = false;
+    void acquired.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    while (!settled) {
+      await Promise.race([acquired.catch(() => undefined), sleep(100)]);
+      if (settled || this.inProgress > 0) continue;
+      this.options.onIdle?.();
+      await Promise.race([acquired.catch(() => undefined), this.flushSinks()]);
+    }
+    failure.throwIfFailed();
+    await acquired;
+  }
+
+  private async flushSinks(): Promise<void> {
+    await this.options.writer.flush().catch((err: unknown) => this.options.failure.fail(err));
+  }
+}

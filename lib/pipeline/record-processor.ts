@@ -1,0 +1,143 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
+import type { Policy } from '../policy/index.ts';
+import type { ImageRef, Outcome, Pair, PreparedImage, Reason, ScoreResult, SourceRecord } from '../types.ts';
+import { RejectError } from '../types.ts';
+import { PoisonInputError, type ScoreBatcher } from './batcher.ts';
+import type { PipelineLogger } from './logger.ts';
+import { Semaphore } from './semaphore.ts';
+
+/** The image stage as the pipeline sees it (lib/intake's Intake implements it). */
+export interface ImageIntake {
+  /** Throws RejectError for a bad image; any other error is treated as transient for that record. */
+  prepare(image: ImageRef, signal?: AbortSignal): Promise<PreparedImage>;
+  /** Takes back an image's pixel tensor once the scorer is done with it (reuse spares V8 full GCs). Optional. */
+  release?(image: PreparedImage): void;
+}
+
+export interface RecordProcessorOptions {
+  readonly intake: ImageIntake;
+  readonly batcher: ScoreBatcher;
+  readonly policy: Policy;
+  readonly pair?: PairOptions;
+  /** Images fetched and decoded at once. */
+  readonly intakeConcurrency: number;
+  /** Decoded images (pixel tensors) held at once, waiting for or in the scorer. */
+  readonly maxPreparedImages: number;
+  /** Attempts for an image whose intake failed with a non-reject (unexpected) error. */
+  readonly intakeAttempts: number;
+  readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
+  readonly logger: PipelineLogger;
+}
+
+/** Registers a pair id with the run's duplicate memory: false when it was seen before (BatchEntry.claim). */
+export type ClaimId = (id: string) => boolean;
+
+const reject = (record: SourceRecord, id: string, reason: Reason, pair?: Pair): Outcome => ({
+  record,
+  id,
+  pair,
+  decision: 'reject',
+  reasons: [reason],
+  scores: {},
+});
+
+const isReason = (value: object): value is Reason => 'code' in value;
+
+/**
+ * One record from raw bytes to its outcome: pair -> duplicate check -> intake -> scorer -> policy. Every failure that
+ * belongs to the record becomes a reject with its reason; only failures of the tool (a broken scorer, a stop) throw.
+ */
+export class RecordProcessor {
+  private readonly intakeSlots: Semaphore;
+  private readonly preparedSlots: Semaphore;
+
+  constructor(private readonly options: RecordProcessorOptions) {
+    this.intakeSlots = new Semaphore(options.intakeConcurrency);
+    this.preparedSlots = new Semaphore(options.maxPreparedImages);
+  }
+
+  async process(record: SourceRecord, claim: ClaimId, signal: AbortSignal): Promise<Outcome> {
+    let pair: Pair;
+    try {
+      pair = parseRecord(record, this.options.pair);
+    } catch (err) {
+      if (err instanceof RejectError) return reject(record, rawRecordId(record), err.reason);
+      throw err;
+    }
+    if (!claim(pair.id)) {
+      const message = `pair id ${pair.id} was already seen in this run`;
+      return reject(record, pair.id, { code: 'duplicate', message }, pair);
+    }
+    await this.preparedSlots.acquire(1, signal);
+    try {
+      const intakeStart = performance.now();
+      const image = await this.prepare(pair, signal);
+      if (isReason(image)) return reject(record, pair.id, image, pair);
+      const scoreStart = performance.now();
+      this.options.onStage?.('intake', scoreStart - intakeStart);
+      const result = await this.score(pair, image);
+      if (isReason(result)) return reject(record, pair.id, result, pair);
+      this.options.onStage?.('score', performance.now() - scoreStart);
+      return this.decide(record, pair, image, result);
+    } finally {
+      this.preparedSlots.release();
+    }
+  }
+
+  /** The prepared image, or the reject reason. Unexpected (non-reject) errors are retried, then `intake_failed`. */
+  private async prepare(pair: Pair, signal: AbortSignal): Promise<PreparedImage | Reason> {
+    const { intake, intakeAttempts, logger } = this.options;
+    for (let attempt = 1; ; attempt++) {
+      await this.intakeSlots.acquire(1, signal);
+      try {
+        return await intake.prepare(pair.image, signal);
+      } catch (err) {
+        if (err instanceof RejectError) return err.reason;
+        if (signal.aborted) throw err;
+        if (attempt >= intakeAttempts) {
+          // Not the image's fault as far as anyone can tell: say so, rather than pass it off as a fetch failure.
+          const message = `intake failed ${attempt} times: ${String(err)}`;
+          return { code: 'intake_failed', message, detail: { attempts: attempt } };
+        }
+        logger.warn('intake error, retrying', { id: pair.id, attempt, error: String(err) });
+      } finally {
+        this.intakeSlots.release();
+      }
+      await sleep(100 * 2 ** attempt, undefined, { signal });
+    }
+  }
+
+  /** The scores, or the reject reason (a poison pair, an unscorable caption). Frees the pixel tensor. */
+  private async score(pair: Pair, image: PreparedImage): Promise<ScoreResult | Reason> {
+    const { batcher, intake } = this.options;
+    let result: ScoreResult;
+    try {
+      result = await batcher.score({ id: pair.id, caption: pair.caption, pixelValues: image.pixelValues });
+    } catch (err) {
+      // Only a settled poison verdict frees the tensor: after other errors a batch may still hold it.
+      if (!(err instanceof PoisonInputError)) throw err;
+      intake.release?.(image);
+      return { code: 'scoring_failed', message: err.message };
+    }
+    // The scorer copied the tensor when it posted it to its worker: it can be reused now.
+    intake.release?.(image);
+    if (result.unscorable) return { ...result.unscorable, detail: { field: 'caption' } };
+    return result;
+  }
+
+  private decide(record: SourceRecord, pair: Pair, image: PreparedImage, result: ScoreResult): Outcome {
+    const verdict = this.options.policy.decide(result.scores);
+    return {
+      record,
+      id: pair.id,
+      pair,
+      decision: verdict.decision,
+      reasons: verdict.reasons,
+      scores: result.scores,
+      ...(result.expected ? { expected: result.expected } : {}),
+      ...(result.captionCut ? { captionCut: result.captionCut } : {}),
+      image: { encoded: image.encoded, ext: image.ext, width: image.width, height: image.height },
+    };
+  }
+}
