@@ -3,7 +3,18 @@ import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'cdk.out/', 'node_modules/', '.services/', 'tools/export/.venv/', 'out/', 'test/fixtures/'] },
+  {
+    ignores: [
+      'dist/',
+      'cdk.out/',
+      'node_modules/',
+      '.services/',
+      'tools/export/.venv/',
+      'out/',
+      'test/fixtures/',
+      'bench/.cache/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   { languageOptions: { globals: { ...globals.node } } },

@@ -22,6 +22,10 @@ const runtime = (summary: string, retriable: boolean): ErrorSpec => ({ exit: 'ru
 export const ERRORS = {
   // The command line and configuration files.
   bad_usage: usage('a flag or argument the command cannot take'),
+  missing_option: usage('a required option, or the value of an option, is missing'),
+  unknown_option: usage('an option the command does not have'),
+  unknown_command: usage('a command mlm-filter does not have'),
+  output_not_directory: usage('--out names an existing file, not a directory'),
   invalid_option: usage('an option value out of range or of the wrong form'),
   bad_threshold: usage('a threshold that is not METRIC OP VALUE'),
   bad_top_fraction: usage('--top-fraction outside (0, 1]'),
@@ -44,6 +48,8 @@ export const ERRORS = {
   // Inputs and outputs.
   input_unreadable: config('the input path cannot be read'),
   output_unwritable: runtime('the output directory or file cannot be written', false),
+  output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),
+  output_unresumable: config('--resume cannot read back the output (a file in it is not what a run writes)'),
   // Scoring.
   bad_pixel_values: runtime('pixel values of the wrong size for the model', false),
   scorer_failed: runtime('the scorer (its worker threads or the model run) failed', false),

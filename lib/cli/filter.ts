@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
@@ -19,8 +19,9 @@ import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from './summary.ts';
-import { applyTopFraction, RankingValues, type TopFractionOptions } from './top-fraction.ts';
+import { applyTopFraction, RankingPolicy, RankingValues, type TopFractionOptions } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -28,8 +29,18 @@ export interface FilterJobOptions {
   readonly input: string;
   /** `jsonl` or `webdataset`; default: by extension (.tar or a directory means webdataset). */
   readonly inputFormat?: 'jsonl' | 'webdataset';
-  /** Output directory: curated/ shards, rejects.jsonl, summary.json. */
+  /**
+   * Output directory: curated/ shards, rejects.jsonl, summary.json. It must be empty (or missing) unless `resume`
+   * or `overwrite` says what to do with the run it holds.
+   */
   readonly out: string;
+  /**
+   * Continue the run `out` holds: what a stopped run left half-written is completed or discarded, records whose ids
+   * the output already holds are skipped, and summary.json counts the whole output (lib/cli/run-output.ts).
+   */
+  readonly resume?: boolean;
+  /** Remove the run `out` holds first (only a run's own files: anything else there refuses the run). */
+  readonly overwrite?: boolean;
   /** Model directory (or a hub id with a cached export). */
   readonly model: string;
   readonly policy?: PolicyOptions;
@@ -40,8 +51,9 @@ export interface FilterJobOptions {
    */
   readonly metrics?: MetricSelection;
   /**
-   * Batch jobs: instead of fixed thresholds, keep the best fraction of the whole run on one metric. The run is scored
-   * first (scored pairs are staged under DIR/.staging), then routed by the run-wide cutoff.
+   * Batch jobs: keep the best fraction of the whole run on one metric. The run is scored first (pairs that pass
+   * `policy.thresholds`, when given, are staged under DIR/.staging; the others are rejected as usual), then the
+   * staged pairs are routed by the run-wide cutoff. Without thresholds every scored pair is ranked.
    */
   readonly topFraction?: TopFractionOptions;
   readonly intake?: IntakeOptions;
@@ -53,7 +65,10 @@ export interface FilterJobOptions {
   readonly samplesPerShard?: number;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
   readonly progress?: 'bar' | 'log' | 'none';
+  /** Graceful stop: nothing more is read; what was read is finished and written. */
   readonly signal?: AbortSignal;
+  /** Hard stop: in-flight work is abandoned (a later `resume` run scores it). */
+  readonly abort?: AbortSignal;
   readonly logger?: PipelineLogger;
 }
 
@@ -75,10 +90,12 @@ export async function openInput(
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
   const top = options.topFraction;
-  // In top-fraction mode the first pass keeps every pair that got a number on the ranked metric.
-  const policy = new Policy(top ? { thresholds: [{ metric: top.metric, op: '>=', value: 0 }] } : options.policy);
+  // In top-fraction mode the first pass applies the thresholds, if any, and stages what passes for the ranking.
+  const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
-  const source = await openInput(options.input, options.inputFormat, options.pair);
+  const { resume, overwrite } = options;
+  const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: top !== undefined });
+  const input = await openInput(options.input, options.inputFormat, options.pair);
   const scorer = await loadScorer(options.model, { ...options.scorer, metrics });
   try {
     const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
@@ -94,6 +111,8 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
     });
+    const previous = await prepareOutput();
+    const source = previous ? new ResumedSource(input, previous.ids, options.pair) : input;
     // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
     const endpoint = process.env.MLMF_S3_ENDPOINT;
     const s3 =
@@ -113,7 +132,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
     const staging = top ? await LocalCuratedSink.open({ dir: stagingDir, model: scorer.model }) : undefined;
     const ranking = new RankingValues();
     const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model: scorer.model });
-    const summary = new SummaryCollector();
+    const summary = new SummaryCollector(previous?.summary);
     const progress = startProgress(options.progress, summary, source.sizeHint);
     try {
       await runPipeline({
@@ -125,6 +144,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
         pair: options.pair,
         intakeConcurrency: options.concurrency,
         signal: options.signal,
+        abort: options.abort,
         logger: options.logger,
         onOutcome: (o) => {
           if (!top || o.decision === 'reject') summary.add(o);
@@ -139,22 +159,45 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       progress.stop();
       await Promise.allSettled([curated.close(), audit.close(), intake.close(), source.close(), staging?.flush()]);
     }
-    const result = summary.summary();
+    const result: RunSummary = {
+      ...summary.summary(),
+      ...(source instanceof ResumedSource
+        ? { resumed: { previousRecords: summary.previous, skippedRecords: source.skipped } }
+        : {}),
+    };
     const file = {
       ...result,
       input: options.input,
       model: scorer.model,
-      policy: top ? { topFraction: top } : { thresholds: policy.thresholds, combine: policy.combine },
+      policy: {
+        ...(top ? { topFraction: top } : {}),
+        ...(policy instanceof RankingPolicy && !policy.thresholded
+          ? {}
+          : { thresholds: policy.thresholds, combine: policy.combine }),
+      },
       // The metrics scored; the others are null in the outputs and count 0 in `scores`.
       metrics: scorer.metrics,
       interrupted: options.signal?.aborted ?? false,
       intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     };
-    await writeFile(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
+    await writeAtomically(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
     return result;
   } finally {
     await scorer.close();
   }
+}
+
+/** Readers (and a run resumed after a crash) see the old file or the new one, never half of one. */
+async function writeAtomically(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w');
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
 }
 
 /**
@@ -166,9 +209,10 @@ function scoredMetrics(options: FilterJobOptions, policy: Policy) {
     options.metrics ??
     (options.scorer?.metrics?.length ? parseMetricSelection(options.scorer.metrics, CLI_METRICS) : 'all');
   const top = options.topFraction;
-  const requiredBy = top
-    ? `--top-fraction ranks on (--top-metric ${top.metric})`
-    : `the policy reads (${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)})`;
+  const reads = `the policy reads (${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)})`;
+  const ranks = `--top-fraction ranks on (--top-metric ${top?.metric})`;
+  const thresholded = !(policy instanceof RankingPolicy) || policy.thresholded;
+  const requiredBy = !top ? reads : thresholded ? `${reads} and ${ranks}` : ranks;
   return resolveMetricSelection(selection, policy.metrics, CLI_METRICS, requiredBy);
 }
 

@@ -1,173 +1,281 @@
-import { exitCodeOf } from '../errors.ts';
-import { readFile } from 'node:fs/promises';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { readFile, stat } from 'node:fs/promises';
+import { buffer } from 'node:stream/consumers';
+import { Command, Option, type OptionValues } from 'commander';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
-import { parseThreshold, type Threshold } from '../policy/index.ts';
+import { DEFAULT_THRESHOLDS, formatThreshold, parseThreshold, type Threshold } from '../policy/index.ts';
 import { CLI_METRICS, parseMetricSelection } from '../policy/metric-selection.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
-import { formatSummary, runFilterJob, type FilterJobOptions } from './filter.ts';
+// The filter job pulls in onnxruntime, sharp, undici and the AWS SDK: loaded by its action, so --help stays fast.
+import type { FilterJobOptions } from './filter.ts';
 import { addOpsCommands } from './ops.ts';
+import { configureUsage, reportError, shownDefault, withQuotingHint } from './usage.ts';
 
 /** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
 
+// Argument parsers throw coded FilterErrors (commander passes them through), so a bad value reports its own catalog
+// code, e.g. bad_threshold, rather than commander's generic one.
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 const positiveInt = (name: string) => (value: string) => {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new FilterError('invalid_option', `${name} must be a positive integer, got ${JSON.stringify(value)}`);
+  }
   return n;
 };
 const thresholdArg = (value: string, previous: Threshold[] = []) => {
   try {
     return [...previous, parseThreshold(value)];
   } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
+    throw withQuotingHint(err, value);
   }
+};
+/** The worker's --thresholds list is checked here (with the quoting hint) and handed on as MLMF_THRESHOLDS text. */
+const thresholdListArg = (value: string) => {
+  for (const condition of value.split(',').filter((c) => c.trim())) thresholdArg(condition);
+  return value;
+};
+const topFractionArg = (value: string) => {
+  const f = Number(value);
+  if (!(f > 0 && f <= 1)) {
+    throw new FilterError('bad_top_fraction', `--top-fraction must be within (0, 1], got ${JSON.stringify(value)}`);
+  }
+  return f;
 };
 
-const metricsArg = (value: string) => {
-  try {
-    return parseMetricSelection(value, CLI_METRICS);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-};
+const metricsArg = (value: string) => parseMetricSelection(value, CLI_METRICS);
 
 function metricKey(value: string): MetricKey {
   const m = METRICS.find((x) => x.key === value || x.short === value);
-  if (!m)
-    throw new InvalidArgumentError(`metric must be one of ${METRICS.map((x) => `${x.short} (${x.key})`).join(', ')}`);
+  if (!m) {
+    const names = METRICS.map((x) => `${x.short} (${x.key})`).join(', ');
+    throw new FilterError('unknown_metric', `--metric ${JSON.stringify(value)}: metric must be one of ${names}`);
+  }
   return m.key;
 }
 
 function metricShort(value: string): MetricShort {
   const m = METRICS.find((x) => x.key === value || x.short === value);
-  if (!m) throw new InvalidArgumentError(`metric must be one of ${METRICS.map((x) => x.short).join(', ')}`);
+  if (!m) {
+    const names = METRICS.map((x) => x.short).join(', ');
+    throw new FilterError('unknown_metric', `--top-metric ${JSON.stringify(value)}: metric must be one of ${names}`);
+  }
   return m.short;
 }
 
-/** Graceful stop on the first SIGINT/SIGTERM (finish, flush, ack), hard stop on the second. */
-function stopSignals(): { signal: AbortSignal; abort: AbortSignal } {
+/** `--out` must be a directory (made when missing): an existing file there is a usage error, before any model loads. */
+async function checkOutDir(out: string): Promise<void> {
+  const s = await stat(out).catch(() => undefined);
+  if (s && !s.isDirectory()) {
+    throw new FilterError(
+      'output_not_directory',
+      `--out ${out} is an existing file: give a directory (it is created when missing)`,
+      { out },
+    );
+  }
+}
+
+/** The caption of `prompt --caption-file`, byte for byte; `-` reads stdin to its end (a pipe, a file or a TTY). */
+async function readCaption(path: string): Promise<string> {
+  // Buffer decoding, as readFile's: a byte-order mark stays in the caption (TextDecoder would drop it).
+  if (path === '-') return (await buffer(process.stdin)).toString('utf8');
+  try {
+    return await readFile(path, 'utf8');
+  } catch (err) {
+    throw new FilterError('input_unreadable', `cannot read --caption-file ${path}: ${(err as Error).message}`, {
+      path,
+    });
+  }
+}
+
+/**
+ * Graceful stop on the first SIGINT/SIGTERM (finish, flush, ack), hard stop on the second, which then also runs
+ * `onHardStop` (the filter command exits there and then).
+ */
+function stopSignals(onHardStop?: () => void): { signal: AbortSignal; abort: AbortSignal } {
   const graceful = new AbortController();
   const hard = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     if (!graceful.signal.aborted) {
       process.stderr.write(`\n${sig}: draining (finishing in-flight pairs); send again to stop at once\n`);
       graceful.abort(new Error(sig));
-    } else hard.abort(new Error(sig));
+    } else {
+      hard.abort(new Error(sig));
+      onHardStop?.();
+    }
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   return { signal: graceful.signal, abort: hard.signal };
 }
 
-export function buildProgram(): Command {
-  const program = new Command('mlm-filter')
-    .description('Filter image-text pairs with the fine-tuned MLM filter (Wang et al. 2024)')
-    .showHelpAfterError()
-    .exitOverride();
+// Defaults are shown, not applied (shownDefault): a --config file or the environment fills what the flags leave out.
+const opt = (flags: string, description: string, shown?: string) =>
+  shown === undefined ? new Option(flags, description) : shownDefault(new Option(flags, description), shown);
 
+export function buildProgram(): Command {
+  const program = configureUsage(
+    new Command('mlm-filter').description('Filter image-text pairs with the fine-tuned MLM filter (Wang et al. 2024)'),
+  );
+  addFilterCommand(program);
+  addPromptCommand(program);
+  addWorkerCommand(program);
+  addOpsCommands(program);
+  return program;
+}
+
+function addFilterCommand(program: Command): void {
   program
     .command('filter')
     .description('score pairs from a JSONL file or WebDataset shards; write curated shards, rejects and a summary')
     .requiredOption('--input <path>', 'JSONL file, - for stdin, a WebDataset .tar shard or a directory of shards')
-    .requiredOption('--out <dir>', 'output directory (curated/, rejects.jsonl, summary.json)')
+    .requiredOption('--out <dir>', 'output directory (curated/, rejects.jsonl, summary.json), created when missing')
     .requiredOption('--model <dir>', 'exported model directory, or a hub id with a cached export')
     .addOption(
-      new Option('--input-format <fmt>', 'input format (default: by extension)').choices(['jsonl', 'webdataset']),
+      opt('--input-format <fmt>', 'input format', 'by extension: .tar or a directory is webdataset').choices([
+        'jsonl',
+        'webdataset',
+      ]),
     )
-    .option(
-      '--threshold <cond>',
-      'keep pairs where METRIC OP VALUE holds, repeatable (default itm>=66 and odf>=20)',
-      thresholdArg,
-    )
-    .addOption(new Option('--combine <op>', 'combine thresholds with').choices(['and', 'or']))
-    .option(
-      '--top-fraction <f>',
-      'batch jobs: keep the best fraction (0..1] of the run on --top-metric instead of thresholds',
-      (v) => {
-        const f = Number(v);
-        if (!(f > 0 && f <= 1)) throw new InvalidArgumentError('--top-fraction must be within (0, 1]');
-        return f;
-      },
-    )
-    .option('--top-metric <metric>', 'metric ranked by --top-fraction (default itm)', metricShort)
-    .option(
-      '--metrics <list>',
-      'metrics to score: all (default), policy (only those the policy or --top-metric reads), or e.g. itm,odf,ctq; ' +
-        'unscored metrics are null in the outputs',
-      metricsArg,
-    )
-    .option('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', collect)
-    .option('--user-agent <ua>', 'User-Agent for image fetches')
     .addOption(
-      new Option(
-        '--jpeg-decoder <decoder>',
-        'JPEG decoder for model tensors (default auto: native when built)',
-      ).choices(['auto', 'native', 'sharp']),
+      opt(
+        '--threshold <cond>',
+        "keep pairs where METRIC OP VALUE holds, repeatable; quote it in a shell: --threshold 'itm>=66'; " +
+          'with --top-fraction, applied first',
+        DEFAULT_THRESHOLDS.map(formatThreshold).join(' and '),
+      ).argParser(thresholdArg),
     )
-    .option(
-      '--jpeg-full-decode',
-      "decode JPEGs at full size: tensors equal the reference's PIL ones bit for bit (slower)",
-    )
-    .option('--concurrency <n>', 'images fetched and decoded at once', positiveInt('--concurrency'))
-    .option('--batch-size <n>', 'pairs per scorer batch', positiveInt('--batch-size'))
+    .addOption(opt('--combine <op>', 'how thresholds combine', 'and').choices(['and', 'or']))
     .addOption(
-      new Option('--execution-provider <ep>', 'onnxruntime execution provider').choices(['cuda', 'webgpu', 'cpu']),
+      opt(
+        '--top-fraction <f>',
+        'batch jobs: keep the best fraction (0..1] on --top-metric of the pairs that pass --threshold (of every ' +
+          'scored pair without --threshold); the others are rejected as below_threshold',
+        'off',
+      ).argParser(topFractionArg),
     )
-    .addOption(new Option('--dtype <dtype>', 'model files to load').choices(['fp32', 'fp16']))
-    .option('--threads <n>', 'intra-op threads per inference worker', positiveInt('--threads'))
-    .option('--reference-mode', "reproduce the reference scorer's numbers (no pad-to-square, 2 new tokens)")
-    .option('--samples-per-shard <n>', 'accepted samples per curated shard', positiveInt('--samples-per-shard'))
-    .option('--max-caption-chars <n>', 'longest caption accepted', positiveInt('--max-caption-chars'))
-    .option('--config <file>', 'JSON file with the same options (flags win)')
-    .addOption(new Option('--progress <mode>', 'progress display').choices(['bar', 'log', 'none']))
-    .action(async (flags) => {
-      const config = flags.config ? await readConfig(flags.config) : {};
-      const stops = stopSignals();
-      const options: FilterJobOptions = {
-        ...config,
-        input: flags.input,
-        out: flags.out,
-        model: flags.model,
-        inputFormat: flags.inputFormat ?? config.inputFormat,
-        metrics: flags.metrics ?? config.metrics,
-        topFraction: flags.topFraction
-          ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
-          : config.topFraction,
-        policy: {
-          thresholds: flags.threshold ?? config.policy?.thresholds,
-          combine: flags.combine ?? config.policy?.combine,
-        },
-        intake: {
-          ...config.intake,
-          ...(flags.allowAddress ? { allowAddresses: flags.allowAddress } : {}),
-          ...(flags.userAgent ? { userAgent: flags.userAgent } : {}),
-          ...(flags.jpegDecoder ? { jpegDecoder: flags.jpegDecoder } : {}),
-          ...(flags.jpegFullDecode ? { jpegDctScaling: false } : {}),
-        },
-        scorer: {
-          ...config.scorer,
-          ...(flags.batchSize ? { batchSize: flags.batchSize } : {}),
-          ...(flags.executionProvider ? { executionProvider: flags.executionProvider } : {}),
-          ...(flags.dtype ? { dtype: flags.dtype } : {}),
-          ...(flags.threads ? { intraOpThreads: flags.threads } : {}),
-          ...(flags.referenceMode ? { referenceMode: true } : {}),
-        },
-        pair: { ...config.pair, ...(flags.maxCaptionChars ? { maxCaptionChars: flags.maxCaptionChars } : {}) },
-        concurrency: flags.concurrency ?? config.concurrency,
-        samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
-        progress: flags.progress ?? config.progress,
-        signal: stops.signal,
-      };
-      const summary = await runFilterJob(options);
-      process.stdout.write(formatSummary(summary) + '\n');
-      process.stdout.write(
-        `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${options.out}/summary.json\n`,
-      );
-      if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
-    });
+    .addOption(opt('--top-metric <metric>', 'metric ranked by --top-fraction', 'itm').argParser(metricShort))
+    .addOption(
+      opt(
+        '--metrics <list>',
+        'metrics to score: all, policy (only those the thresholds and --top-metric read), or e.g. itm,odf,ctq; ' +
+          'unscored metrics are null in the outputs',
+        'all',
+      ).argParser(metricsArg),
+    )
+    .addOption(
+      opt('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', 'none').argParser(
+        collect,
+      ),
+    )
+    .addOption(
+      opt('--user-agent <ua>', 'User-Agent for image fetches', 'mlm-filter-stream/0.1 (image-text pair filtering)'),
+    )
+    .addOption(
+      opt('--jpeg-decoder <decoder>', 'JPEG decoder for model tensors', 'auto: native when built, else sharp').choices([
+        'auto',
+        'native',
+        'sharp',
+      ]),
+    )
+    .addOption(
+      opt(
+        '--jpeg-full-decode',
+        "decode JPEGs at full size: tensors equal the reference's PIL ones bit for bit (slower)",
+        'off',
+      ),
+    )
+    .addOption(
+      opt('--concurrency <n>', 'images fetched and decoded at once', '32').argParser(positiveInt('--concurrency')),
+    )
+    .addOption(opt('--batch-size <n>', 'pairs per scorer batch', '8').argParser(positiveInt('--batch-size')))
+    .addOption(
+      opt('--execution-provider <ep>', 'onnxruntime execution provider', 'cpu').choices(['cuda', 'webgpu', 'cpu']),
+    )
+    .addOption(opt('--dtype <dtype>', 'model files to load', 'fp32').choices(['fp32', 'fp16']))
+    .addOption(
+      opt('--threads <n>', 'intra-op threads per inference worker', 'all cores').argParser(positiveInt('--threads')),
+    )
+    .addOption(
+      opt('--reference-mode', "reproduce the reference scorer's numbers (no pad-to-square, 2 new tokens)", 'off'),
+    )
+    .addOption(
+      opt('--samples-per-shard <n>', 'accepted samples per curated shard', '1000').argParser(
+        positiveInt('--samples-per-shard'),
+      ),
+    )
+    .addOption(
+      opt('--max-caption-chars <n>', 'longest caption accepted', '4096').argParser(positiveInt('--max-caption-chars')),
+    )
+    .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
+    .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
+    .addOption(
+      opt(
+        '--resume',
+        'continue the run --out holds: records whose ids are there are skipped, what a stopped run left ' +
+          'half-written is completed or dropped, summary.json counts every run',
+        'off',
+      ).conflicts('overwrite'),
+    )
+    .addOption(opt('--overwrite', "replace the run --out holds (removes that run's files first)", 'off'))
+    .action(filterAction);
+}
 
+/** Runs `mlm-filter filter` with its parsed flags (a --config file fills what they leave out). */
+async function filterAction(flags: OptionValues): Promise<void> {
+  await checkOutDir(flags.out);
+  const config = flags.config ? await readConfig(flags.config) : {};
+  // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short.
+  const stops = stopSignals(() => {
+    process.stderr.write('stopped at once: pairs in flight were dropped (--resume scores them)\n');
+    process.exit(EXIT.interrupted);
+  });
+  const options: FilterJobOptions = {
+    ...config,
+    input: flags.input,
+    out: flags.out,
+    model: flags.model,
+    inputFormat: flags.inputFormat ?? config.inputFormat,
+    metrics: flags.metrics ?? config.metrics,
+    topFraction: flags.topFraction
+      ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
+      : config.topFraction,
+    policy: {
+      thresholds: flags.threshold ?? config.policy?.thresholds,
+      combine: flags.combine ?? config.policy?.combine,
+    },
+    intake: {
+      ...config.intake,
+      ...(flags.allowAddress ? { allowAddresses: flags.allowAddress } : {}),
+      ...(flags.userAgent ? { userAgent: flags.userAgent } : {}),
+      ...(flags.jpegDecoder ? { jpegDecoder: flags.jpegDecoder } : {}),
+      ...(flags.jpegFullDecode ? { jpegDctScaling: false } : {}),
+    },
+    scorer: {
+      ...config.scorer,
+      ...(flags.batchSize ? { batchSize: flags.batchSize } : {}),
+      ...(flags.executionProvider ? { executionProvider: flags.executionProvider } : {}),
+      ...(flags.dtype ? { dtype: flags.dtype } : {}),
+      ...(flags.threads ? { intraOpThreads: flags.threads } : {}),
+      ...(flags.referenceMode ? { referenceMode: true } : {}),
+    },
+    pair: { ...config.pair, ...(flags.maxCaptionChars ? { maxCaptionChars: flags.maxCaptionChars } : {}) },
+    concurrency: flags.concurrency ?? config.concurrency,
+    samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
+    progress: flags.progress ?? config.progress,
+    resume: flags.resume ?? config.resume,
+    overwrite: flags.overwrite ?? config.overwrite,
+    signal: stops.signal,
+    abort: stops.abort,
+  };
+  const { formatSummary, runFilterJob } = await import('./filter.ts');
+  const summary = await runFilterJob(options);
+  process.stdout.write(formatSummary(summary) + '\n');
+  process.stdout.write(`wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${options.out}/summary.json\n`);
+  if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
+}
+
+function addPromptCommand(program: Command): void {
   program
     .command('prompt')
     .description("print the exact prompt the scorer feeds the model (byte-exact with the reference's template)")
@@ -175,44 +283,54 @@ export function buildProgram(): Command {
       new Option('--format <fmt>', 'conversation format').choices([...CONVERSATION_FORMATS]).makeOptionMandatory(),
     )
     .requiredOption('--metric <metric>', 'itm, odf, ctq, su (or the full key)', metricKey)
-    .option('--caption <text>', 'the caption (or use --caption-file)')
+    .option('--caption <text>', 'the caption (this or --caption-file is required)')
     .option('--caption-file <path>', 'read the caption from a file (- for stdin), byte for byte')
     .action(async (flags) => {
       if ((flags.caption === undefined) === (flags.captionFile === undefined)) {
-        throw new FilterError('bad_usage', 'give exactly one of --caption or --caption-file');
+        throw new FilterError('bad_usage', 'give exactly one of --caption TEXT or --caption-file PATH|-');
       }
       if (!isConversationFormat(flags.format)) throw new FilterError('bad_usage', `unknown format ${flags.format}`);
-      const caption: string =
-        flags.caption ?? (await readFile(flags.captionFile === '-' ? 0 : flags.captionFile, 'utf8'));
+      const caption: string = flags.caption ?? (await readCaption(flags.captionFile));
       process.stdout.write(buildPrompt(flags.format, flags.metric, caption));
     });
+}
 
+function addWorkerCommand(program: Command): void {
   // Flags map onto the worker's environment names (shared with infra/), so the container and the CLI read one format.
-  const workerFlags: [flag: string, env: string, help: string][] = [
-    ['--brokers <list>', 'MLMF_BROKERS', 'Kafka bootstrap servers, comma-separated'],
-    ['--source-topic <topic>', 'MLMF_SOURCE_TOPIC', 'topic the crawler publishes pairs to'],
-    ['--group-id <id>', 'MLMF_GROUP_ID', 'Kafka consumer group'],
-    ['--kafka-auth <mode>', 'MLMF_KAFKA_AUTH', 'none | iam | scram-sha-512'],
+  // [flag, variable, help, default shown in --help (the worker's own, functions/worker/config.ts)]
+  const workerFlags: [flag: string, env: string, help: string, shown?: string][] = [
+    ['--brokers <list>', 'MLMF_BROKERS', 'Kafka bootstrap servers, comma-separated; required with Kafka topics'],
+    ['--source-topic <topic>', 'MLMF_SOURCE_TOPIC', 'topic the crawler publishes pairs to; required without SQS'],
+    ['--group-id <id>', 'MLMF_GROUP_ID', 'Kafka consumer group', 'mlm-filter'],
+    ['--kafka-auth <mode>', 'MLMF_KAFKA_AUTH', 'none | iam | scram-sha-512', 'none'],
     ['--sqs-queue-url <url>', 'MLMF_SQS_QUEUE_URL', 'SQS queue to consume instead of Kafka'],
-    ['--bucket <name>', 'MLMF_BUCKET', 'curated S3 bucket'],
-    ['--prefix <prefix>', 'MLMF_PREFIX', 'key prefix in the curated bucket'],
-    ['--audit-topic <topic>', 'MLMF_AUDIT_TOPIC', 'Kafka topic for audit events of rejects'],
-    ['--accepted-topic <topic>', 'MLMF_ACCEPTED_TOPIC', 'optional Kafka topic for accepted pairs'],
-    ['--dlq-topic <topic>', 'MLMF_DLQ_TOPIC', 'optional dead-letter topic'],
-    ['--model <dir>', 'MLMF_MODEL_DIR', 'exported model directory'],
-    ['--thresholds <list>', 'MLMF_THRESHOLDS', 'e.g. itm>=66,odf>=20'],
-    ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', 'cuda | webgpu | cpu'],
-    ['--batch-size <n>', 'MLMF_BATCH_SIZE', 'pairs per scorer batch'],
-    ['--metrics <list>', 'MLMF_METRICS', 'metrics to score: all (default) | policy | e.g. itm,odf'],
-    ['--health-port <port>', 'MLMF_HEALTH_PORT', 'port of GET /healthz and /metrics'],
-    ['--s3-endpoint <url>', 'MLMF_S3_ENDPOINT', 'S3-compatible endpoint (local servers)'],
-    ['--sqs-endpoint <url>', 'MLMF_SQS_ENDPOINT', 'SQS-compatible endpoint (local servers)'],
-    ['--allow-addresses <list>', 'MLMF_ALLOW_ADDRESSES', 'addresses opened for image fetches, comma-separated'],
+    ['--bucket <name>', 'MLMF_BUCKET', 'curated S3 bucket; required'],
+    ['--prefix <prefix>', 'MLMF_PREFIX', 'key prefix in the curated bucket', 'none'],
+    ['--audit-topic <topic>', 'MLMF_AUDIT_TOPIC', 'Kafka topic for audit events of rejects; required'],
+    ['--accepted-topic <topic>', 'MLMF_ACCEPTED_TOPIC', 'optional Kafka topic for accepted pairs', 'none'],
+    ['--dlq-topic <topic>', 'MLMF_DLQ_TOPIC', 'optional dead-letter topic', 'none'],
+    ['--model <dir>', 'MLMF_MODEL_DIR', 'exported model directory', '/opt/mlm-filter/model'],
+    [
+      '--thresholds <list>',
+      'MLMF_THRESHOLDS',
+      "comma-separated, quoted in a shell: 'itm>=66,odf>=20'",
+      'itm>=66,odf>=20',
+    ],
+    ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', 'cuda | webgpu | cpu', 'cpu'],
+    ['--batch-size <n>', 'MLMF_BATCH_SIZE', 'pairs per scorer batch', '8'],
+    ['--metrics <list>', 'MLMF_METRICS', 'metrics to score: all | policy | e.g. itm,odf', 'all'],
+    ['--health-port <port>', 'MLMF_HEALTH_PORT', 'port of GET /healthz and /metrics (0: off)', '8080'],
+    ['--s3-endpoint <url>', 'MLMF_S3_ENDPOINT', 'S3-compatible endpoint (local servers)', 'AWS'],
+    ['--sqs-endpoint <url>', 'MLMF_SQS_ENDPOINT', 'SQS-compatible endpoint (local servers)', 'AWS'],
+    ['--allow-addresses <list>', 'MLMF_ALLOW_ADDRESSES', 'addresses opened for image fetches, comma-separated', 'none'],
   ];
   const worker = program
     .command('worker')
     .description('run the streaming worker (Kafka or SQS -> curated bucket + audit topic); flags override MLMF_* env');
-  for (const [flag, , help] of workerFlags) worker.option(flag, help);
+  for (const [flag, name, help, shown] of workerFlags) {
+    const option = opt(flag, `${help} [env ${name}]`, shown);
+    worker.addOption(flag.startsWith('--thresholds ') ? option.argParser(thresholdListArg) : option);
+  }
   worker.action(async (flags: Record<string, string | undefined>) => {
     const { configFromEnv, runWorker } = await import('../../functions/worker/main.ts');
     const env: NodeJS.ProcessEnv = { ...process.env };
@@ -226,9 +344,6 @@ export function buildProgram(): Command {
     const stops = stopSignals();
     await runWorker(configFromEnv(env), { signal: stops.signal, abort: stops.abort });
   });
-
-  addOpsCommands(program);
-  return program;
 }
 
 async function readConfig(path: string): Promise<Partial<FilterJobOptions>> {
@@ -271,13 +386,9 @@ export async function main(argv: string[]): Promise<number> {
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
       return EXIT.ok;
     }
-    if (typeof e.code === 'string' && e.code.startsWith('commander.')) return EXIT.usage;
-    if (err instanceof FilterError) {
-      process.stderr.write(`mlm-filter: error [${err.code}]: ${err.message}\n`);
-      // The error catalog says which codes are usage or configuration (2) and which are runtime failures (1).
-      return exitCodeOf(err.code);
-    }
-    process.stderr.write(`mlm-filter: unexpected error: ${(err as Error)?.stack ?? err}\n`);
-    return EXIT.failure;
+    // One line per error; the error catalog says which codes are usage or configuration (2) and which runtime (1).
+    const report = reportError(err, program, argv);
+    process.stderr.write(report.text);
+    return report.exitCode;
   }
 }

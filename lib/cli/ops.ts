@@ -4,10 +4,12 @@
  */
 import { stat } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { parseFrom, runMonitor } from '../monitor/index.ts';
-import { writeReport, type ReportInput } from '../report/index.ts';
+// The monitor and the report builder (kafkajs, sharp) are loaded by their actions, so --help does not pay for them.
+import { parseFrom } from '../monitor/from.ts';
+import type { ReportInput } from '../report/index.ts';
 import type { KafkaAuth, KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
+import { shownDefault } from './usage.ts';
 
 const brokersArg = (value: string) => {
   const list = value
@@ -31,11 +33,15 @@ const positive = (name: string) => (value: string) => {
   return n;
 };
 
+/** An option whose default --help shows, applied by the command itself (see shownDefault). */
+const shown = (flags: string, description: string, value: string) =>
+  shownDefault(new Option(flags, description), value);
+
 /** The connection flags shared by monitor and report. */
 function addKafkaOptions(cmd: Command): Command {
   return cmd
-    .option('--brokers <list>', 'Kafka bootstrap brokers host:port[,host:port]', brokersArg)
-    .option('--tls', 'connect with TLS (system CAs)')
+    .option('--brokers <list>', 'Kafka bootstrap brokers host:port[,host:port] (required with Kafka)', brokersArg)
+    .addOption(shown('--tls', 'connect with TLS (system CAs)', 'off'))
     .option('--iam-region <region>', 'AWS MSK IAM authentication in this region (implies --tls)')
     .option('--sasl-username <user>', 'SASL/SCRAM-SHA-512 user (password from $MLMF_KAFKA_PASSWORD)');
 }
@@ -92,16 +98,19 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
   )
     .requiredOption('--audit-topic <topic>', "the worker's audit topic")
     .option('--accepted-topic <topic>', 'the accepted topic, if the pipeline has one (accepts are deduplicated by id)')
-    .option(
-      '--from <time>',
-      'start at a time: ISO date/time, epoch ms, a duration ago (15m, 2h, 1d), or earliest',
-      fromArg,
+    .addOption(
+      shown(
+        '--from <time>',
+        'start at a time: ISO date/time, epoch ms, a duration ago (15m, 2h, 1d), or earliest',
+        'now (new events only)',
+      ).argParser(fromArg),
     )
-    .option('--json', 'print one JSON snapshot per interval instead of the terminal view')
-    .option('--interval <seconds>', 'refresh interval (default 1)', positive('--interval'))
-    .option('--window <seconds>', 'throughput window (default 60)', positive('--window'))
-    .option('--duration <seconds>', 'stop after this long (default: until Ctrl-C)', positive('--duration'))
+    .addOption(shown('--json', 'print one JSON snapshot per interval instead of the terminal view', 'off'))
+    .addOption(shown('--interval <seconds>', 'refresh interval', '1').argParser(positive('--interval')))
+    .addOption(shown('--window <seconds>', 'throughput window', '60').argParser(positive('--window')))
+    .addOption(shown('--duration <seconds>', 'stop after this long', 'until Ctrl-C').argParser(positive('--duration')))
     .action(async (flags) => {
+      const { runMonitor } = await import('../monitor/index.ts');
       await runMonitor({
         connection: connectionFrom(flags),
         auditTopic: flags.auditTopic,
@@ -123,15 +132,16 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
         'write ONE self-contained HTML report: score histograms, accept rate over time, reasons, sample gallery',
       ),
   )
-    .option('--input <path>', 'a `filter --out` directory (curated/ + rejects.jsonl) or an audit-event JSONL file')
+    .option(
+      '--input <path>',
+      'a `filter --out` directory (curated/ + rejects.jsonl) or an audit-event JSONL file (this or --topic is required)',
+    )
     .option('--topic <topic>', 'read audit events from this Kafka topic instead (with --brokers)')
     .option('--accepted-topic <topic>', 'with --topic: also read the accepted topic')
-    .option('--from <time>', 'with --topic: start at this time (default: earliest retained)', fromArg)
+    .addOption(shown('--from <time>', 'with --topic: start at this time', 'earliest retained').argParser(fromArg))
     .requiredOption('--out <file>', 'the HTML file to write')
-    .option('--title <text>', 'report title')
-    .addOption(
-      new Option('--samples <n>', 'gallery samples per decision (default 24)').argParser(positive('--samples')),
-    )
+    .addOption(shown('--title <text>', 'report title', 'MLM filter report'))
+    .addOption(shown('--samples <n>', 'gallery samples per decision', '24').argParser(positive('--samples')))
     .action(async (flags) => {
       if ((flags.input === undefined) === (flags.topic === undefined)) {
         throw new FilterError('bad_usage', 'give exactly one of --input or --topic (with --brokers)');
@@ -151,6 +161,7 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
         });
         input = s.isDirectory() ? { kind: 'dir', path: flags.input } : { kind: 'jsonl', path: flags.input };
       }
+      const { writeReport } = await import('../report/index.ts');
       const data = await writeReport({
         input,
         out: flags.out,

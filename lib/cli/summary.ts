@@ -19,7 +19,14 @@ export interface RunSummary {
   scores: Record<MetricShort, MetricSummary>;
   elapsedSeconds: number;
   pairsPerSecond: number;
+  /** A --resume run: records the output held when it started, and input records skipped as already there. */
+  resumed?: { previousRecords: number; skippedRecords: number };
 }
+
+/** What the summary reads of an outcome; an audit event or a curated sample read back fits too (null: unscored). */
+export type TalliedOutcome = Pick<Outcome, 'decision' | 'reasons'> & {
+  readonly scores: Partial<Record<MetricShort, number | null>>;
+};
 
 /**
  * Counts outcomes as they are acked. Scores are integers 0..100, so a 101-bin histogram per metric gives exact
@@ -31,9 +38,22 @@ export class SummaryCollector {
   rejected = 0;
   private readonly tally = new ReasonTally();
   private readonly histograms = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
+  /** Records the output already held when this run started (--resume): counted, but not in the rate. */
+  readonly previous: number = 0;
   private readonly startedAt = Date.now();
 
-  add(outcome: Outcome): void {
+  /** Starts from `previous`'s counts: a resumed run's summary covers the whole output, earlier runs included. */
+  constructor(previous?: SummaryCollector) {
+    if (!previous) return;
+    this.records = this.previous = previous.records;
+    this.accepted = previous.accepted;
+    this.rejected = previous.rejected;
+    for (const [code, n] of previous.tally.byCode) this.tally.byCode.set(code, n);
+    for (const [metric, n] of previous.tally.belowThresholdByMetric) this.tally.belowThresholdByMetric.set(metric, n);
+    for (const [metric, h] of previous.histograms) this.histograms.set(metric, [...h]);
+  }
+
+  add(outcome: TalliedOutcome): void {
     this.records++;
     if (outcome.decision === 'accept') this.accepted++;
     else this.rejected++;
@@ -48,7 +68,7 @@ export class SummaryCollector {
   }
 
   get pairsPerSecond(): number {
-    return this.records / Math.max(this.elapsedSeconds, 1e-3);
+    return (this.records - this.previous) / Math.max(this.elapsedSeconds, 1e-3);
   }
 
   summary(): RunSummary {
@@ -87,6 +107,12 @@ export function formatSummary(s: RunSummary): string {
     `records ${s.records}: accepted ${s.decisions.accept}, rejected ${s.decisions.reject} ` +
       `(${s.elapsedSeconds.toFixed(1)} s, ${s.pairsPerSecond.toFixed(1)} pairs/s)`,
   ];
+  if (s.resumed) {
+    lines.push(
+      `resumed: ${s.resumed.previousRecords} records were already in --out, ` +
+        `${s.resumed.skippedRecords} input records skipped`,
+    );
+  }
   if (Object.keys(s.reasons).length) {
     lines.push(
       'reject reasons: ' +

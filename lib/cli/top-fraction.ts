@@ -1,5 +1,5 @@
 import { rm } from 'node:fs/promises';
-import { topFractionCutoff } from '../policy/index.ts';
+import { Policy, topFractionCutoff, type PolicyOptions, type Verdict } from '../policy/index.ts';
 import type { CuratedSampleMeta } from '../sinks/webdataset.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { MetricShort, Outcome, RawSample, Scores, Sink, SourceOrigin, StoredImage } from '../types.ts';
@@ -11,6 +11,36 @@ export interface TopFractionOptions {
   readonly fraction: number;
   /** The metric ranked on; ties are broken by its expected (continuous) score. */
   readonly metric: MetricShort;
+}
+
+/**
+ * The first pass of a top-fraction run: the thresholds first (a pair that fails one is rejected as usual, with
+ * `below_threshold`), then a number on the ranked metric; what passes is staged and ranked after the run. Without
+ * thresholds every pair with a number on the ranked metric is staged.
+ */
+export class RankingPolicy extends Policy {
+  /** Whether thresholds were given, i.e. the fraction is of the pairs that pass them. */
+  readonly thresholded: boolean;
+
+  constructor(
+    private readonly top: TopFractionOptions,
+    policy?: PolicyOptions,
+  ) {
+    super(policy?.thresholds ? policy : { thresholds: [{ metric: top.metric, op: '>=', value: 0 }] });
+    this.thresholded = policy?.thresholds !== undefined;
+  }
+
+  override get metrics() {
+    return [...new Set([...super.metrics, this.top.metric])];
+  }
+
+  override decide(scores: Parameters<Policy['decide']>[0]): Verdict {
+    const verdict = super.decide(scores);
+    const metric = this.top.metric;
+    if (verdict.decision === 'reject' || Number.isFinite(scores[metric])) return verdict;
+    const reason = { code: 'scoring_failed' as const, message: `the model gave no number for ${metric}` };
+    return { decision: 'reject', reasons: [{ ...reason, detail: { metric } }] };
+  }
 }
 
 /** Collects the ranking values of the first pass: 8 bytes per scored pair. */
@@ -101,38 +131,63 @@ export async function applyTopFraction(
   const cutoff = values.cutoff(options.fraction);
   if (cutoff) {
     const source = await WebDatasetSource.open({ paths: [stagingDir] }).catch(() => undefined);
+    const writes = new OrderedWrites(sinks);
     for await (const batch of source?.batches(new AbortController().signal) ?? []) {
-      const outcomes = batch.records.map((r): Outcome => {
-        const o = stagedOutcome(r.raw as RawSample);
-        const score = o.scores[options.metric] ?? -1;
-        const expected = o.expected?.[options.metric] ?? score;
-        // The ranking kept float32 values: compare at that precision, or the pair at the cutoff can fall below its own
-        // rounded value and be dropped.
-        const keep = score > cutoff.score || (score === cutoff.score && Math.fround(expected) >= cutoff.expected);
-        if (keep) return o;
-        return {
-          ...o,
-          decision: 'reject',
-          reasons: [
-            {
-              code: 'below_threshold',
-              message: `${options.metric} ${score} is below the run's top-${options.fraction * 100}% cutoff ${cutoff.score}`,
-              detail: {
-                metric: options.metric,
-                score,
-                threshold: cutoff.score,
-                op: '>=',
-                mode: 'top_fraction',
-                fraction: options.fraction,
-              },
-            },
-          ],
-        };
-      });
-      await Promise.all(sinks.map((s) => s.write(outcomes)));
+      const outcomes = batch.records.map((r) => routeStaged(stagedOutcome(r.raw as RawSample), options, cutoff));
+      await writes.write(outcomes);
       outcomes.forEach(onOutcome);
     }
+    await writes.finish();
   }
   await rm(stagingDir, { recursive: true, force: true });
   return cutoff;
+}
+
+/** A staged pair kept or rejected by the run-wide cutoff. */
+function routeStaged(o: Outcome, options: TopFractionOptions, cutoff: { score: number; expected: number }): Outcome {
+  const score = o.scores[options.metric] ?? -1;
+  const expected = o.expected?.[options.metric] ?? score;
+  // The ranking kept float32 values: compare at that precision, or the pair at the cutoff can fall below its own
+  // rounded value and be dropped.
+  const keep = score > cutoff.score || (score === cutoff.score && Math.fround(expected) >= cutoff.expected);
+  if (keep) return o;
+  const detail = {
+    metric: options.metric,
+    score,
+    threshold: cutoff.score,
+    op: '>=',
+    mode: 'top_fraction',
+    fraction: options.fraction,
+  };
+  const message = `${options.metric} ${score} is below the run's top-${options.fraction * 100}% cutoff ${cutoff.score}`;
+  return { ...o, decision: 'reject', reasons: [{ code: 'below_threshold', message, detail }] };
+}
+
+/**
+ * Hands batches to the sinks in order without waiting for each to be durable where the sinks allow it
+ * (`overlappingWrites`): the curated sink resolves a write only when its shard is cut, so waiting batch by batch
+ * would stall every partial shard until the sink's idle timer (10 s). `finish` flushes and waits for all.
+ */
+class OrderedWrites {
+  private readonly overlapping: boolean;
+  private readonly pending: Promise<void>[] = [];
+  private failure: { error: unknown } | undefined;
+
+  constructor(private readonly sinks: readonly Sink[]) {
+    this.overlapping = sinks.every((s) => s.overlappingWrites === true);
+  }
+
+  async write(outcomes: readonly Outcome[]): Promise<void> {
+    if (this.failure) throw this.failure.error;
+    const written = Promise.all(this.sinks.map((s) => s.write(outcomes))).then(() => undefined);
+    if (!this.overlapping) return written;
+    // Caught at once (no unhandled rejection while later batches are read); rethrown by the next write or finish.
+    this.pending.push(written.catch((error: unknown) => void (this.failure ??= { error })));
+  }
+
+  async finish(): Promise<void> {
+    await Promise.all(this.sinks.map((s) => s.flush()));
+    await Promise.all(this.pending);
+    if (this.failure) throw this.failure.error;
+  }
 }

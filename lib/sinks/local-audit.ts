@@ -1,8 +1,26 @@
+import { createReadStream } from 'node:fs';
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { boundedLines } from '../sources/lines.ts';
 import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { toAuditEvent } from './audit-event.ts';
+import { toAuditEvent, type AuditEvent } from './audit-event.ts';
+
+/** Bytes read at a time while looking back for the last newline. */
+const TAIL_STEP = 64 * 1024;
+
+/** Where the last complete line of a file ends (after its newline); 0 when it has none. */
+async function completeLength(fh: FileHandle): Promise<number> {
+  const size = (await fh.stat()).size;
+  const buf = Buffer.alloc(TAIL_STEP);
+  for (let end = size; end > 0; end -= TAIL_STEP) {
+    const start = Math.max(0, end - TAIL_STEP);
+    const { bytesRead } = await fh.read(buf, 0, end - start, start);
+    const nl = buf.subarray(0, bytesRead).lastIndexOf(10);
+    if (nl !== -1) return start + nl + 1;
+  }
+  return 0;
+}
 
 /** Options of the local audit sink: audit events as JSON lines (the CLI's `rejects.jsonl`). */
 export interface LocalAuditSinkOptions {
@@ -32,6 +50,39 @@ export class LocalAuditSink implements Sink {
       throw new FilterError('output_unwritable', `cannot open ${options.path}: ${(err as Error).message}`, {
         path: options.path,
       });
+    }
+  }
+
+  /**
+   * Makes an audit file that a stopped run (kill -9) left behind consistent, and reads back every event it then holds:
+   * a last line without its newline (an append cut short) is cut off, so its records count as never written. Throws
+   * on a complete line that is not an audit event (the file is not one this sink wrote).
+   */
+  static async recover(path: string, visit: (event: AuditEvent) => void): Promise<void> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    try {
+      await fh.truncate(await completeLength(fh));
+    } finally {
+      await fh.close();
+    }
+    for await (const line of boundedLines(createReadStream(path), Number.MAX_SAFE_INTEGER)) {
+      if (line.size === 0) continue;
+      let event: Partial<AuditEvent> | null;
+      try {
+        event = JSON.parse(line.bytes.toString('utf8')) as Partial<AuditEvent> | null;
+      } catch {
+        event = null;
+      }
+      if (typeof event?.id !== 'string' || !Array.isArray(event.reasons)) {
+        throw new Error(`line ${line.number} is not an audit event`);
+      }
+      visit(event as AuditEvent);
     }
   }
 

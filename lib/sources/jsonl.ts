@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import { PAIR_DEFAULTS } from '../pair/index.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { boundedLines, isBlank } from './lines.ts';
+import { boundedLines, isBlank, StreamChunks, type Line } from './lines.ts';
 
 /** Options of the JSONL source (a file, or `-` for stdin). */
 export interface JsonlSourceOptions {
@@ -12,6 +12,11 @@ export interface JsonlSourceOptions {
   readonly path: string;
   /** Records per batch handed to the pipeline. Default 64. */
   readonly batchSize?: number;
+  /**
+   * Longest a partial batch waits for more lines, from its first line, ms. Default 200: a slow stream on stdin
+   * (`tail -f`) flows a few lines at a time instead of waiting for a full batch or the end of the input.
+   */
+  readonly maxBatchWaitMs?: number;
   /** Stream to read instead of the path (tests, stdin). */
   readonly stream?: Readable;
   /**
@@ -19,6 +24,19 @@ export interface JsonlSourceOptions {
    * its bytes past this are never buffered). Default: the pair parser's record limit (16 MiB).
    */
   readonly maxLineBytes?: number;
+}
+
+const DUE = Symbol('due');
+
+interface Deadline {
+  readonly passed: Promise<typeof DUE>;
+  cancel(): void;
+}
+
+function deadline(ms: number): Deadline {
+  let timer: NodeJS.Timeout | undefined;
+  const passed = new Promise<typeof DUE>((resolve) => (timer = setTimeout(() => resolve(DUE), ms)));
+  return { passed, cancel: () => clearTimeout(timer) };
 }
 
 /** Counts newline-terminated records so progress can show an ETA; cheap next to scoring. */
@@ -58,29 +76,57 @@ export class JsonlSource implements Source {
     return source;
   }
 
+  /**
+   * Batches of `batchSize` records, or fewer once a partial batch has waited `maxBatchWaitMs`. On abort the lines
+   * already read are still handed over (a last line cut short by the stop is not a line), so a stopping run drains
+   * them instead of losing them; nothing more is read.
+   */
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
     const { path } = this.options;
     const stream = this.options.stream ?? (path === '-' ? process.stdin : createReadStream(path));
     const size = this.options.batchSize ?? 64;
+    const waitMs = this.options.maxBatchWaitMs ?? 200;
     const maxLineBytes = this.options.maxLineBytes ?? PAIR_DEFAULTS.maxRecordBytes;
-    let records: SourceRecord[] = [];
+    const chunks = new StreamChunks(stream, signal);
+    const lines = boundedLines(chunks, maxLineBytes, { keepUnterminated: () => chunks.ended })[Symbol.asyncIterator]();
     const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, committer: NO_COMMIT });
+    let records: SourceRecord[] = [];
+    let due: Deadline | undefined; // runs from the first line of a partial batch
+    let next: Promise<IteratorResult<Line>> | undefined; // kept across a timed cut: a line may be on its way
+    /** The records of the batch being cut; the next batch starts empty, its wait not yet running. */
+    const take = (): SourceRecord[] => {
+      due?.cancel();
+      due = undefined;
+      const taken = records;
+      records = [];
+      return taken;
+    };
     try {
-      for await (const line of boundedLines(stream as AsyncIterable<Buffer>, maxLineBytes)) {
-        if (signal.aborted) break;
+      for (;;) {
+        next ??= lines.next();
+        const result = due ? await Promise.race([next, due.passed]) : await next;
+        if (result === DUE) {
+          yield batch(take());
+          continue;
+        }
+        next = undefined;
+        if (result.done) break;
+        const line = result.value;
         if (line.size <= maxLineBytes && isBlank(line.bytes)) continue;
         records.push({
           raw: line.bytes,
           origin: { kind: 'file', path, line: line.number },
           ...(line.size > line.bytes.length ? { size: line.size } : {}),
         });
-        if (records.length >= size) {
-          yield batch(records);
-          records = [];
-        }
+        if (records.length >= size) yield batch(take());
+        else due ??= deadline(waitMs);
       }
-      if (records.length > 0 && !signal.aborted) yield batch(records);
+      if (records.length > 0) yield batch(take());
     } finally {
+      due?.cancel();
+      chunks.stop();
+      // Left unawaited when the consumer stops early; its failure then has no one to tell.
+      next?.catch(() => undefined);
       if (stream !== process.stdin) stream.destroy();
     }
   }

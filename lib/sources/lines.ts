@@ -3,6 +3,7 @@
  * buffer a 2 GB line whole before anyone could refuse it; here a line past `maxLineBytes` keeps only its first
  * `maxLineBytes + 1` bytes (enough for the parser to refuse it by size) while the rest is counted and dropped.
  */
+import type { Readable } from 'node:stream';
 
 export interface Line {
   /** 1-based line number. */
@@ -16,8 +17,20 @@ export interface Line {
 const NL = 10;
 const CR = 13;
 
-/** Yields every line of `chunks` (the last one even without a trailing newline), in order. */
-export async function* boundedLines(chunks: AsyncIterable<Buffer | string>, maxLineBytes: number): AsyncIterable<Line> {
+export interface BoundedLinesOptions {
+  /**
+   * Asked once the chunks run out: whether a last line without its newline is a line (true at the end of the input,
+   * the default) or a fragment whose rest was never read (a reader stopped mid-stream), which is dropped.
+   */
+  readonly keepUnterminated?: () => boolean;
+}
+
+/** Yields every line of `chunks` (the last one even without a trailing newline, unless told not to), in order. */
+export async function* boundedLines(
+  chunks: AsyncIterable<Buffer | string>,
+  maxLineBytes: number,
+  options: BoundedLinesOptions = {},
+): AsyncIterable<Line> {
   let parts: Buffer[] = [];
   let kept = 0; // bytes held in `parts`
   let size = 0; // bytes of the current line seen so far
@@ -55,7 +68,69 @@ export async function* boundedLines(chunks: AsyncIterable<Buffer | string>, maxL
     }
     take(buf.subarray(start));
   }
-  if (size > 0 || parts.length > 0) yield finish();
+  if ((size > 0 || parts.length > 0) && (options.keepUnterminated?.() ?? true)) yield finish();
+}
+
+/**
+ * The chunks of a byte stream as they arrive, until it ends or `signal` aborts. On abort it still hands over what the
+ * stream already holds in memory (bytes this process has read), then stops without waiting for more: a pipe its
+ * writer keeps open (`tail -f x | mlm-filter filter --input -`) cannot hold a stopping run. The stream is left
+ * paused, not destroyed (stdin belongs to the process), and no longer keeps the process alive.
+ */
+export class StreamChunks implements AsyncIterable<Buffer | string> {
+  /** True once the stream reached its end; false while reading or after a stop. */
+  ended = false;
+  private readonly stopped = new AbortController();
+
+  constructor(
+    private readonly stream: Readable,
+    private readonly signal: AbortSignal,
+  ) {}
+
+  /** Stops the iteration as an abort does (its consumer is gone). */
+  stop(): void {
+    this.stopped.abort();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Buffer | string> {
+    const stream = this.stream;
+    const stop = AbortSignal.any([this.signal, this.stopped.signal]);
+    let wake = () => {};
+    let failure: Error | undefined;
+    const onReadable = () => wake();
+    const onEnd = () => {
+      this.ended = true;
+      wake();
+    };
+    const onError = (err: Error) => {
+      failure = err;
+      wake();
+    };
+    stream.on('readable', onReadable).on('end', onEnd).on('error', onError);
+    stop.addEventListener('abort', onReadable);
+    try {
+      while (!stop.aborted) {
+        const chunk = stream.read() as Buffer | string | null;
+        if (chunk !== null) {
+          yield chunk;
+          continue;
+        }
+        if (failure) throw failure;
+        if (this.ended || stream.readableEnded) {
+          this.ended = true;
+          return;
+        }
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+      for (let chunk = stream.read() as Buffer | string | null; chunk !== null; chunk = stream.read()) yield chunk;
+    } finally {
+      stop.removeEventListener('abort', onReadable);
+      stream.off('readable', onReadable).off('end', onEnd).off('error', onError);
+      // Once no 'readable' listener is left (Node settles that on the next tick), pause() makes stdin stop reading
+      // its pipe, so the process can exit while the writer keeps it open.
+      process.nextTick(() => stream.pause());
+    }
+  }
 }
 
 /** True for a line of only spaces, tabs and carriage returns (skipped, as blank lines in JSONL are). */

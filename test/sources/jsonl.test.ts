@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import { parseRecord } from '../../lib/pair/index.ts';
 import { JsonlSource } from '../../lib/sources/jsonl.ts';
 import { boundedLines } from '../../lib/sources/lines.ts';
-import { RejectError, type SourceRecord } from '../../lib/types.ts';
+import { RejectError, type SourceBatch, type SourceRecord } from '../../lib/types.ts';
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
@@ -112,4 +112,20 @@ test('JSONL source: invalid UTF-8 is a reject, not a silent replacement characte
     () => parseRecord(records[0] as SourceRecord),
     (err: unknown) => err instanceof RejectError && /UTF-8/.test(err.reason.message),
   );
+});
+
+test('JSONL source on a stream kept open: a partial batch flows without the end; abort hands over complete lines', async () => {
+  const stream = new PassThrough();
+  const source = await JsonlSource.open({ path: '-', stream, maxBatchWaitMs: 20 });
+  const stop = new AbortController();
+  const batches = source.batches(stop.signal)[Symbol.asyncIterator]();
+  const text = (b: IteratorResult<SourceBatch>) => (b.done ? [] : b.value.records.map((r) => String(r.raw)));
+  stream.write('{"a":1}\n{"a":2}\n');
+  // Two lines of a 64-line batch, the stream still open: they come as a batch of their own.
+  assert.deepEqual(text(await batches.next()), ['{"a":1}', '{"a":2}']);
+  // Read but not yet batched when the stop comes: the complete lines are handed over, the cut-off one is not a line.
+  stream.write('{"a":3}\n{"a":4}\n{"a":');
+  stop.abort();
+  assert.deepEqual(text(await batches.next()), ['{"a":3}', '{"a":4}']);
+  assert.equal((await batches.next()).done, true);
 });

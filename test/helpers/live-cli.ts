@@ -1,0 +1,74 @@
+/** A `mlm-filter` process the test talks to while it runs (stdin kept open, signals), and polling with a deadline. */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
+
+const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
+
+export interface LiveCli {
+  readonly child: ChildProcessWithoutNullStreams;
+  /** stderr so far. */
+  stderr(): string;
+  /** stdout so far. */
+  stdout(): string;
+  /** Settles when the process has exited. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts the CLI with piped stdio; a process still running after `limitMs` is killed (the test then fails on it). */
+export function startCli(args: string[], limitMs = 120_000): LiveCli {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+  // The pipe may be closed by the process's exit while a test still holds it open.
+  child.stdin.on('error', () => undefined);
+  const timer = setTimeout(() => child.kill('SIGKILL'), limitMs);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal });
+    }),
+  );
+  return { child, exited, stderr: () => err, stdout: () => out };
+}
+
+/** Polls `condition` every `everyMs` until it holds; throws naming `what` after `deadlineMs`. */
+export async function waitFor(what: string, condition: () => boolean, deadlineMs = 60_000, everyMs = 50) {
+  const end = Date.now() + deadlineMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/** Resolves with the process's exit, or undefined when it is still running after `deadlineMs`. */
+export async function exitWithin(cli: LiveCli, deadlineMs: number) {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), deadlineMs)));
+  try {
+    return await Promise.race([cli.exited, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Outcomes visible in an --out directory while a run writes it: complete reject lines + samples of indexed shards. */
+export function visibleOutcomes(out: string): number {
+  const rejects = join(out, 'rejects.jsonl');
+  const lines = existsSync(rejects) ? readFileSync(rejects).toString('utf8').split('\n').length - 1 : 0;
+  const curated = join(out, 'curated');
+  if (!existsSync(curated)) return lines;
+  let samples = 0;
+  for (const name of readdirSync(curated).filter((n) => n.endsWith('.index.json'))) {
+    try {
+      samples += (JSON.parse(readFileSync(join(curated, name), 'utf8')) as ShardIndex).count;
+    } catch {
+      // renamed into place whole, so unreadable only if it vanished between the listing and the read
+    }
+  }
+  return lines + samples;
+}

@@ -1,0 +1,49 @@
+/**
+ * Slow (tsc reads aws-cdk-lib's types twice: 1-3 min; runs with MLMF_SLOW=1): a TypeScript CDK app outside the
+ * checkout type-checks against the construct's .d.ts files through the exports map's `types` condition (without
+ * skipLibCheck), and a misspelt import fails the check. Needs the dist/ of `npm run build`; skips only without one.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { PKG, ROOT, consumerProject, noBuild } from '../helpers/package-consumer.ts';
+
+const run = promisify(execFile);
+const skip = process.env.MLMF_SLOW === '1' ? noBuild : 'slow suite: set MLMF_SLOW=1';
+
+/** tsc's exit status and output on the consumer project. */
+async function typecheck(app: string): Promise<{ code: number; output: string }> {
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  try {
+    const r = await run(process.execPath, [tsc, '-p', app], { cwd: app });
+    return { code: 0, output: r.stdout + r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, output: e.stdout + e.stderr };
+  }
+}
+
+test('a TypeScript CDK app type-checks against the construct through the exports map', { skip }, async (t) => {
+  const app = consumerProject(['aws-cdk-lib', 'constructs', '@types/node']);
+  t.after(() => rmSync(app, { recursive: true, force: true }));
+  const compilerOptions = { target: 'ES2022', module: 'NodeNext', strict: true, noEmit: true, types: ['node'] };
+  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions, files: ['app.ts'] }));
+  const source = (names: string) => `
+    import { App, Stack } from 'aws-cdk-lib';
+    import { ${names} } from '${PKG.name}/construct';
+    const stack = new Stack(new App(), 'Consumer');
+    const props: Partial<MlmFilterPipelineProps> = {};
+    export const seen = [stack.node.id, typeof MlmFilterPipeline, props];
+  `;
+  writeFileSync(join(app, 'app.ts'), source('MlmFilterPipeline, type MlmFilterPipelineProps'));
+  const good = await typecheck(app);
+  assert.equal(good.code, 0, good.output);
+
+  writeFileSync(join(app, 'app.ts'), source('MlmFilterPipeline, type MlmFilterPipelineProps, NoSuchExport'));
+  const bad = await typecheck(app);
+  assert.notEqual(bad.code, 0, 'tsc accepted an import the .d.ts files do not declare');
+  assert.match(bad.output, /has no exported member 'NoSuchExport'/);
+});
