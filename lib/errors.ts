@@ -65,6 +65,9 @@ export const ERRORS = {
   sink_broken: runtime('a sink refuses every outcome with an error a retry cannot fix', false),
   sink_aborted: runtime('a sink write was abandoned (stop or revocation)', false),
   sqs_delete_failed: runtime('acknowledging SQS messages failed', true),
+  lag_probe_config: config("the lag probe's environment is incomplete or inconsistent"),
+  // Metrics.
+  gpu_query_failed: runtime('nvidia-smi failed or printed something other than the GPU query', true),
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -20,8 +20,8 @@ import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { Intake } from '../../lib/intake/index.ts';
-import { WorkerMetrics } from '../../lib/metrics/index.ts';
-import { runPipeline, type PipelineLogger, type PipelineStats } from '../../lib/pipeline/index.ts';
+import { startGpuSampling, WorkerMetrics } from '../../lib/metrics/index.ts';
+import { runPipeline, type ImageIntake, type PipelineLogger, type PipelineStats } from '../../lib/pipeline/index.ts';
 import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
@@ -30,8 +30,11 @@ import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
 import { createKafka, topicMaxMessageBytes, type KafkaAuth } from '../../lib/kafka/client.ts';
 import { KafkaSource } from '../../lib/sources/kafka.ts';
 import { SqsSource } from '../../lib/sources/sqs.ts';
-import type { Scorer, Sink, Source } from '../../lib/types.ts';
+import type { ModelInfo, Scorer, Sink } from '../../lib/types.ts';
+import type { Policy } from '../../lib/policy/index.ts';
+import type { Kafka } from 'kafkajs';
 import { FilterError } from '../../lib/types.ts';
+import { drainBudgetFromEnv, stopSignals } from './stop-signals.ts';
 import {
   configFromEnv,
   defaultTransactionalId,
@@ -62,6 +65,8 @@ export interface RunWorkerOptions {
   readonly onReady?: (info: { healthPort?: number }) => void;
   /** Where EMF metric lines go. Default stdout (CloudWatch Logs extracts them); null for none. */
   readonly metricsOut?: ((line: string) => void) | null;
+  /** EMF aggregation interval, ms. Default 60000 (CloudWatch's standard resolution); tests shorten it. */
+  readonly metricsIntervalMs?: number;
 }
 
 export interface WorkerResult {
@@ -146,29 +151,26 @@ function healthServer(
   });
 }
 
-/** Runs the worker until the source ends or `signal` aborts; sinks flushed and closed on return. */
-export async function runWorker(config: WorkerConfig, options: RunWorkerOptions = {}): Promise<WorkerResult> {
-  validateConfig(config);
-  const log = options.log ?? jsonLog;
-  const region = config.region ?? 'us-east-1';
-  let state: 'starting' | 'consuming' | 'draining' = 'starting';
-  const hard = options.abort ?? new AbortController().signal;
-  const graceful = options.signal ?? new AbortController().signal;
-  const onGraceful = () => {
-    state = 'draining';
-    log('info', 'draining: no new batches; finishing, flushing and acking in-flight work');
-  };
-  graceful.addEventListener('abort', onGraceful, { once: true });
+/** Close steps run in list order when the worker ends, whatever happened. */
+class Closers {
+  private readonly steps: (() => Promise<unknown>)[] = [];
+  /** Runs after the steps added so far. */
+  last(step: () => Promise<unknown>): void {
+    this.steps.push(step);
+  }
+  /** Runs before the steps added so far (stop reading before closing what the reads use). */
+  first(step: () => Promise<unknown>): void {
+    this.steps.unshift(step);
+  }
+  async run(log: WorkerLog): Promise<void> {
+    for (const step of this.steps) await step().catch((err) => log('warn', 'close failed', { error: String(err) }));
+  }
+}
 
-  const metrics = new WorkerMetrics({
-    pipeline: config.pipeline,
-    namespace: config.metricsNamespace,
-    emit: options.metricsOut === undefined ? undefined : options.metricsOut,
-  });
-  const health =
-    config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state, metrics);
-  const healthPort = (health?.address() as { port?: number } | null)?.port;
-  const s3 = new S3Client({
+type WorkerState = 'starting' | 'consuming' | 'draining';
+
+function s3Client(config: WorkerConfig, region: string): S3Client {
+  return new S3Client({
     region,
     ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
     // A hung S3 request must fail and be retried, not hold the pipeline forever.
@@ -178,157 +180,226 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       throwOnRequestTimeout: true,
     },
   });
-  const closers: (() => Promise<unknown>)[] = [];
-  try {
-    const groupId = config.groupId ?? 'mlm-filter';
-    const kafka = config.brokers?.length
-      ? await createKafka({
-          brokers: config.brokers,
-          clientId: `mlm-filter-${config.pipeline ?? 'worker'}`,
-          auth: await kafkaAuth(config, region),
-          tls: config.kafkaTls ?? false,
-          log: (level, msg, extra) => log(level, msg, extra),
-        })
-      : undefined;
-    const exactlyOnce = config.source === 'kafka' && config.exactlyOnce !== false;
-    const hub = kafka
-      ? await KafkaProducerHub.open({
-          kafka,
-          transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
-        })
-      : undefined;
-    if (hub) closers.push(() => hub.close());
+}
 
-    const policy = policyFromConfig(config);
-    const scored = scoredMetrics(config, policy);
-    const scorer: Scorer =
-      config.scorer ??
-      (await (async () => {
-        const { loadScorer } = await import('../../lib/model/index.ts');
-        const dir = await ensureModel(config, s3, log);
-        return loadScorer(dir, {
-          executionProvider: config.executionProvider,
-          // A GPU task that cannot create its provider must fail its start (health never turns 200), not score on CPU.
-          fallbackToCpu: false,
-          batchSize: config.batchSize,
-          metrics: scored,
-          logger: (level, msg, ctx) => log(level, msg, ctx),
-        });
-      })());
-    closers.push(() => scorer.close());
-    const model = scorer.model;
-    // The provider in use (the MLM scorer reports it; stand-ins do not). No CPU fallback here: see fallbackToCpu.
-    const provider = (scorer as { executionProvider?: string }).executionProvider;
-    metrics.setExecutionProvider(provider ?? config.executionProvider ?? 'cpu', model);
+interface KafkaParts {
+  readonly kafka?: Kafka;
+  readonly hub?: KafkaProducerHub;
+  readonly exactlyOnce: boolean;
+}
 
-    const curated = new S3CuratedSink({
-      s3,
-      bucket: config.bucket,
-      prefix: config.prefix,
-      model,
-      samplesPerShard: config.samplesPerShard,
-      idleFlushMs: config.idleFlushMs ?? 0,
-      signal: hard,
-      log: (level, msg, ctx) => log(level, msg, ctx),
+/** The Kafka client and the one producer hub (transactional when the source is Kafka and exactly-once is on). */
+async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, closers: Closers): Promise<KafkaParts> {
+  const exactlyOnce = config.source === 'kafka' && config.exactlyOnce !== false;
+  if (!config.brokers?.length) return { exactlyOnce };
+  const kafka = await createKafka({
+    brokers: config.brokers,
+    clientId: `mlm-filter-${config.pipeline ?? 'worker'}`,
+    auth: await kafkaAuth(config, region),
+    tls: config.kafkaTls ?? false,
+    log: (level, msg, extra) => log(level, msg, extra),
+  });
+  const groupId = config.groupId ?? 'mlm-filter';
+  const hub = await KafkaProducerHub.open({
+    kafka,
+    transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
+  });
+  closers.last(() => hub.close());
+  return { kafka, hub, exactlyOnce };
+}
+
+/** The configured scorer, or the MLM filter loaded from the model directory (downloaded first when needed). */
+async function openScorer(config: WorkerConfig, policy: Policy, s3: S3Client, log: WorkerLog): Promise<Scorer> {
+  if (config.scorer) return config.scorer;
+  const { loadScorer } = await import('../../lib/model/index.ts');
+  const dir = await ensureModel(config, s3, log);
+  return loadScorer(dir, {
+    executionProvider: config.executionProvider,
+    // A GPU task that cannot create its provider must fail its start (health never turns 200), not score on CPU.
+    fallbackToCpu: false,
+    batchSize: config.batchSize,
+    metrics: scoredMetrics(config, policy),
+    logger: (level, msg, ctx) => log(level, msg, ctx),
+  });
+}
+
+interface SinkParts {
+  readonly sinks: Sink[];
+  readonly curated: S3CuratedSink;
+  readonly deadLetter?: DeadLetterSink;
+}
+
+/** Curated S3 shards always; the audit, accepted and dead-letter topics when configured. */
+async function buildSinks(
+  config: WorkerConfig,
+  { kafka, hub }: KafkaParts,
+  s3: S3Client,
+  model: ModelInfo,
+  hard: AbortSignal,
+  log: WorkerLog,
+): Promise<SinkParts> {
+  const curated = new S3CuratedSink({
+    s3,
+    bucket: config.bucket,
+    prefix: config.prefix,
+    model,
+    samplesPerShard: config.samplesPerShard,
+    idleFlushMs: config.idleFlushMs ?? 0,
+    signal: hard,
+    log: (level, msg, ctx) => log(level, msg, ctx),
+  });
+  const deadLetter =
+    hub && config.dlqTopic ? new DeadLetterSink({ target: { kind: 'kafka', hub, topic: config.dlqTopic } }) : undefined;
+  const sinks: Sink[] = [curated];
+  if (hub && kafka && config.auditTopic) {
+    // The topic's own limit, not a hard-coded one: a smaller max.message.bytes would refuse an event the sink let
+    // through, fail the transaction and stall the partition.
+    const topicMax = await topicMaxMessageBytes(kafka, config.auditTopic);
+    const limit = topicMax ? { topicMaxMessageBytes: topicMax } : {};
+    sinks.push(new KafkaAuditSink({ hub, topic: config.auditTopic, model, deadLetter, ...limit }));
+  }
+  if (hub && config.acceptedTopic)
+    sinks.push(new KafkaAcceptedSink({ hub, topic: config.acceptedTopic, model, curated }));
+  if (deadLetter) sinks.push(deadLetter);
+  return { sinks, curated, deadLetter };
+}
+
+/** The Kafka consumer-group source or the SQS source, each committing through its own committer. */
+function openSource(
+  config: WorkerConfig,
+  { kafka, hub, exactlyOnce }: KafkaParts,
+  curated: S3CuratedSink,
+  metrics: WorkerMetrics,
+  region: string,
+  log: WorkerLog,
+  closers: Closers,
+): KafkaSource | SqsSource {
+  const logger = {
+    info: (m: string, c?: Record<string, unknown>) => log('info', m, c),
+    warn: (m: string, c?: Record<string, unknown>) => log('warn', m, c),
+    error: (m: string, c?: Record<string, unknown>) => log('error', m, c),
+  };
+  const onAcked = (_n: number, ms: number) => metrics.observeBatchLatency(ms);
+  if (config.source === 'kafka') {
+    const session = config.sessionTimeoutMs;
+    return new KafkaSource({
+      kafka: kafka!,
+      topic: config.sourceTopic!,
+      groupId: config.groupId ?? 'mlm-filter',
+      maxBatchRecords: config.sourceBatch ?? 1000,
+      sessionTimeoutMs: session,
+      heartbeatIntervalMs: session ? Math.min(3000, Math.floor(session / 3)) : undefined,
+      hub: exactlyOnce ? hub : undefined,
+      onRevoked: (partitions) => curated.forgetPartitions(partitions),
+      onAcked,
+      logger,
     });
-    const dlq =
-      hub && config.dlqTopic
-        ? new DeadLetterSink({ target: { kind: 'kafka', hub, topic: config.dlqTopic } })
-        : undefined;
-    const sinks: Sink[] = [curated];
-    if (hub && kafka && config.auditTopic) {
-      // The topic's own limit, not a hard-coded one: a smaller max.message.bytes would refuse an event the sink let
-      // through, fail the transaction and stall the partition.
-      const topicMax = await topicMaxMessageBytes(kafka, config.auditTopic);
-      sinks.push(
-        new KafkaAuditSink({
-          hub,
-          topic: config.auditTopic,
-          model,
-          deadLetter: dlq,
-          ...(topicMax ? { topicMaxMessageBytes: topicMax } : {}),
-        }),
-      );
-    }
-    if (hub && config.acceptedTopic)
-      sinks.push(new KafkaAcceptedSink({ hub, topic: config.acceptedTopic, model, curated }));
-    if (dlq) sinks.push(dlq);
+  }
+  const sqs = new SQSClient({ region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+  closers.last(async () => sqs.destroy());
+  return new SqsSource({
+    client: sqs,
+    queueUrl: config.sqsQueueUrl!,
+    visibilityTimeoutSeconds: config.sqsVisibilitySeconds,
+    onAcked,
+    logger,
+  });
+}
 
-    const sourceLog = {
-      info: (m: string, c?: Record<string, unknown>) => log('info', m, c),
-      warn: (m: string, c?: Record<string, unknown>) => log('warn', m, c),
-      error: (m: string, c?: Record<string, unknown>) => log('error', m, c),
-    };
-    let source: Source;
-    if (config.source === 'kafka') {
-      source = new KafkaSource({
-        kafka: kafka!,
-        topic: config.sourceTopic!,
-        groupId,
-        maxBatchRecords: config.sourceBatch ?? 1000,
-        sessionTimeoutMs: config.sessionTimeoutMs,
-        heartbeatIntervalMs: config.sessionTimeoutMs
-          ? Math.min(3000, Math.floor(config.sessionTimeoutMs / 3))
-          : undefined,
-        hub: exactlyOnce ? hub : undefined,
-        onRevoked: (partitions) => curated.forgetPartitions(partitions),
-        onAcked: (_n, ms) => metrics.observeBatchLatency(ms),
-        logger: sourceLog,
-      });
-    } else {
-      const sqs = new SQSClient({ region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
-      closers.push(async () => sqs.destroy());
-      source = new SqsSource({
-        client: sqs,
-        queueUrl: config.sqsQueueUrl!,
-        visibilityTimeoutSeconds: config.sqsVisibilitySeconds,
-        onAcked: (_n, ms) => metrics.observeBatchLatency(ms),
-        logger: sourceLog,
-      });
-    }
-    closers.unshift(() => source.close());
-    // Backlog for autoscaling and alarms: consumer lag (Kafka) or queue depth (SQS), sampled off the hot path.
-    const backlogSource = source;
-    const backlog = setInterval(() => {
-      const sample =
-        backlogSource instanceof KafkaSource
-          ? backlogSource.lag().then((lag) => (lag === undefined ? undefined : metrics.setConsumerLag(lag)))
-          : (backlogSource as SqsSource).depth().then((d) => metrics.setSourceQueueDepth(d));
-      sample.catch((err: unknown) => log('warn', 'backlog sample failed', { error: String(err) }));
-    }, config.backlogSampleMs ?? 30_000);
-    backlog.unref();
-    closers.unshift(async () => clearInterval(backlog));
+/** Backlog for autoscaling and alarms: consumer lag (Kafka) or queue depth (SQS), sampled off the hot path. */
+function sampleBacklog(source: KafkaSource | SqsSource, metrics: WorkerMetrics, everyMs: number, log: WorkerLog) {
+  const timer = setInterval(() => {
+    const sample =
+      source instanceof KafkaSource
+        ? source.lag().then((lag) => (lag === undefined ? undefined : metrics.setConsumerLag(lag)))
+        : source.depth().then((d) => metrics.setSourceQueueDepth(d));
+    sample.catch((err: unknown) => log('warn', 'backlog sample failed', { error: String(err) }));
+  }, everyMs);
+  timer.unref();
+  return async () => clearInterval(timer);
+}
 
-    const intake =
-      config.intake ??
-      new Intake(
-        {
-          s3,
-          ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}),
-          ...(config.jpegDecoder ? { jpegDecoder: config.jpegDecoder } : {}),
-          ...(config.jpegDctScaling !== undefined ? { jpegDctScaling: config.jpegDctScaling } : {}),
-        },
-        scorer.preprocess,
-      );
-    if (intake instanceof Intake) log('info', 'intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
-    const pipelineLog: PipelineLogger = {
-      info: (m, c) => log('info', m, c),
-      warn: (m, c) => log('warn', m, c),
-      error: (m, c) => {
-        metrics.countError('pipeline');
-        log('error', m, c);
-      },
-    };
+function buildIntake(config: WorkerConfig, s3: S3Client, scorer: Scorer, log: WorkerLog): ImageIntake {
+  if (config.intake) return config.intake;
+  const intake = new Intake(
+    {
+      s3,
+      ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}),
+      ...(config.jpegDecoder ? { jpegDecoder: config.jpegDecoder } : {}),
+      ...(config.jpegDctScaling !== undefined ? { jpegDctScaling: config.jpegDctScaling } : {}),
+    },
+    scorer.preprocess,
+  );
+  log('info', 'intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
+  return intake;
+}
+
+function pipelineLogger(log: WorkerLog, metrics: WorkerMetrics): PipelineLogger {
+  return {
+    info: (m, c) => log('info', m, c),
+    warn: (m, c) => log('warn', m, c),
+    error: (m, c) => {
+      metrics.countError('pipeline');
+      log('error', m, c);
+    },
+  };
+}
+
+/** Execution provider and GPU sampling (GpuUtilization from the task's own GPU; none off cuda). */
+function observeScorer(config: WorkerConfig, scorer: Scorer, metrics: WorkerMetrics, log: WorkerLog, closers: Closers) {
+  // The provider in use (the MLM scorer reports it; stand-ins do not). No CPU fallback here: see fallbackToCpu.
+  const provider = (scorer as { executionProvider?: string }).executionProvider ?? config.executionProvider ?? 'cpu';
+  metrics.setExecutionProvider(provider, scorer.model);
+  const gpu = startGpuSampling(provider, metrics, log);
+  if (gpu) closers.first(async () => gpu.stop());
+}
+
+/** Runs the worker until the source ends or `signal` aborts; sinks flushed and closed on return. */
+export async function runWorker(config: WorkerConfig, options: RunWorkerOptions = {}): Promise<WorkerResult> {
+  validateConfig(config);
+  const log = options.log ?? jsonLog;
+  const region = config.region ?? 'us-east-1';
+  let state: WorkerState = 'starting';
+  const hard = options.abort ?? new AbortController().signal;
+  const graceful = options.signal ?? new AbortController().signal;
+  const onGraceful = () => {
+    state = 'draining';
+    log('info', 'draining: no new batches; finishing, flushing and committing in-flight work');
+  };
+  graceful.addEventListener('abort', onGraceful, { once: true });
+  const emit = options.metricsOut === undefined ? undefined : options.metricsOut;
+  const metrics = new WorkerMetrics({
+    pipeline: config.pipeline,
+    namespace: config.metricsNamespace,
+    emit,
+    emfIntervalMs: options.metricsIntervalMs,
+  });
+  const health =
+    config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state, metrics);
+  const healthPort = (health?.address() as { port?: number } | null)?.port;
+  const s3 = s3Client(config, region);
+  const closers = new Closers();
+  try {
+    const kafka = await openKafka(config, region, log, closers);
+    const policy = policyFromConfig(config);
+    const scorer = await openScorer(config, policy, s3, log);
+    closers.last(() => scorer.close());
+    observeScorer(config, scorer, metrics, log, closers);
+    const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, hard, log);
+    const source = openSource(config, kafka, curated, metrics, region, log, closers);
+    closers.first(() => source.close());
+    closers.first(sampleBacklog(source, metrics, config.backlogSampleMs ?? 30_000, log));
+    const intake = buildIntake(config, s3, scorer, log);
     if (!graceful.aborted) state = 'consuming';
+    const where = { source: config.source, topic: config.sourceTopic, queueUrl: config.sqsQueueUrl };
     log('info', 'worker consuming', {
-      source: config.source,
-      topic: config.sourceTopic,
-      queueUrl: config.sqsQueueUrl,
-      groupId,
+      ...where,
+      groupId: config.groupId ?? 'mlm-filter',
       bucket: config.bucket,
-      exactlyOnce,
+      exactlyOnce: kafka.exactlyOnce,
+      committer: source.committer.kind,
       healthPort,
-      model,
+      model: scorer.model,
       scoredMetrics: scorer.metrics,
     });
     options.onReady?.({ healthPort });
@@ -338,6 +409,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       scorer,
       policy,
       sinks,
+      deadLetter,
       signal: graceful,
       abort: hard,
       intakeConcurrency: config.intakeConcurrency,
@@ -346,7 +418,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
       dedupe: config.dedupe ?? false,
       onOutcome: (o) => metrics.observe(o),
       onStage: (stage, ms) => metrics.observeStage(stage, ms),
-      logger: pipelineLog,
+      logger: pipelineLogger(log, metrics),
     });
     state = 'draining';
     if (!hard.aborted) await Promise.all(sinks.map((s) => s.close()));
@@ -356,7 +428,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     state = 'draining';
     graceful.removeEventListener('abort', onGraceful);
     metrics.close();
-    for (const close of closers) await close().catch((err) => log('warn', 'close failed', { error: String(err) }));
+    await closers.run(log);
     s3.destroy();
     await new Promise<void>((r) => (health ? health.close(() => r()) : r()));
   }
@@ -364,24 +436,13 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
 
 /** Container entry: env config, signals, exit code. */
 export async function main(): Promise<number> {
-  const graceful = new AbortController();
-  const hard = new AbortController();
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signals++;
-    if (signals === 1) {
-      jsonLog('info', `${sig}: graceful drain`, {});
-      graceful.abort();
-    } else {
-      jsonLog('warn', `${sig} again: abandoning in-flight work (it will be redelivered)`, {});
-      hard.abort();
-    }
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
   try {
-    await runWorker(configFromEnv(), { signal: graceful.signal, abort: hard.signal });
-    return hard.signal.aborted ? 1 : 0;
+    // Drain on the first signal; abandon on a second one or when MLMF_DRAIN_BUDGET_MS (< ECS's stopTimeout) is spent.
+    const stop = stopSignals(jsonLog, drainBudgetFromEnv());
+    process.on('SIGTERM', stop.onSignal);
+    process.on('SIGINT', stop.onSignal);
+    await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });
+    return stop.hard.aborted ? 1 : 0;
   } catch (err) {
     const e = err as FilterError;
     jsonLog('error', 'worker failed', { code: e.code ?? 'internal', error: e.message, context: e.context });

@@ -7,7 +7,14 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
-import { MlmFilterPipeline, type KafkaClusterOptions, type MlmFilterPipelineProps } from './pipeline.ts';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import {
+  MlmFilterPipeline,
+  type KafkaClusterOptions,
+  type MlmFilterPipelineProps,
+  type ScalingOptions,
+} from './pipeline.ts';
 
 /**
  * Every context key the app reads (`cdk deploy -c key=value`, or cdk.json "context"). docs/DEPLOY.md documents them.
@@ -25,13 +32,16 @@ export const CONTEXT_KEYS = [
   'mskClusterArn',
   'bootstrapServers',
   'kafkaSecurityGroupId',
+  'brokerClientSecurityGroupId',
   'kafkaAuth',
   'kafkaTls',
   'scramSecretArn',
+  'scramSecretKmsKeyArn',
   'sourceTopic',
   'consumerGroup',
   'sqs',
   'sqsQueueArn',
+  'sqsKmsKeyArn',
   'auditTopic',
   'acceptedTopic',
   'dlqTopic',
@@ -42,6 +52,7 @@ export const CONTEXT_KEYS = [
   'modelBucket',
   'modelKey',
   'modelSha256',
+  'modelKmsKeyArn',
   'curatedBucket',
   'curatedPrefix',
   'curatedKmsKeyArn',
@@ -87,6 +98,7 @@ export const REQUIRED_FOR_DEPLOY: readonly ContextKey[] = [
   'modelBucket',
   'modelKey',
   'modelSha256',
+  'modelKmsKeyArn',
 ];
 
 const str = (v: unknown): string | undefined => (v === undefined || v === null || v === '' ? undefined : String(v));
@@ -109,7 +121,47 @@ export interface MlmFilterStackProps extends StackProps {
   readonly context: ContextReader;
 }
 
-/** The deployable stack: one {@link MlmFilterPipeline} configured from context values. */
+/** Reads context values, falling back to {@link EXAMPLE_CONTEXT} only when no real brokers are configured. */
+class ContextValues {
+  /** Example values only make sense as a whole: once real brokers are given, no other key falls back silently. */
+  private readonly usingExample: boolean;
+
+  constructor(
+    private readonly read: ContextReader,
+    private readonly examplesUsed: ContextKey[],
+  ) {
+    this.usingExample = str(read('bootstrapServers')) === undefined;
+  }
+
+  /** The key's own value, never an example. */
+  raw(key: ContextKey): unknown {
+    return this.read(key);
+  }
+
+  str(key: ContextKey): string | undefined {
+    return str(this.read(key));
+  }
+
+  /** The key's value, or its example value while the whole configuration is the example. */
+  opt(key: ContextKey): unknown {
+    const v = this.read(key);
+    if (!this.usingExample || str(v) !== undefined || Array.isArray(v)) return v;
+    if (EXAMPLE_CONTEXT[key] === undefined) return undefined;
+    this.examplesUsed.push(key);
+    return EXAMPLE_CONTEXT[key];
+  }
+
+  need(key: ContextKey): string {
+    const v = str(this.opt(key));
+    if (v === undefined) throw new Error(`context ${key} is required (cdk deploy -c ${key}=...)`);
+    return v;
+  }
+}
+
+/**
+ * The deployable stack: one {@link MlmFilterPipeline} configured from context values, in the VPC given by `vpcId`
+ * (or, for a first look, a new one). The app is one user of the construct: everything here is what any app does.
+ */
 export class MlmFilterStack extends Stack {
   readonly pipeline: MlmFilterPipeline;
   /** Context keys that fell back to example values. */
@@ -117,133 +169,149 @@ export class MlmFilterStack extends Stack {
 
   constructor(scope: Construct, id: string, props: MlmFilterStackProps) {
     super(scope, id, props);
-    const get = (key: ContextKey): unknown => {
-      const v = props.context(key);
-      if (str(v) !== undefined || Array.isArray(v)) return v;
-      if (EXAMPLE_CONTEXT[key] !== undefined) {
-        this.examplesUsed.push(key);
-        return EXAMPLE_CONTEXT[key];
-      }
-      return undefined;
-    };
-    // Example values only make sense as a whole: once real brokers are given, no other key falls back silently.
-    const usingExample = str(props.context('bootstrapServers')) === undefined;
-    const opt = (key: ContextKey) => (usingExample ? get(key) : props.context(key));
-    const need = (key: ContextKey): string => {
-      const v = str(opt(key));
-      if (v === undefined) throw new Error(`context ${key} is required (cdk deploy -c ${key}=...)`);
-      return v;
-    };
-
-    let vpc: ec2.IVpc | undefined;
-    const vpcId = str(props.context('vpcId'));
-    if (vpcId) {
-      // Attributes, not Vpc.fromLookup: synth stays offline and credential-free.
-      vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
-        vpcId,
-        availabilityZones: list(props.context('availabilityZones')) ?? [],
-        privateSubnetIds: list(props.context('subnetIds')) ?? [],
-      });
-    }
-
-    const kafkaSgId = str(props.context('kafkaSecurityGroupId'));
-    const kafkaSg = kafkaSgId ? ec2.SecurityGroup.fromSecurityGroupId(this, 'KafkaSg', kafkaSgId) : undefined;
-    const bootstrapServers = list(opt('bootstrapServers')) ?? [];
-    const kind = str(opt('kafka')) ?? 'msk-iam';
-    let kafka: KafkaClusterOptions;
-    if (kind === 'msk-iam') {
-      kafka = { kind, clusterArn: need('mskClusterArn'), bootstrapServers, securityGroup: kafkaSg };
-    } else if (kind === 'self-managed') {
-      const secretArn = str(props.context('scramSecretArn'));
-      const auth = str(props.context('kafkaAuth'));
-      if (auth !== undefined && auth !== 'none' && auth !== 'scram-sha-512') {
-        throw new Error(`context kafkaAuth must be none or scram-sha-512, got ${auth}`);
-      }
-      kafka = {
-        kind,
-        bootstrapServers,
-        auth,
-        tls: bool(props.context('kafkaTls')),
-        scramSecret: secretArn
-          ? secretsmanager.Secret.fromSecretCompleteArn(this, 'ScramSecret', secretArn)
-          : undefined,
-        securityGroup: kafkaSg,
-      };
-    } else {
-      throw new Error(`context kafka must be msk-iam or self-managed, got ${kind}`);
-    }
-
-    const scaling = {
-      minTasks: int(props.context('minTasks'), 'minTasks'),
-      maxTasks: int(props.context('maxTasks'), 'maxTasks'),
-      targetBacklogPerTask: int(props.context('targetBacklogPerTask'), 'targetBacklogPerTask'),
-    };
-    const sourceTopic = str(opt('sourceTopic'));
-    const sqsMode = str(opt('sqs'));
-    const sqsQueueArn = str(props.context('sqsQueueArn'));
-
-    const curatedName = str(props.context('curatedBucket'));
-    const curatedKey = str(props.context('curatedKmsKeyArn'));
-    const alarmTopicArn = str(props.context('alarmTopicArn'));
-    const alarmEmail = str(props.context('alarmEmail'));
-    const combine = str(props.context('combine'));
-    const ep = str(props.context('executionProvider'));
-
-    const pipelineProps: MlmFilterPipelineProps = {
-      pipelineName: str(props.context('pipelineName')) ?? 'mlm-filter',
-      vpc,
-      kafka,
-      kafkaSource: sourceTopic
-        ? { topic: sourceTopic, consumerGroup: str(props.context('consumerGroup')), ...scaling }
-        : undefined,
-      sqsSource: sqsQueueArn || sqsMode === 'create' ? { queueArn: sqsQueueArn, ...scaling } : undefined,
-      topics: {
-        audit: need('auditTopic'),
-        accepted: str(opt('acceptedTopic')),
-        deadLetter: str(opt('dlqTopic')),
-        provision: bool(props.context('provisionTopics')),
-        partitions: int(props.context('topicPartitions'), 'topicPartitions'),
-        replicationFactor: int(props.context('topicReplicationFactor'), 'topicReplicationFactor'),
-        deleteOnDestroy: bool(props.context('deleteTopicsOnDestroy')),
-      },
-      model: {
-        bucket: s3.Bucket.fromBucketName(this, 'ModelBucket', need('modelBucket')),
-        key: need('modelKey'),
-        sha256: need('modelSha256'),
-      },
-      curated: {
-        bucket: curatedName ? s3.Bucket.fromBucketName(this, 'CuratedBucket', curatedName) : undefined,
-        prefix: str(props.context('curatedPrefix')),
-        encryptionKey: curatedKey ? kms.Key.fromKeyArn(this, 'CuratedKey', curatedKey) : undefined,
-      },
-      capacity: {
-        instanceTypes: list(props.context('instanceTypes'))?.map((t) => new ec2.InstanceType(t)),
-        spot: bool(props.context('spot')),
-      },
-      worker: {
-        imageUri: str(props.context('imageUri')),
-        executionProvider: ep as 'cuda' | 'webgpu' | 'cpu' | undefined,
-        batchSize: int(props.context('batchSize'), 'batchSize'),
-        thresholds: str(props.context('thresholds')),
-        combine: combine as 'and' | 'or' | undefined,
-        metrics: str(props.context('metrics')),
-      },
-      monitoring: {
-        alarmTopic: alarmTopicArn
-          ? sns.Topic.fromTopicArn(this, 'AlarmTopic', alarmTopicArn)
-          : alarmEmail
-            ? this.createAlarmTopic(alarmEmail)
-            : undefined,
-        maxInputAge: Duration.minutes(30),
-      },
-    };
+    const c = new ContextValues(props.context, this.examplesUsed);
+    const ep = c.str('executionProvider');
     if (ep !== undefined && !['cuda', 'webgpu', 'cpu'].includes(ep)) {
       throw new Error(`context executionProvider must be cuda, webgpu or cpu, got ${ep}`);
     }
+    const combine = c.str('combine');
     if (combine !== undefined && combine !== 'and' && combine !== 'or') {
       throw new Error(`context combine must be and or or, got ${combine}`);
     }
+    const brokerClientSg = c.str('brokerClientSecurityGroupId');
+    const pipelineProps: MlmFilterPipelineProps = {
+      pipelineName: c.str('pipelineName') ?? 'mlm-filter',
+      vpc: this.network(c),
+      brokerClientSecurityGroup: brokerClientSg
+        ? ec2.SecurityGroup.fromSecurityGroupId(this, 'BrokerClientSg', brokerClientSg)
+        : undefined,
+      kafka: this.kafkaCluster(c),
+      ...this.sources(c),
+      topics: {
+        audit: c.need('auditTopic'),
+        accepted: str(c.opt('acceptedTopic')),
+        deadLetter: str(c.opt('dlqTopic')),
+        provision: bool(c.raw('provisionTopics')),
+        partitions: int(c.raw('topicPartitions'), 'topicPartitions'),
+        replicationFactor: int(c.raw('topicReplicationFactor'), 'topicReplicationFactor'),
+        deleteOnDestroy: bool(c.raw('deleteTopicsOnDestroy')),
+      },
+      model: {
+        bucket: this.bucket('ModelBucket', c.need('modelBucket'), c.str('modelKmsKeyArn')),
+        key: c.need('modelKey'),
+        sha256: c.need('modelSha256'),
+      },
+      curated: this.curated(c),
+      capacity: {
+        instanceTypes: list(c.raw('instanceTypes'))?.map((t) => new ec2.InstanceType(t)),
+        spot: bool(c.raw('spot')),
+      },
+      worker: {
+        imageUri: c.str('imageUri'),
+        executionProvider: ep as 'cuda' | 'webgpu' | 'cpu' | undefined,
+        batchSize: int(c.raw('batchSize'), 'batchSize'),
+        thresholds: c.str('thresholds'),
+        combine: combine as 'and' | 'or' | undefined,
+        metrics: c.str('metrics'),
+      },
+      monitoring: { alarmTopic: this.alarmTopic(c), maxInputAge: Duration.minutes(30) },
+    };
     this.pipeline = new MlmFilterPipeline(this, 'Pipeline', pipelineProps);
+  }
+
+  /** The brokers' VPC by attributes (no lookup: synth stays offline and credential-free), or a new one. */
+  private network(c: ContextValues): ec2.IVpc {
+    const vpcId = c.str('vpcId');
+    if (vpcId) {
+      return ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
+        vpcId,
+        availabilityZones: list(c.raw('availabilityZones')) ?? [],
+        privateSubnetIds: list(c.raw('subnetIds')) ?? [],
+      });
+    }
+    const vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: 1,
+      subnetConfiguration: [
+        { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
+        { name: 'workers', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 20 },
+      ],
+    });
+    vpc.addFlowLog('FlowLogs', {
+      destination: ec2.FlowLogDestination.toCloudWatchLogs(
+        new logs.LogGroup(this, 'FlowLogGroup', { retention: logs.RetentionDays.ONE_MONTH }),
+      ),
+      trafficType: ec2.FlowLogTrafficType.REJECT,
+    });
+    // Model and shard traffic stays off the NAT gateway.
+    vpc.addGatewayEndpoint('S3Endpoint', { service: ec2.GatewayVpcEndpointAwsService.S3 });
+    return vpc;
+  }
+
+  private kafkaCluster(c: ContextValues): KafkaClusterOptions {
+    const kafkaSgId = c.str('kafkaSecurityGroupId');
+    const securityGroup = kafkaSgId ? ec2.SecurityGroup.fromSecurityGroupId(this, 'KafkaSg', kafkaSgId) : undefined;
+    const bootstrapServers = list(c.opt('bootstrapServers')) ?? [];
+    const kind = str(c.opt('kafka')) ?? 'msk-iam';
+    if (kind === 'msk-iam') return { kind, clusterArn: c.need('mskClusterArn'), bootstrapServers, securityGroup };
+    if (kind !== 'self-managed') throw new Error(`context kafka must be msk-iam or self-managed, got ${kind}`);
+    const auth = c.str('kafkaAuth');
+    if (auth !== undefined && auth !== 'none' && auth !== 'scram-sha-512') {
+      throw new Error(`context kafkaAuth must be none or scram-sha-512, got ${auth}`);
+    }
+    const secretArn = c.str('scramSecretArn');
+    const secretKey = c.str('scramSecretKmsKeyArn');
+    const scramSecret = secretArn
+      ? secretsmanager.Secret.fromSecretAttributes(this, 'ScramSecret', {
+          secretCompleteArn: secretArn,
+          encryptionKey: secretKey ? kms.Key.fromKeyArn(this, 'ScramSecretKey', secretKey) : undefined,
+        })
+      : undefined;
+    return { kind, bootstrapServers, auth, tls: bool(c.raw('kafkaTls')), scramSecret, securityGroup };
+  }
+
+  private sources(c: ContextValues): Pick<MlmFilterPipelineProps, 'kafkaSource' | 'sqsSource'> {
+    const scaling: ScalingOptions = {
+      minTasks: int(c.raw('minTasks'), 'minTasks'),
+      maxTasks: int(c.raw('maxTasks'), 'maxTasks'),
+      targetBacklogPerTask: int(c.raw('targetBacklogPerTask'), 'targetBacklogPerTask'),
+    };
+    const sourceTopic = str(c.opt('sourceTopic'));
+    const queueArn = c.str('sqsQueueArn');
+    const queueKey = c.str('sqsKmsKeyArn');
+    const queue = queueArn
+      ? sqs.Queue.fromQueueAttributes(this, 'InputQueue', { queueArn, keyArn: queueKey })
+      : undefined;
+    return {
+      kafkaSource: sourceTopic ? { topic: sourceTopic, consumerGroup: c.str('consumerGroup'), ...scaling } : undefined,
+      sqsSource: queue || str(c.opt('sqs')) === 'create' ? { queue, ...scaling } : undefined,
+    };
+  }
+
+  private curated(c: ContextValues): MlmFilterPipelineProps['curated'] {
+    const name = c.str('curatedBucket');
+    const keyArn = c.str('curatedKmsKeyArn');
+    const key = keyArn ? kms.Key.fromKeyArn(this, 'CuratedKey', keyArn) : undefined;
+    return {
+      bucket: name
+        ? s3.Bucket.fromBucketAttributes(this, 'CuratedBucket', { bucketName: name, encryptionKey: key })
+        : undefined,
+      prefix: c.str('curatedPrefix'),
+      encryptionKey: key,
+    };
+  }
+
+  /** An existing bucket, carrying the customer-managed key its objects are encrypted with when one is given. */
+  private bucket(id: string, name: string, keyArn: string | undefined): s3.IBucket {
+    const encryptionKey = keyArn ? kms.Key.fromKeyArn(this, `${id}Key`, keyArn) : undefined;
+    return s3.Bucket.fromBucketAttributes(this, id, { bucketName: name, encryptionKey });
+  }
+
+  private alarmTopic(c: ContextValues): sns.ITopic | undefined {
+    const arn = c.str('alarmTopicArn');
+    if (arn) return sns.Topic.fromTopicArn(this, 'AlarmTopic', arn);
+    const email = c.str('alarmEmail');
+    return email ? this.createAlarmTopic(email) : undefined;
   }
 
   /** An encrypted alarm topic that CloudWatch may publish to, with an e-mail subscription. */

@@ -1,5 +1,3 @@
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CustomResource, Duration, Stack, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -10,15 +8,15 @@ import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+import { lambdaEntry } from './package-assets.ts';
+import { grantSecretRead } from './worker-grants.ts';
 
 /** One topic the provisioner creates. */
 export interface KafkaTopicSpec {
   readonly name: string;
   /** @default 12 */
   readonly partitions?: number;
-  /** @default 3 */
+  /** -1 takes the brokers' `default.replication.factor` (KIP-464). @default -1 */
   readonly replicationFactor?: number;
   /** Topic configs applied at creation only (e.g. `retention.ms`). @default - broker defaults */
   readonly configs?: Record<string, string>;
@@ -51,10 +49,9 @@ export class KafkaTopics extends Construct {
     super(scope, id);
     const logGroup = new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH });
     this.handler = new NodejsFunction(this, 'Handler', {
-      entry: path.join(repoRoot, 'functions', 'lambda', 'topic-provisioner.ts'),
+      // From the installed package (the source under tsx, the compiled .js from dist/), whatever the app's cwd.
+      ...lambdaEntry('topic-provisioner'),
       handler: 'handler',
-      projectRoot: repoRoot,
-      depsLockFilePath: path.join(repoRoot, 'package-lock.json'),
       runtime: lambda.Runtime.NODEJS_24_X,
       architecture: lambda.Architecture.ARM_64,
       memorySize: 256,
@@ -98,7 +95,7 @@ export class KafkaTopics extends Construct {
         }),
       );
     }
-    props.scramSecret?.grantRead(this.handler);
+    if (props.scramSecret) grantSecretRead(props.scramSecret, this.handler);
 
     const provider = new cr.Provider(this, 'Provider', {
       onEventHandler: this.handler,
@@ -118,7 +115,7 @@ export class KafkaTopics extends Construct {
         Topics: props.topics.map((t) => ({
           Name: t.name,
           Partitions: String(t.partitions ?? 12),
-          ReplicationFactor: String(t.replicationFactor ?? 3),
+          ReplicationFactor: String(t.replicationFactor ?? -1),
           ...(t.configs ? { Configs: t.configs } : {}),
         })),
       },
@@ -127,11 +124,13 @@ export class KafkaTopics extends Construct {
     const v = Validations.of(this);
     v.acknowledge({
       id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
-      reason: 'Lambda log delivery; the managed policy only allows CreateLogStream/PutLogEvents.',
+      reason:
+        'AWSLambdaBasicExecutionRole allows logs:CreateLogGroup, logs:CreateLogStream and logs:PutLogEvents, which Lambda needs to deliver the function log.',
     });
     v.acknowledge({
       id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
-      reason: 'The provisioner runs in the brokers VPC; ENI management needs this AWS policy.',
+      reason:
+        "AWSLambdaVPCAccessExecutionRole allows ec2:CreateNetworkInterface, DescribeNetworkInterfaces, DescribeSubnets, DeleteNetworkInterface, AssignPrivateIpAddresses and UnassignPrivateIpAddresses (the function's ENIs in the brokers' VPC) and the log delivery actions.",
     });
     const frameworkPolicy = provider.node
       .findChild('framework-onEvent')
@@ -139,7 +138,8 @@ export class KafkaTopics extends Construct {
       .node.findChild('DefaultPolicy');
     Validations.of(frameworkPolicy).acknowledge({
       id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.handler.node.defaultChild as lambda.CfnFunction)}.Arn>:*]`,
-      reason: 'The CDK Provider framework invokes the provisioner function and its versions only.',
+      reason:
+        'lambda:InvokeFunction on the provisioner function and its versions (<arn>:*) only: the CDK Provider framework calls it.',
     });
   }
 }

@@ -15,12 +15,17 @@ export interface MonitoringOptions {
   readonly maxErrorRate?: number;
   /** Alarm when input waits but nothing was processed for this long. @default Duration.minutes(15) */
   readonly noProgressAfter?: Duration;
+  /** Alarm when the worker or the lag probe has published nothing for this long. @default Duration.minutes(10) */
+  readonly silentAfter?: Duration;
 }
 
 /** One source's backlog as CloudWatch sees it, supplied by the pipeline. */
 export interface BacklogSignal {
   readonly label: string;
-  /** Records waiting (queue depth or consumer lag). */
+  /**
+   * Records waiting (queue depth or consumer lag). One in the pipeline's own namespace is published by our code (the
+   * lag probe, the worker) every minute, so its absence is an alarm; AWS's own metrics may lapse on an idle source.
+   */
   readonly backlog: cloudwatch.Metric;
   /** Age of the oldest waiting record, seconds. Absent where the source cannot say (worker-reported lag). */
   readonly oldestAgeSeconds?: cloudwatch.IMetric;
@@ -97,8 +102,11 @@ export class PipelineMonitoring extends Construct {
         width: 12,
       }),
       new cloudwatch.GraphWidget({
-        title: 'Tasks and GPU utilisation',
-        left: [m(METRIC.GpuUtilization, 'Average')],
+        title: 'Tasks and GPU utilisation (%)',
+        left: [
+          m(METRIC.GpuUtilization, 'Average').with({ label: 'GPU utilisation' }),
+          m(METRIC.GpuMemoryUtilization, 'Average').with({ label: 'GPU memory used' }),
+        ],
         leftYAxis: { min: 0, max: 100 },
         right: props.backlogs.map((b) => b.runningTasks),
         width: 12,
@@ -125,8 +133,10 @@ export class PipelineMonitoring extends Construct {
     const maxAge = props.maxInputAge ?? Duration.minutes(30);
     const stalled = props.noProgressAfter ?? Duration.minutes(15);
     const stalledPeriods = Math.max(1, Math.ceil(stalled.toMinutes() / 5));
+    const silentPeriods = Math.max(1, Math.ceil((props.silentAfter ?? Duration.minutes(10)).toMinutes() / 5));
     props.backlogs.forEach((b, i) => {
       const tag = props.backlogs.length > 1 ? `${b.label}` : '';
+      // AWS's source metrics (SQS, MSK) lapse when the source is idle or the group never committed: missing is fine.
       if (b.oldestAgeSeconds) {
         add(
           new cloudwatch.Alarm(this, `OldestInput${tag}`, {
@@ -151,9 +161,25 @@ export class PipelineMonitoring extends Construct {
           }),
         );
       }
+      if (b.backlog.namespace === props.namespace) {
+        // Published every minute by the lag probe (or the workers) whatever the traffic: a gap means the publisher
+        // stopped, and scaling and the no-progress alarm are blind meanwhile.
+        add(
+          new cloudwatch.Alarm(this, `BacklogSilent${tag}`, {
+            alarmDescription: `${b.label}: ${b.backlog.metricName} was not published for ${silentPeriods * 5} minutes: the lag probe or the workers stopped reporting, scaling cannot see the backlog`,
+            metric: b.backlog.with({ statistic: 'SampleCount', period: Duration.minutes(5) }),
+            threshold: 1,
+            comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluationPeriods: silentPeriods,
+            treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+          }),
+        );
+      }
       add(
         new cloudwatch.Alarm(this, `NoProgress${tag}`, {
           alarmDescription: `${b.label}: input is waiting but no pair was processed for ${stalled.toMinutes()} minutes`,
+          // FILL: a worker that stopped reporting counts as no progress. Without a backlog value the expression has no
+          // data: BacklogSilent covers our own backlog metrics, and an AWS one is absent only on an idle source.
           metric: new cloudwatch.MathExpression({
             expression: `IF(backlog${i} > 0 AND FILL(pairsIn${i}, 0) == 0, 1, 0)`,
             usingMetrics: {
@@ -171,6 +197,9 @@ export class PipelineMonitoring extends Construct {
       );
     });
 
+    if (props.backlogs.length > 0)
+      add(this.workerSilentAlarm(props.backlogs, m(METRIC.PairsIn, 'SampleCount', Duration.minutes(5)), silentPeriods));
+
     add(
       new cloudwatch.Alarm(this, 'ErrorRate', {
         alarmDescription: `Worker errors exceed ${(props.maxErrorRate ?? 0.01) * 100}% of input`,
@@ -186,8 +215,39 @@ export class PipelineMonitoring extends Construct {
         threshold: props.maxErrorRate ?? 0.01,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         evaluationPeriods: 3,
+        // No data: no worker runs (scaled to zero), or the workers are silent, which WorkerSilent reports.
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       }),
     );
+  }
+
+  /**
+   * Tasks run but no worker publishes: every worker writes its counters each minute from its start (zeros included),
+   * so running tasks without a single `PairsIn` sample means the workers hang or their metrics are lost. Missing
+   * PairsIn is filled with 0, i.e. counts as silent; the expression itself has data whenever ECS reports the tasks.
+   */
+  private workerSilentAlarm(
+    backlogs: readonly BacklogSignal[],
+    reports: cloudwatch.Metric,
+    periods: number,
+  ): cloudwatch.Alarm {
+    const tasks: Record<string, cloudwatch.IMetric> = {};
+    backlogs.forEach((b, i) => (tasks[`tasks${i}`] = b.runningTasks));
+    const running = Object.keys(tasks)
+      .map((id) => `FILL(${id}, 0)`)
+      .join(' + ');
+    return new cloudwatch.Alarm(this, 'WorkerSilent', {
+      alarmDescription: `Worker tasks run but published no metrics for ${periods * 5} minutes: hung workers or lost EMF logs`,
+      metric: new cloudwatch.MathExpression({
+        expression: `IF(${running} > 0 AND FILL(reports, 0) == 0, 1, 0)`,
+        usingMetrics: { ...tasks, reports },
+        period: Duration.minutes(5),
+        label: 'tasks without metrics',
+      }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: periods,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
   }
 }

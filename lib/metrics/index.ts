@@ -8,3 +8,12 @@ export {
   type EmfMetric,
   type EmfUnit,
 } from './emf.ts';
+export {
+  GpuSampler,
+  NVIDIA_SMI_ARGS,
+  parseNvidiaSmi,
+  startGpuSampling,
+  type GpuMetricsSink,
+  type GpuSample,
+  type GpuSamplerOptions,
+} from './gpu.ts';

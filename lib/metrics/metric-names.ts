@@ -43,8 +43,19 @@ export const METRIC = {
   KafkaConsumerLag: 'KafkaConsumerLag',
   /** Value, records: messages waiting in the source queue as the worker last saw it. */
   QueueDepth: 'QueueDepth',
-  /** Value, percent: GPU utilisation sampled by the worker (may be absent when the worker cannot read it). */
+  /**
+   * Value, percent: GPU utilisation sampled by the worker from `nvidia-smi` every ~10 s (lib/metrics/gpu.ts); absent
+   * when the execution provider is not cuda or the task has no nvidia-smi.
+   */
   GpuUtilization: 'GpuUtilization',
+  /** Value, percent: GPU memory in use (used / total), sampled with {@link METRIC.GpuUtilization}. */
+  GpuMemoryUtilization: 'GpuMemoryUtilization',
+  /**
+   * Value, records: the consumer group's backlog over the whole source topic, published every minute by the lag probe
+   * (functions/lambda/lag-probe.ts) whether or not any worker runs: sum over partitions of end offset minus committed
+   * offset, or minus the low watermark where the group never committed. What Kafka scale-from-zero reads.
+   */
+  KafkaBacklog: 'KafkaBacklog',
   /** Counter: tool or environment failures (sink retries, scorer crashes), not per-record rejects. */
   Errors: 'Errors',
 } as const;

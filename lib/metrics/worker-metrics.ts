@@ -47,12 +47,15 @@ export const PROM = {
   sourceQueueDepth: 'mlmf_source_queue_depth',
   consumerLag: 'mlmf_kafka_consumer_lag',
   gpuUtilization: 'mlmf_gpu_utilization_percent',
+  gpuMemoryUsed: 'mlmf_gpu_memory_used_bytes',
+  gpuMemoryTotal: 'mlmf_gpu_memory_total_bytes',
   errors: 'mlmf_errors_total',
   executionProvider: 'mlmf_execution_provider_info',
 } as const;
 
 const SCORE_BUCKETS = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
 const STAGE_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const MIB = 1024 * 1024;
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /**
@@ -81,6 +84,8 @@ export class WorkerMetrics {
     sourceQueueDepth: Gauge;
     consumerLag: Gauge;
     gpu: Gauge;
+    gpuMemoryUsed: Gauge;
+    gpuMemoryTotal: Gauge;
     errors: Counter<'kind'>;
     ep: Gauge<'provider' | 'model' | 'revision'>;
   };
@@ -93,6 +98,7 @@ export class WorkerMetrics {
   );
   private readonly intervalLatency = new ValueCounter(3);
   private readonly intervalGpu = new ValueCounter(3);
+  private readonly intervalGpuMemory = new ValueCounter(3);
   // Gauges report their last value every interval, so a dashboard sees a flat line rather than gaps.
   private lastSourceQueueDepth: number | undefined;
   private lastConsumerLag: number | undefined;
@@ -161,6 +167,8 @@ export class WorkerMetrics {
         registers,
       }),
       gpu: new Gauge({ name: PROM.gpuUtilization, help: 'GPU utilisation sampled by the worker, %', registers }),
+      gpuMemoryUsed: new Gauge({ name: PROM.gpuMemoryUsed, help: 'GPU memory in use, bytes', registers }),
+      gpuMemoryTotal: new Gauge({ name: PROM.gpuMemoryTotal, help: 'GPU memory installed, bytes', registers }),
       errors: new Counter({
         name: PROM.errors,
         help: 'Tool or environment failures (sink retries, scorer crashes), not per-record rejects',
@@ -251,6 +259,14 @@ export class WorkerMetrics {
     this.intervalGpu.add(percent);
   }
 
+  /** A GPU memory sample, MiB as nvidia-smi reports it (EMF `GpuMemoryUtilization` = used / total, percent). */
+  setGpuMemory(usedMiB: number, totalMiB: number): void {
+    if (!Number.isFinite(usedMiB) || !Number.isFinite(totalMiB) || totalMiB <= 0 || usedMiB < 0) return;
+    this.prom.gpuMemoryUsed.set(usedMiB * MIB);
+    this.prom.gpuMemoryTotal.set(totalMiB * MIB);
+    this.intervalGpuMemory.add((100 * usedMiB) / totalMiB);
+  }
+
   /** The execution provider actually in use (after any fallback) and the model, as an info gauge. */
   setExecutionProvider(provider: string, model?: ModelInfo): void {
     this.prom.ep.reset();
@@ -323,6 +339,7 @@ export class WorkerMetrics {
     for (const { short } of METRICS) addDistribution(SCORE_METRIC[short], 'None', this.intervalScores.get(short)!);
     addDistribution(METRIC.BatchLatencyMs, 'Milliseconds', this.intervalLatency);
     addDistribution(METRIC.GpuUtilization, 'Percent', this.intervalGpu);
+    addDistribution(METRIC.GpuMemoryUtilization, 'Percent', this.intervalGpuMemory);
 
     const docs = [main, ...spill].map((metrics) =>
       emfDocument({ namespace: this.namespace, timestamp, dimensions: dims, metrics, properties }),
@@ -343,6 +360,7 @@ export class WorkerMetrics {
     for (const c of this.intervalScores.values()) c.reset();
     this.intervalLatency.reset();
     this.intervalGpu.reset();
+    this.intervalGpuMemory.reset();
     if (write && this.emit) for (const d of docs) this.emit(JSON.stringify(d));
     return docs;
   }

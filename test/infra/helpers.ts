@@ -28,6 +28,8 @@ export interface SynthOptions {
   /** Run esbuild for the Lambda (slower); otherwise bundling is skipped via the CDK context switch. */
   readonly bundle?: boolean;
   readonly nag?: boolean;
+  /** Runs on the built pipeline before synthesis (e.g. to call its grant methods). */
+  readonly then?: (pipeline: MlmFilterPipeline, stack: Stack) => void;
 }
 
 /** Builds one stack with the pipeline in it (props made from the stack and its VPC), synthesises it, with cdk-nag. */
@@ -43,6 +45,7 @@ export function synth(
   });
   const stack = new Stack(app, 'Test', { env: { account: '111122223333', region: 'eu-west-1' } });
   const pipeline = new MlmFilterPipeline(stack, id, build(stack));
+  opts.then?.(pipeline, stack);
   if (opts.nag ?? true) Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   app.synth();
   return { stack, pipeline, template: Template.fromStack(stack), outdir, violations: readViolations(outdir) };

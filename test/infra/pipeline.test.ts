@@ -4,10 +4,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Duration, Stack } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 import {
   MSK_ARN,
   MSK_GROUP_PREFIX,
@@ -20,6 +25,8 @@ import {
   type Synthesised,
 } from './helpers.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
+import type { MlmFilterPipeline } from '../../infra/lib/pipeline.ts';
+import { drainBudgetFromEnv } from '../../functions/worker/stop-signals.ts';
 
 const WORKER_ENV = [
   'MLMF_SOURCE',
@@ -78,7 +85,7 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     s.template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
       LaunchTemplateData: Match.objectLike({
         ImageId: { Ref: Match.stringLikeRegexp('gpurecommendedimageid') },
-        MetadataOptions: Match.objectLike({ HttpTokens: 'required' }),
+        MetadataOptions: Match.objectLike({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 }),
         BlockDeviceMappings: [Match.objectLike({ Ebs: Match.objectLike({ Encrypted: true, VolumeType: 'gp3' }) })],
       }),
     });
@@ -99,11 +106,59 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       }),
     });
     s.template.hasResourceProperties('AWS::ECS::CapacityProvider', {
-      AutoScalingGroupProvider: Match.objectLike({ ManagedScaling: Match.objectLike({ Status: 'ENABLED' }) }),
+      AutoScalingGroupProvider: Match.objectLike({
+        // One instance per step: a few waiting records never launch several GPU instances at once.
+        ManagedScaling: Match.objectLike({ Status: 'ENABLED', MinimumScalingStepSize: 1, MaximumScalingStepSize: 1 }),
+        ManagedDraining: 'ENABLED',
+      }),
     });
     s.template.hasResourceProperties('AWS::ECS::Cluster', {
       ClusterSettings: [{ Name: 'containerInsights', Value: 'enabled' }],
     });
+  });
+
+  test('tasks cannot reach the instance metadata service (awsvpc + ECS_AWSVPC_BLOCK_IMDS)', () => {
+    const lt = Object.values(s.template.findResources('AWS::EC2::LaunchTemplate'))[0] as {
+      Properties: { LaunchTemplateData: { UserData: unknown } };
+    };
+    const userData = JSON.stringify(lt.Properties.LaunchTemplateData.UserData);
+    assert.match(userData, /ECS_AWSVPC_BLOCK_IMDS=true >> \/etc\/ecs\/ecs.config/);
+    assert.match(userData, /ECS_CLUSTER=/);
+    s.template.allResourcesProperties('AWS::ECS::TaskDefinition', { NetworkMode: 'awsvpc' });
+  });
+
+  test('services: after the capacity provider association and their ingress rule, no DesiredCount', () => {
+    const [association] = Object.keys(s.template.findResources('AWS::ECS::ClusterCapacityProviderAssociations'));
+    assert.ok(association);
+    const ingress = Object.entries(s.template.findResources('AWS::EC2::SecurityGroupIngress'))
+      .filter(([, r]) => JSON.stringify(r).includes('WorkerSg'))
+      .map(([id]) => id);
+    assert.equal(ingress.length, 1);
+    const services = Object.values(s.template.findResources('AWS::ECS::Service')) as {
+      DependsOn?: string[];
+      Properties: Record<string, unknown>;
+    }[];
+    assert.equal(services.length, 2);
+    for (const svc of services) {
+      // Create after, delete before the association: ECS refuses both the other way round.
+      assert.ok(svc.DependsOn?.includes(association), `service lacks DependsOn ${association}: ${svc.DependsOn}`);
+      assert.ok(svc.DependsOn?.includes(ingress[0]!), 'service starts tasks before the brokers let them in');
+      // A template DesiredCount would reset a scaled-out service on every deploy that touches it.
+      assert.equal(svc.Properties.DesiredCount, undefined);
+    }
+  });
+
+  test('drain: the worker is told to finish 15 s before the 120 s stop timeout', () => {
+    s.template.allResourcesProperties('AWS::ECS::TaskDefinition', {
+      ContainerDefinitions: [Match.objectLike({ StopTimeout: 120 })],
+    });
+    for (const task of ['KafkaTask', 'SqsTask']) {
+      // Read the way the worker reads it (functions/worker/stop-signals.ts).
+      const budget = drainBudgetFromEnv({
+        MLMF_DRAIN_BUDGET_MS: String(workerEnv(s.template, task).MLMF_DRAIN_BUDGET_MS),
+      });
+      assert.equal(budget, 105_000, task);
+    }
   });
 
   test('task definitions: one GPU, health check, full worker environment', () => {
@@ -141,11 +196,13 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
 
   test('worker image comes from functions/worker/Dockerfile as an asset (hashed at synth, built at deploy)', () => {
     const manifest = JSON.parse(fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8')) as {
-      dockerImages: Record<string, { source: { directory: string; dockerFile?: string } }>;
+      dockerImages: Record<string, { source: { directory: string; dockerFile?: string; platform?: string } }>;
     };
     const images = Object.values(manifest.dockerImages);
     assert.equal(images.length, 1);
     assert.equal(images[0]!.source.dockerFile, 'functions/worker/Dockerfile');
+    // The GPU instances are x86_64 whatever the build host is.
+    assert.equal(images[0]!.source.platform, 'linux/amd64');
     const staged = path.join(s.outdir, images[0]!.source.directory);
     assert.ok(fs.existsSync(path.join(staged, 'package-lock.json')));
     assert.ok(!fs.existsSync(path.join(staged, 'node_modules')), 'node_modules is not in the build context');
@@ -246,10 +303,11 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       Auth: 'iam',
       Tls: 'true',
       DeleteOnDestroy: 'false',
+      // -1: the brokers' default.replication.factor, which a 2-broker cluster can meet (3 could not).
       Topics: [
-        { Name: 'mlmf.audit', Partitions: '12', ReplicationFactor: '3', Configs: { 'retention.ms': '2592000000' } },
-        { Name: 'mlmf.accepted', Partitions: '12', ReplicationFactor: '3' },
-        { Name: 'mlmf.dlq', Partitions: '12', ReplicationFactor: '3' },
+        { Name: 'mlmf.audit', Partitions: '12', ReplicationFactor: '-1', Configs: { 'retention.ms': '2592000000' } },
+        { Name: 'mlmf.accepted', Partitions: '12', ReplicationFactor: '-1' },
+        { Name: 'mlmf.dlq', Partitions: '12', ReplicationFactor: '-1' },
       ],
     });
     s.template.hasResourceProperties('AWS::Lambda::Function', {
@@ -260,7 +318,20 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     const ingress = s.template.findResources('AWS::EC2::SecurityGroupIngress', {
       Properties: { GroupId: 'sg-0123456789abcdef0', FromPort: 9098, ToPort: 9098 },
     });
-    assert.equal(Object.keys(ingress).length, 2, 'worker and provisioner may reach the brokers');
+    const sources = Object.values(ingress).map((r) =>
+      JSON.stringify((r as { Properties: { SourceSecurityGroupId: unknown } }).Properties.SourceSecurityGroupId),
+    );
+    assert.equal(sources.length, 3, 'workers, topic provisioner and lag probe may reach the brokers');
+    for (const client of ['WorkerSg', 'TopicProvisionerSg', 'KafkaLagProbeSg']) {
+      assert.ok(
+        sources.some((src) => src.includes(client)),
+        `no ingress from ${client}: ${sources.join(' ')}`,
+      );
+    }
+    // The custom resource runs during the deploy that creates the rule: it must wait for it.
+    const rule = Object.entries(ingress).find(([, r]) => JSON.stringify(r).includes('TopicProvisionerSg'))![0];
+    const cr = Object.values(s.template.findResources('Custom::KafkaTopics'))[0] as { DependsOn?: string[] };
+    assert.ok(cr.DependsOn?.includes(rule), `Custom::KafkaTopics does not depend on ${rule}`);
   });
 
   test('autoscaling: target tracking on backlog per task, wake-from-zero step policy', () => {
@@ -271,9 +342,11 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     assert.equal(tt.length, 2);
     const json = JSON.stringify(tt);
     assert.match(json, /backlog \/ IF\(tasks > 1, tasks, 1\)/);
-    assert.match(json, /SumOffsetLag/);
+    assert.match(json, new RegExp(METRIC.KafkaBacklog));
     assert.match(json, /ApproximateNumberOfMessagesVisible/);
-    assert.match(json, /RunningTaskCount/);
+    // Desired, not running: tasks still waiting for their instance count, so a cold start does not add more.
+    assert.match(json, /DesiredTaskCount/);
+    assert.doesNotMatch(json, /RunningTaskCount/);
     s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', {
       MinCapacity: 0,
       MaxCapacity: 6,
@@ -283,6 +356,18 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       (p) => (p as { Properties: { PolicyType: string } }).Properties.PolicyType === 'StepScaling',
     );
     assert.equal(steps.length, 2, 'one wake policy per source');
+    for (const step of steps) {
+      // Exactly one task: the alarm re-invokes the action each minute it stays in ALARM; +1 would keep adding.
+      assert.deepEqual(
+        (step as { Properties: { StepScalingPolicyConfiguration: unknown } }).Properties.StepScalingPolicyConfiguration,
+        {
+          AdjustmentType: 'ExactCapacity',
+          Cooldown: 300,
+          MetricAggregationType: 'Maximum',
+          StepAdjustments: [{ MetricIntervalLowerBound: 0, ScalingAdjustment: 1 }],
+        },
+      );
+    }
     s.template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       Metrics: Match.arrayWith([Match.objectLike({ Expression: 'IF(FILL(tasks, 0) < 1 AND backlog > 0, 1, 0)' })]),
       AlarmActions: [{ Ref: Match.anyValue() }],
@@ -304,7 +389,7 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       METRIC.GpuUtilization,
       METRIC.Errors,
       METRIC.BatchLatencyMs,
-      'SumOffsetLag',
+      METRIC.KafkaBacklog,
       'ApproximateNumberOfMessagesVisible',
     ]) {
       assert.ok(body.includes(name), `dashboard lacks ${name}`);
@@ -397,6 +482,7 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
   const queueArn = 'arn:aws:sqs:eu-west-1:111122223333:crawler-pairs';
   before(() => {
     s = synth((stack) => ({
+      vpc: brokersVpc(stack),
       kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
       sqsSource: { queueArn, maxTasks: 2 },
       topics: { audit: 'mlmf.audit', provision: false },
@@ -412,13 +498,12 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
 
   test('no unacknowledged finding', () => assert.deepEqual(s.violations, []));
 
-  test('no queue, bucket or topic resources are created; a VPC with flow logs is', () => {
+  test('no VPC, queue, bucket or topic resources are created', () => {
     s.template.resourceCountIs('AWS::SQS::Queue', 0);
     s.template.resourceCountIs('AWS::S3::Bucket', 0);
     s.template.resourceCountIs('Custom::KafkaTopics', 0);
     s.template.resourceCountIs('AWS::Lambda::Function', 0);
-    s.template.resourceCountIs('AWS::EC2::VPC', 1);
-    s.template.resourceCountIs('AWS::EC2::FlowLog', 1);
+    s.template.resourceCountIs('AWS::EC2::VPC', 0);
   });
 
   test('permissions name the imported queue and the prefix of the imported bucket', () => {
@@ -449,6 +534,7 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
 
 describe('props validation', () => {
   const base = (stack: Stack) => ({
+    vpc: brokersVpc(stack),
     kafka: { kind: 'msk-iam' as const, clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
     topics: { audit: 'a', provision: false },
     model: model(stack),
@@ -495,5 +581,158 @@ describe('props validation', () => {
       MetricName: 'ApproximateAgeOfOldestMessage',
       Threshold: 600,
     });
+  });
+});
+
+describe('everything brought by the user: keys, queue, bucket, client security group, image, tuned parts', () => {
+  let s: Synthesised;
+  const keyArn = (n: string) => `arn:aws:kms:eu-west-1:111122223333:key/0000000${n}-aaaa-bbbb-cccc-0123456789ab`;
+  const secretArn = 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:crawl-kafka-AbCdEf';
+  const queueArn = 'arn:aws:sqs:eu-west-1:111122223333:crawler-pairs';
+  before(() => {
+    const then = (pipeline: MlmFilterPipeline, stack: Stack) => {
+      pipeline.grantPublishPairs(new iam.Role(stack, 'Crawler', { assumedBy: new iam.AccountRootPrincipal() }));
+    };
+    s = synth(
+      (stack) => {
+        const key = (id: string, n: string) => kms.Key.fromKeyArn(stack, id, keyArn(n));
+        return {
+          vpc: brokersVpc(stack),
+          brokerClientSecurityGroup: ec2.SecurityGroup.fromSecurityGroupId(stack, 'Clients', 'sg-0cccccccccccccccc'),
+          kafka: {
+            kind: 'self-managed',
+            bootstrapServers: ['kafka-1.internal:9096'],
+            scramSecret: secretsmanager.Secret.fromSecretAttributes(stack, 'Scram', {
+              secretCompleteArn: secretArn,
+              encryptionKey: key('SecretKey', '1'),
+            }),
+            securityGroup: ec2.SecurityGroup.fromSecurityGroupId(stack, 'KafkaSg', 'sg-0fedcba9876543210'),
+          },
+          sqsSource: {
+            queue: sqs.Queue.fromQueueAttributes(stack, 'Queue', { queueArn, keyArn: keyArn('2') }),
+            maxTasks: 2,
+          },
+          topics: { audit: 'mlmf.audit' },
+          model: {
+            bucket: s3.Bucket.fromBucketAttributes(stack, 'Models', {
+              bucketName: 'models-bucket',
+              encryptionKey: key('ModelKey', '3'),
+            }),
+            key: 'mlm/qwen-1.5b.tar',
+            sha256: 'ab'.repeat(32),
+          },
+          curated: {
+            bucket: s3.Bucket.fromBucketAttributes(stack, 'Lake', {
+              bucketName: 'data-lake',
+              encryptionKey: key('LakeKey', '4'),
+            }),
+          },
+          capacity: {
+            instanceTypes: [new ec2.InstanceType('g6.2xlarge')],
+            machineImage: ec2.MachineImage.genericLinux({ 'eu-west-1': 'ami-0123456789abcdef0' }),
+            autoScalingGroupProps: { maxCapacity: 7 },
+          },
+          worker: {
+            image: ecs.ContainerImage.fromRegistry('public.ecr.aws/example/mlm-filter:2'),
+            stopTimeout: Duration.seconds(90),
+            taskDefinitionProps: { family: 'crawl-filter-worker' },
+            containerProps: { memoryLimitMiB: 15000 },
+          },
+        };
+      },
+      { then },
+    );
+  });
+
+  test('no unacknowledged finding', () => assert.deepEqual(s.violations, []));
+
+  test('every key of an imported resource is granted to the roles that read or write it, nothing wider', () => {
+    const st = statements(s.template);
+    const kmsOn = (n: string) =>
+      st.filter((x) => x.Action.some((a) => a.startsWith('kms:')) && JSON.stringify(x.Resource).includes(keyArn(n)));
+    const task = (list: typeof st) => list.filter((x) => x.policy.includes('SqsTaskRole'));
+    const provisioner = (list: typeof st) => list.filter((x) => x.policy.includes('Topics'));
+    // Secret: decrypt only through Secrets Manager, for the workers and the topic provisioner.
+    const secret = kmsOn('1');
+    assert.equal(task(secret).length, 1);
+    assert.equal(provisioner(secret).length, 1);
+    for (const x of secret) {
+      assert.deepEqual(x.Action, ['kms:Decrypt']);
+      assert.deepEqual(x.Condition, { StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' } });
+    }
+    assert.deepEqual(
+      task(kmsOn('2')).map((x) => x.Action),
+      [['kms:Decrypt']],
+      'queue key',
+    );
+    assert.deepEqual(
+      task(kmsOn('3')).map((x) => x.Action),
+      [['kms:Decrypt']],
+      'model key',
+    );
+    assert.deepEqual(
+      task(kmsOn('4')).map((x) => x.Action),
+      [['kms:GenerateDataKey', 'kms:Decrypt']],
+      'curated key: write shards, read them back, complete multipart uploads',
+    );
+    assert.equal(provisioner(kmsOn('4')).length + provisioner(kmsOn('3')).length, 0);
+  });
+
+  test('the shared client security group: on the tasks and the provisioner, no rule added to the brokers', () => {
+    s.template.resourceCountIs('AWS::EC2::SecurityGroupIngress', 0);
+    s.template.hasResourceProperties('AWS::ECS::Service', {
+      NetworkConfiguration: { AwsvpcConfiguration: Match.objectLike({ SecurityGroups: ['sg-0cccccccccccccccc'] }) },
+    });
+    s.template.hasResourceProperties('AWS::Lambda::Function', {
+      VpcConfig: Match.objectLike({ SecurityGroupIds: ['sg-0cccccccccccccccc'] }),
+    });
+    assert.equal(s.pipeline.workerSecurityGroup.securityGroupId, 'sg-0cccccccccccccccc');
+    assert.equal(s.pipeline.topicProvisionerSecurityGroup?.securityGroupId, 'sg-0cccccccccccccccc');
+  });
+
+  test('pass-through: image, AMI, instance types, ASG size, task family, container memory, stop timeout', () => {
+    s.template.hasResourceProperties('AWS::ECS::TaskDefinition', {
+      Family: 'crawl-filter-worker',
+      NetworkMode: 'awsvpc',
+      ContainerDefinitions: [
+        Match.objectLike({
+          Image: 'public.ecr.aws/example/mlm-filter:2',
+          Memory: 15000,
+          StopTimeout: 90,
+          ResourceRequirements: [{ Type: 'GPU', Value: '1' }],
+        }),
+      ],
+    });
+    assert.equal(workerEnv(s.template, 'SqsTask').MLMF_DRAIN_BUDGET_MS, '75000');
+    s.template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
+      LaunchTemplateData: Match.objectLike({ ImageId: 'ami-0123456789abcdef0' }),
+    });
+    s.template.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MaxSize: '7',
+      MixedInstancesPolicy: Match.objectLike({
+        LaunchTemplate: Match.objectLike({ Overrides: [{ InstanceType: 'g6.2xlarge' }] }),
+      }),
+    });
+    const manifest = fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8');
+    assert.doesNotMatch(manifest, /"dockerImages":\s*\{\s*"/, 'no image is built when an image is given');
+  });
+
+  test('the created resources are properties; the crawler can be granted publishing', () => {
+    const p = s.pipeline;
+    assert.ok(p.autoScalingGroup instanceof autoscaling.AutoScalingGroup);
+    assert.ok(p.capacityProvider instanceof ecs.AsgCapacityProvider);
+    assert.ok(p.instanceRole instanceof iam.Role);
+    assert.equal(p.sqsService?.service, p.services[0]);
+    assert.equal(p.kafkaService, undefined);
+    assert.ok(p.sqsService?.taskRole instanceof iam.Role);
+    assert.equal(p.queue?.queueArn, queueArn);
+    const st = statements(s.template).filter((x) => x.policy.includes('Crawler'));
+    assert.deepEqual(
+      st.map((x) => [x.Action, x.Resource]),
+      [
+        [['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'], [queueArn]],
+        [['kms:GenerateDataKey', 'kms:Decrypt'], [keyArn('2')]],
+      ],
+    );
   });
 });

@@ -1,0 +1,312 @@
+import { Token, type Duration, type RemovalPolicy } from 'aws-cdk-lib';
+import type * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import type * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as kms from 'aws-cdk-lib/aws-kms';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import type { MonitoringOptions } from './monitoring.ts';
+import { isMskClusterArn } from './msk.ts';
+
+/** An Amazon MSK cluster reached with IAM access control (SASL/OAUTHBEARER over TLS, port 9098). */
+export interface MskIamKafkaOptions {
+  readonly kind: 'msk-iam';
+  /** `arn:aws:kafka:<region>:<account>:cluster/<name>/<uuid>`; topic and group ARNs are derived from it. */
+  readonly clusterArn: string;
+  /** The cluster's IAM bootstrap brokers (`aws kafka get-bootstrap-brokers`, BootstrapBrokerStringSaslIam). */
+  readonly bootstrapServers: readonly string[];
+  /**
+   * The brokers' security group: the construct adds one ingress rule on the broker port for each of its broker clients
+   * (worker tasks, topic provisioner, lag probe), and makes each client wait for its rule.
+   * @default - no rule is added: the brokers must already let the clients in (see `brokerClientSecurityGroup`)
+   */
+  readonly securityGroup?: ec2.ISecurityGroup;
+}
+
+/** Any other Kafka (self-managed, Confluent, MSK without IAM) reachable from the VPC. */
+export interface SelfManagedKafkaOptions {
+  readonly kind: 'self-managed';
+  readonly bootstrapServers: readonly string[];
+  /** @default 'scram-sha-512' when `scramSecret` is set, else 'none' */
+  readonly auth?: 'none' | 'scram-sha-512';
+  /**
+   * Secrets Manager secret holding JSON `{"username": ..., "password": ...}`, read by the workers and the topic
+   * provisioner. Encrypted with a customer-managed key: import it with `Secret.fromSecretAttributes({ secretCompleteArn,
+   * encryptionKey })` and the readers get kms:Decrypt on that key.
+   * @default - no secret
+   */
+  readonly scramSecret?: secretsmanager.ISecret;
+  /** Connect over TLS. @default true */
+  readonly tls?: boolean;
+  /** The brokers' security group (see {@link MskIamKafkaOptions.securityGroup}). @default - no rule is added */
+  readonly securityGroup?: ec2.ISecurityGroup;
+}
+
+export type KafkaClusterOptions = MskIamKafkaOptions | SelfManagedKafkaOptions;
+
+/** Task-count bounds and the backlog each task should carry. */
+export interface ScalingOptions {
+  /** 0 lets the service sleep when there is no input (a step policy wakes it on backlog). @default 0 for SQS and MSK, 1 for self-managed Kafka */
+  readonly minTasks?: number;
+  /** @default 4 */
+  readonly maxTasks?: number;
+  /**
+   * Waiting records per task that target tracking holds: about throughput x acceptable delay
+   * (e.g. 10 pairs/s x 10 min = 6000). @default 6000
+   */
+  readonly targetBacklogPerTask?: number;
+}
+
+/** Consume crawled pairs from a Kafka topic of {@link MlmFilterPipelineProps.kafka}. */
+export interface KafkaSourceOptions extends ScalingOptions {
+  readonly topic: string;
+  /** @default `mlm-filter-<pipelineName>` */
+  readonly consumerGroup?: string;
+}
+
+/** Consume crawled pairs from an SQS queue: an existing one, or a new one with its dead-letter queue. */
+export interface SqsSourceOptions extends ScalingOptions {
+  /**
+   * The crawler's existing queue. Encrypted with a customer-managed key: import it with
+   * `Queue.fromQueueAttributes({ queueArn, keyArn })` (or give `encryptionKey`) and the workers get kms:Decrypt on it.
+   * @default - a new encrypted queue with a dead-letter queue
+   */
+  readonly queue?: sqs.IQueue;
+  /**
+   * ARN of the crawler's existing queue (shorthand for `queue`).
+   * @default - see `queue`
+   */
+  readonly queueArn?: string;
+  /** Receives before a message moves to the dead-letter queue (created queue only). @default 5 */
+  readonly maxReceiveCount?: number;
+  /** Must exceed the worker's time from receive to durable ack (created queue only). @default Duration.minutes(15) */
+  readonly visibilityTimeout?: Duration;
+  /** Created queue only. @default Duration.days(4) (dead-letter queue: 14 days) */
+  readonly retentionPeriod?: Duration;
+  /**
+   * The created queues are encrypted with this key; with an existing queue, the key it is encrypted with (when its
+   * IQueue does not carry it). @default - SQS-managed SSE for created queues; the imported queue's own key, if any
+   */
+  readonly encryptionKey?: kms.IKey;
+}
+
+/** The audit / accepted / dead-letter topics on {@link MlmFilterPipelineProps.kafka}. */
+export interface TopicOptions {
+  /** Rejected pairs with scores and reasons. */
+  readonly audit: string;
+  /** Accepted pairs with their curated location. @default - none */
+  readonly accepted?: string;
+  /** Records that fail permanently. @default - none */
+  readonly deadLetter?: string;
+  /** Create the topics with a custom resource; false declares them existing. @default true */
+  readonly provision?: boolean;
+  /** @default 12 */
+  readonly partitions?: number;
+  /** Replication factor of created topics; -1 takes the brokers' `default.replication.factor`. @default -1 */
+  readonly replicationFactor?: number;
+  /** Audit topic retention. @default Duration.days(30) */
+  readonly retention?: Duration;
+  /** Delete the provisioned topics and their data when the stack is deleted. @default false */
+  readonly deleteOnDestroy?: boolean;
+}
+
+/** The model artifact: a tarball of the model directory (DESIGN.md layout), fetched and verified at task start. */
+export interface ModelArtifactOptions {
+  /** Its bucket; a customer-managed key it carries (`Bucket.fromBucketAttributes({ encryptionKey })`) is granted. */
+  readonly bucket: s3.IBucket;
+  readonly key: string;
+  /** Hex SHA-256 of the tarball; the worker refuses to start on a mismatch. */
+  readonly sha256: string;
+  /** Where the worker unpacks it. @default '/opt/mlm-filter/model' */
+  readonly localDir?: string;
+  /**
+   * The customer-managed key the object is encrypted with, when the bucket's IBucket does not carry it (or the object
+   * uses another key than the bucket default). The workers get kms:Decrypt on it. @default - the bucket's key, if any
+   */
+  readonly encryptionKey?: kms.IKey;
+}
+
+/** The bucket that receives accepted pairs as WebDataset shards. */
+export interface CuratedBucketOptions {
+  /**
+   * Write into this existing bucket. A customer-managed key it carries (`Bucket.fromBucketAttributes({ encryptionKey })`)
+   * is granted to the workers. @default - a new bucket
+   */
+  readonly bucket?: s3.IBucket;
+  /** Key prefix the worker writes under (and the only prefix it may touch). @default 'curated/' */
+  readonly prefix?: string;
+  /**
+   * A new bucket: SSE-KMS with this key. An existing bucket: the key it encrypts with, when its IBucket does not carry
+   * it. The workers get kms:Encrypt/Decrypt/GenerateDataKey on it. @default - SSE-S3 (new bucket)
+   */
+  readonly encryptionKey?: kms.IKey;
+  /** @default - none */
+  readonly lifecycleRules?: s3.LifecycleRule[];
+  /** Server access logs into a separate bucket (new bucket). @default true */
+  readonly serverAccessLogs?: boolean;
+  /** @default RemovalPolicy.RETAIN */
+  readonly removalPolicy?: RemovalPolicy;
+}
+
+/** GPU instances for the ECS cluster. */
+export interface GpuCapacityOptions {
+  /** Instance types, one GPU each is assumed. @default [g5.xlarge, g6.xlarge] */
+  readonly instanceTypes?: ec2.InstanceType[];
+  /**
+   * The instances' AMI: an ECS GPU AMI whose NVIDIA driver runs CUDA 13 (>= 580).
+   * @default - the ECS-optimised Amazon Linux 2023 GPU AMI (SSM `/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended`)
+   */
+  readonly machineImage?: ec2.IMachineImage;
+  /** Run on Spot (price-capacity-optimized over the instance types). @default false */
+  readonly spot?: boolean;
+  /** Root volume (images, model, Docker layers), GiB. @default 100 */
+  readonly rootVolumeGiB?: number;
+  /** @default - the sum of the services' maxTasks */
+  readonly maxInstances?: number;
+  /**
+   * Overrides of the Auto Scaling group's settings (notifications, health check, termination policies...); the
+   * construct keeps the VPC, launch template and instance mix. @default - none
+   */
+  readonly autoScalingGroupProps?: Partial<autoscaling.CommonAutoScalingGroupProps>;
+  /**
+   * Overrides of the capacity provider's settings. @default - managed scaling at 100% target capacity, one instance per
+   * scaling step (a small backlog does not launch several GPU instances), managed draining
+   */
+  readonly capacityProviderProps?: Partial<Omit<ecs.AsgCapacityProviderProps, 'autoScalingGroup'>>;
+}
+
+/** The worker container and its settings. */
+export interface WorkerOptions {
+  /** The worker image. @default - built from the package's functions/worker/Dockerfile at deploy, for linux/amd64 */
+  readonly image?: ecs.ContainerImage;
+  /** A pre-built image by URI (ECR URIs get pull permission on exactly that repository). @default - see `image` */
+  readonly imageUri?: string;
+  /** @default 'cuda' */
+  readonly executionProvider?: 'cuda' | 'webgpu' | 'cpu';
+  /** @default 16 */
+  readonly batchSize?: number;
+  /** Policy thresholds, e.g. `itm>=66,odf>=20` (the paper's best DataComp-medium setting). @default 'itm>=66,odf>=20' */
+  readonly thresholds?: string;
+  /** @default 'and' */
+  readonly combine?: 'and' | 'or';
+  /**
+   * Metrics the worker scores (MLMF_METRICS): `all`, `policy` (only those `thresholds` reads: for the default policy
+   * two metrics instead of four, roughly 1.5-1.8x fewer decoder tokens; the others are null in the curated samples
+   * and audit events and cannot be re-thresholded later without rescoring), or a list such as `itm,odf,ctq` that
+   * includes every metric `thresholds` reads (the worker refuses to start otherwise). @default 'all'
+   */
+  readonly metrics?: string;
+  /** @default 3584 (of a 4-vCPU instance) */
+  readonly cpu?: number;
+  /** Soft memory reservation, MiB. @default 12288 */
+  readonly memoryReservationMiB?: number;
+  /** @default 8080 */
+  readonly healthPort?: number;
+  /**
+   * Time from SIGTERM (scale-in, deployment, Spot interruption) to SIGKILL, 30-120 s: a Spot interruption notice gives
+   * two minutes. The worker is told to end its drain (in-flight batches written and acked) 15 s before it.
+   * @default Duration.seconds(120)
+   */
+  readonly stopTimeout?: Duration;
+  /** @default logs.RetentionDays.ONE_MONTH */
+  readonly logRetention?: logs.RetentionDays;
+  /** Extra environment (non-secret). */
+  readonly environment?: Record<string, string>;
+  /**
+   * Settings of both task definitions (family, volumes, placement constraints, execution role...). The network mode
+   * is always awsvpc: the tasks' security group and the metadata-service block depend on it. @default - none
+   */
+  readonly taskDefinitionProps?: Omit<ecs.Ec2TaskDefinitionProps, 'networkMode'>;
+  /**
+   * Settings of the worker container (memory limit, ulimits, Linux parameters...), applied over the construct's own.
+   * The image, GPU count and environment stay the construct's (use `image` and `environment`). @default - none
+   */
+  readonly containerProps?: Omit<Partial<ecs.ContainerDefinitionOptions>, 'image' | 'gpuCount' | 'environment'>;
+}
+
+export interface MlmFilterPipelineProps {
+  /** Names the dashboard, consumer group and the `Pipeline` metric dimension. @default the construct id */
+  readonly pipelineName?: string;
+  /** The VPC of the brokers (or one that reaches them). */
+  readonly vpc: ec2.IVpc;
+  /** Subnets for the GPU instances, tasks and Lambdas: they need egress to fetch images. @default - private with egress */
+  readonly vpcSubnets?: ec2.SubnetSelection;
+  /**
+   * An existing security group that the brokers already let in on their port: every broker client of the construct
+   * (worker tasks, topic provisioner, lag probe) gets it instead of a new group, so the first deploy reaches the
+   * brokers without touching the cluster. No ingress rule is added for it.
+   * @default - a new group per client, let in through `kafka.securityGroup` when that is given
+   */
+  readonly brokerClientSecurityGroup?: ec2.ISecurityGroup;
+  /** The Kafka cluster holding the audit (and accepted, dead-letter) topics, and the Kafka source if any. */
+  readonly kafka: KafkaClusterOptions;
+  /** Consume from Kafka. At least one of kafkaSource and sqsSource. @default - none */
+  readonly kafkaSource?: KafkaSourceOptions;
+  /** Consume from SQS. @default - none */
+  readonly sqsSource?: SqsSourceOptions;
+  readonly topics: TopicOptions;
+  readonly model: ModelArtifactOptions;
+  /** @default - a new bucket, SSE-S3, versioned, access-logged */
+  readonly curated?: CuratedBucketOptions;
+  /** @default - see {@link GpuCapacityOptions} */
+  readonly capacity?: GpuCapacityOptions;
+  /** @default - see {@link WorkerOptions} */
+  readonly worker?: WorkerOptions;
+  /** @default - see {@link MonitoringOptions} */
+  readonly monitoring?: MonitoringOptions;
+  /** CloudWatch EMF namespace of the worker's metrics. @default 'MlmFilter' */
+  readonly metricsNamespace?: string;
+}
+
+/** Kafka authentication as the worker and the Lambdas configure it. */
+export function kafkaAuthOf(kafka: KafkaClusterOptions): 'none' | 'iam' | 'scram-sha-512' {
+  return kafka.kind === 'msk-iam' ? 'iam' : (kafka.auth ?? (kafka.scramSecret ? 'scram-sha-512' : 'none'));
+}
+
+/** Fails synth on props that would deploy a pipeline that cannot work. */
+export function validateProps(scope: Construct, props: MlmFilterPipelineProps): void {
+  const fail = (msg: string) => {
+    throw new Error(`MlmFilterPipeline ${scope.node.path}: ${msg}`);
+  };
+  if (!props.vpc) fail('vpc is required (the VPC of the brokers, or one that reaches them)');
+  if (!props.kafkaSource && !props.sqsSource) fail('set kafkaSource and/or sqsSource');
+  if (props.kafka.bootstrapServers.length === 0) fail('kafka.bootstrapServers is empty');
+  if (props.kafka.kind === 'msk-iam' && !Token.isUnresolved(props.kafka.clusterArn)) {
+    if (!isMskClusterArn(props.kafka.clusterArn))
+      fail(`kafka.clusterArn is not an MSK cluster ARN: ${props.kafka.clusterArn}`);
+  }
+  if (props.kafka.kind === 'self-managed') {
+    const auth = kafkaAuthOf(props.kafka);
+    if (auth === 'scram-sha-512' && !props.kafka.scramSecret) fail('kafka.auth scram-sha-512 needs kafka.scramSecret');
+    if (auth === 'scram-sha-512' && props.kafka.tls === false) fail('SCRAM over plaintext would expose credentials');
+    if (props.kafkaSource && props.kafkaSource.minTasks === 0) {
+      fail('self-managed Kafka lag is reported by the workers themselves, so kafkaSource.minTasks must be >= 1');
+    }
+  }
+  if (props.sqsSource?.queue && props.sqsSource.queueArn) fail('sqsSource: give queue or queueArn, not both');
+  if (props.worker?.image && props.worker.imageUri) fail('worker: give image or imageUri, not both');
+  const stop = props.worker?.stopTimeout?.toSeconds() ?? 120;
+  if (stop < 30 || stop > 120) {
+    fail(
+      'worker.stopTimeout must be 30-120 seconds (a Spot interruption notice gives two minutes, Fargate allows 120 s)',
+    );
+  }
+  if (!/^[0-9a-fA-F]{64}$/.test(props.model.sha256)) fail('model.sha256 must be 64 hex characters');
+  for (const [name, s] of [
+    ['kafkaSource', props.kafkaSource],
+    ['sqsSource', props.sqsSource],
+  ] as const) {
+    if (!s) continue;
+    const min = s.minTasks ?? 0;
+    const max = s.maxTasks ?? 4;
+    if (!Number.isInteger(min) || !Number.isInteger(max) || min < 0 || max < 1 || min > max) {
+      fail(`${name}: need integers 0 <= minTasks <= maxTasks, maxTasks >= 1`);
+    }
+  }
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(props.pipelineName ?? scope.node.id)) {
+    fail('pipelineName must be 1-64 characters of [A-Za-z0-9_.-]');
+  }
+}

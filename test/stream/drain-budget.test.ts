@@ -1,0 +1,64 @@
+/**
+ * The container entry's stop handling (functions/worker/stop-signals.ts, used by main()): a first signal drains, a
+ * second one or the drain budget (MLMF_DRAIN_BUDGET_MS, which the construct sets below ECS's stopTimeout) abandons
+ * in-flight work. The handler is driven directly; the budget is awaited by polling, not by a fixed sleep.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { drainBudgetFromEnv, stopSignals } from '../../functions/worker/stop-signals.ts';
+import { FilterError } from '../../lib/types.ts';
+
+type Line = { level: string; msg: string; ctx?: Record<string, unknown> };
+
+async function until(what: string, cond: () => boolean, deadlineMs = 5_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+test('first SIGTERM drains; the spent drain budget abandons in-flight work, once', async () => {
+  const lines: Line[] = [];
+  const stop = stopSignals((level, msg, ctx) => lines.push({ level, msg, ctx }), 40);
+  stop.onSignal('SIGTERM');
+  assert.equal(stop.graceful.aborted, true);
+  assert.equal(stop.hard.aborted, false, 'the drain gets its budget first');
+  assert.deepEqual(lines[0], { level: 'info', msg: 'SIGTERM: graceful drain', ctx: { drainBudgetMs: 40 } });
+  await until('the budget to run out', () => stop.hard.aborted);
+  assert.match(lines[1]!.msg, /^drain budget of 40 ms spent: abandoning in-flight work/);
+  stop.onSignal('SIGTERM');
+  assert.equal(lines.length, 2, 'a signal after the abandon logs nothing more');
+});
+
+test('a second signal abandons at once, whatever the budget', () => {
+  const lines: Line[] = [];
+  const stop = stopSignals((level, msg) => lines.push({ level, msg }), 60_000);
+  stop.onSignal('SIGINT');
+  stop.onSignal('SIGTERM');
+  assert.equal(stop.hard.aborted, true);
+  assert.equal(lines[1]!.level, 'warn');
+  assert.match(lines[1]!.msg, /^SIGTERM again: abandoning in-flight work/);
+});
+
+test('no budget: the drain is not cut short', async () => {
+  const stop = stopSignals(() => {}, 0);
+  stop.onSignal('SIGTERM');
+  // A 0 budget arms no timer: give any (wrongly armed) zero-delay timer its chance to fire.
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(stop.hard.aborted, false);
+});
+
+test('MLMF_DRAIN_BUDGET_MS: unset is no limit, digits are milliseconds, anything else is a worker_config error', () => {
+  assert.equal(drainBudgetFromEnv({}), 0);
+  assert.equal(drainBudgetFromEnv({ MLMF_DRAIN_BUDGET_MS: '' }), 0);
+  assert.equal(drainBudgetFromEnv({ MLMF_DRAIN_BUDGET_MS: '105000' }), 105_000);
+  for (const bad of ['-1', '1.5', '2m']) {
+    assert.throws(
+      () => drainBudgetFromEnv({ MLMF_DRAIN_BUDGET_MS: bad }),
+      (e: unknown) => e instanceof FilterError && e.code === 'worker_config',
+      bad,
+    );
+  }
+});
