@@ -38,6 +38,7 @@ export const WORKER_ENV = {
   MLMF_SHARD_SAMPLES: 'accepted samples per curated shard',
   MLMF_FLUSH_MS: 'idle time before a partial shard is written',
   MLMF_SESSION_TIMEOUT_MS: 'Kafka group session timeout',
+  MLMF_KAFKA_RETRY_BUDGET_MS: 'how long a Kafka outage is retried (commits, consumer restarts) before the worker exits',
   MLMF_DRAIN_BUDGET_MS: 'after SIGTERM, the drain may take this long before in-flight work is abandoned (0: no limit)',
   MLMF_BACKLOG_SAMPLE_MS: 'how often consumer lag / queue depth is sampled',
   MLMF_DEDUPE: 'reject a pair id seen earlier in this process',

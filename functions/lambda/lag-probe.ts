@@ -10,9 +10,9 @@
  *
  * Configuration: the worker's variable names (lib/worker-env.ts) for what both read, see {@link LagProbeEnvName}.
  */
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import type { Admin, Kafka } from 'kafkajs';
 import { createKafka, type KafkaAuth } from '../../lib/kafka/client.ts';
+import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { emfDocument } from '../../lib/metrics/emf.ts';
 import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION } from '../../lib/metrics/metric-names.ts';
 import { FilterError } from '../../lib/types.ts';
@@ -156,33 +156,6 @@ export function backlogEmf(
       PartitionsWithoutCommit: backlog.partitions.filter((p) => p.committed === null).length,
     },
   });
-}
-
-/** Reads the SCRAM secret: JSON `{"username", "password"}`, as the worker expects it. */
-export function parseScramSecret(secretString: string | undefined, secretArn: string): KafkaAuth {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(secretString ?? '');
-  } catch {
-    parsed = undefined;
-  }
-  const o = parsed as { username?: unknown; password?: unknown } | null | undefined;
-  if (typeof o?.username !== 'string' || typeof o.password !== 'string') {
-    throw new FilterError('kafka_secret_invalid', 'the SCRAM secret must be JSON {"username","password"}', {
-      secretArn,
-    });
-  }
-  return { mechanism: 'scram-sha-512', username: o.username, password: o.password };
-}
-
-async function readScramSecret(secretArn: string, region: string | undefined): Promise<KafkaAuth> {
-  const sm = new SecretsManagerClient(region ? { region } : {});
-  try {
-    const out = await sm.send(new GetSecretValueCommand({ SecretId: secretArn }));
-    return parseScramSecret(out.SecretString, secretArn);
-  } finally {
-    sm.destroy();
-  }
 }
 
 /** A kafkajs client for the probe's cluster (the worker's TLS/SASL/IAM set-up, lib/kafka/client.ts). */

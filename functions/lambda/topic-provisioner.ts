@@ -13,7 +13,7 @@
  */
 import { Kafka, logLevel, type Admin, type KafkaConfig, type SASLOptions } from 'kafkajs';
 import { generateAuthToken } from 'aws-msk-iam-sasl-signer-js';
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { FilterError } from '../../lib/types.ts';
 
 /** The subset of a CloudFormation custom resource event the Provider framework hands to `onEvent`. */
@@ -275,23 +275,6 @@ export async function onEvent(event: CustomResourceEvent, deps: ProvisionerDeps)
   }
 }
 
-/** Reads a SCRAM secret: JSON with string `username` and `password`. */
-export function parseScramSecret(secretString: string | undefined, secretArn: string): SASLOptions {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(secretString ?? '');
-  } catch {
-    throw new FilterError('kafka_secret_invalid', 'SCRAM secret is not JSON', { secretArn });
-  }
-  const o = parsed as Record<string, unknown> | null;
-  if (!o || typeof o.username !== 'string' || typeof o.password !== 'string') {
-    throw new FilterError('kafka_secret_invalid', 'SCRAM secret must hold string username and password', {
-      secretArn,
-    });
-  }
-  return { mechanism: 'scram-sha-512', username: o.username, password: o.password };
-}
-
 /** kafkajs client settings for a request (SASL resolved: IAM token provider or SCRAM credentials). */
 export async function kafkaConfig(request: TopicRequest): Promise<KafkaConfig> {
   let sasl: SASLOptions | undefined;
@@ -303,9 +286,7 @@ export async function kafkaConfig(request: TopicRequest): Promise<KafkaConfig> {
       oauthBearerProvider: async () => ({ value: (await generateAuthToken({ region })).token }),
     };
   } else if (request.auth === 'scram-sha-512' && request.secretArn) {
-    const client = new SecretsManagerClient(request.region ? { region: request.region } : {});
-    const out = await client.send(new GetSecretValueCommand({ SecretId: request.secretArn }));
-    sasl = parseScramSecret(out.SecretString, request.secretArn);
+    sasl = await readScramSecret(request.secretArn, request.region);
   }
   return {
     clientId: 'mlm-filter-topic-provisioner',

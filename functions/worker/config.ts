@@ -89,6 +89,12 @@ export interface WorkerConfig {
   readonly s3RequestTimeoutMs?: number;
   /** MLMF_SESSION_TIMEOUT_MS: Kafka group session timeout (how soon a dead worker's partitions move). Default 30000. */
   readonly sessionTimeoutMs?: number;
+  /**
+   * MLMF_KAFKA_RETRY_BUDGET_MS: how long a Kafka outage (broker restart, coordinator move) is retried -- transactional
+   * commits and consumer restarts -- before the worker exits with kafka_commit_failed / kafka_consumer_crashed.
+   * Default 120000.
+   */
+  readonly kafkaRetryBudgetMs?: number;
   /** MLMF_SQS_VISIBILITY_S: visibility timeout of messages in work (how soon a dead worker's messages return). Default 60. */
   readonly sqsVisibilitySeconds?: number;
   /** MLMF_BACKLOG_SAMPLE_MS: how often consumer lag / queue depth is sampled for metrics. Default 30000. */
@@ -196,6 +202,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     idleFlushMs: int(e('MLMF_FLUSH_MS'), 'MLMF_FLUSH_MS'),
     s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), 'MLMF_S3_TIMEOUT_MS'),
     sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), 'MLMF_SESSION_TIMEOUT_MS'),
+    kafkaRetryBudgetMs: int(e('MLMF_KAFKA_RETRY_BUDGET_MS'), 'MLMF_KAFKA_RETRY_BUDGET_MS'),
     sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), 'MLMF_SQS_VISIBILITY_S'),
     backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), 'MLMF_BACKLOG_SAMPLE_MS'),
     dedupe: bool(e('MLMF_DEDUPE'), 'MLMF_DEDUPE'),

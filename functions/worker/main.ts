@@ -17,7 +17,6 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { Intake } from '../../lib/intake/index.ts';
 import { startGpuSampling, WorkerMetrics } from '../../lib/metrics/index.ts';
@@ -26,6 +25,7 @@ import { DeadLetterSink } from '../../lib/sinks/dead-letter.ts';
 import { KafkaAcceptedSink } from '../../lib/sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
 import { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
+import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { S3CuratedSink } from '../../lib/sinks/s3-curated.ts';
 import { createKafka, topicMaxMessageBytes, type KafkaAuth } from '../../lib/kafka/client.ts';
 import { KafkaSource } from '../../lib/sources/kafka.ts';
@@ -114,18 +114,8 @@ async function kafkaAuth(config: WorkerConfig, region: string): Promise<KafkaAut
       return { mechanism: 'none' };
     case 'iam':
       return { mechanism: 'iam', region };
-    case 'scram-sha-512': {
-      const sm = new SecretsManagerClient({ region });
-      const secret = await sm.send(new GetSecretValueCommand({ SecretId: config.kafkaSecretArn }));
-      sm.destroy();
-      const parsed = JSON.parse(secret.SecretString ?? '{}') as { username?: string; password?: string };
-      if (!parsed.username || !parsed.password) {
-        throw new FilterError('worker_config', 'the SCRAM secret must be JSON {"username","password"}', {
-          secretArn: config.kafkaSecretArn,
-        });
-      }
-      return { mechanism: 'scram-sha-512', username: parsed.username, password: parsed.password };
-    }
+    case 'scram-sha-512':
+      return readScramSecret(config.kafkaSecretArn!, region);
   }
 }
 
@@ -203,6 +193,8 @@ async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, c
   const hub = await KafkaProducerHub.open({
     kafka,
     transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
+    commitRetryBudgetMs: config.kafkaRetryBudgetMs,
+    logger: { warn: (msg, ctx) => log('warn', msg, ctx) },
   });
   closers.last(() => hub.close());
   return { kafka, hub, exactlyOnce };
@@ -289,6 +281,7 @@ function openSource(
       maxBatchRecords: config.sourceBatch ?? 1000,
       sessionTimeoutMs: session,
       heartbeatIntervalMs: session ? Math.min(3000, Math.floor(session / 3)) : undefined,
+      restartBudgetMs: config.kafkaRetryBudgetMs,
       hub: exactlyOnce ? hub : undefined,
       onRevoked: (partitions) => curated.forgetPartitions(partitions),
       onAcked,

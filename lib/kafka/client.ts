@@ -110,6 +110,86 @@ export function kafkaErrorType(err: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * Protocol errors no retry can cure: a newer worker with this transactional id fenced this one, a permission is
+ * missing, or the brokers refuse what is sent or how the group is configured.
+ */
+const PERMANENT_ERRORS = new Set([
+  'PRODUCER_FENCED',
+  'INVALID_PRODUCER_EPOCH',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+  'GROUP_AUTHORIZATION_FAILED',
+  'TOPIC_AUTHORIZATION_FAILED',
+  'CLUSTER_AUTHORIZATION_FAILED',
+  'SASL_AUTHENTICATION_FAILED',
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+  'INVALID_TRANSACTION_TIMEOUT',
+  'INVALID_SESSION_TIMEOUT',
+  'INCONSISTENT_GROUP_PROTOCOL',
+  'FENCED_INSTANCE_ID',
+  'UNSUPPORTED_VERSION',
+  'UNSUPPORTED_FOR_MESSAGE_FORMAT',
+]);
+
+/**
+ * Whether a Kafka error is permanent (see PERMANENT_ERRORS; also a failed SASL handshake). Anything else --
+ * connections refused or closed, request timeouts, coordinators moving or loading, kafkajs giving up after its own
+ * retries, even errors kafkajs calls non-retriable such as finding no group coordinator while the brokers are down --
+ * is an outage that may end, which the caller retries within its time budget.
+ */
+export function isPermanentKafkaError(err: unknown): boolean {
+  for (let e = err as { name?: unknown; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
+    if (e.name === 'KafkaJSSASLAuthenticationError') return true;
+    e = e.cause as typeof e;
+  }
+  return PERMANENT_ERRORS.has(kafkaErrorType(err) ?? '');
+}
+
+/** How long a Kafka outage (a broker restart, a coordinator move) is retried before the worker gives up, ms. */
+export const DEFAULT_KAFKA_RETRY_BUDGET_MS = 120_000;
+
+/**
+ * How long an outage has lasted, for retry loops that give up only once it outlasts a budget: the clock starts at
+ * the first failure and stops at the next success.
+ */
+export class OutageClock {
+  private since: number | undefined;
+  private failures = 0;
+
+  constructor(readonly budgetMs: number) {}
+
+  /** Starts the clock before any failure (a budget for a whole operation rather than from its first failure). */
+  start(): void {
+    this.since ??= performance.now();
+  }
+
+  /** Records a failure; true when retrying is still worth it (not permanent, outage within the budget). */
+  failed(err: unknown): boolean {
+    this.start();
+    this.failures++;
+    return !isPermanentKafkaError(err) && this.leftMs > 0;
+  }
+
+  /** Something got through: the outage, if any, is over. */
+  recovered(): void {
+    this.since = undefined;
+    this.failures = 0;
+  }
+
+  /** Backoff before the next retry: exponential in the failures so far, with jitter so workers do not move together. */
+  backoffMs(firstMs = 100, maxMs = 5000): number {
+    const base = Math.min(maxMs, firstMs * 2 ** Math.max(0, this.failures - 1));
+    return base * (0.8 + Math.random() * 0.4);
+  }
+
+  /** Outage time left before the budget is spent, ms (the whole budget when there is no outage). */
+  get leftMs(): number {
+    return this.since === undefined ? this.budgetMs : this.budgetMs - (performance.now() - this.since);
+  }
+}
+
 const TOPIC_RESOURCE = 2 as ConfigResourceTypes;
 
 /**

@@ -1,9 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import type { Consumer, ConsumerRunConfig, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { kafkaErrorType, nextOffset } from '../kafka/client.ts';
+import { DEFAULT_KAFKA_RETRY_BUDGET_MS, kafkaErrorType, nextOffset, OutageClock } from '../kafka/client.ts';
 
 export interface KafkaSourceLogger {
   info(msg: string, ctx?: Record<string, unknown>): void;
@@ -28,6 +28,12 @@ export interface KafkaSourceOptions {
   readonly sessionTimeoutMs?: number;
   /** Heartbeat interval, ms. Default 3000. */
   readonly heartbeatIntervalMs?: number;
+  /**
+   * How long the consumer keeps restarting after crashes through a broker outage, ms, counted from the first crash
+   * until it joins its group again; past it, or on a permanent error, `batches` fails (`kafka_consumer_crashed`).
+   * Default 120000.
+   */
+  readonly restartBudgetMs?: number;
   /**
    * Transactional commits: `ack` commits the offsets in the hub's transaction together with the topic messages the
    * sinks staged for those offsets (exactly-once to the audit/accepted/DLQ topics). Without it, `ack` commits the
@@ -76,6 +82,9 @@ export class KafkaSource implements Source {
   private wake: (() => void) | undefined;
   private stopping = false;
   private crashed: unknown;
+  /** Consumer crashes since the last successful group join. */
+  private readonly outage: OutageClock;
+  private restartTimer: NodeJS.Timeout | undefined;
   private joins = 0;
   /** Partitions of the source topic this member owns (from the last group join). */
   private assigned: number[] = [];
@@ -88,6 +97,7 @@ export class KafkaSource implements Source {
   constructor(private readonly options: KafkaSourceOptions) {
     this.log = options.logger ?? silent;
     this.committer = this.makeCommitter();
+    this.outage = new OutageClock(options.restartBudgetMs ?? DEFAULT_KAFKA_RETRY_BUDGET_MS);
   }
 
   private notify(): void {
@@ -168,7 +178,7 @@ export class KafkaSource implements Source {
     const entry = this.entries.get(batch);
     if (!entry || entry.controller.signal.aborted) return;
     try {
-      await this.commitOffsets(entry);
+      if (!(await this.commitOffsets(entry))) return;
     } catch (err) {
       const type = kafkaErrorType(err);
       if (!type || !REBALANCE_ERRORS.has(type)) throw err;
@@ -195,10 +205,12 @@ export class KafkaSource implements Source {
     this.settle(entry);
   }
 
-  private async commitOffsets({ topic, partition, lastOffset }: InFlight): Promise<void> {
+  /** False when the hub found the partition dropped (a rebalance) before committing: nothing was committed. */
+  private async commitOffsets({ topic, partition, lastOffset }: InFlight): Promise<boolean> {
     const hub = this.options.hub;
-    if (hub) await hub.commit(this.options.groupId, topic, partition, lastOffset);
-    else await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
+    if (hub) return hub.commit(this.options.groupId, topic, partition, lastOffset);
+    await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
+    return true;
   }
 
   private async eachBatch(payload: EachBatchPayload): Promise<void> {
@@ -227,7 +239,8 @@ export class KafkaSource implements Source {
     }
   }
 
-  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
+  /** The group consumer, its run settings and its event handlers (a crash restarts it within the budget). */
+  private createConsumer(): { consumer: Consumer; run: ConsumerRunConfig } {
     const o = this.options;
     const consumer = o.kafka.consumer({
       groupId: o.groupId,
@@ -237,11 +250,19 @@ export class KafkaSource implements Source {
       maxWaitTimeInMs: Math.min(5000, Math.floor((o.sessionTimeoutMs ?? 30_000) / 5)),
       heartbeatInterval: o.heartbeatIntervalMs ?? 3000,
       readUncommitted: false,
-      retry: { retries: 8 },
+      // After these retries kafkajs crashes the consumer and, for an error it deems retriable, restarts it: the
+      // budget decides when an outage has lasted too long for that.
+      retry: { retries: 8, restartOnFailure: async (err) => this.outage.failed(err) },
     });
-    this.consumer = consumer;
+    const run: ConsumerRunConfig = {
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: o.partitionsConsumedConcurrently ?? 4,
+      eachBatch: (p) => this.eachBatch(p),
+    };
     consumer.on(consumer.events.REBALANCING, () => this.revokeAll('group rebalancing'));
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      this.outage.recovered();
       // A later join is a new generation: positions restart from the committed offsets.
       if (this.joins++ > 0) this.revokeAll('group re-joined');
       this.assigned = e.payload.memberAssignment[o.topic] ?? [];
@@ -251,23 +272,52 @@ export class KafkaSource implements Source {
         assignment: e.payload.memberAssignment,
       });
     });
-    consumer.on(consumer.events.CRASH, (e) => {
-      if (!e.payload.restart) {
-        this.crashed = e.payload.error;
-        this.notify();
-      } else {
-        this.revokeAll('consumer restarting after an error');
-      }
+    consumer.on(consumer.events.CRASH, (e) => this.onCrash(consumer, run, e.payload));
+    return { consumer, run };
+  }
+
+  /**
+   * kafkajs restarts the consumer itself after an error it deems retriable (`restart`). Some errors a broker restart
+   * causes it deems final (no group coordinator found while the only broker is down): those restart here, until the
+   * outage outlasts the budget or the error is permanent. Either way the batches in flight belong to a generation
+   * that is over: they are revoked and come again from the committed offsets.
+   */
+  private onCrash(consumer: Consumer, run: ConsumerRunConfig, crash: { error: Error; restart: boolean }): void {
+    if (crash.restart) {
+      this.revokeAll('consumer restarting after an error');
+      return;
+    }
+    if (this.stopping || !this.outage.failed(crash.error)) {
+      this.crashed = crash.error;
+      this.notify();
+      return;
+    }
+    this.revokeAll('consumer restarting after an error kafkajs does not retry');
+    const delay = this.outage.backoffMs(300, 5000);
+    this.log.warn('Kafka consumer crashed; restarting it', {
+      error: String(crash.error),
+      restartInMs: Math.round(delay),
+      budgetLeftMs: Math.round(this.outage.leftMs),
     });
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      if (this.stopping) return;
+      // A start that fails crashes again (CRASH), back into this handler.
+      consumer.run(run).catch((err: unknown) => {
+        this.crashed = err;
+        this.notify();
+      });
+    }, delay);
+  }
+
+  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
+    const o = this.options;
+    const { consumer, run } = this.createConsumer();
+    this.consumer = consumer;
     try {
       await consumer.connect();
       await consumer.subscribe({ topic: o.topic, fromBeginning: o.fromBeginning ?? true });
-      await consumer.run({
-        autoCommit: false,
-        eachBatchAutoResolve: false,
-        partitionsConsumedConcurrently: o.partitionsConsumedConcurrently ?? 4,
-        eachBatch: (p) => this.eachBatch(p),
-      });
+      await consumer.run(run);
     } catch (err) {
       throw new FilterError('kafka_unavailable', `cannot consume ${o.topic}: ${(err as Error).message}`, {
         topic: o.topic,
@@ -332,6 +382,7 @@ export class KafkaSource implements Source {
 
   async close(): Promise<void> {
     this.stopping = true;
+    clearTimeout(this.restartTimer);
     await this.consumer?.disconnect();
   }
 }

@@ -2,6 +2,7 @@
  * The Kafka lag probe: its handler against the real local Kafka (scripts/test.sh starts it), the Lambda entry point run
  * as its own process (the EMF line on stdout), and the construct and its place in the pipeline (synthesised, cdk-nag).
  */
+import { parseScramSecret } from '../../lib/kafka/scram-secret.ts';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -19,7 +20,6 @@ import type { Admin, Kafka } from 'kafkajs';
 import {
   backlogEmf,
   measureBacklog,
-  parseScramSecret,
   probeConfigFromEnv,
   probeKafka,
   probeOnce,

@@ -1,9 +1,9 @@
+import { parseScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Kafka, logLevel } from 'kafkajs';
 import {
   onEvent,
-  parseScramSecret,
   parseTopicRequest,
   planTopics,
   kafkaConfig,

@@ -289,3 +289,60 @@ export async function queueEmpty(sqs: SQSClient, url: string): Promise<boolean> 
     Number(a.Attributes?.ApproximateNumberOfMessagesNotVisible) === 0
   );
 }
+
+/**
+ * Polls `cond` for `windowMs` and fails at the first poll where it does not hold: for claims about a span of time
+ * ("the batch stays invisible past its visibility timeout"), checked all along instead of once after a sleep.
+ */
+export async function holdsFor(what: string, cond: () => Promise<boolean>, windowMs: number): Promise<void> {
+  const end = Date.now() + windowMs;
+  do {
+    if (!(await cond()))
+      throw new Error(`${what}: stopped holding ${windowMs - (end - Date.now())} ms into the window`);
+    await new Promise((r) => setTimeout(r, Math.max(0, Math.min(250, end - Date.now()))));
+  } while (Date.now() < end);
+  if (!(await cond())) throw new Error(`${what}: did not hold at the end of the ${windowMs} ms window`);
+}
+
+/**
+ * Every message of a topic as a read_committed reader sees it, read up to the end the topic has when the call starts
+ * (its last stable offsets, which stop at a transaction still open). Unlike readTopic with a count, it also shows
+ * messages that should not be there: it returns only once every partition is read to that end, and fails if it is
+ * not reached within `timeoutMs`.
+ */
+export async function readTopicToEnd(
+  kafka: Kafka,
+  topic: string,
+  timeoutMs = 20_000,
+): Promise<{ key: string; value: Record<string, unknown> }[]> {
+  const admin = kafka.admin();
+  await admin.connect();
+  const ends = await admin.fetchTopicOffsets(topic).finally(() => admin.disconnect());
+  const unread = new Map(ends.filter((p) => BigInt(p.high) > BigInt(p.low)).map((p) => [p.partition, BigInt(p.high)]));
+  const out: { key: string; value: Record<string, unknown> }[] = [];
+  if (unread.size === 0) return out;
+  const consumer = kafka.consumer({ groupId: uniq('reader'), readUncommitted: false });
+  let finish!: () => void;
+  const finished = new Promise<void>((r) => (finish = r));
+  // A batch's last offset counts the transaction markers after its messages, which readers never see as messages.
+  consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+    const end = unread.get(payload.partition);
+    if (end !== undefined && BigInt(payload.lastOffset) + 1n >= end) unread.delete(payload.partition);
+    if (unread.size === 0) finish();
+  });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await consumer.run({
+    eachMessage: async ({ message }) => {
+      out.push({ key: message.key?.toString() ?? '', value: JSON.parse(message.value!.toString()) });
+    },
+  });
+  const timer = setTimeout(finish, timeoutMs);
+  await finished;
+  clearTimeout(timer);
+  await consumer.disconnect();
+  if (unread.size > 0) {
+    throw new Error(`${topic}: not read to its end in ${timeoutMs} ms (partitions ${[...unread.keys()]} short)`);
+  }
+  return out;
+}

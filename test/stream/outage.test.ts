@@ -82,15 +82,14 @@ describe('S3 outage', { skip }, () => {
     let frozen = false;
     try {
       await waitFor('first part committed', async () => (await committedTotal(admin, groupId, t)) === 40, 30_000);
+      const s3Failures = () => errors.filter((m) => /S3 request failed/.test(m)).length;
+      const failuresBefore = s3Failures();
       process.kill(pid, 'SIGSTOP');
       frozen = true;
       await produce(kafka, t, second);
-      await new Promise((r) => setTimeout(r, 4000));
+      // The second part has reached the sink when its uploads start failing (and being retried).
+      await waitFor('the sink reporting failed S3 uploads', async () => s3Failures() > failuresBefore, 30_000);
       assert.equal(await committedTotal(admin, groupId, t), 40, 'no offset committed while S3 is down');
-      assert.ok(
-        errors.some((m) => /S3 request failed/.test(m)),
-        'the sink reports and retries the failed uploads',
-      );
       process.kill(pid, 'SIGCONT');
       frozen = false;
       await waitFor(

@@ -13,7 +13,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import { SqsSource } from '../../lib/sources/sqs.ts';
 import type { SourceBatch } from '../../lib/types.ts';
-import { CREDENTIALS, REGION, SQS_ENDPOINT, needServices, uniq } from './helpers.ts';
+import { CREDENTIALS, REGION, SQS_ENDPOINT, holdsFor, needServices, uniq, waitFor } from './helpers.ts';
 
 const skip = await needServices('sqs');
 
@@ -65,8 +65,8 @@ describe('SQS source', { skip }, () => {
     const mine = batch.records.length;
     assert.ok(mine > 10, `a batch merges receives (got ${mine})`);
     assert.equal(batch.records[0]!.origin.kind, 'sqs');
-    await new Promise((r) => setTimeout(r, 3500)); // past the 2 s visibility: only the extension keeps them hidden
-    assert.equal(await depth(url), 25 - mine, 'the batch stays invisible while in work');
+    // Past the 2 s visibility timeout, only the extension keeps them hidden: checked all through the window.
+    await holdsFor('the batch stays invisible while in work', async () => (await depth(url)) === 25 - mine, 3500);
     await batch.committer.commit(batch);
     assert.equal(await depth(url, 'ApproximateNumberOfMessagesNotVisible'), 0, 'committed messages are deleted');
     assert.equal(await depth(url), 25 - mine);
@@ -79,10 +79,9 @@ describe('SQS source', { skip }, () => {
     const batch = await firstBatch(source, stop);
     stop.abort();
     const mine = batch.records.length;
-    await new Promise((r) => setTimeout(r, 3500));
+    await holdsFor('the batch stays invisible past its timeout', async () => (await depth(url)) === 12 - mine, 3500);
     assert.equal(await othersSee(url), Math.min(10, 12 - mine), 'only messages outside the batch are visible');
     await batch.committer.release(batch, new Error('sink down'));
-    await new Promise((r) => setTimeout(r, 200));
-    assert.ok((await othersSee(url)) > 0, 'released messages are visible again');
+    await waitFor('released messages visible again', async () => (await othersSee(url)) > 0, 5000);
   });
 });
