@@ -160,17 +160,36 @@ function oneOf<T extends string>(v: string | undefined, name: string, allowed: r
   return v as T;
 }
 
+/**
+ * Where the worker's settings come from, by their documented names (lib/worker-env.ts): the environment
+ * (configFromEnv), or the CLI's `worker` flags over the environment. `label` names a setting in an error message.
+ */
+export interface WorkerSettings {
+  get(name: WorkerEnvName): string | undefined;
+  label(name: WorkerEnvName): string;
+}
+
 /** Reads the worker's configuration from environment variables (names: lib/worker-env.ts, shared with infra/). */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
-  const e = (k: WorkerEnvName) => (env[k] === '' ? undefined : env[k]);
+  return configFrom({ get: (name) => env[name], label: (name) => name });
+}
+
+/** Reads and checks the worker's configuration from `settings`; an empty value counts as unset. */
+export function configFrom(settings: WorkerSettings): WorkerConfig {
+  const e = (k: WorkerEnvName) => {
+    const v = settings.get(k);
+    return v === '' ? undefined : v;
+  };
+  const l = (k: WorkerEnvName) => settings.label(k);
   const config: WorkerConfig = {
     source:
-      oneOf(e('MLMF_SOURCE'), 'MLMF_SOURCE', ['kafka', 'sqs'] as const) ?? (e('MLMF_SQS_QUEUE_URL') ? 'sqs' : 'kafka'),
+      oneOf(e('MLMF_SOURCE'), l('MLMF_SOURCE'), ['kafka', 'sqs'] as const) ??
+      (e('MLMF_SQS_QUEUE_URL') ? 'sqs' : 'kafka'),
     brokers: list(e('MLMF_BROKERS')),
     sourceTopic: e('MLMF_SOURCE_TOPIC'),
     groupId: e('MLMF_GROUP_ID'),
-    kafkaAuth: oneOf(e('MLMF_KAFKA_AUTH'), 'MLMF_KAFKA_AUTH', ['none', 'iam', 'scram-sha-512'] as const),
-    kafkaTls: bool(e('MLMF_KAFKA_TLS'), 'MLMF_KAFKA_TLS'),
+    kafkaAuth: oneOf(e('MLMF_KAFKA_AUTH'), l('MLMF_KAFKA_AUTH'), ['none', 'iam', 'scram-sha-512'] as const),
+    kafkaTls: bool(e('MLMF_KAFKA_TLS'), l('MLMF_KAFKA_TLS')),
     kafkaSecretArn: e('MLMF_KAFKA_SECRET_ARN'),
     sqsQueueUrl: e('MLMF_SQS_QUEUE_URL'),
     bucket: e('MLMF_BUCKET') ?? '',
@@ -182,35 +201,35 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerConfi
     modelS3Uri: e('MLMF_MODEL_S3_URI'),
     modelSha256: e('MLMF_MODEL_SHA256'),
     thresholds: e('MLMF_THRESHOLDS'),
-    combine: oneOf(e('MLMF_COMBINE'), 'MLMF_COMBINE', ['and', 'or'] as const),
+    combine: oneOf(e('MLMF_COMBINE'), l('MLMF_COMBINE'), ['and', 'or'] as const),
     metrics: e('MLMF_METRICS') === undefined ? undefined : parseMetricSelection(e('MLMF_METRICS')!, ENV_METRICS),
-    executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), 'MLMF_EXECUTION_PROVIDER', [
+    executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), l('MLMF_EXECUTION_PROVIDER'), [
       'cuda',
       'webgpu',
       'cpu',
     ] as const),
-    batchSize: int(e('MLMF_BATCH_SIZE'), 'MLMF_BATCH_SIZE'),
-    healthPort: int(e('MLMF_HEALTH_PORT'), 'MLMF_HEALTH_PORT'),
+    batchSize: int(e('MLMF_BATCH_SIZE'), l('MLMF_BATCH_SIZE')),
+    healthPort: int(e('MLMF_HEALTH_PORT'), l('MLMF_HEALTH_PORT')),
     metricsNamespace: e('MLMF_METRICS_NAMESPACE'),
     pipeline: e('MLMF_PIPELINE'),
     region: e('AWS_REGION') ?? e('AWS_DEFAULT_REGION'),
     s3Endpoint: e('MLMF_S3_ENDPOINT'),
     sqsEndpoint: e('MLMF_SQS_ENDPOINT'),
     transactionalId: e('MLMF_TRANSACTIONAL_ID'),
-    exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), 'MLMF_EXACTLY_ONCE'),
-    samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), 'MLMF_SHARD_SAMPLES'),
-    idleFlushMs: int(e('MLMF_FLUSH_MS'), 'MLMF_FLUSH_MS'),
-    s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), 'MLMF_S3_TIMEOUT_MS'),
-    sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), 'MLMF_SESSION_TIMEOUT_MS'),
-    kafkaRetryBudgetMs: int(e('MLMF_KAFKA_RETRY_BUDGET_MS'), 'MLMF_KAFKA_RETRY_BUDGET_MS'),
-    sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), 'MLMF_SQS_VISIBILITY_S'),
-    backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), 'MLMF_BACKLOG_SAMPLE_MS'),
-    dedupe: bool(e('MLMF_DEDUPE'), 'MLMF_DEDUPE'),
-    sourceBatch: int(e('MLMF_SOURCE_BATCH'), 'MLMF_SOURCE_BATCH'),
-    intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), 'MLMF_INTAKE_CONCURRENCY'),
+    exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), l('MLMF_EXACTLY_ONCE')),
+    samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), l('MLMF_SHARD_SAMPLES')),
+    idleFlushMs: int(e('MLMF_FLUSH_MS'), l('MLMF_FLUSH_MS')),
+    s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), l('MLMF_S3_TIMEOUT_MS')),
+    sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), l('MLMF_SESSION_TIMEOUT_MS')),
+    kafkaRetryBudgetMs: int(e('MLMF_KAFKA_RETRY_BUDGET_MS'), l('MLMF_KAFKA_RETRY_BUDGET_MS')),
+    sqsVisibilitySeconds: int(e('MLMF_SQS_VISIBILITY_S'), l('MLMF_SQS_VISIBILITY_S')),
+    backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), l('MLMF_BACKLOG_SAMPLE_MS')),
+    dedupe: bool(e('MLMF_DEDUPE'), l('MLMF_DEDUPE')),
+    sourceBatch: int(e('MLMF_SOURCE_BATCH'), l('MLMF_SOURCE_BATCH')),
+    intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), l('MLMF_INTAKE_CONCURRENCY')),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),
     jpegDecoder: jpegDecoder(e('MLMF_JPEG_DECODER')),
-    jpegDctScaling: bool(e('MLMF_JPEG_DCT_SCALING'), 'MLMF_JPEG_DCT_SCALING'),
+    jpegDctScaling: bool(e('MLMF_JPEG_DCT_SCALING'), l('MLMF_JPEG_DCT_SCALING')),
   };
   return config;
 }

@@ -44,7 +44,7 @@ import {
   type WorkerConfig,
 } from './config.ts';
 
-export { configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
+export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
 export type WorkerLog = (level: Level, msg: string, ctx?: Record<string, unknown>) => void;

@@ -153,7 +153,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       });
       if (top && staging) {
         await staging.flush();
-        await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o));
+        await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
       }
     } finally {
       progress.stop();

@@ -332,19 +332,32 @@ function addWorkerCommand(program: Command): void {
     worker.addOption(flag.startsWith('--thresholds ') ? option.argParser(thresholdListArg) : option);
   }
   worker.action(async (flags: Record<string, string | undefined>) => {
-    const { configFromEnv, runWorker } = await import('../../functions/worker/main.ts');
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    for (const [flag, name] of workerFlags) {
-      const key = flag
-        .replace(/^--/, '')
-        .split(' ')[0]!
-        .replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-      if (flags[key] !== undefined) env[name] = flags[key];
-    }
+    const { configFrom, runWorker } = await import('../../functions/worker/main.ts');
+    // Flags and environment by the settings' documented names: a flag wins over its variable, and an error names both.
+    const byName = new Map(
+      workerFlags.map(([flag, name]) => [name, { flag: flag.split(' ')[0]!, key: flagKey(flag) }]),
+    );
+    const config = configFrom({
+      get: (name) => {
+        const f = byName.get(name);
+        return (f && flags[f.key]) ?? process.env[name];
+      },
+      label: (name) => {
+        const f = byName.get(name);
+        return f ? `${f.flag} (${name})` : name;
+      },
+    });
     const stops = stopSignals();
-    await runWorker(configFromEnv(env), { signal: stops.signal, abort: stops.abort });
+    await runWorker(config, { signal: stops.signal, abort: stops.abort });
   });
 }
+
+/** commander's option key of a flag: `--source-topic <topic>` -> `sourceTopic`. */
+const flagKey = (flag: string) =>
+  flag
+    .replace(/^--/, '')
+    .split(' ')[0]!
+    .replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
 async function readConfig(path: string): Promise<Partial<FilterJobOptions>> {
   try {

@@ -1,4 +1,8 @@
 import { rm } from 'node:fs/promises';
+import { BatchLedger } from '../pipeline/ledger.ts';
+import { silentLogger, type PipelineLogger } from '../pipeline/logger.ts';
+import { RunFailure } from '../pipeline/run-failure.ts';
+import { SinkWriter } from '../pipeline/sink-writer.ts';
 import { Policy, topFractionCutoff, type PolicyOptions, type Verdict } from '../policy/index.ts';
 import type { CuratedSampleMeta } from '../sinks/webdataset.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
@@ -119,7 +123,9 @@ function stagedOutcome(sample: RawSample): Outcome {
 
 /**
  * Second pass: re-reads the staged shards in order and routes each pair by the run-wide cutoff. Rejected pairs get a
- * `below_threshold` reason naming the cutoff and the fraction.
+ * `below_threshold` reason naming the cutoff and the fraction. The outcomes go through the same batch ledger and sink
+ * retry policy as the first pass (in order, retried, flushed when idle); a staged sample that cannot be read back
+ * fails the run rather than silently dropping an accept.
  */
 export async function applyTopFraction(
   stagingDir: string,
@@ -127,17 +133,34 @@ export async function applyTopFraction(
   values: RankingValues,
   sinks: readonly Sink[],
   onOutcome: (o: Outcome) => void,
+  logger: PipelineLogger = silentLogger,
 ): Promise<{ score: number; expected: number } | undefined> {
   const cutoff = values.cutoff(options.fraction);
   if (cutoff) {
-    const source = await WebDatasetSource.open({ paths: [stagingDir] }).catch(() => undefined);
-    const writes = new OrderedWrites(sinks);
-    for await (const batch of source?.batches(new AbortController().signal) ?? []) {
-      const outcomes = batch.records.map((r) => routeStaged(stagedOutcome(r.raw as RawSample), options, cutoff));
-      await writes.write(outcomes);
-      outcomes.forEach(onOutcome);
+    const failure = new RunFailure();
+    const ledger = new BatchLedger({
+      writer: new SinkWriter({ sinks, retryBaseMs: 200, retryMaxMs: 30_000, logger }),
+      maxPendingRecords: 4096,
+      dedupe: false,
+      hard: new AbortController().signal,
+      failure,
+      logger,
+      onCommitted: (outcomes) => outcomes.forEach(onOutcome),
+    });
+    const source = await WebDatasetSource.open({ paths: [stagingDir] });
+    for await (const batch of source.batches(failure.signal)) {
+      const entry = await ledger.admit(batch);
+      batch.records.forEach((r, i) => {
+        try {
+          entry.settle(i, routeStaged(stagedOutcome(r.raw as RawSample), options, cutoff));
+        } catch (err) {
+          failure.fail(err);
+          entry.lose();
+        }
+      });
     }
-    await writes.finish();
+    await ledger.drain();
+    failure.throwIfFailed();
   }
   await rm(stagingDir, { recursive: true, force: true });
   return cutoff;
@@ -161,33 +184,4 @@ function routeStaged(o: Outcome, options: TopFractionOptions, cutoff: { score: n
   };
   const message = `${options.metric} ${score} is below the run's top-${options.fraction * 100}% cutoff ${cutoff.score}`;
   return { ...o, decision: 'reject', reasons: [{ code: 'below_threshold', message, detail }] };
-}
-
-/**
- * Hands batches to the sinks in order without waiting for each to be durable where the sinks allow it
- * (`overlappingWrites`): the curated sink resolves a write only when its shard is cut, so waiting batch by batch
- * would stall every partial shard until the sink's idle timer (10 s). `finish` flushes and waits for all.
- */
-class OrderedWrites {
-  private readonly overlapping: boolean;
-  private readonly pending: Promise<void>[] = [];
-  private failure: { error: unknown } | undefined;
-
-  constructor(private readonly sinks: readonly Sink[]) {
-    this.overlapping = sinks.every((s) => s.overlappingWrites === true);
-  }
-
-  async write(outcomes: readonly Outcome[]): Promise<void> {
-    if (this.failure) throw this.failure.error;
-    const written = Promise.all(this.sinks.map((s) => s.write(outcomes))).then(() => undefined);
-    if (!this.overlapping) return written;
-    // Caught at once (no unhandled rejection while later batches are read); rethrown by the next write or finish.
-    this.pending.push(written.catch((error: unknown) => void (this.failure ??= { error })));
-  }
-
-  async finish(): Promise<void> {
-    await Promise.all(this.sinks.map((s) => s.flush()));
-    await Promise.all(this.pending);
-    if (this.failure) throw this.failure.error;
-  }
 }

@@ -16,7 +16,7 @@ const model = join(root, 'test/fixtures/models/tiny-llava-qwen');
 const sample = join(root, 'sample/pairs.jsonl');
 const skipModel = !existsSync(model) && 'tiny model fixture missing';
 
-function cli(args: string[], options: { input?: string | Buffer; cwd?: string } = {}) {
+function cli(args: string[], options: { input?: string | Buffer; cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
   const r = spawnSync(process.execPath, [bin, ...args], { timeout: 120_000, ...options });
   return { code: r.status, out: r.stdout.toString('utf8'), err: r.stderr.toString('utf8') };
 }
@@ -250,4 +250,20 @@ test('SIGINT drains the run and exits 130', { skip: skipModel }, async () => {
   clearTimeout(deadline);
   assert.equal(code, 130, err);
   assert.ok(existsSync(join(out, 'summary.json')));
+});
+
+test('worker: a flag is read as its setting directly (no environment round trip), and an error names the flag', () => {
+  const env = { ...process.env, MLMF_BATCH_SIZE: '4', AWS_EC2_METADATA_DISABLED: 'true' };
+  const bad = cli(['worker', '--batch-size', 'abc', '--bucket', 'b', '--sqs-queue-url', 'http://127.0.0.1:1/q'], {
+    env,
+  });
+  assert.equal(bad.code, 2, bad.err);
+  const line = assertOneLineError(bad.err, 'worker_config');
+  assert.match(line, /--batch-size \(MLMF_BATCH_SIZE\) must be a non-negative integer, got "abc"/);
+  // The variable alone is named as the variable.
+  const fromEnv = cli(['worker', '--bucket', 'b', '--sqs-queue-url', 'http://127.0.0.1:1/q'], {
+    env: { ...env, MLMF_SHARD_SAMPLES: 'many' },
+  });
+  assert.equal(fromEnv.code, 2, fromEnv.err);
+  assert.match(assertOneLineError(fromEnv.err, 'worker_config'), /MLMF_SHARD_SAMPLES must be a non-negative integer/);
 });
