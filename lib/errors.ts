@@ -68,6 +68,26 @@ export const ERRORS = {
   lag_probe_config: config("the lag probe's environment is incomplete or inconsistent"),
   // Metrics.
   gpu_query_failed: runtime('nvidia-smi failed or printed something other than the GPU query', true),
+  // Backfill (lib/backfill): shard jobs over SQS.
+  invalid_s3_uri: usage('an s3:// URI that is not s3://bucket/key (or s3://bucket/prefix/ where a prefix is meant)'),
+  invalid_job_name: usage('a job name that is not 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)'),
+  shard_list_empty: config('no .tar shards under the --input prefix or in the list file'),
+  shard_name_collision: config('two input shards would write the same outputs (same name relative to the input)'),
+  job_not_found: config('no job manifest (manifest.json) under --output for --job'),
+  shard_job_invalid: config(
+    'an SQS message that is not a valid shard job {v:1, kind:"shard-job", job, input, output, shard}',
+  ),
+  shard_input_missing: config('the input shard of a job does not exist or may not be read (retrying cannot help)'),
+  shard_read_failed: runtime('reading an input shard from S3 failed mid-object', true),
+  shard_job_incomplete: runtime(
+    'a shard job ended before its shard was read to the end and every record settled',
+    true,
+  ),
+  backfill_output_failed: runtime(
+    "writing a shard job's outputs failed after retries (the job is retried whole)",
+    false,
+  ),
+  sqs_send_failed: runtime('sending SQS messages failed after retries', true),
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

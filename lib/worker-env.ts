@@ -5,7 +5,7 @@
  * `WorkerConfig` documents each value's meaning and default; docs/DEPLOY.md the operator's view.
  */
 export const WORKER_ENV = {
-  MLMF_SOURCE: 'kafka | sqs',
+  MLMF_SOURCE: 'kafka | sqs | sqs-shards (shard jobs of mlm-filter enqueue)',
   MLMF_BROKERS: 'comma-separated host:port of the source and audit/accepted/DLQ brokers',
   MLMF_SOURCE_TOPIC: 'the crawler topic',
   MLMF_GROUP_ID: 'Kafka consumer group',
@@ -15,6 +15,8 @@ export const WORKER_ENV = {
   MLMF_SQS_QUEUE_URL: 'the crawler queue',
   MLMF_SQS_ENDPOINT: 'local SQS-protocol server (tests)',
   MLMF_SQS_VISIBILITY_S: 'visibility timeout of messages in work',
+  MLMF_SQS_DLQ_URL: 'sqs-shards: dead-letter queue of shard jobs that keep failing (with the reason)',
+  MLMF_SHARD_MAX_RECEIVES: 'sqs-shards: deliveries of a failing shard job before the dead-letter queue',
   MLMF_BUCKET: 'the curated bucket',
   MLMF_PREFIX: 'key prefix in the curated bucket',
   MLMF_S3_ENDPOINT: 'local S3-protocol server (tests)',

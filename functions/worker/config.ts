@@ -14,8 +14,11 @@ import {
 
 /** Everything the worker needs; from the environment (configFromEnv) or from the CLI's flags. */
 export interface WorkerConfig {
-  /** MLMF_SOURCE */
-  readonly source: 'kafka' | 'sqs';
+  /**
+   * MLMF_SOURCE: `kafka` or `sqs` (pair records), or `sqs-shards`: shard-job messages of `mlm-filter enqueue`, each a
+   * whole WebDataset shard in S3 filtered into its job's outputs (functions/worker/shard-jobs.ts).
+   */
+  readonly source: 'kafka' | 'sqs' | 'sqs-shards';
   /** MLMF_BROKERS (comma-separated host:port): the source brokers and the audit/accepted/DLQ topics' brokers. */
   readonly brokers?: readonly string[];
   /** MLMF_SOURCE_TOPIC */
@@ -30,6 +33,10 @@ export interface WorkerConfig {
   readonly kafkaSecretArn?: string;
   /** MLMF_SQS_QUEUE_URL */
   readonly sqsQueueUrl?: string;
+  /** MLMF_SQS_DLQ_URL: sqs-shards only: where a shard job that keeps failing goes, with the reason. */
+  readonly sqsDlqUrl?: string;
+  /** MLMF_SHARD_MAX_RECEIVES: sqs-shards only: deliveries of a failing shard job before the dead-letter queue. Default 3. */
+  readonly shardMaxReceives?: number;
   /** MLMF_BUCKET: the curated bucket. */
   readonly bucket: string;
   /** MLMF_PREFIX: key prefix in the curated bucket. Default ''. */
@@ -183,7 +190,7 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
   const l = (k: WorkerEnvName) => settings.label(k);
   const config: WorkerConfig = {
     source:
-      oneOf(e('MLMF_SOURCE'), l('MLMF_SOURCE'), ['kafka', 'sqs'] as const) ??
+      oneOf(e('MLMF_SOURCE'), l('MLMF_SOURCE'), ['kafka', 'sqs', 'sqs-shards'] as const) ??
       (e('MLMF_SQS_QUEUE_URL') ? 'sqs' : 'kafka'),
     brokers: list(e('MLMF_BROKERS')),
     sourceTopic: e('MLMF_SOURCE_TOPIC'),
@@ -192,6 +199,8 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     kafkaTls: bool(e('MLMF_KAFKA_TLS'), l('MLMF_KAFKA_TLS')),
     kafkaSecretArn: e('MLMF_KAFKA_SECRET_ARN'),
     sqsQueueUrl: e('MLMF_SQS_QUEUE_URL'),
+    sqsDlqUrl: e('MLMF_SQS_DLQ_URL'),
+    shardMaxReceives: int(e('MLMF_SHARD_MAX_RECEIVES'), l('MLMF_SHARD_MAX_RECEIVES')),
     bucket: e('MLMF_BUCKET') ?? '',
     prefix: e('MLMF_PREFIX'),
     auditTopic: e('MLMF_AUDIT_TOPIC'),
@@ -265,12 +274,14 @@ export function scoredMetrics(c: WorkerConfig, policy: Policy = policyFromConfig
 /** Checks that the configuration names everything its source needs; throws FilterError('worker_config') if not. */
 export function validateConfig(c: WorkerConfig): void {
   const missing: string[] = [];
-  if (!c.bucket) missing.push('MLMF_BUCKET (--bucket)');
+  // A shard job names its own output bucket, and its rejects land beside it: the audit topic is optional there.
+  const shardJobs = c.source === 'sqs-shards';
+  if (!c.bucket && !shardJobs) missing.push('MLMF_BUCKET (--bucket)');
   if (c.source === 'kafka') {
     if (!c.brokers?.length) missing.push('MLMF_BROKERS (--brokers)');
     if (!c.sourceTopic) missing.push('MLMF_SOURCE_TOPIC (--source-topic)');
   } else if (!c.sqsQueueUrl) missing.push('MLMF_SQS_QUEUE_URL (--sqs-queue-url)');
-  if (!c.auditTopic) missing.push('MLMF_AUDIT_TOPIC (--audit-topic)');
+  if (!c.auditTopic && !shardJobs) missing.push('MLMF_AUDIT_TOPIC (--audit-topic)');
   if ((c.auditTopic || c.acceptedTopic || c.dlqTopic) && !c.brokers?.length)
     missing.push('MLMF_BROKERS (for the topics)');
   if (c.kafkaAuth === 'scram-sha-512' && !c.kafkaSecretArn) missing.push('MLMF_KAFKA_SECRET_ARN (SCRAM credentials)');

@@ -35,6 +35,7 @@ import type { Policy } from '../../lib/policy/index.ts';
 import type { Kafka } from 'kafkajs';
 import { FilterError } from '../../lib/types.ts';
 import { drainBudgetFromEnv, stopSignals } from './stop-signals.ts';
+import { runShardJobs } from './shard-jobs.ts';
 import {
   configFromEnv,
   defaultTransactionalId,
@@ -347,6 +348,67 @@ function observeScorer(config: WorkerConfig, scorer: Scorer, metrics: WorkerMetr
   if (gpu) closers.first(async () => gpu.stop());
 }
 
+interface PairParts {
+  readonly config: WorkerConfig;
+  readonly kafka: KafkaParts;
+  readonly s3: S3Client;
+  readonly scorer: Scorer;
+  readonly policy: Policy;
+  readonly intake: ImageIntake;
+  readonly metrics: WorkerMetrics;
+  readonly log: WorkerLog;
+  readonly closers: Closers;
+  readonly region: string;
+}
+
+interface PairRun {
+  readonly signal: AbortSignal;
+  readonly abort: AbortSignal;
+  /** The worker takes records now: health turns 200. */
+  readonly consuming: () => void;
+  readonly healthPort?: number;
+}
+
+/** Pair records from Kafka or SQS through the pipeline into the curated bucket and the topics. */
+async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResult> {
+  const { config, kafka, s3, scorer, policy, intake, metrics, log, closers, region } = parts;
+  const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, run.abort, log);
+  const source = openSource(config, kafka, curated, metrics, region, log, closers);
+  closers.first(() => source.close());
+  closers.first(sampleBacklog(source, metrics, config.backlogSampleMs ?? 30_000, log));
+  run.consuming();
+  log('info', 'worker consuming', {
+    ...{ source: config.source, topic: config.sourceTopic, queueUrl: config.sqsQueueUrl },
+    groupId: config.groupId ?? 'mlm-filter',
+    bucket: config.bucket,
+    exactlyOnce: kafka.exactlyOnce,
+    committer: source.committer.kind,
+    healthPort: run.healthPort,
+    model: scorer.model,
+    scoredMetrics: scorer.metrics,
+  });
+  const stats = await runPipeline({
+    source,
+    intake,
+    scorer,
+    policy,
+    sinks,
+    deadLetter,
+    signal: run.signal,
+    abort: run.abort,
+    intakeConcurrency: config.intakeConcurrency,
+    // In-run id dedupe is off by default: an SQS message redelivered while its first copy is still in work would
+    // become a `duplicate` reject instead of the same outcome written twice (duplicates carry the same id).
+    dedupe: config.dedupe ?? false,
+    onOutcome: (o) => metrics.observe(o),
+    onStage: (stage, ms) => metrics.observeStage(stage, ms),
+    logger: pipelineLogger(log, metrics),
+  });
+  if (!run.abort.aborted) await Promise.all(sinks.map((s) => s.close()));
+  log('info', 'worker stopped', { ...stats, shards: curated.shardsWritten, replaySkipped: curated.skippedReplayed });
+  return { stats, shardsWritten: curated.shardsWritten };
+}
+
 /** Runs the worker until the source ends or `signal` aborts; sinks flushed and closed on return. */
 export async function runWorker(config: WorkerConfig, options: RunWorkerOptions = {}): Promise<WorkerResult> {
   validateConfig(config);
@@ -378,45 +440,18 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     const scorer = await openScorer(config, policy, s3, log);
     closers.last(() => scorer.close());
     observeScorer(config, scorer, metrics, log, closers);
-    const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, hard, log);
-    const source = openSource(config, kafka, curated, metrics, region, log, closers);
-    closers.first(() => source.close());
-    closers.first(sampleBacklog(source, metrics, config.backlogSampleMs ?? 30_000, log));
     const intake = buildIntake(config, s3, scorer, log);
-    if (!graceful.aborted) state = 'consuming';
-    const where = { source: config.source, topic: config.sourceTopic, queueUrl: config.sqsQueueUrl };
-    log('info', 'worker consuming', {
-      ...where,
-      groupId: config.groupId ?? 'mlm-filter',
-      bucket: config.bucket,
-      exactlyOnce: kafka.exactlyOnce,
-      committer: source.committer.kind,
-      healthPort,
-      model: scorer.model,
-      scoredMetrics: scorer.metrics,
-    });
-    options.onReady?.({ healthPort });
-    const stats = await runPipeline({
-      source,
-      intake,
-      scorer,
-      policy,
-      sinks,
-      deadLetter,
-      signal: graceful,
-      abort: hard,
-      intakeConcurrency: config.intakeConcurrency,
-      // In-run id dedupe is off by default: a batch revoked on a rebalance comes back in the same run, and the
-      // pipeline may still count its ids as seen, turning accepts into `duplicate` rejects.
-      dedupe: config.dedupe ?? false,
-      onOutcome: (o) => metrics.observe(o),
-      onStage: (stage, ms) => metrics.observeStage(stage, ms),
-      logger: pipelineLogger(log, metrics),
-    });
-    state = 'draining';
-    if (!hard.aborted) await Promise.all(sinks.map((s) => s.close()));
-    log('info', 'worker stopped', { ...stats, shards: curated.shardsWritten, replaySkipped: curated.skippedReplayed });
-    return { stats, shardsWritten: curated.shardsWritten };
+    const consuming = () => {
+      if (!graceful.aborted) state = 'consuming';
+      options.onReady?.({ healthPort });
+    };
+    if (config.source === 'sqs-shards') {
+      // Backfill: shard-job messages instead of pair records (functions/worker/shard-jobs.ts).
+      const o = { config, kafka, s3, scorer, policy, intake, metrics, log, signal: graceful, abort: hard };
+      return await runShardJobs({ ...o, ready: consuming });
+    }
+    const parts = { config, kafka, s3, scorer, policy, intake, metrics, log, closers, region };
+    return await consumePairs(parts, { signal: graceful, abort: hard, consuming, healthPort });
   } finally {
     state = 'draining';
     graceful.removeEventListener('abort', onGraceful);

@@ -20,7 +20,7 @@ import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
-import { SummaryCollector, formatSummary, type RunSummary } from './summary.ts';
+import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
 import { applyTopFraction, RankingPolicy, RankingValues, type TopFractionOptions } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */

@@ -7,6 +7,7 @@ import { CLI_METRICS, parseMetricSelection } from '../policy/metric-selection.ts
 import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
 // The filter job pulls in onnxruntime, sharp, undici and the AWS SDK: loaded by its action, so --help stays fast.
 import type { FilterJobOptions } from './filter.ts';
+import { addBackfillCommands } from './backfill.ts';
 import { addOpsCommands } from './ops.ts';
 import { configureUsage, reportError, shownDefault, withQuotingHint } from './usage.ts';
 
@@ -121,6 +122,7 @@ export function buildProgram(): Command {
   addPromptCommand(program);
   addWorkerCommand(program);
   addOpsCommands(program);
+  addBackfillCommands(program);
   return program;
 }
 

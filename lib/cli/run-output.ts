@@ -12,7 +12,7 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink } from '../sinks/local-curated.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, RejectError } from '../types.ts';
-import { SummaryCollector } from './summary.ts';
+import { SummaryCollector } from '../metrics/run-summary.ts';
 
 /** What a run writes in --out (summary.json's temp file included): --overwrite removes these and nothing else. */
 const RUN_ENTRY = /^(curated|rejects\.jsonl|summary\.json(\.tmp-\d+)?|\.staging)$/;

@@ -1,10 +1,11 @@
 import { open } from 'node:fs/promises';
+import { FilterError } from '../types.ts';
 
 /**
- * A minimal, bounded tar reader for WebDataset shards (ustar, GNU long names, pax `path`/`size`). It reads with
- * positional reads, so a member over the size limit is skipped without being read, and it reports where a shard
- * stops being readable (a cut-off header or member, a corrupt header) instead of throwing: the caller turns that into
- * a reject and goes on with the next shard.
+ * A minimal, bounded tar reader for WebDataset shards (ustar, GNU long names, pax `path`/`size`) over a local file or
+ * a stream (TarBytes below): it holds one member at a time, a member over the size limit is skipped without being
+ * kept, and it reports where a shard stops being readable (a cut-off header or member, a corrupt header) instead of
+ * throwing: the caller turns that into a reject and goes on with the next shard.
  */
 export type TarEvent =
   /** A regular file. `data` is absent when the member was over the limit and skipped unread. */
@@ -81,11 +82,129 @@ function parsePax(data: Buffer): Record<string, string> | undefined {
   return out;
 }
 
-/** Yields the regular files of a tar file in order, then at most one `unreadable` event (which ends the shard). */
-export async function* readTar(path: string, maxMemberBytes: number): AsyncGenerator<TarEvent> {
-  let fh;
+/**
+ * The bytes of one tar shard, read front to back: a local file (positional reads; a member over the limit is skipped
+ * without reading it) or a stream (an S3 object's body; skipped bytes are read and dropped). A read error that is a
+ * FilterError is the transport's, not the shard's (a connection reset mid-object): readTar throws it, so the caller
+ * can retry; any other read error makes the rest of the shard unreadable, as a local file's I/O error does.
+ */
+export interface TarBytes {
+  /** Fills `buf` from the current position; fewer bytes only at the end of the shard. */
+  read(buf: Buffer): Promise<number>;
+  /** Moves `n` bytes forward without keeping them; returns how many there were (fewer at the end). */
+  skip(n: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** A local tar file as TarBytes. */
+export async function openTarFile(path: string): Promise<TarBytes> {
+  const fh = await open(path, 'r');
+  const size = (await fh.stat()).size;
+  let pos = 0;
+  return {
+    async read(buf) {
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, pos + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      pos += got;
+      return got;
+    },
+    async skip(n) {
+      const moved = Math.max(0, Math.min(n, size - pos));
+      pos += moved;
+      return moved;
+    },
+    close: () => fh.close(),
+  };
+}
+
+/**
+ * A stream of chunks (a Readable, an S3 body) as TarBytes. It pulls one chunk at a time, so memory stays at a chunk
+ * plus what the caller asks for, whatever the shard's size; close() ends the stream early.
+ */
+export function streamTarBytes(chunks: AsyncIterable<Uint8Array>): TarBytes {
+  const it = chunks[Symbol.asyncIterator]();
+  let head: Buffer = Buffer.alloc(0);
+  let ended = false;
+  const fill = async (): Promise<boolean> => {
+    while (head.length === 0 && !ended) {
+      const next = await it.next();
+      if (next.done) ended = true;
+      else
+        head = Buffer.isBuffer(next.value)
+          ? next.value
+          : Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+    }
+    return head.length > 0;
+  };
+  const take = async (n: number, into?: Buffer): Promise<number> => {
+    let got = 0;
+    while (got < n && (await fill())) {
+      const k = Math.min(head.length, n - got);
+      if (into) head.copy(into, got, 0, k);
+      head = head.subarray(k);
+      got += k;
+    }
+    return got;
+  };
+  return {
+    read: (buf) => take(buf.length, buf),
+    skip: (n) => take(n),
+    close: async () => {
+      if (!ended) await it.return?.();
+    },
+  };
+}
+
+type Unreadable = Extract<TarEvent, { type: 'unreadable' }>;
+const truncated = (offset: number, message: string, name?: string): Unreadable => ({
+  type: 'unreadable',
+  kind: 'truncated_shard',
+  offset,
+  message,
+  ...(name !== undefined ? { name } : {}),
+});
+const corrupt = (offset: number, message: string): Unreadable => ({
+  type: 'unreadable',
+  kind: 'corrupt_shard',
+  offset,
+  message,
+});
+
+/** A parsed header block: what it says, or why the shard is unreadable from it. */
+type Header = { typeflag: string; size: number; name: string } | Unreadable | 'end';
+
+function parseHeader(
+  header: Buffer,
+  offset: number,
+  longName: string | undefined,
+  pax: Record<string, string>,
+): Header {
+  if (header.every((b) => b === 0)) return 'end';
+  if (!checksumOk(header)) return corrupt(offset, 'a header has a bad checksum');
+  const typeflag = String.fromCharCode(header[156]!);
+  let size = numeric(header, 124, 12);
+  if (pax.size !== undefined) size = /^\d+$/.test(pax.size) ? Number(pax.size) : NaN;
+  if (!Number.isFinite(size) || size < 0) return corrupt(offset, 'a header has an invalid size');
+  let name = cstr(header, 0, 100);
+  const prefix = header.toString('latin1', 257, 263) === 'ustar\0' ? cstr(header, 345, 155) : '';
+  if (prefix) name = `${prefix}/${name}`;
+  if (longName !== undefined) name = longName;
+  if (pax.path !== undefined) name = pax.path;
+  return { typeflag, size, name };
+}
+
+/**
+ * Yields the regular files of a tar shard in order, then at most one `unreadable` event (which ends the shard).
+ * `input` is a local path or TarBytes; either is closed when the generator ends.
+ */
+export async function* readTar(input: string | TarBytes, maxMemberBytes: number): AsyncGenerator<TarEvent> {
+  let bytes: TarBytes;
   try {
-    fh = await open(path, 'r');
+    bytes = typeof input === 'string' ? await openTarFile(input) : input;
   } catch (err) {
     yield {
       type: 'unreadable',
@@ -96,96 +215,70 @@ export async function* readTar(path: string, maxMemberBytes: number): AsyncGener
     return;
   }
   try {
-    const fileSize = (await fh.stat()).size;
-    const header = Buffer.alloc(BLOCK);
-    let pos = 0;
-    let longName: string | undefined;
-    let pax: Record<string, string> = {};
-    const readExact = async (buf: Buffer, at: number) => {
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, at + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return got;
-    };
-    for (;;) {
-      const offset = pos;
-      if (offset >= fileSize) return; // no end-of-archive blocks: accepted when the file ends between members
-      const got = await readExact(header, offset);
-      if (got < BLOCK) {
-        yield { type: 'unreadable', kind: 'truncated_shard', offset, message: `the shard ends inside a header` };
-        return;
-      }
-      if (header.every((b) => b === 0)) return; // end of archive
-      if (!checksumOk(header)) {
-        yield { type: 'unreadable', kind: 'corrupt_shard', offset, message: 'a header has a bad checksum' };
-        return;
-      }
-      const typeflag = String.fromCharCode(header[156]!);
-      let size = numeric(header, 124, 12);
-      if (pax.size !== undefined) size = /^\d+$/.test(pax.size) ? Number(pax.size) : NaN;
-      if (!Number.isFinite(size) || size < 0) {
-        yield { type: 'unreadable', kind: 'corrupt_shard', offset, message: 'a header has an invalid size' };
-        return;
-      }
-      let name = cstr(header, 0, 100);
-      const prefix = header.toString('latin1', 257, 263) === 'ustar\0' ? cstr(header, 345, 155) : '';
-      if (prefix) name = `${prefix}/${name}`;
-      if (longName !== undefined) name = longName;
-      if (pax.path !== undefined) name = pax.path;
-      const dataAt = offset + BLOCK;
-      pos = dataAt + padded(size);
-
-      if (typeflag === 'x' || typeflag === 'L') {
-        if (size > MAX_META_BYTES) {
-          yield { type: 'unreadable', kind: 'corrupt_shard', offset, message: `a ${size}-byte extended header` };
-          return;
-        }
-        const data = Buffer.alloc(size);
-        if ((await readExact(data, dataAt)) < size) {
-          yield { type: 'unreadable', kind: 'truncated_shard', offset, message: 'the shard ends inside a header' };
-          return;
-        }
-        if (typeflag === 'L') longName = cstr(data, 0, data.length);
-        else {
-          const parsed = parsePax(data);
-          if (!parsed) {
-            yield { type: 'unreadable', kind: 'corrupt_shard', offset, message: 'a malformed pax header' };
-            return;
-          }
-          pax = parsed;
-        }
-        continue;
-      }
-      longName = undefined;
-      pax = {};
-      if (typeflag !== '0' && typeflag !== '\0' && typeflag !== '7') continue; // directories, links, global pax: skipped
-      if (size > maxMemberBytes) {
-        yield { type: 'member', name, size, offset };
-        continue;
-      }
-      if (dataAt + size > fileSize) {
-        yield {
-          type: 'unreadable',
-          kind: 'truncated_shard',
-          offset,
-          name,
-          message: `the shard ends inside member ${JSON.stringify(name)} (${fileSize - dataAt} of ${size} bytes)`,
-        };
-        return;
-      }
-      const data = Buffer.alloc(size);
-      if ((await readExact(data, dataAt)) < size) {
-        yield { type: 'unreadable', kind: 'truncated_shard', offset, name, message: `the shard ends inside a member` };
-        return;
-      }
-      yield { type: 'member', name, size, offset, data };
-    }
+    yield* readMembers(bytes, maxMemberBytes);
   } catch (err) {
+    if (err instanceof FilterError) throw err;
     yield { type: 'unreadable', kind: 'unreadable_shard', offset: 0, message: `read error: ${(err as Error).message}` };
   } finally {
-    await fh.close();
+    await bytes.close().catch(() => undefined);
+  }
+}
+
+async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGenerator<TarEvent> {
+  const header = Buffer.alloc(BLOCK);
+  let pos = 0;
+  let longName: string | undefined;
+  let pax: Record<string, string> = {};
+  const read = async (buf: Buffer) => {
+    const got = await bytes.read(buf);
+    pos += got;
+    return got;
+  };
+  const skip = async (n: number) => {
+    pos += n > 0 ? await bytes.skip(n) : 0;
+  };
+  for (;;) {
+    const offset = pos;
+    const got = await read(header);
+    if (got === 0) return; // no end-of-archive blocks: accepted when the shard ends between members
+    if (got < BLOCK) return yield truncated(offset, 'the shard ends inside a header');
+    const h = parseHeader(header, offset, longName, pax);
+    if (h === 'end') return;
+    if ('type' in h) return yield h;
+    const { typeflag, size, name } = h;
+    const pad = padded(size) - size;
+    if (typeflag === 'x' || typeflag === 'L') {
+      if (size > MAX_META_BYTES) return yield corrupt(offset, `a ${size}-byte extended header`);
+      const data = Buffer.alloc(size);
+      if ((await read(data)) < size) return yield truncated(offset, 'the shard ends inside a header');
+      await skip(pad);
+      if (typeflag === 'L') longName = cstr(data, 0, data.length);
+      else {
+        const parsed = parsePax(data);
+        if (!parsed) return yield corrupt(offset, 'a malformed pax header');
+        pax = parsed;
+      }
+      continue;
+    }
+    longName = undefined;
+    pax = {};
+    // Directories, links, global pax headers: skipped. A member over the limit: reported without its data.
+    const regular = typeflag === '0' || typeflag === '\0' || typeflag === '7';
+    if (!regular || size > maxMemberBytes) {
+      if (regular) yield { type: 'member', name, size, offset };
+      await skip(size + pad);
+      continue;
+    }
+    const data = Buffer.alloc(size);
+    const have = await read(data);
+    if (have < size) {
+      return yield truncated(
+        offset,
+        `the shard ends inside member ${JSON.stringify(name)} (${have} of ${size} bytes)`,
+        name,
+      );
+    }
+    await skip(pad);
+    yield { type: 'member', name, size, offset, data };
   }
 }

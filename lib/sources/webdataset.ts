@@ -3,12 +3,10 @@ import { join } from 'node:path';
 import type { UnreadableSample } from '../pair/index.ts';
 import type { RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { readTar } from './tar-reader.ts';
+import { readTar, type TarBytes } from './tar-reader.ts';
 
-/** Options of the WebDataset source: img2dataset / DataComp shards (`<key>.jpg|png|webp`, `.txt`, `.json`). */
-export interface WebDatasetSourceOptions {
-  /** .tar shard files, or directories holding them (read in name order). */
-  readonly paths: readonly string[];
+/** Reading options shared by local and streamed shards. */
+export interface WebDatasetReadOptions {
   /** Samples per batch. Default 64. */
   readonly batchSize?: number;
   /**
@@ -16,6 +14,22 @@ export interface WebDatasetSourceOptions {
    * `invalid_record` reject (detail kind `member_too_large`).
    */
   readonly maxMemberBytes?: number;
+}
+
+/** Options of the WebDataset source: img2dataset / DataComp shards (`<key>.jpg|png|webp`, `.txt`, `.json`). */
+export interface WebDatasetSourceOptions extends WebDatasetReadOptions {
+  /** .tar shard files, or directories holding them (read in name order). */
+  readonly paths: readonly string[];
+}
+
+/**
+ * One shard the source reads: the name that origins and rejects carry (a local path, an s3:// URI) and its bytes,
+ * opened when the source reaches it. An open that fails with a FilterError ends the read with that error (the
+ * transport's failure: the caller retries); any other failure makes the shard one `unreadable_shard` reject.
+ */
+export interface TarShard {
+  readonly path: string;
+  open(): Promise<TarBytes>;
 }
 
 /** Expands directories into their .tar files. */
@@ -52,12 +66,17 @@ function splitName(name: string): [string, string] {
  */
 export class WebDatasetSource implements Source {
   private constructor(
-    private readonly shards: string[],
-    private readonly options: WebDatasetSourceOptions,
+    private readonly shards: readonly (string | TarShard)[],
+    private readonly options: WebDatasetReadOptions,
   ) {}
 
   static async open(options: WebDatasetSourceOptions): Promise<WebDatasetSource> {
     return new WebDatasetSource(await listShards(options.paths), options);
+  }
+
+  /** Shards that are not local files (an S3 object streamed by a shard job), read in the order given. */
+  static of(shards: readonly TarShard[], options: WebDatasetReadOptions = {}): WebDatasetSource {
+    return new WebDatasetSource(shards, options);
   }
 
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
@@ -65,8 +84,9 @@ export class WebDatasetSource implements Source {
     const maxMember = this.options.maxMemberBytes ?? 64 * 1024 * 1024;
     let records: SourceRecord[] = [];
     const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, committer: NO_COMMIT });
-    for (const path of this.shards) {
-      for await (const sample of readSamples(path, maxMember)) {
+    for (const shard of this.shards) {
+      const path = typeof shard === 'string' ? shard : shard.path;
+      for await (const sample of readSamples(shard, maxMember)) {
         if (signal.aborted) return;
         records.push({ raw: sample, origin: { kind: 'webdataset', path, key: sample.key } });
         if (records.length >= size) {
@@ -87,7 +107,18 @@ const unreadable = (key: string, kind: string, message: string, detail: Record<s
   unreadable: { code: 'invalid_record', message, detail: { field: 'shard', kind, ...detail } },
 });
 
-async function* readSamples(path: string, maxMember: number): AsyncGenerator<RawSample> {
+async function* readSamples(shard: string | TarShard, maxMember: number): AsyncGenerator<RawSample> {
+  const path = typeof shard === 'string' ? shard : shard.path;
+  let input: string | TarBytes = path;
+  if (typeof shard !== 'string') {
+    try {
+      input = await shard.open();
+    } catch (err) {
+      if (err instanceof FilterError) throw err;
+      const message = `shard ${path} cannot be opened: ${(err as Error).message}`;
+      return yield unreadable('@0', 'unreadable_shard', message, { shard: path, offset: 0 });
+    }
+  }
   let current:
     | { key: string; members: Record<string, Buffer>; tooLarge?: { name: string; size: number; offset: number } }
     | undefined;
@@ -101,7 +132,7 @@ async function* readSamples(path: string, maxMember: number): AsyncGenerator<Raw
       { shard: path, offset, member: name, size, limit: maxMember },
     );
   };
-  for await (const event of readTar(path, maxMember)) {
+  for await (const event of readTar(input, maxMember)) {
     if (event.type === 'unreadable') {
       const key = event.name !== undefined ? splitName(event.name.replace(/^\.\//, ''))[0] : undefined;
       // The sample being read when the shard ended is incomplete: it is part of the unreadable rest.

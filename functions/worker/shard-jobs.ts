@@ -1,0 +1,339 @@
+/**
+ * The worker's shard-job branch (MLMF_SOURCE=sqs-shards): backfill of an existing dataset. It takes shard-job
+ * messages of `mlm-filter enqueue` one at a time from the SQS queue and runs each with lib/backfill/runner.ts: the
+ * shard streamed from S3 through the same pipeline, its outputs under the job's folder, its done marker, then the
+ * message deleted. While a shard is in progress its message's visibility is extended (as lib/sources/sqs.ts does
+ * for batches), so a long shard is never taken by a second worker; a worker that dies lets it come back.
+ *
+ * A job that fails is made visible again after a short backoff; one that failed on its MLMF_SHARD_MAX_RECEIVES-th
+ * delivery (default 3), or whose input or message can never work, goes to MLMF_SQS_DLQ_URL with the reason, gets a
+ * failed marker in its job folder (what `mlm-filter job status` reports) and is deleted. A message delivered more
+ * often than that without ever finishing (workers killed mid-shard, e.g. out of memory) goes there too, unrun.
+ * Scale-out is SQS competing consumers over ECS tasks, as for the other sources; the audit topic, when configured,
+ * still receives every reject.
+ */
+import { hostname } from 'node:os';
+import type { S3Client } from '@aws-sdk/client-s3';
+import {
+  ChangeMessageVisibilityCommand,
+  DeleteMessageCommand,
+  GetQueueAttributesCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  SQSClient,
+  type Message,
+} from '@aws-sdk/client-sqs';
+import type { Kafka } from 'kafkajs';
+import { doneKey, failedKey, jobFolder, type ShardDone, type ShardFailed } from '../../lib/backfill/outputs.ts';
+import { runShardJob } from '../../lib/backfill/runner.ts';
+import { objectExists, putObject } from '../../lib/backfill/s3-io.ts';
+import { parseShardJob, type ShardJob } from '../../lib/backfill/shard-job.ts';
+import { topicMaxMessageBytes } from '../../lib/kafka/client.ts';
+import type { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
+import type { WorkerMetrics } from '../../lib/metrics/index.ts';
+import type { ImageIntake, PipelineLogger, PipelineStats } from '../../lib/pipeline/index.ts';
+import type { Policy } from '../../lib/policy/index.ts';
+import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
+import type { ModelInfo, Scorer, Sink } from '../../lib/types.ts';
+import { FilterError } from '../../lib/types.ts';
+import type { WorkerConfig } from './config.ts';
+
+type Level = 'debug' | 'info' | 'warn' | 'error';
+
+export interface ShardJobWorkerOptions {
+  readonly config: WorkerConfig;
+  /** The worker's Kafka client and producer hub, when it has brokers (for the audit topic). */
+  readonly kafka: { readonly kafka?: Kafka; readonly hub?: KafkaProducerHub };
+  readonly s3: S3Client;
+  readonly scorer: Scorer;
+  readonly policy: Policy;
+  readonly intake: ImageIntake;
+  readonly metrics: WorkerMetrics;
+  readonly log: (level: Level, msg: string, ctx?: Record<string, unknown>) => void;
+  /** Graceful stop: no new job is taken; the one in progress finishes. */
+  readonly signal: AbortSignal;
+  /** Hard stop: the job in progress is abandoned and its message made visible again. */
+  readonly abort: AbortSignal;
+  /** Called once the worker takes jobs (health turns 200). */
+  readonly ready?: () => void;
+}
+
+/** Codes that no retry can fix: the job goes to the dead-letter queue on its first failure. */
+const HOPELESS = new Set(['shard_job_invalid', 'shard_input_missing', 'invalid_s3_uri']);
+
+interface Run {
+  readonly o: ShardJobWorkerOptions;
+  readonly sqs: SQSClient;
+  readonly queueUrl: string;
+  readonly visibility: number;
+  readonly maxReceives: number;
+  readonly audit?: Sink;
+  readonly stats: PipelineStats;
+  shards: number;
+}
+
+/** Takes shard jobs until a stop; returns totals over the jobs it finished. */
+export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: PipelineStats; shardsWritten: number }> {
+  const { config, log } = o;
+  const sqs = new SQSClient({
+    region: config.region ?? 'us-east-1',
+    ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}),
+  });
+  const run: Run = {
+    o,
+    sqs,
+    queueUrl: config.sqsQueueUrl!,
+    visibility: config.sqsVisibilitySeconds ?? 60,
+    maxReceives: Math.max(1, config.shardMaxReceives ?? 3),
+    audit: await openAudit(o.kafka, config, o.scorer.model),
+    stats: { records: 0, accepted: 0, rejected: 0, batchesAcked: 0, scorerBatches: 0, startedAt: Date.now() },
+    shards: 0,
+  };
+  const sampler = sampleDepth(run, config.backlogSampleMs ?? 30_000);
+  o.ready?.();
+  log('info', 'worker consuming shard jobs', {
+    queueUrl: run.queueUrl,
+    dlqUrl: config.sqsDlqUrl,
+    maxReceives: run.maxReceives,
+    visibilitySeconds: run.visibility,
+    audit: !!run.audit,
+  });
+  try {
+    while (!o.signal.aborted && !o.abort.aborted) {
+      const message = await receiveOne(run);
+      if (message) await handle(run, message).catch((err: unknown) => unhandled(run, message, err));
+    }
+  } finally {
+    clearInterval(sampler);
+    if (!o.abort.aborted) await run.audit?.close();
+    sqs.destroy();
+  }
+  run.stats.finishedAt = Date.now();
+  log('info', 'worker stopped', { ...run.stats, shards: run.shards });
+  return { stats: run.stats, shardsWritten: run.shards };
+}
+
+async function openAudit(parts: ShardJobWorkerOptions['kafka'], config: WorkerConfig, model: ModelInfo) {
+  if (!parts.hub || !parts.kafka || !config.auditTopic) return undefined;
+  const topicMax = await topicMaxMessageBytes(parts.kafka, config.auditTopic);
+  const limit = topicMax ? { topicMaxMessageBytes: topicMax } : {};
+  return new KafkaAuditSink({ hub: parts.hub, topic: config.auditTopic, model, ...limit });
+}
+
+/** One message, long-polled; undefined on an empty poll or a stop. */
+async function receiveOne(run: Run): Promise<Message | undefined> {
+  const stop = AbortSignal.any([run.o.signal, run.o.abort]);
+  try {
+    const res = await run.sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: run.queueUrl,
+        MaxNumberOfMessages: 1,
+        WaitTimeSeconds: 20,
+        VisibilityTimeout: run.visibility,
+        MessageSystemAttributeNames: ['ApproximateReceiveCount'],
+      }),
+      { abortSignal: stop },
+    );
+    return res.Messages?.[0];
+  } catch (err) {
+    if (stop.aborted) return undefined;
+    run.o.log('error', 'SQS receive failed, retrying', { queueUrl: run.queueUrl, error: String(err) });
+    await new Promise((r) => setTimeout(r, 1000));
+    return undefined;
+  }
+}
+
+async function handle(run: Run, message: Message): Promise<void> {
+  const { log } = run.o;
+  const receives = Number(message.Attributes?.ApproximateReceiveCount ?? 1);
+  let job: ShardJob;
+  try {
+    job = parseShardJob(message.Body ?? '');
+  } catch (err) {
+    return deadLetter(run, message, undefined, err, receives);
+  }
+  const folder = jobFolder(job.output);
+  const ctx = { job: job.job, shard: job.shard, receives };
+  if (await objectExists(run.o.s3, folder.bucket, doneKey(folder, job.shard))) {
+    // Finished by an earlier delivery whose delete did not happen, or sent twice by enqueue.
+    log('info', 'shard already done: message deleted', ctx);
+    return deleteMessage(run, message);
+  }
+  if (receives > run.maxReceives) {
+    const why = `delivered ${receives} times without finishing: workers stopped or died mid-shard (memory?)`;
+    return deadLetter(run, message, job, new FilterError('shard_job_incomplete', why, ctx), receives);
+  }
+  log('info', 'shard job started', { ...ctx, input: job.input });
+  const keepAlive = extendVisibility(run, message);
+  try {
+    const done = await runJob(run, job, receives);
+    await deleteMessage(run, message);
+    count(run, done);
+    log('info', 'shard job done', { ...ctx, records: done.records, accepted: done.accepted, seconds: done.seconds });
+    run.o.metrics.observeBatchLatency(done.seconds * 1000);
+  } catch (err) {
+    await failed(run, message, job, err, receives);
+  } finally {
+    clearInterval(keepAlive);
+  }
+}
+
+function runJob(run: Run, job: ShardJob, receives: number): Promise<ShardDone> {
+  const { o } = run;
+  const { metrics, log } = o;
+  const logger: PipelineLogger = {
+    info: (m, c) => log('info', m, c),
+    warn: (m, c) => log('warn', m, c),
+    error: (m, c) => {
+      metrics.countError('pipeline');
+      log('error', m, c);
+    },
+  };
+  return runShardJob(job, {
+    s3: o.s3,
+    scorer: o.scorer,
+    intake: o.intake,
+    policy: o.policy,
+    extraSinks: run.audit ? [run.audit] : [],
+    samplesPerShard: o.config.samplesPerShard,
+    intakeConcurrency: o.config.intakeConcurrency,
+    abort: o.abort,
+    attempt: receives,
+    onOutcome: (outcome) => metrics.observe(outcome),
+    onStage: (stage, ms) => metrics.observeStage(stage, ms),
+    logger,
+    retry: {
+      onRetry: (what, attempt, error) =>
+        log('warn', 'S3 request failed, retrying', { what, attempt, error: String(error) }),
+    },
+  });
+}
+
+function count(run: Run, done: ShardDone): void {
+  run.stats.records += done.records;
+  run.stats.accepted += done.accepted;
+  run.stats.rejected += done.rejected;
+  run.stats.batchesAcked++;
+  run.shards += done.curated.length;
+}
+
+/** Something around the job failed (S3 or SQS unreachable): the message comes back after its visibility timeout. */
+function unhandled(run: Run, message: Message, err: unknown): void {
+  run.o.metrics.countError('shard_job');
+  run.o.log('error', 'shard job handling failed; the message comes back after its visibility timeout', {
+    messageId: message.MessageId,
+    error: String(err),
+  });
+}
+
+/** A job that threw: back to the queue (hard stop: at once; else after a backoff), or to the dead-letter queue. */
+async function failed(run: Run, message: Message, job: ShardJob, err: unknown, receives: number): Promise<void> {
+  const code = (err as { code?: string }).code ?? 'internal';
+  const ctx = { job: job.job, shard: job.shard, receives, code, error: String((err as Error).message ?? err) };
+  if (run.o.abort.aborted) {
+    run.o.log('warn', 'shard job abandoned on hard stop: visible again now', ctx);
+    return setVisibility(run, message, 0);
+  }
+  if (HOPELESS.has(code) || receives >= run.maxReceives) return deadLetter(run, message, job, err, receives);
+  const retryIn = Math.min(run.visibility, 5 * 2 ** (receives - 1));
+  run.o.log('warn', 'shard job failed; it will be retried', { ...ctx, retryInSeconds: retryIn });
+  await setVisibility(run, message, retryIn);
+}
+
+/** To the DLQ with the reason (when one is configured), a failed marker in the job folder, then deleted. */
+async function deadLetter(run: Run, message: Message, job: ShardJob | undefined, err: unknown, receives: number) {
+  const { config, log } = run.o;
+  const failure = {
+    code: (err as { code?: string }).code ?? 'internal',
+    message: String((err as Error).message ?? err),
+    receives,
+    worker: hostname(),
+    at: new Date().toISOString(),
+  };
+  const body = JSON.stringify({ ...(job ?? { body: message.Body }), failure });
+  // Not sent: not deleted either (the error reaches unhandled(); the message comes back and is tried again).
+  if (config.sqsDlqUrl) await run.sqs.send(new SendMessageCommand({ QueueUrl: config.sqsDlqUrl, MessageBody: body }));
+  if (job)
+    await writeFailedMarker(run, job, failure).catch((e: unknown) =>
+      log('warn', 'failed marker not written', { error: String(e) }),
+    );
+  await deleteMessage(run, message);
+  log('error', 'shard job dead-lettered', { job: job?.job, shard: job?.shard, dlqUrl: config.sqsDlqUrl, ...failure });
+}
+
+async function writeFailedMarker(
+  run: Run,
+  job: ShardJob,
+  f: { code: string; message: string; receives: number; at: string },
+) {
+  const folder = jobFolder(job.output);
+  const marker: ShardFailed = {
+    v: 1,
+    kind: 'shard-failed',
+    job: job.job,
+    shard: job.shard,
+    input: job.input,
+    code: f.code,
+    message: f.message,
+    attempts: f.receives,
+    at: f.at,
+  };
+  await putObject(
+    run.o.s3,
+    folder.bucket,
+    failedKey(folder, job.shard),
+    JSON.stringify(marker, null, 1),
+    'application/json',
+    {
+      attempts: 3,
+    },
+  );
+}
+
+/** Renews the message's visibility every third of the timeout while its shard is in progress. */
+function extendVisibility(run: Run, message: Message): NodeJS.Timeout {
+  const timer = setInterval(
+    () =>
+      void setVisibility(run, message, run.visibility).catch((err: unknown) =>
+        run.o.log('warn', 'visibility extension failed', { error: String(err) }),
+      ),
+    Math.max(1000, (run.visibility * 1000) / 3),
+  );
+  timer.unref();
+  return timer;
+}
+
+async function setVisibility(run: Run, message: Message, seconds: number): Promise<void> {
+  await run.sqs.send(
+    new ChangeMessageVisibilityCommand({
+      QueueUrl: run.queueUrl,
+      ReceiptHandle: message.ReceiptHandle!,
+      VisibilityTimeout: seconds,
+    }),
+  );
+}
+
+async function deleteMessage(run: Run, message: Message): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await run.sqs.send(new DeleteMessageCommand({ QueueUrl: run.queueUrl, ReceiptHandle: message.ReceiptHandle! }));
+      return;
+    } catch (err) {
+      // The outputs are complete: a message that comes back anyway finds the done marker and is deleted then.
+      if (attempt >= 5) return run.o.log('warn', 'delete failed; the message may come back', { error: String(err) });
+      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+    }
+  }
+}
+
+/** The queue's backlog for autoscaling and alarms, sampled off the hot path. */
+function sampleDepth(run: Run, everyMs: number): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    run.sqs
+      .send(new GetQueueAttributesCommand({ QueueUrl: run.queueUrl, AttributeNames: ['ApproximateNumberOfMessages'] }))
+      .then((res) => run.o.metrics.setSourceQueueDepth(Number(res.Attributes?.ApproximateNumberOfMessages ?? 0)))
+      .catch((err: unknown) => run.o.log('warn', 'backlog sample failed', { error: String(err) }));
+  }, everyMs);
+  timer.unref();
+  return timer;
+}

@@ -1,0 +1,268 @@
+/**
+ * What a shard job writes, under its job folder `s3://bucket/prefix/<job>/`, every name derived from the input shard
+ * alone so that a redelivered job overwrites its own outputs instead of adding to them:
+ *
+ *   curated/<shard>-00000.tar (+ .index.json)  accepted samples, WebDataset (ShardBuilder, as the curated sinks)
+ *   rejects/<shard>.jsonl                       one audit event per rejected record
+ *   done/<shard>.json                           the shard's summary, written LAST: the "finished" marker
+ *   failed/<shard>.json                         why the shard went to the dead-letter queue (until it is done)
+ *   manifest.json                               written by `mlm-filter enqueue`: the job's shard list and counts
+ *
+ * The job is the unit of acknowledgement (its SQS message is deleted after the done marker), so the sinks here are
+ * `staged`: what they take is part of the job's output only once the done marker is written, as a Kafka transaction's
+ * messages are part of the topic only once it commits. A curated shard's boundaries depend only on the outcomes and
+ * their order (cut by count or size, never by time), so a retry cuts the same shards under the same keys.
+ */
+import { once } from 'node:events';
+import { PassThrough } from 'node:stream';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { toAuditEvent } from '../sinks/audit-event.ts';
+import { ShardBuilder } from '../sinks/webdataset.ts';
+import type { RunSummary } from '../metrics/run-summary.ts';
+import type { ModelInfo, Outcome, Sink } from '../types.ts';
+import { FilterError } from '../types.ts';
+import { deleteKeys, listKeys, putObject, type RetryOptions } from './s3-io.ts';
+import { parseS3Uri } from './shard-job.ts';
+
+/** Where one job's outputs live. */
+export interface JobFolder {
+  readonly bucket: string;
+  /** The job folder's key prefix, ending with `/`. */
+  readonly prefix: string;
+}
+
+export function jobFolder(output: string): JobFolder {
+  const { bucket, key } = parseS3Uri(output, 'job output', true);
+  return { bucket, prefix: key === '' || key.endsWith('/') ? key : `${key}/` };
+}
+
+export const manifestKey = (f: JobFolder) => `${f.prefix}manifest.json`;
+export const doneKey = (f: JobFolder, shard: string) => `${f.prefix}done/${shard}.json`;
+export const failedKey = (f: JobFolder, shard: string) => `${f.prefix}failed/${shard}.json`;
+export const rejectsKey = (f: JobFolder, shard: string) => `${f.prefix}rejects/${shard}.jsonl`;
+export const curatedBase = (f: JobFolder, shard: string, n: number) =>
+  `${f.prefix}curated/${shard}-${String(n).padStart(5, '0')}`;
+
+/** The shard name a done/ or failed/ key stands for. */
+export function shardOfMarker(f: JobFolder, folder: 'done' | 'failed', key: string): string | undefined {
+  const head = `${f.prefix}${folder}/`;
+  return key.startsWith(head) && key.endsWith('.json') ? key.slice(head.length, -'.json'.length) : undefined;
+}
+
+/** The done marker: the shard's summary. */
+export interface ShardDone {
+  readonly v: 1;
+  readonly kind: 'shard-done';
+  readonly job: string;
+  readonly shard: string;
+  readonly input: string;
+  /** Records read from the shard; each is exactly one of accepted (in `curated`) or rejected (in `rejects`). */
+  readonly records: number;
+  readonly accepted: number;
+  readonly rejected: number;
+  readonly reasons: RunSummary['reasons'];
+  readonly scores: RunSummary['scores'];
+  readonly curated: readonly { key: string; samples: number }[];
+  readonly rejects: { key: string; events: number };
+  readonly model: ModelInfo;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly seconds: number;
+  /** The delivery that finished it (SQS ApproximateReceiveCount). */
+  readonly attempt: number;
+}
+
+/** The failed marker: why the job went to the dead-letter queue. */
+export interface ShardFailed {
+  readonly v: 1;
+  readonly kind: 'shard-failed';
+  readonly job: string;
+  readonly shard: string;
+  readonly input: string;
+  readonly code: string;
+  readonly message: string;
+  readonly attempts: number;
+  readonly at: string;
+}
+
+export interface JobSinkOptions {
+  readonly s3: S3Client;
+  readonly folder: JobFolder;
+  readonly shard: string;
+  readonly model: ModelInfo;
+  readonly retry?: RetryOptions;
+}
+
+/**
+ * Accepted samples as curated shards `curated/<shard>-NNNNN.tar` + index. A write adds its accepts to the open shard;
+ * a shard cut by count or size is uploaded while the next fills, and a write waits for the previous upload first, so
+ * at most two shards are held whatever the input's size. close() uploads the last, partial shard.
+ */
+export class JobCuratedSink implements Sink {
+  readonly name = 'backfill-curated';
+  readonly durability = 'staged' as const;
+  readonly written: { key: string; samples: number }[] = [];
+  private builder: ShardBuilder;
+  private next = 0;
+  private uploading: Promise<void> = Promise.resolve();
+  private failure: unknown;
+
+  constructor(
+    private readonly options: JobSinkOptions & {
+      /** Samples per curated shard. Default 1000. */
+      readonly samplesPerShard?: number;
+      /** Shard size cap, bytes. Default 256 MiB. */
+      readonly maxShardBytes?: number;
+      /** The index's `source` field (where the samples came from). */
+      readonly indexSource?: Record<string, unknown>;
+      readonly onShard?: (key: string, samples: number) => void;
+    },
+  ) {
+    this.builder = new ShardBuilder(options.model);
+  }
+
+  async write(outcomes: readonly Outcome[]): Promise<void> {
+    this.throwIfFailed();
+    const perShard = this.options.samplesPerShard ?? 1000;
+    const maxBytes = this.options.maxShardBytes ?? 256 * 1024 * 1024;
+    for (const o of outcomes) {
+      if (o.decision !== 'accept') continue;
+      this.builder.add(o);
+      if (this.builder.count >= perShard || this.builder.bytes >= maxBytes) await this.cut();
+    }
+  }
+
+  /** Seals the open shard; its upload starts once the previous one is done. */
+  private async cut(): Promise<void> {
+    const builder = this.builder;
+    this.builder = new ShardBuilder(this.options.model);
+    if (builder.count === 0) return;
+    const base = curatedBase(this.options.folder, this.options.shard, this.next++);
+    await this.uploading;
+    this.throwIfFailed();
+    this.uploading = this.upload(builder, base).catch((err: unknown) => {
+      this.failure = err;
+    });
+  }
+
+  private async upload(builder: ShardBuilder, base: string): Promise<void> {
+    const { s3, folder, retry } = this.options;
+    const { tar, index } = await builder.finish(base.slice(base.lastIndexOf('/') + 1), this.options.indexSource);
+    // Tar first, then its index: an index always describes a whole tar.
+    await putObject(s3, folder.bucket, `${base}.tar`, tar, 'application/x-tar', retry);
+    await putObject(s3, folder.bucket, `${base}.index.json`, JSON.stringify(index), 'application/json', retry);
+    this.written.push({ key: `${base}.tar`, samples: index.count });
+    this.options.onShard?.(`${base}.tar`, index.count);
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  /**
+   * Makes the shards already cut durable, without cutting the open one: the pipeline also flushes when it waits,
+   * and a cut at such a moment would make shard boundaries depend on timing. close() cuts the last shard.
+   */
+  async flush(): Promise<void> {
+    await this.uploading;
+    this.throwIfFailed();
+  }
+
+  /** Cuts and uploads the last, partial shard; called once the shard job has read its whole input. */
+  async close(): Promise<void> {
+    await this.cut();
+    await this.flush();
+  }
+}
+
+/**
+ * Rejects as audit events, one JSON line each, streamed into `rejects/<shard>.jsonl` by a multipart upload: memory
+ * stays at a part (8 MiB) whatever the number of rejects. The object appears whole at close(), or not at all
+ * (abort(): the parts are discarded), so a redelivered job replaces it.
+ */
+export class JobRejectsSink implements Sink {
+  readonly name = 'backfill-rejects';
+  readonly durability = 'staged' as const;
+  readonly key: string;
+  events = 0;
+  private readonly body = new PassThrough();
+  private readonly upload: Upload;
+  private readonly done: Promise<unknown>;
+
+  constructor(private readonly options: JobSinkOptions) {
+    this.key = rejectsKey(options.folder, options.shard);
+    this.upload = new Upload({
+      client: options.s3,
+      params: { Bucket: options.folder.bucket, Key: this.key, Body: this.body, ContentType: 'application/x-ndjson' },
+      partSize: 8 * 1024 * 1024,
+      queueSize: 2,
+    });
+    this.done = this.upload.done();
+    this.done.catch(() => undefined);
+  }
+
+  async write(outcomes: readonly Outcome[]): Promise<void> {
+    const lines = outcomes
+      .filter((o) => o.decision === 'reject')
+      .map((o) => JSON.stringify(toAuditEvent(o, this.options.model)) + '\n');
+    if (lines.length === 0) return;
+    this.events += lines.length;
+    if (!this.body.write(lines.join(''))) {
+      // A failed upload stops reading the body: its error ends the wait, not a drain that never comes.
+      await Promise.race([
+        once(this.body, 'drain'),
+        this.done.then(
+          () => this.failed(new Error('the upload ended before the body')),
+          (err: unknown) => this.failed(err),
+        ),
+      ]);
+    }
+  }
+
+  private failed(err: unknown): never {
+    throw new FilterError(
+      'backfill_output_failed',
+      `cannot write s3://${this.options.folder.bucket}/${this.key}: ${(err as Error).message}`,
+      { key: this.key },
+      { cause: err },
+    );
+  }
+
+  /** Nothing to do before close(): the object is complete only when the body ends. */
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {
+    this.body.end();
+    await this.done.catch((err: unknown) => this.failed(err));
+  }
+
+  /** Abandons the upload (a failed or stopped job): no object, no parts left behind. */
+  async abort(): Promise<void> {
+    this.body.destroy();
+    await this.upload.abort().catch(() => undefined);
+  }
+}
+
+/**
+ * Deletes curated shards of `shard` that this attempt did not write: an earlier attempt, stopped mid-shard, may have
+ * cut shards this one did not (a different samples-per-shard setting); the done marker lists exactly what is kept.
+ */
+export async function removeStaleCurated(
+  s3: S3Client,
+  folder: JobFolder,
+  shard: string,
+  keep: readonly string[],
+  retry?: RetryOptions,
+): Promise<string[]> {
+  const head = `${folder.prefix}curated/${shard}-`;
+  const ours = new RegExp(`^${escapeRegExp(head)}\\d{5}\\.(tar|index\\.json)$`);
+  const kept = new Set(keep.flatMap((k) => [k, k.replace(/\.tar$/, '.index.json')]));
+  const stale = (await listKeys(s3, folder.bucket, head, retry))
+    .map((o) => o.key)
+    .filter((k) => ours.test(k) && !kept.has(k));
+  await deleteKeys(s3, folder.bucket, stale, retry);
+  return stale;
+}
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

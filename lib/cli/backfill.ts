@@ -1,0 +1,121 @@
+/**
+ * Backfill commands: `mlm-filter enqueue` (one shard-job message per input shard, resumable) and
+ * `mlm-filter job status` (progress read from the job's outputs and the queue). lib/cli/main.ts mounts them with
+ * `addBackfillCommands(program)`; the deployed workers run the jobs (MLMF_SOURCE=sqs-shards, docs/DEPLOY.md).
+ */
+import { Command, Option } from 'commander';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import { shownDefault } from './usage.ts';
+
+/** Where the commands print (tests pass their own). */
+export interface BackfillIo {
+  readonly stdout?: { write(s: string): unknown };
+}
+
+interface EndpointFlags {
+  s3Endpoint?: string;
+  sqsEndpoint?: string;
+  region?: string;
+}
+
+const shown = (flags: string, description: string, value: string) =>
+  shownDefault(new Option(flags, description), value);
+
+function addEndpointOptions(cmd: Command): Command {
+  return cmd
+    .addOption(shown('--s3-endpoint <url>', 'S3-compatible endpoint (local servers) [env MLMF_S3_ENDPOINT]', 'AWS'))
+    .addOption(shown('--sqs-endpoint <url>', 'SQS-compatible endpoint (local servers) [env MLMF_SQS_ENDPOINT]', 'AWS'))
+    .addOption(shown('--region <region>', 'AWS region [env AWS_REGION]', 'us-east-1'));
+}
+
+/** The AWS clients (loaded on use, so --help does not pay for the SDK). */
+async function clients(flags: EndpointFlags): Promise<{ s3: S3Client; sqs: SQSClient; close(): void }> {
+  const [{ S3Client }, { SQSClient }] = await Promise.all([
+    import('@aws-sdk/client-s3'),
+    import('@aws-sdk/client-sqs'),
+  ]);
+  const region = flags.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const s3Endpoint = flags.s3Endpoint ?? process.env.MLMF_S3_ENDPOINT;
+  const sqsEndpoint = flags.sqsEndpoint ?? process.env.MLMF_SQS_ENDPOINT;
+  const s3 = new S3Client({ region, ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}) });
+  const sqs = new SQSClient({ region, ...(sqsEndpoint ? { endpoint: sqsEndpoint } : {}) });
+  return {
+    s3,
+    sqs,
+    close: () => {
+      s3.destroy();
+      sqs.destroy();
+    },
+  };
+}
+
+/** Adds `enqueue` and `job status` to the mlm-filter program. */
+export function addBackfillCommands(program: Command, io: BackfillIo = {}): Command {
+  const stdout = io.stdout ?? process.stdout;
+  addEndpointOptions(
+    program
+      .command('enqueue')
+      .description(
+        "backfill: send one shard-job message per input WebDataset shard to the workers' queue (skips shards " +
+          'already done; re-run it to resume) and write the job manifest',
+      )
+      .requiredOption(
+        '--input <uri|file>',
+        's3://bucket/prefix/ (every .tar under it), s3://bucket/key.tar, or a local file of s3:// URIs, one a line',
+      )
+      .requiredOption('--queue <url>', 'the SQS queue the workers (MLMF_SOURCE=sqs-shards) take shard jobs from')
+      .requiredOption('--output <uri>', 'output root, s3://bucket/prefix/: the job writes under <output>/<job>/')
+      .addOption(shown('--job <name>', 'job name (A-Z a-z 0-9 . _ -)', "the input's last segment + a hash of --input"))
+      .addOption(shown('--dry-run', 'list what would be sent; send and write nothing', 'off')),
+  ).action(
+    async (flags: EndpointFlags & { input: string; queue: string; output: string; job?: string; dryRun?: boolean }) => {
+      const { enqueue } = await import('../backfill/enqueue.ts');
+      const c = await clients(flags);
+      try {
+        const verb = flags.dryRun ? 'would send' : 'sent';
+        const r = await enqueue({
+          s3: c.s3,
+          sqs: c.sqs,
+          input: flags.input,
+          queueUrl: flags.queue,
+          output: flags.output,
+          job: flags.job,
+          dryRun: flags.dryRun,
+          onSent: (s) => stdout.write(`${verb} ${s.shard} ${s.input}\n`),
+        });
+        if (r.dryRun) for (const s of r.sent) stdout.write(`${verb} ${s.shard} ${s.input}\n`);
+        stdout.write(
+          `job ${r.job}: ${r.shards} shards, ${r.done} already done, ${verb} ${r.sent.length} to ${flags.queue}\n` +
+            `outputs: ${r.output}${r.dryRun ? '' : `; manifest: ${r.manifest}`}\n` +
+            `progress: mlm-filter job status --job ${r.job} --output ${flags.output} --queue ${flags.queue}\n`,
+        );
+      } finally {
+        c.close();
+      }
+    },
+  );
+
+  const job = program.command('job').description('backfill jobs: `job status`');
+  addEndpointOptions(
+    job
+      .command('status')
+      .description(
+        'shards done / in flight / failed, pairs/s, accept rate and ETA of a job, from its outputs and the queue',
+      )
+      .requiredOption('--job <name>', 'the job name enqueue printed')
+      .requiredOption('--output <uri>', 'the output root given to enqueue')
+      .option('--queue <url>', 'the job queue: adds messages waiting and in flight')
+      .addOption(shown('--json', 'print the status as one JSON object', 'off')),
+  ).action(async (flags: EndpointFlags & { job: string; output: string; queue?: string; json?: boolean }) => {
+    const { formatJobStatus, jobStatus } = await import('../backfill/status.ts');
+    const c = await clients(flags);
+    try {
+      const s = await jobStatus({ s3: c.s3, sqs: c.sqs, output: flags.output, job: flags.job, queueUrl: flags.queue });
+      stdout.write(flags.json ? `${JSON.stringify(s)}\n` : `${formatJobStatus(s)}\n`);
+    } finally {
+      c.close();
+    }
+  });
+  return program;
+}
