@@ -1,5 +1,5 @@
 /**
- * The GPU worker's environment contract: every variable the worker reads (functions/worker/config.ts) and the
+ * The GPU worker's environment contract: every variable the worker reads (lib/worker/config.ts) and the
  * construct sets on its tasks (infra/lib/pipeline.ts). Both sides type their names against this one list, so a
  * variable renamed or misspelt on either side is a compile error instead of a silently ignored setting. The worker's
  * `WorkerConfig` documents each value's meaning and default; docs/DEPLOY.md the operator's view.

@@ -4,7 +4,7 @@
 #   sqs    ElasticMQ from Maven Central                                 http://127.0.0.1:9324
 #   s3     moto server from PyPI (in a venv)                            http://127.0.0.1:9000
 # Downloads are cached under .services/ (gitignored) and reused; state (Kafka log dirs, pid files, logs) too.
-# Usage: scripts/services.sh up|down|status|restart [kafka|sqs|s3 ...]   (default: all three)
+# Usage: scripts/services.sh up|down|status|restart|install [kafka|sqs|s3 ...]   (default: all three)
 #   status exits 0 only when every named service answers its protocol probe.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -161,13 +161,17 @@ case "$cmd" in
   restart)
     for s in "${services[@]}"; do down_one "$s"; up_one "$s" || rc=1; done
     ;;
+  install)
+    # Downloads only (cached under .services/): e.g. the jars a test's private Kafka broker runs from.
+    for s in "${services[@]}"; do "install_$s" || rc=1; done
+    ;;
   status)
     for s in "${services[@]}"; do
       if probe "$s"; then echo "$s: up ($(log_of "$s"))"; else echo "$s: down"; rc=1; fi
     done
     ;;
   *)
-    echo "usage: $0 up|down|status|restart [kafka|sqs|s3 ...]" >&2
+    echo "usage: $0 up|down|status|restart|install [kafka|sqs|s3 ...]" >&2
     exit 2
     ;;
 esac

@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import type { PreprocessSpec, ScoreInput, ScoreResult, Scorer } from '../../lib/types.ts';
 import {

@@ -4,7 +4,8 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
-import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { KAFKA_LAMBDA_BUNDLING } from './lambda-bundling.ts';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
@@ -60,18 +61,7 @@ export class KafkaTopics extends Construct {
       vpcSubnets: props.vpcSubnets,
       securityGroups: [props.securityGroup],
       logGroup,
-      bundling: {
-        // Local esbuild only: synth must work on machines without Docker.
-        forceDockerBundling: false,
-        format: OutputFormat.ESM,
-        target: 'node24',
-        minify: true,
-        sourceMap: true,
-        // The Node.js runtime ships AWS SDK v3; the MSK signer's own SDK deps are bundled with it.
-        externalModules: ['@aws-sdk/client-secrets-manager'],
-        // ESM bundles of CommonJS deps (kafkajs) need a require().
-        banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
-      },
+      bundling: KAFKA_LAMBDA_BUNDLING,
     });
 
     const managed = props.topics.map((t) => t.name);

@@ -5,7 +5,8 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { KAFKA_LAMBDA_BUNDLING } from './lambda-bundling.ts';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
@@ -88,18 +89,7 @@ export class LagProbe extends Construct {
       logGroup: new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH }),
       // A failed measurement is not worth retrying: the next scheduled run measures afresh.
       retryAttempts: 0,
-      bundling: {
-        // Local esbuild only: synth must work on machines without Docker.
-        forceDockerBundling: false,
-        format: OutputFormat.ESM,
-        target: 'node24',
-        minify: true,
-        sourceMap: true,
-        // The Node.js runtime ships AWS SDK v3; the MSK signer's own SDK deps are bundled with it.
-        externalModules: ['@aws-sdk/client-secrets-manager'],
-        // ESM bundles of CommonJS deps (kafkajs) need a require().
-        banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
-      },
+      bundling: KAFKA_LAMBDA_BUNDLING,
     });
     this.grantKafka(props);
     this.schedule = new events.Rule(this, 'Schedule', {

@@ -5,6 +5,7 @@ import cliProgress from 'cli-progress';
 import { Intake, type IntakeOptions } from '../intake/index.ts';
 import { loadScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
+import { Closers } from '../pipeline/closers.ts';
 import { runPipeline, type PipelineLogger } from '../pipeline/index.ts';
 import { formatThreshold, Policy, type PolicyOptions } from '../policy/index.ts';
 import {
@@ -155,9 +156,13 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
         await staging.flush();
         await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
       }
+      // The sinks' close writes their last files (shards.json): a failure there fails the run, never silently.
+      if (!options.abort?.aborted) await Promise.all([curated.close(), audit.close()]);
     } finally {
       progress.stop();
-      await Promise.allSettled([curated.close(), audit.close(), intake.close(), source.close(), staging?.flush()]);
+      const rest = new Closers();
+      [() => source.close(), () => intake.close(), async () => staging?.flush()].forEach((step) => rest.last(step));
+      await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
     }
     const result: RunSummary = {
       ...summary.summary(),

@@ -299,7 +299,7 @@ function addPromptCommand(program: Command): void {
 
 function addWorkerCommand(program: Command): void {
   // Flags map onto the worker's environment names (shared with infra/), so the container and the CLI read one format.
-  // [flag, variable, help, default shown in --help (the worker's own, functions/worker/config.ts)]
+  // [flag, variable, help, default shown in --help (the worker's own, lib/worker/config.ts)]
   const workerFlags: [flag: string, env: string, help: string, shown?: string][] = [
     ['--brokers <list>', 'MLMF_BROKERS', 'Kafka bootstrap servers, comma-separated; required with Kafka topics'],
     ['--source-topic <topic>', 'MLMF_SOURCE_TOPIC', 'topic the crawler publishes pairs to; required without SQS'],
@@ -334,7 +334,7 @@ function addWorkerCommand(program: Command): void {
     worker.addOption(flag.startsWith('--thresholds ') ? option.argParser(thresholdListArg) : option);
   }
   worker.action(async (flags: Record<string, string | undefined>) => {
-    const { configFrom, runWorker } = await import('../../functions/worker/main.ts');
+    const { configFrom, runWorker } = await import('../worker/run.ts');
     // Flags and environment by the settings' documented names: a flag wins over its variable, and an error names both.
     const byName = new Map(
       workerFlags.map(([flag, name]) => [name, { flag: flag.split(' ')[0]!, key: flagKey(flag) }]),

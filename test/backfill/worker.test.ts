@@ -18,7 +18,7 @@ import {
   SQSClient,
   type Message,
 } from '@aws-sdk/client-sqs';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import { enqueue } from '../../lib/backfill/enqueue.ts';
 import { makeShardJob } from '../../lib/backfill/shard-job.ts';
 import { jobStatus } from '../../lib/backfill/status.ts';

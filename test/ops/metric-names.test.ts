@@ -13,7 +13,7 @@ import type { Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { backlogEmf, probeConfigFromEnv, probeKafka, probeOnce } from '../../functions/lambda/lag-probe.ts';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
 import type { Outcome } from '../../lib/types.ts';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import {
   BROKERS,

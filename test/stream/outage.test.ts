@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Admin, Kafka } from 'kafkajs';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import {
   BROKERS,
   FastScorer,

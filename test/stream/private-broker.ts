@@ -28,8 +28,14 @@ const PORT_PAIRS = [
 /** Why a private broker cannot run here (skip reason), or false. Under CI=true a missing piece is a failure. */
 export function privateBrokerUnavailable(): string | false {
   let reason: string | undefined;
+  // The shared broker may run from elsewhere (another checkout's services): fetch the jars here (cached) if missing.
+  if (!existsSync(join(JARS, '.complete'))) {
+    spawnSync('bash', [join(ROOT, 'scripts/services.sh'), 'install', 'kafka'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+  }
   if (!existsSync(join(JARS, '.complete')))
-    reason = 'no Kafka jars in .services/kafka/lib (bash scripts/services.sh up)';
+    reason = 'no Kafka jars in .services/kafka/lib (bash scripts/services.sh install kafka failed)';
   else if (spawnSync('java', ['-version']).status !== 0) reason = 'no java on PATH';
   if (!reason) return false;
   if (process.env.CI === 'true') throw new Error(`CI: private Kafka broker unavailable: ${reason}`);

@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { CreateQueueCommand, SendMessageBatchCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Admin, Kafka } from 'kafkajs';
-import { runWorker } from '../../functions/worker/main.ts';
+import { runWorker } from '../../lib/worker/run.ts';
 import {
   BROKERS,
   CREDENTIALS,

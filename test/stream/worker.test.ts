@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Admin } from 'kafkajs';
-import { configFromEnv, runWorker, validateConfig } from '../../functions/worker/main.ts';
-import { scoredMetrics } from '../../functions/worker/config.ts';
+import { configFromEnv, runWorker, validateConfig } from '../../lib/worker/run.ts';
+import { scoredMetrics } from '../../lib/worker/config.ts';
 import { FilterError } from '../../lib/types.ts';
 import {
   BROKERS,
@@ -225,7 +225,7 @@ describe('worker model download (MLMF_MODEL_S3_URI)', { skip: await needServices
     const { join } = await import('node:path');
     const { createHash } = await import('node:crypto');
     const { PutObjectCommand } = await import('@aws-sdk/client-s3');
-    const { ensureModel } = await import('../../functions/worker/main.ts');
+    const { ensureModel } = await import('../../lib/worker/run.ts');
     const work = mkdtempSync(join(tmpdir(), 'mlmf-model-'));
     mkdirSync(join(work, 'src', 'onnx'), { recursive: true });
     writeFileSync(join(work, 'src', 'config.json'), '{"model_type":"llava_qwen"}');

@@ -24,18 +24,18 @@ import {
   type Message,
 } from '@aws-sdk/client-sqs';
 import type { Kafka } from 'kafkajs';
-import { doneKey, failedKey, jobFolder, type ShardDone, type ShardFailed } from '../../lib/backfill/outputs.ts';
-import { runShardJob } from '../../lib/backfill/runner.ts';
-import { objectExists, putObject } from '../../lib/backfill/s3-io.ts';
-import { parseShardJob, type ShardJob } from '../../lib/backfill/shard-job.ts';
-import { topicMaxMessageBytes } from '../../lib/kafka/client.ts';
-import type { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
-import type { WorkerMetrics } from '../../lib/metrics/index.ts';
-import type { ImageIntake, PipelineLogger, PipelineStats } from '../../lib/pipeline/index.ts';
-import type { Policy } from '../../lib/policy/index.ts';
-import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';
-import type { ModelInfo, Scorer, Sink } from '../../lib/types.ts';
-import { FilterError } from '../../lib/types.ts';
+import { doneKey, failedKey, jobFolder, type ShardDone, type ShardFailed } from '../backfill/outputs.ts';
+import { runShardJob } from '../backfill/runner.ts';
+import { objectExists, putObject } from '../backfill/s3-io.ts';
+import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
+import { topicMaxMessageBytes } from '../kafka/client.ts';
+import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
+import type { WorkerMetrics } from '../metrics/index.ts';
+import type { ImageIntake, PipelineLogger, PipelineStats } from '../pipeline/index.ts';
+import type { Policy } from '../policy/index.ts';
+import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
+import type { ModelInfo, Scorer, Sink } from '../types.ts';
+import { FilterError } from '../types.ts';
 import type { WorkerConfig } from './config.ts';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';

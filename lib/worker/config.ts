@@ -1,22 +1,22 @@
 import { hostname } from 'node:os';
-import type { Scorer } from '../../lib/types.ts';
-import { FilterError, type MetricShort } from '../../lib/types.ts';
-import type { WorkerEnvName } from '../../lib/worker-env.ts';
-import type { ImageIntake } from '../../lib/pipeline/index.ts';
-import type { ExecutionProvider } from '../../lib/model/index.ts';
-import { formatThreshold, parseThresholds, Policy } from '../../lib/policy/index.ts';
+import type { Scorer } from '../types.ts';
+import { FilterError, type MetricShort } from '../types.ts';
+import type { WorkerEnvName } from '../worker-env.ts';
+import type { ImageIntake } from '../pipeline/index.ts';
+import type { ExecutionProvider } from '../model/index.ts';
+import { formatThreshold, parseThresholds, Policy } from '../policy/index.ts';
 import {
   parseMetricSelection,
   resolveMetricSelection,
   type MetricSelection,
   type SelectionSource,
-} from '../../lib/policy/metric-selection.ts';
+} from '../policy/metric-selection.ts';
 
 /** Everything the worker needs; from the environment (configFromEnv) or from the CLI's flags. */
 export interface WorkerConfig {
   /**
    * MLMF_SOURCE: `kafka` or `sqs` (pair records), or `sqs-shards`: shard-job messages of `mlm-filter enqueue`, each a
-   * whole WebDataset shard in S3 filtered into its job's outputs (functions/worker/shard-jobs.ts).
+   * whole WebDataset shard in S3 filtered into its job's outputs (lib/worker/shard-jobs.ts).
    */
   readonly source: 'kafka' | 'sqs' | 'sqs-shards';
   /** MLMF_BROKERS (comma-separated host:port): the source brokers and the audit/accepted/DLQ topics' brokers. */
