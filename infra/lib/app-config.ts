@@ -42,6 +42,8 @@ export const CONTEXT_KEYS = [
   'sqs',
   'sqsQueueArn',
   'sqsKmsKeyArn',
+  'sqsMessages',
+  'shardInputBuckets',
   'auditTopic',
   'acceptedTopic',
   'dlqTopic',
@@ -282,9 +284,16 @@ export class MlmFilterStack extends Stack {
     const queue = queueArn
       ? sqs.Queue.fromQueueAttributes(this, 'InputQueue', { queueArn, keyArn: queueKey })
       : undefined;
+    const messages = c.str('sqsMessages');
+    if (messages !== undefined && messages !== 'pairs' && messages !== 'shard-jobs') {
+      throw new Error(`context sqsMessages must be pairs or shard-jobs, got ${JSON.stringify(messages)}`);
+    }
+    const inputs = (c.str('shardInputBuckets') ?? '').split(',').filter(Boolean);
+    const shardInputBuckets = inputs.map((name, i) => s3.Bucket.fromBucketName(this, `ShardInput${i}`, name));
+    const jobs = messages ? { messages, ...(inputs.length ? { shardInputBuckets } : {}) } : {};
     return {
       kafkaSource: sourceTopic ? { topic: sourceTopic, consumerGroup: c.str('consumerGroup'), ...scaling } : undefined,
-      sqsSource: queue || str(c.opt('sqs')) === 'create' ? { queue, ...scaling } : undefined,
+      sqsSource: queue || str(c.opt('sqs')) === 'create' ? { queue, ...scaling, ...jobs } : undefined,
     };
   }
 

@@ -21,7 +21,7 @@ import { LagProbe } from './lag-probe.ts';
 import { PipelineMonitoring, type BacklogSignal } from './monitoring.ts';
 import { MskArns } from './msk.ts';
 import { kafkaAuthOf, validateProps, type MlmFilterPipelineProps, type ScalingOptions } from './props.ts';
-import { grantMskSource, grantSinks } from './worker-grants.ts';
+import { grantMskSource, grantShardJobs, grantSinks } from './worker-grants.ts';
 import { workerImage } from './worker-image.ts';
 import { buildWorkerService, drainBudgetMs, type WorkerService } from './worker-service.ts';
 
@@ -346,8 +346,21 @@ export class MlmFilterPipeline extends Construct {
 
   private addSqsService(base: WorkerBase, queue: sqs.IQueue): WorkerService {
     const src = this.props.sqsSource!;
-    const built = this.addService(base, 'sqs', { MLMF_SOURCE: 'sqs', MLMF_SQS_QUEUE_URL: queue.queueUrl });
+    const jobs = src.messages === 'shard-jobs';
+    const built = this.addService(base, 'sqs', {
+      MLMF_SOURCE: jobs ? 'sqs-shards' : 'sqs',
+      MLMF_SQS_QUEUE_URL: queue.queueUrl,
+      ...(jobs && this.deadLetterQueue ? { MLMF_SQS_DLQ_URL: this.deadLetterQueue.queueUrl } : {}),
+    });
     queue.grantConsumeMessages(built.taskRole);
+    if (jobs) {
+      grantShardJobs(this, built.taskRole, {
+        inputBuckets: src.shardInputBuckets ?? [],
+        curatedBucket: this.curatedBucket,
+        curatedPrefix: this.curatedPrefix,
+        deadLetterQueue: this.deadLetterQueue,
+      });
+    }
     // An existing queue whose IQueue does not carry its key: the key was given beside it.
     if (!this.deadLetterQueue && src.encryptionKey) src.encryptionKey.grantDecrypt(built.taskRole);
     const visible = queue.metricApproximateNumberOfMessagesVisible({
@@ -355,7 +368,9 @@ export class MlmFilterPipeline extends Construct {
       period: Duration.minutes(1),
       label: 'SQS messages visible',
     });
-    this.addScaling('Sqs', built, visible, src, 0, {
+    // A shard job is a whole shard (thousands of pairs): the backlog a task should hold is a few jobs, not pairs.
+    const scaling = jobs ? { ...src, targetBacklogPerTask: src.targetBacklogPerTask ?? 2 } : src;
+    this.addScaling('Sqs', built, visible, scaling, 0, {
       oldestAgeSeconds: queue.metricApproximateAgeOfOldestMessage({
         statistic: 'Maximum',
         period: Duration.minutes(5),

@@ -55,7 +55,8 @@ export interface ScalingOptions {
   readonly maxTasks?: number;
   /**
    * Waiting records per task that target tracking holds: about throughput x acceptable delay
-   * (e.g. 10 pairs/s x 10 min = 6000). @default 6000
+   * (e.g. 10 pairs/s x 10 min = 6000). With `sqsSource.messages: 'shard-jobs'` a record is a whole shard.
+   * @default 6000 (shard jobs: 2)
    */
   readonly targetBacklogPerTask?: number;
 }
@@ -80,7 +81,19 @@ export interface SqsSourceOptions extends ScalingOptions {
    * @default - see `queue`
    */
   readonly queueArn?: string;
-  /** Receives before a message moves to the dead-letter queue (created queue only). @default 5 */
+  /**
+   * What the queue carries. `pairs`: the crawler's pair records. `shard-jobs`: backfill, the shard-job messages of
+   * `mlm-filter enqueue` (the workers run with MLMF_SOURCE=sqs-shards; each job reads its input shard from
+   * `shardInputBuckets` and writes its outputs under the curated prefix: give `enqueue --output` a prefix under it;
+   * a job that keeps failing goes to the created dead-letter queue with its reason). @default 'pairs'
+   */
+  readonly messages?: 'pairs' | 'shard-jobs';
+  /** shard-jobs: the buckets holding the input shards (the workers get s3:GetObject on them, and their keys' Decrypt). @default - none: required with shard-jobs */
+  readonly shardInputBuckets?: readonly s3.IBucket[];
+  /**
+   * Receives before a message moves to the dead-letter queue (created queue only). With shard-jobs it must exceed
+   * the worker's own limit of 3 deliveries, after which it dead-letters the job with its reason. @default 5
+   */
   readonly maxReceiveCount?: number;
   /** Must exceed the worker's time from receive to durable ack (created queue only). @default Duration.minutes(15) */
   readonly visibilityTimeout?: Duration;
@@ -287,6 +300,12 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
     }
   }
   if (props.sqsSource?.queue && props.sqsSource.queueArn) fail('sqsSource: give queue or queueArn, not both');
+  if (props.sqsSource?.messages === 'shard-jobs') {
+    if (!props.sqsSource.shardInputBuckets?.length)
+      fail('sqsSource.shardInputBuckets: shard-jobs need the buckets that hold the input shards');
+    if ((props.sqsSource.maxReceiveCount ?? 5) <= 3)
+      fail('sqsSource.maxReceiveCount: with shard-jobs it must exceed 3, the worker dead-letters a job itself after 3');
+  }
   if (props.worker?.image && props.worker.imageUri) fail('worker: give image or imageUri, not both');
   const stop = props.worker?.stopTimeout?.toSeconds() ?? 120;
   if (stop < 30 || stop > 120) {

@@ -3,6 +3,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
 import { nagResource } from './nag.ts';
@@ -130,4 +131,44 @@ export function grantSecretRead(secret: secretsmanager.ISecret, grantee: iam.IGr
       conditions: { StringEquals: { 'kms:ViaService': `secretsmanager.${Stack.of(secret).region}.amazonaws.com` } },
     }),
   );
+}
+
+/** What a shard-job (backfill) worker needs beyond the sinks: its inputs, cleanup of its own outputs, its DLQ. */
+export interface ShardJobGrants {
+  readonly inputBuckets: readonly s3.IBucket[];
+  readonly curatedBucket: s3.IBucket;
+  readonly curatedPrefix: string;
+  readonly deadLetterQueue?: sqs.IQueue;
+}
+
+/**
+ * Shard jobs read whole input shards (s3:GetObject, ranged), delete the curated shards an earlier attempt of the same
+ * job left behind (s3:DeleteObject under the curated prefix), and dead-letter a job that keeps failing.
+ */
+export function grantShardJobs(scope: Construct, role: iam.IRole, g: ShardJobGrants): void {
+  const inputs = g.inputBuckets.map((b) => b.arnForObjects('*'));
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({ sid: 'ShardJobInputs', actions: ['s3:GetObject'], resources: inputs }),
+  );
+  // ListBucket makes a missing shard read as 404 (input missing) rather than 403.
+  const buckets = g.inputBuckets.map((b) => b.bucketArn);
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({ sid: 'ShardJobInputListing', actions: ['s3:ListBucket'], resources: buckets }),
+  );
+  for (const b of g.inputBuckets) b.encryptionKey?.grantDecrypt(role);
+  const outputs = g.curatedBucket.arnForObjects(`${g.curatedPrefix}*`);
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({ sid: 'ShardJobOutputCleanup', actions: ['s3:DeleteObject'], resources: [outputs] }),
+  );
+  g.deadLetterQueue?.grantSendMessages(role);
+  const policy = role.node.tryFindChild('DefaultPolicy');
+  if (!policy) return;
+  const stack = Stack.of(scope);
+  for (const arn of inputs) {
+    Validations.of(policy).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::${nagResource(stack, arn)}]`,
+      reason:
+        's3:GetObject on the objects of a bucket the user named as holding backfill input shards: the shard keys come in the job messages.',
+    });
+  }
 }

@@ -560,6 +560,23 @@ describe('props validation', () => {
     ],
     ['min > max', (st) => ({ ...base(st), sqsSource: { minTasks: 3, maxTasks: 2 } }), /minTasks/],
     [
+      'shard jobs without input buckets',
+      (st) => ({ ...base(st), sqsSource: { messages: 'shard-jobs' as const } }),
+      /shardInputBuckets/,
+    ],
+    [
+      'shard jobs dead-lettered by the queue before the worker can',
+      (st) => ({
+        ...base(st),
+        sqsSource: {
+          messages: 'shard-jobs' as const,
+          shardInputBuckets: [s3.Bucket.fromBucketName(st, 'Pool', 'pool')],
+          maxReceiveCount: 3,
+        },
+      }),
+      /maxReceiveCount/,
+    ],
+    [
       'self-managed scale to zero',
       (st) => ({
         ...base(st),
@@ -734,5 +751,69 @@ describe('everything brought by the user: keys, queue, bucket, client security g
         [['kms:GenerateDataKey', 'kms:Decrypt'], [keyArn('2')]],
       ],
     );
+  });
+});
+
+describe('backfill: the SQS service takes shard jobs (sqsSource.messages = shard-jobs)', () => {
+  let s: Synthesised;
+  before(() => {
+    s = synth((stack) => {
+      const poolKey = kms.Key.fromKeyArn(
+        stack,
+        'PoolKey',
+        'arn:aws:kms:eu-west-1:111122223333:key/0b0b0b0b-1111-2222-3333-444444444444',
+      );
+      const pool = s3.Bucket.fromBucketAttributes(stack, 'Pool', {
+        bucketName: 'datacomp-pool',
+        encryptionKey: poolKey,
+      });
+      return {
+        vpc: brokersVpc(stack),
+        kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
+        sqsSource: { messages: 'shard-jobs', shardInputBuckets: [pool], maxTasks: 8 },
+        topics: { audit: 'mlmf.audit', provision: false },
+        model: model(stack),
+      };
+    });
+  });
+
+  test('cdk-nag AwsSolutions: no unacknowledged finding', () => {
+    assert.deepEqual(s.violations, []);
+  });
+
+  test('the workers run shard jobs and dead-letter a failing one to the created dead-letter queue', () => {
+    const env = workerEnv(s.template, 'Sqs');
+    assert.equal(env.MLMF_SOURCE, 'sqs-shards');
+    assert.ok(env.MLMF_SQS_DLQ_URL, 'MLMF_SQS_DLQ_URL is set');
+    s.template.hasResourceProperties('AWS::SQS::Queue', {
+      RedrivePolicy: Match.objectLike({ maxReceiveCount: 5 }),
+    });
+  });
+
+  test('grants: GetObject on the input bucket and its key, DeleteObject under the curated prefix only, SendMessage on the DLQ', () => {
+    const all = statements(s.template);
+    const inputs = all.find(
+      (st) => st.Action.includes('s3:GetObject') && JSON.stringify(st.Resource).includes('datacomp-pool'),
+    );
+    assert.ok(inputs, 'GetObject on the input bucket');
+    assert.deepEqual(inputs.Action, ['s3:GetObject']);
+    const del = all.find((st) => st.Action.includes('s3:DeleteObject'));
+    assert.ok(del, 'DeleteObject for stale outputs');
+    assert.match(JSON.stringify(del.Resource), /curated\/\*/);
+    assert.ok(all.some((st) => st.Action.includes('kms:Decrypt') && JSON.stringify(st.Resource).includes('0b0b0b0b')));
+    assert.ok(
+      all.some((st) => st.Action.includes('sqs:SendMessage')),
+      'SendMessage on the dead-letter queue',
+    );
+    assert.ok(
+      all.some((st) => st.Action.includes('s3:ListBucket') && JSON.stringify(st.Resource).includes('datacomp-pool')),
+      'ListBucket on the input bucket (a missing shard is a 404)',
+    );
+  });
+
+  test('scaling holds a few jobs per task, not thousands (a job is a whole shard)', () => {
+    s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
+      TargetTrackingScalingPolicyConfiguration: Match.objectLike({ TargetValue: 2 }),
+    });
   });
 });
