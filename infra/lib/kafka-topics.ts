@@ -5,7 +5,7 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { KAFKA_LAMBDA_BUNDLING } from './lambda-bundling.ts';
+import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING } from './kafka-lambda.ts';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
@@ -111,17 +111,7 @@ export class KafkaTopics extends Construct {
       },
     });
 
-    const v = Validations.of(this);
-    v.acknowledge({
-      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
-      reason:
-        'AWSLambdaBasicExecutionRole allows logs:CreateLogGroup, logs:CreateLogStream and logs:PutLogEvents, which Lambda needs to deliver the function log.',
-    });
-    v.acknowledge({
-      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
-      reason:
-        "AWSLambdaVPCAccessExecutionRole allows ec2:CreateNetworkInterface, DescribeNetworkInterfaces, DescribeSubnets, DeleteNetworkInterface, AssignPrivateIpAddresses and UnassignPrivateIpAddresses (the function's ENIs in the brokers' VPC) and the log delivery actions.",
-    });
+    acknowledgeVpcLambdaPolicies(this);
     const frameworkPolicy = provider.node
       .findChild('framework-onEvent')
       .node.findChild('ServiceRole')

@@ -1,0 +1,34 @@
+import { Validations } from 'aws-cdk-lib';
+import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
+import type { Construct } from 'constructs';
+
+/** What the stack's Kafka Lambdas (topic provisioner, lag probe) share: bundling, and their managed policies. */
+
+/** How they are bundled. */
+export const KAFKA_LAMBDA_BUNDLING: BundlingOptions = {
+  // Local esbuild only: synth must work on machines without Docker.
+  forceDockerBundling: false,
+  format: OutputFormat.ESM,
+  target: 'node24',
+  minify: true,
+  sourceMap: true,
+  // The Node.js runtime ships AWS SDK v3; the MSK signer's own SDK deps are bundled with it.
+  externalModules: ['@aws-sdk/client-secrets-manager'],
+  // ESM bundles of CommonJS deps (kafkajs) need a require().
+  banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+};
+
+/** The AWS managed policies of a Lambda in the brokers' VPC, acknowledged for cdk-nag with what they allow. */
+export function acknowledgeVpcLambdaPolicies(scope: Construct): void {
+  const v = Validations.of(scope);
+  v.acknowledge({
+    id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+    reason:
+      'AWSLambdaBasicExecutionRole allows logs:CreateLogGroup, logs:CreateLogStream and logs:PutLogEvents, which Lambda needs to deliver the function log.',
+  });
+  v.acknowledge({
+    id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
+    reason:
+      "AWSLambdaVPCAccessExecutionRole allows ec2:CreateNetworkInterface, DescribeNetworkInterfaces, DescribeSubnets, DeleteNetworkInterface, AssignPrivateIpAddresses and UnassignPrivateIpAddresses (the function's ENIs in the brokers' VPC) and the log delivery actions.",
+  });
+}
