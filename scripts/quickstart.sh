@@ -2,8 +2,8 @@
 # The README's first command: install, then run the main job on the sample data the repository ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The CPU runtime ships inside onnxruntime-node; its postinstall would download CUDA libraries (a GPU image sets
-# ONNXRUNTIME_NODE_INSTALL=cuda12 instead).
+# The CPU runtime ships inside onnxruntime-node; its postinstall would download CUDA libraries from NuGet (a GPU image
+# gets them from PyPI wheels instead: scripts/cuda-provider.sh).
 export ONNXRUNTIME_NODE_INSTALL="${ONNXRUNTIME_NODE_INSTALL:-skip}"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
