@@ -1,4 +1,4 @@
-import { mkdir, open, rename } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
@@ -15,7 +15,7 @@ import {
   type MetricSelection,
 } from '../policy/metric-selection.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
-import { LocalCuratedSink } from '../sinks/local-curated.ts';
+import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
@@ -185,24 +185,11 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
       interrupted: options.signal?.aborted ?? false,
       intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     };
-    await writeAtomically(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
+    await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
     return result;
   } finally {
     await scorer.close();
   }
-}
-
-/** Readers (and a run resumed after a crash) see the old file or the new one, never half of one. */
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
 }
 
 /**

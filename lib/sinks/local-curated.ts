@@ -18,8 +18,11 @@ export interface LocalCuratedSinkOptions {
   readonly idleFlushMs?: number;
 }
 
-/** Writes a file so that readers never see a partial one: temp file, fsync, rename. */
-async function writeDurable(path: string, data: Buffer | string): Promise<void> {
+/**
+ * Writes a file so that readers (and a run resumed after a crash) see the old file or the new one, never half of
+ * one: temp file `<path>.tmp-<pid>`, fsync, rename.
+ */
+export async function writeDurable(path: string, data: Buffer | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   const fh = await open(tmp, 'w');
   try {
