@@ -3,12 +3,11 @@
  * uploaded to the local S3 server, and readers for a job's outputs (curated shard ids from the tars themselves,
  * reject events, done markers). The services and the stand-in scorer are test/stream/helpers.ts's.
  */
-import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import tarStream from 'tar-stream';
+import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
 import { ustar, ustarMember } from '../sources/ustar.ts';
-import { listAll, testPng } from '../stream/helpers.ts';
+import { curatedIds, getBytes, listAll, testPng } from '../stream/helpers.ts';
 
 export type Damage = 'none' | 'truncated-tail' | 'corrupt-header' | 'undecodable-image';
 
@@ -69,34 +68,9 @@ export async function putShard(s3: S3Client, bucket: string, key: string, tar: B
   await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: tar }));
 }
 
-async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
-  const res = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-  return Buffer.from(await res.Body!.transformToByteArray());
-}
-
 /** Sample ids of every curated tar under `prefix`, read from the tars' `.json` members. */
 export async function curatedIdsUnder(s3: S3Client, bucket: string, prefix: string): Promise<string[]> {
-  const keys = (await listAll(s3, bucket, prefix)).map((o) => o.Key!).filter((k) => k.endsWith('.tar'));
-  const ids: string[] = [];
-  for (const key of keys) {
-    const extract = tarStream.extract();
-    const done = new Promise<void>((resolve, reject) => {
-      extract.on('entry', (header, stream, next) => {
-        const chunks: Buffer[] = [];
-        stream.on('data', (c: unknown) => chunks.push(c as Buffer));
-        stream.on('end', () => {
-          if (header.name.endsWith('.json'))
-            ids.push((JSON.parse(Buffer.concat(chunks).toString()) as { id: string }).id);
-          next();
-        });
-      });
-      extract.on('finish', resolve);
-      extract.on('error', reject);
-    });
-    extract.end(await getBytes(s3, bucket, key));
-    await done;
-  }
-  return ids;
+  return (await curatedIds(s3, bucket, prefix)).ids;
 }
 
 /** Every audit event of every rejects file under `prefix`. */

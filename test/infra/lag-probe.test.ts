@@ -2,6 +2,7 @@
  * The Kafka lag probe: its handler against the real local Kafka (scripts/test.sh starts it), the Lambda entry point run
  * as its own process (the EMF line on stdout), and the construct and its place in the pipeline (synthesised, cdk-nag).
  */
+import { thrownCode } from '../helpers/thrown-code.ts';
 import { parseScramSecret } from '../../lib/kafka/scram-secret.ts';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -30,7 +31,6 @@ import {
 import { LagProbe } from '../../infra/lib/lag-probe.ts';
 import { MskArns } from '../../infra/lib/msk.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
-import { FilterError } from '../../lib/types.ts';
 import {
   BROKERS,
   committedTotal,
@@ -216,16 +216,6 @@ describe('lag probe against the local Kafka', { skip }, () => {
 });
 
 describe('lag probe configuration and EMF', () => {
-  const code = (fn: () => unknown): string => {
-    try {
-      fn();
-    } catch (err) {
-      assert.ok(err instanceof FilterError, String(err));
-      return err.code;
-    }
-    assert.fail('expected a throw');
-  };
-
   test('the environment: required names, auth and TLS checked with lag_probe_config', () => {
     const base = envFor('t', 'g');
     assert.deepEqual(
@@ -257,7 +247,7 @@ describe('lag probe configuration and EMF', () => {
       { ...base, MLMF_KAFKA_AUTH: 'scram-sha-512' },
     ]) {
       assert.equal(
-        code(() => probeConfigFromEnv(bad)),
+        thrownCode(() => probeConfigFromEnv(bad)),
         'lag_probe_config',
         JSON.stringify(bad),
       );
@@ -272,7 +262,7 @@ describe('lag probe configuration and EMF', () => {
     });
     for (const s of [undefined, '', 'not json', '{"username":"u"}', '{"username":1,"password":"p"}']) {
       assert.equal(
-        code(() => parseScramSecret(s, 'arn')),
+        thrownCode(() => parseScramSecret(s, 'arn')),
         'kafka_secret_invalid',
       );
     }

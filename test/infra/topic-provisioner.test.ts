@@ -1,4 +1,5 @@
 import { parseScramSecret } from '../../lib/kafka/scram-secret.ts';
+import { thrownCode } from '../helpers/thrown-code.ts';
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Kafka, logLevel } from 'kafkajs';
@@ -11,7 +12,6 @@ import {
   type TopicAdmin,
   type TopicSpec,
 } from '../../functions/lambda/topic-provisioner.ts';
-import { FilterError } from '../../lib/types.ts';
 
 const base = {
   Brokers: 'b-1.example:9098,b-2.example:9098',
@@ -24,16 +24,6 @@ const base = {
   ],
   DeleteOnDestroy: 'false',
 };
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof FilterError, `expected FilterError, got ${String(err)}`);
-    return err.code;
-  }
-  assert.fail('expected a throw');
-}
 
 describe('parseTopicRequest', () => {
   test('accepts CloudFormation string-typed properties', () => {
@@ -69,7 +59,7 @@ describe('parseTopicRequest', () => {
     ];
     for (const c of cases)
       assert.equal(
-        code(() => parseTopicRequest(c)),
+        thrownCode(() => parseTopicRequest(c)),
         'topic_request_invalid',
         JSON.stringify(c),
       );
@@ -244,11 +234,11 @@ describe('client settings', () => {
       password: 'p',
     });
     assert.equal(
-      code(() => parseScramSecret('{"username":"u"}', 'arn:x')),
+      thrownCode(() => parseScramSecret('{"username":"u"}', 'arn:x')),
       'kafka_secret_invalid',
     );
     assert.equal(
-      code(() => parseScramSecret('not json', 'arn:x')),
+      thrownCode(() => parseScramSecret('not json', 'arn:x')),
       'kafka_secret_invalid',
     );
   });

@@ -3,6 +3,7 @@
  * `nvidia-smi` executable (test/helpers/fake-nvidia-smi.ts) found first on PATH, reporting into a real WorkerMetrics
  * whose EMF output is read back.
  */
+import { thrownCode } from '../helpers/thrown-code.ts';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,6 @@ import { describe, test } from 'node:test';
 import { GpuSampler, parseNvidiaSmi, startGpuSampling } from '../../lib/metrics/gpu.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
-import { FilterError } from '../../lib/types.ts';
 import { fakeNvidiaSmi } from '../helpers/fake-nvidia-smi.ts';
 
 // nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits, as the driver prints
@@ -29,16 +29,6 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, timeo
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-function failureCode(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof FilterError, String(err));
-    return err.code;
-  }
-  assert.fail('expected a throw');
 }
 
 /** The GPU distributions in the EMF documents a WorkerMetrics flush writes. */
@@ -88,7 +78,7 @@ describe('parseNvidiaSmi', () => {
       '1, 2, 3, 4\n',
     ]) {
       assert.equal(
-        failureCode(() => parseNvidiaSmi(text)),
+        thrownCode(() => parseNvidiaSmi(text)),
         'gpu_query_failed',
         JSON.stringify(text),
       );

@@ -234,14 +234,19 @@ export async function listAll(s3: S3Client, bucket: string, prefix = ''): Promis
   return out;
 }
 
-async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
+export async function getBytes(s3: S3Client, bucket: string, key: string): Promise<Buffer> {
   const res = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
   return Buffer.from(await res.Body!.transformToByteArray());
 }
 
-/** Every sample id in every tar shard of the bucket (read from the tars' `.json` members, not the indexes). */
-export async function curatedIds(s3: S3Client, bucket: string): Promise<{ ids: string[]; shards: string[] }> {
-  const shards = (await listAll(s3, bucket)).map((o) => o.Key!).filter((k) => k.endsWith('.tar'));
+/** Every sample id in every tar shard of the bucket under `prefix` (read from the tars' `.json` members, not the
+ * indexes). */
+export async function curatedIds(
+  s3: S3Client,
+  bucket: string,
+  prefix = '',
+): Promise<{ ids: string[]; shards: string[] }> {
+  const shards = (await listAll(s3, bucket, prefix)).map((o) => o.Key!).filter((k) => k.endsWith('.tar'));
   const ids: string[] = [];
   for (const key of shards) {
     const tar = await getBytes(s3, bucket, key);
