@@ -19,6 +19,16 @@ export default tseslint.config(
   ...tseslint.configs.recommended,
   { languageOptions: { globals: { ...globals.node } } },
   {
+    // onnxruntime-node only through lib/model/onnxruntime.ts, which turns its telemetry off before it loads.
+    ignores: ['lib/model/onnxruntime.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        { paths: [{ name: 'onnxruntime-node', message: 'import lib/model/onnxruntime.ts (telemetry policy first)' }] },
+      ],
+    },
+  },
+  {
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },

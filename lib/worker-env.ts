@@ -50,6 +50,9 @@ export const WORKER_ENV = {
   MLMF_JPEG_DECODER: 'auto | native | sharp',
   MLMF_JPEG_DCT_SCALING: 'true | false',
   MLMF_DEBUG: 'debug logging',
+  MLMF_ORT_TELEMETRY: "1 opts in to onnxruntime's built-in telemetry (off by default: lib/model/telemetry.ts)",
+  ORT_DISABLE_TELEMETRY:
+    'read by onnxruntime itself; the worker sets it from MLMF_ORT_TELEMETRY, the construct and the image too',
   AWS_REGION: 'region of the AWS clients',
   AWS_DEFAULT_REGION: 'region of the AWS clients when AWS_REGION is unset',
 } as const;

@@ -10,7 +10,7 @@
  *
  *   node --import tsx bench/scorer/ep-check.ts webgpu [cuda]
  */
-import * as ort from 'onnxruntime-node';
+import * as ort from '../../lib/model/onnxruntime.ts';
 import type { EngineResult } from '../../lib/model/engine.ts';
 import { loadEngine, type ExecutionProvider } from '../../lib/model/sessions.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';

@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import * as ort from 'onnxruntime-node';
+import * as ort from '../../lib/model/onnxruntime.ts';
 import { loadEngine } from '../../lib/model/sessions.ts';
 import type { MetricKey } from '../../lib/types.ts';
 

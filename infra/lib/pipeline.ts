@@ -243,8 +243,11 @@ export class MlmFilterPipeline extends Construct {
       MLMF_HEALTH_PORT: String(w.healthPort ?? 8080),
       MLMF_METRICS_NAMESPACE: this.namespace,
       MLMF_DRAIN_BUDGET_MS: String(drainBudgetMs(w.stopTimeout)),
+      // A second line of defence under the worker's own policy (lib/model/telemetry.ts), for images not built here.
+      ORT_DISABLE_TELEMETRY: w.onnxruntimeTelemetry ? '0' : '1',
       AWS_REGION: Stack.of(this).region,
     };
+    if (w.onnxruntimeTelemetry) contract.MLMF_ORT_TELEMETRY = '1';
     if (p.topics.accepted) contract.MLMF_ACCEPTED_TOPIC = p.topics.accepted;
     if (p.topics.deadLetter) contract.MLMF_DLQ_TOPIC = p.topics.deadLetter;
     if (this.scramSecret) contract.MLMF_KAFKA_SECRET_ARN = this.scramSecret.secretArn;

@@ -229,6 +229,13 @@ export interface WorkerOptions {
   /** Extra environment (non-secret). */
   readonly environment?: Record<string, string>;
   /**
+   * Lets onnxruntime's built-in telemetry (Microsoft's 1DS collector: a device id under $HOME, session and error
+   * events uploaded wherever egress allows) run in the workers. Off, the tasks and the image set
+   * ORT_DISABLE_TELEMETRY=1 and the worker itself forces it before onnxruntime loads.
+   * @default false
+   */
+  readonly onnxruntimeTelemetry?: boolean;
+  /**
    * Settings of both task definitions (family, volumes, placement constraints, execution role...). The network mode
    * is always awsvpc: the tasks' security group and the metadata-service block depend on it. @default - none
    */

@@ -12,7 +12,7 @@
  * prompt truncation at the end and its tokenisation of control-token strings inside captions (and, in the scorer,
  * no pad-to-square).
  */
-import * as ort from 'onnxruntime-node';
+import * as ort from './onnxruntime.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort, type Scores } from '../types.ts';
 import { packBatch, type PairPrompts } from './packing.ts';
 import { Readout, readoutTokenIds, candidateChains, type MetricReadout, type ScoreVocab } from './readout.ts';

@@ -2,6 +2,8 @@
  * The MLM scorer as the pipeline sees it (the `Scorer` contract): a small pool of worker threads, each owning one
  * inference engine, so that the blocking `session.run` never stalls the main thread's Kafka heartbeats and HTTP.
  */
+// First: the workers' onnxruntime reads ORT_DISABLE_TELEMETRY from the process environment this thread sets.
+import './telemetry.ts';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import {

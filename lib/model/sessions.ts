@@ -1,5 +1,5 @@
 /** Creating the scoring graph's onnxruntime session of a model directory, with an explicit, logged CPU fallback. */
-import * as ort from 'onnxruntime-node';
+import * as ort from './onnxruntime.ts';
 import { FilterError } from '../types.ts';
 import { ScoringEngine, type EngineModel, type EngineOptions } from './engine.ts';
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';

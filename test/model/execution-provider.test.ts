@@ -15,7 +15,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as ort from 'onnxruntime-node';
+import * as ort from '../../lib/model/onnxruntime.ts';
 import { ONNX_PARTS, onnxFile } from '../../lib/model/model-dir.ts';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { loadEngine } from '../../lib/model/sessions.ts';

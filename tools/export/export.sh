@@ -19,6 +19,8 @@ fi
 # The exporter runs on CPU; keep torch from probing for GPUs and silence the torchvision-not-installed notes.
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
 export TORCH_LOGS="${TORCH_LOGS:--onnx}"
+# onnxruntime's built-in telemetry stays off unless MLMF_ORT_TELEMETRY=1 (README "What leaves your network").
+case "${MLMF_ORT_TELEMETRY:-}" in 1 | true | yes) export ORT_DISABLE_TELEMETRY=0 ;; *) export ORT_DISABLE_TELEMETRY=1 ;; esac
 if [[ "${1-}" == "--expected-token-ids" ]]; then
   shift
   exec "$venv/bin/python" "$here/expected_token_ids.py" "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import ort_telemetry  # noqa: F401  (first: turns onnxruntime's telemetry off before it loads)
 import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
