@@ -1,9 +1,10 @@
-import { Validations } from 'aws-cdk-lib';
+import { ArnFormat, Stack, Validations } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type { Construct } from 'constructs';
+import { nagResource } from './nag.ts';
 import type { GpuCapacityOptions } from './props.ts';
 
 /** What {@link buildGpuCapacity} creates. */
@@ -48,6 +49,7 @@ export function buildGpuCapacity(scope: Construct, props: GpuCapacityProps): Gpu
     assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
     description: 'ECS container instance (agent registration, image pull, logs)',
   });
+  if (props.spot) allowSpotDraining(scope, props.cluster, instanceRole);
   const launchTemplate = buildLaunchTemplate(scope, props, instanceRole, instanceSecurityGroup);
   const autoScalingGroup = buildAutoScalingGroup(scope, props, launchTemplate);
   const capacityProvider = new ecs.AsgCapacityProvider(scope, 'GpuCapacity', {
@@ -78,6 +80,9 @@ function buildLaunchTemplate(
   // The tasks run in awsvpc mode: the agent then routes 169.254.169.254 to nowhere inside each task's network
   // namespace, so a task sees only its own task-role credentials, never the instance role's.
   userData.addCommands('echo ECS_AWSVPC_BLOCK_IMDS=true >> /etc/ecs/ecs.config');
+  // aws-cdk-lib writes this only for ASGs with a spotPrice, not for a mixed-instances policy like ours: without it
+  // the agent ignores the two-minute interruption notice and the tasks die with the instance, never drained.
+  if (props.spot) userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
   return new ec2.LaunchTemplate(scope, 'GpuLaunchTemplate', {
     machineImage: props.machineImage ?? defaultGpuImage(),
     userData,
@@ -139,6 +144,32 @@ function buildAutoScalingGroup(
       'No scaling-event notifications: ECS managed scaling owns this group; its activity is in the ASG and ECS event history and a stalled scale-out raises the pipeline alarms.',
   });
   return asg;
+}
+
+/**
+ * On a Spot interruption notice the agent sets its own container instance to DRAINING, so ECS stops its tasks with
+ * SIGTERM (the worker drains) and places replacements elsewhere. The call is the agent's, with the instance role.
+ */
+function allowSpotDraining(scope: Construct, cluster: ecs.ICluster, role: iam.Role): void {
+  const stack = Stack.of(scope);
+  const instances = stack.formatArn({
+    service: 'ecs',
+    resource: 'container-instance',
+    resourceName: `${cluster.clusterName}/*`,
+    arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
+  });
+  role.addToPolicy(
+    new iam.PolicyStatement({
+      actions: ['ecs:UpdateContainerInstancesState'],
+      resources: [instances],
+      conditions: { ArnEquals: { 'ecs:cluster': cluster.clusterArn } },
+    }),
+  );
+  Validations.of(role.node.findChild('DefaultPolicy')).acknowledge({
+    id: `AwsSolutions-IAM5[Resource::${nagResource(stack, instances)}]`,
+    reason:
+      "ecs:UpdateContainerInstancesState on this cluster's container instances only (ids unknown before launch), for the agent's Spot draining.",
+  });
 }
 
 /** The agent statements aws-cdk-lib puts on the instance role (`Cluster.addAsgCapacityProvider`). */

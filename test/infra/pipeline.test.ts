@@ -475,6 +475,15 @@ describe('self-managed Kafka with SASL/SCRAM in an existing VPC', () => {
     assert.doesNotMatch(json, /StepScaling/);
     s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 1, MaxCapacity: 2 });
   });
+
+  test('spot interruptions drain: the agent is told to, and its role may set its instance DRAINING', () => {
+    const lt = JSON.stringify(s.template.findResources('AWS::EC2::LaunchTemplate'));
+    assert.match(lt, /ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> \/etc\/ecs\/ecs.config/);
+    const drain = statements(s.template).filter((x) => x.Action.includes('ecs:UpdateContainerInstancesState'));
+    assert.equal(drain.length, 1);
+    assert.match(JSON.stringify(drain[0]!.Resource), /container-instance\//);
+    assert.match(JSON.stringify(drain[0]!.Condition), /ecs:cluster/);
+  });
 });
 
 describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-free defaults', () => {
