@@ -14,7 +14,16 @@ export function buildCuratedBucket(scope: Construct, opts: CuratedBucketOptions 
     blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
     enforceSSL: true,
     versioned: true,
-    lifecycleRules: opts?.lifecycleRules,
+    // Versioning keeps every overwritten or deleted shard: expire old versions after a while, and abort the
+    // multipart uploads a killed worker leaves (their parts are billed and invisible). Yours come after ours.
+    lifecycleRules: [
+      {
+        id: 'noncurrent-versions-and-stale-uploads',
+        noncurrentVersionExpiration: opts?.noncurrentVersionExpiration ?? Duration.days(30),
+        abortIncompleteMultipartUploadAfter: Duration.days(7),
+      },
+      ...(opts?.lifecycleRules ?? []),
+    ],
     serverAccessLogsBucket: accessLogs,
     serverAccessLogsPrefix: accessLogs ? 'curated/' : undefined,
     removalPolicy,

@@ -1,4 +1,4 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import type { SqsSourceOptions } from './props.ts';
@@ -13,13 +13,16 @@ export function buildInputQueue(
   const enc = opts.encryptionKey
     ? { encryption: sqs.QueueEncryption.KMS, encryptionMasterKey: opts.encryptionKey }
     : { encryption: sqs.QueueEncryption.SQS_MANAGED };
+  const removalPolicy = opts.removalPolicy ?? RemovalPolicy.RETAIN;
   const deadLetterQueue = new sqs.Queue(scope, 'InputDeadLetterQueue', {
     ...enc,
+    removalPolicy,
     enforceSSL: true,
     retentionPeriod: Duration.days(14),
   });
   const queue = new sqs.Queue(scope, 'InputQueue', {
     ...enc,
+    removalPolicy,
     enforceSSL: true,
     visibilityTimeout: opts.visibilityTimeout ?? Duration.minutes(15),
     retentionPeriod: opts.retentionPeriod ?? Duration.days(4),

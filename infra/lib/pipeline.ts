@@ -268,7 +268,9 @@ export class MlmFilterPipeline extends Construct {
       worker: this.props.worker ?? {},
       securityGroup: worker.securityGroup,
       vpcSubnets: base.subnets,
-      ready: worker.ready,
+      // A worker started before its topics exist fails its first audit write (or auto-creates them with the
+      // brokers' defaults): the services wait for the provisioner too.
+      ready: this.topics ? [...worker.ready, this.topics] : worker.ready,
     });
     const p = this.props;
     grantSinks(this, built.taskRole, {

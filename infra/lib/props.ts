@@ -100,6 +100,11 @@ export interface SqsSourceOptions extends ScalingOptions {
   /** Created queue only. @default Duration.days(4) (dead-letter queue: 14 days) */
   readonly retentionPeriod?: Duration;
   /**
+   * Created queues: what `cdk destroy` does with them (and the pending and dead-lettered messages they hold, e.g.
+   * a backfill's shard jobs). @default RemovalPolicy.RETAIN
+   */
+  readonly removalPolicy?: RemovalPolicy;
+  /**
    * The created queues are encrypted with this key; with an existing queue, the key it is encrypted with (when its
    * IQueue does not carry it). @default - SQS-managed SSE for created queues; the imported queue's own key, if any
    */
@@ -156,8 +161,13 @@ export interface CuratedBucketOptions {
    * it. The workers get kms:Encrypt/Decrypt/GenerateDataKey on it. @default - SSE-S3 (new bucket)
    */
   readonly encryptionKey?: kms.IKey;
-  /** @default - none */
+  /**
+   * Your lifecycle rules (new bucket), in addition to the construct's own: noncurrent versions expire after
+   * `noncurrentVersionExpiration`, incomplete multipart uploads are aborted after 7 days. @default - none
+   */
   readonly lifecycleRules?: s3.LifecycleRule[];
+  /** New bucket: how long an overwritten or deleted object's old version is kept. @default Duration.days(30) */
+  readonly noncurrentVersionExpiration?: Duration;
   /** Server access logs into a separate bucket (new bucket). @default true */
   readonly serverAccessLogs?: boolean;
   /** @default RemovalPolicy.RETAIN */

@@ -148,6 +148,13 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     }
   });
 
+  test('services start after the topics exist', () => {
+    const [topics] = Object.keys(s.template.findResources('Custom::KafkaTopics'));
+    assert.ok(topics);
+    const services = Object.values(s.template.findResources('AWS::ECS::Service')) as { DependsOn?: string[] }[];
+    for (const svc of services) assert.ok(svc.DependsOn?.includes(topics), `service lacks DependsOn ${topics}`);
+  });
+
   test('drain: the worker is told to finish 15 s before the 120 s stop timeout', () => {
     s.template.allResourcesProperties('AWS::ECS::TaskDefinition', {
       ContainerDefinitions: [Match.objectLike({ StopTimeout: 120 })],
@@ -211,6 +218,8 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
 
   test('created SQS queue: encrypted, TLS only, dead-letter queue with redrive', () => {
     s.template.resourceCountIs('AWS::SQS::Queue', 2);
+    // cdk destroy keeps them: pending and dead-lettered messages (a backfill's shard jobs) are not thrown away.
+    s.template.allResources('AWS::SQS::Queue', { DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
     s.template.hasResourceProperties('AWS::SQS::Queue', {
       SqsManagedSseEnabled: true,
       VisibilityTimeout: 900,
@@ -238,6 +247,15 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       },
       VersioningConfiguration: { Status: 'Enabled' },
       LoggingConfiguration: Match.objectLike({ LogFilePrefix: 'curated/' }),
+      LifecycleConfiguration: {
+        Rules: [
+          Match.objectLike({
+            Status: 'Enabled',
+            NoncurrentVersionExpiration: { NoncurrentDays: 30 },
+            AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 },
+          }),
+        ],
+      },
     });
     s.template.hasResource('AWS::S3::Bucket', { DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
     s.template.allResourcesProperties('AWS::S3::BucketPolicy', {
