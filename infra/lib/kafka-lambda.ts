@@ -1,8 +1,16 @@
 import { Validations } from 'aws-cdk-lib';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
 import type { Construct } from 'constructs';
 
 /** What the stack's Kafka Lambdas (topic provisioner, lag probe) share: bundling, and their managed policies. */
+
+/**
+ * Their runtime: the Node.js LTS their code is built for (`target` below) and tested on, pinned rather than "the
+ * newest the installed aws-cdk-lib knows", so a user's CDK upgrade does not move a deployed function to a runtime
+ * nobody ran it on. cdk-nag's AwsSolutions-L1 (which asks for the newest) is acknowledged with this reason.
+ */
+export const KAFKA_LAMBDA_RUNTIME = lambda.Runtime.NODEJS_24_X;
 
 /** How they are bundled. */
 export const KAFKA_LAMBDA_BUNDLING: BundlingOptions = {
@@ -18,9 +26,16 @@ export const KAFKA_LAMBDA_BUNDLING: BundlingOptions = {
   banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
 };
 
-/** The AWS managed policies of a Lambda in the brokers' VPC, acknowledged for cdk-nag with what they allow. */
+/**
+ * The AWS managed policies of a Lambda in the brokers' VPC, acknowledged for cdk-nag with what they allow, and its
+ * pinned runtime (see KAFKA_LAMBDA_RUNTIME).
+ */
 export function acknowledgeVpcLambdaPolicies(scope: Construct): void {
   const v = Validations.of(scope);
+  v.acknowledge({
+    id: 'AwsSolutions-L1',
+    reason: `Pinned to ${KAFKA_LAMBDA_RUNTIME.name}, the Node.js LTS the function is bundled for and tested on; a newer runtime is adopted by a release of this construct, not by the app's aws-cdk-lib version.`,
+  });
   v.acknowledge({
     id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
     reason:

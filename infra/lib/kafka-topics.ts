@@ -5,7 +5,7 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING } from './kafka-lambda.ts';
+import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING, KAFKA_LAMBDA_RUNTIME } from './kafka-lambda.ts';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
@@ -53,7 +53,7 @@ export class KafkaTopics extends Construct {
       // From the installed package (the source under tsx, the compiled .js from dist/), whatever the app's cwd.
       ...lambdaEntry('topic-provisioner'),
       handler: 'handler',
-      runtime: lambda.Runtime.NODEJS_24_X,
+      runtime: KAFKA_LAMBDA_RUNTIME,
       architecture: lambda.Architecture.ARM_64,
       memorySize: 256,
       timeout: Duration.minutes(5),

@@ -6,7 +6,7 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING } from './kafka-lambda.ts';
+import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING, KAFKA_LAMBDA_RUNTIME } from './kafka-lambda.ts';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
@@ -77,7 +77,7 @@ export class LagProbe extends Construct {
       // From the installed package (the source under tsx, the compiled .js from dist/), whatever the app's cwd.
       ...lambdaEntry('lag-probe'),
       handler: 'handler',
-      runtime: lambda.Runtime.NODEJS_24_X,
+      runtime: KAFKA_LAMBDA_RUNTIME,
       architecture: lambda.Architecture.ARM_64,
       memorySize: 256,
       // Shorter than the schedule, so runs do not pile up behind an unreachable cluster.

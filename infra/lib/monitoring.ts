@@ -32,7 +32,7 @@ export interface BacklogSignal {
   /** Records that failed permanently and wait for an operator (SQS dead-letter queue). */
   readonly deadLetters?: cloudwatch.IMetric;
   /** Running ECS tasks of the service consuming this source. */
-  readonly runningTasks: cloudwatch.IMetric;
+  readonly runningTasks: cloudwatch.Metric;
 }
 
 export interface PipelineMonitoringProps extends MonitoringOptions {
@@ -232,7 +232,9 @@ export class PipelineMonitoring extends Construct {
     periods: number,
   ): cloudwatch.Alarm {
     const tasks: Record<string, cloudwatch.IMetric> = {};
-    backlogs.forEach((b, i) => (tasks[`tasks${i}`] = b.runningTasks));
+    // At the expression's period: a metric at another period is overridden anyway, with a synth warning (--strict).
+    const period = Duration.minutes(5);
+    backlogs.forEach((b, i) => (tasks[`tasks${i}`] = b.runningTasks.with({ period })));
     const running = Object.keys(tasks)
       .map((id) => `FILL(${id}, 0)`)
       .join(' + ');
@@ -241,7 +243,7 @@ export class PipelineMonitoring extends Construct {
       metric: new cloudwatch.MathExpression({
         expression: `IF(${running} > 0 AND FILL(reports, 0) == 0, 1, 0)`,
         usingMetrics: { ...tasks, reports },
-        period: Duration.minutes(5),
+        period,
         label: 'tasks without metrics',
       }),
       threshold: 1,

@@ -160,7 +160,7 @@ export function grantShardJobs(scope: Construct, role: iam.IRole, g: ShardJobGra
   role.addToPrincipalPolicy(
     new iam.PolicyStatement({ sid: 'ShardJobOutputCleanup', actions: ['s3:DeleteObject'], resources: [outputs] }),
   );
-  g.deadLetterQueue?.grantSendMessages(role);
+  if (g.deadLetterQueue) grantDeadLetterSend(role, g.deadLetterQueue);
   const policy = role.node.tryFindChild('DefaultPolicy');
   if (!policy) return;
   const stack = Stack.of(scope);
@@ -171,4 +171,19 @@ export function grantShardJobs(scope: Construct, role: iam.IRole, g: ShardJobGra
         's3:GetObject on the objects of a bucket the user named as holding backfill input shards: the shard keys come in the job messages.',
     });
   }
+}
+
+/**
+ * SendMessage on the dead-letter queue and, with a customer-managed key, only what sending needs: aws-cdk-lib's
+ * `grantSendMessages` also grants kms:ReEncrypt* and kms:GenerateDataKey* (cdk-nag AwsSolutions-IAM5).
+ */
+function grantDeadLetterSend(role: iam.IRole, queue: sqs.IQueue): void {
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      sid: 'ShardJobDeadLetter',
+      actions: ['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'],
+      resources: [queue.queueArn],
+    }),
+  );
+  queue.encryptionMasterKey?.grant(role, 'kms:GenerateDataKey', 'kms:Decrypt');
 }

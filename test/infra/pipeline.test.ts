@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Duration, Stack } from 'aws-cdk-lib';
-import { Match } from 'aws-cdk-lib/assertions';
+import { Annotations, Match } from 'aws-cdk-lib/assertions';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -75,6 +75,10 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
       model: model(stack),
       monitoring: { alarmTopic: sns.Topic.fromTopicArn(stack, 'Ops', 'arn:aws:sns:eu-west-1:111122223333:ops') },
     }));
+  });
+
+  test('no synth warnings (cdk synth --strict fails on any)', () => {
+    assert.deepEqual(Annotations.fromStack(s.stack).findWarning('*', Match.anyValue()), []);
   });
 
   test('cdk-nag AwsSolutions and CloudFormation validation: no unacknowledged finding', () => {
@@ -797,7 +801,13 @@ describe('backfill: the SQS service takes shard jobs (sqsSource.messages = shard
       return {
         vpc: brokersVpc(stack),
         kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
-        sqsSource: { messages: 'shard-jobs', shardInputBuckets: [pool], maxTasks: 8 },
+        sqsSource: {
+          messages: 'shard-jobs',
+          shardInputBuckets: [pool],
+          maxTasks: 8,
+          // A customer key on the created queues: sending to the DLQ must not need kms:ReEncrypt* (cdk-nag IAM5).
+          encryptionKey: new kms.Key(stack, 'QueueKey', { enableKeyRotation: true }),
+        },
         topics: { audit: 'mlmf.audit', provision: false },
         model: model(stack),
       };
@@ -832,6 +842,8 @@ describe('backfill: the SQS service takes shard jobs (sqsSource.messages = shard
       all.some((st) => st.Action.includes('sqs:SendMessage')),
       'SendMessage on the dead-letter queue',
     );
+    const wide = all.filter((st) => st.Action.some((a) => a === 'kms:ReEncrypt*' || a === 'kms:GenerateDataKey*'));
+    assert.deepEqual(wide, [], 'no wildcard KMS actions for sending to the dead-letter queue');
     assert.ok(
       all.some((st) => st.Action.includes('s3:ListBucket') && JSON.stringify(st.Resource).includes('datacomp-pool')),
       'ListBucket on the input bucket (a missing shard is a 404)',
