@@ -28,12 +28,12 @@ VPC="-c vpcId=vpc-0123456789abcdef0 -c subnetIds=subnet-0aaaaaaaaaaaaaaa1,subnet
 KEY=arn:aws:kms:eu-west-1:111122223333:key
 COMMON=(-c auditTopic=mlmf.audit -c modelBucket=models -c modelKey=mlm/model.tar -c "modelSha256=$SHA")
 declare -A VARIANTS=(
-  [msk-sqs]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098,b-2.crawl:9098 -c sourceTopic=crawl.pairs -c sqs=create -c acceptedTopic=mlmf.accepted -c dlqTopic=mlmf.dlq -c alarmEmail=ops@example.com"
-  [msk]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sourceTopic=crawl.pairs -c spot=true"
+  [msk-sqs]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098,b-2.crawl:9098 -c sourceTopic=crawl.pairs -c sqs=create -c acceptedTopic=mlmf.accepted -c dlqTopic=mlmf.dlq -c alarmEmail=ops@example.com -c brokersAdmitVpc=true"
+  [msk]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sourceTopic=crawl.pairs -c spot=true -c brokersAdmitVpc=true"
   [self-managed]="-c kafka=self-managed -c bootstrapServers=kafka-1.internal:9096 -c scramSecretArn=arn:aws:secretsmanager:eu-west-1:111122223333:secret:kafka-AbCdEf -c sourceTopic=crawl.pairs -c minTasks=1 -c vpcId=vpc-0123456789abcdef0 -c subnetIds=subnet-0aaaaaaaaaaaaaaa1,subnet-0aaaaaaaaaaaaaaa2 -c availabilityZones=eu-west-1a,eu-west-1b -c kafkaSecurityGroupId=sg-0123456789abcdef0"
-  [sqs-imported]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sqsQueueArn=arn:aws:sqs:eu-west-1:111122223333:crawler-pairs -c curatedBucket=data-lake -c provisionTopics=false -c imageUri=111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1"
+  [sqs-imported]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sqsQueueArn=arn:aws:sqs:eu-west-1:111122223333:crawler-pairs -c curatedBucket=data-lake -c provisionTopics=false -c imageUri=111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1 -c brokersAdmitVpc=true"
   [byo-keys]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098,b-2.crawl:9098 -c sourceTopic=crawl.pairs $VPC -c kafkaSecurityGroupId=sg-0123456789abcdef0 -c sqsQueueArn=arn:aws:sqs:eu-west-1:111122223333:crawler-pairs -c sqsKmsKeyArn=$KEY/q -c curatedBucket=data-lake -c curatedKmsKeyArn=$KEY/c -c modelKmsKeyArn=$KEY/m"
-  [backfill]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sqs=create -c sqsMessages=shard-jobs -c shardInputBuckets=datacomp-pool,laion-pool -c provisionTopics=false"
+  [backfill]="-c kafka=msk-iam -c mskClusterArn=$MSK -c bootstrapServers=b-1.crawl:9098 -c sqs=create -c sqsMessages=shard-jobs -c shardInputBuckets=datacomp-pool,laion-pool -c provisionTopics=false -c brokersAdmitVpc=true"
   [shared-client-sg]="-c kafka=self-managed -c bootstrapServers=kafka-1.internal:9096 -c scramSecretArn=arn:aws:secretsmanager:eu-west-1:111122223333:secret:kafka-AbCdEf -c scramSecretKmsKeyArn=$KEY/s -c sourceTopic=crawl.pairs -c minTasks=1 $VPC -c brokerClientSecurityGroupId=sg-0cccccccccccccccc"
 )
 

@@ -1,4 +1,4 @@
-import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { Annotations, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
@@ -33,6 +33,8 @@ export const CONTEXT_KEYS = [
   'bootstrapServers',
   'kafkaSecurityGroupId',
   'brokerClientSecurityGroupId',
+  'brokersAdmitVpc',
+  'subnetsWithoutEgress',
   'kafkaAuth',
   'kafkaTls',
   'scramSecretArn',
@@ -83,6 +85,7 @@ export const EXAMPLE_CONTEXT: Partial<Record<ContextKey, string>> = {
   mskClusterArn: 'arn:aws:kafka:us-east-1:123456789012:cluster/crawl/0a1b2c3d-4e5f-6789-abcd-ef0123456789-1',
   bootstrapServers:
     'b-1.crawl.example.kafka.us-east-1.amazonaws.com:9098,b-2.crawl.example.kafka.us-east-1.amazonaws.com:9098',
+  kafkaSecurityGroupId: 'sg-0123456789abcdef0',
   sourceTopic: 'crawl.pairs',
   sqs: 'create',
   auditTopic: 'mlm-filter.audit',
@@ -187,6 +190,8 @@ export class MlmFilterStack extends Stack {
       brokerClientSecurityGroup: brokerClientSg
         ? ec2.SecurityGroup.fromSecurityGroupId(this, 'BrokerClientSg', brokerClientSg)
         : undefined,
+      brokersAdmitVpc: bool(c.raw('brokersAdmitVpc')),
+      subnetsWithoutEgress: bool(c.raw('subnetsWithoutEgress')),
       kafka: this.kafkaCluster(c),
       ...this.sources(c),
       topics: {
@@ -225,11 +230,18 @@ export class MlmFilterStack extends Stack {
   private network(c: ContextValues): ec2.IVpc {
     const vpcId = c.str('vpcId');
     if (vpcId) {
-      return ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
+      const imported = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
         vpcId,
         availabilityZones: list(c.raw('availabilityZones')) ?? [],
         privateSubnetIds: list(c.raw('subnetIds')) ?? [],
       });
+      // Without their route table ids, imported subnets warn when something reads them: nothing in this stack does
+      // (no interface or gateway endpoint is added to an imported VPC), and `cdk synth --strict` fails on warnings.
+      Annotations.of(imported).acknowledgeWarning(
+        '@aws-cdk/aws-ec2:noSubnetRouteTableId',
+        "the stack adds nothing to an imported VPC's route tables",
+      );
+      return imported;
     }
     const vpc = new ec2.Vpc(this, 'Vpc', {
       maxAzs: 2,
@@ -251,7 +263,7 @@ export class MlmFilterStack extends Stack {
   }
 
   private kafkaCluster(c: ContextValues): KafkaClusterOptions {
-    const kafkaSgId = c.str('kafkaSecurityGroupId');
+    const kafkaSgId = str(c.opt('kafkaSecurityGroupId'));
     const securityGroup = kafkaSgId ? ec2.SecurityGroup.fromSecurityGroupId(this, 'KafkaSg', kafkaSgId) : undefined;
     const bootstrapServers = list(c.opt('bootstrapServers')) ?? [];
     const kind = str(c.opt('kafka')) ?? 'msk-iam';

@@ -50,6 +50,7 @@ export function buildGpuCapacity(scope: Construct, props: GpuCapacityProps): Gpu
     description: 'ECS container instance (agent registration, image pull, logs)',
   });
   if (props.spot) allowSpotDraining(scope, props.cluster, instanceRole);
+  if (props.ssmAccess) allowSessionManager(instanceRole);
   const launchTemplate = buildLaunchTemplate(scope, props, instanceRole, instanceSecurityGroup);
   const autoScalingGroup = buildAutoScalingGroup(scope, props, launchTemplate);
   const capacityProvider = new ecs.AsgCapacityProvider(scope, 'GpuCapacity', {
@@ -169,6 +170,16 @@ function allowSpotDraining(scope: Construct, cluster: ecs.ICluster, role: iam.Ro
     id: `AwsSolutions-IAM5[Resource::${nagResource(stack, instances)}]`,
     reason:
       "ecs:UpdateContainerInstancesState on this cluster's container instances only (ids unknown before launch), for the agent's Spot draining.",
+  });
+}
+
+/** Session Manager shells on the hosts, for debugging a GPU host (driver, agent, container) without SSH. */
+function allowSessionManager(role: iam.Role): void {
+  role.addManagedPolicy(iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore'));
+  Validations.of(role).acknowledge({
+    id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]',
+    reason:
+      'Opted in (capacity.ssmAccess): the SSM agent needs ssm:UpdateInstanceInformation, ssmmessages:* and ec2messages:* for Session Manager; nothing else.',
   });
 }
 

@@ -185,6 +185,11 @@ export interface GpuCapacityOptions {
   readonly machineImage?: ec2.IMachineImage;
   /** Run on Spot (price-capacity-optimized over the instance types). @default false */
   readonly spot?: boolean;
+  /**
+   * Lets operators open a shell on the GPU hosts with Systems Manager Session Manager (no SSH, no inbound rule): the
+   * instance role gets AmazonSSMManagedInstanceCore. The AL2023 ECS AMI runs the SSM agent. @default false
+   */
+  readonly ssmAccess?: boolean;
   /** Root volume (images, model, Docker layers), GiB. @default 100 */
   readonly rootVolumeGiB?: number;
   /** @default - the sum of the services' maxTasks */
@@ -271,6 +276,20 @@ export interface MlmFilterPipelineProps {
    * @default - a new group per client, let in through `kafka.securityGroup` when that is given
    */
   readonly brokerClientSecurityGroup?: ec2.ISecurityGroup;
+  /**
+   * The brokers already let every client in this VPC in (e.g. an ingress rule for the VPC's CIDR), so neither
+   * `kafka.securityGroup` nor `brokerClientSecurityGroup` is given. Without one of the three, synth fails: the
+   * workers would deploy with no path to the brokers and time out at their first connection.
+   * @default false
+   */
+  readonly brokersAdmitVpc?: boolean;
+  /**
+   * The selected subnets have no internet egress on purpose, and the VPC has the endpoints the tasks need (ECR api
+   * and dkr, S3 gateway, CloudWatch Logs, SQS, STS, Secrets Manager where used). Pairs with image URLs cannot be
+   * fetched there (only `image.s3`/base64 pairs and backfill shards). Without it, isolated subnets fail synth.
+   * @default false
+   */
+  readonly subnetsWithoutEgress?: boolean;
   /** The Kafka cluster holding the audit (and accepted, dead-letter) topics, and the Kafka source if any. */
   readonly kafka: KafkaClusterOptions;
   /** Consume from Kafka. At least one of kafkaSource and sqsSource. @default - none */
@@ -316,6 +335,7 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
       fail('self-managed Kafka lag is reported by the workers themselves, so kafkaSource.minTasks must be >= 1');
     }
   }
+  validateNetwork(props, fail);
   if (props.sqsSource?.queue && props.sqsSource.queueArn) fail('sqsSource: give queue or queueArn, not both');
   if (props.sqsSource?.messages === 'shard-jobs') {
     if (!props.sqsSource.shardInputBuckets?.length)
@@ -345,4 +365,44 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(props.pipelineName ?? scope.node.id)) {
     fail('pipelineName must be 1-64 characters of [A-Za-z0-9_.-]');
   }
+}
+
+/** MSK's IAM listener ports (private, public): any other port is the TLS, SCRAM or plaintext listener. */
+const MSK_IAM_PORTS = new Set(['9098', '9198']);
+
+/** A deploy that cannot reach its brokers or the internet fails at synth, not at the first connection. */
+function validateNetwork(props: MlmFilterPipelineProps, fail: (msg: string) => void): void {
+  const kafka = props.kafka;
+  if (kafka.kind === 'msk-iam') {
+    const wrong = kafka.bootstrapServers.filter(
+      (b) => !Token.isUnresolved(b) && !MSK_IAM_PORTS.has(b.split(':').pop()!),
+    );
+    if (wrong.length) {
+      fail(
+        `kafka.bootstrapServers ${wrong.join(', ')}: MSK IAM listens on 9098 (9198 public); use the cluster's ` +
+          'BootstrapBrokerStringSaslIam (aws kafka get-bootstrap-brokers)',
+      );
+    }
+  }
+  if (!kafka.securityGroup && !props.brokerClientSecurityGroup && !props.brokersAdmitVpc) {
+    fail(
+      'no path to the brokers: give kafka.securityGroup (the construct adds an ingress rule per client), ' +
+        'brokerClientSecurityGroup (a group the brokers already admit), or brokersAdmitVpc: true',
+    );
+  }
+  const selection = props.vpcSubnets;
+  if (selection && !props.subnetsWithoutEgress && selectsIsolated(props.vpc, selection)) {
+    fail(
+      'vpcSubnets selects isolated subnets: tasks could not fetch images, pull the worker image or reach AWS APIs; ' +
+        'select subnets with egress, or set subnetsWithoutEgress: true once the VPC has the endpoints they need',
+    );
+  }
+}
+
+function selectsIsolated(vpc: ec2.IVpc, selection: ec2.SubnetSelection): boolean {
+  // SubnetType.PRIVATE_ISOLATED's value (this module imports aws-ec2 for types only).
+  if (selection.subnetType === 'Isolated') return true;
+  const isolated = new Set(vpc.isolatedSubnets.map((s) => s.subnetId));
+  if (isolated.size === 0) return false;
+  return vpc.selectSubnets(selection).subnets.some((s) => isolated.has(s.subnetId));
 }

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, Stack, Validations } from 'aws-cdk-lib';
-import { Match, Template } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { MlmFilterStack, type ContextKey } from '../../infra/lib/app-config.ts';
@@ -36,6 +36,7 @@ test('app stack from context: bundles the Lambda with local esbuild, never calls
       kafka: 'msk-iam',
       mskClusterArn: MSK_ARN,
       bootstrapServers: 'b-1.x:9098',
+      brokersAdmitVpc: 'true',
       sourceTopic: 'crawl',
       sqs: 'create',
       auditTopic: 'audit',
@@ -95,4 +96,28 @@ test('a partial real configuration does not silently borrow example values', () 
     () => new MlmFilterStack(app, 'Partial', { context: (k) => (k === 'bootstrapServers' ? 'b:9098' : undefined) }),
     /context mskClusterArn is required/,
   );
+});
+
+test('an imported VPC from context synthesises without warnings (cdk synth --strict)', () => {
+  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const context: Partial<Record<ContextKey, string>> = {
+    kafka: 'msk-iam',
+    mskClusterArn: MSK_ARN,
+    bootstrapServers: 'b-1.x:9098',
+    kafkaSecurityGroupId: 'sg-0123456789abcdef0',
+    vpcId: 'vpc-0123456789abcdef0',
+    subnetIds: 'subnet-0aaaaaaaaaaaaaaa1,subnet-0aaaaaaaaaaaaaaa2',
+    availabilityZones: 'eu-west-1a,eu-west-1b',
+    sourceTopic: 'crawl',
+    auditTopic: 'audit',
+    modelBucket: 'models',
+    modelKey: 'm.tar',
+    modelSha256: SHA,
+  };
+  const stack = new MlmFilterStack(app, 'Imported', {
+    env: { account: '111122223333', region: 'eu-west-1' },
+    context: (k) => context[k],
+  });
+  app.synth();
+  assert.deepEqual(Annotations.fromStack(stack).findWarning('*', Match.anyValue()), []);
 });

@@ -86,6 +86,8 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
   });
 
   test('GPU capacity: ECS GPU AMI, encrypted root volume, IMDSv2, managed scaling', () => {
+    // Session Manager is opt-in (capacity.ssmAccess): off here.
+    assert.doesNotMatch(JSON.stringify(s.template.findResources('AWS::IAM::Role')), /AmazonSSMManagedInstanceCore/);
     s.template.hasResourceProperties('AWS::EC2::LaunchTemplate', {
       LaunchTemplateData: Match.objectLike({
         ImageId: { Ref: Match.stringLikeRegexp('gpurecommendedimageid') },
@@ -453,7 +455,7 @@ describe('self-managed Kafka with SASL/SCRAM in an existing VPC', () => {
       kafkaSource: { topic: 'crawl.pairs', consumerGroup: 'filters', minTasks: 1, maxTasks: 2 },
       topics: { audit: 'mlmf.audit', partitions: 3, replicationFactor: 2 },
       model: model(stack),
-      capacity: { spot: true, instanceTypes: [new ec2.InstanceType('g6.xlarge')] },
+      capacity: { spot: true, ssmAccess: true, instanceTypes: [new ec2.InstanceType('g6.xlarge')] },
     }));
   });
 
@@ -498,6 +500,11 @@ describe('self-managed Kafka with SASL/SCRAM in an existing VPC', () => {
     s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 1, MaxCapacity: 2 });
   });
 
+  test('ssmAccess: the instance role gets the Session Manager core policy (and only then)', () => {
+    const roles = JSON.stringify(s.template.findResources('AWS::IAM::Role'));
+    assert.match(roles, /AmazonSSMManagedInstanceCore/);
+  });
+
   test('spot interruptions drain: the agent is told to, and its role may set its instance DRAINING', () => {
     const lt = JSON.stringify(s.template.findResources('AWS::EC2::LaunchTemplate'));
     assert.match(lt, /ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> \/etc\/ecs\/ecs.config/);
@@ -514,6 +521,7 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
   before(() => {
     s = synth((stack) => ({
       vpc: brokersVpc(stack),
+      brokersAdmitVpc: true,
       kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
       sqsSource: { queueArn, maxTasks: 2 },
       topics: { audit: 'mlmf.audit', provision: false },
@@ -566,6 +574,7 @@ describe('SQS imported by ARN, existing curated bucket, pre-built image, KMS-fre
 describe('props validation', () => {
   const base = (stack: Stack) => ({
     vpc: brokersVpc(stack),
+    brokersAdmitVpc: true,
     kafka: { kind: 'msk-iam' as const, clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
     topics: { audit: 'a', provision: false },
     model: model(stack),
@@ -616,10 +625,54 @@ describe('props validation', () => {
       }),
       /minTasks must be >= 1/,
     ],
+    [
+      'no path to the brokers',
+      (st) => ({ ...base(st), brokersAdmitVpc: undefined, sqsSource: {} }),
+      /no path to the brokers: give kafka.securityGroup/,
+    ],
+    [
+      'MSK IAM on the TLS listener port',
+      (st) => {
+        const b = base(st);
+        return { ...b, sqsSource: {}, kafka: { ...b.kafka, bootstrapServers: ['b-1.crawl.kafka:9094'] } };
+      },
+      /MSK IAM listens on 9098/,
+    ],
+    [
+      'isolated subnets',
+      (st) => ({
+        ...base(st),
+        sqsSource: {},
+        vpc: ec2.Vpc.fromVpcAttributes(st, 'Isolated', {
+          vpcId: 'vpc-0123456789abcdef1',
+          availabilityZones: ['eu-west-1a'],
+          isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1'],
+          isolatedSubnetRouteTableIds: ['rtb-0bbbbbbbbbbbbbbb1'],
+        }),
+        vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+      }),
+      /isolated subnets/,
+    ],
   ];
   for (const [name, build, message] of cases) {
     test(name, () => assert.throws(() => synth(build, { nag: false }), message));
   }
+
+  test('isolated subnets pass once subnetsWithoutEgress says the endpoints exist', () => {
+    const isolated = (st: Stack) => ({
+      ...base(st),
+      sqsSource: {},
+      subnetsWithoutEgress: true,
+      vpc: ec2.Vpc.fromVpcAttributes(st, 'Isolated', {
+        vpcId: 'vpc-0123456789abcdef1',
+        availabilityZones: ['eu-west-1a'],
+        isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1'],
+        isolatedSubnetRouteTableIds: ['rtb-0bbbbbbbbbbbbbbb1'],
+      }),
+      vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+    });
+    assert.doesNotThrow(() => synth(isolated, { nag: false }));
+  });
 
   test('idle input alarm threshold follows maxInputAge', () => {
     const s = synth((st) => ({ ...base(st), sqsSource: {}, monitoring: { maxInputAge: Duration.minutes(10) } }), {
@@ -800,6 +853,7 @@ describe('backfill: the SQS service takes shard jobs (sqsSource.messages = shard
       });
       return {
         vpc: brokersVpc(stack),
+        brokersAdmitVpc: true,
         kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
         sqsSource: {
           messages: 'shard-jobs',

@@ -11,6 +11,7 @@ import { MSK_ARN, brokersVpc, model, synth, workerEnv } from './helpers.ts';
 
 const props = (onnxruntimeTelemetry?: boolean) => (stack: Stack) => ({
   vpc: brokersVpc(stack),
+  brokersAdmitVpc: true,
   kafka: { kind: 'msk-iam' as const, clusterArn: MSK_ARN, bootstrapServers: ['b-1.example:9098'] },
   sqsSource: {},
   topics: { audit: 'mlmf.audit', provision: false },
