@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { open, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import sharp from 'sharp';
-import { AUDIT_LINE_MAX_BYTES } from '../sinks/local-audit.ts';
+import { AUDIT_LINE_MAX_BYTES } from '../sinks/audit-event.ts';
 import { curatedFileKind, openRegular, readIndex, rebuildIndex } from '../sinks/local-curated.ts';
 import type { ShardIndex } from '../sinks/webdataset.ts';
 import { boundedLines, isBlank } from '../sources/lines.ts';
@@ -49,7 +49,7 @@ async function exists(path: string): Promise<boolean> {
 /** Audit events, one a line; a line over AUDIT_LINE_MAX_BYTES is counted as malformed without being held whole. */
 async function readJsonl(path: string, collector: ReportCollector): Promise<void> {
   let over = 0;
-  for await (const line of boundedLines(createReadStream(path), AUDIT_LINE_MAX_BYTES)) {
+  for await (const line of boundedLines(createReadStream(path, { highWaterMark: 1 << 20 }), AUDIT_LINE_MAX_BYTES)) {
     if (line.size > AUDIT_LINE_MAX_BYTES) {
       over++;
       collector.malformed();
@@ -190,9 +190,10 @@ export async function collectReport(options: ReportOptions): Promise<ReportData>
       untilEnd: true,
       signal: options.signal,
       onMessage: (m) => {
-        const e = m.value
-          ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
-          : null;
+        const e =
+          m.value && m.value.length <= AUDIT_LINE_MAX_BYTES
+            ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
+            : null;
         if (!e) return collector.malformed();
         // With the accepted topic read too, it is the one source of accepts: an audit topic that also logs accepts
         // would repeat them, possibly further apart than the dedupe window remembers.

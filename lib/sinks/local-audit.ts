@@ -4,14 +4,9 @@ import { dirname } from 'node:path';
 import { boundedLines } from '../sources/lines.ts';
 import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { toAuditEvent, type AuditEvent } from './audit-event.ts';
+import { AUDIT_LINE_MAX_BYTES, toAuditEvent, type AuditEvent } from './audit-event.ts';
 
-/**
- * The longest audit line read back (by --resume and `report`): longer lines are refused (resume) or counted as
- * malformed (report) without being held in memory. An event this sink writes is bounded by the record limit (16 MiB
- * by default: its id, caption and url come from one record), so four times that leaves room for escaping.
- */
-export const AUDIT_LINE_MAX_BYTES = 64 * 1024 * 1024;
+export { AUDIT_LINE_MAX_BYTES };
 
 /** Never through a symlink: a link planted at rejects.jsonl must not append to (or truncate) a file elsewhere. */
 const APPEND_NOFOLLOW = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
@@ -94,7 +89,7 @@ export class LocalAuditSink implements Sink {
   }
 
   private static async readEvents(fh: FileHandle, visit: (event: AuditEvent) => void): Promise<void> {
-    const stream = fh.createReadStream({ start: 0, autoClose: false });
+    const stream = fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 20 });
     for await (const line of boundedLines(stream, AUDIT_LINE_MAX_BYTES)) {
       if (line.size === 0) continue;
       if (line.size > AUDIT_LINE_MAX_BYTES) {

@@ -26,6 +26,7 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
+import { parseEvent } from '../../lib/monitor/aggregate.ts';
 import type { ReportData } from '../../lib/report/collect.ts';
 import { AUDIT_LINE_MAX_BYTES } from '../../lib/sinks/local-audit.ts';
 import { LocalCuratedSink } from '../../lib/sinks/local-curated.ts';
@@ -292,4 +293,10 @@ test('a 1 GiB rejects line is not read whole: report counts it malformed, --resu
     new RegExp(`\\[output_unresumable\\]: .*line 2 is ${giant} bytes, over the ${AUDIT_LINE_MAX_BYTES}-byte bound`),
   );
   assert.equal(statSync(rejects).size, size, 'nothing cut');
+});
+
+test('the monitor leaves a message over the audit bound unparsed', () => {
+  const value = Buffer.alloc(AUDIT_LINE_MAX_BYTES + 1, ' ');
+  value.write('{"id":"x","decision":"reject","reasons":[]}');
+  assert.deepEqual(parseEvent('audit', value), { error: `over ${AUDIT_LINE_MAX_BYTES} bytes` });
 });
