@@ -46,7 +46,6 @@ const NOFOLLOW_READ = constants.O_RDONLY | constants.O_NOFOLLOW;
 const errno = (err: unknown) => (err as NodeJS.ErrnoException).code;
 
 function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
     return true;
@@ -54,6 +53,35 @@ function alive(pid: number): boolean {
     // EPERM: it runs, as another user.
     return errno(err) === 'EPERM';
   }
+}
+
+/** USER_HZ: the unit of /proc's start times on Linux (fixed at 100 on every architecture Node runs on). */
+const USER_HZ = 100;
+
+/** When process `pid` started, ms since the epoch, or undefined where that cannot be read (not Linux). */
+function processStart(pid: number): number | undefined {
+  if (pid === process.pid) return performance.timeOrigin;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after "pid (comm) " start at field 3; starttime is field 22.
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const btime = Number(/^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1]);
+    return Number.isFinite(ticks) && Number.isFinite(btime) ? btime * 1000 + (ticks * 1000) / USER_HZ : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether the holder of a lock taken on this host still runs: its pid is alive and did not start after the lock was
+ * taken (a pid reused since: by a container's next process, say, or after a reboot). One second of slack: /proc's
+ * boot time has whole seconds.
+ */
+function holderRuns(h: LockHolder): boolean {
+  if (!alive(h.pid)) return false;
+  const started = processStart(h.pid);
+  const locked = Date.parse(h.startedAt);
+  return started === undefined || !Number.isFinite(locked) || started <= locked + 1000;
 }
 
 /** The holder a lock file names, or why it names none (not a regular file, not our JSON). */
@@ -195,7 +223,7 @@ export class OutputLock {
   private static assertStale(out: string, found: LockHolder | { unreadable: string }, options: LockOptions): void {
     const local = !('unreadable' in found) && found.host === hostname();
     // A live pid on this host is never taken over, --break-lock or not: it may be a run.
-    const stale = local ? !alive(found.pid) : options.breakLock === true;
+    const stale = local ? !holderRuns(found) : options.breakLock === true;
     if (!stale) throw OutputLock.lockedBy(out, found);
   }
 

@@ -5,7 +5,7 @@
  * past the tar, and a rejects line of 1 GiB (a sparse file: no disk, little time).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   cpSync,
   existsSync,
@@ -151,6 +151,18 @@ test("a lock left by kill -9 is taken over with a note; another host's lock is r
   assert.equal(r.code, 0, r.err);
   assert.match(r.err, /took over the stale lock of pid \d+ on host build-box-7\.example/);
   assert.ok(!existsSync(join(out, LOCK)));
+
+  // A pid of this host that runs again, but in a process started after the lock was taken: reused, so stale.
+  const reused = spawn('sleep', ['60']);
+  try {
+    const startedAt = new Date(Date.now() - 3_600_000).toISOString();
+    writeFileSync(join(out, LOCK), JSON.stringify({ pid: reused.pid, host: hostname(), startedAt, command: 'x' }));
+    r = cli(filterArgs(sample, out, '--overwrite'));
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, new RegExp(`took over the stale lock of pid ${reused.pid} on this host`));
+  } finally {
+    reused.kill();
+  }
 });
 
 test('signals release the lock: a drained stop, and a second signal that exits at once', async () => {
