@@ -51,7 +51,7 @@ export class LocalAuditSink implements Sink {
   static async open(options: LocalAuditSinkOptions): Promise<LocalAuditSink> {
     try {
       await mkdir(dirname(options.path), { recursive: true });
-      const fh = await open(options.path, APPEND_NOFOLLOW, 0o644);
+      const fh = await open(options.path, APPEND_NOFOLLOW, 0o666);
       if (!(await fh.stat()).isFile()) {
         await fh.close();
         throw new Error('it is not a regular file');

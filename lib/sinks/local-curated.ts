@@ -26,7 +26,7 @@ export interface LocalCuratedSinkOptions {
 export async function writeDurable(path: string, data: Buffer | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   // O_NOFOLLOW: a symlink planted at the temp name is refused, never written through.
-  const fh = await open(tmp, WRITE_NOFOLLOW, 0o644);
+  const fh = await open(tmp, WRITE_NOFOLLOW, 0o666);
   try {
     await fh.writeFile(data);
     await fh.sync();
