@@ -19,6 +19,9 @@ export interface LocalCuratedSinkOptions {
   readonly idleFlushMs?: number;
 }
 
+const WRITE_NOFOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+const READ_NOFOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
+
 /**
  * Writes a file so that readers (and a run resumed after a crash) see the old file or the new one, never half of
  * one: temp file `<path>.tmp-<pid>`, fsync, rename.
@@ -35,9 +38,6 @@ export async function writeDurable(path: string, data: Buffer | string): Promise
   }
   await rename(tmp, path);
 }
-
-const WRITE_NOFOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
-const READ_NOFOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
 
 /**
  * Shard numbers a curated directory may hold: `shard-NNNNNN` (six digits, more past 999999) up to this bound. A name
@@ -134,17 +134,14 @@ export async function readIndex(indexPath: string, tarBytes: number): Promise<Sh
   }
 }
 
-/** Reads the `.json` member of every sample a shard's index lists, by its offset. */
+/** Reads the `.json` member of every sample an index (checked by indexProblem) lists, by its offset. */
 async function readIndexedSamples(fh: FileHandle, index: ShardIndex, visit: (s: CuratedSampleMeta) => void) {
-  {
-    for (const sample of index.samples) {
-      const m = sample.members.json;
-      if (!m) throw new Error(`sample ${sample.key} has no .json member`);
-      const buf = Buffer.alloc(m.size);
-      const { bytesRead } = await fh.read(buf, 0, m.size, m.offset);
-      if (bytesRead < m.size) throw new Error(`the tar ends inside ${sample.key}.json`);
-      visit(JSON.parse(buf.toString('utf8')) as CuratedSampleMeta);
-    }
+  for (const sample of index.samples) {
+    const m = sample.members.json!;
+    const buf = Buffer.alloc(m.size);
+    const { bytesRead } = await fh.read(buf, 0, m.size, m.offset);
+    if (bytesRead < m.size) throw new Error(`the tar ends inside ${sample.key}.json`);
+    visit(JSON.parse(buf.toString('utf8')) as CuratedSampleMeta);
   }
 }
 
