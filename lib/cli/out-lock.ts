@@ -16,7 +16,7 @@
  * which the next run takes over with a note.
  */
 import { closeSync, constants, openSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
-import { link, mkdir, open, readFile, rmdir, unlink } from 'node:fs/promises';
+import { link, mkdir, open, rmdir, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { FilterError } from '../types.ts';
@@ -43,6 +43,8 @@ export interface LockOptions {
 }
 
 const NOFOLLOW_READ = constants.O_RDONLY | constants.O_NOFOLLOW;
+/** A lock this tool writes is ~150 bytes; a bigger file is not read. */
+const LOCK_MAX_BYTES = 4096;
 const errno = (err: unknown) => (err as NodeJS.ErrnoException).code;
 
 function alive(pid: number): boolean {
@@ -90,7 +92,9 @@ async function readHolder(path: string): Promise<LockHolder | { unreadable: stri
   try {
     const fh = await open(path, NOFOLLOW_READ);
     try {
-      if (!(await fh.stat()).isFile()) return { unreadable: 'it is not a regular file' };
+      const st = await fh.stat();
+      if (!st.isFile()) return { unreadable: 'it is not a regular file' };
+      if (st.size > LOCK_MAX_BYTES) return { unreadable: `it is ${st.size} bytes` };
       text = await fh.readFile('utf8');
     } finally {
       await fh.close();
@@ -108,6 +112,22 @@ async function readHolder(path: string): Promise<LockHolder | { unreadable: stri
     // not JSON: reported below
   }
   return { unreadable: 'it is not a lock this tool wrote' };
+}
+
+/** The pid a takeover guard holds (a few bytes, never through a symlink), or '?'. */
+async function readPid(path: string): Promise<string> {
+  try {
+    const fh = await open(path, NOFOLLOW_READ);
+    try {
+      const buf = Buffer.alloc(16);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      return /^\d+$/.exec(buf.toString('latin1', 0, bytesRead))?.[0] ?? '?';
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return '?';
+  }
 }
 
 const describe = (h: LockHolder) =>
@@ -172,10 +192,32 @@ export class OutputLock {
       return true;
     } catch (err) {
       if (errno(err) === 'EEXIST') return false;
-      throw new FilterError('output_unwritable', `cannot lock ${out}: ${(err as Error).message}`, { out });
+      if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes(errno(err) ?? '')) {
+        throw new FilterError('output_unwritable', `cannot lock ${out}: ${(err as Error).message}`, { out });
+      }
+      return OutputLock.createExclusive(out, text); // a filesystem without hard links
     } finally {
       await unlink(tmp).catch(() => undefined);
     }
+  }
+
+  /** The lock created in place with O_EXCL (a crash before its write leaves an empty one: --break-lock). */
+  private static async createExclusive(out: string, text: string): Promise<boolean> {
+    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+    let fh;
+    try {
+      fh = await open(join(out, LOCK_NAME), flags, 0o644);
+    } catch (err) {
+      if (errno(err) === 'EEXIST') return false;
+      throw new FilterError('output_unwritable', `cannot lock ${out}: ${(err as Error).message}`, { out });
+    }
+    try {
+      await fh.writeFile(text);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    return true;
   }
 
   private static async take(out: string, text: string, options: LockOptions): Promise<void> {
@@ -190,10 +232,10 @@ export class OutputLock {
       if (err.code !== 'EEXIST') {
         throw new FilterError('output_unwritable', `cannot lock ${out}: ${err.message}`, { out });
       }
-      const by = (await readFile(guard, 'utf8').catch(() => '')).trim();
+      const by = await readPid(guard);
       throw new FilterError(
         'output_locked',
-        `--out ${out} is being taken over by another run (pid ${by || '?'}): if no run is using it, remove ${guard}`,
+        `--out ${out} is being taken over by another run (pid ${by}): if no run is using it, remove ${guard}`,
         { out, lock: guard },
       );
     });

@@ -26,6 +26,7 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
+import { OutputLock } from '../../lib/cli/out-lock.ts';
 import { parseEvent } from '../../lib/monitor/aggregate.ts';
 import type { ReportData } from '../../lib/report/collect.ts';
 import { AUDIT_LINE_MAX_BYTES } from '../../lib/sinks/local-audit.ts';
@@ -311,4 +312,39 @@ test('the monitor leaves a message over the audit bound unparsed', () => {
   const value = Buffer.alloc(AUDIT_LINE_MAX_BYTES + 1, ' ');
   value.write('{"id":"x","decision":"reject","reasons":[]}');
   assert.deepEqual(parseEvent('audit', value), { error: `over ${AUDIT_LINE_MAX_BYTES} bytes` });
+});
+
+test('the lock in process: a second holder, a lock that cannot be read, a symlinked lock, a takeover under way', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-lock-'));
+  const out = join(dir, 'out');
+  mkdirSync(out);
+  const lock = await OutputLock.acquire(out);
+  await assert.rejects(OutputLock.acquire(out), /in use by pid \d+ on this host/);
+  await assert.rejects(OutputLock.acquire(out, { breakLock: true }), { code: 'output_locked' }, 'a live holder stays');
+  await lock.release();
+  assert.deepEqual(readdirSync(out), [], 'released');
+
+  // Not a lock this tool wrote: refused, unless the user says its holder is gone.
+  writeFileSync(join(out, LOCK), 'garbage');
+  await assert.rejects(OutputLock.acquire(out), /cannot be read \(it is not a lock this tool wrote\).*--break-lock/);
+  const notes: string[] = [];
+  const broken = await OutputLock.acquire(out, { breakLock: true, note: (m) => notes.push(m) });
+  assert.match(notes.join(), /took over an unreadable lock/);
+  await broken.release();
+
+  // A symlink at the lock's name: never followed, neither to read nor to write.
+  const outside = join(dir, 'outside.txt');
+  writeFileSync(outside, JSON.stringify({ pid: 1, host: hostname(), startedAt: 'x', command: 'y' }));
+  const before = snapshot(dir.replace(/$/, '/')).get('outside.txt');
+  symlinkSync(outside, join(out, LOCK));
+  await assert.rejects(OutputLock.acquire(out), /cannot be read \(it is a symlink\)/);
+  const taken = await OutputLock.acquire(out, { breakLock: true });
+  await taken.release();
+  assert.equal(snapshot(dir.replace(/$/, '/')).get('outside.txt'), before, 'the file it pointed at is untouched');
+
+  // Another run is taking a stale lock over: refused, naming its guard.
+  writeFileSync(join(out, `${LOCK}.takeover`), '4242');
+  writeFileSync(join(out, LOCK), JSON.stringify({ pid: 2 ** 30, host: hostname(), startedAt: 'x', command: 'y' }));
+  await assert.rejects(OutputLock.acquire(out), /being taken over by another run \(pid 4242\)/);
+  rmSync(dir, { recursive: true, force: true });
 });
