@@ -50,6 +50,11 @@ export const ERRORS = {
   output_unwritable: runtime('the output directory or file cannot be written', false),
   output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),
   output_unresumable: config('--resume cannot read back the output (a file in it is not what a run writes)'),
+  // Retriable: the run holding it ends. Exit 2, as output_not_empty: the command as given cannot run now.
+  output_locked: { exit: 'usage', retriable: true, summary: 'another run holds --out (its lock names the process)' },
+  output_unsafe: config(
+    '--out holds a symlink, or a file of the wrong type, where a run writes: nothing is followed or removed',
+  ),
   // Scoring.
   bad_pixel_values: runtime('pixel values of the wrong size for the model', false),
   scorer_failed: runtime('the scorer (its worker threads or the model run) failed', false),

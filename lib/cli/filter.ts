@@ -20,6 +20,7 @@ import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
 import { applyTopFraction, RankingPolicy, RankingValues, type TopFractionOptions } from './top-fraction.ts';
@@ -42,6 +43,11 @@ export interface FilterJobOptions {
   readonly resume?: boolean;
   /** Remove the run `out` holds first (only a run's own files: anything else there refuses the run). */
   readonly overwrite?: boolean;
+  /**
+   * Take over `out`'s lock when it was taken on another host, or cannot be read: the caller says its holder is gone
+   * (a lock of a process that is gone from this host is taken over without it). lib/cli/out-lock.ts.
+   */
+  readonly breakLock?: boolean;
   /** Model directory (or a hub id with a cached export). */
   readonly model: string;
   readonly policy?: PolicyOptions;
@@ -94,6 +100,25 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   // In top-fraction mode the first pass applies the thresholds, if any, and stages what passes for the ranking.
   const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
+  const note = (message: string) =>
+    options.logger
+      ? options.logger.warn(message, { out: options.out })
+      : process.stderr.write(`mlm-filter: ${message}\n`);
+  // One run per --out, from before it is looked at until the run ends (or the process exits).
+  const lock = await OutputLock.acquire(options.out, { breakLock: options.breakLock, note });
+  try {
+    return await runInLockedOutput(options, policy, metrics);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function runInLockedOutput(
+  options: FilterJobOptions,
+  policy: Policy,
+  metrics: ReturnType<typeof scoredMetrics>,
+): Promise<RunSummary> {
+  const top = options.topFraction;
   const { resume, overwrite } = options;
   const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: top !== undefined });
   const input = await openInput(options.input, options.inputFormat, options.pair);

@@ -220,6 +220,14 @@ function addFilterCommand(program: Command): void {
       ).conflicts('overwrite'),
     )
     .addOption(opt('--overwrite', "replace the run --out holds (removes that run's files first)", 'off'))
+    .addOption(
+      opt(
+        '--break-lock',
+        "take over --out's lock when it names a run on another host, or cannot be read (say so only when that " +
+          'run is gone: a stopped run on this host is taken over without it)',
+        'off',
+      ),
+    )
     .action(filterAction);
 }
 
@@ -267,6 +275,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,
+    breakLock: flags.breakLock ?? config.breakLock,
     signal: stops.signal,
     abort: stops.abort,
   };

@@ -5,17 +5,21 @@
  * summary counts the whole output. Every input record thus ends in the output exactly once, however often a run was
  * stopped (kill -9 included) and resumed on the same input.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
-import { LocalCuratedSink } from '../sinks/local-curated.ts';
+import { curatedFileKind, LocalCuratedSink } from '../sinks/local-curated.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, RejectError } from '../types.ts';
 import { SummaryCollector } from '../metrics/run-summary.ts';
+import { LOCK_ENTRY } from './out-lock.ts';
 
-/** What a run writes in --out (summary.json's temp file included): --overwrite removes these and nothing else. */
-const RUN_ENTRY = /^(curated|rejects\.jsonl|summary\.json(\.tmp-\d+)?|\.staging)$/;
+/** What a run writes at the top of --out (summary.json's temp file included), and what each must be. */
+function topKind(name: string): 'shards' | 'file' | undefined {
+  if (name === 'curated' || name === '.staging') return 'shards';
+  return /^(rejects\.jsonl|summary\.json(\.tmp-\d+)?)$/.test(name) ? 'file' : undefined;
+}
 
 export interface OutputChoice {
   /** Continue the run the directory holds. */
@@ -37,51 +41,143 @@ export interface PreviousOutput {
 /** Readies the directory once the run is sure to start; resolves what a resumed run continues from. */
 export type OutputPreparation = () => Promise<PreviousOutput | undefined>;
 
-async function entriesOf(out: string): Promise<string[]> {
+/** --out as a previous run left it, by lstat (nothing followed). Paths are relative to --out. */
+interface Layout {
+  /** Every entry at the top (the lock's own files left out). */
+  readonly entries: string[];
+  /** Regular files with names a run writes: what --overwrite removes. */
+  readonly files: string[];
+  /** curated/ and .staging/ when they are real directories. */
+  readonly dirs: string[];
+  /** Names no run writes. */
+  readonly foreign: string[];
+  /** Symlinks, and entries of the wrong type (a directory named rejects.jsonl), with what they are. */
+  readonly unsafe: string[];
+}
+
+const what = (s: { isSymbolicLink(): boolean; isDirectory(): boolean }) =>
+  s.isSymbolicLink() ? 'a symlink' : s.isDirectory() ? 'a directory' : 'not a regular file';
+
+async function scanOutput(out: string): Promise<Layout> {
+  const layout: Layout = { entries: [], files: [], dirs: [], foreign: [], unsafe: [] };
   try {
-    return await readdir(out);
+    layout.entries.push(...(await readdir(out)).filter((e) => !LOCK_ENTRY.test(e)).sort());
+    for (const name of layout.entries) {
+      const kind = topKind(name);
+      if (!kind) {
+        layout.foreign.push(name);
+        continue;
+      }
+      const st = await lstat(join(out, name));
+      if (kind === 'file') {
+        if (st.isFile()) layout.files.push(name);
+        else layout.unsafe.push(`${name} (${what(st)})`);
+        continue;
+      }
+      if (!st.isDirectory() || st.isSymbolicLink()) {
+        layout.unsafe.push(`${name} (${st.isSymbolicLink() ? 'a symlink' : 'not a directory'})`);
+        continue;
+      }
+      layout.dirs.push(name);
+      for (const inner of (await readdir(join(out, name))).sort()) {
+        const rel = `${name}/${inner}`;
+        if (!curatedFileKind(inner)) {
+          layout.foreign.push(rel);
+          continue;
+        }
+        const s = await lstat(join(out, rel));
+        if (s.isFile()) layout.files.push(rel);
+        else layout.unsafe.push(`${rel} (${what(s)})`);
+      }
+    }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && layout.entries.length === 0) return layout;
     throw new FilterError('output_unwritable', `cannot read --out ${out}: ${(err as Error).message}`, { out });
+  }
+  return layout;
+}
+
+const listed = (names: string[]) => names.slice(0, 5).join(', ') + (names.length > 5 ? `, ... (${names.length})` : '');
+
+/** Refuses a directory in which a run would follow a symlink out of --out, or write over something else. */
+function refuseUnsafe(out: string, layout: Layout, flag: string): void {
+  if (layout.unsafe.length === 0) return;
+  throw new FilterError(
+    'output_unsafe',
+    `--out ${out} holds ${listed(layout.unsafe)} where a run writes: ${flag} follows no symlink and removes no ` +
+      'directory it did not write, so move them away or choose another --out',
+    { out, unsafe: layout.unsafe },
+  );
+}
+
+function refuseForeign(out: string, layout: Layout): void {
+  if (layout.foreign.length === 0) return;
+  throw new FilterError(
+    'output_not_empty',
+    `--out ${out} holds files a run does not write (${listed(layout.foreign)}): --overwrite removes only a run's ` +
+      'own files, so move them away or choose another --out',
+    { out, foreign: layout.foreign },
+  );
+}
+
+/** Removes a run's files, then its directories (which are then empty, or the removal fails: nothing else goes). */
+async function removeRun(out: string, layout: Layout): Promise<void> {
+  try {
+    for (const rel of layout.files) await unlink(join(out, rel));
+    for (const dir of layout.dirs) await rmdir(join(out, dir));
+  } catch (err) {
+    throw new FilterError(
+      'output_unwritable',
+      `--overwrite cannot remove the run in ${out}: ${(err as Error).message}`,
+      {
+        out,
+      },
+    );
   }
 }
 
-const listed = (names: string[]) => names.slice(0, 3).join(', ') + (names.length > 3 ? ', ...' : '');
-
 /**
  * Checks --out against the choice before anything heavy loads (a usage error costs nothing), and returns the step
- * that readies it, run once the model has loaded (a run that fails to start leaves the directory untouched).
+ * that readies it, run once the model has loaded (a run that fails to start leaves the directory untouched). The
+ * caller holds --out's lock (out-lock.ts), so no other run changes it in between; the step checks it again all the
+ * same, as another process may have.
  */
 export async function checkOutput(out: string, choice: OutputChoice): Promise<OutputPreparation> {
   if (choice.resume && choice.overwrite) {
     throw new FilterError('bad_usage', 'give --resume or --overwrite, not both', { out });
   }
-  const entries = await entriesOf(out);
-  if (entries.length === 0) return async () => undefined;
-  if (choice.overwrite) {
-    const foreign = entries.filter((e) => !RUN_ENTRY.test(e));
-    if (foreign.length > 0) {
-      throw new FilterError(
-        'output_not_empty',
-        `--out ${out} holds files a run does not write (${listed(foreign)}): --overwrite removes only a run's own ` +
-          'files, so choose another --out',
-        { out, foreign },
-      );
-    }
-    return async () => {
-      await Promise.all(entries.map((e) => rm(join(out, e), { recursive: true, force: true })));
-      return undefined;
-    };
-  }
-  if (!choice.resume) {
+  const layout = await scanOutput(out);
+  if (layout.entries.length === 0) return async () => undefined;
+  if (!choice.resume && !choice.overwrite) {
     throw new FilterError(
       'output_not_empty',
-      `--out ${out} is not empty (${listed(entries)}): add --resume to continue the run it holds (records already ` +
-        'there are skipped) or --overwrite to replace it',
+      `--out ${out} is not empty (${listed(layout.entries)}): add --resume to continue the run it holds (records ` +
+        'already there are skipped) or --overwrite to replace it',
       { out },
     );
   }
-  if (choice.topFraction || entries.includes('.staging')) {
+  if (choice.overwrite) {
+    refuseUnsafe(out, layout, '--overwrite');
+    refuseForeign(out, layout);
+    return async () => {
+      const now = await scanOutput(out);
+      refuseUnsafe(out, now, '--overwrite');
+      refuseForeign(out, now);
+      await removeRun(out, now);
+      return undefined;
+    };
+  }
+  checkResumable(out, layout, choice);
+  return async () => {
+    const now = await scanOutput(out);
+    checkResumable(out, now, choice);
+    return readPrevious(out, now);
+  };
+}
+
+function checkResumable(out: string, layout: Layout, choice: OutputChoice): void {
+  refuseUnsafe(out, layout, '--resume');
+  if (choice.topFraction || layout.entries.includes('.staging')) {
     const which = choice.topFraction ? 'a --top-fraction run' : `the unfinished --top-fraction run in ${out}`;
     throw new FilterError(
       'bad_usage',
@@ -91,11 +187,20 @@ export async function checkOutput(out: string, choice: OutputChoice): Promise<Ou
       },
     );
   }
-  return () => readPrevious(out, entries);
+  // Files of the user's own beside the run's are left alone; inside curated/ they would pass for (or hide) shards.
+  const inside = layout.foreign.filter((f) => f.includes('/'));
+  if (inside.length > 0) {
+    throw new FilterError(
+      'output_unresumable',
+      `--resume cannot continue ${out}: curated/ holds files a run does not write (${listed(inside)}); move them ` +
+        'away (--overwrite starts over)',
+      { out, foreign: inside },
+    );
+  }
 }
 
 /** Repairs what a stopped run left half-written and reads back every record the output holds. */
-async function readPrevious(out: string, entries: string[]): Promise<PreviousOutput> {
+async function readPrevious(out: string, layout: Layout): Promise<PreviousOutput> {
   const ids = new Set<string>();
   const summary = new SummaryCollector();
   try {
@@ -115,8 +220,8 @@ async function readPrevious(out: string, entries: string[]): Promise<PreviousOut
     );
   }
   // summary.json describes the output only once a run has finished with it; this run writes it again when it ends.
-  for (const name of entries.filter((e) => /^summary\.json(\.tmp-\d+)?$/.test(e))) {
-    await rm(join(out, name), { force: true });
+  for (const name of layout.files.filter((e) => /^summary\.json(\.tmp-\d+)?$/.test(e))) {
+    await unlink(join(out, name)).catch(() => undefined);
   }
   return { ids, summary };
 }

@@ -6,6 +6,7 @@
 import type { MetricShort } from '../types.ts';
 import { METRICS } from '../types.ts';
 import { ReasonTally } from '../policy/reason-tally.ts';
+import { AUDIT_LINE_MAX_BYTES } from '../sinks/audit-event.ts';
 
 /** Which topic an event came from: the audit topic (rejects, and accepts when audited) or the accepted topic. */
 export type EventKind = 'audit' | 'accepted';
@@ -32,6 +33,8 @@ export function parseEvent(
   messageTs?: number,
 ): MonitorEvent | { error: string } {
   if (value === null || value.length === 0) return { error: 'empty message' };
+  // Not parsed at all: no audit event is that long (a string of it might not even fit in one).
+  if (Buffer.byteLength(value) > AUDIT_LINE_MAX_BYTES) return { error: `over ${AUDIT_LINE_MAX_BYTES} bytes` };
   let raw: unknown;
   try {
     raw = JSON.parse(value.toString());

@@ -1,8 +1,11 @@
 import { createReadStream } from 'node:fs';
-import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import sharp from 'sharp';
+import { AUDIT_LINE_MAX_BYTES } from '../sinks/audit-event.ts';
+import { curatedFileKind, openRegular, readIndex, rebuildIndex } from '../sinks/local-curated.ts';
+import type { ShardIndex } from '../sinks/webdataset.ts';
+import { boundedLines, isBlank } from '../sources/lines.ts';
 import { tailTopics } from '../monitor/kafka-tail.ts';
 import type { KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
@@ -43,32 +46,61 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
+/** Audit events, one a line; a line over AUDIT_LINE_MAX_BYTES is counted as malformed without being held whole. */
 async function readJsonl(path: string, collector: ReportCollector): Promise<void> {
-  const lines = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
-  for await (const line of lines) {
-    if (!line.trim()) continue;
-    const e = parseReportEvent(line);
+  let over = 0;
+  for await (const line of boundedLines(createReadStream(path, { highWaterMark: 1 << 20 }), AUDIT_LINE_MAX_BYTES)) {
+    if (line.size > AUDIT_LINE_MAX_BYTES) {
+      over++;
+      collector.malformed();
+      continue;
+    }
+    if (isBlank(line.bytes)) continue;
+    const e = parseReportEvent(line.bytes.toString('utf8'));
     if (e) collector.add(e);
     else collector.malformed();
   }
+  if (over > 0) {
+    collector.notes.push(
+      `${over} line(s) of ${basename(path)} over ${AUDIT_LINE_MAX_BYTES / 2 ** 20} MiB were not read (counted as ` +
+        'malformed): no audit event is that long.',
+    );
+  }
+}
+
+/**
+ * A shard's index, checked against its tar: one whose members lie outside the tar (or that is missing or unreadable)
+ * is rebuilt in memory from the tar, with a note; a tar that does not read back whole either is a coded error.
+ */
+async function shardIndex(dir: string, shard: string, tarBytes: number, collector: ReportCollector) {
+  const found = await readIndex(join(dir, `${shard}.index.json`), tarBytes);
+  if (found !== undefined && typeof found !== 'string') return found;
+  const rebuilt = await rebuildIndex(join(dir, `${shard}.tar`), shard);
+  const problem = found ?? 'it is missing';
+  if (!rebuilt) {
+    throw new FilterError(
+      'input_unreadable',
+      `${join(dir, `${shard}.index.json`)}: ${problem}, and ${shard}.tar does not read back whole`,
+      { shard },
+    );
+  }
+  collector.notes.push(`${shard}.index.json was not used (${problem}): its samples were read from ${shard}.tar.`);
+  return rebuilt;
 }
 
 /** Reads every accepted sample's `<key>.json` through the shard index (random access, no tar scan). */
 async function readCurated(dir: string, collector: ReportCollector): Promise<number> {
-  const names = (await readdir(dir)).filter((n) => n.endsWith('.index.json')).sort();
+  const names = (await readdir(dir)).filter((n) => curatedFileKind(n) === 'tar').sort();
   for (const name of names) {
-    const index = JSON.parse(await readFile(join(dir, name), 'utf8')) as {
-      samples: { id: string; key: string; members: Record<string, { offset: number; size: number }> }[];
-    };
-    const tar = join(dir, name.replace(/\.index\.json$/, '.tar'));
-    const fh = await open(tar, 'r');
+    const tar = join(dir, name);
+    const fh = await openRegular(tar).catch((err: Error) => {
+      throw new FilterError('input_unreadable', `cannot read ${tar}: ${err.message}`, { path: tar });
+    });
     try {
+      const index: ShardIndex = await shardIndex(dir, name.slice(0, -'.tar'.length), (await fh.stat()).size, collector);
       for (const s of index.samples) {
-        const json = s.members.json;
-        if (!json) {
-          collector.malformed();
-          continue;
-        }
+        // indexProblem() checked every member against the tar's size and the .json one against its bound.
+        const json = s.members.json!;
         const buf = Buffer.alloc(json.size);
         await fh.read(buf, 0, json.size, json.offset);
         let meta: Record<string, unknown>;
@@ -94,8 +126,11 @@ async function readCurated(dir: string, collector: ReportCollector): Promise<num
   return names.length;
 }
 
+/** Largest image member made into a thumbnail (bigger ones are shown without). */
+const THUMBNAIL_SOURCE_MAX_BYTES = 64 * 1024 * 1024;
+
 async function thumbnail(sample: ReportSample, size: number): Promise<string | undefined> {
-  if (!sample.image) return undefined;
+  if (!sample.image || sample.image.size > THUMBNAIL_SOURCE_MAX_BYTES) return undefined;
   const fh = await open(sample.image.tar, 'r');
   try {
     const buf = Buffer.alloc(sample.image.size);
@@ -155,9 +190,10 @@ export async function collectReport(options: ReportOptions): Promise<ReportData>
       untilEnd: true,
       signal: options.signal,
       onMessage: (m) => {
-        const e = m.value
-          ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
-          : null;
+        const e =
+          m.value && m.value.length <= AUDIT_LINE_MAX_BYTES
+            ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
+            : null;
         if (!e) return collector.malformed();
         // With the accepted topic read too, it is the one source of accepts: an audit topic that also logs accepts
         // would repeat them, possibly further apart than the dedupe window remembers.

@@ -1,5 +1,13 @@
 import type { ModelInfo, Outcome, Reason, Scores, SourceOrigin } from '../types.ts';
 
+/**
+ * The longest audit event read back as one line or message (--resume and `report` on rejects.jsonl, `monitor` and
+ * `report` on a topic): a longer one is refused (resume) or counted as malformed (report, monitor) without being held
+ * whole. An event this project writes is bounded by the record limit (16 MiB by default: its id, caption and url come
+ * from one record), so four times that leaves room for escaping.
+ */
+export const AUDIT_LINE_MAX_BYTES = 64 * 1024 * 1024;
+
 /** Schema version of the audit event; bump only with DESIGN.md's owner. */
 export const AUDIT_EVENT_VERSION = 1;
 

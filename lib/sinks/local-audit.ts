@@ -1,10 +1,16 @@
-import { createReadStream } from 'node:fs';
+import { constants } from 'node:fs';
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { boundedLines } from '../sources/lines.ts';
 import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { toAuditEvent, type AuditEvent } from './audit-event.ts';
+import { AUDIT_LINE_MAX_BYTES, toAuditEvent, type AuditEvent } from './audit-event.ts';
+
+export { AUDIT_LINE_MAX_BYTES };
+
+/** Never through a symlink: a link planted at rejects.jsonl must not append to (or truncate) a file elsewhere. */
+const APPEND_NOFOLLOW = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
+const UPDATE_NOFOLLOW = constants.O_RDWR | constants.O_NOFOLLOW;
 
 /** Bytes read at a time while looking back for the last newline. */
 const TAIL_STEP = 64 * 1024;
@@ -45,7 +51,12 @@ export class LocalAuditSink implements Sink {
   static async open(options: LocalAuditSinkOptions): Promise<LocalAuditSink> {
     try {
       await mkdir(dirname(options.path), { recursive: true });
-      return new LocalAuditSink(await open(options.path, 'a'), options);
+      const fh = await open(options.path, APPEND_NOFOLLOW, 0o666);
+      if (!(await fh.stat()).isFile()) {
+        await fh.close();
+        throw new Error('it is not a regular file');
+      }
+      return new LocalAuditSink(fh, options);
     } catch (err) {
       throw new FilterError('output_unwritable', `cannot open ${options.path}: ${(err as Error).message}`, {
         path: options.path,
@@ -56,23 +67,34 @@ export class LocalAuditSink implements Sink {
   /**
    * Makes an audit file that a stopped run (kill -9) left behind consistent, and reads back every event it then holds:
    * a last line without its newline (an append cut short) is cut off, so its records count as never written. Throws
-   * on a complete line that is not an audit event (the file is not one this sink wrote).
+   * on a complete line that is not an audit event (the file is not one this sink wrote), or one longer than
+   * AUDIT_LINE_MAX_BYTES (read no further than that). Opened without following a symlink: a regular file or nothing
+   * is truncated.
    */
   static async recover(path: string, visit: (event: AuditEvent) => void): Promise<void> {
     let fh: FileHandle;
     try {
-      fh = await open(path, 'r+');
+      fh = await open(path, UPDATE_NOFOLLOW);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw err;
     }
     try {
+      if (!(await fh.stat()).isFile()) throw new Error(`${path} is not a regular file`);
       await fh.truncate(await completeLength(fh));
+      await LocalAuditSink.readEvents(fh, visit);
     } finally {
       await fh.close();
     }
-    for await (const line of boundedLines(createReadStream(path), Number.MAX_SAFE_INTEGER)) {
+  }
+
+  private static async readEvents(fh: FileHandle, visit: (event: AuditEvent) => void): Promise<void> {
+    const stream = fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 20 });
+    for await (const line of boundedLines(stream, AUDIT_LINE_MAX_BYTES)) {
       if (line.size === 0) continue;
+      if (line.size > AUDIT_LINE_MAX_BYTES) {
+        throw new Error(`line ${line.number} is ${line.size} bytes, over the ${AUDIT_LINE_MAX_BYTES}-byte bound`);
+      }
       let event: Partial<AuditEvent> | null;
       try {
         event = JSON.parse(line.bytes.toString('utf8')) as Partial<AuditEvent> | null;

@@ -1,4 +1,5 @@
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readTar } from '../sources/tar-reader.ts';
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
@@ -18,13 +19,17 @@ export interface LocalCuratedSinkOptions {
   readonly idleFlushMs?: number;
 }
 
+const WRITE_NOFOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+const READ_NOFOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
+
 /**
  * Writes a file so that readers (and a run resumed after a crash) see the old file or the new one, never half of
  * one: temp file `<path>.tmp-<pid>`, fsync, rename.
  */
 export async function writeDurable(path: string, data: Buffer | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
+  // O_NOFOLLOW: a symlink planted at the temp name is refused, never written through.
+  const fh = await open(tmp, WRITE_NOFOLLOW, 0o666);
   try {
     await fh.writeFile(data);
     await fh.sync();
@@ -34,46 +39,148 @@ export async function writeDurable(path: string, data: Buffer | string): Promise
   await rename(tmp, path);
 }
 
-/** A temp file of writeDurable in a curated directory: what a write cut short (kill -9) leaves behind. */
-const TEMP_FILE = /^(shard-\d+\.(tar|index\.json)|shards\.json)\.tmp-\d+$/;
+/**
+ * Shard numbers a curated directory may hold: `shard-NNNNNN` (six digits, more past 999999) up to this bound. A name
+ * past it, or not written as a run writes it (`shard-1`, `shard-0000001`), is not a run's file: a planted
+ * `shard-9007199254740992.tar` must not set where numbering continues (past 2^53 every next number is the same).
+ */
+export const MAX_SHARD_NUMBER = 999_999_999;
+/** Largest `.index.json` read back (a run's index of 1000 samples is ~200 KB). */
+export const INDEX_MAX_BYTES = 64 * 1024 * 1024;
+/** Largest `<key>.json` member read back (its caption, url and metadata are bounded by the record limit, 16 MiB). */
+export const SAMPLE_JSON_MAX_BYTES = 64 * 1024 * 1024;
+
+const SHARD_FILE = /^shard-(\d{6,9})\.(tar|index\.json)(\.tmp-\d+)?$/;
+
+/** The number of a shard name (`shard-000042`), or undefined when it is not a name a run writes. */
+export function shardNumber(shard: string): number | undefined {
+  const digits = /^shard-(\d{6,9})$/.exec(shard)?.[1];
+  if (digits === undefined) return undefined;
+  const n = Number(digits);
+  return n <= MAX_SHARD_NUMBER && shardName(n) === shard ? n : undefined;
+}
+
+const shardName = (n: number) => `shard-${String(n).padStart(6, '0')}`;
+
+/** How a run writes a name in a curated directory: a shard file, shards.json or one of their temp files. */
+export function curatedFileKind(name: string): 'tar' | 'index' | 'list' | 'temp' | undefined {
+  if (/^shards\.json$/.test(name)) return 'list';
+  if (/^shards\.json\.tmp-\d+$/.test(name)) return 'temp';
+  const m = SHARD_FILE.exec(name);
+  if (!m || shardNumber(`shard-${m[1]}`) === undefined) return undefined;
+  return m[3] ? 'temp' : m[2] === 'tar' ? 'tar' : 'index';
+}
+
 const BLOCK = 512;
 
-/** Reads the `.json` member of every sample a shard's index lists, by its offset. */
-async function readIndexedSamples(tarPath: string, index: ShardIndex, visit: (s: CuratedSampleMeta) => void) {
-  const fh = await open(tarPath, 'r');
-  try {
-    for (const sample of index.samples) {
-      const m = sample.members.json;
-      if (!m) throw new Error(`sample ${sample.key} has no .json member`);
-      const buf = Buffer.alloc(m.size);
-      const { bytesRead } = await fh.read(buf, 0, m.size, m.offset);
-      if (bytesRead < m.size) throw new Error(`the tar ends inside ${sample.key}.json`);
-      visit(JSON.parse(buf.toString('utf8')) as CuratedSampleMeta);
+/**
+ * Why an index does not describe its tar of `tarBytes` bytes, or undefined when it does: every member must lie
+ * inside the tar (a size of 2^31 read as is would abort Node), and each `.json` member must be small enough to read.
+ */
+export function indexProblem(index: unknown, tarBytes: number): string | undefined {
+  const ix = index as Partial<ShardIndex> | null;
+  if (!ix || typeof ix !== 'object' || !Array.isArray(ix.samples)) return 'it is not a shard index';
+  for (const sample of ix.samples as unknown[]) {
+    const s = sample as Partial<ShardIndexEntry> | null;
+    if (!s || typeof s.key !== 'string' || typeof s.id !== 'string' || !s.members || typeof s.members !== 'object') {
+      return 'a sample entry is malformed';
     }
+    for (const [ext, m] of Object.entries(s.members as Record<string, unknown>)) {
+      const { offset, size } = (m ?? {}) as { offset?: unknown; size?: unknown };
+      const ok = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+      if (!ok(offset) || !ok(size) || offset < BLOCK || offset + size > tarBytes) {
+        return `member ${s.key}.${ext} (offset ${String(offset)}, size ${String(size)}) is outside the ${tarBytes}-byte tar`;
+      }
+      if (ext === 'json' && size > SAMPLE_JSON_MAX_BYTES) {
+        return `member ${s.key}.json is ${size} bytes, over the ${SAMPLE_JSON_MAX_BYTES}-byte bound`;
+      }
+    }
+    if (!s.members.json) return `sample ${s.key} has no .json member`;
+  }
+  return undefined;
+}
+
+/** A file opened without following a symlink, and checked to be a regular file. */
+export async function openRegular(path: string): Promise<FileHandle> {
+  const fh = await open(path, READ_NOFOLLOW);
+  if (!(await fh.stat()).isFile()) {
+    await fh.close();
+    throw Object.assign(new Error(`${path} is not a regular file`), { code: 'EFTYPE' });
+  }
+  return fh;
+}
+
+/** A shard's index, read whole when small enough; undefined when missing, an error message when unreadable. */
+export async function readIndex(indexPath: string, tarBytes: number): Promise<ShardIndex | undefined | string> {
+  let fh: FileHandle;
+  try {
+    fh = await openRegular(indexPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    return (err as Error).message;
+  }
+  try {
+    const size = (await fh.stat()).size;
+    if (size > INDEX_MAX_BYTES) return `it is ${size} bytes, over the ${INDEX_MAX_BYTES}-byte bound`;
+    let index: unknown;
+    try {
+      index = JSON.parse(await fh.readFile('utf8'));
+    } catch {
+      return 'it is not JSON';
+    }
+    return indexProblem(index, tarBytes) ?? (index as ShardIndex);
   } finally {
     await fh.close();
   }
 }
 
+/** Reads the `.json` member of every sample an index (checked by indexProblem) lists, by its offset. */
+async function readIndexedSamples(fh: FileHandle, index: ShardIndex, visit: (s: CuratedSampleMeta) => void) {
+  for (const sample of index.samples) {
+    const m = sample.members.json!;
+    const buf = Buffer.alloc(m.size);
+    const { bytesRead } = await fh.read(buf, 0, m.size, m.offset);
+    if (bytesRead < m.size) throw new Error(`the tar ends inside ${sample.key}.json`);
+    visit(JSON.parse(buf.toString('utf8')) as CuratedSampleMeta);
+  }
+}
+
 /**
  * The index of a shard whose tar was written (whole, synced, then renamed) but whose index was not: a run stopped
- * between the two renames. Undefined when the tar does not read back whole.
+ * between the two renames (or whose index does not describe it). Undefined when the tar does not read back whole.
+ * Only `.json` members are held in memory, each up to SAMPLE_JSON_MAX_BYTES.
  */
-async function rebuildIndex(tarPath: string, shard: string): Promise<ShardIndex | undefined> {
+export async function rebuildIndex(tarPath: string, shard: string): Promise<ShardIndex | undefined> {
   const samples: ShardIndexEntry[] = [];
-  for await (const event of readTar(tarPath, Number.MAX_SAFE_INTEGER)) {
-    if (event.type === 'unreadable' || !event.data) return undefined;
+  let fh: FileHandle;
+  try {
+    fh = await openRegular(tarPath);
+  } catch {
+    return undefined;
+  }
+  const bytes = (await fh.stat()).size;
+  await fh.close();
+  for await (const event of readTar(tarPath, SAMPLE_JSON_MAX_BYTES)) {
+    if (event.type === 'unreadable') return undefined;
+    if (event.name.endsWith('.json') && !event.data) return undefined;
     const dot = event.name.indexOf('.');
     const key = event.name.slice(0, dot);
     const ext = event.name.slice(dot + 1);
     let entry = samples.at(-1);
     if (entry?.key !== key) samples.push((entry = { key, id: '', members: {} }));
     entry.members[ext] = { offset: event.offset + BLOCK, size: event.size };
-    if (ext === 'json') entry.id = (JSON.parse(event.data.toString('utf8')) as CuratedSampleMeta).id;
+    if (ext === 'json') {
+      try {
+        entry.id = (JSON.parse(event.data!.toString('utf8')) as CuratedSampleMeta).id;
+      } catch {
+        return undefined;
+      }
+    }
   }
-  if (samples.some((s) => !s.id)) return undefined;
-  const bytes = (await stat(tarPath)).size;
-  return { v: 1, shard, count: samples.length, bytes, samples };
+  if (samples.some((s) => typeof s.id !== 'string' || !s.id)) return undefined;
+  const index: ShardIndex = { v: 1, shard, count: samples.length, bytes, samples };
+  // A member the tar's headers place past its end (a skipped member is not read, so readTar cannot tell).
+  return indexProblem(index, bytes) ? undefined : index;
 }
 
 export class LocalCuratedSink implements Sink {
@@ -104,31 +211,33 @@ export class LocalCuratedSink implements Sink {
       if (err.code === 'ENOENT') return [];
       throw err;
     });
-    for (const name of names.filter((n) => TEMP_FILE.test(n))) await rm(join(dir, name), { force: true });
-    const shards = new Set(names.map((n) => /^(shard-\d+)\.tar$/.exec(n)?.[1]).filter((n) => n !== undefined));
-    for (const name of names) {
-      const shard = /^(shard-\d+)\.index\.json$/.exec(name)?.[1];
-      if (shard && !shards.has(shard)) await rm(join(dir, name), { force: true });
+    for (const name of names.filter((n) => curatedFileKind(n) === 'temp')) await rm(join(dir, name), { force: true });
+    const shards = new Set(names.filter((n) => curatedFileKind(n) === 'tar').map((n) => n.slice(0, -'.tar'.length)));
+    for (const name of names.filter((n) => curatedFileKind(n) === 'index')) {
+      if (!shards.has(name.slice(0, -'.index.json'.length))) await rm(join(dir, name), { force: true });
     }
     for (const shard of [...shards].sort()) {
       const tarPath = join(dir, `${shard}.tar`);
       const indexPath = join(dir, `${shard}.index.json`);
-      let index = await readFile(indexPath, 'utf8').then(
-        (text) => JSON.parse(text) as ShardIndex,
-        (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOENT') return undefined;
-          throw err;
-        },
-      );
-      if (!index) {
-        index = await rebuildIndex(tarPath, shard);
-        if (!index) {
-          await rm(tarPath, { force: true });
-          continue;
+      const fh = await openRegular(tarPath);
+      try {
+        let index = await readIndex(indexPath, (await fh.stat()).size);
+        if (index === undefined || typeof index === 'string') {
+          const problem = index;
+          const rebuilt = await rebuildIndex(tarPath, shard);
+          if (!rebuilt && problem === undefined) {
+            await rm(tarPath, { force: true });
+            continue;
+          }
+          // An index that does not describe its tar is rebuilt from the tar, never read as it says.
+          if (!rebuilt) throw new Error(`${shard}.index.json: ${problem}, and ${shard}.tar does not read back whole`);
+          index = rebuilt;
+          await writeDurable(indexPath, JSON.stringify(index));
         }
-        await writeDurable(indexPath, JSON.stringify(index));
+        await readIndexedSamples(fh, index, visit);
+      } finally {
+        await fh.close();
       }
-      await readIndexedSamples(tarPath, index, visit);
     }
   }
 
@@ -142,11 +251,11 @@ export class LocalCuratedSink implements Sink {
       });
     }
     const sink = new LocalCuratedSink(options);
-    const existing = (await readdir(options.dir))
-      .map((n) => /^shard-(\d+)\.tar$/.exec(n)?.[1])
-      .filter((n): n is string => n !== undefined)
-      .map(Number);
-    sink.next = existing.length ? Math.max(...existing) + 1 : 0;
+    // Only names a run writes count (run-output.ts refuses a directory holding others before a run opens it).
+    for (const name of await readdir(options.dir)) {
+      const n = curatedFileKind(name) === 'tar' ? shardNumber(name.slice(0, -'.tar'.length)) : undefined;
+      if (n !== undefined && n >= sink.next) sink.next = n + 1;
+    }
     return sink;
   }
 
@@ -178,7 +287,15 @@ export class LocalCuratedSink implements Sink {
     this.builder = new ShardBuilder(this.options.model);
     this.waiters = [];
     if (builder.count === 0) return this.chain;
-    const name = `shard-${String(this.next++).padStart(6, '0')}`;
+    if (this.next > MAX_SHARD_NUMBER) {
+      const err = new FilterError(
+        'output_unwritable',
+        `${this.options.dir} is full: shard numbers end at ${MAX_SHARD_NUMBER}`,
+      );
+      waiters.forEach((w) => w.reject(err));
+      return Promise.reject(err);
+    }
+    const name = shardName(this.next++);
     const done = this.chain.then(async () => {
       const { tar, index } = await builder.finish(name);
       await writeDurable(join(this.options.dir, `${name}.tar`), tar);
@@ -199,7 +316,7 @@ export class LocalCuratedSink implements Sink {
 
   async close(): Promise<void> {
     await this.flush();
-    const shards = (await readdir(this.options.dir)).filter((n) => n.endsWith('.tar')).sort();
+    const shards = (await readdir(this.options.dir)).filter((n) => curatedFileKind(n) === 'tar').sort();
     await writeDurable(join(this.options.dir, 'shards.json'), JSON.stringify({ shards }, null, 1));
   }
 }
