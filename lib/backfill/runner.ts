@@ -11,7 +11,7 @@ import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type ImageIntake, type PipelineLogger } from '../pipeline/index.ts';
 import type { Policy } from '../policy/index.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
-import type { Outcome, Scorer, Sink, Source, SourceBatch } from '../types.ts';
+import type { ByteAdmission, Outcome, Scorer, Sink, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import {
   doneKey,
@@ -184,8 +184,8 @@ class WholeShard implements Source {
 
   constructor(private readonly inner: WebDatasetSource) {}
 
-  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
-    for await (const batch of this.inner.batches(signal)) {
+  async *batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch> {
+    for await (const batch of this.inner.batches(signal, admission)) {
       this.records += batch.records.length;
       yield batch;
     }
