@@ -122,6 +122,8 @@ export interface SourceBatch {
  * bytes that would free the room may be its own.
  */
 export interface ByteAdmission {
+  /** The most bytes ever held at once: a record over it could never be admitted (its source refuses it). */
+  readonly capacity: number;
   /** Takes `bytes` now if there is room; false (nothing taken) if not. */
   tryReserve(bytes: number): boolean;
   /** Waits for room for `bytes`; rejects when `signal` aborts or the run stops. */

@@ -109,19 +109,21 @@ export class BatchLedger {
   /** Records admitted that hold no outcome yet. */
   private inProgress = 0;
   readonly counts = { committed: 0, dropped: 0 };
+  /** The byte bound as sources see it: reserved before a record is read, given back when its batch is done. */
+  readonly admission: ByteAdmission;
 
   constructor(private readonly options: LedgerOptions) {
     this.room = new Semaphore(options.maxPendingRecords);
     this.bytes = new Semaphore(options.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES);
     this.recent = options.dedupe ? new RecentIds(1_000_000) : undefined;
+    const bytes = this.bytes;
+    this.admission = {
+      capacity: bytes.capacity,
+      tryReserve: (n) => bytes.tryAcquire(n),
+      reserve: (n, signal) => this.waitFor(bytes, n, signal),
+      unreserve: (n) => bytes.release(n),
+    };
   }
-
-  /** The byte bound as sources see it: reserved before a record is read, given back when its batch is done. */
-  readonly admission: ByteAdmission = {
-    tryReserve: (n) => this.bytes.tryAcquire(n),
-    reserve: (n, signal) => this.waitFor(this.bytes, n, signal),
-    unreserve: (n) => this.bytes.release(n),
-  };
 
   /** Waits for room for the batch's records, then takes it in; its records are the caller's to process. */
   async admit(batch: SourceBatch): Promise<BatchEntry> {

@@ -97,6 +97,8 @@ export class WebDatasetSource implements Source {
 
   async *batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch> {
     const limits = { ...WEBDATASET_DEFAULTS, ...definedOnly(this.options) };
+    // A sample the pipeline could never hold in flight would wait for room for ever: it is over the sample limit.
+    if (admission) limits.maxSampleBytes = Math.min(limits.maxSampleBytes, admission.capacity);
     let records: SourceRecord[] = [];
     let bytes = 0;
     const cut = (): SourceBatch => {

@@ -199,6 +199,8 @@ function runJob(run: Run, job: ShardJob, receives: number, onOutcome: (o: Outcom
     policy: o.policy,
     extraSinks: run.audit ? [run.audit] : [],
     samplesPerShard: o.config.samplesPerShard,
+    maxSampleBytes: o.config.maxSampleBytes,
+    maxPendingBytes: o.config.maxPendingBytes,
     intakeConcurrency: o.config.intakeConcurrency,
     abort: o.abort,
     attempt: receives,

@@ -158,6 +158,7 @@ test('shards written by tar-stream (the curated sink writer) read back whole', a
 function admission(capacity: number) {
   const sem = new Semaphore(capacity);
   const a = {
+    capacity,
     held: 0,
     peak: 0,
     waits: 0,
@@ -273,4 +274,25 @@ test('batches are cut by bytes, and a reader out of room hands over what it hold
   assert.ok(a.peak <= 3100, `held ${a.peak} bytes`);
   // Out of room with one sample read: it went out alone rather than wait on room that only its own commit frees.
   assert.ok(a.waits > 0 && sizes.includes(1), `batches ${sizes.join(',')}, waits ${a.waits}`);
+});
+
+test('a sample larger than the bytes the pipeline may hold at all is rejected, not waited for', async () => {
+  const tar = ustar([
+    ['big.jpg', Buffer.alloc(2000, 3)],
+    ['big.txt', Buffer.from('c')],
+    ['ok.jpg', Buffer.alloc(100, 3)],
+    ['ok.txt', Buffer.from('c')],
+  ]);
+  const { shard } = countingShard('cap.tar', tar);
+  const a = admission(1500);
+  const records: SourceRecord[] = [];
+  for await (const b of WebDatasetSource.of([shard]).batches(new AbortController().signal, a)) {
+    records.push(...b.records);
+    a.unreserve(b.bytes ?? 0);
+  }
+  const [big, ok] = records.map(outcome);
+  assert.equal(big!.reason?.detail?.kind, 'sample_too_large');
+  assert.equal(big!.reason?.detail?.limit, 1500);
+  assert.equal(ok!.id, 'ok');
+  assert.equal(a.held, 0);
 });
