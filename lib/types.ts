@@ -108,6 +108,28 @@ export interface SourceBatch {
   /** The only thing that acknowledges this batch. */
   readonly committer: Committer;
   readonly revoked?: AbortSignal;
+  /**
+   * Bytes the source reserved through the pipeline's ByteAdmission for this batch's records; the pipeline gives
+   * them back when the batch is committed or dropped. Absent when the source reserved nothing.
+   */
+  readonly bytes?: number;
+}
+
+/**
+ * The pipeline's bound on record bytes in flight (read and not yet committed), offered to sources whose records can
+ * be large (WebDataset samples): a source reserves a record's bytes before it reads them and carries the total in
+ * SourceBatch.bytes. A source holding a batch it has not yielded yet must yield it before waiting on reserve: the
+ * bytes that would free the room may be its own.
+ */
+export interface ByteAdmission {
+  /** The most bytes ever held at once: a record over it could never be admitted (its source refuses it). */
+  readonly capacity: number;
+  /** Takes `bytes` now if there is room; false (nothing taken) if not. */
+  tryReserve(bytes: number): boolean;
+  /** Waits for room for `bytes`; rejects when `signal` aborts or the run stops. */
+  reserve(bytes: number, signal: AbortSignal): Promise<void>;
+  /** Gives back bytes reserved that no yielded batch carries (a record read and then let go). */
+  unreserve(bytes: number): void;
 }
 
 /**
@@ -132,7 +154,7 @@ export const NO_COMMIT: Committer = {
 
 export interface Source {
   /** Yields batches until the input ends or `signal` aborts. Bounded: it must not read ahead without limit. */
-  batches(signal: AbortSignal): AsyncIterable<SourceBatch>;
+  batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch>;
   /** Total records when known in advance (for ETA), else undefined. */
   readonly sizeHint?: number;
   close(): Promise<void>;

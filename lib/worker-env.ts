@@ -38,6 +38,8 @@ export const WORKER_ENV = {
   MLMF_TRANSACTIONAL_ID: 'Kafka transactional id of this worker slot',
   MLMF_EXACTLY_ONCE: 'false turns Kafka transactions off (at-least-once)',
   MLMF_SHARD_SAMPLES: 'accepted samples per curated shard',
+  MLMF_MAX_SAMPLE_BYTES: 'sqs-shards: most bytes one input sample keeps (image, .txt, .json)',
+  MLMF_MAX_PENDING_BYTES: 'sqs-shards: input sample bytes read and not yet written',
   MLMF_FLUSH_MS: 'idle time before a partial shard is written',
   MLMF_SESSION_TIMEOUT_MS: 'Kafka group session timeout',
   MLMF_KAFKA_RETRY_BUDGET_MS: 'how long a Kafka outage is retried (commits, consumer restarts) before the worker exits',

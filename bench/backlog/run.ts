@@ -3,7 +3,12 @@
  * intake (inline JPEGs, so no network) into the real local sinks, behind a deliberately slow scorer, and samples RSS.
  * The scorer is the bottleneck by construction, so the backlog sits in the input file, not in memory.
  *
- *   npx tsx bench/backlog/run.ts [--records 100000] [--scorer-ms-per-batch 8] [--batch 16]
+ *   npm run bench:backlog -- [--records 100000] [--scorer-ms-per-batch 8] [--batch 16] [--model DIR] [--sample-ms 500]
+ *
+ * `--model DIR` scores with the real MLM scorer (e.g. test/fixtures/models/tiny-llava-qwen) instead of the stand-in,
+ * so the scorer's own memory (onnxruntime sessions, its worker thread) is in the figures. RSS, V8 heap, external and
+ * ArrayBuffer memory are sampled every `--sample-ms`; "steady" is the median of the samples taken in the second half of
+ * the run (after the pipeline has filled its bounds), "peak" the highest RSS seen.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +28,8 @@ const { values } = parseArgs({
     records: { type: 'string', default: '100000' },
     'scorer-ms-per-batch': { type: 'string', default: '8' },
     batch: { type: 'string', default: '16' },
+    model: { type: 'string' },
+    'sample-ms': { type: 'string', default: '500' },
   },
 });
 const n = Number(values.records);
@@ -76,21 +83,31 @@ writeFileSync(input, lines.join('\n') + '\n');
 lines.length = 0;
 global.gc?.();
 
-const scorer = new SlowScorer();
+const scorer: Scorer = values.model
+  ? await (await import('../../lib/model/index.ts')).loadScorer(values.model, { batchSize: batch })
+  : new SlowScorer();
 const source = await JsonlSource.open({ path: input });
 const curated = await LocalCuratedSink.open({ dir: join(dir, 'curated'), model: scorer.model });
 const audit = await LocalAuditSink.open({ path: join(dir, 'rejects.jsonl'), model: scorer.model });
 let peak = 0;
-const samples: { records: number; rssMiB: number }[] = [];
+type Sample = { records: number; rssMiB: number; heapMiB: number; externalMiB: number; arrayBuffersMiB: number };
+const samples: Sample[] = [];
 let done = 0;
+const mib = (n: number) => Math.round(n / 2 ** 20);
 const sampler = setInterval(() => {
   const rss = process.memoryUsage().rss;
   peak = Math.max(peak, rss);
 }, 50);
-const report = setInterval(
-  () => samples.push({ records: done, rssMiB: Math.round(process.memoryUsage().rss / 2 ** 20) }),
-  5000,
-);
+const report = setInterval(() => {
+  const m = process.memoryUsage();
+  samples.push({
+    records: done,
+    rssMiB: mib(m.rss),
+    heapMiB: mib(m.heapUsed),
+    externalMiB: mib(m.external),
+    arrayBuffersMiB: mib(m.arrayBuffers),
+  });
+}, Number(values['sample-ms']));
 const started = Date.now();
 const stats = await runPipeline({
   source,
@@ -105,6 +122,16 @@ await audit.close();
 clearInterval(sampler);
 clearInterval(report);
 const seconds = (Date.now() - started) / 1000;
+const median = (key: keyof Sample) => {
+  const xs = samples
+    .slice(Math.floor(samples.length / 2))
+    .map((x) => x[key])
+    .sort((a, b) => a - b);
+  return xs[Math.floor(xs.length / 2)] ?? 0;
+};
+global.gc?.();
+const afterGc = process.memoryUsage();
+await scorer.close();
 rmSync(dir, { recursive: true, force: true });
 console.log(
   JSON.stringify(
@@ -114,8 +141,15 @@ console.log(
       rejected: stats.rejected,
       seconds,
       pairsPerSecond: +(stats.records / seconds).toFixed(1),
-      peakRssMiB: Math.round(peak / 2 ** 20),
-      rssOverTime: samples,
+      peakRssMiB: mib(peak),
+      steady: {
+        rssMiB: median('rssMiB'),
+        heapMiB: median('heapMiB'),
+        externalMiB: median('externalMiB'),
+        arrayBuffersMiB: median('arrayBuffersMiB'),
+      },
+      afterGc: { rssMiB: mib(afterGc.rss), heapMiB: mib(afterGc.heapUsed), externalMiB: mib(afterGc.external) },
+      rssOverTime: samples.filter((_, i) => i % Math.max(1, Math.floor(samples.length / 12)) === 0),
     },
     null,
     1,

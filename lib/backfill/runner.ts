@@ -11,7 +11,7 @@ import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type ImageIntake, type PipelineLogger } from '../pipeline/index.ts';
 import type { Policy } from '../policy/index.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
-import type { Outcome, Scorer, Sink, Source, SourceBatch } from '../types.ts';
+import type { ByteAdmission, Outcome, Scorer, Sink, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import {
   doneKey,
@@ -43,6 +43,10 @@ export interface ShardJobOptions {
   readonly maxPendingRecords?: number;
   readonly intakeConcurrency?: number;
   readonly maxMemberBytes?: number;
+  /** Most bytes one input sample keeps (lib/sources/webdataset.ts). Default 32 MiB. */
+  readonly maxSampleBytes?: number;
+  /** Input sample bytes read and not yet written (runPipeline's maxPendingBytes). Default 256 MiB. */
+  readonly maxPendingBytes?: number;
   readonly rangeBytes?: number;
   readonly pair?: PairOptions;
   readonly retry?: RetryOptions;
@@ -79,6 +83,7 @@ export async function runShardJob(job: ShardJob, options: ShardJobOptions): Prom
     WebDatasetSource.of([{ path: job.input, open: async () => input.bytes }], {
       batchSize: options.batchSize ?? 64,
       maxMemberBytes: options.maxMemberBytes,
+      maxSampleBytes: options.maxSampleBytes,
     }),
   );
   try {
@@ -91,6 +96,7 @@ export async function runShardJob(job: ShardJob, options: ShardJobOptions): Prom
       pair: options.pair,
       intakeConcurrency: options.intakeConcurrency,
       maxPendingRecords: options.maxPendingRecords ?? 1024,
+      maxPendingBytes: options.maxPendingBytes,
       // One shard, one run: a repeated id inside the shard is a `duplicate` reject, as in `mlm-filter filter`.
       dedupe: true,
       abort,
@@ -184,8 +190,8 @@ class WholeShard implements Source {
 
   constructor(private readonly inner: WebDatasetSource) {}
 
-  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
-    for await (const batch of this.inner.batches(signal)) {
+  async *batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch> {
+    for await (const batch of this.inner.batches(signal, admission)) {
       this.records += batch.records.length;
       yield batch;
     }

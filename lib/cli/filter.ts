@@ -17,7 +17,7 @@ import {
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
-import { WebDatasetSource } from '../sources/webdataset.ts';
+import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
 import type { Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -68,6 +68,10 @@ export interface FilterJobOptions {
   readonly pair?: PairOptions;
   /** Images fetched and decoded at once. Default 32. */
   readonly concurrency?: number;
+  /** WebDataset input: most bytes one sample keeps (image, .txt, .json). Default 32 MiB (lib/sources/webdataset.ts). */
+  readonly maxSampleBytes?: number;
+  /** WebDataset input: sample bytes read and not yet written, the bound on memory. Default 256 MiB. */
+  readonly maxPendingBytes?: number;
   /** Accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
@@ -83,10 +87,11 @@ export async function openInput(
   input: string,
   format: FilterJobOptions['inputFormat'],
   pair?: PairOptions,
+  read: WebDatasetReadOptions = {},
 ): Promise<Source> {
   const fmt =
     format ?? (input !== '-' && (/\.tar$/i.test(input) || !/\.[a-z0-9]+$/i.test(input)) ? 'webdataset' : 'jsonl');
-  if (fmt === 'webdataset') return WebDatasetSource.open({ paths: [input] });
+  if (fmt === 'webdataset') return WebDatasetSource.open({ ...read, paths: [input] });
   // A line is buffered up to the record limit and no further: a longer one is refused by size, not held.
   return JsonlSource.open({
     path: input,
@@ -121,7 +126,9 @@ async function runInLockedOutput(
   const top = options.topFraction;
   const { resume, overwrite } = options;
   const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: top !== undefined });
-  const input = await openInput(options.input, options.inputFormat, options.pair);
+  const input = await openInput(options.input, options.inputFormat, options.pair, {
+    maxSampleBytes: options.maxSampleBytes,
+  });
   const scorer = await loadScorer(options.model, { ...options.scorer, metrics });
   try {
     const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
@@ -169,6 +176,7 @@ async function runInLockedOutput(
         sinks: [staging ?? curated, audit],
         pair: options.pair,
         intakeConcurrency: options.concurrency,
+        maxPendingBytes: options.maxPendingBytes,
         signal: options.signal,
         abort: options.abort,
         logger: options.logger,

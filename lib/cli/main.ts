@@ -209,6 +209,16 @@ function addFilterCommand(program: Command): void {
     .addOption(
       opt('--max-caption-chars <n>', 'longest caption accepted', '4096').argParser(positiveInt('--max-caption-chars')),
     )
+    .addOption(
+      opt('--max-sample-bytes <n>', 'WebDataset: most bytes a sample keeps (image, .txt, .json)', '33554432').argParser(
+        positiveInt('--max-sample-bytes'),
+      ),
+    )
+    .addOption(
+      opt('--max-pending-bytes <n>', 'WebDataset: sample bytes read and not yet written', '268435456').argParser(
+        positiveInt('--max-pending-bytes'),
+      ),
+    )
     .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
     .addOption(
@@ -271,6 +281,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
     },
     pair: { ...config.pair, ...(flags.maxCaptionChars ? { maxCaptionChars: flags.maxCaptionChars } : {}) },
     concurrency: flags.concurrency ?? config.concurrency,
+    maxSampleBytes: flags.maxSampleBytes ?? config.maxSampleBytes,
+    maxPendingBytes: flags.maxPendingBytes ?? config.maxPendingBytes,
     samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,

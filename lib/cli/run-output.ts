@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { curatedFileKind, LocalCuratedSink } from '../sinks/local-curated.ts';
-import type { Source, SourceBatch, SourceRecord } from '../types.ts';
+import type { ByteAdmission, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, RejectError } from '../types.ts';
 import { SummaryCollector } from '../metrics/run-summary.ts';
 import { LOCK_ENTRY } from './out-lock.ts';
@@ -251,13 +251,14 @@ export class ResumedSource implements Source {
     return this.input.sizeHint;
   }
 
-  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
-    for await (const batch of this.input.batches(signal)) {
+  async *batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch> {
+    for await (const batch of this.input.batches(signal, admission)) {
       const records = batch.records.filter((r) => !this.done.has(recordId(r, this.pair)));
       this.skipped += batch.records.length - records.length;
       // A batch left empty is not handed on: the inputs a run can resume (files, stdin) have nothing to commit.
       if (records.length === batch.records.length) yield batch;
       else if (records.length > 0) yield { ...batch, records };
+      else admission?.unreserve(batch.bytes ?? 0);
     }
   }
 

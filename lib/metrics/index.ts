@@ -1,4 +1,4 @@
-export { WorkerMetrics, PROM, type WorkerMetricsOptions } from './worker-metrics.ts';
+export { WorkerMetrics, PROM, observed, type ObservedOutcome, type WorkerMetricsOptions } from './worker-metrics.ts';
 export {
   emfDocument,
   ValueCounter,

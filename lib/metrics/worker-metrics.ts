@@ -12,6 +12,16 @@ import type { MetricShort, ModelInfo, Outcome } from '../types.ts';
 import { METRICS } from '../types.ts';
 import { emfDocument, ValueCounter, type EmfMetric } from './emf.ts';
 
+/** What the metrics read of an outcome: small enough to hold until the outcome is final (a shard job's end). */
+export type ObservedOutcome = Pick<Outcome, 'decision' | 'scores'> & { readonly reasons: readonly { code: string }[] };
+
+/** The part of an outcome the metrics keep, without its record (the record's bytes must not live on here). */
+export const observed = (o: ObservedOutcome): ObservedOutcome => ({
+  decision: o.decision,
+  reasons: o.reasons.map(({ code }) => ({ code })),
+  scores: o.scores,
+});
+
 /** Options of {@link WorkerMetrics}. */
 export interface WorkerMetricsOptions {
   /** Value of the `Pipeline` dimension. Default: `$MLMF_PIPELINE`, else `default`. */
@@ -189,8 +199,12 @@ export class WorkerMetrics {
     }
   }
 
-  /** Counts one record's end state: in, accepted or rejected (by each distinct reason code), and its scores. */
-  observe(outcome: Outcome): void {
+  /**
+   * Counts one record's final outcome: in, accepted or rejected (by each distinct reason code), and its scores. Call
+   * it once per record, when the outcome is committed (a batch committed, a shard job done), never for an attempt
+   * that may be retried.
+   */
+  observe(outcome: Outcome | ObservedOutcome): void {
     this.prom.pairsIn.inc();
     this.interval.pairsIn++;
     if (outcome.decision === 'accept') {
@@ -212,7 +226,7 @@ export class WorkerMetrics {
     }
   }
 
-  observeAll(outcomes: Iterable<Outcome>): void {
+  observeAll(outcomes: Iterable<Outcome | ObservedOutcome>): void {
     for (const o of outcomes) this.observe(o);
   }
 

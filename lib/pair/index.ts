@@ -34,7 +34,8 @@ export interface UnreadableSample extends RawSample {
 
 const isUnreadable = (s: RawSample): s is UnreadableSample => (s as Partial<UnreadableSample>).unreadable !== undefined;
 
-const IMAGE_EXTS = ['jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff', 'avif'];
+/** A WebDataset sample's image member: the first of these extensions it has, in this order, is the pair's image. */
+export const IMAGE_EXTS = ['jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff', 'avif'];
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const sha256 = (...parts: (string | Buffer)[]) => {
   const h = createHash('sha256');

@@ -3,7 +3,7 @@ import type { Policy } from '../policy/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import type { Outcome, Scorer, Sink, Source } from '../types.ts';
 import { ScoreBatcher } from './batcher.ts';
-import { BatchLedger, type BatchEntry } from './ledger.ts';
+import { BatchLedger, DEFAULT_MAX_PENDING_BYTES, type BatchEntry } from './ledger.ts';
 import { silentLogger, type PipelineLogger } from './logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
 import { RunFailure } from './run-failure.ts';
@@ -29,6 +29,11 @@ export interface PipelineOptions {
   readonly maxPreparedImages?: number;
   /** Records admitted but not yet committed: the bound on memory under any backlog. Default 4096. */
   readonly maxPendingRecords?: number;
+  /**
+   * Record bytes read and not yet committed, for sources that reserve them (WebDataset samples): the bound on memory
+   * when records are large. Default 256 MiB (PIPELINE_DEFAULTS); keep it at least the source's per-record limit.
+   */
+  readonly maxPendingBytes?: number;
   /** Longest wait for a scorer batch to fill, ms. Default 50. */
   readonly batchWaitMs?: number;
   /** Scorer batches in flight at once. Default 2 (one assembles while one runs). */
@@ -55,6 +60,11 @@ export interface PipelineOptions {
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
   readonly logger?: PipelineLogger;
 }
+
+export const PIPELINE_DEFAULTS = {
+  maxPendingRecords: 4096,
+  maxPendingBytes: DEFAULT_MAX_PENDING_BYTES,
+} as const;
 
 export interface PipelineStats {
   records: number;
@@ -127,7 +137,8 @@ function assemble(options: PipelineOptions): Run {
   });
   const ledger = new BatchLedger({
     writer,
-    maxPendingRecords: options.maxPendingRecords ?? 4096,
+    maxPendingRecords: options.maxPendingRecords ?? PIPELINE_DEFAULTS.maxPendingRecords,
+    maxPendingBytes: options.maxPendingBytes ?? PIPELINE_DEFAULTS.maxPendingBytes,
     dedupe: options.dedupe !== false,
     hard,
     failure,
@@ -143,7 +154,7 @@ async function readSource(options: PipelineOptions, run: Run): Promise<void> {
   const stops = [options.signal, options.abort, run.failure.signal].filter((s): s is AbortSignal => !!s);
   const readSignal = AbortSignal.any(stops);
   try {
-    for await (const batch of options.source.batches(readSignal)) {
+    for await (const batch of options.source.batches(readSignal, run.ledger.admission)) {
       if (run.failure.failed) break;
       start(await run.ledger.admit(batch), run);
     }

@@ -1,17 +1,21 @@
 import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Outcome, SourceBatch } from '../types.ts';
+import type { ByteAdmission, Outcome, SourceBatch } from '../types.ts';
 import type { PipelineLogger } from './logger.ts';
 import { RecentIds } from './recent-ids.ts';
 import type { RunFailure } from './run-failure.ts';
 import { Semaphore } from './semaphore.ts';
 import type { SinkWriter } from './sink-writer.ts';
 
+export const DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024;
+
 export interface LedgerOptions {
   /** The sinks behind the run's retry policy. */
   readonly writer: SinkWriter;
   /** Records admitted and not yet committed or dropped: the bound on memory under any backlog. */
   readonly maxPendingRecords: number;
+  /** Record bytes reserved by the source (ByteAdmission) and not yet committed or dropped. Default 256 MiB. */
+  readonly maxPendingBytes?: number;
   /** Reject repeated pair ids seen in this run (remembers the last 1M). */
   readonly dedupe: boolean;
   /** Hard stop: in-flight batches are dropped uncommitted. */
@@ -97,6 +101,7 @@ export class BatchEntry {
 export class BatchLedger {
   private readonly open = new Set<{ entry: BatchEntry; done: Promise<void> }>();
   private readonly room: Semaphore;
+  private readonly bytes: Semaphore;
   private readonly recent: RecentIds | undefined;
   private writeTail: Promise<void> = Promise.resolve();
   private commitTail: Promise<void> = Promise.resolve();
@@ -104,15 +109,25 @@ export class BatchLedger {
   /** Records admitted that hold no outcome yet. */
   private inProgress = 0;
   readonly counts = { committed: 0, dropped: 0 };
+  /** The byte bound as sources see it: reserved before a record is read, given back when its batch is done. */
+  readonly admission: ByteAdmission;
 
   constructor(private readonly options: LedgerOptions) {
     this.room = new Semaphore(options.maxPendingRecords);
+    this.bytes = new Semaphore(options.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES);
     this.recent = options.dedupe ? new RecentIds(1_000_000) : undefined;
+    const bytes = this.bytes;
+    this.admission = {
+      capacity: bytes.capacity,
+      tryReserve: (n) => bytes.tryAcquire(n),
+      reserve: (n, signal) => this.waitFor(bytes, n, signal),
+      unreserve: (n) => bytes.release(n),
+    };
   }
 
   /** Waits for room for the batch's records, then takes it in; its records are the caller's to process. */
   async admit(batch: SourceBatch): Promise<BatchEntry> {
-    await this.waitForRoom(batch.records.length);
+    await this.waitFor(this.room, batch.records.length);
     this.inProgress += batch.records.length;
     const entry = new BatchEntry(batch, this.options.hard, this.recent, () => this.inProgress--);
     const done = this.schedule(entry);
@@ -147,7 +162,10 @@ export class BatchLedger {
     const committed = Promise.all([this.commitTail, written])
       .then(([, wrote]) => this.commitInTurn(entry, wrote))
       .catch((err: unknown) => this.commitFailed(entry, err))
-      .finally(() => this.room.release(entry.batch.records.length));
+      .finally(() => {
+        this.room.release(entry.batch.records.length);
+        this.bytes.release(entry.batch.bytes ?? 0);
+      });
     this.commitTail = committed;
     return committed;
   }
@@ -194,10 +212,11 @@ export class BatchLedger {
     });
   }
 
-  /** Waits for room for `n` more records; when only sink buffering holds the room, flushes the sinks. */
-  private async waitForRoom(n: number): Promise<void> {
+  /** Waits for `n` units of `bound`; when only sink buffering holds them, flushes the sinks. */
+  private async waitFor(bound: Semaphore, n: number, stop?: AbortSignal): Promise<void> {
     const { failure } = this.options;
-    const acquired = this.room.acquire(n, AbortSignal.any([this.options.hard, failure.signal]));
+    const stops = [this.options.hard, failure.signal, ...(stop ? [stop] : [])];
+    const acquired = bound.acquire(n, AbortSignal.any(stops));
     let settled = false;
     void acquired.then(
       () => (settled = true),

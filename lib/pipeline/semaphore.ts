@@ -15,6 +15,14 @@ export class Semaphore {
     return this.waiters.length;
   }
 
+  /** Takes `n` units (capped at capacity) if they are free now and nobody waits; false otherwise. */
+  tryAcquire(n = 1): boolean {
+    const want = Math.min(n, this.capacity);
+    if (this.waiters.length > 0 || this.used + want > this.capacity) return false;
+    this.used += want;
+    return true;
+  }
+
   /** Takes `n` units (capped at capacity, so one oversized request still runs alone). */
   acquire(n = 1, signal?: AbortSignal): Promise<void> {
     const want = Math.min(n, this.capacity);

@@ -198,10 +198,44 @@ function parseHeader(
 }
 
 /**
+ * A regular file as readTarEntries yields it: its header, and `read` to take its data. A member the caller does not
+ * read is skipped when the reader moves on (unread: positional readers never touch its bytes), so what a member
+ * costs in memory is the caller's choice, made before the bytes exist.
+ */
+export interface TarEntry {
+  readonly type: 'member';
+  readonly name: string;
+  readonly size: number;
+  readonly offset: number;
+  /**
+   * Reads the member's data, once, before the next entry is asked for. Undefined when the shard ends inside the
+   * member (the next event says so). Absent when the member is over the size limit.
+   */
+  readonly read?: () => Promise<Buffer | undefined>;
+}
+
+/**
  * Yields the regular files of a tar shard in order, then at most one `unreadable` event (which ends the shard).
  * `input` is a local path or TarBytes; either is closed when the generator ends.
  */
 export async function* readTar(input: string | TarBytes, maxMemberBytes: number): AsyncGenerator<TarEvent> {
+  for await (const entry of readTarEntries(input, maxMemberBytes)) {
+    if (entry.type === 'unreadable' || !entry.read) {
+      yield entry;
+      continue;
+    }
+    const { name, size, offset } = entry;
+    const data = await entry.read();
+    // Undefined: the shard ends inside the member, and the next event is that.
+    if (data) yield { type: 'member', name, size, offset, data };
+  }
+}
+
+/** readTar with the data left to the caller (TarEntry.read): members the caller has no use for are never read. */
+export async function* readTarEntries(
+  input: string | TarBytes,
+  maxMemberBytes: number,
+): AsyncGenerator<TarEntry | Unreadable> {
   let bytes: TarBytes;
   try {
     bytes = typeof input === 'string' ? await openTarFile(input) : input;
@@ -224,7 +258,7 @@ export async function* readTar(input: string | TarBytes, maxMemberBytes: number)
   }
 }
 
-async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGenerator<TarEvent> {
+async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGenerator<TarEntry | Unreadable> {
   const header = Buffer.alloc(BLOCK);
   let pos = 0;
   let longName: string | undefined;
@@ -235,7 +269,9 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
     return got;
   };
   const skip = async (n: number) => {
-    pos += n > 0 ? await bytes.skip(n) : 0;
+    const moved = n > 0 ? await bytes.skip(n) : 0;
+    pos += moved;
+    return moved;
   };
   for (;;) {
     const offset = pos;
@@ -262,23 +298,33 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
     }
     longName = undefined;
     pax = {};
-    // Directories, links, global pax headers: skipped. A member over the limit: reported without its data.
+    // Directories, links, global pax headers: skipped. A member over the limit: reported without a way to read it.
     const regular = typeflag === '0' || typeflag === '\0' || typeflag === '7';
     if (!regular || size > maxMemberBytes) {
       if (regular) yield { type: 'member', name, size, offset };
       await skip(size + pad);
       continue;
     }
-    const data = Buffer.alloc(size);
-    const have = await read(data);
-    if (have < size) {
-      return yield truncated(
-        offset,
-        `the shard ends inside member ${JSON.stringify(name)} (${have} of ${size} bytes)`,
-        name,
-      );
+    let state: 'unread' | 'read' | 'cut' = 'unread';
+    let have = 0;
+    const readData = async (): Promise<Buffer | undefined> => {
+      if (state !== 'unread') throw new Error(`member ${name} was read already`);
+      // Filled whole by the read or dropped: no need to zero it first (a 60 MiB member costs one copy, not two).
+      const data = Buffer.allocUnsafeSlow(size);
+      have = await read(data);
+      state = have < size ? 'cut' : 'read';
+      return state === 'read' ? data : undefined;
+    };
+    yield { type: 'member', name, size, offset, read: readData };
+    // A member skipped unread is cut off as surely as one read: the same event either way.
+    if (state === 'unread') {
+      have = await skip(size);
+      if (have < size) state = 'cut';
+    }
+    if (state === 'cut') {
+      const message = `the shard ends inside member ${JSON.stringify(name)} (${have} of ${size} bytes)`;
+      return yield truncated(offset, message, name);
     }
     await skip(pad);
-    yield { type: 'member', name, size, offset, data };
   }
 }

@@ -1,9 +1,9 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { UnreadableSample } from '../pair/index.ts';
-import type { RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
+import { IMAGE_EXTS, type UnreadableSample } from '../pair/index.ts';
+import type { ByteAdmission, RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { readTar, type TarBytes } from './tar-reader.ts';
+import { readTarEntries, type TarBytes } from './tar-reader.ts';
 
 /** Reading options shared by local and streamed shards. */
 export interface WebDatasetReadOptions {
@@ -14,7 +14,23 @@ export interface WebDatasetReadOptions {
    * `invalid_record` reject (detail kind `member_too_large`).
    */
   readonly maxMemberBytes?: number;
+  /**
+   * Most bytes one sample keeps: its image, `.txt` and `.json` members (the only ones a pair is made of; any other
+   * member is skipped unread, whatever its size). Default 32 MiB: twice what the intake takes of an inline image
+   * (16 MiB) plus the caption and metadata limits. A sample over it is skipped unread from the member that crosses
+   * it, and ends as an `invalid_record` reject (detail kind `sample_too_large`).
+   */
+  readonly maxSampleBytes?: number;
+  /** Most sample bytes in one batch: a batch is cut at this or at batchSize samples, whichever comes first. Default 64 MiB. */
+  readonly maxBatchBytes?: number;
 }
+
+export const WEBDATASET_DEFAULTS: Required<WebDatasetReadOptions> = {
+  batchSize: 64,
+  maxMemberBytes: 64 * 1024 * 1024,
+  maxSampleBytes: 32 * 1024 * 1024,
+  maxBatchBytes: 64 * 1024 * 1024,
+};
 
 /** Options of the WebDataset source: img2dataset / DataComp shards (`<key>.jpg|png|webp`, `.txt`, `.json`). */
 export interface WebDatasetSourceOptions extends WebDatasetReadOptions {
@@ -79,27 +95,47 @@ export class WebDatasetSource implements Source {
     return new WebDatasetSource(shards, options);
   }
 
-  async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
-    const size = this.options.batchSize ?? 64;
-    const maxMember = this.options.maxMemberBytes ?? 64 * 1024 * 1024;
+  async *batches(signal: AbortSignal, admission?: ByteAdmission): AsyncIterable<SourceBatch> {
+    const limits = { ...WEBDATASET_DEFAULTS, ...definedOnly(this.options) };
+    // A sample the pipeline could never hold in flight would wait for room for ever: it is over the sample limit.
+    if (admission) limits.maxSampleBytes = Math.min(limits.maxSampleBytes, admission.capacity);
     let records: SourceRecord[] = [];
-    const batch = (recs: SourceRecord[]): SourceBatch => ({ records: recs, committer: NO_COMMIT });
+    let bytes = 0;
+    const cut = (): SourceBatch => {
+      const batch = { records, committer: NO_COMMIT, ...(admission ? { bytes } : {}) };
+      records = [];
+      bytes = 0;
+      return batch;
+    };
     for (const shard of this.shards) {
       const path = typeof shard === 'string' ? shard : shard.path;
-      for await (const sample of readSamples(shard, maxMember)) {
+      for await (const item of readSamples(shard, limits, admission, signal)) {
         if (signal.aborted) return;
-        records.push({ raw: sample, origin: { kind: 'webdataset', path, key: sample.key } });
-        if (records.length >= size) {
-          yield batch(records);
-          records = [];
+        // The reader is about to wait for room: what it read so far goes out first (its bytes may be the room).
+        if (item === STARVED) {
+          if (records.length > 0) yield cut();
+          continue;
         }
+        if (records.length > 0 && bytes + item.bytes > limits.maxBatchBytes) yield cut();
+        records.push({ raw: item.sample, origin: { kind: 'webdataset', path, key: item.sample.key } });
+        bytes += item.bytes;
+        if (records.length >= limits.batchSize || bytes >= limits.maxBatchBytes) yield cut();
       }
     }
-    if (records.length > 0 && !signal.aborted) yield batch(records);
+    if (records.length > 0 && !signal.aborted) yield cut();
   }
 
   async close(): Promise<void> {}
 }
+
+const definedOnly = <T extends object>(o: T): Partial<T> =>
+  Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+
+type Limits = typeof WEBDATASET_DEFAULTS;
+
+/** What readSamples hands the batcher: a sample with the bytes reserved for it, or word that it is about to wait. */
+const STARVED = Symbol('starved');
+type ReadItem = { readonly sample: RawSample; readonly bytes: number } | typeof STARVED;
 
 const unreadable = (key: string, kind: string, message: string, detail: Record<string, unknown>): UnreadableSample => ({
   key,
@@ -107,7 +143,33 @@ const unreadable = (key: string, kind: string, message: string, detail: Record<s
   unreadable: { code: 'invalid_record', message, detail: { field: 'shard', kind, ...detail } },
 });
 
-async function* readSamples(shard: string | TarShard, maxMember: number): AsyncGenerator<RawSample> {
+/** How much a member's extension is worth to the pair: image rank (lower wins), 'text', or undefined (unused). */
+function use(ext: string): number | 'text' | undefined {
+  if (ext === 'txt' || ext === 'json') return 'text';
+  const rank = IMAGE_EXTS.indexOf(ext);
+  return rank === -1 ? undefined : rank;
+}
+
+/** The sample being read: the members it keeps, the bytes reserved for them, or why it is a reject. */
+interface Current {
+  readonly key: string;
+  readonly members: Record<string, Buffer>;
+  bytes: number;
+  image?: string;
+  problem?: { kind: 'member_too_large' | 'sample_too_large'; name: string; size: number; offset: number };
+}
+
+/**
+ * The samples of one shard. Only the members a pair is made of are read (the best-ranked image, `.txt`, `.json`),
+ * each after its bytes are reserved through `admission`; a sample over its limits is let go at once (its bytes
+ * given back) and becomes one reject. Before waiting for room, it yields STARVED.
+ */
+async function* readSamples(
+  shard: string | TarShard,
+  limits: Limits,
+  admission: ByteAdmission | undefined,
+  signal: AbortSignal,
+): AsyncGenerator<ReadItem> {
   const path = typeof shard === 'string' ? shard : shard.path;
   let input: string | TarBytes = path;
   if (typeof shard !== 'string') {
@@ -116,45 +178,89 @@ async function* readSamples(shard: string | TarShard, maxMember: number): AsyncG
     } catch (err) {
       if (err instanceof FilterError) throw err;
       const message = `shard ${path} cannot be opened: ${(err as Error).message}`;
-      return yield unreadable('@0', 'unreadable_shard', message, { shard: path, offset: 0 });
+      return yield { sample: unreadable('@0', 'unreadable_shard', message, { shard: path, offset: 0 }), bytes: 0 };
     }
   }
-  let current:
-    | { key: string; members: Record<string, Buffer>; tooLarge?: { name: string; size: number; offset: number } }
-    | undefined;
-  const finish = (s: NonNullable<typeof current>): RawSample => {
-    if (!s.tooLarge) return { key: s.key, members: s.members };
-    const { name, size, offset } = s.tooLarge;
-    return unreadable(
-      s.key,
-      'member_too_large',
-      `sample ${s.key}: member ${name} of shard ${path} claims ${size} bytes, over the ${maxMember}-byte limit (skipped unread)`,
-      { shard: path, offset, member: name, size, limit: maxMember },
-    );
+  const letGo = (s: Current) => {
+    admission?.unreserve(s.bytes);
+    s.bytes = 0;
+    for (const ext of Object.keys(s.members)) delete s.members[ext];
   };
-  for await (const event of readTar(input, maxMember)) {
-    if (event.type === 'unreadable') {
-      const key = event.name !== undefined ? splitName(event.name.replace(/^\.\//, ''))[0] : undefined;
+  const finish = (s: Current): ReadItem => {
+    if (!s.problem) return { sample: { key: s.key, members: s.members }, bytes: s.bytes };
+    letGo(s);
+    return { sample: overLimit(s, path, limits), bytes: 0 };
+  };
+  let current: Current | undefined;
+  for await (const entry of readTarEntries(input, limits.maxMemberBytes)) {
+    if (entry.type === 'unreadable') {
+      const key = entry.name !== undefined ? splitName(entry.name.replace(/^\.\//, ''))[0] : undefined;
       // The sample being read when the shard ended is incomplete: it is part of the unreadable rest.
       if (current && current.key !== key) yield finish(current);
-      yield unreadable(
-        key ?? `@${event.offset}`,
-        event.kind,
-        `shard ${path} is unreadable from byte ${event.offset}: ${event.message}`,
-        { shard: path, offset: event.offset, ...(event.name !== undefined ? { member: event.name } : {}) },
+      else if (current) letGo(current);
+      const sample = unreadable(
+        key ?? `@${entry.offset}`,
+        entry.kind,
+        `shard ${path} is unreadable from byte ${entry.offset}: ${entry.message}`,
+        { shard: path, offset: entry.offset, ...(entry.name !== undefined ? { member: entry.name } : {}) },
       );
-      return;
+      return yield { sample, bytes: 0 };
     }
-    const { name, size, offset, data } = event;
+    const { name, size, offset } = entry;
     if (name.startsWith('._') || name.includes('/._')) continue;
     const [key, ext] = splitName(name.replace(/^\.\//, ''));
     if (current && current.key !== key) {
       yield finish(current);
       current = undefined;
     }
-    current ??= { key, members: {} };
-    if (data === undefined) current.tooLarge ??= { name, size, offset };
-    else current.members[ext] = data;
+    current ??= { key, members: {}, bytes: 0 };
+    const worth = use(ext);
+    if (current.problem || worth === undefined) continue;
+    if (typeof worth === 'number' && current.image !== undefined && IMAGE_EXTS.indexOf(current.image) < worth) continue;
+    if (!entry.read) {
+      current.problem = { kind: 'member_too_large', name, size, offset };
+      letGo(current);
+      continue;
+    }
+    // What this member replaces (a worse image, or the same extension again: the last one wins) goes first.
+    const replaced = typeof worth === 'number' ? current.image : ext;
+    if (replaced !== undefined && current.members[replaced]) {
+      admission?.unreserve(current.members[replaced].length);
+      current.bytes -= current.members[replaced].length;
+      delete current.members[replaced];
+    }
+    if (current.bytes + size > limits.maxSampleBytes) {
+      current.problem = { kind: 'sample_too_large', name, size: current.bytes + size, offset };
+      letGo(current);
+      continue;
+    }
+    if (admission && !admission.tryReserve(size)) {
+      yield STARVED;
+      await admission.reserve(size, signal);
+    }
+    const data = await entry.read();
+    if (!data) {
+      admission?.unreserve(size);
+      continue; // the shard ends inside it: the next event says so
+    }
+    current.members[ext] = data;
+    current.bytes += size;
+    if (typeof worth === 'number') current.image = ext;
   }
   if (current) yield finish(current);
+}
+
+function overLimit(s: Current, path: string, limits: Limits): UnreadableSample {
+  const { kind, name, size, offset } = s.problem!;
+  const detail = { shard: path, offset, member: name, size };
+  if (kind === 'member_too_large') {
+    const limit = limits.maxMemberBytes;
+    const message = `sample ${s.key}: member ${name} of shard ${path} claims ${size} bytes, over the ${limit}-byte limit (skipped unread)`;
+    return unreadable(s.key, kind, message, { ...detail, limit });
+  }
+  const limit = limits.maxSampleBytes;
+  const message =
+    `sample ${s.key} of shard ${path}: its image, .txt and .json members come to ${size} bytes with ${name}, ` +
+    `over the ${limit}-byte sample limit (skipped unread)`;
+  return unreadable(s.key, kind, message, { ...detail, limit });
 }

@@ -86,6 +86,10 @@ export interface WorkerConfig {
   readonly exactlyOnce?: boolean;
   /** MLMF_SHARD_SAMPLES: accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
+  /** MLMF_MAX_SAMPLE_BYTES (sqs-shards): most bytes one input sample keeps (image, .txt, .json). Default 32 MiB. */
+  readonly maxSampleBytes?: number;
+  /** MLMF_MAX_PENDING_BYTES (sqs-shards): input sample bytes read and not yet written. Default 256 MiB. */
+  readonly maxPendingBytes?: number;
   /**
    * MLMF_FLUSH_MS: a partial shard is written after this idle time; 0 writes one shard per source batch. Default 0,
    * because the pipeline waits for each batch to be durable before writing the next (holding would add the idle
@@ -227,6 +231,8 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     transactionalId: e('MLMF_TRANSACTIONAL_ID'),
     exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), l('MLMF_EXACTLY_ONCE')),
     samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), l('MLMF_SHARD_SAMPLES')),
+    maxSampleBytes: int(e('MLMF_MAX_SAMPLE_BYTES'), l('MLMF_MAX_SAMPLE_BYTES')),
+    maxPendingBytes: int(e('MLMF_MAX_PENDING_BYTES'), l('MLMF_MAX_PENDING_BYTES')),
     idleFlushMs: int(e('MLMF_FLUSH_MS'), l('MLMF_FLUSH_MS')),
     s3RequestTimeoutMs: int(e('MLMF_S3_TIMEOUT_MS'), l('MLMF_S3_TIMEOUT_MS')),
     sessionTimeoutMs: int(e('MLMF_SESSION_TIMEOUT_MS'), l('MLMF_SESSION_TIMEOUT_MS')),

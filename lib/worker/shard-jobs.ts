@@ -30,11 +30,11 @@ import { objectExists, putObject } from '../backfill/s3-io.ts';
 import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
 import { topicMaxMessageBytes } from '../kafka/client.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
-import type { WorkerMetrics } from '../metrics/index.ts';
+import { observed, type ObservedOutcome, type WorkerMetrics } from '../metrics/index.ts';
 import type { ImageIntake, PipelineLogger, PipelineStats } from '../pipeline/index.ts';
 import type { Policy } from '../policy/index.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
-import type { ModelInfo, Scorer, Sink } from '../types.ts';
+import type { ModelInfo, Outcome, Scorer, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
 import type { WorkerConfig } from './config.ts';
 
@@ -165,8 +165,11 @@ async function handle(run: Run, message: Message): Promise<void> {
   }
   log('info', 'shard job started', { ...ctx, input: job.input });
   const keepAlive = extendVisibility(run, message);
+  // The attempt's outcomes count once its done marker is written: a failed attempt is retried, not counted twice.
+  const outcomes: ObservedOutcome[] = [];
   try {
-    const done = await runJob(run, job, receives);
+    const done = await runJob(run, job, receives, (o) => outcomes.push(observed(o)));
+    run.o.metrics.observeAll(outcomes);
     await deleteMessage(run, message);
     count(run, done);
     log('info', 'shard job done', { ...ctx, records: done.records, accepted: done.accepted, seconds: done.seconds });
@@ -178,7 +181,7 @@ async function handle(run: Run, message: Message): Promise<void> {
   }
 }
 
-function runJob(run: Run, job: ShardJob, receives: number): Promise<ShardDone> {
+function runJob(run: Run, job: ShardJob, receives: number, onOutcome: (o: Outcome) => void): Promise<ShardDone> {
   const { o } = run;
   const { metrics, log } = o;
   const logger: PipelineLogger = {
@@ -196,10 +199,12 @@ function runJob(run: Run, job: ShardJob, receives: number): Promise<ShardDone> {
     policy: o.policy,
     extraSinks: run.audit ? [run.audit] : [],
     samplesPerShard: o.config.samplesPerShard,
+    maxSampleBytes: o.config.maxSampleBytes,
+    maxPendingBytes: o.config.maxPendingBytes,
     intakeConcurrency: o.config.intakeConcurrency,
     abort: o.abort,
     attempt: receives,
-    onOutcome: (outcome) => metrics.observe(outcome),
+    onOutcome,
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
     logger,
     retry: {

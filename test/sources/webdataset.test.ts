@@ -7,11 +7,14 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import tarStream from 'tar-stream';
 import { parseRecord, rawRecordId } from '../../lib/pair/index.ts';
+import { Semaphore } from '../../lib/pipeline/semaphore.ts';
+import { streamTarBytes, type TarBytes } from '../../lib/sources/tar-reader.ts';
 import { WebDatasetSource } from '../../lib/sources/webdataset.ts';
-import type { Reason, SourceRecord } from '../../lib/types.ts';
+import type { RawSample, Reason, SourceBatch, SourceRecord } from '../../lib/types.ts';
 import { RejectError } from '../../lib/types.ts';
 import { base256, ustar, ustarHeader, ustarMember } from './ustar.ts';
 
@@ -149,4 +152,147 @@ test('shards written by tar-stream (the curated sink writer) read back whole', a
     results.map((r) => r.id),
     ['s0', longKey],
   );
+});
+
+/** A ByteAdmission over the pipeline's own semaphore, recording the most bytes ever held. */
+function admission(capacity: number) {
+  const sem = new Semaphore(capacity);
+  const a = {
+    capacity,
+    held: 0,
+    peak: 0,
+    waits: 0,
+    take(n: number) {
+      a.held += n;
+      a.peak = Math.max(a.peak, a.held);
+    },
+    tryReserve(n: number) {
+      const ok = sem.tryAcquire(n);
+      if (ok) a.take(n);
+      return ok;
+    },
+    async reserve(n: number, signal: AbortSignal) {
+      a.waits++;
+      await sem.acquire(n, signal);
+      a.take(n);
+    },
+    unreserve(n: number) {
+      a.held -= n;
+      sem.release(n);
+    },
+  };
+  return a;
+}
+
+/** A shard as TarBytes that counts the bytes actually read (skipped bytes are not). */
+function countingShard(path: string, tar: Buffer) {
+  const counter = { read: 0 };
+  const shard = {
+    path,
+    open: async (): Promise<TarBytes> => {
+      const inner = streamTarBytes(Readable.from([tar]));
+      return {
+        read: async (buf) => {
+          const n = await inner.read(buf);
+          counter.read += n;
+          return n;
+        },
+        skip: (n) => inner.skip(n),
+        close: () => inner.close(),
+      };
+    },
+  };
+  return { shard, counter };
+}
+
+test('only the members a pair is made of are read, each sample within its byte limit, the best image kept', async () => {
+  const img = (n: number) => Buffer.alloc(n, 1);
+  const tar = ustar([
+    // s0: a png, then a better jpg (the png is let go), unused members in between, a caption.
+    ['s0.png', img(3000)],
+    ['s0.npy', img(50_000)],
+    ['s0.jpg', img(1000)],
+    ['s0.seg.jpg', img(40_000)],
+    ['s0.txt', Buffer.from('a caption')],
+    // s1: the jpg first; the webp after it is worse and is not read.
+    ['s1.jpg', img(1000)],
+    ['s1.webp', img(30_000)],
+    ['s1.txt', Buffer.from('a caption')],
+    // s2: image and json over the sample limit together: one reject, the json unread.
+    ['s2.jpg', img(3000)],
+    ['s2.json', img(3000)],
+    ['s2.txt', Buffer.from('a caption')],
+  ]);
+  const { shard, counter } = countingShard('mem.tar', tar);
+  const a = admission(1 << 20);
+  const source = WebDatasetSource.of([shard], { maxSampleBytes: 5000 });
+  const batches = [];
+  for await (const b of source.batches(new AbortController().signal, a)) batches.push(b);
+  const records = batches.flatMap((b) => b.records);
+  const members = records.map((r) => Object.keys((r.raw as RawSample).members).sort());
+  assert.deepEqual(members, [['jpg', 'txt'], ['jpg', 'txt'], []]);
+  const s2 = outcome(records[2]!).reason!;
+  assert.equal(s2.detail?.kind, 'sample_too_large');
+  assert.equal(s2.detail?.member, 's2.json');
+  assert.equal(s2.detail?.size, 6000);
+  assert.equal(s2.detail?.limit, 5000);
+  // Read: the headers (and the end block), s0's png (then let go) and jpg, s1's jpg, s2's jpg, the two captions of
+  // the samples that keep them; nothing else.
+  const headers = 12 * 512;
+  assert.equal(counter.read, headers + 3000 + 1000 + 1000 + 3000 + 2 * 'a caption'.length);
+  // The batch carries exactly the bytes still reserved for its records.
+  assert.equal(
+    batches.reduce((n, b) => n + (b.bytes ?? 0), 0),
+    2 * (1000 + 'a caption'.length),
+  );
+  assert.equal(a.held, 2 * (1000 + 'a caption'.length));
+});
+
+test('batches are cut by bytes, and a reader out of room hands over what it holds before it waits', async () => {
+  const keys = Array.from({ length: 12 }, (_, i) => `k${String(i).padStart(2, '0')}`);
+  const tar = ustar(
+    keys.flatMap((k) => [[`${k}.jpg`, Buffer.alloc(1000, 2)] as [string, Buffer], [`${k}.txt`, Buffer.from('c')]]),
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-wds-'));
+  writeFileSync(join(dir, 'b.tar'), tar);
+  // Room for about three samples; a batch holds up to 64 samples or 2002 bytes (two samples).
+  const a = admission(3100);
+  const source = await WebDatasetSource.open({ paths: [dir], maxBatchBytes: 2002 });
+  const sizes: number[] = [];
+  const pending: SourceBatch[] = [];
+  for await (const b of source.batches(new AbortController().signal, a)) {
+    sizes.push(b.records.length);
+    assert.ok((b.bytes ?? 0) <= 2002, `a batch of ${b.bytes} bytes`);
+    // The pipeline commits a batch some time after it is handed over: here, once the next one arrives.
+    pending.push(b);
+    while (pending.length > 1) a.unreserve(pending.shift()!.bytes ?? 0);
+  }
+  assert.equal(
+    sizes.reduce((x, y) => x + y, 0),
+    12,
+  );
+  assert.ok(a.peak <= 3100, `held ${a.peak} bytes`);
+  // Out of room with one sample read: it went out alone rather than wait on room that only its own commit frees.
+  assert.ok(a.waits > 0 && sizes.includes(1), `batches ${sizes.join(',')}, waits ${a.waits}`);
+});
+
+test('a sample larger than the bytes the pipeline may hold at all is rejected, not waited for', async () => {
+  const tar = ustar([
+    ['big.jpg', Buffer.alloc(2000, 3)],
+    ['big.txt', Buffer.from('c')],
+    ['ok.jpg', Buffer.alloc(100, 3)],
+    ['ok.txt', Buffer.from('c')],
+  ]);
+  const { shard } = countingShard('cap.tar', tar);
+  const a = admission(1500);
+  const records: SourceRecord[] = [];
+  for await (const b of WebDatasetSource.of([shard]).batches(new AbortController().signal, a)) {
+    records.push(...b.records);
+    a.unreserve(b.bytes ?? 0);
+  }
+  const [big, ok] = records.map(outcome);
+  assert.equal(big!.reason?.detail?.kind, 'sample_too_large');
+  assert.equal(big!.reason?.detail?.limit, 1500);
+  assert.equal(ok!.id, 'ok');
+  assert.equal(a.held, 0);
 });
