@@ -34,13 +34,7 @@ import type { Kafka } from 'kafkajs';
 import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { runShardJobs } from './shard-jobs.ts';
-import {
-  defaultTransactionalId,
-  policyFromConfig,
-  scoredMetrics,
-  validateConfig,
-  type WorkerConfig,
-} from './config.ts';
+import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
 
@@ -174,7 +168,7 @@ async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, c
   const groupId = config.groupId ?? 'mlm-filter';
   const hub = await KafkaProducerHub.open({
     kafka,
-    transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
+    transactions: exactlyOnce ? { groupId, idPrefix: config.transactionalIdPrefix } : undefined,
     commitRetryBudgetMs: config.kafkaRetryBudgetMs,
     logger: { warn: (msg, ctx) => log('warn', msg, ctx) },
   });

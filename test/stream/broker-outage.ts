@@ -158,7 +158,7 @@ function startWorker(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number)
     MLMF_BROKERS: broker.address,
     MLMF_SOURCE_TOPIC: stage.t,
     MLMF_GROUP_ID: stage.groupId,
-    MLMF_TRANSACTIONAL_ID: `${stage.t}-tx`,
+    MLMF_TRANSACTIONAL_ID_PREFIX: `${stage.t}-tx`,
     MLMF_AUDIT_TOPIC: stage.audit,
     MLMF_ACCEPTED_TOPIC: stage.accepted,
     MLMF_BUCKET: stage.bucket,

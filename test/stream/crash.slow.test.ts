@@ -113,7 +113,7 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
       MLMF_GROUP_ID: groupId,
       MLMF_BUCKET: bucket,
       MLMF_AUDIT_TOPIC: audit,
-      MLMF_TRANSACTIONAL_ID: `${t}-tx`,
+      MLMF_TRANSACTIONAL_ID_PREFIX: `${t}-tx`,
       MLMF_SESSION_TIMEOUT_MS: '6000',
       MLMF_SOURCE_BATCH: '25',
       MLMF_FLUSH_MS: '150',

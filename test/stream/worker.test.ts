@@ -190,7 +190,7 @@ describe('worker health endpoint', { skip }, () => {
         auditTopic: `${t}-audit`,
         s3Endpoint: S3_ENDPOINT,
         healthPort: port,
-        transactionalId: `${t}-tx`,
+        transactionalIdPrefix: `${t}-tx`,
         backlogSampleMs: 200,
         scorer,
       },
