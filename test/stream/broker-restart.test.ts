@@ -12,7 +12,7 @@ import kafkajs, { type Admin, type Kafka } from 'kafkajs';
 import { isPermanentKafkaError, OutageClock } from '../../lib/kafka/client.ts';
 import { KafkaProducerHub, type TopicMessage } from '../../lib/kafka/producer-hub.ts';
 import { FilterError } from '../../lib/types.ts';
-import { assertRodeOutOutage, runOutageScenario } from './broker-outage.ts';
+import { assertRodeOutOutage, runOutageScenario, runShutdownScenario } from './broker-outage.ts';
 import { needServices, readTopicToEnd, uniq } from './helpers.ts';
 import { PrivateKafkaBroker, privateBrokerUnavailable } from './private-broker.ts';
 
@@ -183,5 +183,12 @@ describe('Kafka broker restart', { skip }, () => {
     const scenario = { signal: 'SIGTERM', outageMs: 2000, before: 300, after: 60 } as const;
     const run = await runOutageScenario(broker!, scenario);
     assertRodeOutOutage(run, scenario.before);
+  });
+
+  it('mlm-filter worker exits on SIGTERM after a broker restart; a second SIGTERM exits at once', async () => {
+    const run = await runShutdownScenario(broker!, 60_000);
+    const tail = run.lines.slice(-10).join('\n');
+    assert.deepEqual(run.drained, { code: 0, signal: null }, `one SIGTERM: drained, exit 0\n${tail}`);
+    assert.deepEqual(run.twice, { code: 130, signal: null }, `two: stopped at once, exit 130 (interrupted)\n${tail}`);
   });
 });

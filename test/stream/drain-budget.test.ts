@@ -1,7 +1,8 @@
 /**
  * The worker's stop handling (lib/worker/stop-signals.ts: the container entry and `mlm-filter worker`): a first signal
  * drains, a second one or the drain budget (MLMF_DRAIN_BUDGET_MS, which the construct sets below ECS's stopTimeout)
- * abandons in-flight work, and then the process exits. The handler is driven directly; the budget is awaited by polling, not by a fixed sleep.
+ * abandons in-flight work, and then the process exits. The handler is driven directly; the budget is awaited by
+ * polling, not by a fixed sleep.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
