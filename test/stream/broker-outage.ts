@@ -378,6 +378,13 @@ export async function runShutdownScenario(broker: PrivateKafkaBroker, waitExitMs
       90_000,
     );
     second.signal('SIGTERM');
+    // Signals sent back to back can merge into one pending signal: the second goes once the first is handled.
+    const draining = () => second.lines.some((l) => l.includes('SIGTERM: graceful drain'));
+    await waitFor(
+      'the second worker draining',
+      progress(second, async () => draining()),
+      30_000,
+    );
     second.signal('SIGTERM');
     await waitFor('the worker exiting on a second SIGTERM', async () => second.exited !== undefined, 10_000).catch(
       () => undefined,
