@@ -380,7 +380,13 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     logger: pipelineLogger(log, metrics),
   });
   if (!run.abort.aborted) await Promise.all(sinks.map((s) => s.close()));
-  log('info', 'worker stopped', { ...stats, shards: curated.shardsWritten, replaySkipped: curated.skippedReplayed });
+  log('info', 'worker stopped', {
+    ...stats,
+    shards: curated.shardsWritten,
+    replaySkipped: curated.skippedReplayed,
+    // Topic messages of offsets another owner (or an earlier attempt) had committed already: not published again.
+    topicReplaySkipped: kafka.hub?.skippedReplayed ?? 0,
+  });
   return { stats, shardsWritten: curated.shardsWritten };
 }
 
