@@ -188,7 +188,7 @@ describe('partition owners fence each other (audit topic, read_committed)', { sk
       await progress('everything committed', stage.ids.length);
       assert.deepEqual(await Promise.all([a.stop(), b.stop()]), [0, 0], 'both drain and exit 0');
     } catch (err) {
-      (err as Error).message += `\n${a.tail()}\n${b.tail()}`;
+      (err as Error).message += `\ncommitted ${offsets.total()} of ${stage.ids.length}\n${a.tail()}\n${b.tail()}`;
       throw err;
     } finally {
       await offsets.stop();
@@ -230,7 +230,8 @@ describe('partition owners fence each other (audit topic, read_committed)', { sk
       await waitFor('everything committed', async () => (alive(), offsets.total() === n), 120_000);
       assert.equal(await a.stop(), 0, 'A drains and exits 0');
     } catch (err) {
-      (err as Error).message += `\n${a.tail()}\n${others.map((b) => b.tail(5)).join('\n')}`;
+      (err as Error).message +=
+        `\ncommitted ${offsets.total()} of ${stage.ids.length}\n${a.tail()}\n${others.map((b) => b.tail(5)).join('\n')}`;
       throw err;
     } finally {
       await offsets.stop();
