@@ -268,6 +268,16 @@ export class KafkaSource implements Source {
     if (!this.options.hub) return batch.messages;
     let fence = this.fences.get(batch.partition);
     if (!fence) this.fences.set(batch.partition, (fence = this.options.hub.fence(batch.topic, batch.partition)));
+    // Heartbeats go on meanwhile (a heartbeat's error goes to kafkajs): the fence may wait behind a commit of the
+    // partition that waits for one.
+    const settled = fence.then(
+      () => true,
+      () => true,
+    );
+    while (!(await Promise.race([settled, sleep(1000).then(() => false)]))) {
+      if (gone()) return undefined;
+      await this.heartbeat(payload);
+    }
     let from: bigint;
     try {
       from = await fence;
