@@ -124,7 +124,11 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
     for (let k = 0; k < KILLS; k++) {
       const w = startWorker(env);
       await w.waitLog(/joined consumer group/);
-      await pause(400 + Math.floor(Math.random() * 1200));
+      // Mid-stream: once this worker has committed (after taking over its partitions' transactional ids), at a
+      // random point of what follows.
+      const before = progress[progress.length - 1] ?? 0;
+      await waitFor('the worker committing', async () => (await committedTotal(admin, groupId, t)) > before, 60_000);
+      await pause(Math.floor(Math.random() * 1200));
       await kill9(w);
       progress.push(await committedTotal(admin, groupId, t));
     }
