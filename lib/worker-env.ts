@@ -35,7 +35,9 @@ export const WORKER_ENV = {
   MLMF_HEALTH_PORT: 'GET /healthz port (0 disables)',
   MLMF_METRICS_NAMESPACE: 'CloudWatch EMF namespace',
   MLMF_PIPELINE: 'pipeline name (metric dimension)',
-  MLMF_TRANSACTIONAL_ID: 'Kafka transactional id of this worker slot',
+  MLMF_TRANSACTIONAL_ID_PREFIX:
+    'first part of the per-input-partition Kafka transactional ids (the same on every worker)',
+  MLMF_TRANSACTIONAL_ID: 'retired (ids are per input partition now): refused, see MLMF_TRANSACTIONAL_ID_PREFIX',
   MLMF_EXACTLY_ONCE: 'false turns Kafka transactions off (at-least-once)',
   MLMF_SHARD_SAMPLES: 'accepted samples per curated shard',
   MLMF_MAX_SAMPLE_BYTES: 'sqs-shards: most bytes one input sample keeps (image, .txt, .json)',

@@ -133,7 +133,7 @@ async function stream(): Promise<{ totalMs: number; steadyMs: number; shards: nu
       auditTopic: audit,
       s3Endpoint: S3_ENDPOINT,
       healthPort: 0,
-      transactionalId: `${topic}-tx`,
+      transactionalIdPrefix: `${topic}-tx`,
       thresholds: 'itm>=50',
       intakeConcurrency: CONCURRENCY,
       allowAddresses: [allow],

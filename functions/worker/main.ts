@@ -1,14 +1,14 @@
 /**
  * The GPU worker's container entry point: configuration from the environment, signals, exit code. The worker itself
  * is composed in lib/worker/run.ts (which `mlm-filter worker` runs too). SIGTERM/SIGINT: stop fetching, finish and
- * commit what is in flight, flush sinks, exit 0; a second signal, or MLMF_DRAIN_BUDGET_MS spent, abandons in-flight
- * work (it is redelivered) and exits 1.
+ * commit what is in flight, flush sinks, exit 0; a second signal abandons in-flight work (it is redelivered) and exits 1
+ * at once; MLMF_DRAIN_BUDGET_MS spent abandons it too and exits 1 (10 s later at the latest, whatever is still open).
  */
 import { pathToFileURL } from 'node:url';
 import type { FilterError } from '../../lib/types.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
 import { jsonLog, runWorker } from '../../lib/worker/run.ts';
-import { drainBudgetFromEnv, stopSignals } from './stop-signals.ts';
+import { drainBudgetFromEnv, stopSignals } from '../../lib/worker/stop-signals.ts';
 
 export * from '../../lib/worker/run.ts';
 
@@ -16,7 +16,7 @@ export * from '../../lib/worker/run.ts';
 export async function main(): Promise<number> {
   try {
     // Drain on the first signal; abandon on a second one or when MLMF_DRAIN_BUDGET_MS (< ECS's stopTimeout) is spent.
-    const stop = stopSignals(jsonLog, drainBudgetFromEnv());
+    const stop = stopSignals(jsonLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
     process.on('SIGTERM', stop.onSignal);
     process.on('SIGINT', stop.onSignal);
     await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });

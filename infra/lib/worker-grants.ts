@@ -73,7 +73,8 @@ function grantMskSinks(role: iam.IRole, msk: MskArns, sinkTopics: readonly strin
       resources: sinkTopics.map((t) => msk.topic(t)),
     }),
   );
-  // Exactly-once: audit events and consumed offsets commit in one Kafka transaction under ids `mlmf-<group>-...`.
+  // Exactly-once: audit events and consumed offsets commit in one Kafka transaction, under one transactional id per
+  // input partition, `mlmf-<group>-<topic>-<partition>` (the worker's default MLMF_TRANSACTIONAL_ID_PREFIX).
   role.addToPrincipalPolicy(
     new iam.PolicyStatement({
       actions: ['kafka-cluster:DescribeTransactionalId', 'kafka-cluster:AlterTransactionalId'],
@@ -95,7 +96,7 @@ function acknowledgeSinkWildcards(scope: Construct, role: iam.IRole, objects: st
     Validations.of(policy).acknowledge({
       id: `AwsSolutions-IAM5[Resource::${nagResource(stack, msk.transactionalId('mlmf-*'))}]`,
       reason:
-        "kafka-cluster:DescribeTransactionalId and AlterTransactionalId on this cluster's transactional ids that start with mlmf- only: each task's id embeds its host name.",
+        "kafka-cluster:DescribeTransactionalId and AlterTransactionalId on this cluster's transactional ids that start with mlmf- only: there is one per input partition (mlmf-<group>-<topic>-<partition>), taken over by whichever task owns the partition.",
     });
   }
 }

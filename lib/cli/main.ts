@@ -355,7 +355,7 @@ function addWorkerCommand(program: Command): void {
     worker.addOption(flag.startsWith('--thresholds ') ? option.argParser(thresholdListArg) : option);
   }
   worker.action(async (flags: Record<string, string | undefined>) => {
-    const { configFrom, runWorker } = await import('../worker/run.ts');
+    const { configFrom, jsonLog, runWorker } = await import('../worker/run.ts');
     // Flags and environment by the settings' documented names: a flag wins over its variable, and an error names both.
     const byName = new Map(
       workerFlags.map(([flag, name]) => [name, { flag: flag.split(' ')[0]!, key: flagKey(flag) }]),
@@ -370,8 +370,21 @@ function addWorkerCommand(program: Command): void {
         return f ? `${f.flag} (${name})` : name;
       },
     });
-    const stops = stopSignals();
-    await runWorker(config, { signal: stops.signal, abort: stops.abort });
+    const { drainBudgetFromEnv, stopSignals: workerStops } = await import('../worker/stop-signals.ts');
+    const stop = workerStops(jsonLog, drainBudgetFromEnv(), {
+      exit: (code) => process.exit(code),
+      code: EXIT.interrupted,
+    });
+    process.on('SIGINT', stop.onSignal);
+    process.on('SIGTERM', stop.onSignal);
+    try {
+      await runWorker(config, { signal: stop.graceful, abort: stop.hard });
+      if (stop.hard.aborted) process.exitCode = EXIT.interrupted;
+    } finally {
+      // The run closed its clients; one that still holds a socket (kafkajs's heartbeat connection after a broker
+      // restart) must not keep the process alive: exit once the exit code is set and the output had time to flush.
+      setTimeout(() => process.exit(), 1000).unref();
+    }
   });
 }
 

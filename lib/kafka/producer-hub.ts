@@ -1,31 +1,44 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CompressionTypes, type Kafka, type Message, type Producer, type Transaction } from 'kafkajs';
+import { CompressionTypes, type Admin, type Kafka, type Message, type Producer, type Transaction } from 'kafkajs';
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, isPermanentKafkaError, kafkaErrorType, OutageClock } from './client.ts';
 import type { SourceOrigin } from '../types.ts';
 import { FilterError } from '../types.ts';
 
 /**
- * The one Kafka producer behind the audit, accepted and dead-letter topic sinks.
+ * The Kafka producers behind the audit, accepted and dead-letter topic sinks.
  *
- * Direct mode (SQS source, or no transactions): `publish` sends at once with an idempotent producer (acks=all) and
+ * Direct mode (SQS source, or no transactions): `publish` sends at once with one idempotent producer (acks=all) and
  * resolves when the brokers have the messages: at-least-once, duplicates carry the pair id as key.
  *
  * Transactional mode (Kafka source): `publish` stages the messages under the source offset they came from, and the
  * Kafka source's commit calls `commit`, which sends the staged messages of the committed offsets and commits the
  * consumed offsets in ONE Kafka transaction (sendOffsets). A crash before the commit aborts both, so `read_committed`
- * readers of the audit topic see every event exactly once, however often the worker is killed and replays. This is
- * stronger than "durable before commit": the commit itself makes them durable, atomically.
+ * readers of the audit topic see every event exactly once, however often the worker is killed and replays.
+ *
+ * Fencing (KIP-98's way, which kafkajs supports): each INPUT PARTITION has its own transactional producer, with the
+ * id `<prefix>-<group>-<topic>-<partition>` -- the same on every worker. Whoever owns the partition next initialises
+ * that id (`fence`) before it reads the partition's committed offset: InitProducerId bumps the id's epoch, which
+ * fences the previous owner (a worker frozen past its session timeout, a commit racing a rebalance: its next
+ * transactional request fails with PRODUCER_FENCED / INVALID_PRODUCER_EPOCH, nothing of it lands), and the
+ * coordinator first finishes the id's open transaction (commits it if its commit was logged, else aborts it), so the
+ * committed offset read afterwards is stable: no transaction of the old owner is pending on it.
+ *
+ * Replay skip (the topics' counterpart of the curated S3 sink's): every (re)initialisation is followed by reading the
+ * committed offset, and a commit publishes only the staged messages at or above it. Since messages and offsets
+ * commit atomically, everything below the committed offset is on the topics already; a replay of it publishes
+ * nothing, whoever replays it. That also keeps the committed offset from ever going backwards.
  *
  * A broker restart or a coordinator move does not end the worker: a failed transaction is aborted and tried again,
  * with backoff, for up to `commitRetryBudgetMs`; only an outage that outlasts the budget fails the commit.
  */
 export interface KafkaProducerHubOptions {
   readonly kafka: Kafka;
-  /**
-   * Stable id per worker slot enables transactions; a restarted worker with the same id fences its predecessor and
-   * aborts the transaction it left open. Leave undefined for direct mode.
-   */
-  readonly transactionalId?: string;
+  /** Transactional mode: the consumer group whose offsets commit with the messages. Leave undefined for direct mode. */
+  readonly transactions?: {
+    readonly groupId: string;
+    /** First part of every transactional id (`<prefix>-<group>-<topic>-<partition>`). Default `mlmf`. */
+    readonly idPrefix?: string;
+  };
   /** Largest message (key + value) accepted, bytes. Default 1 000 000 (broker default message.max.bytes is 1 MiB). */
   readonly maxMessageBytes?: number;
   /**
@@ -34,15 +47,26 @@ export interface KafkaProducerHubOptions {
    */
   readonly commitRetryBudgetMs?: number;
   /**
-   * Transaction timeout, ms: an abandoned transaction blocks read_committed readers at most this long (a restarted
-   * worker with the same transactional id aborts it at once). Default: the retry budget + 30 s, at least 60 s, so
-   * the coordinator does not abort (and fence) a transaction that an outage holds open while the hub still retries.
-   * The brokers' transaction.max.timeout.ms must allow it (Kafka's default is 15 minutes).
+   * Transaction timeout, ms: an abandoned transaction blocks read_committed readers at most this long (the next owner
+   * of its partition aborts it at once). Default: the retry budget + 30 s, at least 60 s, so the coordinator does not
+   * abort (and fence) a transaction that an outage holds open while the hub still retries. The brokers'
+   * transaction.max.timeout.ms must allow it (Kafka's default is 15 minutes).
    */
   readonly transactionTimeoutMs?: number;
-  /** Where commit retries are reported. Default: nowhere. */
+  /** Where commit retries and take-overs are reported. Default: nowhere. */
   readonly logger?: { warn(msg: string, ctx?: Record<string, unknown>): void };
 }
+
+/** What a commit did: committed (now, or before by whoever replayed it), or nothing because the batch was revoked. */
+export type CommitResult = 'committed' | 'revoked';
+
+/**
+ * Membership check of the caller (the Kafka source): resolves once this worker may still act for the partition --
+ * at once while its group session is known good, else once a heartbeat got through or the group moved on (which
+ * revokes, see `discard`). Awaited before a transactional id is initialised and before a transaction commits, so a
+ * member resumed from a freeze neither commits nor fences the partition's new owner before it learns it lost it.
+ */
+export type MembershipCheck = () => Promise<void>;
 
 export interface TopicMessage {
   readonly topic: string;
@@ -53,82 +77,127 @@ export interface TopicMessage {
 
 const partitionKey = (topic: string, partition: number) => `${topic}\u0000${partition}`;
 
-/** One commit request: the offsets it commits, and whether the partition was discarded since it was made. */
-interface CommitTarget {
-  readonly groupId: string;
+/** Errors saying that a newer producer initialised this transactional id: the partition has another owner now. */
+const FENCED = new Set(['PRODUCER_FENCED', 'INVALID_PRODUCER_EPOCH']);
+/** Take-overs one commit rides through (re-initialising, re-reading the offset) before it gives up. */
+const MAX_TAKEOVERS = 5;
+
+/** One input partition's transactional producer and what is staged for its offsets. */
+interface PartitionTxn {
   readonly topic: string;
   readonly partition: number;
+  readonly transactionalId: string;
+  /** Undefined until initialised, and while closed (released). */
+  producer?: Producer;
+  /**
+   * The producer must be (re)initialised before its next transaction: never initialised, its state is unknown (an
+   * abort or a commit failed half-way, an attempt ran out of budget), or another producer took the id. The new
+   * InitProducerId makes the coordinator finish the id's open transaction first; the offset is read again after it.
+   */
+  needsInit: boolean;
+  /** The group's committed offset (the next offset to commit), read after the last initialisation; -1n for none. */
+  committed: bigint;
+  /** offset -> sink name -> messages (a retried sink write replaces, never duplicates). */
+  readonly staged: Map<string, Map<string, TopicMessage[]>>;
+  /** Times discarded (revoked): a commit requested before a discard must not commit (those records come again). */
+  discards: number;
+  /** Fences, commits and releases of this partition, one at a time. */
+  chain: Promise<unknown>;
+}
+
+/** One commit request: the offsets it commits, and whether the partition was discarded since it was made. */
+interface CommitTarget {
+  readonly txn: PartitionTxn;
   readonly last: bigint;
   readonly lastOffset: string;
   readonly discarded: () => boolean;
+  readonly membership?: MembershipCheck;
 }
 
-/** What an attempt found: committed now, already committed by an attempt whose answer was lost, or revoked. */
+/** What an attempt found: committed now, already committed (by us or a previous owner), or revoked. */
 type AttemptResult = 'committed' | 'already-committed' | 'revoked';
-
-/** Across the attempts of one commit: an earlier attempt sent its commit but no answer came back. */
-interface CommitProgress {
-  outcomeUnknown: boolean;
-}
 
 /** The remaining budget ran out while an attempt was still waiting on the brokers. */
 class BudgetSpent extends Error {}
 
 export class KafkaProducerHub {
-  /** partition -> offset -> sink name -> messages (a retried sink write replaces, never duplicates). */
-  private readonly staged = new Map<string, Map<string, Map<string, TopicMessage[]>>>();
-  /** partition -> times discarded: a commit requested before a discard must not commit (those records come again). */
-  private readonly discards = new Map<string, number>();
-  private txnChain: Promise<unknown> = Promise.resolve();
-  private producer: Producer;
-  private connected = false;
-  /**
-   * The producer's transaction state is unknown (an abort or a commit failed half-way, or an attempt ran out of
-   * budget): kafkajs cannot start another transaction on it, so the next attempt replaces it. The replacement's
-   * InitProducerId makes the coordinator finish this id's open transaction first: commit it if its commit was
-   * logged, else abort it.
-   */
-  private stale = false;
+  private readonly partitions = new Map<string, PartitionTxn>();
+  /** Direct mode's producer. */
+  private direct: Producer | undefined;
+  private admin: Admin | undefined;
   readonly maxMessageBytes: number;
   readonly commitRetryBudgetMs: number;
+  /** Staged messages not published because their offsets were committed already (a replay), for logs and tests. */
+  skippedReplayed = 0;
 
-  private constructor(
-    private readonly options: KafkaProducerHubOptions,
-    readonly transactional: boolean,
-  ) {
+  private constructor(private readonly options: KafkaProducerHubOptions) {
     this.maxMessageBytes = options.maxMessageBytes ?? 1_000_000;
     this.commitRetryBudgetMs = options.commitRetryBudgetMs ?? DEFAULT_KAFKA_RETRY_BUDGET_MS;
-    this.producer = this.newProducer();
+  }
+
+  get transactional(): boolean {
+    return this.options.transactions !== undefined;
   }
 
   static async open(options: KafkaProducerHubOptions): Promise<KafkaProducerHub> {
-    const hub = new KafkaProducerHub(options, options.transactionalId !== undefined);
+    const hub = new KafkaProducerHub(options);
     try {
-      await hub.connect();
+      if (hub.transactional) await hub.offsetAdmin();
+      else {
+        hub.direct = hub.newProducer();
+        await hub.direct.connect();
+      }
     } catch (err) {
+      await hub.close().catch(() => undefined);
       throw new FilterError('kafka_unavailable', `cannot connect the Kafka producer: ${(err as Error).message}`, {
-        transactionalId: options.transactionalId,
+        groupId: options.transactions?.groupId,
       });
     }
     return hub;
   }
 
-  private newProducer(): Producer {
-    const { kafka, transactionalId } = this.options;
+  /** The transactional id of an input partition: the same on every worker of the group, so owners fence each other. */
+  transactionalId(topic: string, partition: number): string {
+    const t = this.options.transactions!;
+    return `${t.idPrefix ?? 'mlmf'}-${t.groupId}-${topic}-${partition}`;
+  }
+
+  private newProducer(transactionalId?: string): Producer {
     const timeout = this.options.transactionTimeoutMs ?? Math.max(60_000, this.commitRetryBudgetMs + 30_000);
-    return kafka.producer({
+    return this.options.kafka.producer({
       idempotent: true,
-      maxInFlightRequests: this.transactional ? 1 : 5,
+      maxInFlightRequests: transactionalId ? 1 : 5,
       // kafkajs's idempotence needs unbounded retries; a send that cannot land holds its batch uncommitted meanwhile
       // (a transactional one only until the commit's retry budget is spent).
       retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 200, maxRetryTime: 5000 },
-      ...(this.transactional ? { transactionalId, transactionTimeout: timeout } : {}),
+      ...(transactionalId ? { transactionalId, transactionTimeout: timeout } : {}),
     });
   }
 
-  private async connect(): Promise<void> {
-    await this.producer.connect();
-    this.connected = true;
+  private txn(topic: string, partition: number): PartitionTxn {
+    const key = partitionKey(topic, partition);
+    let t = this.partitions.get(key);
+    if (!t) {
+      t = {
+        topic,
+        partition,
+        transactionalId: this.transactionalId(topic, partition),
+        needsInit: true,
+        committed: -1n,
+        staged: new Map(),
+        discards: 0,
+        chain: Promise.resolve(),
+      };
+      this.partitions.set(key, t);
+    }
+    return t;
+  }
+
+  /** Runs `step` after everything queued on the partition; later steps run whatever this one's outcome. */
+  private queue<T>(t: PartitionTxn, step: () => Promise<T>): Promise<T> {
+    const run = t.chain.then(step);
+    t.chain = run.catch(() => undefined);
+    return run;
   }
 
   /** Serialized size as the broker counts it, near enough for the size guard. */
@@ -152,7 +221,7 @@ export class KafkaProducerHub {
       }
     }
     if (!this.transactional) {
-      if (messages.length > 0) await this.send(this.producer, messages);
+      if (messages.length > 0) await this.send(this.direct!, messages);
       return;
     }
     if (origin.kind !== 'kafka') {
@@ -160,11 +229,9 @@ export class KafkaProducerHub {
         origin: origin.kind,
       });
     }
-    const pk = partitionKey(origin.topic, origin.partition);
-    let byOffset = this.staged.get(pk);
-    if (!byOffset) this.staged.set(pk, (byOffset = new Map()));
-    let bySink = byOffset.get(origin.offset);
-    if (!bySink) byOffset.set(origin.offset, (bySink = new Map()));
+    const { staged } = this.txn(origin.topic, origin.partition);
+    let bySink = staged.get(origin.offset);
+    if (!bySink) staged.set(origin.offset, (bySink = new Map()));
     bySink.set(sink, [...messages]);
   }
 
@@ -183,73 +250,135 @@ export class KafkaProducerHub {
   }
 
   /**
-   * Transactional mode: in one transaction, sends every message staged for `topic`/`partition` at offsets up to
-   * `lastOffset` and commits `lastOffset + 1` for `groupId`. Serialized: one transaction at a time. Resolves true
-   * once committed; false, committing nothing, when the partition was discarded (revoked) after this call, since
-   * its records are redelivered. Rejects with `kafka_commit_failed` on a permanent error or once the retry budget
-   * is spent.
+   * Transactional mode: takes over the partition's transactional id for a new ownership (a group assignment) --
+   * fencing its previous owner and settling the id's open transaction -- then reads the committed offset, which is
+   * stable from then on. Resolves with that offset (-1n when the group has none): the new owner starts there, and
+   * records below it are done. Rejects with `kafka_commit_failed` on a permanent error or once the budget is spent.
    */
-  commit(groupId: string, topic: string, partition: number, lastOffset: string): Promise<boolean> {
-    const pk = partitionKey(topic, partition);
-    const discardsAtRequest = this.discards.get(pk) ?? 0;
-    const target: CommitTarget = {
-      groupId,
-      topic,
-      partition,
-      last: BigInt(lastOffset),
-      lastOffset,
-      discarded: () => (this.discards.get(pk) ?? 0) !== discardsAtRequest,
-    };
-    const run = this.txnChain.then(() => this.commitWithRetry(target));
-    this.txnChain = run.catch(() => undefined);
-    return run;
+  fence(topic: string, partition: number): Promise<bigint> {
+    const t = this.txn(topic, partition);
+    return this.queue(t, async () => {
+      // What was staged belongs to batches of an earlier ownership (revoked): their records come again.
+      t.staged.clear();
+      t.needsInit = true;
+      const clock = new OutageClock(this.commitRetryBudgetMs);
+      clock.start();
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.withinBudget(t, this.init(t), clock);
+          return t.committed;
+        } catch (err) {
+          if (err instanceof BudgetSpent || !clock.failed(err)) {
+            throw this.failed('taking over the transactional id', err, t, attempt, 0);
+          }
+          await this.backoff('Kafka fence failed; retrying', t, err, attempt, clock);
+        }
+      }
+    });
   }
 
-  private async commitWithRetry(target: CommitTarget): Promise<boolean> {
-    if (target.discarded()) return false;
-    const byOffset = this.staged.get(partitionKey(target.topic, target.partition));
-    const taken: string[] = [];
-    const messages: TopicMessage[] = [];
-    for (const [offset, bySink] of byOffset ?? []) {
-      if (BigInt(offset) > target.last) continue;
-      taken.push(offset);
-      for (const list of bySink.values()) messages.push(...list);
-    }
+  /** A fresh producer under the partition's transactional id, initialised; then the committed offset, read after. */
+  private async init(t: PartitionTxn): Promise<void> {
+    const old = t.producer;
+    t.producer = undefined;
+    await old?.disconnect().catch(() => undefined);
+    const producer = this.newProducer(t.transactionalId);
+    t.producer = producer;
+    await producer.connect();
+    // The first transaction sends InitProducerId (retried by kafkajs while the coordinator settles the open one);
+    // nothing was sent in it, so its abort is local.
+    await (await producer.transaction()).abort();
+    t.committed = await this.committedOffset(t);
+    t.needsInit = false;
+  }
+
+  /**
+   * Transactional mode: in one transaction, sends every message staged for `topic`/`partition` at offsets from the
+   * committed offset up to `lastOffset` and commits `lastOffset + 1` for the group. One transaction at a time per
+   * partition. Resolves 'committed' once those offsets are committed (by this call, or already); 'revoked', committing
+   * nothing, when the partition was discarded (revoked) after this call, since its records are redelivered.
+   * `membership` is awaited before the id is (re)initialised and before the transaction commits. Rejects with
+   * `kafka_commit_failed` on a permanent error or once the retry budget is spent.
+   */
+  commit(topic: string, partition: number, lastOffset: string, membership?: MembershipCheck): Promise<CommitResult> {
+    const t = this.txn(topic, partition);
+    const discardsAtRequest = t.discards;
+    const target: CommitTarget = {
+      txn: t,
+      last: BigInt(lastOffset),
+      lastOffset,
+      discarded: () => t.discards !== discardsAtRequest,
+      membership,
+    };
+    return this.queue(t, () => this.commitWithRetry(target));
+  }
+
+  private async commitWithRetry(target: CommitTarget): Promise<CommitResult> {
+    const t = target.txn;
+    if (target.discarded()) return 'revoked';
+    const taken = [...t.staged].filter(([offset]) => BigInt(offset) <= target.last);
     // The budget runs from the commit's start: a first attempt that hangs on a dead broker counts too.
     const clock = new OutageClock(this.commitRetryBudgetMs);
     clock.start();
-    const progress: CommitProgress = { outcomeUnknown: false };
     let lastError: unknown;
+    let takeovers = 0;
     for (let attempt = 1; ; attempt++) {
       try {
-        const result = await this.withinBudget(this.attempt(target, messages, progress), clock);
-        if (result === 'revoked') return false;
+        const result = await this.withinBudget(t, this.attempt(target, taken), clock);
+        if (result === 'revoked') return 'revoked';
         break;
       } catch (err) {
-        if (err instanceof BudgetSpent) throw this.commitFailed(lastError ?? err, target, attempt, messages.length);
-        if (!clock.failed(err)) throw this.commitFailed(err, target, attempt, messages.length);
+        const messages = taken.length;
+        if (err instanceof BudgetSpent) throw this.failed('transaction', lastError ?? err, t, attempt, messages);
+        if (FENCED.has(kafkaErrorType(err) ?? '') && ++takeovers <= MAX_TAKEOVERS) {
+          // Another producer initialised the id: the partition's new owner (this worker is the zombie -- the
+          // membership check before re-initialising finds that out and revokes), or a zombie that re-initialised it.
+          // Nothing of this transaction landed; re-initialise and re-read the offset, skipping what the other
+          // committed.
+          t.needsInit = true;
+          this.options.logger?.warn('transactional id taken over by another producer; nothing of ours committed', {
+            transactionalId: t.transactionalId,
+            lastOffset: target.lastOffset,
+            error: String(err),
+          });
+          if (target.discarded()) return 'revoked';
+          continue;
+        }
+        if (!clock.failed(err)) throw this.failed('transaction', err, t, attempt, messages);
         lastError = err;
-        const wait = Math.min(clock.backoffMs(), clock.leftMs);
-        this.options.logger?.warn('Kafka transaction failed; retrying', {
-          topic: target.topic,
-          partition: target.partition,
-          lastOffset: target.lastOffset,
-          attempt,
-          retryInMs: Math.round(wait),
-          error: String(err),
-          type: kafkaErrorType(err),
-        });
-        await sleep(wait);
-        // A commit whose answer was lost is settled first (the next attempt does), so none lands after we give up.
-        if (target.discarded() && !progress.outcomeUnknown) return false;
+        await this.backoff('Kafka transaction failed; retrying', t, err, attempt, clock, target.lastOffset);
+        // A commit whose answer was lost is settled first (the next attempt's initialisation does), so none lands
+        // after we give up.
+        if (target.discarded() && !t.needsInit) return 'revoked';
       }
     }
     // Dropped only once committed: a failed commit leaves them staged for the replay of the same offsets.
-    for (const o of taken) byOffset?.delete(o);
-    return true;
+    for (const [o] of taken) t.staged.delete(o);
+    return 'committed';
   }
 
-  private commitFailed(err: unknown, target: CommitTarget, attempts: number, messages: number): FilterError {
+  private async backoff(
+    msg: string,
+    t: PartitionTxn,
+    err: unknown,
+    attempt: number,
+    clock: OutageClock,
+    lastOffset?: string,
+  ): Promise<void> {
+    const wait = Math.min(clock.backoffMs(), clock.leftMs);
+    this.options.logger?.warn(msg, {
+      topic: t.topic,
+      partition: t.partition,
+      ...(lastOffset === undefined ? {} : { lastOffset }),
+      attempt,
+      retryInMs: Math.round(wait),
+      error: String(err),
+      type: kafkaErrorType(err),
+    });
+    await sleep(wait);
+  }
+
+  private failed(what: string, err: unknown, t: PartitionTxn, attempts: number, messages: number): FilterError {
     const permanent = isPermanentKafkaError(err);
     const budget = `${this.commitRetryBudgetMs} ms retry budget`;
     const why =
@@ -258,11 +387,11 @@ export class KafkaProducerHub {
         : `${(err as Error).message}${permanent ? '' : ` (still failing after the ${budget})`}`;
     return new FilterError(
       'kafka_commit_failed',
-      `transaction for ${target.topic}[${target.partition}] failed: ${why}`,
+      `${what} for ${t.topic}[${t.partition}] failed: ${why}`,
       {
-        topic: target.topic,
-        partition: target.partition,
-        lastOffset: target.lastOffset,
+        topic: t.topic,
+        partition: t.partition,
+        transactionalId: t.transactionalId,
         messages,
         attempts,
         type: kafkaErrorType(err) ?? '',
@@ -274,7 +403,7 @@ export class KafkaProducerHub {
   }
 
   /** Races an attempt against the budget; an attempt left behind may still hold a transaction, so it is stale. */
-  private async withinBudget<T>(attempt: Promise<T>, clock: OutageClock): Promise<T> {
+  private async withinBudget<T>(t: PartitionTxn, attempt: Promise<T>, clock: OutageClock): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const spent = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new BudgetSpent('retry budget spent')), Math.max(0, clock.leftMs));
@@ -283,7 +412,7 @@ export class KafkaProducerHub {
       return await Promise.race([attempt, spent]);
     } catch (err) {
       if (err instanceof BudgetSpent) {
-        this.stale = true;
+        t.needsInit = true;
         attempt.catch(() => undefined);
       }
       throw err;
@@ -292,108 +421,145 @@ export class KafkaProducerHub {
     }
   }
 
-  /** One transaction: send the messages, add the offsets, commit -- after settling what a failed attempt left. */
+  /**
+   * One transaction: send the messages of offsets not committed yet, add the offsets, commit -- after settling what
+   * a failed attempt left (re-initialising, which re-reads the committed offset).
+   */
   private async attempt(
     target: CommitTarget,
-    messages: readonly TopicMessage[],
-    progress: CommitProgress,
+    taken: readonly [string, Map<string, TopicMessage[]>][],
   ): Promise<AttemptResult> {
-    if (this.stale) {
-      const old = this.producer;
-      this.producer = this.newProducer();
-      this.connected = false;
-      this.stale = false;
-      await old.disconnect().catch(() => undefined);
+    const t = target.txn;
+    if (t.needsInit) {
+      // A member that lost the group must not take the id back from the partition's new owner.
+      await target.membership?.();
+      if (target.discarded()) return 'revoked';
+      await this.init(t);
     }
-    if (!this.connected) await this.connect();
+    if (target.discarded()) return 'revoked';
+    // Replay skip: offsets below the committed one were published with the transaction that committed them.
+    if (target.last < t.committed) {
+      this.skippedReplayed += taken.reduce((n, [, bySink]) => n + [...bySink.values()].flat().length, 0);
+      return 'already-committed';
+    }
+    const messages: TopicMessage[] = [];
+    for (const [offset, bySink] of taken) {
+      const list = [...bySink.values()].flat();
+      if (BigInt(offset) < t.committed) this.skippedReplayed += list.length;
+      else messages.push(...list);
+    }
     let txn: Transaction;
     try {
-      txn = await this.producer.transaction();
+      txn = await t.producer!.transaction();
     } catch (err) {
-      // InitProducerId did not get through: try again with a fresh producer.
-      this.stale = true;
+      t.needsInit = true;
       throw err;
     }
     let commitSent = false;
     try {
-      if (progress.outcomeUnknown) {
-        // Beginning this transaction settled the earlier one (InitProducerId waits for it): the offsets tell.
-        const done = (await this.committedOffset(target)) > target.last;
-        progress.outcomeUnknown = false;
-        if (done) {
-          await txn.abort();
-          return 'already-committed';
-        }
-      }
-      if (target.discarded()) {
-        await txn.abort();
-        return 'revoked';
-      }
       if (messages.length > 0) await this.send(txn, messages);
       await txn.sendOffsets({
-        consumerGroupId: target.groupId,
-        topics: [
-          { topic: target.topic, partitions: [{ partition: target.partition, offset: String(target.last + 1n) }] },
-        ],
+        consumerGroupId: this.options.transactions!.groupId,
+        topics: [{ topic: t.topic, partitions: [{ partition: t.partition, offset: String(target.last + 1n) }] }],
       });
+      // The commit is prepared: commit only while still a member (a freeze past the session timeout ends here).
+      await target.membership?.();
       if (target.discarded()) {
         await txn.abort();
         return 'revoked';
       }
       commitSent = true;
       await txn.commit();
+      t.committed = target.last + 1n;
       return 'committed';
     } catch (err) {
-      if (commitSent) progress.outcomeUnknown = true;
-      await this.afterFailure(txn, commitSent);
+      await this.afterFailure(t, txn, commitSent);
       throw err;
     }
   }
 
-  /** Aborts what a failed attempt left open; when that cannot be done here, the next attempt replaces the producer. */
-  private async afterFailure(txn: Transaction, commitSent: boolean): Promise<void> {
+  /** Aborts what a failed attempt left open; when that cannot be done here, the next attempt re-initialises. */
+  private async afterFailure(t: PartitionTxn, txn: Transaction, commitSent: boolean): Promise<void> {
     if (commitSent) {
-      // The coordinator may have logged the commit before the answer was lost: only the offsets can tell, later.
-      this.stale = true;
+      // The coordinator may have logged the commit before the answer was lost: the re-initialisation settles it and
+      // the offset read after it tells.
+      t.needsInit = true;
       return;
     }
     try {
       await txn.abort();
     } catch {
-      this.stale = true;
+      t.needsInit = true;
     }
   }
 
-  /** The group's committed offset for the target partition (-1 when none). */
-  private async committedOffset(target: CommitTarget): Promise<bigint> {
-    const admin = this.options.kafka.admin();
-    try {
-      await admin.connect();
-      const res = await admin.fetchOffsets({ groupId: target.groupId, topics: [target.topic] });
-      const p = res[0]?.partitions.find((x) => x.partition === target.partition);
-      return BigInt(p?.offset ?? '-1');
-    } finally {
-      await admin.disconnect().catch(() => undefined);
+  private async offsetAdmin(): Promise<Admin> {
+    if (!this.admin) {
+      const admin = this.options.kafka.admin();
+      try {
+        await admin.connect();
+      } catch (err) {
+        await admin.disconnect().catch(() => undefined);
+        throw err;
+      }
+      this.admin = admin;
     }
+    return this.admin;
+  }
+
+  /** The group's committed offset for the partition (-1n when none). */
+  private async committedOffset(t: PartitionTxn): Promise<bigint> {
+    const admin = await this.offsetAdmin();
+    const res = await admin.fetchOffsets({ groupId: this.options.transactions!.groupId, topics: [t.topic] });
+    const p = res[0]?.partitions.find((x) => x.partition === t.partition);
+    return BigInt(p?.offset ?? '-1');
   }
 
   /** The partition was revoked: what was staged for it will be replayed (by whichever worker owns it next). */
   discard(topic: string, partition: number): void {
-    const pk = partitionKey(topic, partition);
-    this.staged.delete(pk);
-    this.discards.set(pk, (this.discards.get(pk) ?? 0) + 1);
+    const t = this.txn(topic, partition);
+    t.staged.clear();
+    t.discards++;
+  }
+
+  /**
+   * The partition is no longer this worker's: discards it and closes its producer once its queued work is done (the
+   * next ownership initialises a new one). Open producers stay bounded by the partitions this worker owns.
+   */
+  release(topic: string, partition: number): Promise<void> {
+    this.discard(topic, partition);
+    const t = this.txn(topic, partition);
+    return this.queue(t, async () => {
+      const producer = t.producer;
+      t.producer = undefined;
+      t.needsInit = true;
+      await producer?.disconnect().catch(() => undefined);
+    });
+  }
+
+  /** Transactional producers open now (one per partition owned). */
+  get openProducers(): number {
+    return [...this.partitions.values()].filter((t) => t.producer).length;
   }
 
   /** Messages staged and not yet committed (for tests and metrics). */
   get stagedCount(): number {
     let n = 0;
-    for (const byOffset of this.staged.values())
-      for (const bySink of byOffset.values()) for (const l of bySink.values()) n += l.length;
+    for (const t of this.partitions.values())
+      for (const bySink of t.staged.values()) for (const l of bySink.values()) n += l.length;
     return n;
   }
 
   async close(): Promise<void> {
-    await this.txnChain;
-    await this.producer.disconnect();
+    await Promise.all([...this.partitions.values()].map((t) => t.chain));
+    await Promise.all(
+      [...this.partitions.values()].map(async (t) => {
+        const producer = t.producer;
+        t.producer = undefined;
+        await producer?.disconnect();
+      }),
+    );
+    await this.direct?.disconnect();
+    await this.admin?.disconnect();
   }
 }

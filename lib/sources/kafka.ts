@@ -88,10 +88,19 @@ export class KafkaSource implements Source {
   private joins = 0;
   /** Partitions of the source topic this member owns (from the last group join). */
   private assigned: number[] = [];
+  /**
+   * Transactional mode: per owned partition, the hub's fence of this ownership (its transactional id taken over, then
+   * the committed offset read): no batch of the partition is handed out before it, and none below that offset.
+   */
+  private fences = new Map<number, Promise<bigint>>();
+  /** When the group last confirmed this membership (a heartbeat or a join), performance.now() ms. */
+  private confirmedAt = performance.now();
+  /** Commits waiting for the membership to be confirmed again (membership). */
+  private confirmWaiters: (() => void)[] = [];
   /** Fetch-loop handlers waiting for an in-flight slot. */
   private roomWaiters: (() => void)[] = [];
   /** Batches handed out, acked, revoked (for tests and metrics). */
-  readonly counts = { batches: 0, acked: 0, revoked: 0, records: 0 };
+  readonly counts = { batches: 0, acked: 0, revoked: 0, records: 0, replaySkipped: 0 };
   private readonly log: KafkaSourceLogger;
 
   constructor(private readonly options: KafkaSourceOptions) {
@@ -120,6 +129,7 @@ export class KafkaSource implements Source {
       this.counts.revoked++;
     }
     this.inflight.clear();
+    this.confirmed(false);
     // Not yet picked up by the pipeline: drop them too (their offsets are not committed either).
     this.queue.length = 0;
     for (const p of partitions.values()) this.options.hub?.discard(p.topic, p.partition);
@@ -208,35 +218,125 @@ export class KafkaSource implements Source {
   /** False when the hub found the partition dropped (a rebalance) before committing: nothing was committed. */
   private async commitOffsets({ topic, partition, lastOffset }: InFlight): Promise<boolean> {
     const hub = this.options.hub;
-    if (hub) return hub.commit(this.options.groupId, topic, partition, lastOffset);
+    if (hub) return (await hub.commit(topic, partition, lastOffset, () => this.membership())) === 'committed';
     await this.consumer!.commitOffsets([{ topic, partition, offset: nextOffset(lastOffset) }]);
     return true;
   }
 
+  /**
+   * Resolves once this member may act for its partitions: at once while the group confirmed it within the session
+   * timeout, else at the next heartbeat that gets through or the next group event (a rejoin, which revokes). A member
+   * frozen past its session timeout (a GC pause, a stopped host) resumes with its commits in flight: they wait here
+   * until kafkajs finds out it was removed (kafkajs rejoins on UNKNOWN_MEMBER_ID without a REBALANCING event), and the
+   * rejoin revokes them; the partition's fence is what makes a commit that slips through harmless.
+   */
+  private membership(): Promise<void> {
+    if (performance.now() - this.confirmedAt < this.sessionTimeoutMs) return Promise.resolve();
+    return new Promise((resolve) => this.confirmWaiters.push(resolve));
+  }
+
+  /** The group confirmed (a heartbeat, a join) or moved on: waiting commits go on (and find out which). */
+  private confirmed(alive: boolean): void {
+    if (alive) this.confirmedAt = performance.now();
+    const waiters = this.confirmWaiters;
+    this.confirmWaiters = [];
+    waiters.forEach((w) => w());
+  }
+
+  private get sessionTimeoutMs(): number {
+    return this.options.sessionTimeoutMs ?? 30_000;
+  }
+
+  /** A heartbeat from the fetch loop; one the group refuses (it rebalanced, or removed this member) revokes first. */
+  private async heartbeat(payload: EachBatchPayload): Promise<void> {
+    try {
+      await payload.heartbeat();
+    } catch (err) {
+      const type = kafkaErrorType(err);
+      if (type && REBALANCE_ERRORS.has(type)) this.revokeAll(`heartbeat refused (${type})`);
+      throw err;
+    }
+  }
+
+  /**
+   * Transactional mode: waits for this ownership's fence and drops the messages below the committed offset it read
+   * (kafkajs may have fetched the offset before the previous owner's last transaction settled). Undefined when the
+   * fence failed (the run fails) or the batch went stale meanwhile.
+   */
+  private async unfenced(payload: EachBatchPayload, gone: () => boolean): Promise<KafkaMessage[] | undefined> {
+    const { batch } = payload;
+    if (!this.options.hub) return batch.messages;
+    let fence = this.fences.get(batch.partition);
+    if (!fence) this.fences.set(batch.partition, (fence = this.options.hub.fence(batch.topic, batch.partition)));
+    // Heartbeats go on meanwhile (a heartbeat's error goes to kafkajs): the fence may wait behind a commit of the
+    // partition that waits for one.
+    const settled = fence.then(
+      () => true,
+      () => true,
+    );
+    while (!(await Promise.race([settled, sleep(1000).then(() => false)]))) {
+      if (gone()) return undefined;
+      await this.heartbeat(payload);
+    }
+    let from: bigint;
+    try {
+      from = await fence;
+    } catch (err) {
+      this.crashed = err;
+      this.notify();
+      return undefined;
+    }
+    if (gone()) return undefined;
+    const skipped = batch.messages.filter((m) => BigInt(m.offset) < from);
+    if (skipped.length === 0) return batch.messages;
+    this.counts.replaySkipped += skipped.length;
+    payload.resolveOffset(skipped[skipped.length - 1]!.offset);
+    return batch.messages.filter((m) => BigInt(m.offset) >= from);
+  }
+
   private async eachBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const { batch, resolveOffset, isRunning, isStale } = payload;
     const size = this.options.maxBatchRecords ?? 256;
     const max = this.options.maxInFlightBatches ?? 16;
     const gone = () => this.stopping || !isRunning() || isStale();
-    for (let i = 0; i < batch.messages.length; i += size) {
+    const messages = await this.unfenced(payload, gone);
+    if (!messages) return;
+    for (let i = 0; i < messages.length; i += size) {
       // Backpressure: the fetch loop for this partition waits here until the pipeline acks; heartbeats keep the
       // membership while scoring takes its time. (Not consumer.pause/resume: with kafkajs 2.2 a fetch loop whose
       // partitions are all paused does not pick up again after resume -- tulios/kafkajs#1641, seen here too.)
       while (this.inflight.size >= max) {
         if (gone()) return;
         await Promise.race([new Promise<void>((r) => this.roomWaiters.push(r)), sleep(1000)]);
-        await heartbeat();
+        await this.heartbeat(payload);
       }
       if (gone()) return;
-      const chunk = batch.messages.slice(i, i + size);
+      const chunk = messages.slice(i, i + size);
       this.queue.push(this.makeBatch(batch.topic, batch.partition, chunk));
       this.counts.batches++;
       this.counts.records += chunk.length;
       // Only the fetch position moves; the commit waits for ack.
       resolveOffset(chunk[chunk.length - 1]!.offset);
       this.notify();
-      await heartbeat();
+      await this.heartbeat(payload);
     }
+  }
+
+  /**
+   * A new assignment: in transactional mode every owned partition's transactional id is taken over again (fencing
+   * whoever had it, settling its open transaction) before its committed offset is read, and the producers of
+   * partitions no longer owned are closed.
+   */
+  private assign(partitions: number[]): void {
+    const hub = this.options.hub;
+    const topic = this.options.topic;
+    if (hub) {
+      for (const p of this.assigned) if (!partitions.includes(p)) void hub.release(topic, p);
+      this.fences = new Map(partitions.map((p) => [p, hub.fence(topic, p)]));
+      // Failures surface where a batch waits for its fence (unfenced).
+      for (const f of this.fences.values()) f.catch(() => undefined);
+    }
+    this.assigned = partitions;
   }
 
   /** The group consumer, its run settings and its event handlers (a crash restarts it within the budget). */
@@ -261,11 +361,13 @@ export class KafkaSource implements Source {
       eachBatch: (p) => this.eachBatch(p),
     };
     consumer.on(consumer.events.REBALANCING, () => this.revokeAll('group rebalancing'));
+    consumer.on(consumer.events.HEARTBEAT, () => this.confirmed(true));
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       this.outage.recovered();
       // A later join is a new generation: positions restart from the committed offsets.
       if (this.joins++ > 0) this.revokeAll('group re-joined');
-      this.assigned = e.payload.memberAssignment[o.topic] ?? [];
+      this.confirmed(true);
+      this.assign(e.payload.memberAssignment[o.topic] ?? []);
       this.log.info('joined consumer group', {
         groupId: o.groupId,
         generation: this.joins,

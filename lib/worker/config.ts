@@ -1,4 +1,3 @@
-import { hostname } from 'node:os';
 import type { Scorer } from '../types.ts';
 import { FilterError, type MetricShort } from '../types.ts';
 import type { WorkerEnvName } from '../worker-env.ts';
@@ -79,10 +78,12 @@ export interface WorkerConfig {
   /** MLMF_SQS_ENDPOINT: local SQS-protocol server. */
   readonly sqsEndpoint?: string;
   /**
-   * MLMF_TRANSACTIONAL_ID: Kafka transactional id of this worker slot. Default `mlmf-<group>-<hostname>`; a restarted
-   * task with the same id fences the old one. MLMF_EXACTLY_ONCE=false turns transactions off (at-least-once).
+   * MLMF_TRANSACTIONAL_ID_PREFIX: first part of the Kafka transactional ids, one per input partition:
+   * `<prefix>-<group>-<topic>-<partition>`. Default `mlmf`. It must be the same on every worker of the group: the next
+   * owner of a partition fences the previous one through that id. MLMF_EXACTLY_ONCE=false turns transactions off
+   * (at-least-once).
    */
-  readonly transactionalId?: string;
+  readonly transactionalIdPrefix?: string;
   readonly exactlyOnce?: boolean;
   /** MLMF_SHARD_SAMPLES: accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
@@ -228,7 +229,7 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     region: e('AWS_REGION') ?? e('AWS_DEFAULT_REGION'),
     s3Endpoint: e('MLMF_S3_ENDPOINT'),
     sqsEndpoint: e('MLMF_SQS_ENDPOINT'),
-    transactionalId: e('MLMF_TRANSACTIONAL_ID'),
+    transactionalIdPrefix: transactionalIdPrefix(e('MLMF_TRANSACTIONAL_ID_PREFIX'), e('MLMF_TRANSACTIONAL_ID')),
     exactlyOnce: bool(e('MLMF_EXACTLY_ONCE'), l('MLMF_EXACTLY_ONCE')),
     samplesPerShard: int(e('MLMF_SHARD_SAMPLES'), l('MLMF_SHARD_SAMPLES')),
     maxSampleBytes: int(e('MLMF_MAX_SAMPLE_BYTES'), l('MLMF_MAX_SAMPLE_BYTES')),
@@ -300,4 +301,27 @@ export function validateConfig(c: WorkerConfig): void {
   scoredMetrics(c);
 }
 
-export const defaultTransactionalId = (groupId: string) => `mlmf-${groupId}-${hostname()}`;
+/**
+ * MLMF_TRANSACTIONAL_ID_PREFIX, checked. The retired MLMF_TRANSACTIONAL_ID (one id per worker slot) is refused rather
+ * than ignored: a per-slot value on each worker would, read as a prefix, give every worker its own ids, and nothing
+ * would fence a partition's previous owner.
+ */
+function transactionalIdPrefix(prefix: string | undefined, retired: string | undefined): string | undefined {
+  if (retired !== undefined) {
+    throw new FilterError(
+      'worker_config',
+      'MLMF_TRANSACTIONAL_ID is retired: transactional ids are per input partition (<prefix>-<group>-<topic>-<partition>); set MLMF_TRANSACTIONAL_ID_PREFIX, the same on every worker, or nothing (default mlmf)',
+      { name: 'MLMF_TRANSACTIONAL_ID' },
+    );
+  }
+  if (prefix !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(prefix)) {
+    throw new FilterError(
+      'worker_config',
+      `MLMF_TRANSACTIONAL_ID_PREFIX must be 1-100 of [A-Za-z0-9._-], got ${JSON.stringify(prefix)}`,
+      {
+        name: 'MLMF_TRANSACTIONAL_ID_PREFIX',
+      },
+    );
+  }
+  return prefix;
+}

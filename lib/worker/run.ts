@@ -34,13 +34,7 @@ import type { Kafka } from 'kafkajs';
 import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { runShardJobs } from './shard-jobs.ts';
-import {
-  defaultTransactionalId,
-  policyFromConfig,
-  scoredMetrics,
-  validateConfig,
-  type WorkerConfig,
-} from './config.ts';
+import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
 
@@ -174,7 +168,7 @@ async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, c
   const groupId = config.groupId ?? 'mlm-filter';
   const hub = await KafkaProducerHub.open({
     kafka,
-    transactionalId: exactlyOnce ? (config.transactionalId ?? defaultTransactionalId(groupId)) : undefined,
+    transactions: exactlyOnce ? { groupId, idPrefix: config.transactionalIdPrefix } : undefined,
     commitRetryBudgetMs: config.kafkaRetryBudgetMs,
     logger: { warn: (msg, ctx) => log('warn', msg, ctx) },
   });
@@ -386,7 +380,13 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     logger: pipelineLogger(log, metrics),
   });
   if (!run.abort.aborted) await Promise.all(sinks.map((s) => s.close()));
-  log('info', 'worker stopped', { ...stats, shards: curated.shardsWritten, replaySkipped: curated.skippedReplayed });
+  log('info', 'worker stopped', {
+    ...stats,
+    shards: curated.shardsWritten,
+    replaySkipped: curated.skippedReplayed,
+    // Topic messages of offsets another owner (or an earlier attempt) had committed already: not published again.
+    topicReplaySkipped: kafka.hub?.skippedReplayed ?? 0,
+  });
   return { stats, shardsWritten: curated.shardsWritten };
 }
 

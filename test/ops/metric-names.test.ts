@@ -158,7 +158,7 @@ async function emitterRun(until: (names: Set<string>) => boolean): Promise<{ wor
         auditTopic: `${t}-audit`,
         s3Endpoint: S3_ENDPOINT,
         healthPort: 0,
-        transactionalId: `${t}-tx`,
+        transactionalIdPrefix: `${t}-tx`,
         sourceBatch: 4,
         idleFlushMs: 200,
         thresholds: 'itm>=50',

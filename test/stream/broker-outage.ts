@@ -27,6 +27,8 @@ import {
 } from './helpers.ts';
 
 const WORKER = new URL('../../functions/worker/main.ts', import.meta.url).pathname;
+/** The CLI entry (`mlm-filter worker`): it waits for the event loop to end, where the container entry exits. */
+const CLI = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 const MODEL = new URL('../fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
 
 export interface OutageScenario {
@@ -65,8 +67,8 @@ class WorkerProcess {
   exited: { code: number | null; signal: string | null } | undefined;
   private readonly child: ChildProcess;
 
-  constructor(env: Record<string, string>) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
+  constructor(env: Record<string, string>, args = ['--import', 'tsx', WORKER]) {
+    this.child = spawn(process.execPath, args, {
       env: { ...process.env, AWS_EC2_METADATA_DISABLED: 'true', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -101,6 +103,10 @@ class WorkerProcess {
 
   kill(): void {
     if (!this.exited) this.child.kill('SIGKILL');
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (!this.exited) this.child.kill(sig);
   }
 }
 
@@ -152,13 +158,17 @@ async function setStage(broker: PrivateKafkaBroker, admin: Admin, s3: S3Client):
   return { ...stage, bucket };
 }
 
-function startWorker(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number): WorkerProcess {
-  return new WorkerProcess({
+function startWorker(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number, args?: string[]): WorkerProcess {
+  return new WorkerProcess(workerEnv(broker, stage, budgetMs), args);
+}
+
+function workerEnv(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number): Record<string, string> {
+  return {
     MLMF_SOURCE: 'kafka',
     MLMF_BROKERS: broker.address,
     MLMF_SOURCE_TOPIC: stage.t,
     MLMF_GROUP_ID: stage.groupId,
-    MLMF_TRANSACTIONAL_ID: `${stage.t}-tx`,
+    MLMF_TRANSACTIONAL_ID_PREFIX: `${stage.t}-tx`,
     MLMF_AUDIT_TOPIC: stage.audit,
     MLMF_ACCEPTED_TOPIC: stage.accepted,
     MLMF_BUCKET: stage.bucket,
@@ -176,7 +186,7 @@ function startWorker(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number)
     MLMF_SESSION_TIMEOUT_MS: '6000',
     MLMF_HEALTH_PORT: '0',
     MLMF_KAFKA_RETRY_BUDGET_MS: String(budgetMs),
-  });
+  };
 }
 
 /** Keeps the worker's log lines in MLMF_OUTAGE_LOG=FILE, for a look at how it went through the outage. */
@@ -308,5 +318,84 @@ export async function runPastBudget(broker: PrivateKafkaBroker, budgetMs: number
     await admin.disconnect().catch(() => undefined);
     s3.destroy();
     await broker.resume();
+  }
+}
+
+/** How `mlm-filter worker` ended after a broker restart: on one SIGTERM, and on two in a row. */
+export interface ShutdownRun {
+  /** Exit code after one SIGTERM (a drain), and whether it exited within the wait. */
+  readonly drained: { code: number | null } | undefined;
+  /** Exit code after two SIGTERMs in a row. */
+  readonly twice: { code: number | null } | undefined;
+  readonly lines: string[];
+}
+
+/**
+ * `mlm-filter worker` (the CLI, which waits for the event loop) consumes from the private broker, which restarts
+ * under it; once the worker commits again, one SIGTERM must end it (kafkajs keeps a heartbeat socket open after its
+ * disconnect, which kept the process alive); then a second worker, busy, gets two SIGTERMs and must exit at once.
+ */
+export async function runShutdownScenario(broker: PrivateKafkaBroker, waitExitMs: number): Promise<ShutdownRun> {
+  let admin = broker.client().admin();
+  await admin.connect();
+  const s3 = s3Client();
+  const stage = await setStage(broker, admin, s3);
+  const cli = [CLI, 'worker'];
+  await produce(stage.kafka, stage.t, await outageRecords(`${stage.t}-a`, 200), 2);
+  const first = startWorker(broker, stage, 120_000, cli);
+  const workers = [first];
+  try {
+    const committedNow = async () => Number(total(await committedOffsets(admin, stage.groupId, stage.t)));
+    await waitFor(
+      'the worker committing',
+      progress(first, async () => (await committedNow()) > 0),
+      90_000,
+    );
+    await admin.disconnect();
+    await broker.stop('SIGKILL');
+    await holdsFor('worker alive while the broker is down', async () => !first.exited, 3000);
+    await broker.resume();
+    admin = stage.kafka.admin();
+    await admin.connect();
+    const before = await committedNow();
+    await produce(stage.kafka, stage.t, await outageRecords(`${stage.t}-b`, 40), 2);
+    await waitFor(
+      'commits after the restart',
+      progress(first, async () => (await committedNow()) > before),
+      120_000,
+    );
+    first.signal('SIGTERM');
+    await waitFor('the worker exiting on SIGTERM', async () => first.exited !== undefined, waitExitMs).catch(
+      () => undefined,
+    );
+    const drained = first.exited;
+    // A busy worker: the records of a fresh group, every one still to score.
+    const second = startWorker(broker, { ...stage, groupId: `${stage.groupId}-2` }, 120_000, cli);
+    workers.push(second);
+    await waitFor(
+      'the second worker consuming',
+      progress(second, async () => second.lines.some((l) => l.includes('joined consumer group'))),
+      90_000,
+    );
+    second.signal('SIGTERM');
+    // Signals sent back to back can merge into one pending signal: the second goes once the first is handled.
+    const draining = () => second.lines.some((l) => l.includes('SIGTERM: graceful drain'));
+    await waitFor(
+      'the second worker draining',
+      progress(second, async () => draining()),
+      30_000,
+    );
+    second.signal('SIGTERM');
+    await waitFor('the worker exiting on a second SIGTERM', async () => second.exited !== undefined, 10_000).catch(
+      () => undefined,
+    );
+    return { drained, twice: second.exited, lines: [...first.lines, ...second.lines] };
+  } finally {
+    for (const w of workers) {
+      keepLog(w);
+      w.kill();
+    }
+    await admin.disconnect().catch(() => undefined);
+    s3.destroy();
   }
 }

@@ -12,7 +12,7 @@ import kafkajs, { type Admin, type Kafka } from 'kafkajs';
 import { isPermanentKafkaError, OutageClock } from '../../lib/kafka/client.ts';
 import { KafkaProducerHub, type TopicMessage } from '../../lib/kafka/producer-hub.ts';
 import { FilterError } from '../../lib/types.ts';
-import { assertRodeOutOutage, runOutageScenario } from './broker-outage.ts';
+import { assertRodeOutOutage, runOutageScenario, runShutdownScenario } from './broker-outage.ts';
 import { needServices, readTopicToEnd, uniq } from './helpers.ts';
 import { PrivateKafkaBroker, privateBrokerUnavailable } from './private-broker.ts';
 
@@ -101,18 +101,27 @@ describe('Kafka broker restart', { skip }, () => {
     const { t, audit } = await topics();
     const warnings: string[] = [];
     const logger = { warn: (msg: string) => warnings.push(msg) };
-    const hub = await KafkaProducerHub.open({ kafka, transactionalId: `${t}-tx`, commitRetryBudgetMs: 90_000, logger });
-    const brief = await KafkaProducerHub.open({ kafka, transactionalId: `${t}-tx2`, commitRetryBudgetMs: 1500 });
+    const hub = await KafkaProducerHub.open({
+      kafka,
+      transactions: { groupId: `${t}-g`, idPrefix: t },
+      commitRetryBudgetMs: 90_000,
+      logger,
+    });
+    const brief = await KafkaProducerHub.open({
+      kafka,
+      transactions: { groupId: `${t}-g2`, idPrefix: t },
+      commitRetryBudgetMs: 1500,
+    });
     try {
       await stage(hub, t, audit, [0, 1, 2]);
-      assert.equal(await hub.commit(`${t}-g`, t, 0, '0'), true, 'a first transaction before the outage');
+      assert.equal(await hub.commit(t, 0, '0'), 'committed', 'a first transaction before the outage');
       await stage(brief, t, audit, [7]);
       await broker!.stop('SIGKILL');
       let landed = false;
-      const riding = hub.commit(`${t}-g`, t, 0, '2').then((ok) => (landed = ok));
+      const riding = hub.commit(t, 0, '2').then((r) => (landed = r === 'committed'));
       riding.catch(() => undefined);
       await assert.rejects(
-        brief.commit(`${t}-g2`, t, 0, '7'),
+        brief.commit(t, 0, '7'),
         (e: unknown) =>
           e instanceof FilterError && e.code === 'kafka_commit_failed' && /1500 ms retry budget/.test(e.message),
       );
@@ -142,22 +151,22 @@ describe('Kafka broker restart', { skip }, () => {
 
   it('commits requested before their partition is discarded commit nothing; the replay does', async () => {
     const { t, audit } = await topics();
-    const hub = await KafkaProducerHub.open({ kafka, transactionalId: `${t}-tx` });
+    const hub = await KafkaProducerHub.open({ kafka, transactions: { groupId: `${t}-g`, idPrefix: t } });
     const admin = kafka.admin();
     await admin.connect();
     try {
       await stage(hub, t, audit, [0, 1]);
-      const first = hub.commit(`${t}-g`, t, 0, '0');
-      const second = hub.commit(`${t}-g`, t, 0, '1');
+      const first = hub.commit(t, 0, '0');
+      const second = hub.commit(t, 0, '1');
       // Revoked while both wait their turn: their records come again, so neither may commit.
       hub.discard(t, 0);
-      assert.equal(await first, false);
-      assert.equal(await second, false);
+      assert.equal(await first, 'revoked');
+      assert.equal(await second, 'revoked');
       assert.deepEqual(await readTopicToEnd(kafka, audit), []);
       assert.equal(await committed(admin, `${t}-g`, t), '-1', 'no offset committed');
       // The replay stages the same offsets again and commits them, once.
       await stage(hub, t, audit, [0, 1]);
-      assert.equal(await hub.commit(`${t}-g`, t, 0, '1'), true);
+      assert.equal(await hub.commit(t, 0, '1'), 'committed');
       const events = await readTopicToEnd(kafka, audit);
       assert.deepEqual(
         events.map((e) => e.key),
@@ -174,5 +183,12 @@ describe('Kafka broker restart', { skip }, () => {
     const scenario = { signal: 'SIGTERM', outageMs: 2000, before: 300, after: 60 } as const;
     const run = await runOutageScenario(broker!, scenario);
     assertRodeOutOutage(run, scenario.before);
+  });
+
+  it('mlm-filter worker exits on SIGTERM after a broker restart; a second SIGTERM exits at once', async () => {
+    const run = await runShutdownScenario(broker!, 60_000);
+    const tail = run.lines.slice(-10).join('\n');
+    assert.deepEqual(run.drained, { code: 0, signal: null }, `one SIGTERM: drained, exit 0\n${tail}`);
+    assert.deepEqual(run.twice, { code: 130, signal: null }, `two: stopped at once, exit 130 (interrupted)\n${tail}`);
   });
 });

@@ -113,7 +113,7 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
       MLMF_GROUP_ID: groupId,
       MLMF_BUCKET: bucket,
       MLMF_AUDIT_TOPIC: audit,
-      MLMF_TRANSACTIONAL_ID: `${t}-tx`,
+      MLMF_TRANSACTIONAL_ID_PREFIX: `${t}-tx`,
       MLMF_SESSION_TIMEOUT_MS: '6000',
       MLMF_SOURCE_BATCH: '25',
       MLMF_FLUSH_MS: '150',
@@ -124,7 +124,11 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
     for (let k = 0; k < KILLS; k++) {
       const w = startWorker(env);
       await w.waitLog(/joined consumer group/);
-      await pause(400 + Math.floor(Math.random() * 1200));
+      // Mid-stream: once this worker has committed (after taking over its partitions' transactional ids), at a
+      // random point of what follows.
+      const before = progress[progress.length - 1] ?? 0;
+      await waitFor('the worker committing', async () => (await committedTotal(admin, groupId, t)) > before, 60_000);
+      await pause(Math.floor(Math.random() * 1200));
       await kill9(w);
       progress.push(await committedTotal(admin, groupId, t));
     }

@@ -1,7 +1,8 @@
 /**
- * The container entry's stop handling (functions/worker/stop-signals.ts, used by main()): a first signal drains, a
- * second one or the drain budget (MLMF_DRAIN_BUDGET_MS, which the construct sets below ECS's stopTimeout) abandons
- * in-flight work. The handler is driven directly; the budget is awaited by polling, not by a fixed sleep.
+ * The worker's stop handling (lib/worker/stop-signals.ts: the container entry and `mlm-filter worker`): a first signal
+ * drains, a second one or the drain budget (MLMF_DRAIN_BUDGET_MS, which the construct sets below ECS's stopTimeout)
+ * abandons in-flight work, and then the process exits. The handler is driven directly; the budget is awaited by
+ * polling, not by a fixed sleep.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -61,4 +62,21 @@ test('MLMF_DRAIN_BUDGET_MS: unset is no limit, digits are milliseconds, anything
       bad,
     );
   }
+});
+
+test('with an exit: a second signal exits at once; a spent budget exits after its grace, whatever is still open', async () => {
+  const exits: number[] = [];
+  const exit = { exit: (code: number) => exits.push(code), code: 1, graceMs: 30 };
+  const twice = stopSignals(() => {}, 60_000, exit);
+  twice.onSignal('SIGTERM');
+  assert.deepEqual(exits, [], 'the first signal only drains');
+  twice.onSignal('SIGTERM');
+  assert.deepEqual(exits, [1], 'the second one exits, synchronously');
+  exits.length = 0;
+  const spent = stopSignals(() => {}, 20, exit);
+  spent.onSignal('SIGTERM');
+  await until('the budget to run out', () => spent.hard.aborted);
+  assert.deepEqual(exits, [], 'the abandon leaves the run its grace to close its clients');
+  await until('the grace to run out', () => exits.length > 0);
+  assert.deepEqual(exits, [1]);
 });

@@ -41,7 +41,7 @@ const workerConfig = (t: string, bucket: string, extra: Partial<Parameters<typeo
   auditTopic: `${t}-audit`,
   s3Endpoint: S3_ENDPOINT,
   healthPort: 0,
-  transactionalId: `${t}-tx`,
+  transactionalIdPrefix: `${t}-tx`,
   sourceBatch: 20,
   idleFlushMs: 200,
   thresholds: 'itm>=50',

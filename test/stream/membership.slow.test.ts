@@ -49,7 +49,7 @@ describe('long scoring', { skip }, () => {
         healthPort: 0,
         sessionTimeoutMs: 6000,
         sourceBatch: 1,
-        transactionalId: `${t}-tx`,
+        transactionalIdPrefix: `${t}-tx`,
         thresholds: 'itm>=50',
         scorer: new FastScorer(8, 7000),
       },

@@ -63,7 +63,7 @@ describe('S3 outage', { skip }, () => {
         s3Endpoint: S3_ENDPOINT,
         s3RequestTimeoutMs: 1000,
         healthPort: 0,
-        transactionalId: `${t}-tx`,
+        transactionalIdPrefix: `${t}-tx`,
         sourceBatch: 10,
         idleFlushMs: 100,
         thresholds: 'itm>=50',

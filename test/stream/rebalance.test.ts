@@ -60,11 +60,11 @@ describe('consumer group rebalance', { skip }, () => {
     });
     const stopA = new AbortController();
     const stopB = new AbortController();
-    const a = runWorker({ ...base, transactionalId: `${t}-a`, scorer: new FastScorer(8, 200) }, opts(stopA));
+    const a = runWorker({ ...base, scorer: new FastScorer(8, 200) }, opts(stopA));
     let b: ReturnType<typeof runWorker> | undefined;
     try {
       await waitFor('first worker committing', async () => (await committedTotal(admin, groupId, t)) >= 60, 30_000);
-      b = runWorker({ ...base, transactionalId: `${t}-b`, scorer: new FastScorer(8, 200) }, opts(stopB));
+      b = runWorker({ ...base, scorer: new FastScorer(8, 200) }, opts(stopB));
       await waitFor('all committed', async () => (await committedTotal(admin, groupId, t)) === records.length, 90_000);
     } finally {
       stopA.abort();

@@ -54,12 +54,12 @@ describe('Kafka topic sinks', { skip }, () => {
     const t = uniq('txn');
     const group = `${t}-g`;
     await createTopics(admin, [{ topic: t }, { topic: `${t}-audit` }]);
-    const hub = await KafkaProducerHub.open({ kafka, transactionalId: `${t}-tx` });
+    const hub = await KafkaProducerHub.open({ kafka, transactions: { groupId: group, idPrefix: t } });
     const audit = new KafkaAuditSink({ hub, topic: `${t}-audit`, model });
     await audit.write([reject(t, 0, 'a'), reject(t, 1, 'b'), reject(t, 2, 'c')]);
     await audit.write([reject(t, 1, 'b')]); // a retried write stages once, not twice
     assert.equal(hub.stagedCount, 3);
-    await hub.commit(group, t, 0, '1');
+    await hub.commit(t, 0, '1');
     assert.equal(hub.stagedCount, 1);
     hub.discard(t, 0);
     assert.equal(hub.stagedCount, 0);

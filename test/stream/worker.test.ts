@@ -124,6 +124,14 @@ describe('worker configuration from the environment', () => {
     assert.throws(() => configFromEnv({ MLMF_KAFKA_AUTH: 'plain' }), /MLMF_KAFKA_AUTH must be one of/);
     assert.throws(() => configFromEnv({ MLMF_BATCH_SIZE: 'x' }), /MLMF_BATCH_SIZE must be a non-negative integer/);
     assert.throws(() => configFromEnv({ MLMF_KAFKA_TLS: 'maybe' }), /MLMF_KAFKA_TLS must be true or false/);
+    // A per-slot id read as a prefix would give each worker its own ids, and nothing would fence a partition's owner.
+    assert.throws(
+      () => configFromEnv({ MLMF_TRANSACTIONAL_ID: 'mlmf-g-host1' }),
+      (e: unknown) =>
+        e instanceof FilterError && e.code === 'worker_config' && /MLMF_TRANSACTIONAL_ID_PREFIX/.test(e.message),
+    );
+    assert.throws(() => configFromEnv({ MLMF_TRANSACTIONAL_ID_PREFIX: 'a b' }), /MLMF_TRANSACTIONAL_ID_PREFIX must be/);
+    assert.equal(configFromEnv({ MLMF_TRANSACTIONAL_ID_PREFIX: 'team.a-1' }).transactionalIdPrefix, 'team.a-1');
   });
 });
 
@@ -190,7 +198,7 @@ describe('worker health endpoint', { skip }, () => {
         auditTopic: `${t}-audit`,
         s3Endpoint: S3_ENDPOINT,
         healthPort: port,
-        transactionalId: `${t}-tx`,
+        transactionalIdPrefix: `${t}-tx`,
         backlogSampleMs: 200,
         scorer,
       },
