@@ -88,6 +88,14 @@ export const ERRORS = {
     false,
   ),
   sqs_send_failed: runtime('sending SQS messages failed after retries', true),
+  shard_input_mismatch: config(
+    "a shard job names another input (bucket, key, size, ETag) than the one its shard's done marker describes",
+  ),
+  shard_input_changed: config('the input shard changed (size or ETag) since enqueue listed it: enqueue a new job'),
+  job_input_mismatch: config('enqueue --job names a job whose shards came from other inputs: use another --job'),
+  input_keys_skipped: config('enqueue skipped input keys that cannot be shard jobs (listed); the rest were sent'),
+  job_object_invalid: config("a job's manifest or marker in S3 is not what enqueue or the workers write"),
+  shard_lease_lost: runtime("the shard job's SQS visibility lease was lost (another worker may hold it)", false),
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
