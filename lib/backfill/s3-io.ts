@@ -39,8 +39,8 @@ export function isNotFound(err: unknown): boolean {
 }
 
 /** A 4xx other than timeout and throttling: the request itself is wrong or forbidden, a retry gets the same answer. */
-function isClientError(err: unknown): boolean {
-  const status = httpStatus(err);
+export function isClientError(err: unknown): boolean {
+  const status = httpStatus(err) ?? httpStatus((err as { cause?: unknown })?.cause);
   return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
 

@@ -34,12 +34,13 @@ import {
   jobFolder,
   readDone,
   startAttempt,
+  type JobFolder,
   type ShardAttempt,
   type ShardDone,
   type ShardFailed,
 } from '../backfill/outputs.ts';
 import { runShardJob, type ShardResult } from '../backfill/runner.ts';
-import { putObject } from '../backfill/s3-io.ts';
+import { isClientError, putObject } from '../backfill/s3-io.ts';
 import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
 import { topicMaxMessageBytes } from '../kafka/client.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
@@ -185,19 +186,30 @@ async function handle(run: Run, message: Message): Promise<void> {
     const err = new FilterError('shard_input_mismatch', why, ctx);
     return deadLetter(run, message, job, err, { receives, attempts: 0 }, false);
   }
-  const started = await countAttempts(s3, folder, job.shard);
-  if (started >= run.maxAttempts) {
+  let begun: { started: number; attempt?: ShardAttempt };
+  try {
+    begun = await begin(run, job, folder);
+  } catch (err) {
+    // A job folder that cannot be listed or written (no such bucket, access denied) cannot count attempts: the
+    // receives stand in (each of them got this far and failed). Anything else comes back and is tried again.
+    if (!isClientError(err)) throw err;
+    const coded =
+      err instanceof FilterError
+        ? err
+        : new FilterError(
+            'backfill_output_failed',
+            `cannot use the job folder s3://${folder.bucket}/${folder.prefix}: ${String(err)}`,
+            ctx,
+            { cause: err },
+          );
+    return failed(run, message, job, coded, { receives, attempts: receives });
+  }
+  const { started, attempt } = begun;
+  if (!attempt) {
     const why = `started ${started} times without finishing: workers stopped or died mid-shard (memory?)`;
     const err = new FilterError('shard_job_incomplete', why, ctx);
     return deadLetter(run, message, job, err, { receives, attempts: started });
   }
-  const attempt = await startAttempt(s3, folder, {
-    job: job.job,
-    shard: job.shard,
-    input: job.input,
-    attempt: started + 1,
-    worker: hostname(),
-  });
   const lease = new Lease(run, message);
   const actx = { ...ctx, attempt: attempt.attempt, attemptId: attempt.attemptId };
   log('info', 'shard job started', { ...actx, input: job.input });
@@ -219,6 +231,14 @@ async function handle(run: Run, message: Message): Promise<void> {
   } finally {
     lease.stop();
   }
+}
+
+/** Counts the attempts started so far and, below the limit, writes this one's started marker before any work. */
+async function begin(run: Run, job: ShardJob, folder: JobFolder): Promise<{ started: number; attempt?: ShardAttempt }> {
+  const started = await countAttempts(run.o.s3, folder, job.shard);
+  if (started >= run.maxAttempts) return { started };
+  const marker = { job: job.job, shard: job.shard, input: job.input, attempt: started + 1, worker: hostname() };
+  return { started, attempt: await startAttempt(run.o.s3, folder, marker) };
 }
 
 function runJob(run: Run, job: ShardJob, attempt: ShardAttempt, lease: Lease): Promise<ShardResult> {
