@@ -311,14 +311,15 @@ async function checkSameInputs(
   done: ReadonlySet<string>,
 ): Promise<void> {
   const before = new Map((manifest?.shards ?? []).map((s) => [s.shard, s]));
-  const differences: string[] = [];
+  // One difference per shard (the manifest and the done marker may both tell it).
+  const found = new Map<string, string>();
   const compare = (shard: InputShard, was: { input: string; identity?: { size?: number; etag?: string } }) => {
     const d = inputDifference(
       { input: was.input, identity: was.identity as never },
       shard.input,
       shard.etag !== undefined ? { size: shard.bytes, etag: shard.etag } : undefined,
     );
-    if (d !== undefined) differences.push(`shard ${shard.shard} is of ${d}`);
+    if (d !== undefined && !found.has(shard.shard)) found.set(shard.shard, `shard ${shard.shard} is of ${d}`);
   };
   for (const s of inputs) {
     const b = before.get(s.shard);
@@ -334,6 +335,7 @@ async function checkSameInputs(
     }
   };
   await Promise.all(Array.from({ length: Math.min(16, doneInputs.length) }, worker));
+  const differences = [...found.values()];
   if (differences.length > 0) {
     const more = differences.length > 1 ? ` (and ${differences.length - 1} more)` : '';
     throw new FilterError(
