@@ -130,6 +130,14 @@ describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
 
     // Every input pair exactly once: accepted in a curated shard or rejected in the rejects.
     const curated = await curatedIdsUnder(s3, out, 'backfill/dc/curated/');
+    // What the done markers published is all there is: the killed attempts' shards were removed by the winners.
+    assert.deepEqual(
+      (await listAll(s3, out, 'backfill/dc/curated/'))
+        .map((o) => o.Key!)
+        .filter((k) => k.endsWith('.tar'))
+        .sort(),
+      markers.flatMap((m) => m.curated.map((c) => c.key)).sort(),
+    );
     const events = await rejectEventsUnder(s3, out, 'backfill/dc/rejects/');
     const readable = shards.flatMap((s) => s.ids);
     const unreadable = events.filter((e) => e.reasons.some((r) => r.detail?.field === 'shard'));
