@@ -72,7 +72,6 @@ export const ERRORS = {
   invalid_s3_uri: usage('an s3:// URI that is not s3://bucket/key (or s3://bucket/prefix/ where a prefix is meant)'),
   invalid_job_name: usage('a job name that is not 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)'),
   shard_list_empty: config('no .tar shards under the --input prefix or in the list file'),
-  shard_name_collision: config('two input shards would write the same outputs (same name relative to the input)'),
   job_not_found: config('no job manifest (manifest.json) under --output for --job'),
   shard_job_invalid: config(
     'an SQS message that is not a valid shard job {v:1, kind:"shard-job", job, input, output, shard}',

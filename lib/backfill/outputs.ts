@@ -130,9 +130,9 @@ export interface JobSinkOptions {
 }
 
 /**
- * Accepted samples as curated shards `curated/<shard>-NNNNN.tar` + index. A write adds its accepts to the open shard;
- * a shard cut by count or size is uploaded while the next fills, and a write waits for the previous upload first, so
- * at most two shards are held whatever the input's size. close() uploads the last, partial shard.
+ * Accepted samples as curated shards `curated/<shard>~<attempt>-NNNNN.tar` + index. A write adds its accepts to the
+ * open shard; a shard cut by count or size is uploaded while the next fills, and a write waits for the previous
+ * upload first, so at most two shards are held whatever the input's size. close() uploads the last, partial shard.
  */
 export class JobCuratedSink implements Sink {
   readonly name = 'backfill-curated';
@@ -212,9 +212,9 @@ export class JobCuratedSink implements Sink {
 }
 
 /**
- * Rejects as audit events, one JSON line each, streamed into `rejects/<shard>.jsonl` by a multipart upload: memory
- * stays at a part (8 MiB) whatever the number of rejects. The object appears whole at close(), or not at all
- * (abort(): the parts are discarded), so a redelivered job replaces it.
+ * Rejects as audit events, one JSON line each, streamed into `rejects/<shard>~<attempt>.jsonl` by a multipart
+ * upload: memory stays at a part (8 MiB) whatever the number of rejects. The object appears whole at close(), or not
+ * at all (abort(): the parts are discarded).
  */
 export class JobRejectsSink implements Sink {
   readonly name = 'backfill-rejects';
