@@ -201,9 +201,12 @@ describe('overlapping and dying attempts of a shard job', { skip }, () => {
     assert.equal((await runCli(['enqueue', ...args])).code, 0);
     for (let k = 0; k < 2; k++) {
       const w = startWorker(e);
-      const started = await w.next('shard job started');
-      assert.equal(started.attempt, k + 1, 'the attempt number counts started attempts');
-      await kill9(w);
+      try {
+        const started = await w.next('shard job started');
+        assert.equal(started.attempt, k + 1, 'the attempt number counts started attempts');
+      } finally {
+        await kill9(w);
+      }
     }
     const last = startWorker(e);
     try {
