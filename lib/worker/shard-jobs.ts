@@ -74,6 +74,7 @@ export interface ShardJobWorkerOptions {
 
 /** Codes that no retry can fix: the job goes to the dead-letter queue on its first failure. */
 const HOPELESS = new Set([
+  'job_object_invalid',
   'shard_job_invalid',
   'shard_input_missing',
   'invalid_s3_uri',
@@ -174,7 +175,14 @@ async function handle(run: Run, message: Message): Promise<void> {
   }
   const folder = jobFolder(job.output);
   const ctx = { job: job.job, shard: job.shard, receives };
-  const done = await readDone(s3, folder, job.shard);
+  let done: ShardDone | undefined;
+  try {
+    done = await readDone(s3, folder, job.shard);
+  } catch (err) {
+    // A done marker that is not one: no attempt may replace it (it is create-only) and none can be taken for done.
+    if ((err as { code?: string }).code !== 'job_object_invalid') throw err;
+    return deadLetter(run, message, job, err, { receives, attempts: 0 }, false);
+  }
   if (done) {
     const difference = inputDifference(done, job.input, job);
     // Finished by an earlier delivery whose delete did not happen, or sent twice by enqueue.

@@ -145,9 +145,13 @@ describe('shard-job worker', { skip }, () => {
     // A message for a done shard that names another input: not "done", dead-lettered with the difference.
     const other = makeShardJob('J', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/J/`, 'good');
     await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(other) }));
+    // A done marker that is not one (cut short): dead-lettered with the reason, never taken for done or overwritten.
+    await putShard(s3, out, 'bf/K/done/polled.json', Buffer.from('{"v":1,"kind":"shard-do'));
+    const broken = makeShardJob('K', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/K/`, 'polled');
+    await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(broken) }));
     await work(jobs);
 
-    const dead = (await drain(dlq, 4)).map(
+    const dead = (await drain(dlq, 5)).map(
       (m) =>
         JSON.parse(m.Body!) as {
           job?: string;
@@ -159,6 +163,7 @@ describe('shard-job worker', { skip }, () => {
     const byCode = Object.fromEntries(dead.map((d) => [d.failure.code, d]));
     assert.deepEqual(Object.keys(byCode).sort(), [
       'backfill_output_failed',
+      'job_object_invalid',
       'shard_input_mismatch',
       'shard_input_missing',
       'shard_job_invalid',
@@ -181,6 +186,7 @@ describe('shard-job worker', { skip }, () => {
       !logs.some((l) => l.msg === 'shard job started' && l.ctx?.job === 'J' && l.ctx?.input === other.input),
       'the mismatched job is not run',
     );
+    assert.match(byCode.job_object_invalid!.failure.message, /bf\/K\/done\/polled\.json is not JSON/);
     const goodDone = (await getJson(s3, out, 'bf/J/done/good.json')) as unknown as ShardDone;
     assert.equal(goodDone.input, `s3://${pool}/in/good.tar`, "the done marker still describes good's input");
 
