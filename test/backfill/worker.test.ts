@@ -3,8 +3,9 @@
  * job is done and its message deleted; a message that can never work (not a shard job, a missing input) goes to the
  * dead-letter queue at once with the reason; a job that keeps failing goes there after MLMF_SHARD_MAX_ATTEMPTS real
  * attempts; one received many times by consumers that never ran it is still run (receives are not attempts); a
- * message naming another input than its shard's done marker is dead-lettered, not taken for done. Failed shards get
- * a failed marker that `job status` reports. (Workers killed mid-shard: test/backfill/attempts.test.ts.)
+ * message naming another input than its shard's done marker, or a done marker that is not one, is dead-lettered,
+ * not taken for done. Failed shards get a failed marker that `job status` reports. (Workers killed mid-shard:
+ * test/backfill/attempts.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
