@@ -77,7 +77,6 @@ export const ERRORS = {
   invalid_s3_uri: usage('an s3:// URI that is not s3://bucket/key (or s3://bucket/prefix/ where a prefix is meant)'),
   invalid_job_name: usage('a job name that is not 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)'),
   shard_list_empty: config('no .tar shards under the --input prefix or in the list file'),
-  shard_name_collision: config('two input shards would write the same outputs (same name relative to the input)'),
   job_not_found: config('no job manifest (manifest.json) under --output for --job'),
   shard_job_invalid: config(
     'an SQS message that is not a valid shard job {v:1, kind:"shard-job", job, input, output, shard}',
@@ -93,6 +92,14 @@ export const ERRORS = {
     false,
   ),
   sqs_send_failed: runtime('sending SQS messages failed after retries', true),
+  shard_input_mismatch: config(
+    "a shard job names another input (bucket, key, size, ETag) than the one its shard's done marker describes",
+  ),
+  shard_input_changed: config('the input shard changed (size or ETag) since enqueue listed it: enqueue a new job'),
+  job_input_mismatch: config('enqueue --job names a job whose shards came from other inputs: use another --job'),
+  input_keys_skipped: config('enqueue skipped input keys that cannot be shard jobs (listed); the rest were sent'),
+  job_object_invalid: config("a job's manifest or marker in S3 is not what enqueue or the workers write"),
+  shard_lease_lost: runtime("the shard job's SQS visibility lease was lost (another worker may hold it)", false),
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

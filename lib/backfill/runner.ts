@@ -2,8 +2,9 @@
  * One shard job: the input shard streamed from S3 through the same pipeline as every other source (runPipeline), into
  * the job's outputs (outputs.ts), then the done marker. Inside the job nothing is acknowledged record by record
  * (the committer is NO_COMMIT): the job's SQS message is the unit of acknowledgement, deleted by the caller only after
- * runShardJob resolves, i.e. after the done marker is written. A job that fails or is stopped leaves no done marker
- * and its message comes back; the retry rewrites the same keys.
+ * runShardJob resolves, i.e. after the done marker is written. Every output carries the attempt's id, and the done
+ * marker is create-only: of two attempts that both finish, one publishes and the other removes its own outputs; an
+ * attempt that fails or is stopped removes its own and leaves no done marker, and its message comes back.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SummaryCollector } from '../metrics/run-summary.ts';
@@ -19,13 +20,15 @@ import {
   jobFolder,
   JobCuratedSink,
   JobRejectsSink,
-  removeStaleCurated,
+  newAttemptId,
+  readDone,
+  removeAttemptOutputs,
   type JobFolder,
   type ShardDone,
 } from './outputs.ts';
-import { deleteKeys, putObject, type RetryOptions } from './s3-io.ts';
+import { deleteKeys, isPreconditionFailed, putObject, type RetryOptions } from './s3-io.ts';
 import { openS3Shard } from './shard-input.ts';
-import { parseS3Uri, type ShardJob } from './shard-job.ts';
+import { parseS3Uri, type InputIdentity, type ShardJob } from './shard-job.ts';
 
 export interface ShardJobOptions {
   /** Reads the input and writes the outputs. */
@@ -52,24 +55,48 @@ export interface ShardJobOptions {
   readonly retry?: RetryOptions;
   /** Hard stop: the job is abandoned (no done marker); its message is the caller's to release. */
   readonly abort?: AbortSignal;
-  /** The delivery this is (SQS ApproximateReceiveCount), recorded in the done marker. */
+  /** The real attempt this is (started markers, this one included), recorded in the done marker. Default 1. */
   readonly attempt?: number;
+  /** The attempt's id, part of every output's name (its started marker's). Default: a new one. */
+  readonly attemptId?: string;
+  /** Called right before the done marker is written; throws when this attempt may not publish (a lost lease). */
+  readonly beforePublish?: () => Promise<void>;
   readonly onOutcome?: (outcome: Outcome) => void;
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
   readonly logger?: PipelineLogger;
 }
 
+export interface ShardResult {
+  /** The shard's done marker: this attempt's, or the one another attempt published first. */
+  readonly done: ShardDone;
+  /** False when another attempt's done marker was there first: this attempt's outputs were removed. */
+  readonly published: boolean;
+}
+
 /** Runs the job to its done marker; throws when it cannot (nothing is marked done then). */
-export async function runShardJob(job: ShardJob, options: ShardJobOptions): Promise<ShardDone> {
+export async function runShardJob(job: ShardJob, options: ShardJobOptions): Promise<ShardResult> {
   const startedAt = new Date();
   const folder = jobFolder(job.output);
   const { s3, abort, retry } = options;
-  const input = await openS3Shard(s3, parseS3Uri(job.input, 'input'), {
-    signal: abort,
-    retry,
-    rangeBytes: options.rangeBytes,
-  });
-  const sinkOptions = { s3, folder, shard: job.shard, model: options.scorer.model, retry };
+  const attemptId = options.attemptId ?? newAttemptId(options.attempt ?? 1);
+  const loc = parseS3Uri(job.input, 'input');
+  const input = await openS3Shard(s3, loc, { signal: abort, retry, rangeBytes: options.rangeBytes });
+  const identity: InputIdentity = { bucket: loc.bucket, key: loc.key, size: input.size, etag: input.etag };
+  if (job.etag !== undefined && (job.etag !== input.etag || job.size !== input.size)) {
+    await input.bytes.close().catch(() => undefined);
+    throw new FilterError(
+      'shard_input_changed',
+      `input shard ${job.input} is now size ${input.size}, ETag ${input.etag}; ` +
+        `enqueue listed size ${job.size}, ETag ${job.etag}: enqueue the new data as a new job`,
+      { job: job.job, shard: job.shard },
+    );
+  }
+  const removeOwn = () =>
+    removeAttemptOutputs(s3, folder, job.shard, (a) => a === attemptId, { ...retry, attempts: 3 }).catch(
+      (err: unknown) =>
+        options.logger?.warn("could not remove the attempt's outputs", { shard: job.shard, error: String(err) }),
+    );
+  const sinkOptions = { s3, folder, shard: job.shard, attempt: attemptId, model: options.scorer.model, retry };
   const curated = new JobCuratedSink({
     ...sinkOptions,
     samplesPerShard: options.samplesPerShard,
@@ -118,34 +145,44 @@ export async function runShardJob(job: ShardJob, options: ShardJobOptions): Prom
     }
     await curated.close();
     await rejects.close();
+    await options.beforePublish?.();
   } catch (err) {
     await rejects.abort();
     await input.bytes.close().catch(() => undefined);
+    await curated.flush().catch(() => undefined);
+    await removeOwn();
     throw err;
   }
-  return finish(job, folder, options, { startedAt, summary, curated, rejects });
+  const attempt = { number: options.attempt ?? 1, id: attemptId, identity, startedAt };
+  return publish(job, folder, options, attempt, { summary, curated, rejects }, removeOwn);
 }
 
 interface Finished {
-  readonly startedAt: Date;
   readonly summary: SummaryCollector;
   readonly curated: JobCuratedSink;
   readonly rejects: JobRejectsSink;
 }
 
-/** Removes what an earlier attempt left that this one did not write, then writes the done marker. */
-async function finish(job: ShardJob, folder: JobFolder, options: ShardJobOptions, f: Finished): Promise<ShardDone> {
+interface Attempt {
+  readonly number: number;
+  readonly id: string;
+  readonly identity: InputIdentity;
+  readonly startedAt: Date;
+}
+
+/**
+ * Writes the done marker, create-only: the first attempt to get there publishes its outputs and removes every other
+ * attempt's; a later one finds the marker there, removes its own outputs and returns the winner's marker.
+ */
+async function publish(
+  job: ShardJob,
+  folder: JobFolder,
+  options: ShardJobOptions,
+  attempt: Attempt,
+  f: Finished,
+  removeOwn: () => Promise<unknown>,
+): Promise<ShardResult> {
   const { s3, retry } = options;
-  const curated = [...f.curated.written].sort((a, b) => (a.key < b.key ? -1 : 1));
-  const stale = await removeStaleCurated(
-    s3,
-    folder,
-    job.shard,
-    curated.map((c) => c.key),
-    retry,
-  );
-  if (stale.length > 0)
-    options.logger?.info('removed curated shards of an earlier attempt', { shard: job.shard, stale });
   const s = f.summary.summary();
   const finishedAt = new Date();
   const done: ShardDone = {
@@ -159,25 +196,48 @@ async function finish(job: ShardJob, folder: JobFolder, options: ShardJobOptions
     rejected: s.decisions.reject,
     reasons: s.reasons,
     scores: s.scores,
-    curated,
+    curated: [...f.curated.written].sort((a, b) => (a.key < b.key ? -1 : 1)),
     rejects: { key: f.rejects.key, events: f.rejects.events },
     model: options.scorer.model,
-    startedAt: f.startedAt.toISOString(),
+    startedAt: attempt.startedAt.toISOString(),
     finishedAt: finishedAt.toISOString(),
-    seconds: (finishedAt.getTime() - f.startedAt.getTime()) / 1000,
-    attempt: options.attempt ?? 1,
+    seconds: (finishedAt.getTime() - attempt.startedAt.getTime()) / 1000,
+    attempt: attempt.number,
+    attemptId: attempt.id,
+    identity: attempt.identity,
   };
-  await putObject(
-    s3,
-    folder.bucket,
-    doneKey(folder, job.shard),
-    JSON.stringify(done, null, 1),
-    'application/json',
-    retry,
+  const key = doneKey(folder, job.shard);
+  try {
+    await putObject(s3, folder.bucket, key, JSON.stringify(done, null, 1), 'application/json', {
+      ...retry,
+      ifNoneMatch: true,
+    });
+  } catch (err) {
+    // Any other failure leaves the outputs: the marker may have been written and its answer lost.
+    if (!isPreconditionFailed(err)) throw err;
+    const winner = await readDone(s3, folder, job.shard, retry);
+    // Our own write, retried after its answer was lost, finds itself.
+    if (winner?.attemptId !== attempt.id) {
+      await removeOwn();
+      if (!winner) throw err;
+      options.logger?.info('shard published by another attempt first: this attempt removed its outputs', {
+        shard: job.shard,
+        attemptId: attempt.id,
+        winner: winner.attemptId,
+      });
+      return { done: winner, published: false };
+    }
+  }
+  const others = await removeAttemptOutputs(s3, folder, job.shard, (a) => a !== attempt.id, retry).catch(
+    (err: unknown) => {
+      options.logger?.warn("other attempts' outputs not removed", { shard: job.shard, error: String(err) });
+      return [];
+    },
   );
+  if (others.length > 0) options.logger?.info("removed other attempts' outputs", { shard: job.shard, others });
   // A shard that went to the dead-letter queue once and is done now is no longer failed.
   await deleteKeys(s3, folder.bucket, [failedKey(folder, job.shard)], retry).catch(() => undefined);
-  return done;
+  return { done, published: true };
 }
 
 /**

@@ -39,8 +39,8 @@ export function isNotFound(err: unknown): boolean {
 }
 
 /** A 4xx other than timeout and throttling: the request itself is wrong or forbidden, a retry gets the same answer. */
-function isClientError(err: unknown): boolean {
-  const status = httpStatus(err);
+export function isClientError(err: unknown): boolean {
+  const status = httpStatus(err) ?? httpStatus((err as { cause?: unknown })?.cause);
   return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
 
@@ -59,14 +59,23 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, options: 
   }
 }
 
-/** Every key under `prefix` (ListObjectsV2, page by page). `pageSize` is for tests of the pagination. */
+export interface ListedKey {
+  readonly key: string;
+  readonly size: number;
+  readonly etag?: string;
+}
+
+/**
+ * Every key under `prefix` (ListObjectsV2, page by page), url-encoded on the wire: an XML listing turns a key's `\r`
+ * into `\n`, so a raw listing may name an object that does not exist. `pageSize` is for tests of the pagination.
+ */
 export async function listKeys(
   s3: S3Client,
   bucket: string,
   prefix: string,
   options: RetryOptions & { pageSize?: number } = {},
-): Promise<{ key: string; size: number }[]> {
-  const out: { key: string; size: number }[] = [];
+): Promise<ListedKey[]> {
+  const out: ListedKey[] = [];
   let token: string | undefined;
   do {
     const page = await withRetry(
@@ -77,30 +86,59 @@ export async function listKeys(
             Bucket: bucket,
             Prefix: prefix,
             ContinuationToken: token,
+            EncodingType: 'url',
             ...(options.pageSize ? { MaxKeys: options.pageSize } : {}),
           }),
         ),
       options,
     );
-    for (const o of page.Contents ?? []) if (o.Key) out.push({ key: o.Key, size: o.Size ?? 0 });
+    for (const o of page.Contents ?? []) {
+      if (o.Key) out.push({ key: urlDecode(o.Key), size: o.Size ?? 0, ...(o.ETag ? { etag: o.ETag } : {}) });
+    }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
   return out;
 }
 
-/** The object parsed as JSON, or undefined when it does not exist. */
-export async function getJsonObject<T>(s3: S3Client, bucket: string, key: string, options: RetryOptions = {}) {
+/** S3's url encoding of listed keys (`+` for a space, as S3 writes it; `%2B` for a plus). */
+const urlDecode = (key: string) => decodeURIComponent(key.replace(/\+/g, ' '));
+
+/**
+ * The object parsed as JSON, or undefined when it does not exist; one that is not JSON is `job_object_invalid`
+ * (a job's objects are written by the tools alone: a broken one is a fault to report, not a stack).
+ */
+export async function getJsonObject<T>(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  options: RetryOptions = {},
+): Promise<T | undefined> {
+  let text: string;
   try {
-    const res = await withRetry(
+    text = await withRetry(
       `get s3://${bucket}/${key}`,
       () => s3.send(new GetObjectCommand({ Bucket: bucket, Key: key })).then(async (r) => r.Body!.transformToString()),
       options,
     );
-    return JSON.parse(res) as T;
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw err;
   }
+  try {
+    return JSON.parse(text) as T;
+  } catch (err) {
+    throw new FilterError('job_object_invalid', `s3://${bucket}/${key} is not JSON: ${(err as Error).message}`, {
+      bucket,
+      key,
+    });
+  }
+}
+
+/** A conditional write lost: the object exists already (If-None-Match: *) and was not replaced. */
+export function isPreconditionFailed(err: unknown): boolean {
+  const e = err as { name?: string; cause?: unknown };
+  if (httpStatus(err) === 412 || e?.name === 'PreconditionFailed') return true;
+  return e?.cause !== undefined && e.cause !== err && isPreconditionFailed(e.cause);
 }
 
 export async function objectExists(s3: S3Client, bucket: string, key: string, options: RetryOptions = {}) {
@@ -124,14 +162,18 @@ export async function putObject(
   key: string,
   body: Buffer | string,
   contentType: string,
-  options: RetryOptions = {},
+  options: RetryOptions & { ifNoneMatch?: boolean } = {},
 ): Promise<void> {
+  // Create-only: the write fails with 412 (isPreconditionFailed) when the key exists. Small bodies only.
+  const condition = options.ifNoneMatch ? { IfNoneMatch: '*' } : {};
   try {
     await withRetry(
       `put s3://${bucket}/${key}`,
       () =>
         typeof body === 'string' || body.length < 16 * 1024 * 1024
-          ? s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }))
+          ? s3.send(
+              new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType, ...condition }),
+            )
           : new Upload({
               client: s3,
               params: { Bucket: bucket, Key: key, Body: body, ContentType: contentType },

@@ -18,6 +18,20 @@ export interface ShardJob {
   readonly output: string;
   /** The shard's name in the outputs (its key relative to the input prefix, without `.tar`). */
   readonly shard: string;
+  /**
+   * The input object as enqueue listed it: the worker reads exactly that object (a changed one is refused) and its
+   * done marker records it. Absent in messages of older enqueues (the worker then takes the object as it finds it).
+   */
+  readonly size?: number;
+  readonly etag?: string;
+}
+
+/** What identifies an input shard: a done marker is for this object and no other. */
+export interface InputIdentity {
+  readonly bucket: string;
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string;
 }
 
 export interface S3Location {
@@ -63,8 +77,26 @@ export function jobOutput(root: string, job: string): string {
   return s3Uri({ bucket, key: `${prefix}${checkJobName(job)}/` });
 }
 
-export function makeShardJob(job: string, input: string, output: string, shard: string): ShardJob {
-  return validate({ v: SHARD_JOB_VERSION, kind: 'shard-job', job, input, output, shard });
+export function makeShardJob(
+  job: string,
+  input: string,
+  output: string,
+  shard: string,
+  identity?: { size: number; etag: string },
+): ShardJob {
+  return validate({ v: SHARD_JOB_VERSION, kind: 'shard-job', job, input, output, shard, ...identity });
+}
+
+/** Characters a key may hold that a terminal or a line-based reader would act on: controls, line and bidi marks. */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** True when `s` holds a line terminator or another control character. */
+export const hasControlChars = (s: string) => new RegExp(UNPRINTABLE.source).test(s);
+
+/** `s` with every control, line-terminator and bidi character shown as `\u{XXXX}`: safe to print on a terminal. */
+export function printable(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => `\\u{${c.codePointAt(0)!.toString(16).padStart(4, '0')}}`);
 }
 
 /** Parses and checks a message body; every problem is a `shard_job_invalid` naming what is wrong. */
@@ -81,6 +113,13 @@ export function parseShardJob(body: string): ShardJob {
   if (o.v !== SHARD_JOB_VERSION) throw invalid(`version ${JSON.stringify(o.v)} is not ${SHARD_JOB_VERSION}`, body);
   for (const field of ['job', 'input', 'output', 'shard'] as const) {
     if (typeof o[field] !== 'string') throw invalid(`${field} must be a string`, body);
+  }
+  if ((o.size === undefined) !== (o.etag === undefined)) throw invalid('size and etag go together', body);
+  if (o.size !== undefined && !(Number.isSafeInteger(o.size) && (o.size as number) >= 0)) {
+    throw invalid('size must be a non-negative integer', body);
+  }
+  if (o.etag !== undefined && (typeof o.etag !== 'string' || o.etag === '' || o.etag.length > 256)) {
+    throw invalid('etag must be a non-empty string', body);
   }
   return validate(o as unknown as ShardJob, body);
 }
@@ -102,6 +141,7 @@ function validate(job: ShardJob, body = JSON.stringify(job)): ShardJob {
     input: job.input,
     output: job.output,
     shard: job.shard,
+    ...(job.etag !== undefined ? { size: job.size, etag: job.etag } : {}),
   };
 }
 

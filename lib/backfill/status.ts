@@ -7,18 +7,18 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { GetQueueAttributesCommand, type QueueAttributeName, type SQSClient } from '@aws-sdk/client-sqs';
 import { FilterError } from '../types.ts';
-import type { JobManifest } from './enqueue.ts';
+import { readManifest } from './enqueue.ts';
 import {
   doneKey,
   failedKey,
+  inputDifference,
   jobFolder,
-  manifestKey,
   shardOfMarker,
   type ShardDone,
   type ShardFailed,
 } from './outputs.ts';
 import { getJsonObject, listKeys } from './s3-io.ts';
-import { jobOutput } from './shard-job.ts';
+import { jobOutput, printable } from './shard-job.ts';
 
 export interface JobStatusOptions {
   readonly s3: S3Client;
@@ -46,14 +46,49 @@ export interface JobStatus {
   /** Seconds until the pending shards are done at the rate so far; 0 when none is pending, null when unknown. */
   readonly etaSeconds: number | null;
   readonly failures: readonly Pick<ShardFailed, 'shard' | 'code' | 'message' | 'attempts'>[];
+  /** Input keys the last enqueue skipped (they cannot be shard jobs; not counted in `shards`). */
+  readonly skipped: number;
   readonly queue: { visible: number; inFlight: number; delayed: number } | null;
 }
 
 export async function jobStatus(options: JobStatusOptions): Promise<JobStatus> {
   const { s3 } = options;
+  const { output, folder, manifest, done, doneShards } = await readDoneShards(options);
+  const inJob = new Set(manifest.shards.map((s) => s.shard));
+  const failedShards = (await listKeys(s3, folder.bucket, `${folder.prefix}failed/`))
+    .map((k) => shardOfMarker(folder, 'failed', k.key))
+    .filter((s): s is string => s !== undefined && inJob.has(s) && !doneShards.has(s));
+  const failed = await readAll<ShardFailed>(
+    s3,
+    folder.bucket,
+    failedShards.map((s) => failedKey(folder, s)).slice(0, 20),
+  );
+  const queue = options.sqs && options.queueUrl ? await queueDepth(options.sqs, options.queueUrl) : null;
+  const status = summarise(options.job, output, inJob.size, done, failedShards.length, failed, queue);
+  return { ...status, skipped: manifest.skipped?.length ?? 0 };
+}
+
+/**
+ * The job's published outputs: for each done shard, the curated shards and the rejects file its done marker lists
+ * (the one attempt that published). What else lies under curated/ or rejects/ is an attempt in progress or one that
+ * lost, and is no output.
+ */
+export async function jobOutputs(options: JobStatusOptions): Promise<{ curated: string[]; rejects: string[] }> {
+  const { folder, done } = await readDoneShards(options);
+  const uri = (key: string) => `s3://${folder.bucket}/${key}`;
+  const sorted = [...done].sort((a, b) => (a.shard < b.shard ? -1 : 1));
+  return {
+    curated: sorted.flatMap((d) => d.curated.map((c) => uri(c.key))),
+    rejects: sorted.filter((d) => d.rejects.events > 0).map((d) => uri(d.rejects.key)),
+  };
+}
+
+/** The manifest and the done markers of its shards that are of the shard's input as enqueued (others are not done). */
+async function readDoneShards(options: JobStatusOptions) {
+  const { s3 } = options;
   const output = jobOutput(options.output, options.job);
   const folder = jobFolder(output);
-  const manifest = await getJsonObject<JobManifest>(s3, folder.bucket, manifestKey(folder));
+  const manifest = await readManifest(s3, folder);
   if (!manifest) {
     throw new FilterError(
       'job_not_found',
@@ -64,27 +99,23 @@ export async function jobStatus(options: JobStatusOptions): Promise<JobStatus> {
       },
     );
   }
-  const inJob = new Set(manifest.shards.map((s) => s.shard));
-  const markers = async (kind: 'done' | 'failed') =>
-    (await listKeys(s3, folder.bucket, `${folder.prefix}${kind}/`))
-      .map((k) => shardOfMarker(folder, kind, k.key))
-      .filter((s): s is string => s !== undefined && inJob.has(s));
-  const doneShards = await markers('done');
-  const doneSet = new Set(doneShards);
-  const failedShards = (await markers('failed')).filter((s) => !doneSet.has(s));
-  const done = await readAll<ShardDone>(
+  const entries = new Map(manifest.shards.map((s) => [s.shard, s]));
+  const listed = (await listKeys(s3, folder.bucket, `${folder.prefix}done/`))
+    .map((k) => shardOfMarker(folder, 'done', k.key))
+    .filter((s): s is string => s !== undefined && entries.has(s));
+  const markers = await readAll<ShardDone>(
     s3,
     folder.bucket,
-    doneShards.map((s) => doneKey(folder, s)),
+    listed.map((s) => doneKey(folder, s)),
     options.concurrency,
   );
-  const failed = await readAll<ShardFailed>(
-    s3,
-    folder.bucket,
-    failedShards.map((s) => failedKey(folder, s)).slice(0, 20),
-  );
-  const queue = options.sqs && options.queueUrl ? await queueDepth(options.sqs, options.queueUrl) : null;
-  return summarise(options.job, output, inJob.size, done, failedShards.length, failed, queue);
+  const done = markers.filter((d) => {
+    const e = entries.get(d.shard);
+    return (
+      e && inputDifference(d, e.input, e.etag !== undefined ? { size: e.bytes, etag: e.etag } : undefined) === undefined
+    );
+  });
+  return { output, folder, manifest, done, doneShards: new Set(done.map((d) => d.shard)) };
 }
 
 function summarise(
@@ -95,7 +126,7 @@ function summarise(
   failedCount: number,
   failed: readonly ShardFailed[],
   queue: JobStatus['queue'],
-): JobStatus {
+): Omit<JobStatus, 'skipped'> {
   const sum = (f: (d: ShardDone) => number) => done.reduce((n, d) => n + f(d), 0);
   const records = sum((d) => d.records);
   const accepted = sum((d) => d.accepted);
@@ -191,6 +222,9 @@ export function formatJobStatus(s: JobStatus): string {
       `queue: ${s.queue.visible} waiting, ${s.queue.inFlight} in flight, ${s.queue.delayed} delayed (whole queue)`,
     );
   }
+  if (s.skipped > 0)
+    lines.push(`skipped by enqueue: ${s.skipped} input keys that cannot be shard jobs (manifest.json)`);
   for (const f of s.failures) lines.push(`failed ${f.shard} after ${f.attempts} attempts: [${f.code}] ${f.message}`);
-  return lines.join('\n');
+  // Messages quote input keys, which may hold anything: nothing reaches the terminal unescaped.
+  return lines.map(printable).join('\n');
 }

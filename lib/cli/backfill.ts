@@ -11,6 +11,29 @@ import { shownDefault } from './usage.ts';
 /** Where the commands print (tests pass their own). */
 export interface BackfillIo {
   readonly stdout?: { write(s: string): unknown };
+  readonly stderr?: { write(s: string): unknown };
+}
+
+type Out = {
+  write(s: string): unknown;
+  on?: (event: 'error', listener: (err: NodeJS.ErrnoException) => void) => unknown;
+};
+
+/**
+ * `out`, going quiet once its reader has gone (`enqueue | head`: EPIPE): the command's work goes on to its end
+ * (half an enqueue would be worse than unread lines), what it would print is dropped, and nothing crashes.
+ */
+function quietOnEpipe(out: Out): { write(s: string): void } {
+  let gone = false;
+  out.on?.('error', (err) => {
+    if (err.code !== 'EPIPE') throw err;
+    gone = true;
+  });
+  return {
+    write: (s) => {
+      if (!gone) out.write(s);
+    },
+  };
 }
 
 interface EndpointFlags {
@@ -52,7 +75,8 @@ async function clients(flags: EndpointFlags): Promise<{ s3: S3Client; sqs: SQSCl
 
 /** Adds `enqueue` and `job status` to the mlm-filter program. */
 export function addBackfillCommands(program: Command, io: BackfillIo = {}): Command {
-  const stdout = io.stdout ?? process.stdout;
+  const stdout = quietOnEpipe(io.stdout ?? process.stdout);
+  const stderr = io.stderr ?? process.stderr;
   addEndpointOptions(
     program
       .command('enqueue')
@@ -70,10 +94,15 @@ export function addBackfillCommands(program: Command, io: BackfillIo = {}): Comm
       .addOption(shown('--dry-run', 'list what would be sent; send and write nothing', 'off')),
   ).action(
     async (flags: EndpointFlags & { input: string; queue: string; output: string; job?: string; dryRun?: boolean }) => {
-      const { enqueue } = await import('../backfill/enqueue.ts');
+      const [{ enqueue }, { printable }, { FilterError }] = await Promise.all([
+        import('../backfill/enqueue.ts'),
+        import('../backfill/shard-job.ts'),
+        import('../types.ts'),
+      ]);
       const c = await clients(flags);
       try {
         const verb = flags.dryRun ? 'would send' : 'sent';
+        const line = (s: { shard: string; input: string }) => printable(`${verb} ${s.shard} ${s.input}`) + '\n';
         const r = await enqueue({
           s3: c.s3,
           sqs: c.sqs,
@@ -82,21 +111,37 @@ export function addBackfillCommands(program: Command, io: BackfillIo = {}): Comm
           output: flags.output,
           job: flags.job,
           dryRun: flags.dryRun,
-          onSent: (s) => stdout.write(`${verb} ${s.shard} ${s.input}\n`),
+          onSkipped: (k) => stderr.write(printable(`mlm-filter: skipped ${k.input}: ${k.reason}`) + '\n'),
+          onSent: (s) => stdout.write(line(s)),
         });
-        if (r.dryRun) for (const s of r.sent) stdout.write(`${verb} ${s.shard} ${s.input}\n`);
+        if (r.dryRun) for (const s of r.sent) stdout.write(line(s));
+        const skipped = r.skipped.length > 0 ? `, skipped ${r.skipped.length} unusable keys` : '';
         stdout.write(
-          `job ${r.job}: ${r.shards} shards, ${r.done} already done, ${verb} ${r.sent.length} to ${flags.queue}\n` +
-            `outputs: ${r.output}${r.dryRun ? '' : `; manifest: ${r.manifest}`}\n` +
-            `progress: mlm-filter job status --job ${r.job} --output ${flags.output} --queue ${flags.queue}\n`,
+          printable(
+            `job ${r.job}: ${r.shards} shards, ${r.done} already done, ${verb} ${r.sent.length} to ${flags.queue}${skipped}`,
+          ) +
+            `\noutputs: ${r.output}${r.dryRun ? '' : `; manifest: ${r.manifest}`}\n` +
+            printable(
+              `progress: mlm-filter job status --job ${r.job} --output ${flags.output} --queue ${flags.queue}`,
+            ) +
+            '\n',
         );
+        if (r.skipped.length > 0) {
+          // After the rest was sent and the manifest written: a re-run skips the same keys and sends nothing more.
+          throw new FilterError(
+            'input_keys_skipped',
+            `${r.skipped.length} input keys cannot be shard jobs and were skipped (listed above); ` +
+              `the other ${r.shards} shards are in job ${r.job}: rename or copy those objects and enqueue them as another job`,
+            { job: r.job, skipped: r.skipped.length },
+          );
+        }
       } finally {
         c.close();
       }
     },
   );
 
-  const job = program.command('job').description('backfill jobs: `job status`');
+  const job = program.command('job').description('backfill jobs: `job status`, `job outputs`');
   addEndpointOptions(
     job
       .command('status')
@@ -113,6 +158,26 @@ export function addBackfillCommands(program: Command, io: BackfillIo = {}): Comm
     try {
       const s = await jobStatus({ s3: c.s3, sqs: c.sqs, output: flags.output, job: flags.job, queueUrl: flags.queue });
       stdout.write(flags.json ? `${JSON.stringify(s)}\n` : `${formatJobStatus(s)}\n`);
+    } finally {
+      c.close();
+    }
+  });
+  addEndpointOptions(
+    job
+      .command('outputs')
+      .description(
+        "a job's published outputs, one s3:// URI a line: each done shard's curated shards (the attempt that " +
+          'published it; nothing of attempts in progress or that lost)',
+      )
+      .requiredOption('--job <name>', 'the job name enqueue printed')
+      .requiredOption('--output <uri>', 'the output root given to enqueue')
+      .addOption(shown('--rejects', 'list the rejects files (audit events) instead', 'off')),
+  ).action(async (flags: EndpointFlags & { job: string; output: string; rejects?: boolean }) => {
+    const { jobOutputs } = await import('../backfill/status.ts');
+    const c = await clients(flags);
+    try {
+      const o = await jobOutputs({ s3: c.s3, output: flags.output, job: flags.job });
+      for (const uri of flags.rejects ? o.rejects : o.curated) stdout.write(`${uri}\n`);
     } finally {
       c.close();
     }

@@ -34,8 +34,11 @@ export interface WorkerConfig {
   readonly sqsQueueUrl?: string;
   /** MLMF_SQS_DLQ_URL: sqs-shards only: where a shard job that keeps failing goes, with the reason. */
   readonly sqsDlqUrl?: string;
-  /** MLMF_SHARD_MAX_RECEIVES: sqs-shards only: deliveries of a failing shard job before the dead-letter queue. Default 3. */
-  readonly shardMaxReceives?: number;
+  /**
+   * MLMF_SHARD_MAX_ATTEMPTS (formerly MLMF_SHARD_MAX_RECEIVES, still read): sqs-shards only: real attempts at a
+   * shard job (started, not merely received) before the dead-letter queue. Default 3.
+   */
+  readonly shardMaxAttempts?: number;
   /** MLMF_BUCKET: the curated bucket. */
   readonly bucket: string;
   /** MLMF_PREFIX: key prefix in the curated bucket. Default ''. */
@@ -205,7 +208,10 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     kafkaSecretArn: e('MLMF_KAFKA_SECRET_ARN'),
     sqsQueueUrl: e('MLMF_SQS_QUEUE_URL'),
     sqsDlqUrl: e('MLMF_SQS_DLQ_URL'),
-    shardMaxReceives: int(e('MLMF_SHARD_MAX_RECEIVES'), l('MLMF_SHARD_MAX_RECEIVES')),
+    shardMaxAttempts:
+      e('MLMF_SHARD_MAX_ATTEMPTS') !== undefined
+        ? int(e('MLMF_SHARD_MAX_ATTEMPTS'), l('MLMF_SHARD_MAX_ATTEMPTS'))
+        : int(e('MLMF_SHARD_MAX_RECEIVES'), l('MLMF_SHARD_MAX_RECEIVES')),
     bucket: e('MLMF_BUCKET') ?? '',
     prefix: e('MLMF_PREFIX'),
     auditTopic: e('MLMF_AUDIT_TOPIC'),

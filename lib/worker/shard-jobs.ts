@@ -2,13 +2,16 @@
  * The worker's shard-job branch (MLMF_SOURCE=sqs-shards): backfill of an existing dataset. It takes shard-job
  * messages of `mlm-filter enqueue` one at a time from the SQS queue and runs each with lib/backfill/runner.ts: the
  * shard streamed from S3 through the same pipeline, its outputs under the job's folder, its done marker, then the
- * message deleted. While a shard is in progress its message's visibility is extended (as lib/sources/sqs.ts does
- * for batches), so a long shard is never taken by a second worker; a worker that dies lets it come back.
+ * message deleted. While a shard is in progress its message's visibility lease is renewed (as lib/sources/sqs.ts
+ * does for batches); a worker that dies lets it come back, and one that loses the lease (paused past the timeout,
+ * the message received by another worker) stops the attempt and touches nothing but its own outputs.
  *
- * A job that fails is made visible again after a short backoff; one that failed on its MLMF_SHARD_MAX_RECEIVES-th
- * delivery (default 3), or whose input or message can never work, goes to MLMF_SQS_DLQ_URL with the reason, gets a
- * failed marker in its job folder (what `mlm-filter job status` reports) and is deleted. A message delivered more
- * often than that without ever finishing (workers killed mid-shard, e.g. out of memory) goes there too, unrun.
+ * Attempts are counted in the job folder, not by SQS receives: an attempt writes its started marker before any work,
+ * so a receive that never ran (a worker killed right after its long poll) costs nothing. A job that fails is made
+ * visible again after a short backoff; one whose MLMF_SHARD_MAX_ATTEMPTS-th attempt (default 3) failed, or whose
+ * input or message can never work, goes to MLMF_SQS_DLQ_URL with the reason, gets a failed marker in its job folder
+ * (what `mlm-filter job status` reports) and is deleted. A job started that often without ever finishing (workers
+ * killed mid-shard, e.g. out of memory) goes there too, unrun. The queue's redrive policy stays a backstop.
  * Scale-out is SQS competing consumers over ECS tasks, as for the other sources; the audit topic, when configured,
  * still receives every reject.
  */
@@ -24,9 +27,20 @@ import {
   type Message,
 } from '@aws-sdk/client-sqs';
 import type { Kafka } from 'kafkajs';
-import { doneKey, failedKey, jobFolder, type ShardDone, type ShardFailed } from '../backfill/outputs.ts';
-import { runShardJob } from '../backfill/runner.ts';
-import { objectExists, putObject } from '../backfill/s3-io.ts';
+import {
+  countAttempts,
+  failedKey,
+  inputDifference,
+  jobFolder,
+  readDone,
+  startAttempt,
+  type JobFolder,
+  type ShardAttempt,
+  type ShardDone,
+  type ShardFailed,
+} from '../backfill/outputs.ts';
+import { runShardJob, type ShardResult } from '../backfill/runner.ts';
+import { isClientError, putObject } from '../backfill/s3-io.ts';
 import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
 import { topicMaxMessageBytes } from '../kafka/client.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
@@ -59,14 +73,21 @@ export interface ShardJobWorkerOptions {
 }
 
 /** Codes that no retry can fix: the job goes to the dead-letter queue on its first failure. */
-const HOPELESS = new Set(['shard_job_invalid', 'shard_input_missing', 'invalid_s3_uri']);
+const HOPELESS = new Set([
+  'job_object_invalid',
+  'shard_job_invalid',
+  'shard_input_missing',
+  'invalid_s3_uri',
+  'shard_input_changed',
+  'shard_input_mismatch',
+]);
 
 interface Run {
   readonly o: ShardJobWorkerOptions;
   readonly sqs: SQSClient;
   readonly queueUrl: string;
   readonly visibility: number;
-  readonly maxReceives: number;
+  readonly maxAttempts: number;
   readonly audit?: Sink;
   readonly stats: PipelineStats;
   shards: number;
@@ -84,7 +105,7 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
     sqs,
     queueUrl: config.sqsQueueUrl!,
     visibility: config.sqsVisibilitySeconds ?? 60,
-    maxReceives: Math.max(1, config.shardMaxReceives ?? 3),
+    maxAttempts: Math.max(1, config.shardMaxAttempts ?? 3),
     audit: await openAudit(o.kafka, config, o.scorer.model),
     stats: { records: 0, accepted: 0, rejected: 0, batchesAcked: 0, scorerBatches: 0, startedAt: Date.now() },
     shards: 0,
@@ -94,7 +115,7 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
   log('info', 'worker consuming shard jobs', {
     queueUrl: run.queueUrl,
     dlqUrl: config.sqsDlqUrl,
-    maxReceives: run.maxReceives,
+    maxAttempts: run.maxAttempts,
     visibilitySeconds: run.visibility,
     audit: !!run.audit,
   });
@@ -144,44 +165,100 @@ async function receiveOne(run: Run): Promise<Message | undefined> {
 }
 
 async function handle(run: Run, message: Message): Promise<void> {
-  const { log } = run.o;
+  const { log, s3 } = run.o;
   const receives = Number(message.Attributes?.ApproximateReceiveCount ?? 1);
   let job: ShardJob;
   try {
     job = parseShardJob(message.Body ?? '');
   } catch (err) {
-    return deadLetter(run, message, undefined, err, receives);
+    return deadLetter(run, message, undefined, err, { receives, attempts: 0 });
   }
   const folder = jobFolder(job.output);
   const ctx = { job: job.job, shard: job.shard, receives };
-  if (await objectExists(run.o.s3, folder.bucket, doneKey(folder, job.shard))) {
+  let done: ShardDone | undefined;
+  try {
+    done = await readDone(s3, folder, job.shard);
+  } catch (err) {
+    // A done marker that is not one: no attempt may replace it (it is create-only) and none can be taken for done.
+    if ((err as { code?: string }).code !== 'job_object_invalid') throw err;
+    return deadLetter(run, message, job, err, { receives, attempts: 0 }, false);
+  }
+  if (done) {
+    const difference = inputDifference(done, job.input, job);
     // Finished by an earlier delivery whose delete did not happen, or sent twice by enqueue.
-    log('info', 'shard already done: message deleted', ctx);
-    return deleteMessage(run, message);
+    if (difference === undefined) {
+      log('info', 'shard already done: message deleted', ctx);
+      return deleteMessage(run, message);
+    }
+    const why = `shard ${job.shard} of job ${job.job} is done for ${difference}: enqueue other inputs as another job`;
+    const err = new FilterError('shard_input_mismatch', why, ctx);
+    return deadLetter(run, message, job, err, { receives, attempts: 0 }, false);
   }
-  if (receives > run.maxReceives) {
-    const why = `delivered ${receives} times without finishing: workers stopped or died mid-shard (memory?)`;
-    return deadLetter(run, message, job, new FilterError('shard_job_incomplete', why, ctx), receives);
+  let begun: { started: number; attempt?: ShardAttempt };
+  try {
+    begun = await begin(run, job, folder);
+  } catch (err) {
+    // A job folder that cannot be listed or written (no such bucket, access denied) cannot count attempts: the
+    // receives stand in (each of them got this far and failed). Anything else comes back and is tried again.
+    if (!isClientError(err)) throw err;
+    const coded =
+      err instanceof FilterError
+        ? err
+        : new FilterError(
+            'backfill_output_failed',
+            `cannot use the job folder s3://${folder.bucket}/${folder.prefix}: ${String(err)}`,
+            ctx,
+            { cause: err },
+          );
+    return failed(run, message, job, coded, { receives, attempts: receives });
   }
-  log('info', 'shard job started', { ...ctx, input: job.input });
-  const keepAlive = extendVisibility(run, message);
-  // The attempt's outcomes count once its done marker is written: a failed attempt is retried, not counted twice.
+  const { started, attempt } = begun;
+  if (!attempt) {
+    const why = `started ${started} times without finishing: workers stopped or died mid-shard (memory?)`;
+    const err = new FilterError('shard_job_incomplete', why, ctx);
+    return deadLetter(run, message, job, err, { receives, attempts: started });
+  }
+  const lease = new Lease(run, message);
+  const actx = { ...ctx, attempt: attempt.attempt, attemptId: attempt.attemptId };
+  log('info', 'shard job started', { ...actx, input: job.input });
+  // The attempt's outcomes count once its done marker is published: a failed or beaten attempt counts nothing.
   const outcomes: ObservedOutcome[] = [];
   try {
-    const done = await runJob(run, job, receives, (o) => outcomes.push(observed(o)));
-    run.o.metrics.observeAll(outcomes);
+    const result = await runJob(run, job, attempt, lease, (o) => outcomes.push(observed(o)));
     await deleteMessage(run, message);
-    count(run, done);
-    log('info', 'shard job done', { ...ctx, records: done.records, accepted: done.accepted, seconds: done.seconds });
-    run.o.metrics.observeBatchLatency(done.seconds * 1000);
+    if (!result.published) return log('info', 'shard job done by another attempt first: message deleted', actx);
+    run.o.metrics.observeAll(outcomes);
+    count(run, result.done);
+    const { records, accepted, seconds } = result.done;
+    log('info', 'shard job done', { ...actx, records, accepted, seconds });
+    run.o.metrics.observeBatchLatency(seconds * 1000);
   } catch (err) {
-    await failed(run, message, job, err, receives);
+    if (lease.lost) {
+      // Another worker may hold the message now: its visibility, retries and dead-lettering are that worker's.
+      log('warn', 'shard job stopped: its visibility lease was lost', { ...actx, why: lease.lost });
+      return;
+    }
+    await failed(run, message, job, err, { receives, attempts: attempt.attempt });
   } finally {
-    clearInterval(keepAlive);
+    lease.stop();
   }
 }
 
-function runJob(run: Run, job: ShardJob, receives: number, onOutcome: (o: Outcome) => void): Promise<ShardDone> {
+/** Counts the attempts started so far and, below the limit, writes this one's started marker before any work. */
+async function begin(run: Run, job: ShardJob, folder: JobFolder): Promise<{ started: number; attempt?: ShardAttempt }> {
+  const started = await countAttempts(run.o.s3, folder, job.shard);
+  if (started >= run.maxAttempts) return { started };
+  const marker = { job: job.job, shard: job.shard, input: job.input, attempt: started + 1, worker: hostname() };
+  return { started, attempt: await startAttempt(run.o.s3, folder, marker) };
+}
+
+function runJob(
+  run: Run,
+  job: ShardJob,
+  attempt: ShardAttempt,
+  lease: Lease,
+  onOutcome: (o: Outcome) => void,
+): Promise<ShardResult> {
   const { o } = run;
   const { metrics, log } = o;
   const logger: PipelineLogger = {
@@ -202,14 +279,16 @@ function runJob(run: Run, job: ShardJob, receives: number, onOutcome: (o: Outcom
     maxSampleBytes: o.config.maxSampleBytes,
     maxPendingBytes: o.config.maxPendingBytes,
     intakeConcurrency: o.config.intakeConcurrency,
-    abort: o.abort,
-    attempt: receives,
+    abort: AbortSignal.any([o.abort, lease.signal]),
+    attempt: attempt.attempt,
+    attemptId: attempt.attemptId,
+    beforePublish: () => lease.check(),
     onOutcome,
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
     logger,
     retry: {
-      onRetry: (what, attempt, error) =>
-        log('warn', 'S3 request failed, retrying', { what, attempt, error: String(error) }),
+      onRetry: (what, n, error) =>
+        log('warn', 'S3 request failed, retrying', { what, attempt: n, error: String(error) }),
     },
   });
 }
@@ -231,34 +310,51 @@ function unhandled(run: Run, message: Message, err: unknown): void {
   });
 }
 
+interface Tries {
+  /** SQS receives of the message (ApproximateReceiveCount): includes receives that never ran. */
+  readonly receives: number;
+  /** Real attempts: started markers, this one included. */
+  readonly attempts: number;
+}
+
 /** A job that threw: back to the queue (hard stop: at once; else after a backoff), or to the dead-letter queue. */
-async function failed(run: Run, message: Message, job: ShardJob, err: unknown, receives: number): Promise<void> {
+async function failed(run: Run, message: Message, job: ShardJob, err: unknown, tries: Tries): Promise<void> {
   const code = (err as { code?: string }).code ?? 'internal';
-  const ctx = { job: job.job, shard: job.shard, receives, code, error: String((err as Error).message ?? err) };
+  const ctx = { job: job.job, shard: job.shard, ...tries, code, error: String((err as Error).message ?? err) };
   if (run.o.abort.aborted) {
     run.o.log('warn', 'shard job abandoned on hard stop: visible again now', ctx);
     return setVisibility(run, message, 0);
   }
-  if (HOPELESS.has(code) || receives >= run.maxReceives) return deadLetter(run, message, job, err, receives);
-  const retryIn = Math.min(run.visibility, 5 * 2 ** (receives - 1));
+  if (HOPELESS.has(code) || tries.attempts >= run.maxAttempts) return deadLetter(run, message, job, err, tries);
+  const retryIn = Math.min(run.visibility, 5 * 2 ** (tries.attempts - 1));
   run.o.log('warn', 'shard job failed; it will be retried', { ...ctx, retryInSeconds: retryIn });
   await setVisibility(run, message, retryIn);
 }
 
-/** To the DLQ with the reason (when one is configured), a failed marker in the job folder, then deleted. */
-async function deadLetter(run: Run, message: Message, job: ShardJob | undefined, err: unknown, receives: number) {
+/**
+ * To the DLQ with the reason (when one is configured), a failed marker in the job folder (unless `marker` is false:
+ * a message at odds with a done shard must not mark it failed), then deleted.
+ */
+async function deadLetter(
+  run: Run,
+  message: Message,
+  job: ShardJob | undefined,
+  err: unknown,
+  tries: Tries,
+  marker = true,
+) {
   const { config, log } = run.o;
   const failure = {
     code: (err as { code?: string }).code ?? 'internal',
     message: String((err as Error).message ?? err),
-    receives,
+    ...tries,
     worker: hostname(),
     at: new Date().toISOString(),
   };
   const body = JSON.stringify({ ...(job ?? { body: message.Body }), failure });
   // Not sent: not deleted either (the error reaches unhandled(); the message comes back and is tried again).
   if (config.sqsDlqUrl) await run.sqs.send(new SendMessageCommand({ QueueUrl: config.sqsDlqUrl, MessageBody: body }));
-  if (job)
+  if (job && marker)
     await writeFailedMarker(run, job, failure).catch((e: unknown) =>
       log('warn', 'failed marker not written', { error: String(e) }),
     );
@@ -269,7 +365,7 @@ async function deadLetter(run: Run, message: Message, job: ShardJob | undefined,
 async function writeFailedMarker(
   run: Run,
   job: ShardJob,
-  f: { code: string; message: string; receives: number; at: string },
+  f: { code: string; message: string; attempts: number; at: string },
 ) {
   const folder = jobFolder(job.output);
   const marker: ShardFailed = {
@@ -280,7 +376,7 @@ async function writeFailedMarker(
     input: job.input,
     code: f.code,
     message: f.message,
-    attempts: f.receives,
+    attempts: f.attempts,
     at: f.at,
   };
   await putObject(
@@ -295,17 +391,66 @@ async function writeFailedMarker(
   );
 }
 
-/** Renews the message's visibility every third of the timeout while its shard is in progress. */
-function extendVisibility(run: Run, message: Message): NodeJS.Timeout {
-  const timer = setInterval(
-    () =>
-      void setVisibility(run, message, run.visibility).catch((err: unknown) =>
-        run.o.log('warn', 'visibility extension failed', { error: String(err) }),
-      ),
-    Math.max(1000, (run.visibility * 1000) / 3),
-  );
-  timer.unref();
-  return timer;
+/** SQS's answers that say the receipt handle no longer holds the message (received again, or deleted). */
+const LEASE_GONE = new Set([
+  'ReceiptHandleIsInvalid',
+  'InvalidParameterValue',
+  'MessageNotInflight',
+  'AWS.SimpleQueueService.MessageNotInflight',
+]);
+
+/**
+ * The message's visibility lease while its shard runs: renewed every third of the timeout. It is lost when SQS
+ * refuses the receipt handle, or when no renewal succeeded within a timeout (the message may be another worker's
+ * by then); a lost lease aborts the attempt (`signal`), and check() (right before the done marker) renews it once
+ * more and throws `shard_lease_lost` when it cannot.
+ */
+class Lease {
+  /** Why the lease was lost; undefined while it holds. */
+  lost: string | undefined;
+  private readonly controller = new AbortController();
+  readonly signal = this.controller.signal;
+  private validUntil: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly run: Run,
+    private readonly message: Message,
+  ) {
+    // The receive set the timeout a moment ago: counting from now is at most that moment generous.
+    this.validUntil = Date.now() + run.visibility * 1000;
+    this.timer = setInterval(() => void this.renew(), Math.max(1000, (run.visibility * 1000) / 3));
+    this.timer.unref();
+  }
+
+  private async renew(): Promise<void> {
+    if (this.lost) return;
+    const asked = Date.now();
+    try {
+      await setVisibility(this.run, this.message, this.run.visibility);
+      this.validUntil = asked + this.run.visibility * 1000;
+    } catch (err) {
+      const name = (err as { name?: string }).name ?? '';
+      if (LEASE_GONE.has(name)) return this.lose(`SQS refused the receipt handle: ${name}`);
+      if (Date.now() >= this.validUntil) return this.lose(`no renewal within ${this.run.visibility} s: ${String(err)}`);
+      this.run.o.log('warn', 'visibility extension failed', { error: String(err) });
+    }
+  }
+
+  private lose(why: string): void {
+    if (this.lost) return;
+    this.lost = why;
+    this.controller.abort(new FilterError('shard_lease_lost', `visibility lease lost: ${why}`, {}));
+  }
+
+  async check(): Promise<void> {
+    await this.renew();
+    if (this.lost) throw new FilterError('shard_lease_lost', `visibility lease lost: ${this.lost}`, {});
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
 }
 
 async function setVisibility(run: Run, message: Message, seconds: number): Promise<void> {

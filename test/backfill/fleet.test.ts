@@ -7,9 +7,8 @@
  * delivery, `mlm-filter job status` reports 20/20 done with the right counts, and enqueue run again sends nothing.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -32,14 +31,15 @@ import {
   curatedIdsUnder,
   doneMarkersUnder,
   inputShard,
+  kill9,
   putShard,
   rejectEventsUnder,
+  startWorker,
   type Damage,
   type InputShard,
 } from './helpers.ts';
 
 const skip = await needServices('s3', 'sqs');
-const WORKER = new URL('../stream/worker-process.ts', import.meta.url).pathname;
 const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 const ENDPOINTS = { MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
 
@@ -49,56 +49,6 @@ async function cli(args: string[]): Promise<string> {
     timeout: 120_000,
   });
   return stdout;
-}
-
-interface Worker {
-  readonly child: ChildProcess;
-  readonly lines: { msg?: string; shard?: string; job?: string }[];
-  /** Resolves with the first log line from now on whose msg is `msg`. */
-  next(msg: string, timeoutMs?: number): Promise<{ shard?: string }>;
-  /** Settles once the worker takes jobs (its signal handlers are installed) or has exited. */
-  readonly ready: Promise<unknown>;
-}
-
-function startWorker(env: Record<string, string>): Worker {
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
-    env: { ...process.env, ...ENDPOINTS, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: Worker['lines'] = [];
-  const waiting: { msg: string; resolve: (l: { shard?: string }) => void }[] = [];
-  createInterface({ input: child.stdout! }).on('line', (text) => {
-    let line: Worker['lines'][number];
-    try {
-      line = JSON.parse(text) as Worker['lines'][number];
-    } catch {
-      return;
-    }
-    lines.push(line);
-    for (const w of waiting.filter((x) => x.msg === line.msg)) {
-      waiting.splice(waiting.indexOf(w), 1);
-      w.resolve(line);
-    }
-  });
-  child.stderr!.resume();
-  const next = (msg: string, timeoutMs = 60_000) =>
-    new Promise<{ shard?: string }>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`worker never logged "${msg}"`)), timeoutMs);
-      waiting.push({
-        msg,
-        resolve: (l) => {
-          clearTimeout(timer);
-          resolve(l);
-        },
-      });
-    });
-  const ready = Promise.race([next('worker consuming shard jobs').catch(() => undefined), once(child, 'exit')]);
-  return { child, lines, next, ready };
-}
-
-async function kill9(w: Worker): Promise<void> {
-  w.child.kill('SIGKILL');
-  if (w.child.exitCode === null && w.child.signalCode === null) await once(w.child, 'exit');
 }
 
 describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
@@ -180,6 +130,14 @@ describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
 
     // Every input pair exactly once: accepted in a curated shard or rejected in the rejects.
     const curated = await curatedIdsUnder(s3, out, 'backfill/dc/curated/');
+    // What the done markers published is all there is: the killed attempts' shards were removed by the winners.
+    assert.deepEqual(
+      (await listAll(s3, out, 'backfill/dc/curated/'))
+        .map((o) => o.Key!)
+        .filter((k) => k.endsWith('.tar'))
+        .sort(),
+      markers.flatMap((m) => m.curated.map((c) => c.key)).sort(),
+    );
     const events = await rejectEventsUnder(s3, out, 'backfill/dc/rejects/');
     const readable = shards.flatMap((s) => s.ids);
     const unreadable = events.filter((e) => e.reasons.some((r) => r.detail?.field === 'shard'));

@@ -3,11 +3,15 @@
  * uploaded to the local S3 server, and readers for a job's outputs (curated shard ids from the tars themselves,
  * reject events, done markers). The services and the stand-in scorer are test/stream/helpers.ts's.
  */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
 import { ustar, ustarMember } from '../sources/ustar.ts';
-import { curatedIds, getBytes, listAll, testPng } from '../stream/helpers.ts';
+import { S3_ENDPOINT, SQS_ENDPOINT, curatedIds, getBytes, listAll, testPng } from '../stream/helpers.ts';
 
 export type Damage = 'none' | 'truncated-tail' | 'corrupt-header' | 'undecodable-image';
 
@@ -94,4 +98,96 @@ export function counts(items: readonly string[]): Map<string, number> {
   const m = new Map<string, number>();
   for (const x of items) m.set(x, (m.get(x) ?? 0) + 1);
   return m;
+}
+
+const WORKER = new URL('../stream/worker-process.ts', import.meta.url).pathname;
+const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
+export const ENDPOINTS = { MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
+
+/** Runs bin/mlm-filter.js; resolves with its exit code and output (a non-zero exit is not an exception here). */
+export async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env = { ...process.env, ...ENDPOINTS };
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args], { env, timeout: 120_000 });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+export type LogLine = { msg?: string; shard?: string; job?: string } & Record<string, unknown>;
+
+export interface Worker {
+  readonly child: ChildProcess;
+  readonly lines: LogLine[];
+  /** Resolves with the first log line from now on whose msg is `msg`. */
+  next(msg: string, timeoutMs?: number): Promise<LogLine>;
+  /** Settles once the worker takes jobs (its signal handlers are installed) or has exited. */
+  readonly ready: Promise<unknown>;
+}
+
+/**
+ * A worker process (test/stream/worker-process.ts: the container entry with the fast stand-in scorer,
+ * MLMF_TEST_SCORER_DELAY_MS per batch) on the local services, its JSON log lines collected.
+ */
+export function startWorker(env: Record<string, string>): Worker {
+  const child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
+    env: { ...process.env, ...ENDPOINTS, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: LogLine[] = [];
+  const waiting: { msg: string; resolve: (l: LogLine) => void }[] = [];
+  createInterface({ input: child.stdout! }).on('line', (text) => {
+    let line: LogLine;
+    try {
+      line = JSON.parse(text) as LogLine;
+    } catch {
+      return;
+    }
+    lines.push(line);
+    for (const w of waiting.filter((x) => x.msg === line.msg)) {
+      waiting.splice(waiting.indexOf(w), 1);
+      w.resolve(line);
+    }
+  });
+  child.stderr!.resume();
+  const next = (msg: string, timeoutMs = 60_000) =>
+    new Promise<LogLine>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`worker never logged "${msg}"`)), timeoutMs);
+      waiting.push({
+        msg,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
+    });
+  const ready = Promise.race([next('worker consuming shard jobs').catch(() => undefined), once(child, 'exit')]);
+  return { child, lines, next, ready };
+}
+
+export async function kill9(w: Worker): Promise<void> {
+  w.child.kill('SIGKILL');
+  if (w.child.exitCode === null && w.child.signalCode === null) await once(w.child, 'exit');
+}
+
+/** Stops workers with SIGTERM (once they took jobs: before that the signal would kill them) and returns exit codes. */
+export async function stopWorkers(workers: readonly Worker[]): Promise<(number | null)[]> {
+  await Promise.all(workers.map((w) => w.ready));
+  return Promise.all(
+    workers.map(async (w) => {
+      if (w.child.exitCode !== null || w.child.signalCode !== null) return w.child.exitCode;
+      w.child.kill('SIGCONT');
+      w.child.kill('SIGTERM');
+      return (await once(w.child, 'exit'))[0] as number | null;
+    }),
+  );
+}
+
+/** Sample ids of the curated shards a done marker lists (the published outputs, read through the marker). */
+export async function publishedIds(s3: S3Client, bucket: string, done: ShardDone): Promise<string[]> {
+  const ids: string[] = [];
+  for (const c of done.curated) ids.push(...(await curatedIds(s3, bucket, c.key)).ids);
+  return ids;
 }

@@ -1,8 +1,9 @@
 /**
  * One shard job against the local S3 server (moto), with the real intake and the fast stand-in scorer: outputs named
- * from the input shard, every record exactly once across curated shards and rejects, the done marker last; a
- * redelivery overwrites the same keys and removes what an earlier attempt cut differently; a damaged shard finishes
- * with rejects for what cannot be read; a missing input is `shard_input_missing`; a stopped job marks nothing done.
+ * from the input shard and the attempt, every record exactly once across curated shards and rejects, the done marker
+ * last and create-only; a later attempt (cut differently) publishes nothing and removes its own outputs; a damaged
+ * shard finishes with rejects for what cannot be read; a missing input is `shard_input_missing`, a changed one
+ * `shard_input_changed`; a stopped job marks nothing done and leaves nothing behind.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -51,35 +52,37 @@ describe('shard job runner', { skip }, () => {
     return { shard, job: makeShardJob(job, `s3://${input}/shards/${name}.tar`, `s3://${output}/runs/${job}/`, name) };
   }
 
-  it('writes curated shards, rejects and the done marker; a redelivery overwrites the same keys', async () => {
+  it('writes attempt-scoped outputs and the done marker last; a later attempt publishes nothing and removes its own', async () => {
     const { shard, job } = await shardJob('j1', 'alpha', 25);
-    const first = await runShardJob(job, options({ samplesPerShard: 5 }));
+    const first = await runShardJob(job, options({ samplesPerShard: 5, attemptId: 'a1-00000001' }));
+    assert.equal(first.published, true);
     assert.deepEqual(
-      first.curated.map((c) => [c.key, c.samples]),
+      first.done.curated.map((c) => [c.key, c.samples]),
       [
-        ['runs/j1/curated/alpha-00000.tar', 5],
-        ['runs/j1/curated/alpha-00001.tar', 5],
-        ['runs/j1/curated/alpha-00002.tar', 3],
+        ['runs/j1/curated/alpha~a1-00000001-00000.tar', 5],
+        ['runs/j1/curated/alpha~a1-00000001-00001.tar', 5],
+        ['runs/j1/curated/alpha~a1-00000001-00002.tar', 3],
       ],
     );
-    assert.deepEqual([first.records, first.accepted, first.rejected], [25, 13, 12]);
-    assert.deepEqual(first.reasons, { below_threshold: 12 });
-    assert.deepEqual(first.rejects, { key: 'runs/j1/rejects/alpha.jsonl', events: 12 });
-    const marker = await getJson(s3, output, doneKey(jobFolder(job.output), 'alpha'));
-    assert.equal((marker as unknown as ShardDone).records, 25);
+    assert.deepEqual([first.done.records, first.done.accepted, first.done.rejected], [25, 13, 12]);
+    assert.deepEqual(first.done.reasons, { below_threshold: 12 });
+    assert.deepEqual(first.done.rejects, { key: 'runs/j1/rejects/alpha~a1-00000001.jsonl', events: 12 });
+    const marker = (await getJson(s3, output, doneKey(jobFolder(job.output), 'alpha'))) as unknown as ShardDone;
+    assert.equal(marker.records, 25);
+    assert.equal(marker.attemptId, 'a1-00000001');
+    assert.deepEqual(
+      { ...marker.identity, etag: undefined },
+      { bucket: input, key: 'shards/alpha.tar', size: shard.tar.length, etag: undefined },
+    );
+    assert.match(marker.identity!.etag, /^"[0-9a-f]+"$/);
     const keysAfterFirst = (await listAll(s3, output, 'runs/j1/')).map((o) => o.Key!).sort();
 
-    // The same job again (a redelivery): the same keys, nothing added.
-    await runShardJob(job, options({ samplesPerShard: 5, attempt: 2 }));
+    // The same job again, cut differently (another samples-per-shard): it finds the done marker at the end, keeps
+    // the first attempt's outputs and removes its own.
+    const second = await runShardJob(job, options({ samplesPerShard: 20, attempt: 2 }));
+    assert.equal(second.published, false);
+    assert.equal(second.done.attemptId, 'a1-00000001', "the first attempt's marker");
     assert.deepEqual((await listAll(s3, output, 'runs/j1/')).map((o) => o.Key!).sort(), keysAfterFirst);
-    // Cut differently (another samples-per-shard): the earlier attempt's extra shards are removed.
-    const third = await runShardJob(job, options({ samplesPerShard: 20, attempt: 3 }));
-    assert.deepEqual(
-      third.curated.map((c) => c.key),
-      ['runs/j1/curated/alpha-00000.tar'],
-    );
-    const curatedKeys = (await listAll(s3, output, 'runs/j1/curated/')).map((o) => o.Key!).sort();
-    assert.deepEqual(curatedKeys, ['runs/j1/curated/alpha-00000.index.json', 'runs/j1/curated/alpha-00000.tar']);
     const ids = await curatedIdsUnder(s3, output, 'runs/j1/');
     const rejected = (await rejectEventsUnder(s3, output, 'runs/j1/')).map((e) => e.id);
     assert.deepEqual(
@@ -89,7 +92,16 @@ describe('shard job runner', { skip }, () => {
     );
     assert.deepEqual(new Set(ids), new Set(shard.accepts));
     assert.deepEqual(new Set([...ids, ...rejected]), new Set(shard.ids));
-    assert.equal(third.attempt, 3);
+  });
+
+  it('a job naming another size or ETag than the object has is shard_input_changed, and writes nothing', async () => {
+    const { job } = await shardJob('j6', 'moved', 4);
+    const stale = makeShardJob(job.job, job.input, job.output, job.shard, { size: 10, etag: '"0123"' });
+    await assert.rejects(
+      runShardJob(stale, options()),
+      (e: unknown) => (e as FilterError).code === 'shard_input_changed',
+    );
+    assert.deepEqual(await listAll(s3, output, 'runs/j6/'), []);
   });
 
   for (const [damage, kind] of [
@@ -100,9 +112,9 @@ describe('shard job runner', { skip }, () => {
     it(`a shard with ${damage} finishes with rejects for what cannot be read`, async () => {
       const name = `d-${damage}`;
       const { shard, job } = await shardJob('j2', name, 12, damage);
-      const done = await runShardJob(job, options());
-      const events = await rejectEventsUnder(s3, output, `runs/j2/rejects/${name}`);
-      const ids = await curatedIdsUnder(s3, output, `runs/j2/curated/${name}-`);
+      const { done } = await runShardJob(job, options());
+      const events = await rejectEventsUnder(s3, output, `runs/j2/rejects/${name}~`);
+      const ids = await curatedIdsUnder(s3, output, `runs/j2/curated/${name}~`);
       assert.deepEqual(new Set(ids), new Set(shard.accepts));
       assert.equal(
         done.records,
@@ -128,12 +140,12 @@ describe('shard job runner', { skip }, () => {
 
   it('a shard with nothing rejected still gets its (empty) rejects file', async () => {
     const { job } = await shardJob('j5', 'lucky', 1);
-    const done = await runShardJob(job, options());
+    const { done } = await runShardJob(job, options());
     assert.deepEqual([done.records, done.accepted, done.rejects.events], [1, 1, 0]);
     const keys = (await listAll(s3, output, 'runs/j5/')).map((o) => [o.Key!, o.Size]);
     assert.deepEqual(
-      keys.find(([k]) => k === 'runs/j5/rejects/lucky.jsonl'),
-      ['runs/j5/rejects/lucky.jsonl', 0],
+      keys.find(([k]) => k === done.rejects.key),
+      [done.rejects.key, 0],
     );
   });
 
@@ -149,6 +161,7 @@ describe('shard job runner', { skip }, () => {
   it('a job stopped mid-shard marks nothing done and leaves no rejects object', async () => {
     const { job } = await shardJob('j4', 'slow', 40);
     const abort = new AbortController();
+    let written = 0;
     const scorer = new FastScorer(8, 40);
     const run = runShardJob(
       job,
@@ -160,7 +173,7 @@ describe('shard job runner', { skip }, () => {
         abort: abort.signal,
         logger: {
           info: (msg) => {
-            if (msg === 'curated shard written') abort.abort();
+            if (msg === 'curated shard written' && ++written > 0) abort.abort();
           },
           warn() {},
           error() {},
@@ -168,15 +181,11 @@ describe('shard job runner', { skip }, () => {
       }),
     );
     await assert.rejects(run, (e: unknown) => e instanceof FilterError && e.code === 'shard_job_incomplete');
-    const keys = (await listAll(s3, output, 'runs/j4/')).map((o) => o.Key!);
-    assert.ok(
-      keys.some((k) => k.includes('/curated/')),
-      `a curated shard was written before the stop: ${keys}`,
-    );
+    assert.ok(written > 0, 'a curated shard was written before the stop');
     assert.deepEqual(
-      keys.filter((k) => !k.includes('/curated/')),
+      (await listAll(s3, output, 'runs/j4/')).map((o) => o.Key!),
       [],
-      'no rejects object, no done marker',
+      'the stopped attempt removed its own outputs: no curated shard, no rejects object, no done marker',
     );
   });
 });

@@ -10,8 +10,16 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import { defaultJobName } from '../../lib/backfill/enqueue.ts';
-import { jobOutput, makeShardJob, parseS3Uri, parseShardJob } from '../../lib/backfill/shard-job.ts';
+import {
+  hasControlChars,
+  jobOutput,
+  makeShardJob,
+  parseS3Uri,
+  parseShardJob,
+  printable,
+} from '../../lib/backfill/shard-job.ts';
 import { readTar, streamTarBytes, type TarEvent } from '../../lib/sources/tar-reader.ts';
+import { configFromEnv } from '../../lib/worker/config.ts';
 import { FilterError } from '../../lib/types.ts';
 import { ustarHeader } from '../sources/ustar.ts';
 import { inputShard } from './helpers.ts';
@@ -50,6 +58,31 @@ test('a shard-job message round-trips; each malformed field is a shard_job_inval
     JSON.stringify({ ...good, output: 's3://out/backfill/other/' }),
     /output .* is not s3:\/\/bucket\/\[prefix\/\]datacomp-1\//,
   );
+  // The input's identity as enqueue listed it: both or neither, of the right types.
+  const pinned = { ...good, size: 10240, etag: '"abc"' };
+  assert.deepEqual(parseShardJob(JSON.stringify(pinned)), pinned);
+  assert.deepEqual(makeShardJob(good.job, good.input, good.output, good.shard, { size: 10240, etag: '"abc"' }), pinned);
+  rejects(JSON.stringify({ ...good, size: 1 }), /size and etag go together/);
+  rejects(JSON.stringify({ ...pinned, size: -1 }), /size must be a non-negative integer/);
+  rejects(JSON.stringify({ ...pinned, etag: '' }), /etag must be a non-empty string/);
+});
+
+test('MLMF_SHARD_MAX_ATTEMPTS, and its former name MLMF_SHARD_MAX_RECEIVES where it is unset', () => {
+  const base = { MLMF_SOURCE: 'sqs-shards', MLMF_SQS_QUEUE_URL: 'http://127.0.0.1:1/q' };
+  assert.equal(configFromEnv({ ...base, MLMF_SHARD_MAX_ATTEMPTS: '5' }).shardMaxAttempts, 5);
+  assert.equal(configFromEnv({ ...base, MLMF_SHARD_MAX_RECEIVES: '4' }).shardMaxAttempts, 4);
+  const both = { ...base, MLMF_SHARD_MAX_RECEIVES: '4', MLMF_SHARD_MAX_ATTEMPTS: '2' };
+  assert.equal(configFromEnv(both).shardMaxAttempts, 2);
+  assert.equal(configFromEnv(base).shardMaxAttempts, undefined, 'the worker defaults it (3)');
+});
+
+test('printable escapes what a terminal or a line reader would act on, and nothing else', () => {
+  assert.equal(printable('s3://b/ok-key_1.tar'), 's3://b/ok-key_1.tar');
+  assert.equal(printable('a\rb\nc\u2028d\u2029e'), 'a\\u{000d}b\\u{000a}c\\u{2028}d\\u{2029}e');
+  assert.equal(printable('\x1b[31mred\x1b[0m'), '\\u{001b}[31mred\\u{001b}[0m');
+  assert.equal(printable('x\u202ey\u0085z\u007f'), 'x\\u{202e}y\\u{0085}z\\u{007f}');
+  assert.equal(printable('é ü 日本'), 'é ü 日本');
+  assert.ok(hasControlChars('a\u2028b') && hasControlChars('a\rb') && !hasControlChars('a b'));
 });
 
 test('output roots, S3 URIs and default job names', () => {

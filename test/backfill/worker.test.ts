@@ -1,9 +1,11 @@
 /**
  * The worker's shard-job branch (MLMF_SOURCE=sqs-shards), in process, against the local SQS and S3 servers: a good
  * job is done and its message deleted; a message that can never work (not a shard job, a missing input) goes to the
- * dead-letter queue at once with the reason; a job that keeps failing goes there on its MLMF_SHARD_MAX_RECEIVES-th
- * delivery; one delivered more often without ever finishing (workers killed mid-shard) goes there unrun. Failed
- * shards get a failed marker that `job status` reports.
+ * dead-letter queue at once with the reason; a job that keeps failing goes there after MLMF_SHARD_MAX_ATTEMPTS real
+ * attempts; one received many times by consumers that never ran it is still run (receives are not attempts); a
+ * message naming another input than its shard's done marker, or a done marker that is not one, is dead-lettered,
+ * not taken for done. Failed shards get a failed marker that `job status` reports. (Workers killed mid-shard:
+ * test/backfill/attempts.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -20,6 +22,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import { runWorker } from '../../lib/worker/run.ts';
 import { enqueue } from '../../lib/backfill/enqueue.ts';
+import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import { makeShardJob } from '../../lib/backfill/shard-job.ts';
 import { jobStatus } from '../../lib/backfill/status.ts';
 import {
@@ -71,14 +74,14 @@ describe('shard-job worker', { skip }, () => {
     return out;
   }
 
-  it('done, dead-lettered at once, after the max deliveries, and unrun after a crash loop', async () => {
+  it('done, dead-lettered at once, after the max real attempts; receives that never ran cost nothing', async () => {
     const pool = uniq('pool');
     const out = uniq('out');
     const missingBucket = uniq('gone');
     await createBucket(s3, pool);
     await createBucket(s3, out);
     await putShard(s3, pool, 'in/good.tar', (await inputShard('good', 6)).tar);
-    await putShard(s3, pool, 'in/crash.tar', (await inputShard('crash', 6)).tar);
+    await putShard(s3, pool, 'in/polled.tar', (await inputShard('polled', 6)).tar);
     const jobs = await queue('jobs');
     const dlq = await queue('jobs-dlq');
 
@@ -94,18 +97,17 @@ describe('shard-job worker', { skip }, () => {
     await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: 'not json' }));
     const unwritable = makeShardJob('W', `s3://${pool}/in/good.tar`, `s3://${missingBucket}/W/`, 'good');
     await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(unwritable) }));
-    // A job delivered 3 times that never finished (its workers were killed): receive it 3 times first.
-    const crashQueue = await queue('crash');
-    const crash = makeShardJob('C', `s3://${pool}/in/crash.tar`, `s3://${out}/bf/C/`, 'crash');
-    await sqs.send(new SendMessageCommand({ QueueUrl: crashQueue, MessageBody: JSON.stringify(crash) }));
-    for (let received = 0; received < 3;) {
+    // A job received 5 times by consumers that never ran it (workers killed right after their long poll).
+    const polledQueue = await queue('polled');
+    const polled = makeShardJob('P', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/P/`, 'polled');
+    await sqs.send(new SendMessageCommand({ QueueUrl: polledQueue, MessageBody: JSON.stringify(polled) }));
+    for (let received = 0; received < 5;) {
       const res = await sqs.send(
-        new ReceiveMessageCommand({ QueueUrl: crashQueue, WaitTimeSeconds: 1, VisibilityTimeout: 0 }),
+        new ReceiveMessageCommand({ QueueUrl: polledQueue, WaitTimeSeconds: 1, VisibilityTimeout: 0 }),
       );
       received += res.Messages?.length ?? 0;
     }
 
-    const stop = new AbortController();
     const config = {
       source: 'sqs-shards' as const,
       sqsQueueUrl: jobs,
@@ -120,55 +122,75 @@ describe('shard-job worker', { skip }, () => {
       scorer: new FastScorer(8),
     };
     const logs: { msg: string; ctx?: Record<string, unknown> }[] = [];
-    const opts = {
-      signal: stop.signal,
-      log: (_l: string, msg: string, ctx?: Record<string, unknown>) => logs.push({ msg, ctx }),
-      metricsOut: null,
-    };
-    const run = runWorker(config, opts);
-    const crashRun = runWorker({ ...config, sqsQueueUrl: crashQueue, scorer: new FastScorer(8) }, { ...opts });
-    try {
-      await waitFor('the job queue empty', () => queueEmpty(sqs, jobs), 60_000);
-      await waitFor('the crash queue empty', () => queueEmpty(sqs, crashQueue), 60_000);
-    } finally {
-      stop.abort();
+    /** Runs one worker on `queueUrl` until the queue is empty. */
+    async function work(queueUrl: string) {
+      const stop = new AbortController();
+      const log = (_l: string, msg: string, ctx?: Record<string, unknown>) => logs.push({ msg, ctx });
+      const run = runWorker(
+        { ...config, sqsQueueUrl: queueUrl, scorer: new FastScorer(8) },
+        { signal: stop.signal, log, metricsOut: null },
+      );
+      try {
+        await waitFor(`${queueUrl} empty`, () => queueEmpty(sqs, queueUrl), 60_000);
+      } finally {
+        stop.abort();
+      }
+      return run;
     }
-    const [result] = await Promise.all([run, crashRun]);
+    const [result, polledResult] = await Promise.all([work(jobs), work(polledQueue)]);
     assert.equal(result.stats.records, 6, 'one shard done by the first worker');
+    assert.equal(polledResult.stats.records, 6, 'the job received 5 times without running was run');
+    const polledDone = (await getJson(s3, out, 'bf/P/done/polled.json')) as unknown as ShardDone;
+    assert.equal(polledDone.attempt, 1, 'its first real attempt');
 
-    const dead = (await drain(dlq, 4)).map(
+    // A message for a done shard that names another input: not "done", dead-lettered with the difference.
+    const other = makeShardJob('J', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/J/`, 'good');
+    await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(other) }));
+    // A done marker that is not one (cut short): dead-lettered with the reason, never taken for done or overwritten.
+    await putShard(s3, out, 'bf/K/done/polled.json', Buffer.from('{"v":1,"kind":"shard-do'));
+    const broken = makeShardJob('K', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/K/`, 'polled');
+    await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(broken) }));
+    await work(jobs);
+
+    const dead = (await drain(dlq, 5)).map(
       (m) =>
         JSON.parse(m.Body!) as {
           job?: string;
           shard?: string;
           body?: string;
-          failure: { code: string; receives: number; message: string };
+          failure: { code: string; receives: number; attempts: number; message: string };
         },
     );
     const byCode = Object.fromEntries(dead.map((d) => [d.failure.code, d]));
     assert.deepEqual(Object.keys(byCode).sort(), [
       'backfill_output_failed',
+      'job_object_invalid',
+      'shard_input_mismatch',
       'shard_input_missing',
-      'shard_job_incomplete',
       'shard_job_invalid',
     ]);
     assert.equal(byCode.shard_job_invalid!.body, 'not json', 'the original body goes with the reason');
-    assert.equal(byCode.shard_input_missing!.failure.receives, 1, 'a missing input is dead-lettered at once');
+    assert.equal(byCode.shard_input_missing!.failure.attempts, 1, 'a missing input is dead-lettered at once');
     assert.equal(
-      byCode.backfill_output_failed!.failure.receives,
+      byCode.backfill_output_failed!.failure.attempts,
       3,
-      'a failing job gets MLMF_SHARD_MAX_RECEIVES deliveries',
+      'a failing job gets MLMF_SHARD_MAX_ATTEMPTS real attempts',
     );
     assert.match(byCode.backfill_output_failed!.failure.message, new RegExp(missingBucket));
-    assert.equal(byCode.shard_job_incomplete!.failure.receives, 4);
-    assert.match(byCode.shard_job_incomplete!.failure.message, /delivered 4 times without finishing/);
-    assert.ok(
-      !logs.some((l) => l.msg === 'shard job started' && l.ctx?.job === 'C'),
-      'the crash-looping job is not run again',
+    assert.match(
+      byCode.shard_input_mismatch!.failure.message,
+      new RegExp(
+        `shard good of job J is done for s3://${pool}/in/good\\.tar \\(size \\d+, ETag .+\\), not s3://${pool}/in/polled\\.tar`,
+      ),
     );
+    assert.ok(
+      !logs.some((l) => l.msg === 'shard job started' && l.ctx?.job === 'J' && l.ctx?.input === other.input),
+      'the mismatched job is not run',
+    );
+    assert.match(byCode.job_object_invalid!.failure.message, /bf\/K\/done\/polled\.json is not JSON/);
+    const goodDone = (await getJson(s3, out, 'bf/J/done/good.json')) as unknown as ShardDone;
+    assert.equal(goodDone.input, `s3://${pool}/in/good.tar`, "the done marker still describes good's input");
 
-    const failed = await getJson(s3, out, 'bf/C/failed/crash.json');
-    assert.equal(failed.code, 'shard_job_incomplete');
     const status = await jobStatus({ s3, output: `s3://${out}/bf`, job: 'J', sqs, queueUrl: jobs });
     assert.deepEqual(status.shards, { total: 2, done: 1, failed: 1, pending: 0, inFlight: 0 });
     assert.equal(status.failures[0]?.code, 'shard_input_missing');
