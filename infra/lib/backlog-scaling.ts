@@ -36,7 +36,7 @@ export function taskCount(
 
 /**
  * Target tracking on backlog per task; with minTasks 0, a step policy that wakes the service when input waits and no
- * task is wanted (target tracking cannot scale out from zero). Both count *desired* tasks, not running ones: a task
+ * task is wanted or running (target tracking cannot scale out from zero), by adding one task, never setting a count. Both count *desired* tasks, not running ones: a task
  * that is still waiting for its GPU instance, image and model already counts, so a cold start of several minutes
  * does not keep adding tasks (and instances) for the same backlog.
  */
@@ -82,20 +82,27 @@ function addWakeFromZero(
   target: appscaling.ScalableTarget,
   desired: cloudwatch.IMetric,
 ): void {
+  // Only ever up: +1, never "exactly 1", which would cut a scaled-out service back to one task whenever the alarm
+  // fires with tasks wanted. The alarm re-invokes the action every minute while it stays in ALARM; during the cooldown
+  // Application Auto Scaling counts the task this action already added toward the next scale-out, so a wake adds one
+  // task, not one a minute. The cooldown outlasts a cold start (GPU instance, image pull, model download).
   const wake = new appscaling.StepScalingAction(scope, `${props.name}Wake`, {
     scalingTarget: target,
-    // Exactly one task, not +1: the alarm re-invokes the action every minute while it stays in ALARM, and an
-    // increment would add a task (and a GPU instance) each time.
-    adjustmentType: appscaling.AdjustmentType.EXACT_CAPACITY,
-    cooldown: Duration.minutes(5),
+    adjustmentType: appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+    cooldown: Duration.minutes(10),
     metricAggregationType: appscaling.MetricAggregationType.MAXIMUM,
   });
   wake.addAdjustment({ adjustment: 1, lowerBound: 0 });
+  // "No task": Container Insights' desired count below 1, or absent, since at zero it may publish nothing at all
+  // (FILL(tasks, 0)); and no running task either, read from AWS/ECS's own per-service CPUUtilization, which exists only
+  // while a task runs (FILL(cpu, -1) < 0). The second term is what keeps a gap in Container Insights' data from waking
+  // a service that runs N tasks. What remains, Container Insights silent while the first task still starts, is covered
+  // by the cooldown; past it one more task at most per cooldown, up to maxTasks, which target tracking scales back in.
   new cloudwatch.Alarm(scope, `${props.name}WakeAlarm`, {
-    alarmDescription: `${props.name}: input waits and no task is wanted: start one`,
+    alarmDescription: `${props.name}: input waits and no task is wanted or running: start one`,
     metric: new cloudwatch.MathExpression({
-      expression: 'IF(FILL(tasks, 0) < 1 AND backlog > 0, 1, 0)',
-      usingMetrics: { backlog: props.backlog, tasks: desired },
+      expression: 'IF(FILL(tasks, 0) < 1 AND FILL(cpu, -1) < 0 AND backlog > 0, 1, 0)',
+      usingMetrics: { backlog: props.backlog, tasks: desired, cpu: serviceCpu(props.cluster, props.service) },
       period: Duration.minutes(1),
       label: 'idle with backlog',
     }),
@@ -104,6 +111,18 @@ function addWakeFromZero(
     evaluationPeriods: 1,
     treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
   }).addAlarmAction(new cwActions.ApplicationScalingAction(wake));
+}
+
+/** The service's CPU use as ECS itself publishes it (AWS/ECS, every minute while at least one task runs). */
+function serviceCpu(cluster: ecs.ICluster, service: ecs.Ec2Service): cloudwatch.Metric {
+  return new cloudwatch.Metric({
+    namespace: 'AWS/ECS',
+    metricName: 'CPUUtilization',
+    dimensionsMap: { ClusterName: cluster.clusterName, ServiceName: service.serviceName },
+    statistic: 'Maximum',
+    period: Duration.minutes(1),
+    label: 'running tasks CPU',
+  });
 }
 
 /** A metric as one entry of a target-tracking metric-math specification. */

@@ -10,6 +10,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import type { MonitoringOptions } from './monitoring.ts';
 import { isMskClusterArn } from './msk.ts';
+import { validateWorkerImage } from './worker-image.ts';
 
 /** An Amazon MSK cluster reached with IAM access control (SASL/OAUTHBEARER over TLS, port 9098). */
 export interface MskIamKafkaOptions {
@@ -206,12 +207,37 @@ export interface GpuCapacityOptions {
   readonly capacityProviderProps?: Partial<Omit<ecs.AsgCapacityProviderProps, 'autoScalingGroup'>>;
 }
 
+/**
+ * Where the worker image's build fetches from: Docker build args of functions/worker/Dockerfile, recorded in the asset
+ * manifest (cdk.out) and the image's history, so URLs with credentials in them are refused (give a mirror that your
+ * build host reaches without them, or build the image yourself and use `imageUri`).
+ */
+export interface WorkerImageBuildOptions {
+  /** npm registry for `npm ci` of the packed lock (NPM_CONFIG_REGISTRY). @default 'https://registry.npmjs.org/' */
+  readonly npmRegistry?: string;
+  /** Python package index for the CUDA wheels (PIP_INDEX_URL). @default 'https://pypi.org/simple' */
+  readonly pipIndexUrl?: string;
+  /** An extra Python package index (PIP_EXTRA_INDEX_URL). @default - none */
+  readonly pipExtraIndexUrl?: string;
+  /**
+   * Base image of both stages (BASE_IMAGE): a mirror, or a pinned `node:24-bookworm-slim@sha256:...`; keep Node 24 on
+   * Debian bookworm. @default 'node:24-bookworm-slim' (Docker Hub)
+   */
+  readonly baseImage?: string;
+}
+
 /** The worker container and its settings. */
 export interface WorkerOptions {
   /** The worker image. @default - built from the package's functions/worker/Dockerfile at deploy, for linux/amd64 */
   readonly image?: ecs.ContainerImage;
-  /** A pre-built image by URI (ECR URIs get pull permission on exactly that repository). @default - see `image` */
+  /**
+   * A pre-built image by URI: `repo:tag`, or by digest `repo@sha256:<64 hex>` (what runs can then not change under the
+   * same tag). An ECR URI (`<account>.dkr.ecr.<region>.amazonaws.com/<name>`) gets pull permission on exactly that
+   * repository; a malformed digest or ECR URI fails synth. @default - see `image`
+   */
   readonly imageUri?: string;
+  /** Mirrors for the image built from the package's Dockerfile (not for `image`/`imageUri`). @default - public ones */
+  readonly imageBuild?: WorkerImageBuildOptions;
   /** @default 'cuda' */
   readonly executionProvider?: 'cuda' | 'webgpu' | 'cpu';
   /** @default 16 */
@@ -343,7 +369,7 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
     if ((props.sqsSource.maxReceiveCount ?? 5) <= 3)
       fail('sqsSource.maxReceiveCount: with shard-jobs it must exceed 3, the worker dead-letters a job itself after 3');
   }
-  if (props.worker?.image && props.worker.imageUri) fail('worker: give image or imageUri, not both');
+  if (props.worker) validateWorkerImage(props.worker, fail);
   const stop = props.worker?.stopTimeout?.toSeconds() ?? 120;
   if (stop < 30 || stop > 120) {
     fail(

@@ -238,7 +238,11 @@ describe('the packed construct in a CDK app outside the repository', () => {
     for (const src of sources.filter((s) => !s.includes('*'))) {
       assert.ok(fs.existsSync(path.join(context, src)), `the build context lacks ${src} (Dockerfile COPY)`);
     }
-    for (const absent of ['node_modules', 'dist', 'test', 'infra']) {
+    // The installed package carries the tested lock for the image's npm ci, though npm never packs the root one.
+    const lock = path.join(context, 'functions', 'worker', 'package-lock.json');
+    assert.ok(fs.existsSync(lock), 'the build context has no functions/worker/package-lock.json');
+    assert.ok(fs.readFileSync(lock).equals(fs.readFileSync(path.join(ROOT, 'package-lock.json'))), 'a stale lock');
+    for (const absent of ['node_modules', 'dist', 'test', 'infra', 'package-lock.json']) {
       assert.ok(!fs.existsSync(path.join(context, absent)), `${absent} is in the build context`);
     }
   });

@@ -443,7 +443,7 @@ describe('the pipeline on MSK scales on the probe', () => {
     t.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 0 });
     t.hasResourceProperties('AWS::CloudWatch::Alarm', {
       Metrics: Match.arrayWith([
-        Match.objectLike({ Expression: 'IF(FILL(tasks, 0) < 1 AND backlog > 0, 1, 0)' }),
+        Match.objectLike({ Expression: 'IF(FILL(tasks, 0) < 1 AND FILL(cpu, -1) < 0 AND backlog > 0, 1, 0)' }),
         Match.objectLike({ Id: 'backlog', MetricStat: Match.objectLike({ Metric: probeMetric }) }),
       ]),
     });

@@ -68,3 +68,19 @@ test('aws-cdk-lib and constructs are optional peers: the runtime dependencies (t
     assert.equal(lock.packages[`node_modules/${name}`]?.dev, true, `${name} is not dev-only in package-lock.json`);
   }
 });
+
+test("the worker image's lock (functions/worker/package-lock.json, packed) is the root lock byte for byte", () => {
+  // npm never packs the root package-lock.json; the Dockerfile's `npm ci` reads this copy (scripts/worker-lock.mjs).
+  const copy = join(ROOT, 'functions', 'worker', 'package-lock.json');
+  assert.ok(existsSync(copy), 'functions/worker/package-lock.json is missing: run node scripts/worker-lock.mjs');
+  assert.ok(
+    readFileSync(copy).equals(readFileSync(join(ROOT, 'package-lock.json'))),
+    'functions/worker/package-lock.json differs from package-lock.json: run node scripts/worker-lock.mjs',
+  );
+  assert.ok(PKG.files.includes('functions/'), 'functions/ (the lock copy) is not packed');
+  assert.match(JSON.stringify(PKG.scripts), /"prepack":"node scripts\/worker-lock\.mjs"/);
+  const dockerfile = readFileSync(join(ROOT, 'functions', 'worker', 'Dockerfile'), 'utf8');
+  assert.match(dockerfile, /^COPY functions\/worker\/package-lock\.json \.\/package-lock\.json$/m);
+  assert.match(dockerfile, /^RUN .*\bnpm ci\b/m);
+  assert.doesNotMatch(dockerfile, /npm install/, 'the image must not resolve ranges');
+});

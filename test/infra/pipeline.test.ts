@@ -27,6 +27,11 @@ import {
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import type { MlmFilterPipeline } from '../../infra/lib/pipeline.ts';
 import { drainBudgetFromEnv } from '../../functions/worker/stop-signals.ts';
+import { ROOT } from '../helpers/package-consumer.ts';
+
+/** An ECR repository and an image digest for the prebuilt-image tests. */
+const ECR = '111122223333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter';
+const DIGEST = `sha256:${'0123456789abcdef'.repeat(4)}`;
 
 const WORKER_ENV = [
   'MLMF_SOURCE',
@@ -217,7 +222,11 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     // The GPU instances are x86_64 whatever the build host is.
     assert.equal(images[0]!.source.platform, 'linux/amd64');
     const staged = path.join(s.outdir, images[0]!.source.directory);
-    assert.ok(fs.existsSync(path.join(staged, 'package-lock.json')));
+    // The image installs from the packed copy of the lock; the root lock (never packed) stays out of the context.
+    assert.ok(fs.existsSync(path.join(staged, 'functions', 'worker', 'package-lock.json')));
+    assert.ok(!fs.existsSync(path.join(staged, 'package-lock.json')), 'the root lock is in the build context');
+    // No mirrors given: no build args, the Dockerfile's defaults (the public registries) apply.
+    assert.equal((images[0]!.source as { dockerBuildArgs?: unknown }).dockerBuildArgs, undefined);
     assert.ok(!fs.existsSync(path.join(staged, 'node_modules')), 'node_modules is not in the build context');
     assert.ok(!fs.existsSync(path.join(staged, 'test')), 'tests are not in the build context');
   });
@@ -381,21 +390,45 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     );
     assert.equal(steps.length, 2, 'one wake policy per source');
     for (const step of steps) {
-      // Exactly one task: the alarm re-invokes the action each minute it stays in ALARM; +1 would keep adding.
+      // Only ever up: +1 (a wake can never cut a scaled-out service back to one task, as ExactCapacity 1 could), and a
+      // cooldown past a cold start, during which the task already added counts toward the alarm's re-invocations.
       assert.deepEqual(
         (step as { Properties: { StepScalingPolicyConfiguration: unknown } }).Properties.StepScalingPolicyConfiguration,
         {
-          AdjustmentType: 'ExactCapacity',
-          Cooldown: 300,
+          AdjustmentType: 'ChangeInCapacity',
+          Cooldown: 600,
           MetricAggregationType: 'Maximum',
           StepAdjustments: [{ MetricIntervalLowerBound: 0, ScalingAdjustment: 1 }],
         },
       );
     }
-    s.template.hasResourceProperties('AWS::CloudWatch::Alarm', {
-      Metrics: Match.arrayWith([Match.objectLike({ Expression: 'IF(FILL(tasks, 0) < 1 AND backlog > 0, 1, 0)' })]),
-      AlarmActions: [{ Ref: Match.anyValue() }],
-    });
+    const wakes = Object.values(s.template.findResources('AWS::CloudWatch::Alarm')).filter((a) =>
+      JSON.stringify(a).includes('idle with backlog'),
+    ) as {
+      Properties: { Metrics: { Id: string; Expression?: string; MetricStat?: unknown }[]; AlarmActions: unknown[] };
+    }[];
+    assert.equal(wakes.length, 2, 'one wake alarm per source');
+    for (const wake of wakes) {
+      const byId = Object.fromEntries(wake.Properties.Metrics.map((m) => [m.Id, m]));
+      // A gap in Container Insights' desired count alone no longer wakes: ECS's own CPU metric must be absent too
+      // (no task runs), so a service running N tasks is left alone when Container Insights goes quiet.
+      assert.equal(byId.expr_1?.Expression, 'IF(FILL(tasks, 0) < 1 AND FILL(cpu, -1) < 0 AND backlog > 0, 1, 0)');
+      type Stat = {
+        Metric: { Namespace: string; MetricName: string; Dimensions: unknown };
+        Period: number;
+        Stat: string;
+      };
+      const cpu = byId.cpu?.MetricStat as Stat;
+      const tasks = byId.tasks?.MetricStat as Stat;
+      assert.deepEqual(
+        [cpu.Metric.Namespace, cpu.Metric.MetricName, cpu.Period, cpu.Stat],
+        ['AWS/ECS', 'CPUUtilization', 60, 'Maximum'],
+      );
+      // The CPU metric names the same cluster and service as the desired count it pairs with.
+      assert.deepEqual(cpu.Metric.Dimensions, tasks.Metric.Dimensions);
+      assert.match(JSON.stringify(byId.tasks), /DesiredTaskCount/);
+      assert.equal(wake.Properties.AlarmActions.length, 1);
+    }
   });
 
   test('monitoring: dashboard on the shared metric names, alarms to the SNS topic', () => {
@@ -653,6 +686,7 @@ describe('props validation', () => {
       }),
       /isolated subnets/,
     ],
+    ...imageCases(base),
   ];
   for (const [name, build, message] of cases) {
     test(name, () => assert.throws(() => synth(build, { nag: false }), message));
@@ -908,5 +942,103 @@ describe('backfill: the SQS service takes shard jobs (sqsSource.messages = shard
     s.template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
       TargetTrackingScalingPolicyConfiguration: Match.objectLike({ TargetValue: 2 }),
     });
+  });
+});
+
+/** Image props that would build or pull something else than asked. */
+function imageCases<P extends object>(base: (st: Stack) => P): [string, (st: Stack) => P, RegExp][] {
+  const worker = (w: Record<string, unknown>) => (st: Stack) => ({ ...base(st), sqsSource: {}, worker: w }) as P;
+  return [
+    ['imageUri with a short digest', worker({ imageUri: `${ECR}@sha256:abc` }), /a digest is @sha256: and 64/],
+    ['imageUri with an upper-case digest', worker({ imageUri: `${ECR}@${DIGEST.toUpperCase()}` }), /a digest/],
+    [
+      'imageUri: an ECR URI the construct cannot grant',
+      worker({ imageUri: '11112222333.dkr.ecr.eu-west-1.amazonaws.com/mlm-filter:1' }),
+      /not an ECR URI/,
+    ],
+    [
+      'imageBuild with a prebuilt image',
+      worker({ imageUri: `${ECR}@${DIGEST}`, imageBuild: { npmRegistry: 'https://npm.example.com/' } }),
+      /imageBuild applies to the image built/,
+    ],
+    [
+      'npm registry with credentials',
+      worker({ imageBuild: { npmRegistry: 'https://ci:s3cret@npm.example.com/' } }),
+      /credentials in the URL would be stored in cdk.out/,
+    ],
+    ['pip index not a URL', worker({ imageBuild: { pipIndexUrl: 'pypi.example.com/simple' } }), /not an http\(s\) URL/],
+    ['pip extra index over ftp', worker({ imageBuild: { pipExtraIndexUrl: 'ftp://x/simple' } }), /not an http/],
+    ['base image with a space', worker({ imageBuild: { baseImage: 'node:24 bookworm' } }), /baseImage/],
+  ];
+}
+
+describe('the worker image: mirrors as build args, or a prebuilt image by digest', () => {
+  const base = (stack: Stack) => ({
+    vpc: brokersVpc(stack),
+    brokersAdmitVpc: true,
+    kafka: { kind: 'msk-iam' as const, clusterArn: MSK_ARN, bootstrapServers: mskBrokers },
+    topics: { audit: 'a', provision: false },
+    model: model(stack),
+    sqsSource: {},
+  });
+
+  test('imageBuild mirrors reach the Dockerfile as build args, recorded in the asset manifest', () => {
+    const mirrors = {
+      npmRegistry: 'https://npm.corp.example/repository/npm/',
+      pipIndexUrl: 'https://pypi.corp.example/simple',
+      pipExtraIndexUrl: 'https://wheels.corp.example/simple',
+      baseImage: `111122223333.dkr.ecr.eu-west-1.amazonaws.com/docker-hub/library/node:24-bookworm-slim@${DIGEST}`,
+    };
+    const s = synth((st) => ({ ...base(st), worker: { imageBuild: mirrors } }), { nag: false });
+    const manifest = JSON.parse(fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8')) as {
+      dockerImages: Record<string, { source: { dockerBuildArgs?: Record<string, string> } }>;
+    };
+    const [image] = Object.values(manifest.dockerImages);
+    assert.deepEqual(image!.source.dockerBuildArgs, {
+      NPM_CONFIG_REGISTRY: mirrors.npmRegistry,
+      PIP_INDEX_URL: mirrors.pipIndexUrl,
+      PIP_EXTRA_INDEX_URL: mirrors.pipExtraIndexUrl,
+      BASE_IMAGE: mirrors.baseImage,
+    });
+    // Each is an ARG of the Dockerfile (a build arg that names no ARG is ignored by Docker, with a warning only).
+    const dockerfile = fs.readFileSync(path.join(ROOT, 'functions', 'worker', 'Dockerfile'), 'utf8');
+    for (const arg of Object.keys(image!.source.dockerBuildArgs!)) {
+      assert.match(dockerfile, new RegExp(`^ARG ${arg}(=|$)`, 'm'), arg);
+    }
+  });
+
+  test('imageBuild with only a pip index passes only that arg', () => {
+    const s = synth((st) => ({ ...base(st), worker: { imageBuild: { pipIndexUrl: 'http://10.0.0.5:3141/simple' } } }), {
+      nag: false,
+    });
+    const manifest = fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8');
+    assert.match(manifest, /"dockerBuildArgs":\s*\{\s*"PIP_INDEX_URL":\s*"http:\/\/10\.0\.0\.5:3141\/simple"\s*\}/);
+  });
+
+  test('an ECR image by digest: the task runs exactly that digest, with pull permission on its repository', () => {
+    const s = synth((st) => ({ ...base(st), worker: { imageUri: `${ECR}:1.0@${DIGEST}` } }), { nag: false });
+    const td = Object.values(s.template.findResources('AWS::ECS::TaskDefinition'))[0];
+    const image = JSON.stringify(s.stack.resolve(td));
+    assert.match(image, new RegExp(`/mlm-filter@${DIGEST}"`));
+    assert.doesNotMatch(image, /mlm-filter:1\.0/, 'the digest wins over the tag');
+    const pull = statements(s.template).find((x) => x.Action.includes('ecr:BatchGetImage'))!;
+    assert.deepEqual(pull.Resource, [
+      { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':ecr:eu-west-1:111122223333:repository/mlm-filter']] },
+    ]);
+    assert.doesNotMatch(fs.readFileSync(path.join(s.outdir, 'Test.assets.json'), 'utf8'), /"dockerImages":\s*\{\s*"/);
+  });
+
+  test('a public image by digest is pulled as given, with no ECR permission', () => {
+    const uri = `public.ecr.aws/example/mlm-filter@${DIGEST}`;
+    const s = synth((st) => ({ ...base(st), worker: { imageUri: uri } }), { nag: false });
+    const td = Object.values(s.template.findResources('AWS::ECS::TaskDefinition'))[0] as {
+      Properties: { ContainerDefinitions: { Image: unknown }[] };
+    };
+    assert.equal(td.Properties.ContainerDefinitions[0]!.Image, uri);
+    assert.equal(
+      statements(s.template).find((x) => x.Action.includes('ecr:BatchGetImage')),
+      undefined,
+      'pull permission on a public image',
+    );
   });
 });
