@@ -42,6 +42,31 @@ interface Traces {
   matDebugLogs: string[];
 }
 
+/**
+ * onnxruntime keeps its telemetry off by itself where it sees a CI system's variable (CI=true and the like), which
+ * would make both checks below pass without our policy: the children run without them.
+ */
+const CI_MARKERS = [
+  'CI',
+  'GITHUB_ACTIONS',
+  'GITLAB_CI',
+  'TF_BUILD',
+  'JENKINS_URL',
+  'TRAVIS',
+  'CIRCLECI',
+  'APPVEYOR',
+  'BUILDKITE',
+  'TEAMCITY_VERSION',
+  'CODEBUILD_BUILD_ID',
+  'BITBUCKET_BUILD_NUMBER',
+];
+
+function childEnv(d: { home: string; tmp: string }, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: d.home, TMPDIR: d.tmp, AWS_EC2_METADATA_DISABLED: 'true' };
+  for (const k of [...CI_MARKERS, 'MLMF_ORT_TELEMETRY', 'ORT_DISABLE_TELEMETRY']) delete env[k];
+  return { ...env, ...extra };
+}
+
 function freshDirs(): { home: string; tmp: string } {
   const base = mkdtempSync(join(tmpdir(), 'mlmf-telemetry-'));
   const dirs = { home: join(base, 'home'), tmp: join(base, 'tmp') };
@@ -60,11 +85,8 @@ function traces(d: { home: string; tmp: string }): Traces {
 function runCli(optIn: boolean): Traces {
   const d = freshDirs();
   const out = join(d.tmp, 'out');
-  const env: NodeJS.ProcessEnv = { ...process.env, HOME: d.home, TMPDIR: d.tmp, AWS_EC2_METADATA_DISABLED: 'true' };
-  delete env.MLMF_ORT_TELEMETRY;
   // An operator's ORT_DISABLE_TELEMETRY=0 alone is not an opt-in: only MLMF_ORT_TELEMETRY is.
-  env.ORT_DISABLE_TELEMETRY = '0';
-  if (optIn) env.MLMF_ORT_TELEMETRY = '1';
+  const env = childEnv(d, { ORT_DISABLE_TELEMETRY: '0', ...(optIn ? { MLMF_ORT_TELEMETRY: '1' } : {}) });
   const args = ['bin/mlm-filter.js', 'filter', '--input', 'sample/pairs.jsonl', '--out', out, '--model', MODEL];
   const r = spawnSync('unshare', ['-n', process.execPath, ...args, '--progress', 'none'], { cwd: ROOT, env });
   assert.equal(r.status, 0, `filter failed: ${r.stderr}`);
@@ -103,11 +125,7 @@ describe('onnxruntime telemetry: the worker container entry', { skip: skipWorker
 
   it('loads the real model with telemetry off: no traces in HOME or TMPDIR', async () => {
     const d = freshDirs();
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      HOME: d.home,
-      TMPDIR: d.tmp,
-      AWS_EC2_METADATA_DISABLED: 'true',
+    const env = childEnv(d, {
       AWS_ACCESS_KEY_ID: 'test',
       AWS_SECRET_ACCESS_KEY: 'test',
       MLMF_SQS_QUEUE_URL: queueUrl,
@@ -119,9 +137,7 @@ describe('onnxruntime telemetry: the worker container entry', { skip: skipWorker
       MLMF_MODEL_DIR: MODEL,
       MLMF_EXECUTION_PROVIDER: 'cpu',
       MLMF_HEALTH_PORT: '0',
-    };
-    delete env.MLMF_ORT_TELEMETRY;
-    delete env.ORT_DISABLE_TELEMETRY;
+    });
     const child = spawn(process.execPath, ['--import', 'tsx', 'functions/worker/main.ts'], { cwd: ROOT, env });
     let log = '';
     const consuming = new Promise<void>((resolve, reject) => {

@@ -71,6 +71,7 @@ function pipelineMetricNames(): Set<string> {
       pipelineName: PIPELINE,
       metricsNamespace: NS,
       vpc: brokersVpc(stack),
+      brokersAdmitVpc: true,
       kafka: { kind: 'msk-iam', clusterArn: MSK_ARN, bootstrapServers: ['b-1.x:9098'] },
       kafkaSource: { topic: 'crawl' },
       sqsSource: {},
@@ -84,6 +85,7 @@ function pipelineMetricNames(): Set<string> {
       pipelineName: PIPELINE,
       metricsNamespace: NS,
       vpc: brokersVpc(stack),
+      brokersAdmitVpc: true,
       kafka: {
         kind: 'self-managed',
         bootstrapServers: ['k-1.internal:9096'],
