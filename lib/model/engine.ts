@@ -37,6 +37,11 @@ export interface EngineOptions {
   readonly whitespaceLead?: boolean;
   /** Token ids that end generation (the reference stops a row at EOS). */
   readonly eosTokenIds?: readonly number[];
+  /**
+   * Single-token numbers readout (mlm_filter.json `readout`, llama_3): the ids of "0".."100"; one readout row per
+   * metric instead of digit chains (readout.ts).
+   */
+  readonly numberTokenIds?: readonly number[];
   /** Keep every metric's distribution and token ids in the result (tests and diagnostics). @default false */
   readonly captureDetail?: boolean;
 }
@@ -117,6 +122,7 @@ export class ScoringEngine {
     const eos = new Set(options.eosTokenIds ?? []);
     const vocab: ScoreVocab = {
       digitIds: tokenizer.digitIds(),
+      numberIds: options.numberTokenIds,
       whitespaceLeadId: options.whitespaceLead ? tokenizer.whitespaceTokenId : undefined,
       eosIds: eos,
       decode: (ids) => tokenizer.decode(ids),

@@ -130,6 +130,7 @@ export async function loadEngine(
     ...opts,
     ...(opts.whitespaceLead === undefined && info.whitespaceLead ? { whitespaceLead: true } : {}),
     eosTokenIds: eosIds(info, tokenizer),
+    ...(info.numberTokenIds ? { numberTokenIds: info.numberTokenIds } : {}),
   });
   log('info', 'model loaded', { dir, dtype: info.dtype, executionProvider: ep, format: info.format });
   return { engine, info, executionProvider: ep };

@@ -1,7 +1,7 @@
 """Export an MLM-filter checkpoint (or a random-weight stand-in) to the model directory of DESIGN.md.
 
   python tools/export/export.py CHECKPOINT_DIR_OR_HUB_ID --out DIR [--vision-tower DIR] [--dtypes fp32,fp16]
-  python tools/export/export.py --tiny-random --family qwen|llava_v1 --out DIR [--reference]
+  python tools/export/export.py --tiny-random --family qwen|llava_v1|llama3|llama3.2 --out DIR [--reference]
   python tools/export/export.py --random-config --family qwen --layers 2 --vision-layers 2 --out DIR
 
 After exporting it runs every ONNX file in onnxruntime and compares with PyTorch; it exits non-zero when they differ.
@@ -26,7 +26,16 @@ from llava_model import LlavaModel
 from onnx_export import export_all, export_scorer, scorer_file, suffix
 from preprocess import preprocessor_config
 
-FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llava_qwen", "llava_llama": "llava_llama"}
+FAMILIES = {
+    "qwen": "llava_qwen",
+    "llava_v1": "llava_llama",
+    "llava_qwen": "llava_qwen",
+    "llava_llama": "llava_llama",
+    # llava_llama with Llama-3 LMs (conversation format llama_3): Llama-3-8B's and Llama-3.2-3B's shapes.
+    "llama3": "llava_llama",
+    "llama3.2": "llava_llama",
+}
+LLAMA3_VARIANTS = ("llama3", "llama3.2")
 
 
 def whitespace_token_id(tok: Tokenizer, conv_format: str) -> int:
@@ -71,7 +80,8 @@ def llava_config(model: LlavaModel, name: str) -> dict:
 def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_id) -> dict:
     lm = model.lm.config
     eos = model.eos_ids()
-    bos = tok.token_to_id("<s>") if conv_format == "llava_v1" else None
+    bos_text = prompts.BOS_TOKENS[conv_format]
+    bos = tok.token_to_id(bos_text) if bos_text else None
     dec = model.lm.model.layers[0].self_attn
     head_dim = getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
     return {
@@ -99,6 +109,7 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
         "eos_token_ids": sorted(eos),
         "pad_token_id": lm.pad_token_id,
         "digit_token_ids": [tok.token_to_id(str(d)) for d in range(10)],
+        **readout_fields(tok, conv_format),
         "max_new_tokens_in_reference": prompts.MAX_NEW_TOKENS_IN_REFERENCE[conv_format],
         # The scorer also reads answers that start with the whitespace token when true (costs ~11 positions/metric).
         "score_whitespace_lead": False,
@@ -133,6 +144,20 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
     }
 
 
+def readout_fields(tok: Tokenizer, conv_format: str) -> dict:
+    """How the scorer reads the answer (prompts.READOUTS); single_token_numbers adds the ids of "0".."100"."""
+    kind = prompts.READOUTS[conv_format]
+    if kind != "single_token_numbers":
+        return {"readout": kind}
+    ids = []
+    for text in prompts.number_token_texts():
+        enc = tok.encode(text, add_special_tokens=False).ids
+        if len(enc) != 1:
+            raise ExportError(f"the {conv_format} readout needs {text!r} as one token; this tokenizer gives {enc}")
+        ids.append(enc[0])
+    return {"readout": kind, "number_token_ids": ids}
+
+
 def fix_dim_names(path: str) -> None:
     """Names the attention mask's free dim (the exporter calls it sNN)."""
     m = onnx.load(path, load_external_data=False)
@@ -144,6 +169,13 @@ def fix_dim_names(path: str) -> None:
 
 def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str]:
     family = FAMILIES[args.family]
+    if args.tiny_random and args.family in LLAMA3_VARIANTS:
+        tok = tiny.train_llama3_tokenizer()
+        model = tiny.tiny_llama3_model(tok, args.family, seed=args.seed)
+        name = f"tiny-random-llava-{args.family.replace('.', '')}"
+        return model, tok, tiny.tokenizer_config(family, tok, "llama_3"), name, f"seed{args.seed}"
+    if args.random_config and args.family in LLAMA3_VARIANTS:
+        raise ExportError("--random-config has no Llama-3 shape yet; use --tiny-random or a checkpoint")
     if args.tiny_random:
         tok = tiny.train_qwen_tokenizer() if family == "llava_qwen" else tiny.train_llama_tokenizer()
         model = tiny.tiny_model(family, tok, seed=args.seed)
@@ -255,9 +287,14 @@ def main(argv: list[str] | None = None) -> int:
             if "trio" in parts:
                 ok = self_check(model, tok, out, dtype, wid) and ok
     if args.reference:
-        from reference import write_reference
+        if prompts.READOUTS[conv_format] == "single_token_numbers":
+            from reference_numbers import write_number_reference
 
-        write_reference(model, tok, out, wid)
+            write_number_reference(model, tok, out, wid)
+        else:
+            from reference import write_reference
+
+            write_reference(model, tok, out, wid)
     print(f"done in {time.time() - t0:.1f}s -> {out}")
     if not ok:
         print("export: error: onnxruntime output differs from PyTorch beyond tolerance", file=sys.stderr)

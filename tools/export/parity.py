@@ -23,7 +23,8 @@ def encode_fn(tok: Tokenizer):
 
 
 def build_ids(tok: Tokenizer, conv_format: str, caption: str, metric: str, whitespace_id: int) -> list[int]:
-    bos = tok.token_to_id("<s>") if conv_format == "llava_v1" else None
+    bos_text = prompts.BOS_TOKENS[conv_format]
+    bos = tok.token_to_id(bos_text) if bos_text else None
     prompt = prompts.build_prompt(conv_format, caption, metric)
     return prompts.tokenizer_image_token(encode_fn(tok), prompt, conv_format, bos) + [whitespace_id]
 
