@@ -182,9 +182,15 @@ function addFilterCommand(program: Command): void {
     )
     .addOption(
       opt(
-        '--jpeg-full-decode',
-        "decode JPEGs at full size: tensors equal the reference's PIL ones bit for bit (slower)",
-        'off',
+        '--jpeg-fast-decode',
+        'speed mode: let libjpeg decode JPEGs at a DCT scale (~1.5x fewer intake CPU-seconds per pair; tensors ' +
+          "~0.3-0.9/255 off the reference's PIL ones, expected scores moved by up to ~0.1 point, more on some models)",
+        "off: full decode, tensors equal PIL's bit for bit",
+      ),
+    )
+    .addOption(
+      opt('--jpeg-full-decode', 'the default full decode, said explicitly (kept for older scripts)', 'on').conflicts(
+        'jpegFastDecode',
       ),
     )
     .addOption(
@@ -251,6 +257,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
       ...(flags.allowAddress ? { allowAddresses: flags.allowAddress } : {}),
       ...(flags.userAgent ? { userAgent: flags.userAgent } : {}),
       ...(flags.jpegDecoder ? { jpegDecoder: flags.jpegDecoder } : {}),
+      ...(flags.jpegFastDecode ? { jpegDctScaling: true } : {}),
       ...(flags.jpegFullDecode ? { jpegDctScaling: false } : {}),
     },
     scorer: {
