@@ -475,3 +475,50 @@ def realistic_model(family: str, vocab_size: int, layers: int = 2, vision_layers
     vision._attn_implementation = "eager"
     lm._attn_implementation = "eager"
     return LlavaModel(spec, vision, lm).eval()
+
+
+LLAMA3_VOCAB = 128256
+
+
+def realistic_llama3_model(
+    variant: str, tok: Tokenizer, layers: int = 2, vision_layers: int = 2, seed: int = 0
+) -> LlavaModel:
+    """Random weights at the Llama-3 checkpoints' LM width (few layers), for benchmarks: 'llama3' = Llama-3-8B (4096
+    wide, 32/8 heads, theta 500000, untied), 'llama3.2' = Llama-3.2-3B (3072 wide, 24/8 heads, llama3 rope scaling,
+    tied), both with Llama-3's 128256-row vocabulary. The released checkpoints' tower is not known here; this uses
+    LLaVA-1.5's CLIP ViT-L/14-336 with mlp2x_gelu (576 image tokens), LLaVA-Unified's recipe for Llama LMs. Special
+    token ids come from `tok` (the real or the tiny Llama-3-style tokenizer)."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768,
+    )
+    common = dict(
+        vocab_size=LLAMA3_VOCAB, num_hidden_layers=layers, num_key_value_heads=8, rope_theta=500000.0,
+        rms_norm_eps=1e-5, bos_token_id=tok.token_to_id("<|begin_of_text|>"),
+        eos_token_id=[tok.token_to_id("<|end_of_text|>"), tok.token_to_id("<|eot_id|>")], pad_token_id=None,
+    )
+    if variant == "llama3":
+        lm = LlamaConfig(
+            hidden_size=4096, intermediate_size=14336, num_attention_heads=32, max_position_embeddings=8192,
+            tie_word_embeddings=False, **common,
+        )
+    elif variant == "llama3.2":
+        lm = LlamaConfig(
+            hidden_size=3072, intermediate_size=8192, num_attention_heads=24, head_dim=128,
+            max_position_embeddings=131072, tie_word_embeddings=True,
+            rope_scaling={
+                "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            **common,
+        )
+    else:
+        raise ValueError(f"unknown Llama-3 variant {variant!r}")
+    vision._attn_implementation = "eager"
+    lm._attn_implementation = "eager"
+    spec = LlavaSpec("llava_llama", "llama_3", "mlp2x_gelu", -2, "patch", 576, True)
+    model = LlavaModel(spec, vision, lm)
+    if lm.tie_word_embeddings:
+        model.lm.tie_weights()
+    return model.eval()
