@@ -205,7 +205,12 @@ function addFilterCommand(program: Command): void {
       opt('--threads <n>', 'intra-op threads per inference worker', 'all cores').argParser(positiveInt('--threads')),
     )
     .addOption(
-      opt('--reference-mode', "reproduce the reference scorer's numbers (no pad-to-square, 2 new tokens)", 'off'),
+      opt(
+        '--reference-mode',
+        "reproduce the reference scorer's numbers (no pad-to-square, its 1-2 greedy tokens under the checkpoint's " +
+          'repetition penalty and eos ids)',
+        'off',
+      ),
     )
     .addOption(
       opt('--samples-per-shard <n>', 'accepted samples per curated shard', '1000').argParser(

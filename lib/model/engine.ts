@@ -154,7 +154,9 @@ export class ScoringEngine {
     this.tokenIds = new ort.Tensor('int64', BigInt64Array.from(readoutTokenIds(vocab).map(BigInt)), [
       readoutTokenIds(vocab).length,
     ]);
-    this.penalty = this.reference ? (options.repetitionPenalty ?? 1) : 1;
+    // A single-token readout (llama_3) reads the reference's one generated token: nothing precedes it to penalise.
+    const oneToken = (options.numberTokenIds?.length ?? 0) > 0;
+    this.penalty = this.reference && !oneToken ? (options.repetitionPenalty ?? 1) : 1;
     this.histories = chainHistories(this.chains);
     this.readoutIndex = new Map(readoutTokenIds(vocab).map((id, k) => [id, k]));
     const lacking = RAW_LOGIT_OUTPUTS.filter((n) => !model.session.outputNames.includes(n));
