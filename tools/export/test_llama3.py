@@ -27,7 +27,7 @@ TOK = tiny.train_llama3_tokenizer()
 _MODELS: dict = {}
 
 
-def model(variant: str):
+def built(variant: str):
     """The tiny model of a variant, built once (calibrating it runs the model on 64 prompts)."""
     if variant not in _MODELS:
         _MODELS[variant] = tiny.tiny_llama3_model(TOK, variant)
@@ -81,7 +81,7 @@ class RopeTests(unittest.TestCase):
                 self.assertFalse(torch.equal(got, plain), "the scaling changes some frequencies")
 
     def test_tiny_models_carry_the_features(self):
-        m3, m32 = model("llama3"), model("llama3.2")
+        m3, m32 = built("llama3"), built("llama3.2")
         c3, c32 = m3.lm.config, m32.lm.config
         self.assertEqual(c3.num_attention_heads // c3.num_key_value_heads, 4)
         self.assertEqual(c32.num_attention_heads // c32.num_key_value_heads, 3)
@@ -104,7 +104,7 @@ class CheckpointTests(unittest.TestCase):
         tok.save(os.path.join(tmp, "tokenizer.json"))
 
     def test_llama32_layout_round_trip_picks_llama_3(self):
-        src = model("llama3.2")
+        src = built("llama3.2")
         with tempfile.TemporaryDirectory() as tmp:
             self.save(src, tmp, "google/siglip2-so400m-patch14-384", TOK)
             model, tok, _, _, _ = load_checkpoint(tmp, None, None)
@@ -115,7 +115,7 @@ class CheckpointTests(unittest.TestCase):
         torch.testing.assert_close(model.reference_logits(ids, pix), src.reference_logits(ids, pix))
 
     def test_naflex_tower_and_mismatched_name_are_refused(self):
-        src = model("llama3")
+        src = built("llama3")
         with tempfile.TemporaryDirectory() as tmp:
             self.save(src, tmp, "google/siglip2-so400m-patch16-naflex", TOK)
             with self.assertRaises(ExportError) as ctx:
