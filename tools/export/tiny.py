@@ -485,14 +485,23 @@ def realistic_llama3_model(
 ) -> LlavaModel:
     """Random weights at the Llama-3 checkpoints' LM width (few layers), for benchmarks: 'llama3' = Llama-3-8B (4096
     wide, 32/8 heads, theta 500000, untied), 'llama3.2' = Llama-3.2-3B (3072 wide, 24/8 heads, llama3 rope scaling,
-    tied), both with Llama-3's 128256-row vocabulary. The released checkpoints' tower is not known here; this uses
-    LLaVA-1.5's CLIP ViT-L/14-336 with mlp2x_gelu (576 image tokens), LLaVA-Unified's recipe for Llama LMs. Special
-    token ids come from `tok` (the real or the tiny Llama-3-style tokenizer)."""
+    tied), both with Llama-3's 128256-row vocabulary. Towers: 'llama3' LLaVA-1.5's CLIP ViT-L/14-336 with mlp2x_gelu
+    (576 image tokens), 'llama3.2' SigLIP-so400m/14-384 (its model card's tower) with mlp2x_gelu (729); the projector
+    of the released checkpoints is not known here. Special token ids come from `tok` (the real or the tiny
+    Llama-3-style tokenizer)."""
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
-        image_size=336, patch_size=14, projection_dim=768,
-    )
+    if variant == "llama3":
+        vision = CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
+            image_size=336, patch_size=14, projection_dim=768,
+        )
+        spec = LlavaSpec("llava_llama", "llama_3", "mlp2x_gelu", -2, "patch", 576, True)
+    else:
+        vision = SiglipVisionConfig(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=vision_layers, num_attention_heads=16,
+            image_size=384, patch_size=14,
+        )
+        spec = LlavaSpec("llava_llama", "llama_3", "mlp2x_gelu", -2, "patch", 729, True)
     common = dict(
         vocab_size=LLAMA3_VOCAB, num_hidden_layers=layers, num_key_value_heads=8, rope_theta=500000.0,
         rms_norm_eps=1e-5, bos_token_id=tok.token_to_id("<|begin_of_text|>"),
@@ -517,7 +526,6 @@ def realistic_llama3_model(
         raise ValueError(f"unknown Llama-3 variant {variant!r}")
     vision._attn_implementation = "eager"
     lm._attn_implementation = "eager"
-    spec = LlavaSpec("llava_llama", "llama_3", "mlp2x_gelu", -2, "patch", 576, True)
     model = LlavaModel(spec, vision, lm)
     if lm.tie_word_embeddings:
         model.lm.tie_weights()
