@@ -98,8 +98,15 @@ type Json = Record<string, unknown>;
 export const READOUTS = ['digit_chains', 'single_token_numbers'] as const;
 export type Readout = (typeof READOUTS)[number];
 
-/** The readout of mlm_filter.json, checked: single_token_numbers needs the 101 distinct ids of "0".."100". */
-function readoutOf(mlm: Json, dir: string): { readout: Readout; numberTokenIds: number[] | undefined } {
+/**
+ * The readout of mlm_filter.json, checked: single_token_numbers needs the 101 distinct ids of "0".."100", inside the
+ * vocabulary when config.json says its size (an id past it would fail inside the graph, batch after batch).
+ */
+function readoutOf(
+  mlm: Json,
+  vocabSize: number | undefined,
+  dir: string,
+): { readout: Readout; numberTokenIds: number[] | undefined } {
   const readout = mlm.readout ?? 'digit_chains';
   if (!(READOUTS as readonly unknown[]).includes(readout)) {
     throw new FilterError('model_invalid', `mlm_filter.json names an unknown readout ${JSON.stringify(readout)}`, {
@@ -113,13 +120,16 @@ function readoutOf(mlm: Json, dir: string): { readout: Readout; numberTokenIds: 
   const valid =
     Array.isArray(ids) &&
     ids.length === 101 &&
-    ids.every((x) => Number.isInteger(x) && (x as number) >= 0) &&
+    ids.every(
+      (x) => Number.isInteger(x) && (x as number) >= 0 && (vocabSize === undefined || (x as number) < vocabSize),
+    ) &&
     new Set(ids).size === 101;
   if (!valid) {
     throw new FilterError(
       'model_invalid',
-      'mlm_filter.json: readout single_token_numbers needs number_token_ids, the 101 distinct ids of "0".."100"',
-      { dir },
+      'mlm_filter.json: readout single_token_numbers needs number_token_ids, the 101 distinct ids of "0".."100" ' +
+        'in the vocabulary; re-export the model',
+      { dir, vocabSize },
     );
   }
   return { readout: 'single_token_numbers', numberTokenIds: ids as number[] };
@@ -244,7 +254,7 @@ export function readModelDir(dir: string, dtype: ModelDtype): ModelDirInfo {
     whitespaceTokenId: pick(mlm, ['whitespace_token_id', 'after_prompt_token_id'], isNum),
     imageTokenCount: pick(mlm, ['image_token_count', 'num_image_tokens', 'image_tokens'], isNum),
     whitespaceLead: pick(mlm, ['score_whitespace_lead'], isBool) ?? false,
-    ...readoutOf(mlm, dir),
+    ...readoutOf(mlm, pick(config, ['vocab_size'], isNum), dir),
     model: { name, revision },
     preprocess: preprocessFromConfig(pre, pad, dir),
     preprocessNoPad: preprocessFromConfig(pre, false, dir),

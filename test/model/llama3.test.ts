@@ -10,7 +10,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { loadEngine } from '../../lib/model/sessions.ts';
 import type { EngineResult } from '../../lib/model/engine.ts';
 import { buildPrompt } from '../../lib/model/prompt.ts';
@@ -178,4 +180,23 @@ test('llama_3: control-token strings in a caption are text by default; reference
     assert.ok(ref.slice(1).includes(id as number), `reference mode: ${id} parsed`);
   }
   assert.equal(text.at(-1), 220);
+});
+
+test('a single_token_numbers export without valid number_token_ids, or with an unknown readout, is model_invalid', () => {
+  const src = new URL('../fixtures/models/tiny-llava-llama3/', import.meta.url).pathname;
+  const mlm = JSON.parse(readFileSync(`${src}mlm_filter.json`, 'utf8')) as Record<string, unknown>;
+  const ids = mlm.number_token_ids as number[];
+  const variants: Record<string, unknown>[] = [
+    { ...mlm, number_token_ids: undefined },
+    { ...mlm, number_token_ids: ids.slice(1) },
+    { ...mlm, number_token_ids: [...ids.slice(1), ids[1]] },
+    { ...mlm, number_token_ids: [...ids.slice(0, 100), 1_000_000] },
+    { ...mlm, readout: 'digit_pairs' },
+  ];
+  for (const v of variants) {
+    const dir = mkdtempSync(join(tmpdir(), 'mlmf-llama3-dir-'));
+    cpSync(src, dir, { recursive: true });
+    writeFileSync(join(dir, 'mlm_filter.json'), JSON.stringify(v));
+    assert.throws(() => readModelDir(dir, 'fp32'), { code: 'model_invalid' }, JSON.stringify(v.readout));
+  }
 });
