@@ -145,8 +145,8 @@ def self_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, whit
 
 @torch.no_grad()
 def scorer_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, whitespace_id: int) -> bool:
-    """The one-pass graph on a batch of two packed pairs (4 metrics, digit chains) against PyTorch running every
-    metric's full prompt, and every prompt + chain, alone."""
+    """The one-pass graph on a batch of two packed pairs (4 metrics, digit chains; llama_3: the number tokens at each
+    prompt's end) against PyTorch running every metric's full prompt, and every prompt + chain, alone."""
     from onnx_export import scorer_file
     from scorer_graph import pack_pair
 
@@ -156,6 +156,9 @@ def scorer_check(model: LlavaModel, tok: Tokenizer, out_dir: str, dtype: str, wh
     fmt = model.spec.conv_format
     digits = [tok.token_to_id(str(d)) for d in range(10)]
     chains = [[digits[0]], [digits[1], digits[0]]] + [[x] for x in digits[2:]]
+    if prompts.READOUTS[fmt] == "single_token_numbers":
+        # llama_3 is read as the scorer reads it: one row per metric, the ids of "0".."100", no chains.
+        digits, chains = [tok.token_to_id(t) for t in prompts.number_token_texts()], []
     n_img = int(model.encode_images(pix[:1]).shape[1])
     rows = []
     for caption in ("A brown dog running on the beach.", "Two <image> cats, 東京 ☕"):
