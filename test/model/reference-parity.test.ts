@@ -11,7 +11,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { readModelDir } from '../../lib/model/model-dir.ts';
 import { PromptTokenizer } from '../../lib/model/tokens.ts';
@@ -45,8 +45,6 @@ interface ParityFixture {
   cases: ParityCase[];
 }
 
-/** Families whose Node path is not there yet: the test is marked todo with the reason instead of skipped. */
-const TODO: Record<string, string> = {};
 const FAMILIES = ['llava_qwen', 'llava_v1', 'llama3_8b', 'llama3_2'];
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
 const quiet = () => undefined;
@@ -88,40 +86,32 @@ async function score(family: string, referenceMode: boolean): Promise<ScoreResul
 const label = (c: ParityCase) => `image ${c.image} ${c.metric} ${JSON.stringify(c.caption.slice(0, 60))}`;
 
 for (const family of FAMILIES) {
-  const present = existsSync(new URL(`../fixtures/parity/${family}/model/mlm_filter.json`, import.meta.url));
-  const todo = TODO[family] ?? (present ? undefined : `no export of ${family} in test/fixtures/parity yet`);
-  const opts = todo ? { todo } : {};
-
-  test(
-    `${family}: prompt ids equal the reference collator's (reference mode) and the caption-as-text ids`,
-    opts,
-    () => {
-      const { modelDir, fixture, pairs } = load(family);
-      const info = readModelDir(modelDir, 'fp32');
-      assert.equal(info.format, fixture.conv_mode, 'conversation format');
-      const tok = PromptTokenizer.fromFiles(info.tokenizerJson, info.tokenizerConfigJson, {
-        format: info.format,
-        ...(info.whitespaceTokenId !== undefined ? { whitespaceTokenId: info.whitespaceTokenId } : {}),
+  test(`${family}: prompt ids equal the reference collator's (reference mode) and the caption-as-text ids`, () => {
+    const { modelDir, fixture, pairs } = load(family);
+    const info = readModelDir(modelDir, 'fp32');
+    assert.equal(info.format, fixture.conv_mode, 'conversation format');
+    const tok = PromptTokenizer.fromFiles(info.tokenizerJson, info.tokenizerConfigJson, {
+      format: info.format,
+      ...(info.whitespaceTokenId !== undefined ? { whitespaceTokenId: info.whitespaceTokenId } : {}),
+    });
+    const keys = METRICS.map((m) => m.key);
+    let compared = 0;
+    for (const p of pairs) {
+      const ref = tok.metricPrompts(keys, p.caption, true);
+      const dflt = tok.metricPrompts(keys, p.caption, false);
+      keys.forEach((k, i) => {
+        const c = p.cases[k] as ParityCase;
+        assert.deepEqual(ref.ids?.[i], c.reference.prompt_ids, `reference-mode ids ${label(c)}`);
+        assert.deepEqual(dflt.ids?.[i], c.default.prompt_ids, `default-mode ids ${label(c)}`);
+        assert.equal(dflt.cut?.keptChars ?? null, c.default.caption_kept_chars, `caption cut ${label(c)}`);
+        compared++;
       });
-      const keys = METRICS.map((m) => m.key);
-      let compared = 0;
-      for (const p of pairs) {
-        const ref = tok.metricPrompts(keys, p.caption, true);
-        const dflt = tok.metricPrompts(keys, p.caption, false);
-        keys.forEach((k, i) => {
-          const c = p.cases[k] as ParityCase;
-          assert.deepEqual(ref.ids?.[i], c.reference.prompt_ids, `reference-mode ids ${label(c)}`);
-          assert.deepEqual(dflt.ids?.[i], c.default.prompt_ids, `default-mode ids ${label(c)}`);
-          assert.equal(dflt.cut?.keptChars ?? null, c.default.caption_kept_chars, `caption cut ${label(c)}`);
-          compared++;
-        });
-      }
-      assert.equal(compared, fixture.cases.length);
-      assert.ok(compared >= 72, `${compared} cases`);
-    },
-  );
+    }
+    assert.equal(compared, fixture.cases.length);
+    assert.ok(compared >= 72, `${compared} cases`);
+  });
 
-  test(`${family}: reference mode's integers equal the reference's int() of its generated text`, opts, async (t) => {
+  test(`${family}: reference mode's integers equal the reference's int() of its generated text`, async (t) => {
     const { fixture, pairs } = load(family);
     const results = await score(family, true);
     let parseFailures = 0;
@@ -144,7 +134,7 @@ for (const family of FAMILIES) {
     );
   });
 
-  test(`${family}: default mode's greedy integers and expected scores equal the reference model's`, opts, async (t) => {
+  test(`${family}: default mode's greedy integers and expected scores equal the reference model's`, async (t) => {
     const { fixture, pairs } = load(family);
     const results = await score(family, false);
     let worst = 0;

@@ -39,7 +39,14 @@ import sys
 FAMILIES = {
     "llava_qwen": {"name": "mlm-filter-qwen2.5-tiny-random", "conv_mode": "qwen_instruct", "max_new_tokens": 2},
     "llava_v1": {"name": "mlm-filter-llava-v1.5-tiny-random", "conv_mode": "llava_v1", "max_new_tokens": 2},
-    "llama3_8b": {"name": "mlm-filter-llama-3-8b-tiny-random", "conv_mode": "llama_3", "max_new_tokens": 1},
+    # Decoys: tokens the calibration makes compete with the numbers, so that the one generated token is sometimes
+    # "087" (int() 87), "250" (out of range), "05", a word or EOS (no integer).
+    "llama3_8b": {
+        "name": "mlm-filter-llama-3-8b-tiny-random",
+        "conv_mode": "llama_3",
+        "max_new_tokens": 1,
+        "decoys": ["087", "250", "05", "The", "<|eot_id|>"],
+    },
     "llama3_2": {"name": "mlm-filter-llama-3.2-3b-tiny-random", "conv_mode": "llama_3", "max_new_tokens": 1},
 }
 METRICS = ["image_text_matching", "object_detail_fulfillment", "caption_text_quality", "semantic_understanding"]
@@ -305,14 +312,27 @@ def calibrate_answers(model, tokenizer, family: str, prompts_ids: list, pixels) 
         sd = sv[:k] / (h.shape[0] ** 0.5)
         w = model.lm_head.weight
         answers = answer_token_ids(family, tokenizer)
+        decoys = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family].get("decoys", [])]
+        if any(d is None or d == tokenizer.unk_token_id for d in decoys):
+            raise SystemExit(f"{family}: a decoy token is not in the vocabulary: {decoys}")
+        answers = answers + decoys
         others = torch.ones(w.shape[0], dtype=torch.bool)
         others[answers] = False
         target = float(torch.quantile((h @ w[others].T).max(-1).values, 0.9)) + 1.0
         base = mean * (target / float(mean @ mean))
         spread = 2.5 if len(answers) == 10 else 3.5
+        g_decoy = torch.Generator().manual_seed(99)
         g = torch.Generator().manual_seed(1234)
         for a in answers:
             w[a] = base + spread * ((torch.randn(k, generator=g) / sd) @ vt[:k])
+        if decoys:
+            # Each decoy sits near the row of the number that wins most often at the prompts' last position, so that
+            # it takes some of that number's wins.
+            numbers = answers[: len(answers) - len(decoys)]
+            wins = (h[5::6] @ w[numbers].T).argmax(-1)
+            top = numbers[int(torch.mode(wins).values)]
+            for d in decoys:
+                w[d] = w[top] + 0.5 * ((torch.randn(k, generator=g_decoy) / sd) @ vt[:k])
         if len(answers) == 10:
             # A pull towards repeating the digit just read (its embedding is in the residual stream), so that greedy
             # answers like "77" occur and the generation config's repetition penalty changes some second digits.
