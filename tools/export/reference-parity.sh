@@ -42,8 +42,12 @@ fi
 out="$root/test/fixtures/parity"
 export CUDA_VISIBLE_DEVICES="" TOKENIZERS_PARALLELISM=false
 "$here/.venv/bin/python" "$here/reference_parity.py" tokenizers --work "$work"
+# The commits recorded in reference.json: git's answer for clones, else these (for checkouts made with git archive).
+revs=()
+[[ -n "${MLMF_LLAVA_UNIFIED_REV:-}" ]] && revs+=(--llava-unified-rev "$MLMF_LLAVA_UNIFIED_REV")
+[[ -n "${MLMF_MLM_FILTER_REV:-}" ]] && revs+=(--mlm-filter-rev "$MLMF_MLM_FILTER_REV")
 "$refvenv/bin/python" "$here/reference_parity.py" reference --llava-unified "$llava" --mlm-filter "$mlmf" \
-  --work "$work" --out "$out" --families "$families"
+  --work "$work" --out "$out" --families "$families" ${revs[@]+"${revs[@]}"}
 IFS=',' read -ra fams <<<"$families"
 for f in "${fams[@]}"; do
   ckpt="$("$refvenv/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['checkpoint'])" "$work/checkpoints.json" "$f")"
