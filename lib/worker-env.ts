@@ -53,7 +53,8 @@ export const WORKER_ENV = {
   MLMF_INTAKE_CONCURRENCY: 'images fetched at once',
   MLMF_ALLOW_ADDRESSES: 'CIDRs / host:port the image fetcher may open despite the SSRF guard',
   MLMF_JPEG_DECODER: 'auto | native | sharp',
-  MLMF_JPEG_DCT_SCALING: 'true | false',
+  MLMF_JPEG_DCT_SCALING:
+    'true: decode JPEGs at a DCT scale (speed mode); false (default): full decode, PIL-exact tensors',
   MLMF_DEBUG: 'debug logging',
   MLMF_ORT_TELEMETRY: "1 opts in to onnxruntime's built-in telemetry (off by default: lib/model/telemetry.ts)",
   ORT_DISABLE_TELEMETRY:

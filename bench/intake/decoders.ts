@@ -57,8 +57,8 @@ if (native) {
   const out = new Float32Array(3 * 384 * 384);
   const affine = new Float32Array([2 / 255, 2 / 255, 2 / 255, -1, -1, -1]);
   for (const [label, minRatio] of [
-    ['native: DCT-scaled decode + bicubic pad 384 + normalise (the intake default)', 1],
-    ['native: full decode + bicubic pad 384 + normalise (PIL-exact)', 0],
+    ['native: DCT-scaled decode + bicubic pad 384 + normalise (`--jpeg-fast-decode`)', 1],
+    ['native: full decode + bicubic pad 384 + normalise (PIL-exact, the intake default)', 0],
   ] as const) {
     const params = nativeParams(spec, affine, minRatio);
     rows.push([label, await cpuMsPerImage((b) => native.prepare(b, out, params))]);

@@ -10,11 +10,13 @@
  *
  * Reference mode is a readout and a prompt switch over the same graph: the reference's 2-token int() reading, its
  * prompt truncation at the end and its tokenisation of control-token strings inside captions (and, in the scorer,
- * no pad-to-square).
+ * no pad-to-square), and its decoding settings: the checkpoint's repetition penalty on the tokens generated so far
+ * (generation.ts), from the graph's raw-logit outputs.
  */
 import * as ort from './onnxruntime.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort, type Scores } from '../types.ts';
 import { packBatch, type PairPrompts } from './packing.ts';
+import { chainHistories, penalisedTops, type RawLogits } from './generation.ts';
 import { Readout, readoutTokenIds, candidateChains, type MetricReadout, type ScoreVocab } from './readout.ts';
 import type { CaptionCut, PromptTokenizer } from './tokens.ts';
 
@@ -28,6 +30,9 @@ export const SCORER_INPUTS = [
   'readout_token_ids',
 ] as const;
 
+/** Outputs of graphs exported since the reference's decoding settings are reproduced: raw logits (generation.ts). */
+export const RAW_LOGIT_OUTPUTS = ['token_logits', 'top_k_logits', 'top_k_token_ids'] as const;
+
 export interface EngineOptions {
   /** Metrics to score, in output order. @default all four */
   readonly metrics?: readonly MetricKey[];
@@ -37,6 +42,16 @@ export interface EngineOptions {
   readonly whitespaceLead?: boolean;
   /** Token ids that end generation (the reference stops a row at EOS). */
   readonly eosTokenIds?: readonly number[];
+  /**
+   * Single-token numbers readout (mlm_filter.json `readout`, llama_3): the ids of "0".."100"; one readout row per
+   * metric instead of digit chains (readout.ts).
+   */
+  readonly numberTokenIds?: readonly number[];
+  /**
+   * Reference mode: the repetition penalty of the reference's generate on the tokens generated so far (the
+   * checkpoint's generation_config.json; generation.ts). 1 = none. Default mode ignores it. @default 1
+   */
+  readonly repetitionPenalty?: number;
   /** Keep every metric's distribution and token ids in the result (tests and diagnostics). @default false */
   readonly captureDetail?: boolean;
 }
@@ -89,6 +104,14 @@ export interface EngineModel {
   readonly profiling?: boolean;
 }
 
+/** One batch's graph outputs: `top` the model's greedy tokens, `referenceTop` those of the reference's decoding. */
+interface GraphOutputs {
+  readonly logprobs: Float32Array;
+  readonly top: BigInt64Array;
+  readonly referenceTop: BigInt64Array;
+  readonly rows: number;
+}
+
 export class ScoringEngine {
   readonly metrics: readonly MetricKey[];
   readonly stats: EngineStats = emptyStats();
@@ -97,6 +120,10 @@ export class ScoringEngine {
   private readonly tokenIds: ort.Tensor;
   private readonly reference: boolean;
   private readonly captureDetail: boolean;
+  /** The penalty reference mode applies (1: none), and each readout row's generated history within a metric. */
+  private readonly penalty: number;
+  private readonly histories: number[][];
+  private readonly readoutIndex: Map<number, number>;
   private pixelBuffer = new Float32Array(0);
 
   constructor(
@@ -117,6 +144,7 @@ export class ScoringEngine {
     const eos = new Set(options.eosTokenIds ?? []);
     const vocab: ScoreVocab = {
       digitIds: tokenizer.digitIds(),
+      numberIds: options.numberTokenIds,
       whitespaceLeadId: options.whitespaceLead ? tokenizer.whitespaceTokenId : undefined,
       eosIds: eos,
       decode: (ids) => tokenizer.decode(ids),
@@ -126,6 +154,20 @@ export class ScoringEngine {
     this.tokenIds = new ort.Tensor('int64', BigInt64Array.from(readoutTokenIds(vocab).map(BigInt)), [
       readoutTokenIds(vocab).length,
     ]);
+    // A single-token readout (llama_3) reads the reference's one generated token: nothing precedes it to penalise.
+    const oneToken = (options.numberTokenIds?.length ?? 0) > 0;
+    this.penalty = this.reference && !oneToken ? (options.repetitionPenalty ?? 1) : 1;
+    this.histories = chainHistories(this.chains);
+    this.readoutIndex = new Map(readoutTokenIds(vocab).map((id, k) => [id, k]));
+    const lacking = RAW_LOGIT_OUTPUTS.filter((n) => !model.session.outputNames.includes(n));
+    if (this.penalty !== 1 && lacking.length > 0) {
+      throw new FilterError(
+        'model_invalid',
+        `reference mode applies the checkpoint's repetition penalty ${this.penalty}, but this scoring graph lacks ` +
+          `${lacking.join(', ')} (exported before they existed): re-export the model with tools/export`,
+        { outputs: model.session.outputNames },
+      );
+    }
   }
 
   async release(): Promise<void> {
@@ -139,7 +181,7 @@ export class ScoringEngine {
     const start = performance.now();
     const prompts = inputs.map((p) => this.tokenizer.metricPrompts(this.metrics, p.caption, this.reference));
     const scorable = inputs.map((_, i) => i).filter((i) => prompts[i]?.ids !== undefined);
-    let outputs: { logprobs: Float32Array; top: BigInt64Array; rows: number } | undefined;
+    let outputs: GraphOutputs | undefined;
     let runMs = 0;
     if (scorable.length > 0) {
       const feeds = this.feeds(
@@ -195,7 +237,7 @@ export class ScoringEngine {
     };
   }
 
-  private outputs(out: ort.InferenceSession.OnnxValueMapType) {
+  private outputs(out: ort.InferenceSession.OnnxValueMapType): GraphOutputs {
     const lp = out.token_logprobs;
     const top = out.top_token_ids;
     if (!lp || !top || lp.type !== 'float32' || top.type !== 'int64') {
@@ -203,11 +245,35 @@ export class ScoringEngine {
         outputs: Object.keys(out),
       });
     }
-    return { logprobs: lp.data as Float32Array, top: top.data as BigInt64Array, rows: (lp.dims[1] ?? 0) as number };
+    const rows = (lp.dims[1] ?? 0) as number;
+    const logprobs = lp.data as Float32Array;
+    const greedy = top.data as BigInt64Array;
+    if (this.penalty === 1) return { logprobs, top: greedy, rows, referenceTop: greedy };
+    const raw = this.rawLogits(out);
+    const referenceTop = penalisedTops(raw, greedy.length, this.histories, this.penalty);
+    return { logprobs, top: greedy, rows, referenceTop };
+  }
+
+  private rawLogits(out: ort.InferenceSession.OnnxValueMapType): RawLogits {
+    const logits = out.token_logits;
+    const topLogits = out.top_k_logits;
+    const topIds = out.top_k_token_ids;
+    if (logits?.type !== 'float32' || topLogits?.type !== 'float32' || topIds?.type !== 'int64') {
+      throw new FilterError('model_invalid', `the scoring graph must return ${RAW_LOGIT_OUTPUTS.join(', ')}`, {
+        outputs: Object.keys(out),
+      });
+    }
+    return {
+      tokenLogits: logits.data as Float32Array,
+      topLogits: topLogits.data as Float32Array,
+      topIds: topIds.data as BigInt64Array,
+      topK: topIds.dims[2] as number,
+      readoutIndex: this.readoutIndex,
+    };
   }
 
   private read(
-    out: { logprobs: Float32Array; top: BigInt64Array; rows: number },
+    out: GraphOutputs,
     row: number,
     ids: readonly (readonly number[])[],
     cut: CaptionCut | undefined,
@@ -217,9 +283,10 @@ export class ScoringEngine {
     const detail: NonNullable<EngineResult['detail']> = {};
     const perMetric = this.readout.rowsPerMetric;
     this.metrics.forEach((m, mi) => {
+      // Reference mode reads the greedy tokens of the reference's decoding (penalised), default mode the model's own.
       const r = this.readout.metric(
         out.logprobs,
-        out.top,
+        this.reference ? out.referenceTop : out.top,
         row * out.rows + mi * perMetric,
         this.reference || this.captureDetail,
       );

@@ -76,6 +76,13 @@ export interface ModelDirInfo {
   readonly imageTokenCount: number | undefined;
   /** mlm_filter.json `score_whitespace_lead`: the model may answer with the whitespace token before the digits. */
   readonly whitespaceLead: boolean;
+  /**
+   * How the answer is read (mlm_filter.json `readout`): `digit_chains` (digit by digit; the default for exports that
+   * predate the field) or `single_token_numbers` (llama_3: every number 0..100 is one token).
+   */
+  readonly readout: Readout;
+  /** single_token_numbers: the ids of the tokens "0".."100" (mlm_filter.json `number_token_ids`). */
+  readonly numberTokenIds: readonly number[] | undefined;
   readonly model: ModelInfo;
   /** Preprocessing the model was trained with (pad to square when mlm_filter.json says so). */
   readonly preprocess: PreprocessSpec;
@@ -87,6 +94,46 @@ export interface ModelDirInfo {
 }
 
 type Json = Record<string, unknown>;
+
+export const READOUTS = ['digit_chains', 'single_token_numbers'] as const;
+export type Readout = (typeof READOUTS)[number];
+
+/**
+ * The readout of mlm_filter.json, checked: single_token_numbers needs the 101 distinct ids of "0".."100", inside the
+ * vocabulary when config.json says its size (an id past it would fail inside the graph, batch after batch).
+ */
+function readoutOf(
+  mlm: Json,
+  vocabSize: number | undefined,
+  dir: string,
+): { readout: Readout; numberTokenIds: number[] | undefined } {
+  const readout = mlm.readout ?? 'digit_chains';
+  if (!(READOUTS as readonly unknown[]).includes(readout)) {
+    throw new FilterError('model_invalid', `mlm_filter.json names an unknown readout ${JSON.stringify(readout)}`, {
+      dir,
+      readout,
+      known: READOUTS,
+    });
+  }
+  if (readout === 'digit_chains') return { readout, numberTokenIds: undefined };
+  const ids = mlm.number_token_ids;
+  const valid =
+    Array.isArray(ids) &&
+    ids.length === 101 &&
+    ids.every(
+      (x) => Number.isInteger(x) && (x as number) >= 0 && (vocabSize === undefined || (x as number) < vocabSize),
+    ) &&
+    new Set(ids).size === 101;
+  if (!valid) {
+    throw new FilterError(
+      'model_invalid',
+      'mlm_filter.json: readout single_token_numbers needs number_token_ids, the 101 distinct ids of "0".."100" ' +
+        'in the vocabulary; re-export the model',
+      { dir, vocabSize },
+    );
+  }
+  return { readout: 'single_token_numbers', numberTokenIds: ids as number[] };
+}
 
 function readJson(path: string, dir: string): Json {
   try {
@@ -207,6 +254,7 @@ export function readModelDir(dir: string, dtype: ModelDtype): ModelDirInfo {
     whitespaceTokenId: pick(mlm, ['whitespace_token_id', 'after_prompt_token_id'], isNum),
     imageTokenCount: pick(mlm, ['image_token_count', 'num_image_tokens', 'image_tokens'], isNum),
     whitespaceLead: pick(mlm, ['score_whitespace_lead'], isBool) ?? false,
+    ...readoutOf(mlm, pick(config, ['vocab_size'], isNum), dir),
     model: { name, revision },
     preprocess: preprocessFromConfig(pre, pad, dir),
     preprocessNoPad: preprocessFromConfig(pre, false, dir),

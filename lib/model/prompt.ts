@@ -10,8 +10,12 @@
 import { FilterError, METRICS, type MetricKey } from '../types.ts';
 import prompts from './mlm-filter-prompts.json' with { type: 'json' };
 
-/** Conversation formats with a complete template in the reference (llama_3 is documented but not templated). */
-export const CONVERSATION_FORMATS = ['qwen_instruct', 'llava_v1'] as const;
+/**
+ * The conversation formats of the released checkpoints (LLaVA-Unified's llava/conversation.py): qwen_instruct (MPT
+ * separator style), llava_v1 and llama_3 (separator style TWO, sep " "; llama_3's system text says "user" where
+ * llava_v1's says "human").
+ */
+export const CONVERSATION_FORMATS = ['qwen_instruct', 'llava_v1', 'llama_3'] as const;
 export type ConversationFormat = (typeof CONVERSATION_FORMATS)[number];
 
 /** The image placeholder of the template (LLaVA's DEFAULT_IMAGE_TOKEN). */

@@ -16,6 +16,16 @@
  *
  * Greedy integer: follow the argmax tokens along the chains (a non-digit ends the number; no digit first, no score).
  * Reference integer (Victorwz/MLM_Filter): int() of the first line of the 2 greedy tokens' text, as Python would.
+ *
+ * Single-token numbers (`numberIds`, conversation format llama_3): Llama-3's tokenizer holds every number 0..999 as
+ * one token and never joins a number to the space before it (its pre-tokenizer splits digit runs in groups of up to
+ * three), so the trained answer "ASSISTANT: 87\n..." is ':', ' ', '87', the prompt ends with that space token, and the
+ * reference generates ONE token and reads int() of its text. No chains: one readout row per metric, whose readout
+ * token ids are the tokens "0".."100"; P(v) is that token's probability (normalised over the 101 numbers for the
+ * distribution and the expected score), the greedy integer is the argmax over the vocabulary when it is one of those
+ * tokens (another token, e.g. "087", "250", a word or EOS: no score), and reference mode reads int() of the argmax
+ * token's text as the v2 script's batch_decode(skip_special_tokens=True) shows it ("087" -> 87; a word or EOS -> no
+ * score), clamped into 0..100 like every reference-mode integer.
  */
 import { FilterError } from '../types.ts';
 
@@ -26,13 +36,21 @@ export interface ScoreVocab {
   /** The whitespace token that may precede the digits, when the model's answers need that branch. */
   readonly whitespaceLeadId?: number | undefined;
   readonly eosIds: ReadonlySet<number>;
+  /**
+   * Single-token numbers: the ids of the tokens "0", "1", ..., "100" (mlm_filter.json `number_token_ids`). When set,
+   * the answer is read from one token (no candidate chains) and digitIds / whitespaceLeadId are not used.
+   */
+  readonly numberIds?: readonly number[] | undefined;
   /** Text of a token as the reference's batch_decode(skip_special_tokens=True) shows it. */
   decode(ids: readonly number[]): string;
 }
 
 /** One metric's numbers, for tests and diagnostics. */
 export interface MetricReadout {
-  /** P(first token = digit d), unnormalised (straight from the softmax over the vocabulary). */
+  /**
+   * P(first token = digit d), unnormalised (straight from the softmax over the vocabulary); with single-token
+   * numbers P(first token = number v), v = 0..100 (r and stop are then empty, t is 0).
+   */
   readonly q: readonly number[];
   /** r[d][e] = P(second = digit e | first = d). */
   readonly r: readonly (readonly number[])[];
@@ -56,6 +74,7 @@ export interface MetricReadout {
 
 /** The candidate chains after every metric prompt: "0", "1","0", "2".."9", then the same behind the lead. */
 export function candidateChains(vocab: ScoreVocab): number[][] {
+  if (vocab.numberIds !== undefined) return [];
   const [d0, d1] = vocab.digitIds as [number, number];
   const plain = vocab.digitIds.map((d, i) => (i === 1 ? [d1, d0] : [d]));
   const lead = vocab.whitespaceLeadId;
@@ -64,6 +83,7 @@ export function candidateChains(vocab: ScoreVocab): number[][] {
 
 /** readout_token_ids: the digits, then the whitespace lead when there is one. */
 export function readoutTokenIds(vocab: ScoreVocab): number[] {
+  if (vocab.numberIds !== undefined) return [...vocab.numberIds];
   return vocab.whitespaceLeadId === undefined ? [...vocab.digitIds] : [...vocab.digitIds, vocab.whitespaceLeadId];
 }
 
@@ -99,7 +119,18 @@ export class Readout {
   private readonly k: number;
   private readonly digitOf: Map<number, number>;
 
+  private readonly numberOf: Map<number, number> | undefined;
+
   constructor(private readonly vocab: ScoreVocab) {
+    if (vocab.numberIds !== undefined) {
+      const ids = vocab.numberIds;
+      if (ids.length !== 101 || new Set(ids).size !== 101 || !ids.every((id) => Number.isInteger(id) && id >= 0)) {
+        throw new FilterError('model_invalid', 'single-token numbers need 101 distinct token ids, for "0".."100"', {
+          numberIds: ids.length,
+        });
+      }
+    }
+    this.numberOf = vocab.numberIds && new Map(vocab.numberIds.map((id, v) => [id, v]));
     if (vocab.digitIds.length !== 10) {
       throw new FilterError('model_invalid', 'the tokenizer needs one token per digit 0..9', {
         digitIds: vocab.digitIds,
@@ -120,6 +151,7 @@ export class Readout {
    */
   metric(logprobs: Float32Array, top: BigInt64Array, row0: number, withReference = true): MetricReadout {
     const p = (row: number, k: number) => Math.exp(logprobs[row * this.k + k] as number);
+    if (this.numberOf) return this.singleToken(p, top, row0, this.numberOf, withReference);
     const dist = new Float64Array(101);
     const plain = rowsOf(row0);
     const first = this.branch(p, plain, 1, dist);
@@ -147,6 +179,39 @@ export class Readout {
       greedy,
       reference: ref.value,
       undetermined: ref.undetermined,
+    };
+  }
+
+  /** Single-token numbers: everything from the metric's one row (see the module header). */
+  private singleToken(
+    p: (row: number, k: number) => number,
+    top: BigInt64Array,
+    row: number,
+    numberOf: ReadonlyMap<number, number>,
+    withReference: boolean,
+  ): MetricReadout {
+    const q = Array.from({ length: 101 }, (_, v) => p(row, v));
+    const mass = q.reduce((a, b) => a + b, 0);
+    const dist = Float64Array.from(q, (x) => (mass > 0 ? x / mass : 0));
+    let expected: number | undefined;
+    if (mass > 0) expected = dist.reduce((a, x, v) => a + v * x, 0);
+    const t1 = this.tok(top, row);
+    let reference: number | undefined;
+    if (withReference && !this.vocab.eosIds.has(t1)) {
+      const n = pythonIntOfFirstLine(this.vocab.decode([t1]));
+      reference = n === undefined ? undefined : Math.min(100, Math.max(0, n));
+    }
+    return {
+      q,
+      r: [],
+      stop: [],
+      t: 0,
+      numberMass: mass,
+      distribution: dist,
+      expected,
+      greedy: numberOf.get(t1),
+      reference,
+      undetermined: false,
     };
   }
 

@@ -2,6 +2,7 @@
 import * as ort from './onnxruntime.ts';
 import { FilterError } from '../types.ts';
 import { ScoringEngine, type EngineModel, type EngineOptions } from './engine.ts';
+import { generationSettings, referencePenalty, type GenerationSettings } from './generation.ts';
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';
 import { PromptTokenizer } from './tokens.ts';
 
@@ -56,7 +57,12 @@ async function createSession(info: ModelDirInfo, ep: ExecutionProvider, opts: Se
   return { session, imageTokens: info.imageTokenCount, profiling: opts.profilePrefix !== undefined };
 }
 
-function eosIds(info: ModelDirInfo, tok: PromptTokenizer): number[] {
+/**
+ * The ids that end the reference's generation: exactly the generation config's when the export recorded it (Qwen2.5:
+ * <|im_end|> and <|endoftext|>); for older exports, every eos id the directory names plus the format's end token.
+ */
+function eosIds(info: ModelDirInfo, tok: PromptTokenizer, generation: GenerationSettings): number[] {
+  if (generation.eosTokenIds !== undefined) return [...generation.eosTokenIds];
   const out = new Set<number>();
   const add = (v: unknown) => {
     if (typeof v === 'number') out.add(v);
@@ -82,6 +88,7 @@ export async function loadEngine(
   log: LogFn,
 ): Promise<LoadedEngine> {
   const info = readModelDir(dir, opts.dtype ?? 'fp32');
+  const generation = generationSettings(info.mlmFilter, dir);
   const requested = opts.executionProvider ?? 'cpu';
   let ep: ExecutionProvider = requested;
   let model: EngineModel;
@@ -129,8 +136,16 @@ export async function loadEngine(
   const engine = new ScoringEngine(model, tokenizer, {
     ...opts,
     ...(opts.whitespaceLead === undefined && info.whitespaceLead ? { whitespaceLead: true } : {}),
-    eosTokenIds: eosIds(info, tokenizer),
+    eosTokenIds: eosIds(info, tokenizer, generation),
+    ...(info.numberTokenIds ? { numberTokenIds: info.numberTokenIds } : {}),
+    repetitionPenalty: opts.repetitionPenalty ?? referencePenalty(generation),
   });
-  log('info', 'model loaded', { dir, dtype: info.dtype, executionProvider: ep, format: info.format });
+  log('info', 'model loaded', {
+    dir,
+    dtype: info.dtype,
+    executionProvider: ep,
+    format: info.format,
+    ...(opts.referenceMode ? { repetitionPenalty: opts.repetitionPenalty ?? referencePenalty(generation) } : {}),
+  });
   return { engine, info, executionProvider: ep };
 }

@@ -48,6 +48,8 @@ const TEMPLATE_PROBES = [
   "dog'",
   '42',
   'x 7',
+  'in 2024',
+  '1234567',
   '東京',
   'é',
   'e\u0301',
@@ -75,7 +77,8 @@ export interface PromptTokenizerOptions {
    * Id appended after the prompt (mlm_filter.json's whitespace_token_id). Default: what the reference's
    * tokenizer(' ')[-1] gives: for sentencepiece vocabularies the dummy prefix plus the space, i.e. the '▁▁' piece
    * where the vocabulary has one (259 in LLaMA-2, as the slow LlamaTokenizer of transformers 4.31-4.44 answers;
-   * tokenizer.json conversions would say 29871), else '▁'; otherwise the last id of encoding ' ' (220 for Qwen2.5).
+   * tokenizer.json conversions would say 29871), else '▁'; otherwise the last id of encoding ' ' (220 for Qwen2.5 and
+   * for Llama-3, whose tokenizer.json may or may not add <|begin_of_text|> first).
    */
   readonly whitespaceTokenId?: number;
   /** Truncate the prompt ids (placeholder counted as one) to this length, as the reference does. */

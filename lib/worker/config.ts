@@ -131,8 +131,9 @@ export interface WorkerConfig {
    */
   readonly jpegDecoder?: 'auto' | 'native' | 'sharp';
   /**
-   * MLMF_JPEG_DCT_SCALING: let the native JPEG path decode at a DCT scale (default true); false makes tensors equal
-   * the reference's PIL preprocessing bit for bit, at ~1.4x the intake CPU.
+   * MLMF_JPEG_DCT_SCALING: true lets the native JPEG path decode at a DCT scale (the speed mode: ~1.4x fewer intake
+   * CPU-seconds per pair, tensors ~0.3-0.9/255 off PIL's); default false: full decode, tensors equal the reference's
+   * PIL preprocessing bit for bit.
    */
   readonly jpegDctScaling?: boolean;
   /** Injected scorer (tests, benchmarks); otherwise the MLM scorer is loaded from modelDir. */

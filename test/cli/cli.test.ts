@@ -78,14 +78,16 @@ test('bad flags exit 2 with a message', () => {
   assert.match(r.err, /--jpeg-decoder/);
 });
 
-test('--jpeg-decoder and --jpeg-full-decode reach the intake (summary.json names the decoder)', () => {
+test('--jpeg-decoder, the full-decode default and --jpeg-fast-decode reach the intake (summary.json names it)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-cli-'));
   const model = 'test/fixtures/models/tiny-llava-qwen';
   for (const [flags, decoder] of [
     [['--jpeg-decoder', 'sharp'], /^sharp \(jpegDecoder is sharp\)$/],
+    [[], /^native \(libjpeg-turbo .*, DCT scaling off\)$/],
     [['--jpeg-full-decode'], /^native \(libjpeg-turbo .*, DCT scaling off\)$/],
+    [['--jpeg-fast-decode'], /^native \(libjpeg-turbo .*, DCT scaling on\)$/],
   ] as const) {
-    const out = join(dir, flags[0]);
+    const out = join(dir, flags[0] ?? 'default');
     const r = cli([
       'filter',
       '--input',
@@ -102,6 +104,12 @@ test('--jpeg-decoder and --jpeg-full-decode reach the intake (summary.json names
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
     assert.match(summary.intake.jpegDecoder, decoder);
   }
+});
+
+test('--jpeg-fast-decode with --jpeg-full-decode is a usage error', () => {
+  const r = cli(['filter', '--input', 'x', '--out', 'o', '--model', 'm', '--jpeg-fast-decode', '--jpeg-full-decode']);
+  assert.equal(r.code, 2);
+  assert.match(r.err, /--jpeg-full-decode.*--jpeg-fast-decode|--jpeg-fast-decode.*--jpeg-full-decode/);
 });
 
 test('a missing model dir and an unreadable input exit 2 and say what to do', () => {

@@ -128,11 +128,14 @@ describe('native JPEG path', () => {
 });
 
 describe('Intake with the native JPEG path', () => {
-  it('uses it for plain JPEGs, and its tensors agree with the sharp path', async () => {
+  it('uses it for plain JPEGs, full decode by default, and its tensors agree with the sharp path', async () => {
     const a = new Intake({}, SIGLIP_PAD);
     const b = new Intake({ jpegDecoder: 'sharp' }, SIGLIP_PAD);
-    assert.match(a.jpegDecoder, /^native \(libjpeg-turbo .*DCT scaling on\)$/);
+    const fast = new Intake({ jpegDctScaling: true }, SIGLIP_PAD);
+    assert.match(a.jpegDecoder, /^native \(libjpeg-turbo .*DCT scaling off\)$/);
+    assert.match(fast.jpegDecoder, /^native \(libjpeg-turbo .*DCT scaling on\)$/);
     assert.match(b.jpegDecoder, /^sharp \(/);
+    await fast.close();
     const bytes = await photoJpeg(800, 500, 85, 3);
     const pa = await a.prepare({ kind: 'bytes', data: bytes });
     const pb = await b.prepare({ kind: 'bytes', data: bytes });

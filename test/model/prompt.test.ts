@@ -19,8 +19,9 @@ const CAPTIONS = [
 
 /**
  * The reference's own semantics, re-derived in Python: str.format of the instruction template, "<image>\n" + text,
- * then LLaVA-Unified's Conversation.get_prompt for qwen_instruct (MPT style) and llava_v1 (TWO style). The system
- * strings and separators are written here literally from llava/conversation.py, not taken from the vendored JSON.
+ * then LLaVA-Unified's Conversation.get_prompt for qwen_instruct (MPT style), llava_v1 and llama_3 (TWO style, sep " ",
+ * the empty assistant message ending in "ASSISTANT:"). The system strings and separators are written here literally
+ * from llava/conversation.py (conv_qwen_instruct, conv_vicuna_v1, conv_llama_3), not taken from the vendored JSON.
  */
 const PY = String.raw`
 import json, sys
@@ -34,9 +35,12 @@ for c in data["cases"]:
         system, roles, sep = "<|im_start|>system\nYou are a helpful assistant", ("<|im_start|>user\n", "<|im_start|>assistant\n"), "<|im_end|>"
         ret = system + sep + roles[0] + text + sep + roles[1]
     else:
-        system = ("A chat between a curious human and an artificial intelligence assistant. "
-                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-        ret = system + " " + "USER" + ": " + text + " " + "ASSISTANT" + ":"
+        who = "user" if c["format"] == "llama_3" else "human"
+        system = ("A chat between a curious " + who + " and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the " + who + "'s questions.")
+        # SeparatorStyle.TWO: system + sep, then "role: message" + sep (user turn), then "role:" (empty reply).
+        seps = [" ", "</s>" if c["format"] == "llava_v1" else "<|end_of_text|>"]
+        ret = system + seps[0] + "USER" + ": " + text + seps[0] + "ASSISTANT" + ":"
     out.append(ret)
 json.dump(out, sys.stdout)
 `;
@@ -106,6 +110,20 @@ test('llava_v1 prompt frame', () => {
   assert.ok(p.endsWith('avoiding any potential bias. ASSISTANT:'));
 });
 
+test('llama_3 prompt frame: the llava_v1 frame with "user" for "human" (conv_llama_3)', () => {
+  const p = buildPrompt('llama_3', 'caption_text_quality', 'c');
+  assert.ok(
+    p.startsWith(
+      "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: <image>\nText Caption: c\n\nPlease evaluate the text caption based on",
+    ),
+  );
+  assert.ok(p.endsWith('avoiding any potential bias. ASSISTANT:'));
+  assert.equal(
+    p.replace('curious user', 'curious human').replace("the user's", "the human's"),
+    buildPrompt('llava_v1', 'caption_text_quality', 'c'),
+  );
+});
+
 test('pieces split only at the template image slot', () => {
   for (const format of CONVERSATION_FORMATS) {
     for (const m of METRICS) {
@@ -119,13 +137,13 @@ test('pieces split only at the template image slot', () => {
 });
 
 test('unknown format or metric is a FilterError', () => {
-  assert.throws(() => buildPrompt('llama_3' as never, 'image_text_matching', 'x'), { code: 'unknown_format' });
+  assert.throws(() => buildPrompt('llama_2' as never, 'image_text_matching', 'x'), { code: 'unknown_format' });
   assert.throws(() => buildPrompt('qwen_instruct', 'nope' as never, 'x'), { code: 'unknown_metric' });
 });
 
 test('prompts agree with the ones the exporter recorded in each fixture model (mlm_filter.json)', () => {
   let checked = 0;
-  for (const name of ['tiny-llava-qwen', 'tiny-llava-v1']) {
+  for (const name of ['tiny-llava-qwen', 'tiny-llava-v1', 'tiny-llava-llama3', 'tiny-llava-llama32']) {
     const file = new URL(`../fixtures/models/${name}/mlm_filter.json`, import.meta.url);
     let cfg: { conversation_format: string; prompts?: { full?: Record<string, string> } };
     try {
@@ -142,5 +160,5 @@ test('prompts agree with the ones the exporter recorded in each fixture model (m
       checked++;
     }
   }
-  assert.ok(checked >= 4, 'at least one fixture model is committed');
+  assert.ok(checked >= 16, 'the four fixture models are committed');
 });

@@ -127,3 +127,68 @@ test("pythonIntOfFirstLine follows Python's int(text.strip().split('\\n')[0])", 
   assert.equal(pythonIntOfFirstLine('8a'), undefined);
   assert.equal(pythonIntOfFirstLine(''), undefined);
 });
+
+// Single-token numbers (llama_3): ids 100..200 are the tokens "0".."100"; 7 = EOS, 8 = 'ab', 300 = "087", 301 = "250",
+// 302 = " 42".
+const NUMBER_TEXT: Record<number, string> = { ...TEXT, 300: '087', 301: '250', 302: ' 42' };
+for (let v = 0; v <= 100; v++) NUMBER_TEXT[100 + v] = String(v);
+const numberIds = Array.from({ length: 101 }, (_, v) => 100 + v);
+const numberVocab: ScoreVocab = {
+  digitIds,
+  numberIds,
+  eosIds: new Set([7]),
+  decode: (ids) => ids.map((id) => NUMBER_TEXT[id] ?? '?').join(''),
+};
+
+/** One metric's single row: probabilities of "0".."100" and the argmax token. */
+function numberRow(p: (v: number) => number, top: number) {
+  return outputs([{ p: Array.from({ length: 101 }, (_, v) => p(v)), top }], 101);
+}
+
+test('single-token numbers: no chains, one row per metric, the readout ids are "0".."100"', () => {
+  assert.deepEqual(candidateChains(numberVocab), []);
+  assert.deepEqual(readoutTokenIds(numberVocab), numberIds);
+  assert.equal(new Readout(numberVocab).rowsPerMetric, 1);
+  assert.throws(() => new Readout({ ...numberVocab, numberIds: numberIds.slice(1) }), { code: 'model_invalid' });
+  assert.throws(() => new Readout({ ...numberVocab, numberIds: [...numberIds.slice(1), 101] }), {
+    code: 'model_invalid',
+  });
+});
+
+test('single-token numbers: the exact distribution over 0..100 and its mean over numeric answers', () => {
+  // 0.3 on "100", 0.2 on "7", the rest (0.5) on tokens that are not numbers.
+  const { logprobs, top } = numberRow((v) => (v === 100 ? 0.3 : v === 7 ? 0.2 : 1e-30), 8);
+  const r = new Readout(numberVocab).metric(logprobs, top, 0);
+  assert.ok(Math.abs(r.numberMass - 0.5) < 1e-6);
+  assert.ok(Math.abs((r.distribution[100] as number) - 0.6) < 1e-6);
+  assert.ok(Math.abs((r.distribution[7] as number) - 0.4) < 1e-6);
+  assert.ok(Math.abs((r.expected as number) - (0.6 * 100 + 0.4 * 7)) < 1e-4);
+  assert.equal(r.q.length, 101);
+  assert.deepEqual([r.r, r.stop], [[], []]);
+});
+
+test('single-token numbers: greedy and reference integers for every kind of argmax token', () => {
+  const read = (topToken: number) => {
+    const { logprobs, top } = numberRow((v) => (v === 50 ? 0.4 : 1e-6), topToken);
+    return new Readout(numberVocab).metric(logprobs, top, 0);
+  };
+  // A number token: both read it ("100" included: one token, no third-digit question).
+  assert.deepEqual([read(187).greedy, read(187).reference], [87, 87]);
+  assert.deepEqual([read(200).greedy, read(200).reference], [100, 100]);
+  assert.deepEqual([read(100).greedy, read(100).reference], [0, 0]);
+  // "087": int('087') is 87 in Python, so the reference reads 87; it is not the canonical "87" token: no greedy score.
+  assert.deepEqual([read(300).greedy, read(300).reference], [undefined, 87]);
+  // "250": int() reads 250, clamped into 0..100 as every reference-mode integer; not a score 0..100 for greedy.
+  assert.deepEqual([read(301).greedy, read(301).reference], [undefined, 100]);
+  // " 42": int() strips whitespace.
+  assert.deepEqual([read(302).greedy, read(302).reference], [undefined, 42]);
+  // A word, or EOS (decodes to ''): int() raises, no score in either mode; the expected score still exists.
+  for (const id of [8, 7]) {
+    const r = read(id);
+    assert.deepEqual([r.greedy, r.reference, r.undetermined], [undefined, undefined, false]);
+    assert.ok(Math.abs((r.expected as number) - 50) < 0.01);
+  }
+  // Without the reference reading (default mode, no diagnostics) nothing is decoded.
+  const { logprobs, top } = numberRow(() => 0.001, 300);
+  assert.equal(new Readout(numberVocab).metric(logprobs, top, 0, false).reference, undefined);
+});

@@ -16,6 +16,9 @@ export interface RefCase {
   greedy_tokens: number[];
   greedy_score: number | null;
   reference_2tok_score: number | null;
+  /** transformers' generate with the fixture's generation settings (repetition penalty, eos), as the reference. */
+  reference_generate_tokens: number[];
+  reference_generate_score: number | null;
   /** P(first token = digit d). */
   q: number[];
   /** r[d][e] = P(next = digit e) after the prompt + digit d, run alone. */
@@ -29,6 +32,7 @@ export interface RefCase {
 }
 export interface Reference {
   format: string;
+  generation: { repetition_penalty: number; eos_token_ids: number[] };
   images: { file: string; pixel_values: string }[];
   cases: RefCase[];
 }

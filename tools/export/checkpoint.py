@@ -91,15 +91,20 @@ def load_checkpoint(source: str, vision_tower: str | None, revision: str | None)
     mtype = cfg.get("model_type", "")
     tower_name = cfg.get("mm_vision_tower") or cfg.get("vision_tower") or ""
     kind = "siglip" if "siglip" in tower_name.lower() else "clip"
-    if "siglip2" in tower_name.lower():
-        raise ExportError(f"vision tower {tower_name} (SigLIP2) is not supported by this exporter")
+    # LLaVA-Unified builds its Siglip2VisionTower only for NaFlex towers (variable resolution: patches plus a spatial
+    # shape per image); a fixed-resolution SigLIP2 tower goes through its SigLIP class, and so it does here.
+    if "siglip2" in tower_name.lower() and "naflex" in tower_name.lower():
+        raise ExportError(
+            f"vision tower {tower_name} (SigLIP2 NaFlex, variable resolution) is not supported by this exporter; "
+            "fixed-resolution SigLIP2 towers are"
+        )
 
     if mtype == "llava_qwen":
         lm_cfg = Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("model_type", "architectures")})
         family, fmt = "llava_qwen", "qwen_instruct"
     elif mtype in ("llava_llama", "llava"):
         lm_cfg = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("model_type", "architectures")})
-        family, fmt = "llava_llama", "llava_v1"
+        family, fmt = "llava_llama", None  # llava_v1 or llama_3: decided by the tokenizer below
     else:
         raise ExportError(f"unsupported model_type {mtype!r} (expected llava_qwen, llava_llama or llava)")
 
@@ -124,6 +129,9 @@ def load_checkpoint(source: str, vision_tower: str | None, revision: str | None)
     # Standalone and LLaVA-saved towers name weights vision_model.*; transformers' vision models hold them flat.
     tower_state = {k.removeprefix("vision_model."): v for k, v in tower_state.items() if not k.startswith("text_model.")}
 
+    tok = _load_tokenizer(directory)
+    if fmt is None:
+        fmt = llama_format(tok, name_hint=f"{source} {cfg.get('_name_or_path', '')}")
     num_patches = (vcfg.image_size // vcfg.patch_size) ** 2
     spec = LlavaSpec(
         family=family,
@@ -148,11 +156,26 @@ def load_checkpoint(source: str, vision_tower: str | None, revision: str | None)
         model.lm.tie_weights()
     model.float().eval()
 
-    tok = _load_tokenizer(directory)
     tc_path = os.path.join(directory, "tokenizer_config.json")
     tok_cfg = json.load(open(tc_path)) if os.path.exists(tc_path) else {}
     name = cfg.get("_name_or_path") or (source if not os.path.isdir(source) else os.path.basename(os.path.abspath(source)))
     return model, tok, tok_cfg, name, revision or "local"
+
+
+def llama_format(tok: Tokenizer, name_hint: str = "") -> str:
+    """The conversation format of a llava_llama checkpoint. The v2 script picks it from the model's name ("llama-3"
+    -> llama_3, "v1" -> llava_v1); a renamed local directory says nothing, so the vocabulary decides: a Llama-3
+    tokenizer (<|begin_of_text|>) means llama_3, LLaMA-2's (<s>) llava_v1. A name that contradicts the tokenizer is
+    refused rather than guessed."""
+    if tok.token_to_id("<|begin_of_text|>") is not None:
+        fmt = "llama_3"
+    elif tok.token_to_id("<s>") is not None:
+        fmt = "llava_v1"
+    else:
+        raise ExportError("llava_llama checkpoint with neither a Llama-3 (<|begin_of_text|>) nor a LLaMA-2 (<s>) tokenizer")
+    if "llama-3" in name_hint.lower() and fmt != "llama_3":
+        raise ExportError(f"{name_hint.strip()!r} names a Llama-3 model but its tokenizer is not Llama-3's")
+    return fmt
 
 
 def _sha256(path: str) -> str:

@@ -1,7 +1,7 @@
 """Export an MLM-filter checkpoint (or a random-weight stand-in) to the model directory of DESIGN.md.
 
   python tools/export/export.py CHECKPOINT_DIR_OR_HUB_ID --out DIR [--vision-tower DIR] [--dtypes fp32,fp16]
-  python tools/export/export.py --tiny-random --family qwen|llava_v1 --out DIR [--reference]
+  python tools/export/export.py --tiny-random --family qwen|llava_v1|llama3|llama3.2 --out DIR [--reference]
   python tools/export/export.py --random-config --family qwen --layers 2 --vision-layers 2 --out DIR
 
 After exporting it runs every ONNX file in onnxruntime and compares with PyTorch; it exits non-zero when they differ.
@@ -21,12 +21,22 @@ from tokenizers import Tokenizer
 
 import prompts
 import tiny
-from checkpoint import ExportError, load_checkpoint
+from checkpoint import ExportError, load_checkpoint, resolve
 from llava_model import LlavaModel
 from onnx_export import export_all, export_scorer, scorer_file, suffix
 from preprocess import preprocessor_config
+from scorer_graph import TOP_K
 
-FAMILIES = {"qwen": "llava_qwen", "llava_v1": "llava_llama", "llava_qwen": "llava_qwen", "llava_llama": "llava_llama"}
+FAMILIES = {
+    "qwen": "llava_qwen",
+    "llava_v1": "llava_llama",
+    "llava_qwen": "llava_qwen",
+    "llava_llama": "llava_llama",
+    # llava_llama with Llama-3 LMs (conversation format llama_3): Llama-3-8B's and Llama-3.2-3B's shapes.
+    "llama3": "llava_llama",
+    "llama3.2": "llava_llama",
+}
+LLAMA3_VARIANTS = ("llama3", "llama3.2")
 
 
 def whitespace_token_id(tok: Tokenizer, conv_format: str) -> int:
@@ -44,6 +54,69 @@ def whitespace_token_id(tok: Tokenizer, conv_format: str) -> int:
             raise ExportError("tokenizer has no '▁' piece: cannot determine the whitespace token")
         return wid
     return tok.encode(" ").ids[-1]
+
+
+# Settings of generation_config.json that would change what greedy decoding of the reference's 1-2 tokens returns,
+# with their neutral values. Only repetition_penalty and eos_token_id are reproduced (reference mode); a checkpoint
+# that sets any of these is exported with a warning and the settings listed under generation.not_reproduced.
+GREEDY_AFFECTING = {
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "encoder_repetition_penalty": 1.0,
+    "exponential_decay_length_penalty": None,
+    "num_beams": 1,
+    "guidance_scale": None,
+    "renormalize_logits": False,
+}
+
+
+def generation_settings(gen: dict | None, model: LlavaModel) -> dict:
+    """What the reference's `generate(do_sample=False, max_new_tokens=n)` takes from the checkpoint's
+    generation_config.json (transformers falls back to config.json when the file is absent): the repetition penalty
+    and the eos ids. LLaVA's generate hands only inputs_embeds to transformers, so the penalised history starts empty:
+    the 1st new token is the plain argmax, the 2nd the argmax after the 1st token's logit is divided by the penalty
+    (multiplied when negative). Sampling settings (temperature, top_p, top_k) do nothing under do_sample=False."""
+    source = "generation_config.json" if gen is not None else "config.json (the checkpoint has no generation_config.json)"
+    gen = gen or {}
+    eos = gen.get("eos_token_id", model.lm.config.eos_token_id)
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    penalty = gen.get("repetition_penalty")
+    penalty = 1.0 if penalty is None else float(penalty)
+    if not penalty > 0:
+        raise ExportError(f"generation_config.json: repetition_penalty must be > 0, got {penalty}")
+    pad = gen.get("pad_token_id", model.lm.config.pad_token_id)
+    odd = {k: gen[k] for k, neutral in GREEDY_AFFECTING.items() if k in gen and gen[k] != neutral}
+    if odd:
+        print(f"export: warning: generation_config.json sets {odd}: the scorer does not reproduce these in reference "
+              "mode (recorded as generation.not_reproduced in mlm_filter.json)", file=sys.stderr)
+    return {
+        "source": source,
+        "repetition_penalty": penalty,
+        "eos_token_ids": eos_ids,
+        "pad_token_id": pad,
+        "not_reproduced": odd,
+        "applied": "reference mode: greedy with the repetition penalty on the tokens generated so far (the prompt "
+        "is not penalised: LLaVA passes only inputs_embeds to transformers' generate); generation stops at any of "
+        "eos_token_ids. Default mode reads the model's own distribution: no penalty.",
+    }
+
+
+def read_generation_config(directory: str) -> dict | None:
+    path = os.path.join(directory, "generation_config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read {path}: {e}") from None
 
 
 def llava_config(model: LlavaModel, name: str) -> dict:
@@ -68,10 +141,10 @@ def llava_config(model: LlavaModel, name: str) -> dict:
     return cfg
 
 
-def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_id) -> dict:
+def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_id, generation: dict) -> dict:
     lm = model.lm.config
-    eos = model.eos_ids()
-    bos = tok.token_to_id("<s>") if conv_format == "llava_v1" else None
+    bos_text = prompts.BOS_TOKENS[conv_format]
+    bos = tok.token_to_id(bos_text) if bos_text else None
     dec = model.lm.model.layers[0].self_attn
     head_dim = getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
     return {
@@ -96,9 +169,12 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
         "whitespace_token_id": whitespace_id,
         "bos_token_id": bos,
         "add_bos_token": bos is not None,
-        "eos_token_ids": sorted(eos),
+        # The ids the reference's generate stops at (generation_config.json's, else config.json's).
+        "eos_token_ids": generation["eos_token_ids"],
+        "generation": generation,
         "pad_token_id": lm.pad_token_id,
         "digit_token_ids": [tok.token_to_id(str(d)) for d in range(10)],
+        **readout_fields(tok, conv_format),
         "max_new_tokens_in_reference": prompts.MAX_NEW_TOKENS_IN_REFERENCE[conv_format],
         # The scorer also reads answers that start with the whitespace token when true (costs ~11 positions/metric).
         "score_whitespace_lead": False,
@@ -106,7 +182,8 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
             "file": "onnx/mlm_scorer[_fp16].onnx",
             "inputs": "pixel_values f32 [B,3,S,S]; input_ids, position_ids, branch_ids, chain_ids int64 [B,L] "
             "(image slots: negative ids); readout_positions int64 [B,R]; readout_token_ids int64 [K]",
-            "outputs": "token_logprobs f32 [B,R,K]; top_token_ids int64 [B,R]",
+            "outputs": "token_logprobs f32 [B,R,K]; top_token_ids int64 [B,R]; token_logits f32 [B,R,K]; "
+            f"top_k_logits f32 [B,R,{TOP_K}]; top_k_token_ids int64 [B,R,{TOP_K}] (raw logits, descending)",
             "layout": "tools/export/scorer_graph.py",
         },
         "pad_to_square": model.spec.pad_to_square,
@@ -133,6 +210,20 @@ def mlm_filter_json(model, tok, conv_format, name, revision, files, whitespace_i
     }
 
 
+def readout_fields(tok: Tokenizer, conv_format: str) -> dict:
+    """How the scorer reads the answer (prompts.READOUTS); single_token_numbers adds the ids of "0".."100"."""
+    kind = prompts.READOUTS[conv_format]
+    if kind != "single_token_numbers":
+        return {"readout": kind}
+    ids = []
+    for text in prompts.number_token_texts():
+        enc = tok.encode(text, add_special_tokens=False).ids
+        if len(enc) != 1:
+            raise ExportError(f"the {conv_format} readout needs {text!r} as one token; this tokenizer gives {enc}")
+        ids.append(enc[0])
+    return {"readout": kind, "number_token_ids": ids}
+
+
 def fix_dim_names(path: str) -> None:
     """Names the attention mask's free dim (the exporter calls it sNN)."""
     m = onnx.load(path, load_external_data=False)
@@ -142,13 +233,30 @@ def fix_dim_names(path: str) -> None:
     onnx.save(m, path)
 
 
-def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str]:
+def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str, dict | None]:
+    """The model, its tokenizer and tokenizer_config, name, revision, and generation_config.json (None: absent)."""
     family = FAMILIES[args.family]
+    if args.tiny_random and args.family in LLAMA3_VARIANTS:
+        tok = tiny.train_llama3_tokenizer()
+        model = tiny.tiny_llama3_model(tok, args.family, seed=args.seed)
+        name = f"tiny-random-llava-{args.family.replace('.', '')}"
+        gen = tiny.llama3_generation_config(tok)
+        return model, tok, tiny.tokenizer_config(family, tok, "llama_3"), name, f"seed{args.seed}", gen
     if args.tiny_random:
         tok = tiny.train_qwen_tokenizer() if family == "llava_qwen" else tiny.train_llama_tokenizer()
         model = tiny.tiny_model(family, tok, seed=args.seed)
         name = f"tiny-random-{'llava-qwen' if family == 'llava_qwen' else 'llava-v1'}"
-        return model, tok, tiny.tokenizer_config(family, tok), name, f"seed{args.seed}"
+        gen = tiny.generation_config(family, tok)
+        return model, tok, tiny.tokenizer_config(family, tok), name, f"seed{args.seed}", gen
+    if args.random_config and args.family in LLAMA3_VARIANTS:
+        # Llama-3's vocabulary is not in the repository: the tiny Llama-3-style tokenizer (same split, 0..999 single
+        # tokens, specials) drives the prompts; the model keeps the real 128256-row embedding and lm_head.
+        tok = Tokenizer.from_file(args.tokenizer) if args.tokenizer else tiny.train_llama3_tokenizer()
+        model = tiny.realistic_llama3_model(args.family, tok, args.layers, args.vision_layers, seed=args.seed)
+        tiny.calibrate_digits(model, tok, [tok.token_to_id(t) for t in prompts.number_token_texts()])
+        name = f"random-{args.family.replace('.', '')}-L{args.layers}-V{args.vision_layers}"
+        gen = tiny.llama3_generation_config(tok)
+        return model, tok, tiny.tokenizer_config(family, tok, "llama_3"), name, f"seed{args.seed}", gen
     if args.random_config:
         src = args.tokenizer or default_tokenizer(family)
         tok = Tokenizer.from_file(src)
@@ -160,10 +268,12 @@ def build(args) -> tuple[LlavaModel, Tokenizer, dict, str, str]:
         cfg_path = os.path.join(os.path.dirname(src), "tokenizer_config.json")
         tok_cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else tiny.tokenizer_config(family, tok)
         name = f"random-{family}-L{args.layers}-V{args.vision_layers}"
-        return model, tok, tok_cfg, name, f"seed{args.seed}"
+        return model, tok, tok_cfg, name, f"seed{args.seed}", None
     if not args.source:
         raise ExportError("give a checkpoint directory or hub id, or --tiny-random / --random-config")
-    return load_checkpoint(args.source, args.vision_tower, args.revision)
+    model, tok, tok_cfg, name, revision = load_checkpoint(args.source, args.vision_tower, args.revision)
+    # resolve() again: a directory as is, a hub id from the snapshot cache load_checkpoint just filled.
+    return model, tok, tok_cfg, name, revision, read_generation_config(resolve(args.source, args.revision))
 
 
 def default_tokenizer(family: str) -> str:
@@ -203,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
-        model, tok, tok_cfg, name, revision = build(args)
+        model, tok, tok_cfg, name, revision, gen_cfg = build(args)
+        generation = generation_settings(gen_cfg, model)
     except ExportError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
@@ -241,8 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
         json.dump(preprocessor_config(model), f, indent=2)
     wid = whitespace_token_id(tok, conv_format)
+    if gen_cfg is not None:
+        with open(os.path.join(out, "generation_config.json"), "w") as f:
+            json.dump(gen_cfg, f, indent=2)
+    doc = mlm_filter_json(model, tok, conv_format, name, revision, files, wid, generation)
     with open(os.path.join(out, "mlm_filter.json"), "w") as f:
-        json.dump(mlm_filter_json(model, tok, conv_format, name, revision, files, wid), f, indent=2, ensure_ascii=False)
+        json.dump(doc, f, indent=2, ensure_ascii=False)
 
     ok = True
     if not args.no_check:
@@ -255,9 +370,14 @@ def main(argv: list[str] | None = None) -> int:
             if "trio" in parts:
                 ok = self_check(model, tok, out, dtype, wid) and ok
     if args.reference:
-        from reference import write_reference
+        if prompts.READOUTS[conv_format] == "single_token_numbers":
+            from reference_numbers import write_number_reference
 
-        write_reference(model, tok, out, wid)
+            write_number_reference(model, tok, out, wid, generation)
+        else:
+            from reference import write_reference
+
+            write_reference(model, tok, out, wid, generation)
     print(f"done in {time.time() - t0:.1f}s -> {out}")
     if not ok:
         print("export: error: onnxruntime output differs from PyTorch beyond tolerance", file=sys.stderr)

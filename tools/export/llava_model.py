@@ -232,6 +232,44 @@ class EmbedTokensGraph(nn.Module):
         return self.embed(input_ids)
 
 
+def rope_parameters(cfg) -> dict:
+    """The rotary parameters of an HF config, whichever way the transformers version spells them: `rope_parameters`
+    (transformers 5) or `rope_theta` + `rope_scaling` (4.x, and the released checkpoints' config.json, where Llama-3.2
+    names the type under `rope_type` or the older `type`)."""
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    for k, v in scaling.items():
+        rope.setdefault(k, v)
+    rope.setdefault("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)
+    rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+    return rope
+
+
+def rope_inv_freq(cfg, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding: theta^(-2i/d), and for rope_type `llama3` (Llama-3.1/3.2) the
+    wavelength-dependent rescaling transformers applies (modeling_rope_utils `_compute_llama3_parameters`):
+    wavelengths shorter than original_max / high_freq_factor stay, those longer than original_max / low_freq_factor
+    are divided by `factor`, and the band between is interpolated with smooth = (original_max / wavelength -
+    low_freq_factor) / (high_freq_factor - low_freq_factor). Its attention factor is 1 (cos/sin unscaled)."""
+    rope = rope_parameters(cfg)
+    theta = float(rope["rope_theta"])
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    kind = rope["rope_type"]
+    if kind == "default":
+        return inv
+    if kind != "llama3":
+        raise NotImplementedError(f"rope_type {kind!r} is not supported by the exporter (default and llama3 are)")
+    factor = float(rope["factor"])
+    low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    old_len = float(rope.get("original_max_position_embeddings") or cfg.max_position_embeddings)
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -263,11 +301,7 @@ class DecoderGraph(nn.Module):
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        if rope.get("rope_type", "default") not in ("default", None):
-            raise NotImplementedError(f"rope_type {rope.get('rope_type')} is not supported by the exporter")
-        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
+        inv = rope_inv_freq(cfg, self.head_dim)
         self.register_buffer("inv_freq", inv, persistent=False)
         # The fused RotaryEmbedding reads cos/sin from tables indexed by position. The scorer's positions stay under
         # ~2.7k (prompts truncated to 2040 ids as the reference does, plus image tokens and a few digits); a fixed

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import EncodeError
 from torch.export import Dim
 
 import fused_ops
@@ -23,9 +24,17 @@ def suffix(dtype: str) -> str:
     return "" if dtype == "fp32" else "_" + dtype
 
 
+def _fits_one_file(proto) -> bool:
+    """A protobuf message must stay under 2 GB; past that protobuf cannot even size it (EncodeError)."""
+    try:
+        return proto.ByteSize() < TWO_GB - 100_000_000
+    except EncodeError:
+        return False
+
+
 def _save(program, path: str) -> list[str]:
     proto = program.model_proto
-    if proto.ByteSize() < TWO_GB - 100_000_000:
+    if _fits_one_file(proto):
         onnx.save(proto, path)
         return [path]
     data = os.path.basename(path) + "_data"

@@ -1,6 +1,8 @@
 """Writes test/fixtures/intake/pil-reference/: small JPEGs and the reference preprocessing's 8-bit output for each.
 
-The intake's native JPEG path claims PIL's resampling to the bit (with DCT scaling off). These fixtures let the
+The intake's native JPEG path claims PIL's resampling to the bit (with DCT scaling off), in the order the
+reference's Pillow (10.x; any of 3.3-12.x) runs it: horizontal pass first, whatever Pillow this script runs under
+(preprocess.resize_reference_order). These fixtures let the
 default test suite check that claim without Python: each case is a JPEG made here with Pillow, and the uint8 RGB
 image the reference gets after its geometry step (LLaVA's expand2square with int(mean*255), then the processor's
 resize: (S, S) for SigLIP-style processors, transformers' shortest-edge resize + centre crop for CLIP-style ones),
@@ -19,7 +21,7 @@ import pathlib
 import numpy as np
 from PIL import Image, features
 
-from preprocess import CLIP_MEAN, expand2square
+from preprocess import CLIP_MEAN, expand2square, resize_reference_order
 
 FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
@@ -53,17 +55,17 @@ def geometry(img: Image.Image, mode: str, size: int, resample: int) -> Image.Ima
     img = img.convert("RGB")
     if mode == "pad":
         img = expand2square(img, tuple(int(m * 255) for m in CLIP_MEAN))
-        return img.resize((size, size), resample)
+        return resize_reference_order(img, (size, size), resample)
     if mode == "crop":
         # transformers get_resize_output_image_size(default_to_square=False) and center_crop
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(size * long / short)
         rw, rh = (size, new_long) if w <= h else (new_long, size)
-        img = img.resize((rw, rh), resample)
+        img = resize_reference_order(img, (rw, rh), resample)
         left, top = (rw - size) // 2, (rh - size) // 2
         return img.crop((left, top, left + size, top + size))
-    return img.resize((size, size), resample)
+    return resize_reference_order(img, (size, size), resample)
 
 
 CASES = [
@@ -73,6 +75,9 @@ CASES = [
     ("progressive", 400, 390, 3, {"quality": 80, "progressive": True}, [("pad", 48, "bicubic"), ("squash", 48, "bilinear")]),
     ("grey", 260, 200, 4, {"quality": 85}, [("pad", 64, "bicubic")]),
     ("upscale", 41, 57, 5, {"quality": 95}, [("pad", 64, "bicubic"), ("crop", 64, "bicubic")]),
+    # Height shrinks 5x, width 2x: Pillow 13 would run its vertical pass first here; the reference order is
+    # horizontal first (resize_reference_order).
+    ("portrait-tall", 120, 300, 6, {"quality": 85}, [("squash", 60, "bicubic"), ("squash", 48, "bilinear")]),
 ]
 
 

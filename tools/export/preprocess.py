@@ -52,6 +52,23 @@ def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.I
     return out
 
 
+def resize_reference_order(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    """Image.resize as Pillow 3.3-12.x computes it: the horizontal pass first (8-bit intermediate), then the vertical.
+
+    Pillow 13 runs the vertical pass first when the height shrinks much more than the width (python-pillow/Pillow
+    #9549): for portrait images resized without padding (480x640 or 300x1000 to 384, 500x900 to 336) ~22-25% of the
+    8-bit values then differ by a level or two from Pillow 10.4-12. The reference's environment (LLaVA-Unified's
+    pins, 2024: Pillow 10.x) resized horizontally first, and so does the scorer's native path. Two one-axis resizes
+    are exactly that two-pass resize in every Pillow version since 3.3 (a resize that keeps one side runs one pass;
+    checked bit for bit against Pillow 10.4.0 under Pillow 13.0.0)."""
+    w, h = size
+    if img.size[0] != w:
+        img = img.resize((w, img.size[1]), resample)
+    if img.size[1] != h:
+        img = img.resize((w, h), resample)
+    return img
+
+
 def preprocess_image(img: Image.Image, cfg: dict, pad_to_square: bool) -> np.ndarray:
     """float32 [3, S, S]: pad (optional), bicubic resize (shortest edge + centre crop for CLIP), rescale, normalise."""
     img = img.convert("RGB")
@@ -64,12 +81,12 @@ def preprocess_image(img: Image.Image, cfg: dict, pad_to_square: bool) -> np.nda
         w, h = img.size
         short, long = min(w, h), max(w, h)
         new_long = int(s * long / short)
-        img = img.resize((s, new_long) if w <= h else (new_long, s), Image.BICUBIC)
+        img = resize_reference_order(img, (s, new_long) if w <= h else (new_long, s), Image.BICUBIC)
         c = cfg["crop_size"]["height"]
         left, top = (img.size[0] - c) // 2, (img.size[1] - c) // 2
         img = img.crop((left, top, left + c, top + c))
     else:
-        img = img.resize((cfg["size"]["width"], cfg["size"]["height"]), Image.BICUBIC)
+        img = resize_reference_order(img, (cfg["size"]["width"], cfg["size"]["height"]), Image.BICUBIC)
     x = np.asarray(img, dtype=np.float32) * np.float32(cfg["rescale_factor"])
     x = (x - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)

@@ -1,9 +1,10 @@
 """MLM-filter prompts and input-id construction, as the reference scorer builds them.
 
 Source of truth: Victorwz/MLM_Filter mlm_filter_scoring_datacomp_batch_inference_v2.py (instruction template and
-criteria) and Victorwz/LLaVA-Unified llava/conversation.py (qwen_instruct = MPT separator style, llava_v1 = TWO
-separator style). The texts below are byte-identical to docs/reference/mlm-filter-prompts.json (committed verbatim);
-test_export.py checks that. Note: that JSON writes the newline of `user_turn` and of
+criteria) and Victorwz/LLaVA-Unified llava/conversation.py (qwen_instruct = MPT separator style, llava_v1 and
+llama_3 = TWO separator style with sep " "; llama_3's system text says "user" where llava_v1's says "human").
+The texts below are byte-identical to docs/reference/mlm-filter-prompts.json (committed verbatim); test_export.py
+checks that. Note: that JSON writes the newline of `user_turn` and of
 the conversation prompts as the two characters "\\n"; the reference code uses a real newline, and so do we.
 """
 
@@ -77,9 +78,22 @@ CONVERSATION_FORMATS: dict[str, str] = {
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
         "detailed, and polite answers to the human's questions. USER: {user_turn} ASSISTANT:"
     ),
+    "llama_3": (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: {user_turn} ASSISTANT:"
+    ),
 }
 
-MAX_NEW_TOKENS_IN_REFERENCE = {"qwen_instruct": 2, "llava_v1": 2}
+# The v2 script generates one token for Llama-3 models (their tokenizer holds 0..999 as single tokens), two otherwise.
+MAX_NEW_TOKENS_IN_REFERENCE = {"qwen_instruct": 2, "llava_v1": 2, "llama_3": 1}
+
+# The BOS token the tokenizer prepends to every chunk (tokenizer_image_token keeps it once); None: no BOS.
+BOS_TOKENS = {"qwen_instruct": None, "llava_v1": "<s>", "llama_3": "<|begin_of_text|>"}
+
+# How the score is read. digit_chains: the answer is spelled digit by digit ("8","7"; "1","0","0"), read along candidate
+# chains. single_token_numbers: every number 0..100 is one token (Llama-3: the pre-tokenizer splits digit runs into
+# groups of up to 3, and " 87" is never one token), so the answer is the one token after the whitespace id.
+READOUTS = {"qwen_instruct": "digit_chains", "llava_v1": "digit_chains", "llama_3": "single_token_numbers"}
 
 
 def instruction(caption: str, metric: str) -> str:
@@ -169,3 +183,17 @@ def leading_int(text: str) -> int | None:
     """The integer made by the leading digits of the generated text (None when it does not start with a digit)."""
     m = _FIRST_INT.match(text)
     return int(m.group(1)) if m else None
+
+
+_CANONICAL_NUMBER = re.compile(r"0|[1-9][0-9]?|100")
+
+
+def number_token_texts() -> list[str]:
+    """The texts of the single-token-numbers readout, in score order: "0", "1", ..., "100"."""
+    return [str(v) for v in range(101)]
+
+
+def single_token_score(text: str) -> int | None:
+    """The default mode's reading of a single-token answer: the number when the token is one of "0".."100", else None
+    (a token such as "087", "250" or a word is no score 0..100; reference mode reads it with reference_parse)."""
+    return int(text) if _CANONICAL_NUMBER.fullmatch(text) else None

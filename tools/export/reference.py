@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -100,7 +101,30 @@ def digit_distributions(model, tok: Tokenizer, ids: list[int], pixel_values: tor
 
 
 @torch.no_grad()
-def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> None:
+def reference_generate(model, ids: list[int], pixel_values: torch.Tensor, generation: dict, n: int) -> list[int]:
+    """The reference's decoding: LLaVA splices the image and hands transformers' generate only inputs_embeds, with
+    the checkpoint's generation settings and do_sample=False, max_new_tokens=n. The new tokens (EOS included)."""
+    from transformers import GenerationConfig
+
+    feats = model.encode_images(pixel_values[None])[0]
+    embeds = model.splice(ids, feats)
+    cfg = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=n,
+        repetition_penalty=generation["repetition_penalty"],
+        eos_token_id=generation["eos_token_ids"],
+        pad_token_id=generation["pad_token_id"],
+    )
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    with warnings.catch_warnings():
+        # transformers says what LLaVA relies on: with inputs_embeds only, the penalty covers new tokens only.
+        warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+        out = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=cfg)
+    return [int(t) for t in out[0]]
+
+
+@torch.no_grad()
+def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int, generation: dict) -> None:
     fmt = model.spec.conv_format
     cfg = preprocessor_config(model)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -116,6 +140,7 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
 
     cases = []
     digit_first = 0
+    penalty_changed = 0
     for i in range(len(images)):
         for caption in (CAPTIONS[i % len(CAPTIONS)], CAPTIONS[(i + 1) % len(CAPTIONS)] if i != 1 else CAPTIONS[2]):
             for metric in prompts.METRICS:
@@ -125,6 +150,9 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
                 assert int(logits[-1].argmax()) == greedy[0]
                 text3 = decode(tok, greedy)
                 dist = digit_distributions(model, tok, ids, pixels[i])
+                n_ref = prompts.MAX_NEW_TOKENS_IN_REFERENCE[fmt]
+                generated = reference_generate(model, ids, pixels[i], generation, n_ref)
+                penalty_changed += generated != greedy[:n_ref]
                 cases.append(
                     {
                         "image": i,
@@ -136,6 +164,8 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
                         "greedy_text": text3,
                         "greedy_score": prompts.score_number(text3),
                         "reference_2tok_score": prompts.reference_parse(decode(tok, greedy[:2])),
+                        "reference_generate_tokens": generated,
+                        "reference_generate_score": prompts.reference_parse(decode(tok, generated)),
                         **dist,
                     }
                 )
@@ -150,8 +180,12 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
             "pixel_values files: float32 little-endian CHW, the exact tensors fed to the vision tower. "
             "q = P(first token = digit d) at the prompt's end; r[d] = P(next = digit e) after the prompt + digit d, "
             "each first digit run as its own continuation; t = P('0') after '1','0'; expected = the exact expected "
-            "score over 0..100 they give; greedy_integer = the greedy number read along the argmax tokens."
+            "score over 0..100 they give; greedy_integer = the greedy number read along the argmax tokens. "
+            "reference_generate_tokens = transformers' generate(inputs_embeds=..., do_sample=False, max_new_tokens = the "
+            "reference's) with `generation` (the checkpoint's repetition penalty and eos ids), as the reference script "
+            "decodes; reference_generate_score = int() of its text's first line (None where int() fails)."
         ),
+        "generation": {k: generation[k] for k in ("repetition_penalty", "eos_token_ids", "pad_token_id")},
         "whitespace_token_id": whitespace_id,
         "images": images,
         "cases": cases,
@@ -159,4 +193,5 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int) -> 
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
     scores = [c["greedy_score"] for c in cases]
-    print(f"reference.json: {len(cases)} cases, numeric greedy scores {digit_first}/{len(cases)}, distinct {len(set(scores))}")
+    print(f"reference.json: {len(cases)} cases, numeric greedy scores {digit_first}/{len(cases)}, distinct {len(set(scores))}, "
+          f"reference decoding changed by the generation settings in {penalty_changed}")

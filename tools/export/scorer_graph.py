@@ -18,7 +18,14 @@ The readout takes the hidden states at `readout_positions` [B, R] (the suffix en
 decoder layer computes keys and values for every position but everything else only for those rows (exact, and it
 spares that layer's work on the other ~95% of positions); then the final norm and lm_head run on those rows only, takes the log-softmax over the vocabulary in float32 and returns
 - token_logprobs [B, R, K]: log-probabilities of `readout_token_ids` [K] (the digits, the whitespace lead...),
-- top_token_ids [B, R]: the argmax over the whole vocabulary (the greedy token).
+- top_token_ids [B, R]: the argmax over the whole vocabulary (the greedy token),
+- token_logits [B, R, K]: the raw (float32, pre-softmax) logits of `readout_token_ids`,
+- top_k_logits [B, R, TOP_K] and top_k_token_ids [B, R, TOP_K]: the TOP_K largest raw logits over the whole
+  vocabulary, descending (ties: lower id first), and their ids.
+The raw logits let a reader reproduce the reference's `generate` under a repetition penalty, which rescales the
+logits of already generated tokens before the argmax (lib/model/generation.ts): the penalised argmax at a row whose
+chain has generated n tokens is among those n tokens and the n + 1 largest others. TOP_K = 4 covers the longest
+candidate chain (whitespace lead, "1", "0"). Exports before these three outputs still load (no penalty possible).
 A few hundred floats per pair come back, nothing vocabulary-sized.
 
 Image slots: input ids < 0 mark the image's N positions (N = the projector's token count), which take the vision
@@ -41,7 +48,8 @@ INPUT_NAMES = [
     "readout_positions",
     "readout_token_ids",
 ]
-OUTPUT_NAMES = ["token_logprobs", "top_token_ids"]
+OUTPUT_NAMES = ["token_logprobs", "top_token_ids", "token_logits", "top_k_logits", "top_k_token_ids"]
+TOP_K = 4
 
 
 def tree_mask(branch_ids: torch.Tensor, chain_ids: torch.Tensor) -> torch.Tensor:
@@ -77,7 +85,9 @@ class ScorerGraph(nn.Module):
         logits = self.decoder.lm_head(self.decoder._rms(self.decoder.norm, rows)).float()
         logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
         picked = torch.index_select(logprobs, 2, readout_token_ids)
-        return picked, torch.argmax(logits, dim=-1)
+        top_logits, top_ids = torch.topk(logits, TOP_K, dim=-1)
+        raw = torch.index_select(logits, 2, readout_token_ids)
+        return picked, torch.argmax(logits, dim=-1), raw, top_logits, top_ids
 
 
 def pack_pair(prompts: list[list[int]], chains: list[list[int]], n_image: int) -> dict:
