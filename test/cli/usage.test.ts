@@ -191,7 +191,7 @@ test('--help marks required options and shows every default', () => {
   );
   assert.match(filter.get('--top-fraction')!, /of the pairs that pass --threshold/);
   const prompt = helpEntries(cli(['prompt', '--help']).out);
-  assert.match(prompt.get('--format')!, /\(required; one of qwen_instruct, llava_v1\)/);
+  assert.match(prompt.get('--format')!, /\(required; one of qwen_instruct, llava_v1, llama_3\)/);
   assert.match(prompt.get('--metric')!, /\(required\)/);
   const worker = helpEntries(cli(['worker', '--help']).out);
   assert.match(worker.get('--thresholds')!, /\[env MLMF_THRESHOLDS\] \(default: itm>=66,odf>=20\)/);

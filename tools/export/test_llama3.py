@@ -9,6 +9,7 @@ import tempfile
 import unittest
 
 import numpy as np
+import ort_telemetry  # noqa: F401  (first: turns onnxruntime's telemetry off before it loads)
 import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig
