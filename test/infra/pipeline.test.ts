@@ -616,6 +616,18 @@ describe('props validation', () => {
     const b = base(stack);
     return { ...b, sqsSource: {}, model: { ...b.model, sha256: 'abc' } };
   };
+  /** The pipeline in a VPC's isolated subnets (no egress). */
+  const isolated = (stack: Stack) => ({
+    ...base(stack),
+    sqsSource: {},
+    vpc: ec2.Vpc.fromVpcAttributes(stack, 'Isolated', {
+      vpcId: 'vpc-0123456789abcdef1',
+      availabilityZones: ['eu-west-1a'],
+      isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1'],
+      isolatedSubnetRouteTableIds: ['rtb-0bbbbbbbbbbbbbbb1'],
+    }),
+    vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+  });
   const cases: [
     string,
     (stack: Stack) => Parameters<typeof synth>[0] extends (s: Stack) => infer P ? P : never,
@@ -671,21 +683,7 @@ describe('props validation', () => {
       },
       /MSK IAM listens on 9098/,
     ],
-    [
-      'isolated subnets',
-      (st) => ({
-        ...base(st),
-        sqsSource: {},
-        vpc: ec2.Vpc.fromVpcAttributes(st, 'Isolated', {
-          vpcId: 'vpc-0123456789abcdef1',
-          availabilityZones: ['eu-west-1a'],
-          isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1'],
-          isolatedSubnetRouteTableIds: ['rtb-0bbbbbbbbbbbbbbb1'],
-        }),
-        vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
-      }),
-      /isolated subnets/,
-    ],
+    ['isolated subnets', (st) => isolated(st), /isolated subnets/],
     ...imageCases(base),
   ];
   for (const [name, build, message] of cases) {
@@ -693,19 +691,7 @@ describe('props validation', () => {
   }
 
   test('isolated subnets pass once subnetsWithoutEgress says the endpoints exist', () => {
-    const isolated = (st: Stack) => ({
-      ...base(st),
-      sqsSource: {},
-      subnetsWithoutEgress: true,
-      vpc: ec2.Vpc.fromVpcAttributes(st, 'Isolated', {
-        vpcId: 'vpc-0123456789abcdef1',
-        availabilityZones: ['eu-west-1a'],
-        isolatedSubnetIds: ['subnet-0bbbbbbbbbbbbbbb1'],
-        isolatedSubnetRouteTableIds: ['rtb-0bbbbbbbbbbbbbbb1'],
-      }),
-      vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
-    });
-    assert.doesNotThrow(() => synth(isolated, { nag: false }));
+    assert.doesNotThrow(() => synth((st) => ({ ...isolated(st), subnetsWithoutEgress: true }), { nag: false }));
   });
 
   test('idle input alarm threshold follows maxInputAge', () => {
