@@ -123,9 +123,8 @@ def reference_generate(model, ids: list[int], pixel_values: torch.Tensor, genera
     return [int(t) for t in out[0]]
 
 
-@torch.no_grad()
-def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int, generation: dict) -> None:
-    fmt = model.spec.conv_format
+def write_fixture_images(model, out_dir: str) -> tuple[list[dict], list[torch.Tensor]]:
+    """The fixture images as PNGs and their model tensors (`pixel_values/<i>.f32`), shared by every readout."""
     cfg = preprocessor_config(model)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "pixel_values"), exist_ok=True)
@@ -137,6 +136,13 @@ def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int, gen
         x.astype("<f4").tofile(os.path.join(out_dir, "pixel_values", f"{i}.f32"))
         images.append({"file": f"images/{i}.png", "pixel_values": f"pixel_values/{i}.f32", "shape": list(x.shape)})
         pixels.append(torch.from_numpy(x))
+    return images, pixels
+
+
+@torch.no_grad()
+def write_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int, generation: dict) -> None:
+    fmt = model.spec.conv_format
+    images, pixels = write_fixture_images(model, out_dir)
 
     cases = []
     digit_first = 0

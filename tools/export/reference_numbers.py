@@ -14,13 +14,11 @@ import json
 import os
 
 import torch
-from PIL import Image
 from tokenizers import Tokenizer
 
 import prompts
 from parity import build_ids
-from preprocess import preprocess_image, preprocessor_config
-from reference import CAPTIONS, decode, fixture_images, sig6
+from reference import CAPTIONS, decode, sig6, write_fixture_images
 
 
 @torch.no_grad()
@@ -46,17 +44,7 @@ def number_distribution(model, tok: Tokenizer, ids: list[int], pixel_values: tor
 @torch.no_grad()
 def write_number_reference(model, tok: Tokenizer, out_dir: str, whitespace_id: int, generation: dict | None = None) -> None:
     fmt = model.spec.conv_format
-    cfg = preprocessor_config(model)
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "pixel_values"), exist_ok=True)
-    images, pixels = [], []
-    for i, img in enumerate(fixture_images()):
-        img.save(os.path.join(out_dir, "images", f"{i}.png"), optimize=True)
-        # Re-read the PNG so the tensor is derived from exactly the bytes a consumer reads.
-        x = preprocess_image(Image.open(os.path.join(out_dir, "images", f"{i}.png")), cfg, model.spec.pad_to_square)
-        x.astype("<f4").tofile(os.path.join(out_dir, "pixel_values", f"{i}.f32"))
-        images.append({"file": f"images/{i}.png", "pixel_values": f"pixel_values/{i}.f32", "shape": list(x.shape)})
-        pixels.append(torch.from_numpy(x))
+    images, pixels = write_fixture_images(model, out_dir)
 
     cases = []
     for i in range(len(images)):
