@@ -27,7 +27,7 @@ import { once } from 'node:events';
 import { PassThrough } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { toAuditEvent } from '../sinks/audit-event.ts';
+import { encodeAuditEvent, toAuditEvent } from '../formats/audit-event.ts';
 import { ShardBuilder } from '../sinks/webdataset.ts';
 import type { RunSummary } from '../metrics/run-summary.ts';
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
@@ -240,7 +240,7 @@ export class JobRejectsSink implements Sink {
   async write(outcomes: readonly Outcome[]): Promise<void> {
     const lines = outcomes
       .filter((o) => o.decision === 'reject')
-      .map((o) => JSON.stringify(toAuditEvent(o, this.options.model)) + '\n');
+      .map((o) => encodeAuditEvent(toAuditEvent(o, this.options.model)) + '\n');
     if (lines.length === 0) return;
     this.events += lines.length;
     if (!this.body.write(lines.join(''))) {

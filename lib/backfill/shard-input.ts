@@ -5,7 +5,7 @@
  * is busy, so a slow scorer cannot time a long download out.
  */
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { streamTarBytes, type TarBytes } from '../sources/tar-reader.ts';
+import { streamTarBytes, type TarBytes } from '../formats/tar-reader.ts';
 import { FilterError } from '../types.ts';
 import { httpStatus, isNotFound, withRetry, type RetryOptions } from './s3-io.ts';
 import type { S3Location } from './shard-job.ts';

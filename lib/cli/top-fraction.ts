@@ -4,10 +4,10 @@ import { silentLogger, type PipelineLogger } from '../pipeline/logger.ts';
 import { RunFailure } from '../pipeline/run-failure.ts';
 import { SinkWriter } from '../pipeline/sink-writer.ts';
 import { Policy, topFractionCutoff, type PolicyOptions, type Verdict } from '../policy/index.ts';
-import type { CuratedSampleMeta } from '../sinks/webdataset.ts';
+import { originOf, presentScores } from '../formats/audit-event.ts';
+import { decodeCuratedSample } from '../formats/curated-sample.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
-import type { MetricShort, Outcome, RawSample, Scores, Sink, SourceOrigin, StoredImage } from '../types.ts';
-import type { AuditSource } from '../sinks/audit-event.ts';
+import type { MetricShort, Outcome, RawSample, Sink, StoredImage } from '../types.ts';
 
 /** Keep the best `fraction` of a whole run on one metric (DataComp-style "top 30%" filtering for batch jobs). */
 export interface TopFractionOptions {
@@ -76,25 +76,11 @@ export class RankingValues {
   }
 }
 
-function originOf(source: AuditSource): SourceOrigin {
-  switch (source.kind) {
-    case 'kafka':
-      return { kind: 'kafka', topic: source.topic, partition: source.partition, offset: source.offset };
-    case 'sqs':
-      return { kind: 'sqs', queueUrl: source.queue_url, messageId: source.message_id };
-    case 'file':
-      return { kind: 'file', path: source.path, line: source.line };
-    case 'webdataset':
-      return { kind: 'webdataset', path: source.path, key: source.key };
-  }
-}
-
-const present = (s: CuratedSampleMeta['scores'] | null): Scores | undefined =>
-  s ? (Object.fromEntries(Object.entries(s).filter(([, v]) => v !== null)) as Scores) : undefined;
-
 /** Rebuilds the outcome of a staged sample (the first pass stored every scored pair as a curated sample). */
 function stagedOutcome(sample: RawSample): Outcome {
-  const meta = JSON.parse(sample.members.json!.toString('utf8')) as CuratedSampleMeta;
+  const decoded = decodeCuratedSample(sample.members.json ?? '');
+  if (!decoded.ok) throw new Error(`staged sample ${sample.key}.json: ${decoded.error.message}`);
+  const meta = decoded.value;
   const ext = (['jpg', 'png', 'webp'] as const).find((e) => sample.members[e]);
   const image: StoredImage = {
     encoded: sample.members[ext!]!,
@@ -102,7 +88,7 @@ function stagedOutcome(sample: RawSample): Outcome {
     width: meta.width ?? 0,
     height: meta.height ?? 0,
   };
-  const expected = present(meta.expected_scores);
+  const expected = meta.expected_scores && presentScores(meta.expected_scores);
   return {
     record: { raw: sample, origin: originOf(meta.source) },
     id: meta.id,
@@ -115,7 +101,7 @@ function stagedOutcome(sample: RawSample): Outcome {
     },
     decision: 'accept',
     reasons: [],
-    scores: present(meta.scores) ?? {},
+    scores: presentScores(meta.scores),
     ...(expected ? { expected } : {}),
     image,
   };

@@ -1,6 +1,5 @@
-import type { MetricShort, Outcome } from '../types.ts';
-import { METRICS } from '../types.ts';
-import { ReasonTally } from '../policy/reason-tally.ts';
+import type { MetricShort } from '../types.ts';
+import { EventTally, type TalliedEvent } from '../formats/event-tally.ts';
 
 /** Quantiles reported per metric in summary.json. */
 const QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95] as const;
@@ -24,43 +23,38 @@ export interface RunSummary {
 }
 
 /** What the summary reads of an outcome; an audit event or a curated sample read back fits too (null: unscored). */
-export type TalliedOutcome = Pick<Outcome, 'decision' | 'reasons'> & {
-  readonly scores: Partial<Record<MetricShort, number | null>>;
-};
+export type TalliedOutcome = TalliedEvent;
 
 /**
  * Counts outcomes as they are acked. Scores are integers 0..100, so a 101-bin histogram per metric gives exact
  * quantiles in constant memory, however long the run.
  */
 export class SummaryCollector {
-  records = 0;
-  accepted = 0;
-  rejected = 0;
-  private readonly tally = new ReasonTally();
-  private readonly histograms = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
+  private readonly tally: EventTally;
   /** Records the output already held when this run started (--resume): counted, but not in the rate. */
   readonly previous: number = 0;
   private readonly startedAt = Date.now();
 
   /** Starts from `previous`'s counts: a resumed run's summary covers the whole output, earlier runs included. */
   constructor(previous?: SummaryCollector) {
-    if (!previous) return;
-    this.records = this.previous = previous.records;
-    this.accepted = previous.accepted;
-    this.rejected = previous.rejected;
-    for (const [code, n] of previous.tally.byCode) this.tally.byCode.set(code, n);
-    for (const [metric, n] of previous.tally.belowThresholdByMetric) this.tally.belowThresholdByMetric.set(metric, n);
-    for (const [metric, h] of previous.histograms) this.histograms.set(metric, [...h]);
+    this.tally = new EventTally(previous?.tally);
+    this.previous = previous?.records ?? 0;
+  }
+
+  get records(): number {
+    return this.tally.events;
+  }
+
+  get accepted(): number {
+    return this.tally.accepted;
+  }
+
+  get rejected(): number {
+    return this.tally.rejected;
   }
 
   add(outcome: TalliedOutcome): void {
-    this.records++;
-    if (outcome.decision === 'accept') this.accepted++;
-    else this.rejected++;
-    this.tally.add(outcome.reasons);
-    for (const [metric, score] of Object.entries(outcome.scores) as [MetricShort, number][]) {
-      if (Number.isFinite(score)) this.histograms.get(metric)![Math.max(0, Math.min(100, Math.round(score)))]!++;
-    }
+    this.tally.add(outcome);
   }
 
   get elapsedSeconds(): number {
@@ -73,7 +67,8 @@ export class SummaryCollector {
 
   summary(): RunSummary {
     const scores = {} as Record<MetricShort, MetricSummary>;
-    for (const [metric, h] of this.histograms) {
+    for (const metric of this.tally.histograms.keys()) {
+      const h = this.tally.scoreCounts(metric);
       const count = h.reduce((a, b) => a + b, 0);
       const sum = h.reduce((a, n, score) => a + n * score, 0);
       const quantiles: Record<string, number | null> = {};
@@ -94,7 +89,7 @@ export class SummaryCollector {
     return {
       records: this.records,
       decisions: { accept: this.accepted, reject: this.rejected },
-      reasons: Object.fromEntries([...this.tally.byCode].sort((a, b) => b[1] - a[1])),
+      reasons: Object.fromEntries([...this.tally.reasons.byCode].sort((a, b) => b[1] - a[1])),
       scores,
       elapsedSeconds: Number(this.elapsedSeconds.toFixed(3)),
       pairsPerSecond: Number(this.pairsPerSecond.toFixed(2)),

@@ -5,8 +5,10 @@
  */
 import type { MetricShort } from '../types.ts';
 import { METRICS } from '../types.ts';
-import { ReasonTally } from '../policy/reason-tally.ts';
-import { AUDIT_LINE_MAX_BYTES } from '../sinks/audit-event.ts';
+import { decodeAcceptedMessage } from '../formats/accepted-event.ts';
+import { decodeAuditEvent, presentScores } from '../formats/audit-event.ts';
+import { EventTally, type TalliedReason } from '../formats/event-tally.ts';
+import { RecentIds } from '../pipeline/recent-ids.ts';
 
 /** Which topic an event came from: the audit topic (rejects, and accepts when audited) or the accepted topic. */
 export type EventKind = 'audit' | 'accepted';
@@ -15,16 +17,16 @@ export type EventKind = 'audit' | 'accepted';
 export interface MonitorEvent {
   readonly id: string;
   readonly decision: 'accept' | 'reject';
-  readonly reasons: readonly { readonly code: string; readonly detail?: Record<string, unknown> }[];
+  readonly reasons: readonly TalliedReason[];
   readonly scores: Partial<Record<MetricShort, number | null>>;
   /** Event time, ms since the epoch (the Kafka message timestamp, else the event's `ts`). */
   readonly ts: number;
 }
 
 /**
- * Parses one topic message into a {@link MonitorEvent}. Audit events (lib/sinks/audit-event.ts) carry every field;
- * an accepted-topic message only needs an `id` (or the message key): its decision is `accept` unless it says otherwise.
- * Returns an error string for a message that is not a JSON object with an id.
+ * Reads one topic message as a {@link MonitorEvent}: the audit topic's through the audit event's decode, the accepted
+ * topic's through the accepted message's (an id, or the message key, is all it needs; its decision is `accept`
+ * unless it is a whole audit event). Returns the decode's error message for a message that is neither.
  */
 export function parseEvent(
   kind: EventKind,
@@ -33,38 +35,19 @@ export function parseEvent(
   messageTs?: number,
 ): MonitorEvent | { error: string } {
   if (value === null || value.length === 0) return { error: 'empty message' };
-  // Not parsed at all: no audit event is that long (a string of it might not even fit in one).
-  if (Buffer.byteLength(value) > AUDIT_LINE_MAX_BYTES) return { error: `over ${AUDIT_LINE_MAX_BYTES} bytes` };
-  let raw: unknown;
-  try {
-    raw = JSON.parse(value.toString());
-  } catch {
-    return { error: 'not JSON' };
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return { error: 'not a JSON object' };
-  const o = raw as Record<string, unknown>;
-  const id = typeof o.id === 'string' && o.id ? o.id : key ? key.toString() : '';
-  if (!id) return { error: 'no id' };
-  const decision =
-    o.decision === 'reject' || o.decision === 'accept' ? o.decision : kind === 'accepted' ? 'accept' : undefined;
-  if (!decision) return { error: 'no decision' };
-  const reasons = Array.isArray(o.reasons)
-    ? o.reasons
-        .filter((r): r is Record<string, unknown> => !!r && typeof r === 'object' && typeof r.code === 'string')
-        .map((r) => ({
-          code: r.code as string,
-          detail: r.detail && typeof r.detail === 'object' ? (r.detail as Record<string, unknown>) : undefined,
-        }))
-    : [];
-  const scores: Partial<Record<MetricShort, number | null>> = {};
-  const s = o.scores && typeof o.scores === 'object' ? (o.scores as Record<string, unknown>) : {};
-  for (const { short } of METRICS) {
-    const v = s[short];
-    if (typeof v === 'number' && Number.isFinite(v)) scores[short] = v;
-  }
-  const eventTs = typeof o.ts === 'string' ? Date.parse(o.ts) : NaN;
+  const decoded = kind === 'audit' ? decodeAuditEvent(value) : decodeAcceptedMessage(value, key);
+  if (!decoded.ok) return { error: decoded.error.message };
+  const read = 'kind' in decoded.value ? decoded.value : { kind: 'audit' as const, event: decoded.value };
+  const e = read.event;
+  const eventTs = e.ts !== undefined ? Date.parse(e.ts) : NaN;
   const ts = messageTs !== undefined && Number.isFinite(messageTs) ? messageTs : eventTs;
-  return { id, decision, reasons, scores, ts: Number.isFinite(ts) ? ts : Date.now() };
+  return {
+    id: e.id,
+    decision: read.kind === 'audit' ? read.event.decision : 'accept',
+    reasons: read.kind === 'audit' ? read.event.reasons : [],
+    scores: e.scores ? presentScores(e.scores) : {},
+    ts: Number.isFinite(ts) ? ts : Date.now(),
+  };
 }
 
 export interface MonitorAggregatorOptions {
@@ -121,44 +104,29 @@ export interface MonitorSnapshot {
 
 export class MonitorAggregator {
   private readonly windowSeconds: number;
-  private readonly capacity: number;
   private readonly acceptsVisibleOption: boolean;
-  private readonly seen = new Set<string>();
-  private accepted = 0;
-  private rejected = 0;
+  private readonly seen: RecentIds;
   private duplicates = 0;
   private malformed = 0;
   private lastTs = -Infinity;
-  private readonly tally = new ReasonTally();
-  private readonly hist = new Map<MetricShort, number[]>(METRICS.map((m) => [m.short, new Array(101).fill(0)]));
+  private readonly tally = new EventTally();
   /** Per-second buckets of the window: second -> [accepted, rejected]. */
   private readonly perSecond = new Map<number, [number, number]>();
 
   constructor(options: MonitorAggregatorOptions = {}) {
     this.windowSeconds = options.windowSeconds ?? 60;
-    this.capacity = options.dedupeCapacity ?? 100_000;
+    this.seen = new RecentIds(options.dedupeCapacity ?? 100_000);
     this.acceptsVisibleOption = options.acceptsVisible ?? false;
   }
 
   /** Counts an event; returns false when its id was already counted (dedupe). */
   add(e: MonitorEvent): boolean {
-    if (this.seen.has(e.id)) {
+    if (this.seen.seen(e.id)) {
       this.duplicates++;
       return false;
     }
-    this.seen.add(e.id);
-    if (this.seen.size > this.capacity) this.seen.delete(this.seen.values().next().value!);
-
+    this.tally.add(e);
     const accept = e.decision === 'accept';
-    if (accept) this.accepted++;
-    else {
-      this.rejected++;
-      this.tally.add(e.reasons);
-    }
-    for (const { short } of METRICS) {
-      const v = e.scores[short];
-      if (typeof v === 'number') this.hist.get(short)![Math.max(0, Math.min(100, Math.round(v)))]!++;
-    }
     const sec = Math.floor(e.ts / 1000);
     const bucket = this.perSecond.get(sec) ?? [0, 0];
     bucket[accept ? 0 : 1]++;
@@ -188,10 +156,12 @@ export class MonitorAggregator {
         wr += r;
       }
     }
-    const acceptsVisible = this.acceptsVisibleOption || this.accepted > 0;
+    const { accepted, rejected } = this.tally;
+    const acceptsVisible = this.acceptsVisibleOption || accepted > 0;
     const rate = (a: number, r: number) => (acceptsVisible && a + r > 0 ? a / (a + r) : null);
     const scores = {} as Record<MetricShort, MetricSnapshot>;
-    for (const [metric, h] of this.hist) {
+    for (const { short: metric } of METRICS) {
+      const h = this.tally.scoreCounts(metric);
       const count = h.reduce((a, b) => a + b, 0);
       const sum = h.reduce((a, n, s) => a + n * s, 0);
       let p50: number | null = null;
@@ -208,17 +178,15 @@ export class MonitorAggregator {
     }
     return {
       at: new Date(now).toISOString(),
-      events: this.accepted + this.rejected,
-      accepted: this.accepted,
-      rejected: this.rejected,
-      acceptRate: rate(this.accepted, this.rejected),
+      events: accepted + rejected,
+      accepted,
+      rejected,
+      acceptRate: rate(accepted, rejected),
       acceptsVisible,
       duplicates: this.duplicates,
       malformed: this.malformed,
-      reasons: [...this.tally.byCode]
-        .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
-        .map(([code, count]) => ({ code, count, share: this.rejected ? count / this.rejected : 0 })),
-      belowThresholdByMetric: Object.fromEntries([...this.tally.belowThresholdByMetric].sort((a, b) => b[1] - a[1])),
+      reasons: this.tally.reasons.rows(rejected),
+      belowThresholdByMetric: this.tally.reasons.byMetric(),
       scores,
       window: {
         seconds: this.windowSeconds,

@@ -2,14 +2,15 @@ import { createReadStream } from 'node:fs';
 import { open, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import sharp from 'sharp';
-import { AUDIT_LINE_MAX_BYTES } from '../sinks/audit-event.ts';
+import { AUDIT_LINE_MAX_BYTES } from '../formats/audit-event.ts';
+import { decodeCuratedSample } from '../formats/curated-sample.ts';
+import { boundedLines, isBlank } from '../formats/lines.ts';
 import { curatedFileKind, openRegular, readIndex, rebuildIndex } from '../sinks/local-curated.ts';
 import type { ShardIndex } from '../sinks/webdataset.ts';
-import { boundedLines, isBlank } from '../sources/lines.ts';
 import { tailTopics } from '../monitor/kafka-tail.ts';
 import type { KafkaConnectionOptions } from '../kafka/client.ts';
 import { FilterError } from '../types.ts';
-import { fromObject, parseReportEvent, ReportCollector, type ReportData, type ReportSample } from './collect.ts';
+import { parseReportEvent, reportEventOf, ReportCollector, type ReportData, type ReportSample } from './collect.ts';
 import { renderReportHtml } from './html.ts';
 
 /** Where the report reads from. */
@@ -56,7 +57,7 @@ async function readJsonl(path: string, collector: ReportCollector): Promise<void
       continue;
     }
     if (isBlank(line.bytes)) continue;
-    const e = parseReportEvent(line.bytes.toString('utf8'));
+    const e = parseReportEvent(line.bytes);
     if (e) collector.add(e);
     else collector.malformed();
   }
@@ -103,18 +104,12 @@ async function readCurated(dir: string, collector: ReportCollector): Promise<num
         const json = s.members.json!;
         const buf = Buffer.alloc(json.size);
         await fh.read(buf, 0, json.size, json.offset);
-        let meta: Record<string, unknown>;
-        try {
-          meta = JSON.parse(buf.toString('utf8')) as Record<string, unknown>;
-        } catch {
+        const meta = decodeCuratedSample(buf);
+        if (!meta.ok) {
           collector.malformed();
           continue;
         }
-        const e = fromObject({ ...meta, id: meta.id ?? s.id }, 'accept');
-        if (!e) {
-          collector.malformed();
-          continue;
-        }
+        const e = reportEventOf({ ...meta.value, decision: 'accept', reasons: [] });
         const ext = ['jpg', 'png', 'webp'].find((x) => s.members[x]);
         if (ext) e.image = { tar, offset: s.members[ext]!.offset, size: s.members[ext]!.size, ext };
         collector.add(e);
@@ -190,10 +185,7 @@ export async function collectReport(options: ReportOptions): Promise<ReportData>
       untilEnd: true,
       signal: options.signal,
       onMessage: (m) => {
-        const e =
-          m.value && m.value.length <= AUDIT_LINE_MAX_BYTES
-            ? parseReportEvent(m.value.toString('utf8'), m.kind === 'accepted' ? 'accept' : undefined)
-            : null;
+        const e = m.value ? parseReportEvent(m.value, m.kind, m.key) : null;
         if (!e) return collector.malformed();
         // With the accepted topic read too, it is the one source of accepts: an audit topic that also logs accepts
         // would repeat them, possibly further apart than the dedupe window remembers.

@@ -5,8 +5,16 @@
  * cells that coarsen as the axis grows, and the dedupe set keeps the most recent ids only.
  */
 import type { MetricShort } from '../types.ts';
-import { METRICS } from '../types.ts';
-import { ReasonTally } from '../policy/reason-tally.ts';
+import { decodeAcceptedMessage } from '../formats/accepted-event.ts';
+import {
+  decodeAuditEvent,
+  presentScores,
+  type AuditReason,
+  type AuditScores,
+  type AuditSource,
+} from '../formats/audit-event.ts';
+import { EventTally } from '../formats/event-tally.ts';
+import { RecentIds } from '../pipeline/recent-ids.ts';
 
 export const BINS = 10;
 
@@ -72,52 +80,53 @@ export interface ReportData {
   notes: string[];
 }
 
-/** Parses one audit/accepted event line (lib/sinks/audit-event.ts shape); null when it is not one. */
-export function parseReportEvent(text: string, fallbackDecision?: 'accept'): ReportEvent | null {
-  let o: Record<string, unknown>;
-  try {
-    const raw = JSON.parse(text) as unknown;
-    if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return null;
-    o = raw as Record<string, unknown>;
-  } catch {
-    return null;
+/**
+ * Reads one audit event (a line of rejects.jsonl, an audit-topic message) or, with `kind` 'accepted', an
+ * accepted-topic message, through the format's one decode; null when it is not one.
+ */
+export function parseReportEvent(
+  value: string | Buffer,
+  kind: 'audit' | 'accepted' = 'audit',
+  key?: string | Buffer | null,
+): ReportEvent | null {
+  if (kind === 'audit') {
+    const decoded = decodeAuditEvent(value);
+    return decoded.ok ? reportEventOf(decoded.value) : null;
   }
-  return fromObject(o, fallbackDecision);
+  const decoded = decodeAcceptedMessage(value, key);
+  if (!decoded.ok) return null;
+  const { event } = decoded.value;
+  return decoded.value.kind === 'audit'
+    ? reportEventOf(decoded.value.event)
+    : reportEventOf({ ...event, decision: 'accept', reasons: [] });
 }
 
-/** Builds a {@link ReportEvent} from an audit event or a curated sample's `<key>.json` object. */
-export function fromObject(o: Record<string, unknown>, fallbackDecision?: 'accept'): ReportEvent | null {
-  const id = typeof o.id === 'string' ? o.id : '';
-  const decision = o.decision === 'accept' || o.decision === 'reject' ? o.decision : fallbackDecision;
-  if (!id || !decision) return null;
-  const s = o.scores && typeof o.scores === 'object' ? (o.scores as Record<string, unknown>) : {};
-  const scores: Partial<Record<MetricShort, number>> = {};
-  for (const { short } of METRICS)
-    if (typeof s[short] === 'number' && Number.isFinite(s[short])) scores[short] = s[short];
-  const reasons: ReportReason[] = Array.isArray(o.reasons)
-    ? o.reasons
-        .filter((r): r is Record<string, unknown> => !!r && typeof r === 'object' && typeof r.code === 'string')
-        .map((r) => ({
-          code: String(r.code),
-          message: typeof r.message === 'string' ? r.message : '',
-          detail: r.detail && typeof r.detail === 'object' ? (r.detail as Record<string, unknown>) : undefined,
-        }))
-    : [];
-  const ts = typeof o.ts === 'string' ? Date.parse(o.ts) : NaN;
-  const src = o.source && typeof o.source === 'object' ? (o.source as Record<string, unknown>) : {};
+/** What the report shows of an audit event, an accepted-topic message or a curated sample's metadata. */
+export function reportEventOf(e: {
+  id: string;
+  decision: 'accept' | 'reject';
+  reasons: readonly AuditReason[];
+  scores?: AuditScores;
+  caption?: string | null;
+  url?: string | null;
+  source?: AuditSource;
+  ts?: string;
+}): ReportEvent {
+  const ts = e.ts !== undefined ? Date.parse(e.ts) : NaN;
+  const src = e.source;
   const position =
-    src.kind === 'file' && typeof src.line === 'number'
+    src?.kind === 'file'
       ? src.line
-      : src.kind === 'kafka' && typeof src.offset === 'string' && /^\d+$/.test(src.offset)
+      : src?.kind === 'kafka' && /^\d+$/.test(src.offset)
         ? Number(src.offset)
         : undefined;
   return {
-    id,
-    decision,
-    caption: typeof o.caption === 'string' ? o.caption : null,
-    url: typeof o.url === 'string' ? o.url : null,
-    scores,
-    reasons,
+    id: e.id,
+    decision: e.decision,
+    caption: e.caption ?? null,
+    url: e.url ?? null,
+    scores: e.scores ? (presentScores(e.scores) as Partial<Record<MetricShort, number>>) : {},
+    reasons: e.reasons.map((r) => ({ code: r.code, message: r.message, detail: r.detail })),
     ts: Number.isFinite(ts) ? ts : undefined,
     position,
   };
@@ -205,21 +214,20 @@ export class StreamingAxis {
   }
 }
 
+/** Counts per integer score 0..100 as the report's {@link BINS} bins (0-9 ... 90-100). */
+const tenBins = (counts: readonly number[]) => {
+  const bins = new Array<number>(BINS).fill(0);
+  counts.forEach((n, s) => (bins[Math.min(BINS - 1, Math.floor(s / 10))]! += n));
+  return bins;
+};
+
 export class ReportCollector {
   private readonly sampleSize: number;
   private readonly maxBuckets: number;
-  private readonly seen = new Set<string>();
-  private accepted = 0;
-  private rejected = 0;
+  private readonly seen = new RecentIds(DEDUPE_CAPACITY);
   private duplicates = 0;
   private malformedCount = 0;
-  private readonly tally = new ReasonTally();
-  private readonly hist = new Map<MetricShort, { accepted: number[]; rejected: number[]; sumA: number; sumR: number }>(
-    METRICS.map((m) => [
-      m.short,
-      { accepted: new Array(BINS).fill(0), rejected: new Array(BINS).fill(0), sumA: 0, sumR: 0 },
-    ]),
-  );
+  private readonly tally = new EventTally();
   private readonly reservoir = { accept: [] as ReportEvent[], reject: [] as ReportEvent[] };
   private readonly rand = prng(0x5eed);
   private readonly ts = new StreamingAxis();
@@ -240,31 +248,12 @@ export class ReportCollector {
 
   /** Counts an event (once per id: an accept on both the audit and accepted topic counts once). */
   add(e: ReportEvent): void {
-    if (this.seen.has(e.id)) {
+    if (this.seen.seen(e.id)) {
       this.duplicates++;
       return;
     }
-    this.seen.add(e.id);
-    if (this.seen.size > DEDUPE_CAPACITY) this.seen.delete(this.seen.values().next().value!);
+    this.tally.add(e);
     const accept = e.decision === 'accept';
-    if (accept) this.accepted++;
-    else {
-      this.rejected++;
-      this.tally.add(e.reasons);
-    }
-    for (const { short } of METRICS) {
-      const v = e.scores[short];
-      if (v === undefined) continue;
-      const h = this.hist.get(short)!;
-      const bin = Math.max(0, Math.min(BINS - 1, Math.floor(v / 10)));
-      if (accept) {
-        h.accepted[bin]!++;
-        h.sumA += v;
-      } else {
-        h.rejected[bin]!++;
-        h.sumR += v;
-      }
-    }
     this.events++;
     if (e.ts === undefined) this.allTs = false;
     else if (this.allTs) this.ts.add(e.ts, accept);
@@ -272,7 +261,7 @@ export class ReportCollector {
     else if (this.allPos) this.pos.add(e.position, accept);
     // Reservoir sampling (algorithm R): a uniform sample of each decision whatever the input size.
     const pool = this.reservoir[e.decision];
-    const n = accept ? this.accepted : this.rejected;
+    const n = accept ? this.tally.accepted : this.tally.rejected;
     if (pool.length < this.sampleSize) pool.push(e);
     else {
       const j = Math.floor(this.rand() * n);
@@ -300,16 +289,16 @@ export class ReportCollector {
   /** The collected numbers; `samples` still need thumbnails (see build.ts). */
   data(title: string, input: string, now = new Date()): ReportData {
     const histograms = {} as ReportData['histograms'];
-    for (const [metric, h] of this.hist) {
-      const na = h.accepted.reduce((a, b) => a + b, 0);
-      const nr = h.rejected.reduce((a, b) => a + b, 0);
+    for (const [metric, h] of this.tally.histograms) {
+      const na = h.accept.reduce((a, b) => a + b, 0);
+      const nr = h.reject.reduce((a, b) => a + b, 0);
       histograms[metric] = {
-        accepted: h.accepted,
-        rejected: h.rejected,
-        mean: { accepted: na ? h.sumA / na : null, rejected: nr ? h.sumR / nr : null },
+        accepted: tenBins(h.accept),
+        rejected: tenBins(h.reject),
+        mean: { accepted: na ? h.sumAccept / na : null, rejected: nr ? h.sumReject / nr : null },
       };
     }
-    const events = this.accepted + this.rejected;
+    const { accepted, rejected, events } = this.tally;
     const byId = (a: ReportEvent, b: ReportEvent) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
     return {
       v: 1,
@@ -318,17 +307,14 @@ export class ReportCollector {
       input,
       totals: {
         events,
-        accepted: this.accepted,
-        rejected: this.rejected,
+        accepted,
+        rejected,
         duplicates: this.duplicates,
         malformed: this.malformedCount,
       },
-      acceptRate:
-        events && this.accepted > 0 ? this.accepted / events : events ? (this.sawAcceptSource ? 0 : null) : null,
-      reasons: [...this.tally.byCode]
-        .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
-        .map(([code, count]) => ({ code, count, share: this.rejected ? count / this.rejected : 0 })),
-      belowThresholdByMetric: Object.fromEntries([...this.tally.belowThresholdByMetric].sort((a, b) => b[1] - a[1])),
+      acceptRate: events && accepted > 0 ? accepted / events : events ? (this.sawAcceptSource ? 0 : null) : null,
+      reasons: this.tally.reasons.rows(rejected),
+      belowThresholdByMetric: this.tally.reasons.byMetric(),
       histograms,
       timeline: this.timeline(),
       samples: { accepted: [...this.reservoir.accept].sort(byId), rejected: [...this.reservoir.reject].sort(byId) },

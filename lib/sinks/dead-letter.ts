@@ -1,6 +1,6 @@
 import { SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Outcome, ReasonCode, Sink, SinkDurability } from '../types.ts';
-import { auditSource, type AuditSource } from './audit-event.ts';
+import { auditSource, type AuditSource } from '../formats/audit-event.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 
 /** Where dead letters go: a Kafka topic (through the hub, transactional with the offsets) or an SQS queue. */

@@ -1,7 +1,8 @@
 import type { ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
-import { fullScores } from './audit-event.ts';
+import { encodeAcceptedEvent, type AcceptedEvent } from '../formats/accepted-event.ts';
+import { fullScores } from '../formats/audit-event.ts';
 import type { KafkaProducerHub, TopicMessage } from '../kafka/producer-hub.ts';
-import type { CuratedLocation, S3CuratedSink } from './s3-curated.ts';
+import type { S3CuratedSink } from './s3-curated.ts';
 
 export interface KafkaAcceptedSinkOptions {
   readonly hub: KafkaProducerHub;
@@ -9,18 +10,6 @@ export interface KafkaAcceptedSinkOptions {
   readonly model: ModelInfo;
   /** The curated sink whose shard placement each message reports. */
   readonly curated: S3CuratedSink;
-}
-
-/** One accepted pair and where training code finds it. */
-export interface AcceptedEvent {
-  v: 1;
-  id: string;
-  scores: ReturnType<typeof fullScores>;
-  caption: string | null;
-  url: string | null;
-  model: ModelInfo;
-  location: CuratedLocation | null;
-  ts: string;
 }
 
 /**
@@ -53,7 +42,7 @@ export class KafkaAcceptedSink implements Sink {
         location: locations[i] ?? null,
         ts: new Date().toISOString(),
       };
-      return { topic, key: o.id, value: JSON.stringify(event) };
+      return { topic, key: o.id, value: encodeAcceptedEvent(event) };
     });
     if (hub.transactional) {
       for (let i = 0; i < accepted.length; i++)

@@ -1,6 +1,6 @@
 import type { Decision, ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { toAuditEvent, type AuditEvent } from './audit-event.ts';
+import { encodeAuditEvent, toAuditEvent, type AuditEvent } from '../formats/audit-event.ts';
 import type { DeadLetterSink } from './dead-letter.ts';
 import { KafkaProducerHub, type TopicMessage } from '../kafka/producer-hub.ts';
 
@@ -66,13 +66,13 @@ export class KafkaAuditSink implements Sink {
   }
 
   private message(o: Outcome, event: AuditEvent): TopicMessage {
-    return { topic: this.options.topic, key: o.id, value: JSON.stringify(event), headers: { decision: o.decision } };
+    return { topic: this.options.topic, key: o.id, value: encodeAuditEvent(event), headers: { decision: o.decision } };
   }
 
   /** The event with its caption, then its url, shortened to fit, and `trimmed` naming what was cut and how long it was. */
   private trimmed(event: AuditEvent, id: string): AuditEvent {
     const fits = (e: AuditEvent) =>
-      KafkaProducerHub.size({ topic: this.options.topic, key: id, value: JSON.stringify(e) }) <= this.limit - 64;
+      KafkaProducerHub.size({ topic: this.options.topic, key: id, value: encodeAuditEvent(e) }) <= this.limit - 64;
     const trimmed: Record<string, number> = {};
     let out: AuditEvent = { ...event };
     for (const field of ['caption', 'url'] as const) {

@@ -1,10 +1,16 @@
 import { constants } from 'node:fs';
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { boundedLines } from '../sources/lines.ts';
+import {
+  AUDIT_LINE_MAX_BYTES,
+  decodeAuditEvent,
+  encodeAuditEvent,
+  toAuditEvent,
+  type AuditEvent,
+} from '../formats/audit-event.ts';
+import { boundedLines } from '../formats/lines.ts';
 import type { Decision, ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { AUDIT_LINE_MAX_BYTES, toAuditEvent, type AuditEvent } from './audit-event.ts';
 
 export { AUDIT_LINE_MAX_BYTES };
 
@@ -95,16 +101,9 @@ export class LocalAuditSink implements Sink {
       if (line.size > AUDIT_LINE_MAX_BYTES) {
         throw new Error(`line ${line.number} is ${line.size} bytes, over the ${AUDIT_LINE_MAX_BYTES}-byte bound`);
       }
-      let event: Partial<AuditEvent> | null;
-      try {
-        event = JSON.parse(line.bytes.toString('utf8')) as Partial<AuditEvent> | null;
-      } catch {
-        event = null;
-      }
-      if (typeof event?.id !== 'string' || !Array.isArray(event.reasons)) {
-        throw new Error(`line ${line.number} is not an audit event`);
-      }
-      visit(event as AuditEvent);
+      const event = decodeAuditEvent(line.bytes);
+      if (!event.ok) throw new Error(`line ${line.number} is not an audit event (${event.error.message})`);
+      visit(event.value);
     }
   }
 
@@ -112,7 +111,7 @@ export class LocalAuditSink implements Sink {
     const wanted = this.options.decisions ?? ['reject'];
     const lines = outcomes
       .filter((o) => wanted.includes(o.decision))
-      .map((o) => JSON.stringify(toAuditEvent(o, this.options.model)) + '\n')
+      .map((o) => encodeAuditEvent(toAuditEvent(o, this.options.model)) + '\n')
       .join('');
     if (!lines) return Promise.resolve();
     const done = this.chain.then(() => this.fh.appendFile(lines));

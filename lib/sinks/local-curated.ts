@@ -1,10 +1,11 @@
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readTar } from '../sources/tar-reader.ts';
+import { decodeCuratedSample, SAMPLE_JSON_MAX_BYTES, type CuratedSampleMeta } from '../formats/curated-sample.ts';
+import { readTar } from '../formats/tar-reader.ts';
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import { ShardBuilder, type CuratedSampleMeta, type ShardIndex, type ShardIndexEntry } from './webdataset.ts';
+import { ShardBuilder, type ShardIndex, type ShardIndexEntry } from './webdataset.ts';
 
 /** Options of the local curated sink: accepted pairs as WebDataset shards in a directory. */
 export interface LocalCuratedSinkOptions {
@@ -47,8 +48,6 @@ export async function writeDurable(path: string, data: Buffer | string): Promise
 export const MAX_SHARD_NUMBER = 999_999_999;
 /** Largest `.index.json` read back (a run's index of 1000 samples is ~200 KB). */
 export const INDEX_MAX_BYTES = 64 * 1024 * 1024;
-/** Largest `<key>.json` member read back (its caption, url and metadata are bounded by the record limit, 16 MiB). */
-export const SAMPLE_JSON_MAX_BYTES = 64 * 1024 * 1024;
 
 const SHARD_FILE = /^shard-(\d{6,9})\.(tar|index\.json)(\.tmp-\d+)?$/;
 
@@ -141,7 +140,9 @@ async function readIndexedSamples(fh: FileHandle, index: ShardIndex, visit: (s: 
     const buf = Buffer.alloc(m.size);
     const { bytesRead } = await fh.read(buf, 0, m.size, m.offset);
     if (bytesRead < m.size) throw new Error(`the tar ends inside ${sample.key}.json`);
-    visit(JSON.parse(buf.toString('utf8')) as CuratedSampleMeta);
+    const meta = decodeCuratedSample(buf);
+    if (!meta.ok) throw new Error(`${sample.key}.json is not a curated sample (${meta.error.message})`);
+    visit(meta.value);
   }
 }
 
@@ -170,11 +171,9 @@ export async function rebuildIndex(tarPath: string, shard: string): Promise<Shar
     if (entry?.key !== key) samples.push((entry = { key, id: '', members: {} }));
     entry.members[ext] = { offset: event.offset + BLOCK, size: event.size };
     if (ext === 'json') {
-      try {
-        entry.id = (JSON.parse(event.data!.toString('utf8')) as CuratedSampleMeta).id;
-      } catch {
-        return undefined;
-      }
+      const meta = decodeCuratedSample(event.data!);
+      if (!meta.ok) return undefined;
+      entry.id = meta.value.id;
     }
   }
   if (samples.some((s) => typeof s.id !== 'string' || !s.id)) return undefined;

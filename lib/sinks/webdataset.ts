@@ -1,6 +1,6 @@
 import tarStream from 'tar-stream';
 import type { ModelInfo, Outcome } from '../types.ts';
-import { auditSource, captionCutJson, fullScores, type AuditSource } from './audit-event.ts';
+import { curatedSampleMeta, encodeCuratedSample } from '../formats/curated-sample.ts';
 
 /**
  * WebDataset shards as OpenCLIP / DataComp / img2dataset read them: for each sample `<key>.<jpg|png|webp>`,
@@ -16,23 +16,6 @@ const FIXED_MTIME = new Date(0);
 export function sampleKey(id: string): string {
   const clean = id.replace(/[^A-Za-z0-9_-]/g, '_');
   return clean.length > KEY_MAX ? clean.slice(0, KEY_MAX) : clean || '_';
-}
-
-/** The `<key>.json` member: everything training code may filter on later. */
-export interface CuratedSampleMeta {
-  id: string;
-  key: string;
-  caption: string;
-  url: string | null;
-  scores: ReturnType<typeof fullScores>;
-  expected_scores: ReturnType<typeof fullScores> | null;
-  width: number | null;
-  height: number | null;
-  model: ModelInfo;
-  source: AuditSource;
-  metadata: Record<string, unknown>;
-  /** Present when the caption was shortened to fit the model: it was scored on its first `kept_chars` characters. */
-  caption_cut?: { original_chars: number; kept_chars: number };
 }
 
 export interface ShardIndexEntry {
@@ -79,24 +62,10 @@ export class ShardBuilder {
     let key = sampleKey(outcome.id);
     for (let n = 1; this.keys.has(key); n++) key = `${sampleKey(outcome.id).slice(0, KEY_MAX - 6)}_${n}`;
     this.keys.add(key);
-    const meta: CuratedSampleMeta = {
-      id: outcome.id,
-      key,
-      caption: outcome.pair.caption,
-      url: outcome.pair.url ?? null,
-      scores: fullScores(outcome.scores),
-      expected_scores: outcome.expected ? fullScores(outcome.expected) : null,
-      width: outcome.image.width,
-      height: outcome.image.height,
-      model: this.model,
-      source: auditSource(outcome.record.origin),
-      metadata: outcome.pair.metadata,
-      ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
-    };
     const members: [string, Buffer][] = [
       [outcome.image.ext, outcome.image.encoded],
       ['txt', Buffer.from(outcome.pair.caption, 'utf8')],
-      ['json', Buffer.from(JSON.stringify(meta), 'utf8')],
+      ['json', encodeCuratedSample(curatedSampleMeta(outcome, key, this.model))],
     ];
     const entry: ShardIndexEntry = { key, id: outcome.id, members: {} };
     for (const [ext, data] of members) {

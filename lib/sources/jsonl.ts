@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import { PAIR_DEFAULTS } from '../pair/index.ts';
 import type { Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { boundedLines, isBlank, StreamChunks, type Line } from './lines.ts';
+import { boundedLines, isBlank, StreamChunks, type Line } from '../formats/lines.ts';
 
 /** Options of the JSONL source (a file, or `-` for stdin). */
 export interface JsonlSourceOptions {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { IMAGE_EXTS, type UnreadableSample } from '../pair/index.ts';
 import type { ByteAdmission, RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { readTarEntries, type TarBytes } from './tar-reader.ts';
+import { readTarEntries, type TarBytes } from '../formats/tar-reader.ts';
 
 /** Reading options shared by local and streamed shards. */
 export interface WebDatasetReadOptions {

@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
-import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
+import type { AuditEvent } from '../../lib/formats/audit-event.ts';
 import { ustar, ustarMember } from '../sources/ustar.ts';
 import { S3_ENDPOINT, SQS_ENDPOINT, curatedIds, getBytes, listAll, testPng } from '../stream/helpers.ts';
 

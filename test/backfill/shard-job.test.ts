@@ -18,7 +18,7 @@ import {
   parseShardJob,
   printable,
 } from '../../lib/backfill/shard-job.ts';
-import { readTar, streamTarBytes, type TarEvent } from '../../lib/sources/tar-reader.ts';
+import { readTar, streamTarBytes, type TarEvent } from '../../lib/formats/tar-reader.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
 import { FilterError } from '../../lib/types.ts';
 import { ustarHeader } from '../sources/ustar.ts';

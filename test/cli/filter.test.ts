@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { runFilterJob } from '../../lib/cli/filter.ts';
-import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
+import type { AuditEvent } from '../../lib/formats/audit-event.ts';
 import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 
 const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;

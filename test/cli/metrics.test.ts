@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
+import type { AuditEvent } from '../../lib/formats/audit-event.ts';
 import { readRun } from '../helpers/cli-output.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;

@@ -1,8 +1,9 @@
 /** What a `mlm-filter filter` run wrote to its --out directory, read back for CLI tests. */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
-import type { CuratedSampleMeta, ShardIndex } from '../../lib/sinks/webdataset.ts';
+import type { AuditEvent } from '../../lib/formats/audit-event.ts';
+import type { CuratedSampleMeta } from '../../lib/formats/curated-sample.ts';
+import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 
 /** The curated samples' `.json` members, the audit events (and their raw text) and summary.json. */
 export function readRun(out: string) {

@@ -46,7 +46,7 @@ test('parseEvent: audit events, accepted-topic events keyed by message key, malf
   assert.equal(b.id, 'key-7');
   assert.equal(b.decision, 'accept');
   assert.deepEqual(parseEvent('audit', 'not json'), { error: 'not JSON' });
-  assert.deepEqual(parseEvent('audit', JSON.stringify({ id: 'x' })), { error: 'no decision' });
+  assert.deepEqual(parseEvent('audit', JSON.stringify({ id: 'x', v: 1 })), { error: 'decision is missing' });
   assert.deepEqual(parseEvent('audit', '[1]'), { error: 'not a JSON object' });
   assert.deepEqual(parseEvent('accepted', null), { error: 'empty message' });
 });

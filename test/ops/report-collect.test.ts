@@ -57,5 +57,5 @@ test('report dedupe remembers a bounded number of recent ids', () => {
   const d = c.data('t', 'mem');
   assert.equal(d.totals.duplicates, 1);
   assert.equal(d.totals.rejected, DEDUPE_CAPACITY + 11);
-  assert.ok((c as unknown as { seen: Set<string> }).seen.size <= DEDUPE_CAPACITY);
+  assert.ok((c as unknown as { seen: { ids: Set<string> } }).seen.ids.size <= DEDUPE_CAPACITY);
 });

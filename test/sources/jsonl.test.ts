@@ -3,7 +3,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import { parseRecord } from '../../lib/pair/index.ts';
 import { JsonlSource } from '../../lib/sources/jsonl.ts';
-import { boundedLines } from '../../lib/sources/lines.ts';
+import { boundedLines } from '../../lib/formats/lines.ts';
 import { RejectError, type SourceBatch, type SourceRecord } from '../../lib/types.ts';
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import tarStream from 'tar-stream';
 import { parseRecord, rawRecordId } from '../../lib/pair/index.ts';
 import { Semaphore } from '../../lib/pipeline/semaphore.ts';
-import { streamTarBytes, type TarBytes } from '../../lib/sources/tar-reader.ts';
+import { streamTarBytes, type TarBytes } from '../../lib/formats/tar-reader.ts';
 import { WebDatasetSource } from '../../lib/sources/webdataset.ts';
 import type { RawSample, Reason, SourceBatch, SourceRecord } from '../../lib/types.ts';
 import { RejectError } from '../../lib/types.ts';
