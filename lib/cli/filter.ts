@@ -23,7 +23,8 @@ import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
-import { applyTopFraction, RankingPolicy, RankingValues, type TopFractionOptions } from './top-fraction.ts';
+import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
+import { applyTopFraction } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {

@@ -108,21 +108,3 @@ export class Policy {
     return pass ? { decision: 'accept', reasons: [] } : { decision: 'reject', reasons: failed };
   }
 }
-
-/**
- * Top-fraction selection over a finished run (batch jobs, as DataComp's "top 30% by score" baselines): the cutoff
- * score that keeps `fraction` of the scored pairs on `metric`, ties broken by the expected (continuous) score.
- */
-export function topFractionCutoff(
-  values: readonly { score: number; expected?: number }[],
-  fraction: number,
-): { score: number; expected: number } | undefined {
-  if (!(fraction > 0 && fraction <= 1)) {
-    throw new FilterError('bad_top_fraction', `top fraction must be within (0, 1], got ${fraction}`, { fraction });
-  }
-  if (values.length === 0) return undefined;
-  const sorted = [...values].sort((a, b) => b.score - a.score || (b.expected ?? b.score) - (a.expected ?? a.score));
-  const keep = Math.max(1, Math.ceil(sorted.length * fraction));
-  const last = sorted[keep - 1]!;
-  return { score: last.score, expected: last.expected ?? last.score };
-}
