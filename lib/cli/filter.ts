@@ -18,12 +18,13 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
-import type { Source } from '../types.ts';
+import type { ModelInfo, Scorer, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
-import { applyTopFraction, RankingPolicy, RankingValues, type TopFractionOptions } from './top-fraction.ts';
+import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
+import { applyTopFraction } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -118,111 +119,164 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   }
 }
 
+/** The run in a locked --out: inputs opened, sinks built, the passes run, summary.json written. */
 async function runInLockedOutput(
   options: FilterJobOptions,
   policy: Policy,
   metrics: ReturnType<typeof scoredMetrics>,
 ): Promise<RunSummary> {
-  const top = options.topFraction;
-  const { resume, overwrite } = options;
-  const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: top !== undefined });
-  const input = await openInput(options.input, options.inputFormat, options.pair, {
-    maxSampleBytes: options.maxSampleBytes,
-  });
-  const scorer = await loadScorer(options.model, { ...options.scorer, metrics });
+  const { input, scorer, prepareOutput } = await openInputs(options, metrics);
   try {
-    const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
-    if (missing.length) {
-      throw new FilterError(
-        'bad_threshold',
-        `the policy reads ${missing.join(', ')} but the scorer does not score it`,
-        {
-          missing,
-        },
-      );
-    }
+    checkScorerCovers(policy, scorer);
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
     });
     const previous = await prepareOutput();
     const source = previous ? new ResumedSource(input, previous.ids, options.pair) : input;
-    // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
-    const endpoint = process.env.MLMF_S3_ENDPOINT;
-    const s3 =
-      options.intake?.s3 ??
-      new S3Client({
-        region: process.env.AWS_REGION ?? 'us-east-1',
-        ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
-      });
-    const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
-    options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
-    const curated = await LocalCuratedSink.open({
-      dir: join(options.out, 'curated'),
-      model: scorer.model,
-      samplesPerShard: options.samplesPerShard,
-    });
-    const stagingDir = join(options.out, '.staging');
-    const staging = top ? await LocalCuratedSink.open({ dir: stagingDir, model: scorer.model }) : undefined;
-    const ranking = new RankingValues();
-    const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model: scorer.model });
+    const intake = openIntake(options, scorer);
+    const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
-    const progress = startProgress(options.progress, summary, source.sizeHint);
-    try {
-      await runPipeline({
-        source,
-        intake,
-        scorer,
-        policy,
-        sinks: [staging ?? curated, audit],
-        pair: options.pair,
-        intakeConcurrency: options.concurrency,
-        maxPendingBytes: options.maxPendingBytes,
-        signal: options.signal,
-        abort: options.abort,
-        logger: options.logger,
-        onOutcome: (o) => {
-          if (!top || o.decision === 'reject') summary.add(o);
-          else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
-        },
-      });
-      if (top && staging) {
-        await staging.flush();
-        await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
-      }
-      // The sinks' close writes their last files (shards.json): a failure there fails the run, never silently.
-      if (!options.abort?.aborted) await Promise.all([curated.close(), audit.close()]);
-    } finally {
-      progress.stop();
-      const rest = new Closers();
-      [() => source.close(), () => intake.close(), async () => staging?.flush()].forEach((step) => rest.last(step));
-      await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
-    }
-    const result: RunSummary = {
-      ...summary.summary(),
-      ...(source instanceof ResumedSource
-        ? { resumed: { previousRecords: summary.previous, skippedRecords: source.skipped } }
-        : {}),
-    };
-    const file = {
-      ...result,
-      input: options.input,
-      model: scorer.model,
-      policy: {
-        ...(top ? { topFraction: top } : {}),
-        ...(policy instanceof RankingPolicy && !policy.thresholded
-          ? {}
-          : { thresholds: policy.thresholds, combine: policy.combine }),
-      },
-      // The metrics scored; the others are null in the outputs and count 0 in `scores`.
-      metrics: scorer.metrics,
-      interrupted: options.signal?.aborted ?? false,
-      intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
-    };
-    await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
-    return result;
+    await runPasses(options, { source, intake, scorer, policy, sinks, summary });
+    return await summarise(options, { source, intake, scorer, policy, summary });
   } finally {
     await scorer.close();
   }
+}
+
+/** The output checked (nothing written yet), the input opened and the scorer loaded, in that order. */
+async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof scoredMetrics>) {
+  const { resume, overwrite, topFraction } = options;
+  const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: topFraction !== undefined });
+  const input = await openInput(options.input, options.inputFormat, options.pair, {
+    maxSampleBytes: options.maxSampleBytes,
+  });
+  const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
+  return { input, scorer, prepareOutput };
+}
+
+function checkScorerCovers(policy: Policy, scorer: Scorer): void {
+  const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
+  if (missing.length) {
+    throw new FilterError('bad_threshold', `the policy reads ${missing.join(', ')} but the scorer does not score it`, {
+      missing,
+    });
+  }
+}
+
+function openIntake(options: FilterJobOptions, scorer: Scorer): Intake {
+  // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
+  const endpoint = process.env.MLMF_S3_ENDPOINT;
+  const s3 =
+    options.intake?.s3 ??
+    new S3Client({
+      region: process.env.AWS_REGION ?? 'us-east-1',
+      ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
+    });
+  const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
+  options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
+  return intake;
+}
+
+/** The run's sinks in --out; a top-fraction run's first pass writes its accepts to `staging` instead of `curated`. */
+interface FilterSinks {
+  readonly curated: LocalCuratedSink;
+  readonly audit: LocalAuditSink;
+  readonly staging?: { readonly dir: string; readonly sink: LocalCuratedSink };
+}
+
+async function buildSinks(options: FilterJobOptions, model: ModelInfo): Promise<FilterSinks> {
+  const curated = await LocalCuratedSink.open({
+    dir: join(options.out, 'curated'),
+    model,
+    samplesPerShard: options.samplesPerShard,
+  });
+  const dir = join(options.out, '.staging');
+  const staging = options.topFraction ? { dir, sink: await LocalCuratedSink.open({ dir, model }) } : undefined;
+  const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model });
+  return { curated, audit, ...(staging ? { staging } : {}) };
+}
+
+interface Passes {
+  readonly source: Source;
+  readonly intake: Intake;
+  readonly scorer: Scorer;
+  readonly policy: Policy;
+  readonly sinks: FilterSinks;
+  readonly summary: SummaryCollector;
+}
+
+/**
+ * The scoring pass, then a top-fraction run's second pass over what it staged; the data-bearing sinks are closed by
+ * the run (a failing close fails it), the rest whatever happens.
+ */
+async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> {
+  const top = options.topFraction;
+  const { source, intake, summary } = run;
+  const { curated, audit, staging } = run.sinks;
+  const ranking = new RankingValues();
+  const progress = startProgress(options.progress, summary, source.sizeHint);
+  try {
+    await runPipeline({
+      source,
+      intake,
+      scorer: run.scorer,
+      policy: run.policy,
+      sinks: [staging?.sink ?? curated, audit],
+      pair: options.pair,
+      intakeConcurrency: options.concurrency,
+      maxPendingBytes: options.maxPendingBytes,
+      signal: options.signal,
+      abort: options.abort,
+      logger: options.logger,
+      onOutcome: (o) => {
+        if (!top || o.decision === 'reject') summary.add(o);
+        else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
+      },
+    });
+    if (top && staging) {
+      await staging.sink.flush();
+      await applyTopFraction(staging.dir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
+    }
+    // The sinks' close writes their last files (shards.json): a failure there fails the run, never silently.
+    if (!options.abort?.aborted) await Promise.all([curated.close(), audit.close()]);
+  } finally {
+    progress.stop();
+    const rest = new Closers();
+    [() => source.close(), () => intake.close(), async () => staging?.sink.flush()].forEach((step) => rest.last(step));
+    await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
+  }
+}
+
+/** The run's summary, also written durably to --out/summary.json with what the run was given. */
+async function summarise(
+  options: FilterJobOptions,
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'>,
+): Promise<RunSummary> {
+  const { source, intake, policy, summary } = run;
+  const top = options.topFraction;
+  const result: RunSummary = {
+    ...summary.summary(),
+    ...(source instanceof ResumedSource
+      ? { resumed: { previousRecords: summary.previous, skippedRecords: source.skipped } }
+      : {}),
+  };
+  const file = {
+    ...result,
+    input: options.input,
+    model: run.scorer.model,
+    policy: {
+      ...(top ? { topFraction: top } : {}),
+      ...(policy instanceof RankingPolicy && !policy.thresholded
+        ? {}
+        : { thresholds: policy.thresholds, combine: policy.combine }),
+    },
+    // The metrics scored; the others are null in the outputs and count 0 in `scores`.
+    metrics: run.scorer.metrics,
+    interrupted: options.signal?.aborted ?? false,
+    intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
+  };
+  await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
+  return result;
 }
 
 /**

@@ -2,6 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { buffer } from 'node:stream/consumers';
 import { Command, Option, type OptionValues } from 'commander';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
+import { PIPELINE_DEFAULTS } from '../pipeline/defaults.ts';
 import { DEFAULT_THRESHOLDS, formatThreshold, parseThreshold, type Threshold } from '../policy/index.ts';
 import { CLI_METRICS, parseMetricSelection } from '../policy/metric-selection.ts';
 import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
@@ -194,7 +195,11 @@ function addFilterCommand(program: Command): void {
       ),
     )
     .addOption(
-      opt('--concurrency <n>', 'images fetched and decoded at once', '32').argParser(positiveInt('--concurrency')),
+      opt(
+        '--concurrency <n>',
+        'images fetched and decoded at once',
+        `${PIPELINE_DEFAULTS.intakeConcurrency}`,
+      ).argParser(positiveInt('--concurrency')),
     )
     .addOption(opt('--batch-size <n>', 'pairs per scorer batch', '8').argParser(positiveInt('--batch-size')))
     .addOption(
@@ -226,9 +231,11 @@ function addFilterCommand(program: Command): void {
       ),
     )
     .addOption(
-      opt('--max-pending-bytes <n>', 'WebDataset: sample bytes read and not yet written', '268435456').argParser(
-        positiveInt('--max-pending-bytes'),
-      ),
+      opt(
+        '--max-pending-bytes <n>',
+        'WebDataset: sample bytes read and not yet written',
+        `${PIPELINE_DEFAULTS.maxPendingBytes}`,
+      ).argParser(positiveInt('--max-pending-bytes')),
     )
     .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))

@@ -1,9 +1,10 @@
 import { setMaxListeners } from 'node:events';
 import type { Policy } from '../policy/index.ts';
 import type { PairOptions } from '../pair/index.ts';
-import type { Outcome, Scorer, Sink, Source } from '../types.ts';
+import type { Outcome, Scorer, Sink, Source, SourceRecord } from '../types.ts';
 import { ScoreBatcher } from './batcher.ts';
-import { BatchLedger, DEFAULT_MAX_PENDING_BYTES, type BatchEntry } from './ledger.ts';
+import { PIPELINE_DEFAULTS } from './defaults.ts';
+import { BatchLedger, type BatchEntry } from './ledger.ts';
 import { silentLogger, type PipelineLogger } from './logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
 import { RunFailure } from './run-failure.ts';
@@ -12,6 +13,7 @@ import { SinkWriter, type DeadLetterPort } from './sink-writer.ts';
 export type { ImageIntake } from './record-processor.ts';
 export type { PipelineLogger } from './logger.ts';
 export type { DeadLetterPort } from './sink-writer.ts';
+export { PIPELINE_DEFAULTS } from './defaults.ts';
 
 /** Options of one pipeline run. Every queue between stages is bounded by one of these. */
 export interface PipelineOptions {
@@ -23,7 +25,7 @@ export interface PipelineOptions {
   readonly sinks: readonly Sink[];
   /** Record parsing limits. */
   readonly pair?: PairOptions;
-  /** Images fetched and decoded at once. Default 32: enough to hide network latency behind scoring. */
+  /** Images fetched and decoded at once. Default 32 (PIPELINE_DEFAULTS, as every default below). */
   readonly intakeConcurrency?: number;
   /** Decoded images (pixel tensors) held at once, waiting for or in the scorer. Default 4 x scorer.maxBatch. */
   readonly maxPreparedImages?: number;
@@ -61,10 +63,27 @@ export interface PipelineOptions {
   readonly logger?: PipelineLogger;
 }
 
-export const PIPELINE_DEFAULTS = {
-  maxPendingRecords: 4096,
-  maxPendingBytes: DEFAULT_MAX_PENDING_BYTES,
-} as const;
+/**
+ * A pass whose outcomes are known without scoring (a top-fraction run's second pass over its staged pairs): the same
+ * ledger, sink retry policy, bounds and stops as runPipeline, no dedupe (the pass that scored did it).
+ */
+export interface OutcomePassOptions extends Pick<
+  PipelineOptions,
+  | 'source'
+  | 'sinks'
+  | 'deadLetter'
+  | 'maxPendingRecords'
+  | 'maxPendingBytes'
+  | 'sinkRetryBaseMs'
+  | 'sinkRetryMaxMs'
+  | 'signal'
+  | 'abort'
+  | 'onOutcome'
+  | 'logger'
+> {
+  /** Each record's outcome; a throw fails the pass, and nothing from that record's batch on is committed. */
+  readonly outcomeOf: (record: SourceRecord) => Outcome;
+}
 
 export interface PipelineStats {
   records: number;
@@ -76,13 +95,17 @@ export interface PipelineStats {
   finishedAt?: number;
 }
 
-/** The parts of one run, each owning its state: records are processed, the ledger writes and commits. */
-interface Run {
+/** What every pass owns: the ledger writes and commits, the first fatal error, the counts. */
+interface Pass {
   readonly failure: RunFailure;
-  readonly batcher: ScoreBatcher;
-  readonly processor: RecordProcessor;
   readonly ledger: BatchLedger;
   readonly stats: PipelineStats;
+}
+
+/** The parts of one scoring run, each owning its state: records are processed, the ledger writes and commits. */
+interface Run extends Pass {
+  readonly batcher: ScoreBatcher;
+  readonly processor: RecordProcessor;
 }
 
 /**
@@ -92,21 +115,59 @@ interface Run {
  */
 export async function runPipeline(options: PipelineOptions): Promise<PipelineStats> {
   const run = assemble(options);
-  await readSource(options, run);
+  await readSource(options, run, (entry) => start(entry, run));
   // Drain: finish what was admitted, make the sinks durable, commit in order.
   run.batcher.flush();
   await run.ledger.drain();
   run.stats.scorerBatches = run.batcher.batches;
-  run.stats.finishedAt = Date.now();
-  run.failure.throwIfFailed();
-  return run.stats;
+  return ended(run);
+}
+
+/**
+ * Writes outcomes known without scoring (OutcomePassOptions) through the pipeline's ledger: in source order, to every
+ * sink, retried while a sink is down, each batch committed once written; the pass fails rather than drop an outcome.
+ */
+export async function writeOutcomes(options: OutcomePassOptions): Promise<PipelineStats> {
+  const pass = openPass(options, { dedupe: false });
+  await readSource(options, pass, (entry) => settleEach(entry, pass, options.outcomeOf));
+  await pass.ledger.drain();
+  return ended(pass);
+}
+
+function ended(pass: Pass): PipelineStats {
+  pass.stats.finishedAt = Date.now();
+  pass.failure.throwIfFailed();
+  return pass.stats;
 }
 
 function assemble(options: PipelineOptions): Run {
   const logger = options.logger ?? silentLogger;
+  const { scorer } = options;
+  const batcher = new ScoreBatcher(
+    scorer,
+    options.batchWaitMs ?? PIPELINE_DEFAULTS.batchWaitMs,
+    options.scoreConcurrency ?? PIPELINE_DEFAULTS.scoreConcurrency,
+  );
+  const processor = new RecordProcessor({
+    intake: options.intake,
+    batcher,
+    policy: options.policy,
+    pair: options.pair,
+    intakeConcurrency: options.intakeConcurrency ?? PIPELINE_DEFAULTS.intakeConcurrency,
+    maxPreparedImages: options.maxPreparedImages ?? Math.max(8, 4 * scorer.maxBatch),
+    intakeAttempts: options.intakeAttempts ?? PIPELINE_DEFAULTS.intakeAttempts,
+    onStage: options.onStage,
+    logger,
+  });
+  const pass = openPass(options, { dedupe: options.dedupe !== false, onIdle: () => batcher.flush() });
+  return { ...pass, batcher, processor };
+}
+
+/** The sinks behind their retry policy, and the ledger that writes and commits every batch of the pass. */
+function openPass(options: OutcomePassOptions | PipelineOptions, how: { dedupe: boolean; onIdle?: () => void }): Pass {
+  const logger = options.logger ?? silentLogger;
   const hard = options.abort ?? new AbortController().signal;
   setMaxListeners(0, hard);
-  const { scorer } = options;
   const stats: PipelineStats = {
     records: 0,
     accepted: 0,
@@ -116,22 +177,10 @@ function assemble(options: PipelineOptions): Run {
     startedAt: Date.now(),
   };
   const failure = new RunFailure();
-  const batcher = new ScoreBatcher(scorer, options.batchWaitMs ?? 50, options.scoreConcurrency ?? 2);
-  const processor = new RecordProcessor({
-    intake: options.intake,
-    batcher,
-    policy: options.policy,
-    pair: options.pair,
-    intakeConcurrency: options.intakeConcurrency ?? 32,
-    maxPreparedImages: options.maxPreparedImages ?? Math.max(8, 4 * scorer.maxBatch),
-    intakeAttempts: options.intakeAttempts ?? 3,
-    onStage: options.onStage,
-    logger,
-  });
   const writer = new SinkWriter({
     sinks: options.sinks,
-    retryBaseMs: options.sinkRetryBaseMs ?? 200,
-    retryMaxMs: options.sinkRetryMaxMs ?? 30_000,
+    retryBaseMs: options.sinkRetryBaseMs ?? PIPELINE_DEFAULTS.sinkRetryBaseMs,
+    retryMaxMs: options.sinkRetryMaxMs ?? PIPELINE_DEFAULTS.sinkRetryMaxMs,
     deadLetter: options.deadLetter,
     logger,
   });
@@ -139,28 +188,47 @@ function assemble(options: PipelineOptions): Run {
     writer,
     maxPendingRecords: options.maxPendingRecords ?? PIPELINE_DEFAULTS.maxPendingRecords,
     maxPendingBytes: options.maxPendingBytes ?? PIPELINE_DEFAULTS.maxPendingBytes,
-    dedupe: options.dedupe !== false,
+    dedupe: how.dedupe,
     hard,
     failure,
     logger,
     onCommitted: (outcomes) => count(stats, outcomes, options.onOutcome),
-    onIdle: () => batcher.flush(),
+    onIdle: how.onIdle,
   });
-  return { failure, batcher, processor, ledger, stats };
+  return { failure, ledger, stats };
 }
 
 /** Admits the source's batches until it ends, a stop, or a fatal error (which ends the read at once). */
-async function readSource(options: PipelineOptions, run: Run): Promise<void> {
-  const stops = [options.signal, options.abort, run.failure.signal].filter((s): s is AbortSignal => !!s);
+async function readSource(
+  options: OutcomePassOptions | PipelineOptions,
+  pass: Pass,
+  begin: (entry: BatchEntry) => void,
+): Promise<void> {
+  const stops = [options.signal, options.abort, pass.failure.signal].filter((s): s is AbortSignal => !!s);
   const readSignal = AbortSignal.any(stops);
   try {
-    for await (const batch of options.source.batches(readSignal, run.ledger.admission)) {
-      if (run.failure.failed) break;
-      start(await run.ledger.admit(batch), run);
+    for await (const batch of options.source.batches(readSignal, pass.ledger.admission)) {
+      if (pass.failure.failed) break;
+      begin(await pass.ledger.admit(batch));
     }
   } catch (err) {
-    if (!readSignal.aborted) run.failure.fail(err);
+    if (!readSignal.aborted) pass.failure.fail(err);
   }
+}
+
+/** Settles each record of the batch with its known outcome; one that has none fails the pass. */
+function settleEach(entry: BatchEntry, pass: Pass, outcomeOf: (record: SourceRecord) => Outcome): void {
+  entry.batch.records.forEach((record, i) => {
+    let outcome: Outcome;
+    try {
+      outcome = outcomeOf(record);
+    } catch (err) {
+      pass.failure.fail(err);
+      entry.lose();
+      return;
+    }
+    entry.settle(i, outcome);
+  });
 }
 
 /** Processes the batch's records concurrently; each settles its slot in the entry or loses it. */

@@ -1,13 +1,12 @@
 import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ByteAdmission, Outcome, SourceBatch } from '../types.ts';
+import { PIPELINE_DEFAULTS } from './defaults.ts';
 import type { PipelineLogger } from './logger.ts';
 import { RecentIds } from './recent-ids.ts';
 import type { RunFailure } from './run-failure.ts';
 import { Semaphore } from './semaphore.ts';
 import type { SinkWriter } from './sink-writer.ts';
-
-export const DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024;
 
 export interface LedgerOptions {
   /** The sinks behind the run's retry policy. */
@@ -114,7 +113,7 @@ export class BatchLedger {
 
   constructor(private readonly options: LedgerOptions) {
     this.room = new Semaphore(options.maxPendingRecords);
-    this.bytes = new Semaphore(options.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES);
+    this.bytes = new Semaphore(options.maxPendingBytes ?? PIPELINE_DEFAULTS.maxPendingBytes);
     this.recent = options.dedupe ? new RecentIds(1_000_000) : undefined;
     const bytes = this.bytes;
     this.admission = {

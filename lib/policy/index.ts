@@ -56,14 +56,30 @@ export function parseThresholds(text: string): Threshold[] {
 
 export const formatThreshold = (t: Threshold) => `${t.metric}${t.op}${t.value}`;
 
-const holds = (score: number, t: Threshold) =>
-  t.op === '>='
-    ? score >= t.value
-    : t.op === '>'
-      ? score > t.value
-      : t.op === '<='
-        ? score <= t.value
-        : score < t.value;
+const HOLDS: Record<Comparison, (score: number, value: number) => boolean> = {
+  '>=': (score, value) => score >= value,
+  '>': (score, value) => score > value,
+  '<=': (score, value) => score <= value,
+  '<': (score, value) => score < value,
+};
+
+/**
+ * A threshold handed over as data (a --config file's object, a caller) must be one parseThreshold could have made:
+ * an unknown operator or metric would otherwise decide every pair the wrong way without a word.
+ */
+function checkThreshold(t: Threshold): Threshold {
+  const { metric, op, value } = (t ?? {}) as Partial<Record<keyof Threshold, unknown>>;
+  const known = typeof metric === 'string' && SHORTS.has(metric) && typeof op === 'string' && Object.hasOwn(HOLDS, op);
+  if (!known || typeof value !== 'number' || !(value >= 0 && value <= 100)) {
+    throw new FilterError(
+      'bad_threshold',
+      `threshold ${JSON.stringify(t)}: expected { metric, op, value } with metric one of ${[...SHORTS].join(', ')}, ` +
+        `op one of >=, >, <=, < and value a number within 0..100`,
+      { threshold: JSON.stringify(t) ?? String(t) },
+    );
+  }
+  return t;
+}
 
 export interface Verdict {
   readonly decision: Decision;
@@ -76,9 +92,13 @@ export class Policy {
   readonly combine: 'and' | 'or';
 
   constructor(options: PolicyOptions = {}) {
-    this.thresholds = options.thresholds ?? DEFAULT_THRESHOLDS;
+    this.thresholds = (options.thresholds ?? DEFAULT_THRESHOLDS).map(checkThreshold);
     this.combine = options.combine ?? 'and';
     if (this.thresholds.length === 0) throw new FilterError('bad_threshold', 'the policy needs at least one threshold');
+    if (this.combine !== 'and' && this.combine !== 'or') {
+      const combine = JSON.stringify(this.combine);
+      throw new FilterError('bad_threshold', `the policy's combine must be "and" or "or", got ${combine}`, { combine });
+    }
   }
 
   /** Metrics the policy reads: the scorer must produce at least these. */
@@ -96,7 +116,7 @@ export class Policy {
           message: `the model gave no number for ${t.metric}`,
           detail: { metric: t.metric },
         });
-      } else if (!holds(score, t)) {
+      } else if (!HOLDS[t.op](score, t.value)) {
         failed.push({
           code: 'below_threshold',
           message: `${t.metric} ${score} fails ${formatThreshold(t)}`,
@@ -107,22 +127,4 @@ export class Policy {
     const pass = this.combine === 'and' ? failed.length === 0 : failed.length < this.thresholds.length;
     return pass ? { decision: 'accept', reasons: [] } : { decision: 'reject', reasons: failed };
   }
-}
-
-/**
- * Top-fraction selection over a finished run (batch jobs, as DataComp's "top 30% by score" baselines): the cutoff
- * score that keeps `fraction` of the scored pairs on `metric`, ties broken by the expected (continuous) score.
- */
-export function topFractionCutoff(
-  values: readonly { score: number; expected?: number }[],
-  fraction: number,
-): { score: number; expected: number } | undefined {
-  if (!(fraction > 0 && fraction <= 1)) {
-    throw new FilterError('bad_top_fraction', `top fraction must be within (0, 1], got ${fraction}`, { fraction });
-  }
-  if (values.length === 0) return undefined;
-  const sorted = [...values].sort((a, b) => b.score - a.score || (b.expected ?? b.score) - (a.expected ?? a.score));
-  const keep = Math.max(1, Math.ceil(sorted.length * fraction));
-  const last = sorted[keep - 1]!;
-  return { score: last.score, expected: last.expected ?? last.score };
 }
