@@ -5,7 +5,12 @@
  *
  * Exit classes: `usage` (bad flags or arguments: exit 2), `config` (a configuration, model or input the run cannot
  * use: exit 2), `runtime` (something failed while running: exit 1). Interrupted runs exit 130 (lib/cli/main.ts).
+ *
+ * Every error class of the project lives here too: FilterError, its subclasses (each with its catalogued code, for
+ * callers that tell the failure apart by class), and RejectError (one record's reject, with a reject reason).
  */
+import type { Reason } from './types.ts';
+
 export type ExitClass = 'usage' | 'config' | 'runtime';
 
 export interface ErrorSpec {
@@ -58,10 +63,10 @@ export const ERRORS = {
   // Scoring.
   bad_pixel_values: runtime('pixel values of the wrong size for the model', false),
   scorer_failed: runtime('the scorer (its worker threads or the model run) failed', false),
+  poison_input: runtime('the scorer failed on one pair alone while others scored: the pair is rejected', false),
   scorer_closed: runtime('score() after close()', false),
   // Streams.
   kafka_unavailable: runtime('the Kafka brokers cannot be reached', true),
-  kafka_unreachable: runtime('the Kafka brokers cannot be reached for a request', true),
   kafka_topic_unavailable: runtime('a topic is missing or has no leader', true),
   kafka_commit_failed: runtime('a Kafka transaction or offset commit failed', true),
   kafka_consumer_crashed: runtime('the Kafka consumer stopped', true),
@@ -69,8 +74,12 @@ export const ERRORS = {
   partition_revoked: runtime('the partition was revoked from this worker mid-batch', false),
   sink_broken: runtime('a sink refuses every outcome with an error a retry cannot fix', false),
   sink_aborted: runtime('a sink write was abandoned (stop or revocation)', false),
+  sink_refused: runtime('a sink refused one outcome for good with an uncoded error (it is dead-lettered)', false),
   sqs_delete_failed: runtime('acknowledging SQS messages failed', true),
   lag_probe_config: config("the lag probe's environment is incomplete or inconsistent"),
+  // Image intake (the fetcher maps these to a record's fetch_failed reason; they never end a run).
+  address_blocked: runtime('a host resolves to an address the SSRF guard refuses', false),
+  dns_failed: runtime('a host name cannot be resolved (or its lookup timed out)', true),
   // Metrics.
   gpu_query_failed: runtime('nvidia-smi failed or printed something other than the GPU query', true),
   // Backfill (lib/backfill): shard jobs over SQS.
@@ -100,6 +109,8 @@ export const ERRORS = {
   input_keys_skipped: config('enqueue skipped input keys that cannot be shard jobs (listed); the rest were sent'),
   job_object_invalid: config("a job's manifest or marker in S3 is not what enqueue or the workers write"),
   shard_lease_lost: runtime("the shard job's SQS visibility lease was lost (another worker may hold it)", false),
+  // Anything else: retriable as isRetriable takes an uncoded error (network and SDK errors are mostly transient).
+  internal: runtime('an error without a code of its own (an SDK or network error, or a bug: see its message)', true),
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
@@ -108,6 +119,99 @@ const EXIT_CODES: Record<ExitClass, number> = { usage: 2, config: 2, runtime: 1 
 
 export function isErrorCode(code: unknown): code is ErrorCode {
   return typeof code === 'string' && Object.hasOwn(ERRORS, code);
+}
+
+/** An error with a stable code from the catalog (exit class, retriable). */
+export class FilterError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly context: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'FilterError';
+  }
+}
+
+/**
+ * A failure of one record that must end as a reject with this reason (never a crash). Its code is the reason's, from
+ * the reject-reason catalog (`ReasonCode` in lib/types.ts), not this one: it is an outcome, not an error of the run.
+ */
+export class RejectError extends Error {
+  constructor(readonly reason: Reason) {
+    super(reason.message);
+    this.name = 'RejectError';
+  }
+}
+
+/** Raised for one record when the scorer fails on it alone while its batch-mates score fine: a poison input. */
+export class PoisonInputError extends FilterError {
+  constructor(
+    readonly id: string,
+    cause: unknown,
+  ) {
+    super('poison_input', `scorer failed on pair ${id}: ${(cause as Error)?.message ?? cause}`, { id }, { cause });
+    this.name = 'PoisonInputError';
+  }
+}
+
+/** The scorer failed on several pairs in a row, each alone: it is broken, not the pairs. */
+export class ScorerBrokenError extends FilterError {
+  constructor(
+    readonly consecutive: number,
+    cause: unknown,
+  ) {
+    super(
+      'scorer_failed',
+      `the scorer failed on ${consecutive} pairs in a row, each alone: ${(cause as Error)?.message ?? cause}`,
+      { consecutive },
+      { cause },
+    );
+    this.name = 'ScorerBrokenError';
+  }
+}
+
+/** A Kafka commit's retry budget ran out while an attempt was still waiting on the brokers. */
+export class CommitBudgetSpentError extends FilterError {
+  constructor(message: string) {
+    super('kafka_commit_failed', message);
+    this.name = 'CommitBudgetSpentError';
+  }
+}
+
+/** A host resolves to an address the SSRF guard refuses; the fetcher maps it to `fetch_failed` `blocked_address`. */
+export class BlockedAddressError extends FilterError {
+  constructor(
+    readonly host: string,
+    readonly address: string,
+    readonly range: string,
+  ) {
+    super('address_blocked', `refusing to connect to ${host} (${address}, ${range} address)`, {
+      host,
+      address,
+      range,
+    });
+    this.name = 'BlockedAddressError';
+  }
+}
+
+/** A host name that cannot be resolved; `dnsCode` is the resolver's (ENOTFOUND, EAI_TIMEOUT...), for the fetcher. */
+export class ResolveError extends FilterError {
+  constructor(
+    readonly host: string,
+    readonly dnsCode: string,
+    message: string,
+  ) {
+    super('dns_failed', message, { host, dnsCode });
+    this.name = 'ResolveError';
+  }
+}
+
+/** The error's own string code (a FilterError's, an SDK's, a Node errno), else `fallback` from the catalog. */
+export function codeOf(err: unknown, fallback: ErrorCode = 'internal'): string {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && code !== '' ? code : fallback;
 }
 
 /** The process exit code for an error code (unknown codes: 1). */

@@ -3,7 +3,6 @@
  * source -> pair -> intake -> scorer -> policy -> sinks -> ack.
  * Field names that appear in records, audit events or the curated layout are fixed by docs/DESIGN.md.
  */
-import type { ErrorCode } from './errors.ts';
 
 /** The four MLM-filter metrics, by their full key (as in the prompts) and their short name (as in scores). */
 export const METRICS = [
@@ -55,27 +54,8 @@ export interface Reason {
   readonly detail?: Record<string, unknown>;
 }
 
-/** A failure of one record that must end as a reject with this reason (never a crash). */
-export class RejectError extends Error {
-  constructor(readonly reason: Reason) {
-    super(reason.message);
-    this.name = 'RejectError';
-  }
-}
-
-/** A failure of the tool or its environment (bad flag, missing model, sink down): carries a stable code. */
-/** An error with a stable code from the catalog (lib/errors.ts: exit class, retriable). */
-export class FilterError extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    readonly context: Record<string, unknown> = {},
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = 'FilterError';
-  }
-}
+// The error classes live with the error catalog; re-exported here, where most modules import their types from.
+export { FilterError, RejectError } from './errors.ts';
 
 /** Where a raw record came from: carried into audit events (`source`) and used for deterministic shard names. */
 export type SourceOrigin =

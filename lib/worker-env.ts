@@ -4,6 +4,8 @@
  * variable renamed or misspelt on either side is a compile error instead of a silently ignored setting. The worker's
  * `WorkerConfig` documents each value's meaning and default; docs/DEPLOY.md the operator's view.
  */
+import { EXECUTION_PROVIDER_CHOICES } from './model/execution-providers.ts';
+
 export const WORKER_ENV = {
   MLMF_SOURCE: 'kafka | sqs | sqs-shards (shard jobs of mlm-filter enqueue)',
   MLMF_BROKERS: 'comma-separated host:port of the source and audit/accepted/DLQ brokers',
@@ -31,7 +33,7 @@ export const WORKER_ENV = {
   MLMF_THRESHOLDS: 'policy conditions, e.g. itm>=66,odf>=20',
   MLMF_COMBINE: 'and | or',
   MLMF_METRICS: 'all | policy | comma-separated metrics',
-  MLMF_EXECUTION_PROVIDER: 'cuda | webgpu | cpu',
+  MLMF_EXECUTION_PROVIDER: EXECUTION_PROVIDER_CHOICES,
   MLMF_BATCH_SIZE: 'scorer batch',
   MLMF_HEALTH_PORT: 'GET /healthz port (0 disables)',
   MLMF_METRICS_NAMESPACE: 'CloudWatch EMF namespace',

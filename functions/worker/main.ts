@@ -3,9 +3,10 @@
  * is composed in lib/worker/run.ts (which `mlm-filter worker` runs too). SIGTERM/SIGINT: stop fetching, finish and
  * commit what is in flight, flush sinks, exit 0; a second signal abandons in-flight work (it is redelivered) and exits 1
  * at once; MLMF_DRAIN_BUDGET_MS spent abandons it too and exits 1 (10 s later at the latest, whatever is still open).
+ * A failure exits with the error catalog's code for it (lib/errors.ts exitCodeOf: 2 configuration, 1 runtime).
  */
 import { pathToFileURL } from 'node:url';
-import type { FilterError } from '../../lib/types.ts';
+import { codeOf, exitCodeOf, type FilterError } from '../../lib/errors.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
 import { jsonLog, runWorker } from '../../lib/worker/run.ts';
 import { drainBudgetFromEnv, stopSignals } from '../../lib/worker/stop-signals.ts';
@@ -22,9 +23,11 @@ export async function main(): Promise<number> {
     await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });
     return stop.hard.aborted ? 1 : 0;
   } catch (err) {
-    const e = err as FilterError;
-    jsonLog('error', 'worker failed', { code: e.code ?? 'internal', error: e.message, context: e.context });
-    return 1;
+    const e = err as Partial<FilterError>;
+    const code = codeOf(err);
+    jsonLog('error', 'worker failed', { code, error: e.message ?? String(err), context: e.context });
+    // The catalog's exit class, as the CLI's: 2 for a configuration the worker cannot run with, 1 for a runtime failure.
+    return exitCodeOf(code);
   }
 }
 

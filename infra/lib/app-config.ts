@@ -7,6 +7,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
+import { EXECUTION_PROVIDERS, isExecutionProvider } from '../../lib/model/execution-providers.ts';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import {
@@ -176,8 +177,8 @@ export class MlmFilterStack extends Stack {
     super(scope, id, props);
     const c = new ContextValues(props.context, this.examplesUsed);
     const ep = c.str('executionProvider');
-    if (ep !== undefined && !['cuda', 'webgpu', 'cpu'].includes(ep)) {
-      throw new Error(`context executionProvider must be cuda, webgpu or cpu, got ${ep}`);
+    if (ep !== undefined && !isExecutionProvider(ep)) {
+      throw new Error(`context executionProvider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got ${ep}`);
     }
     const combine = c.str('combine');
     if (combine !== undefined && combine !== 'and' && combine !== 'or') {
@@ -215,7 +216,7 @@ export class MlmFilterStack extends Stack {
       },
       worker: {
         imageUri: c.str('imageUri'),
-        executionProvider: ep as 'cuda' | 'webgpu' | 'cpu' | undefined,
+        executionProvider: ep,
         batchSize: int(c.raw('batchSize'), 'batchSize'),
         thresholds: c.str('thresholds'),
         combine: combine as 'and' | 'or' | undefined,

@@ -8,6 +8,7 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
+import type { ExecutionProvider } from '../../lib/model/execution-providers.ts';
 import type { MonitoringOptions } from './monitoring.ts';
 import { isMskClusterArn } from './msk.ts';
 import { validateWorkerImage } from './worker-image.ts';
@@ -239,7 +240,7 @@ export interface WorkerOptions {
   /** Mirrors for the image built from the package's Dockerfile (not for `image`/`imageUri`). @default - public ones */
   readonly imageBuild?: WorkerImageBuildOptions;
   /** @default 'cuda' */
-  readonly executionProvider?: 'cuda' | 'webgpu' | 'cpu';
+  readonly executionProvider?: ExecutionProvider;
   /** @default 16 */
   readonly batchSize?: number;
   /** Policy thresholds, e.g. `itm>=66,odf>=20` (the paper's best DataComp-medium setting). @default 'itm>=66,odf>=20' */

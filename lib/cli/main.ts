@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { buffer } from 'node:stream/consumers';
 import { Command, Option, type OptionValues } from 'commander';
+import { EXECUTION_PROVIDER_CHOICES, EXECUTION_PROVIDERS } from '../model/execution-providers.ts';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
 import { PIPELINE_DEFAULTS } from '../pipeline/defaults.ts';
 import { DEFAULT_THRESHOLDS, formatThreshold, parseThreshold, type Threshold } from '../policy/index.ts';
@@ -202,9 +203,7 @@ function addFilterCommand(program: Command): void {
       ).argParser(positiveInt('--concurrency')),
     )
     .addOption(opt('--batch-size <n>', 'pairs per scorer batch', '8').argParser(positiveInt('--batch-size')))
-    .addOption(
-      opt('--execution-provider <ep>', 'onnxruntime execution provider', 'cpu').choices(['cuda', 'webgpu', 'cpu']),
-    )
+    .addOption(opt('--execution-provider <ep>', 'onnxruntime execution provider', 'cpu').choices(EXECUTION_PROVIDERS))
     .addOption(opt('--dtype <dtype>', 'model files to load', 'fp32').choices(['fp32', 'fp16']))
     .addOption(
       opt('--threads <n>', 'intra-op threads per inference worker', 'all cores').argParser(positiveInt('--threads')),
@@ -358,7 +357,7 @@ function addWorkerCommand(program: Command): void {
       "comma-separated, quoted in a shell: 'itm>=66,odf>=20'",
       'itm>=66,odf>=20',
     ],
-    ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', 'cuda | webgpu | cpu', 'cpu'],
+    ['--execution-provider <ep>', 'MLMF_EXECUTION_PROVIDER', EXECUTION_PROVIDER_CHOICES, 'cpu'],
     ['--batch-size <n>', 'MLMF_BATCH_SIZE', 'pairs per scorer batch', '8'],
     ['--metrics <list>', 'MLMF_METRICS', 'metrics to score: all | policy | e.g. itm,odf', 'all'],
     ['--health-port <port>', 'MLMF_HEALTH_PORT', 'port of GET /healthz and /metrics (0: off)', '8080'],

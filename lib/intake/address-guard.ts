@@ -9,7 +9,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
-import { FilterError } from '../types.ts';
+import { BlockedAddressError, FilterError, ResolveError } from '../errors.ts';
 
 /** A resolver returning every address of a host; injectable so tests never need real DNS. */
 export type LookupFn = (host: string) => Promise<{ address: string; family: 4 | 6 }[]>;
@@ -18,30 +18,6 @@ export type LookupFn = (host: string) => Promise<{ address: string; family: 4 | 
 export type AllowRule =
   | { readonly kind: 'cidr'; readonly source: string; readonly range: [ipaddr.IPv4 | ipaddr.IPv6, number] }
   | { readonly kind: 'hostport'; readonly source: string; readonly host: string; readonly port: number };
-
-/** Raised when a host resolves to an address the policy refuses; fetch.ts maps it to `blocked_address`. */
-export class BlockedAddressError extends Error {
-  constructor(
-    readonly host: string,
-    readonly address: string,
-    readonly range: string,
-  ) {
-    super(`refusing to connect to ${host} (${address}, ${range} address)`);
-    this.name = 'BlockedAddressError';
-  }
-}
-
-/** Raised when a host name cannot be resolved; fetch.ts maps it to `connection_error`. */
-export class ResolveError extends Error {
-  constructor(
-    readonly host: string,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ResolveError';
-  }
-}
 
 /**
  * Parses an `--allow-address` value: a CIDR (`127.0.0.0/8`, `fd00::/8`), a bare IP (`10.1.2.3`), or `host:port`

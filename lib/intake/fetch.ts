@@ -6,9 +6,9 @@
  * cannot change between check and connect. Redirects are followed here, not by undici, so each hop is checked.
  */
 import { Agent, buildConnector, type Dispatcher } from 'undici';
-import { AddressGuard, BlockedAddressError, ResolveError } from './address-guard.ts';
+import { AddressGuard } from './address-guard.ts';
 import { fetchFailed } from './reject.ts';
-import { RejectError } from '../types.ts';
+import { BlockedAddressError, RejectError, ResolveError } from '../errors.ts';
 
 export interface FetcherOptions {
   readonly userAgent: string;
@@ -356,7 +356,7 @@ export class Fetcher {
         retryable: false,
       };
     }
-    const code = e instanceof ResolveError ? e.code : ((e as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+    const code = e instanceof ResolveError ? e.dnsCode : ((e as NodeJS.ErrnoException).code ?? 'UNKNOWN');
     const timeoutPhase =
       code === 'UND_ERR_CONNECT_TIMEOUT'
         ? 'connect'

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CompressionTypes, type Admin, type Kafka, type Message, type Producer, type Transaction } from 'kafkajs';
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, isPermanentKafkaError, kafkaErrorType, OutageClock } from './client.ts';
 import type { SourceOrigin } from '../types.ts';
-import { FilterError } from '../types.ts';
+import { CommitBudgetSpentError as BudgetSpent, FilterError } from '../errors.ts';
 
 /**
  * The Kafka producers behind the audit, accepted and dead-letter topic sinks.
@@ -116,9 +116,6 @@ interface CommitTarget {
 
 /** What an attempt found: committed now, already committed (by us or a previous owner), or revoked. */
 type AttemptResult = 'committed' | 'already-committed' | 'revoked';
-
-/** The remaining budget ran out while an attempt was still waiting on the brokers. */
-class BudgetSpent extends Error {}
 
 export class KafkaProducerHub {
   private readonly partitions = new Map<string, PartitionTxn>();

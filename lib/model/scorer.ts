@@ -6,18 +6,11 @@
 import './telemetry.ts';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import {
-  FilterError,
-  METRICS,
-  type MetricKey,
-  type MetricShort,
-  type ModelInfo,
-  type PreprocessSpec,
-} from '../types.ts';
+import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types.ts';
 import type { Scorer, ScoreInput, ScoreResult } from '../types.ts';
 import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
-import type { WireError, WorkerReply, WorkerRequest } from './protocol.ts';
+import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
 
 export interface ScorerOptions extends SessionOptions {
@@ -84,6 +77,7 @@ interface Job {
   readonly signal: AbortSignal | undefined;
 }
 
+/** One thread of the pool: the jobs it has in flight (one at a time), and the engine's counters it last reported. */
 class PoolWorker {
   private pending = new Map<number, Job>();
   private nextId = 0;
@@ -145,6 +139,18 @@ class PoolWorker {
     this.onIdle(this);
   }
 
+  /** Asks the thread to close its engine; terminates it if it has not exited 5 s later. */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => void this.worker.terminate().then(() => resolve()), 5000);
+      this.worker.once('exit', () => {
+        clearTimeout(t);
+        resolve();
+      });
+      this.worker.postMessage({ type: 'close' } satisfies WorkerRequest);
+    });
+  }
+
   private failAll(err: Error): void {
     const e = new FilterError('scorer_failed', `scorer worker failed: ${err.message}`, {}, { cause: err });
     for (const job of this.pending.values()) job.reject(e);
@@ -153,7 +159,8 @@ class PoolWorker {
   }
 }
 
-async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, log: LogFn) {
+/** Starts one worker thread and waits for its engine: the provider it runs on, or the error it failed to load with. */
+async function startWorker(init: WorkerInit, log: LogFn): Promise<{ worker: Worker; ep: ExecutionProvider }> {
   const worker = spawnWorker();
   const ep = await new Promise<ExecutionProvider>((resolve, reject) => {
     const onMessage = (msg: WorkerReply) => {
@@ -170,7 +177,12 @@ async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, 
     worker.on('message', onMessage);
     worker.once('error', (err) =>
       reject(
-        new FilterError('scorer_failed', `scorer worker failed to start: ${err.message}`, { dir }, { cause: err }),
+        new FilterError(
+          'scorer_failed',
+          `scorer worker failed to start: ${err.message}`,
+          { dir: init.dir },
+          { cause: err },
+        ),
       ),
     );
     worker.postMessage(init);
@@ -179,23 +191,103 @@ async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, 
 }
 
 /**
- * Loads a model directory (or a hub id with a cached export) into a worker pool. Fails with 'model_invalid' /
- * 'model_not_exported' naming what is missing and the export command to run.
+ * The worker threads of one scorer and the chunks waiting for a free one. The pool owns the queue: a chunk goes to
+ * the first idle live thread; once every thread has stopped, whatever waits fails with scorer_failed.
  */
-export async function loadScorer(model: string, options: ScorerOptions = {}): Promise<MlmScorer> {
-  const log = options.logger ?? defaultLog;
-  const dir = resolveModelDir(model, options.env);
-  // Checked here too so that a broken directory fails before any thread starts.
-  const info = readModelDir(dir, options.dtype ?? 'fp32');
-  const metrics = metricKeys(options.metrics);
-  const batchSize = Math.max(1, options.batchSize ?? 8);
-  const init: WorkerRequest & { type: 'init' } = {
+class WorkerPool {
+  private readonly queue: Job[] = [];
+  private readonly workers: PoolWorker[];
+  private closed = false;
+
+  private constructor(
+    threads: readonly Worker[],
+    private readonly dir: string,
+    /** Pairs per chunk sent to one thread (the engine's batch). */
+    private readonly chunk: number,
+    log: LogFn,
+  ) {
+    this.workers = threads.map((worker) => new PoolWorker(worker, (w) => this.dispatch(w), log));
+  }
+
+  /** Starts `count` threads on `init`; when one fails to load, the others are stopped and its error is thrown. */
+  static async start(init: WorkerInit, count: number, chunk: number, log: LogFn) {
+    const started = await Promise.allSettled(Array.from({ length: count }, () => startWorker(init, log)));
+    const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) {
+      await Promise.all(ok.map((s) => s.worker.terminate()));
+      throw failed.reason;
+    }
+    const pool = new WorkerPool(
+      ok.map((s) => s.worker),
+      init.dir,
+      chunk,
+      log,
+    );
+    return { pool, executionProvider: ok[0]?.ep ?? 'cpu' };
+  }
+
+  /** Scores `batch` in chunks of at most `chunk` pairs, each on the next free thread; results in input order. */
+  async score(batch: readonly ScoreInput[], signal?: AbortSignal): Promise<ScoreResult[]> {
+    if (this.closed) throw new FilterError('scorer_closed', 'score() after close()', {});
+    signal?.throwIfAborted();
+    const parts: Promise<ScoreResult[]>[] = [];
+    for (let i = 0; i < batch.length; i += this.chunk) parts.push(this.enqueue(batch.slice(i, i + this.chunk), signal));
+    return (await Promise.all(parts)).flat();
+  }
+
+  /** Work counters summed over the threads. */
+  stats(): EngineStats {
+    const total = emptyStats();
+    for (const w of this.workers) {
+      for (const k of Object.keys(total) as (keyof EngineStats)[]) total[k] += w.stats?.[k] ?? 0;
+    }
+    return total;
+  }
+
+  /** Fails what still waits, then closes every thread (each has 5 s to close its engine before it is terminated). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const job of this.queue.splice(0)) job.reject(new FilterError('scorer_closed', 'scorer closed', {}));
+    await Promise.all(this.workers.map((w) => w.close()));
+  }
+
+  private enqueue(inputs: ScoreInput[], signal: AbortSignal | undefined): Promise<ScoreResult[]> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ inputs, resolve, reject, signal });
+      for (const w of this.workers) this.dispatch(w);
+    });
+  }
+
+  /** Hands queued chunks to `w` while it is idle (a thread calls this whenever it finishes one or stops). */
+  private dispatch(w: PoolWorker): void {
+    if (this.workers.every((x) => x.dead)) {
+      const err = new FilterError('scorer_failed', 'every scorer worker thread has stopped', { dir: this.dir });
+      for (const job of this.queue.splice(0)) job.reject(err);
+      return;
+    }
+    while (!w.busy && !w.dead && this.queue.length > 0) {
+      const job = this.queue.shift() as Job;
+      if (job.signal?.aborted) job.reject(job.signal.reason);
+      else w.run(job);
+    }
+  }
+}
+
+/** What every thread loads: the session options, with the cores split between several CPU threads. */
+function initRequest(dir: string, options: ScorerOptions, metrics: MetricKey[], count: number): WorkerInit {
+  const cpu = (options.executionProvider ?? 'cpu') === 'cpu';
+  // Several CPU workers each defaulting to every core would oversubscribe.
+  const split = count > 1 && cpu ? Math.max(1, Math.floor(availableParallelism() / count)) : undefined;
+  const intraOpThreads = options.intraOpThreads || split;
+  return {
     type: 'init',
     dir,
     options: {
       ...(options.executionProvider ? { executionProvider: options.executionProvider } : {}),
       ...(options.fallbackToCpu !== undefined ? { fallbackToCpu: options.fallbackToCpu } : {}),
-      ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}),
+      ...(intraOpThreads ? { intraOpThreads } : {}),
       ...(options.interOpThreads ? { interOpThreads: options.interOpThreads } : {}),
       dtype: options.dtype ?? 'fp32',
       metrics,
@@ -203,91 +295,31 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
       ...(options.whitespaceLead !== undefined ? { whitespaceLead: options.whitespaceLead } : {}),
     },
   };
-  const count = Math.max(1, options.workers ?? 1);
-  // Several CPU workers each defaulting to every core would oversubscribe: split the cores between them.
-  if (count > 1 && !init.options.intraOpThreads && (init.options.executionProvider ?? 'cpu') === 'cpu') {
-    (init.options as { intraOpThreads?: number }).intraOpThreads = Math.max(
-      1,
-      Math.floor(availableParallelism() / count),
-    );
-  }
-  const started = await Promise.allSettled(Array.from({ length: count }, () => startWorker(dir, init, log)));
-  const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) {
-    await Promise.all(started.map((s) => (s.status === 'fulfilled' ? s.value.worker.terminate() : Promise.resolve(0))));
-    throw failed.reason;
-  }
-  const ok = started.map((s) => (s as PromiseFulfilledResult<{ worker: Worker; ep: ExecutionProvider }>).value);
-  const queue: Job[] = [];
-  let closed = false;
-  const pool: PoolWorker[] = [];
-  const dispatch = (w: PoolWorker) => {
-    if (pool.every((x) => x.dead)) {
-      const err = new FilterError('scorer_failed', 'every scorer worker thread has stopped', { dir });
-      for (const job of queue.splice(0)) job.reject(err);
-      return;
-    }
-    while (!w.busy && !w.dead && queue.length > 0) {
-      const job = queue.shift() as Job;
-      if (job.signal?.aborted) {
-        job.reject(job.signal.reason);
-        continue;
-      }
-      w.run(job);
-    }
-  };
-  for (const { worker } of ok) pool.push(new PoolWorker(worker, dispatch, log));
-  // Without padding, a CLIP processor's shortest-edge resize + centre crop applies again (it is moot on padded squares).
-  const preprocess: PreprocessSpec = options.referenceMode ? info.preprocessNoPad : info.preprocess;
-  const modelInfo: ModelInfo = info.model;
+}
 
+/**
+ * Loads a model directory (or a hub id with a cached export) into a worker pool. Fails with 'model_invalid' /
+ * 'model_not_exported' naming what is missing and the export command to run.
+ */
+export async function loadScorer(model: string, options: ScorerOptions = {}): Promise<MlmScorer> {
+  const dir = resolveModelDir(model, options.env);
+  // Checked here too so that a broken directory fails before any thread starts.
+  const info = readModelDir(dir, options.dtype ?? 'fp32');
+  const metrics = metricKeys(options.metrics);
+  const batchSize = Math.max(1, options.batchSize ?? 8);
+  const count = Math.max(1, options.workers ?? 1);
+  const init = initRequest(dir, options, metrics, count);
+  const { pool, executionProvider } = await WorkerPool.start(init, count, batchSize, options.logger ?? defaultLog);
   return {
-    model: modelInfo,
-    preprocess,
+    model: info.model,
+    // Without padding, a CLIP processor's shortest-edge resize + centre crop applies again (moot on padded squares).
+    preprocess: options.referenceMode ? info.preprocessNoPad : info.preprocess,
     metrics: metrics.map((k) => METRICS.find((m) => m.key === k)?.short as MetricShort),
     maxBatch: batchSize,
-    executionProvider: ok[0]?.ep ?? 'cpu',
+    executionProvider,
     modelDir: dir,
-    async score(batch, signal) {
-      if (closed) throw new FilterError('scorer_closed', 'score() after close()', {});
-      signal?.throwIfAborted();
-      const chunks: ScoreInput[][] = [];
-      for (let i = 0; i < batch.length; i += batchSize) chunks.push(batch.slice(i, i + batchSize));
-      const parts = await Promise.all(
-        chunks.map(
-          (inputs) =>
-            new Promise<ScoreResult[]>((resolve, reject) => {
-              queue.push({ inputs, resolve, reject, signal });
-              for (const w of pool) dispatch(w);
-            }),
-        ),
-      );
-      return parts.flat();
-    },
-    stats() {
-      const total = emptyStats();
-      for (const w of pool) {
-        for (const k of Object.keys(total) as (keyof EngineStats)[]) total[k] += w.stats?.[k] ?? 0;
-      }
-      return total;
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      for (const job of queue.splice(0)) job.reject(new FilterError('scorer_closed', 'scorer closed', {}));
-      await Promise.all(
-        pool.map(
-          (w) =>
-            new Promise<void>((resolve) => {
-              const t = setTimeout(() => void w.worker.terminate().then(() => resolve()), 5000);
-              w.worker.once('exit', () => {
-                clearTimeout(t);
-                resolve();
-              });
-              w.worker.postMessage({ type: 'close' } satisfies WorkerRequest);
-            }),
-        ),
-      );
-    },
+    score: (batch, signal) => pool.score(batch, signal),
+    stats: () => pool.stats(),
+    close: () => pool.close(),
   };
 }

@@ -5,8 +5,9 @@ import { ScoringEngine, type EngineModel, type EngineOptions } from './engine.ts
 import { generationSettings, referencePenalty, type GenerationSettings } from './generation.ts';
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';
 import { PromptTokenizer } from './tokens.ts';
+import type { ExecutionProvider } from './execution-providers.ts';
 
-export type ExecutionProvider = 'cuda' | 'webgpu' | 'cpu';
+export type { ExecutionProvider };
 
 export interface SessionOptions {
   /**

@@ -81,7 +81,7 @@ export async function tailTopics(options: TailOptions): Promise<TailResult> {
       await admin.connect();
     } catch (err) {
       throw new FilterError(
-        'kafka_unreachable',
+        'kafka_unavailable',
         `cannot reach Kafka at ${options.connection.brokers.join(',')}: ${(err as Error).message}`,
         {
           brokers: options.connection.brokers,

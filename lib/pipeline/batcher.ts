@@ -1,33 +1,11 @@
 import type { ScoreInput, ScoreResult, Scorer } from '../types.ts';
+import { PoisonInputError, ScorerBrokenError } from '../errors.ts';
 import { Semaphore } from './semaphore.ts';
 
 interface Pending {
   input: ScoreInput;
   resolve: (r: ScoreResult) => void;
   reject: (e: unknown) => void;
-}
-
-/** Raised for one record when the scorer fails on it alone while its batch-mates score fine: a poison input. */
-export class PoisonInputError extends Error {
-  constructor(
-    readonly id: string,
-    cause: unknown,
-  ) {
-    super(`scorer failed on pair ${id}: ${(cause as Error)?.message ?? cause}`, { cause });
-  }
-}
-
-/** The scorer failed on several pairs in a row, each alone: it is broken, not the pairs. */
-export class ScorerBrokenError extends Error {
-  readonly code = 'scorer_failed';
-  constructor(
-    readonly consecutive: number,
-    cause: unknown,
-  ) {
-    super(`the scorer failed on ${consecutive} pairs in a row, each alone: ${(cause as Error)?.message ?? cause}`, {
-      cause,
-    });
-  }
 }
 
 /**

@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
 import type { Policy } from '../policy/index.ts';
 import type { ImageRef, Outcome, Pair, PreparedImage, Reason, ScoreResult, SourceRecord } from '../types.ts';
-import { RejectError } from '../types.ts';
-import { PoisonInputError, type ScoreBatcher } from './batcher.ts';
+import { PoisonInputError, RejectError } from '../errors.ts';
+import type { ScoreBatcher } from './batcher.ts';
 import type { PipelineLogger } from './logger.ts';
 import { Semaphore } from './semaphore.ts';
 

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isRetriable } from '../errors.ts';
+import { codeOf, isRetriable } from '../errors.ts';
 import type { Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
 import type { PipelineLogger } from './logger.ts';
@@ -105,7 +105,7 @@ export class SinkWriter {
     }
     if (outcomes.length > 1 && refused.length === outcomes.length) throw this.broken(sink, cause, refused.length);
     for (const { outcome, error } of refused) {
-      const code = (error as { code?: string }).code ?? 'sink_refused';
+      const code = codeOf(error, 'sink_refused');
       const message = `${sink.name} cannot take this outcome: ${(error as Error).message ?? error}`;
       logger.warn('outcome refused by a sink for good: dead-lettered, the partition moves on', {
         sink: sink.name,

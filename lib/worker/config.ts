@@ -2,7 +2,7 @@ import type { Scorer } from '../types.ts';
 import { FilterError, type MetricShort } from '../types.ts';
 import type { WorkerEnvName } from '../worker-env.ts';
 import type { ImageIntake } from '../pipeline/index.ts';
-import type { ExecutionProvider } from '../model/index.ts';
+import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../model/execution-providers.ts';
 import { formatThreshold, parseThresholds, Policy } from '../policy/index.ts';
 import {
   parseMetricSelection,
@@ -224,11 +224,7 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     thresholds: e('MLMF_THRESHOLDS'),
     combine: oneOf(e('MLMF_COMBINE'), l('MLMF_COMBINE'), ['and', 'or'] as const),
     metrics: e('MLMF_METRICS') === undefined ? undefined : parseMetricSelection(e('MLMF_METRICS')!, ENV_METRICS),
-    executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), l('MLMF_EXECUTION_PROVIDER'), [
-      'cuda',
-      'webgpu',
-      'cpu',
-    ] as const),
+    executionProvider: oneOf(e('MLMF_EXECUTION_PROVIDER'), l('MLMF_EXECUTION_PROVIDER'), EXECUTION_PROVIDERS),
     batchSize: int(e('MLMF_BATCH_SIZE'), l('MLMF_BATCH_SIZE')),
     healthPort: int(e('MLMF_HEALTH_PORT'), l('MLMF_HEALTH_PORT')),
     metricsNamespace: e('MLMF_METRICS_NAMESPACE'),

@@ -49,7 +49,7 @@ import type { ImageIntake, PipelineLogger, PipelineStats } from '../pipeline/ind
 import type { Policy } from '../policy/index.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
 import type { ModelInfo, Outcome, Scorer, Sink } from '../types.ts';
-import { FilterError } from '../types.ts';
+import { codeOf, FilterError } from '../errors.ts';
 import type { WorkerConfig } from './config.ts';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -319,7 +319,7 @@ interface Tries {
 
 /** A job that threw: back to the queue (hard stop: at once; else after a backoff), or to the dead-letter queue. */
 async function failed(run: Run, message: Message, job: ShardJob, err: unknown, tries: Tries): Promise<void> {
-  const code = (err as { code?: string }).code ?? 'internal';
+  const code = codeOf(err);
   const ctx = { job: job.job, shard: job.shard, ...tries, code, error: String((err as Error).message ?? err) };
   if (run.o.abort.aborted) {
     run.o.log('warn', 'shard job abandoned on hard stop: visible again now', ctx);
@@ -345,7 +345,7 @@ async function deadLetter(
 ) {
   const { config, log } = run.o;
   const failure = {
-    code: (err as { code?: string }).code ?? 'internal',
+    code: codeOf(err),
     message: String((err as Error).message ?? err),
     ...tries,
     worker: hostname(),

@@ -1,6 +1,7 @@
 /** Address classification, --allow-address parsing and Retry-After parsing. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { ResolveError } from '../../lib/errors.ts';
 import { AddressGuard, blockedRange, normaliseHost, parseAllowAddress } from '../../lib/intake/address-guard.ts';
 import { parseRetryAfter } from '../../lib/intake/fetch.ts';
 import { FilterError } from '../../lib/types.ts';
@@ -102,7 +103,10 @@ describe('AddressGuard', () => {
 
   it('bounds a hanging DNS lookup', async () => {
     const g = new AddressGuard({ lookup: () => new Promise(() => undefined), timeoutMs: 50 });
-    await assert.rejects(g.resolve('slow.test', 80), (e: unknown) => (e as { code?: string }).code === 'EAI_TIMEOUT');
+    await assert.rejects(
+      g.resolve('slow.test', 80),
+      (e: unknown) => e instanceof ResolveError && e.code === 'dns_failed' && e.dnsCode === 'EAI_TIMEOUT',
+    );
   });
 });
 

@@ -5,7 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PoisonInputError, ScoreBatcher, ScorerBrokenError } from '../../lib/pipeline/batcher.ts';
+import { PoisonInputError, ScorerBrokenError } from '../../lib/errors.ts';
+import { ScoreBatcher } from '../../lib/pipeline/batcher.ts';
 import { Semaphore } from '../../lib/pipeline/semaphore.ts';
 import type { ScoreInput, ScoreResult, Scorer } from '../../lib/types.ts';
 
