@@ -16,12 +16,14 @@ export interface DecodeError {
 
 export type Decoded<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: DecodeError };
 
-/** Thrown inside a decode only, caught by {@link decodeJson}: the first field found wrong ends the check. */
-class FieldError extends Error {
-  constructor(readonly error: DecodeError) {
-    super(error.message);
-  }
-}
+/**
+ * Thrown inside a decode only, caught by {@link decodeObject}: the first field found wrong ends the check. A tagged
+ * plain Error rather than a class, because it never leaves this module (lib/errors.ts holds the error classes).
+ */
+const FIELD = Symbol('decode field error');
+type FieldError = Error & { readonly [FIELD]: DecodeError };
+const FieldError = (error: DecodeError): FieldError => Object.assign(new Error(error.message), { [FIELD]: error });
+const isFieldError = (err: unknown): err is FieldError => err instanceof Error && FIELD in err;
 
 export function decodeError(code: DecodeErrorCode, message: string, field?: string): DecodeError {
   return { code, message, ...(field !== undefined ? { field } : {}) };
@@ -53,7 +55,7 @@ export function decodeObject<T>(o: JsonObject, check: (o: Fields) => T): Decoded
   try {
     return { ok: true, value: check(new Fields(o, '')) };
   } catch (err) {
-    if (err instanceof FieldError) return { ok: false, error: err.error };
+    if (isFieldError(err)) return { ok: false, error: err[FIELD] };
     throw err;
   }
 }
@@ -72,17 +74,17 @@ export class Fields {
   private value(key: string, expected: string, ok: (x: unknown) => boolean, optional = false): unknown {
     const x = this.raw[key];
     if (x === undefined && !optional) {
-      throw new FieldError(decodeError('missing_field', `${this.at(key)} is missing`, this.at(key)));
+      throw FieldError(decodeError('missing_field', `${this.at(key)} is missing`, this.at(key)));
     }
     if (x !== undefined && !ok(x)) {
-      throw new FieldError(decodeError('wrong_type', `${this.at(key)} is not ${expected}`, this.at(key)));
+      throw FieldError(decodeError('wrong_type', `${this.at(key)} is not ${expected}`, this.at(key)));
     }
     return x;
   }
 
   /** An error for a check of the caller's own (thrown, it becomes the decode's error). */
   fail(error: DecodeError): Error {
-    return new FieldError(error);
+    return FieldError(error);
   }
 
   string(key: string): string {
@@ -129,7 +131,7 @@ export class Fields {
     const items = this.value(key, 'an array', Array.isArray) as unknown[];
     return items.map((item, i) => {
       const path = `${this.at(key)}[${i}]`;
-      if (!isObject(item)) throw new FieldError(decodeError('wrong_type', `${path} is not an object`, path));
+      if (!isObject(item)) throw FieldError(decodeError('wrong_type', `${path} is not an object`, path));
       return new Fields(item, path);
     });
   }
