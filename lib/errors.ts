@@ -6,6 +6,8 @@
  * Exit classes: `usage` (bad flags or arguments: exit 2), `config` (a configuration, model or input the run cannot
  * use: exit 2), `runtime` (something failed while running: exit 1). Interrupted runs exit 130 (lib/cli/main.ts).
  */
+import { isClientError } from './support/aws-errors.ts';
+
 export type ExitClass = 'usage' | 'config' | 'runtime';
 
 export interface ErrorSpec {
@@ -118,13 +120,14 @@ export function exitCodeOf(code: string): number {
 /**
  * Whether retrying can help: the catalog's flag for a coded error; kafkajs's own `retriable` flag for its errors,
  * except that kafkajs giving up after its own retries (KafkaJSNumberOfRetriesExceeded) is an outage that may still
- * end, so the caller's slower backoff goes on; otherwise true (network and server errors of the AWS SDK and undici
- * are transient far more often than not).
+ * end, so the caller's slower backoff goes on; false for an AWS client error (a 4xx other than timeout and
+ * throttling: the request is wrong or forbidden); otherwise true (network and server errors of the AWS SDK and
+ * undici, throttling, timeouts are transient far more often than not). lib/support/retry.ts's policy reads it.
  */
 export function isRetriable(err: unknown): boolean {
   const e = err as { code?: unknown; retriable?: unknown; name?: unknown } | undefined;
   if (isErrorCode(e?.code)) return ERRORS[e.code].retriable;
   if (e?.name === 'KafkaJSNumberOfRetriesExceeded') return true;
   if (typeof e?.retriable === 'boolean') return e.retriable;
-  return true;
+  return !isClientError(err);
 }
