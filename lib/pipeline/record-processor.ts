@@ -51,7 +51,7 @@ const isReason = (value: object): value is Reason => 'code' in value;
 export class RecordProcessor {
   private readonly intakeSlots: Semaphore;
   private readonly preparedSlots: Semaphore;
-  /** Any error of an image's intake but a reject may be transient for that record: tried again 200 ms later, then 400... */
+  /** Any intake error but a reject may be transient for the record: tried again 200 ms later, then 400... */
   private readonly intakeRetry: RetryPolicy;
 
   constructor(private readonly options: RecordProcessorOptions) {

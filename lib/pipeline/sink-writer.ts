@@ -11,7 +11,7 @@ export interface DeadLetterPort {
 
 export interface SinkWriterOptions {
   readonly sinks: readonly Sink[];
-  /** Backoff for retriable sink errors, ms: first wait and cap. The writer retries until the write succeeds or stops. */
+  /** Backoff for retriable sink errors, ms: first wait and cap. Retried until the write succeeds or stops. */
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
   /** Without one, a non-retriable sink error is fatal for the run (nothing is committed past it). */

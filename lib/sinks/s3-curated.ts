@@ -36,7 +36,7 @@ export interface S3CuratedSinkOptions {
   readonly idleFlushMs?: number;
   /** Multipart part size for large shards, bytes. Default 16 MiB. */
   readonly partSizeBytes?: number;
-  /** Upload retry backoff, ms (first wait 200, cap 10 000): the sink retries a failed upload, same key, until it lands. */
+  /** Upload retry backoff, ms (first wait 200, cap 10 000): a failed upload is retried, same key, until it lands. */
   readonly retryBaseMs?: number;
   readonly retryMaxMs?: number;
   /** Hard stop: pending uploads stop retrying and their writes reject. */

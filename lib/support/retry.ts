@@ -85,7 +85,7 @@ export class RetryPolicy {
     this.retryAfterMs = options.retryAfterMs;
   }
 
-  /** The wait after the `failures`-th failure in a row, ms: base x factor^(failures-1), floored by `err`'s ask, capped. */
+  /** The wait after the `failures`-th failure in a row, ms: base x factor^(failures-1), floored by `err`'s ask. */
   delayMs(failures: number, err?: unknown): number {
     const backoff = Math.min(this.maxMs, this.baseMs * this.factor ** Math.max(0, failures - 1));
     const asked = err === undefined ? undefined : this.retryAfterMs?.(err);
