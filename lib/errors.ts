@@ -9,6 +9,7 @@
  * Every error class of the project lives here too: FilterError, its subclasses (each with its catalogued code, for
  * callers that tell the failure apart by class), and RejectError (one record's reject, with a reject reason).
  */
+import { isClientError } from './support/aws-errors.ts';
 import type { Reason } from './types.ts';
 
 export type ExitClass = 'usage' | 'config' | 'runtime';
@@ -222,13 +223,14 @@ export function exitCodeOf(code: string): number {
 /**
  * Whether retrying can help: the catalog's flag for a coded error; kafkajs's own `retriable` flag for its errors,
  * except that kafkajs giving up after its own retries (KafkaJSNumberOfRetriesExceeded) is an outage that may still
- * end, so the caller's slower backoff goes on; otherwise true (network and server errors of the AWS SDK and undici
- * are transient far more often than not).
+ * end, so the caller's slower backoff goes on; false for an AWS client error (a 4xx other than timeout and
+ * throttling: the request is wrong or forbidden); otherwise true (network and server errors of the AWS SDK and
+ * undici, throttling, timeouts are transient far more often than not). lib/support/retry.ts's policy reads it.
  */
 export function isRetriable(err: unknown): boolean {
   const e = err as { code?: unknown; retriable?: unknown; name?: unknown } | undefined;
   if (isErrorCode(e?.code)) return ERRORS[e.code].retriable;
   if (e?.name === 'KafkaJSNumberOfRetriesExceeded') return true;
   if (typeof e?.retriable === 'boolean') return e.retriable;
-  return true;
+  return !isClientError(err);
 }

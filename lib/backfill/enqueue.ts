@@ -12,10 +12,11 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { SendMessageBatchCommand, type SendMessageBatchRequestEntry, type SQSClient } from '@aws-sdk/client-sqs';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { httpStatus, isNotFound } from '../support/aws-errors.ts';
+import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
 import { inputDifference, jobFolder, manifestKey, readDone, shardOfMarker, type JobFolder } from './outputs.ts';
-import { getJsonObject, httpStatus, isNotFound, listKeys, putObject, withRetry } from './s3-io.ts';
+import { getJsonObject, listKeys, putObject, withRetry } from './s3-io.ts';
 import {
   checkJobName,
   hasControlChars,
@@ -390,24 +391,24 @@ function messageEntry(job: string, output: string, s: InputShard, queueUrl: stri
   return { Id: id, MessageBody: body, ...fifo };
 }
 
-/** One SendMessageBatch with its failed entries retried; a sender fault (a bad entry) fails at once. */
+/** Up to 5 tries of a SendMessageBatch, 400 ms apart and doubling. */
+const SEND_RETRY = new RetryPolicy({ maxAttempts: 5, baseMs: 400, maxMs: 5000 });
+
+/** One SendMessageBatch with its failed entries resent; a sender fault (a bad entry) fails at once. */
 async function sendBatch(sqs: SQSClient, queueUrl: string, entries: SendMessageBatchRequestEntry[]): Promise<void> {
   let pending = entries;
-  for (let attempt = 1; pending.length > 0; attempt++) {
-    let failed: { Id?: string; SenderFault?: boolean; Code?: string; Message?: string }[];
-    try {
-      failed = (await sqs.send(new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: pending }))).Failed ?? [];
-    } catch (err) {
-      if (attempt >= 5) throw sendFailed(queueUrl, pending.length, err);
-      failed = pending.map((e) => ({ Id: e.Id, SenderFault: false, Message: String(err) }));
-    }
-    const fault = failed.find((f) => f.SenderFault);
-    if (fault) throw sendFailed(queueUrl, failed.length, new Error(`${fault.Code}: ${fault.Message}`));
-    const again = new Set(failed.map((f) => f.Id));
-    pending = pending.filter((e) => again.has(e.Id));
-    if (pending.length === 0) return;
-    if (attempt >= 5) throw sendFailed(queueUrl, pending.length, new Error(failed[0]?.Message ?? 'refused'));
-    await sleep(200 * 2 ** attempt);
+  try {
+    await SEND_RETRY.run(async () => {
+      const failed = (await sqs.send(new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: pending }))).Failed;
+      const fault = failed?.find((f) => f.SenderFault);
+      // Not the queue's trouble but the entry's: resending it gets the same answer.
+      if (fault) throw Object.assign(new Error(`${fault.Code}: ${fault.Message}`), { retriable: false });
+      const again = new Set(failed?.map((f) => f.Id));
+      pending = pending.filter((e) => again.has(e.Id));
+      if (pending.length > 0) throw new Error(failed?.[0]?.Message ?? 'refused');
+    });
+  } catch (err) {
+    throw sendFailed(queueUrl, pending.length, err);
   }
 }
 

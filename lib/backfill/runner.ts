@@ -26,7 +26,8 @@ import {
   type JobFolder,
   type ShardDone,
 } from './outputs.ts';
-import { deleteKeys, isPreconditionFailed, putObject, type RetryOptions } from './s3-io.ts';
+import { isPreconditionFailed } from '../support/aws-errors.ts';
+import { deleteKeys, putObject, type RetryOptions } from './s3-io.ts';
 import { openS3Shard } from './shard-input.ts';
 import { parseS3Uri, type InputIdentity, type ShardJob } from './shard-job.ts';
 

@@ -1,9 +1,8 @@
 /**
- * The few S3 operations backfill needs (list with pagination, get JSON, exists, put and delete), with one retry
- * policy: transient failures (5xx, throttling, network) back off and retry; a client error (403, 404, 400...) cannot
- * succeed on retry and is thrown at once.
+ * The few S3 operations backfill needs (list with pagination, get JSON, exists, put and delete), under the one retry
+ * policy (lib/support/retry.ts): transient failures (5xx, throttling, network) back off and retry; a client error
+ * (403, 404, 400...) cannot succeed on retry and is thrown at once.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -13,6 +12,8 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { isNotFound } from '../support/aws-errors.ts';
+import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
 
 export interface RetryOptions {
@@ -27,36 +28,16 @@ export interface RetryOptions {
   readonly onRetry?: (what: string, attempt: number, error: unknown) => void;
 }
 
-/** HTTP status of an AWS SDK error, when it has one. */
-export function httpStatus(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
-}
-
-/** Not found: a 404 status or the SDK's NotFound / NoSuchKey names. */
-export function isNotFound(err: unknown): boolean {
-  const name = (err as { name?: string })?.name;
-  return httpStatus(err) === 404 || name === 'NotFound' || name === 'NoSuchKey';
-}
-
-/** A 4xx other than timeout and throttling: the request itself is wrong or forbidden, a retry gets the same answer. */
-export function isClientError(err: unknown): boolean {
-  const status = httpStatus(err) ?? httpStatus((err as { cause?: unknown })?.cause);
-  return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
-}
-
-export async function withRetry<T>(what: string, fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
-  const attempts = options.attempts ?? 6;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (isClientError(err) || attempt >= attempts || options.signal?.aborted) throw err;
-      options.onRetry?.(what, attempt, err);
-      const delay = Math.min(options.maxMs ?? 5000, (options.baseMs ?? 200) * 2 ** (attempt - 1));
-      await sleep(delay, undefined, { signal: options.signal }).catch(() => undefined);
-      if (options.signal?.aborted) throw err;
-    }
-  }
+export function withRetry<T>(what: string, fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const policy = new RetryPolicy({
+    maxAttempts: options.attempts ?? 6,
+    baseMs: options.baseMs ?? 200,
+    maxMs: options.maxMs ?? 5000,
+  });
+  return policy.run(fn, {
+    signal: options.signal,
+    onRetry: ({ attempt, error }) => options.onRetry?.(what, attempt, error),
+  });
 }
 
 export interface ListedKey {
@@ -132,13 +113,6 @@ export async function getJsonObject<T>(
       key,
     });
   }
-}
-
-/** A conditional write lost: the object exists already (If-None-Match: *) and was not replaced. */
-export function isPreconditionFailed(err: unknown): boolean {
-  const e = err as { name?: string; cause?: unknown };
-  if (httpStatus(err) === 412 || e?.name === 'PreconditionFailed') return true;
-  return e?.cause !== undefined && e.cause !== err && isPreconditionFailed(e.cause);
 }
 
 export async function objectExists(s3: S3Client, bucket: string, key: string, options: RetryOptions = {}) {

@@ -7,7 +7,8 @@
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { streamTarBytes, type TarBytes } from '../formats/tar-reader.ts';
 import { FilterError } from '../types.ts';
-import { httpStatus, isNotFound, withRetry, type RetryOptions } from './s3-io.ts';
+import { httpStatus, isNotFound } from '../support/aws-errors.ts';
+import { withRetry, type RetryOptions } from './s3-io.ts';
 import type { S3Location } from './shard-job.ts';
 
 export interface ShardInputOptions {

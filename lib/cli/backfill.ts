@@ -54,15 +54,10 @@ function addEndpointOptions(cmd: Command): Command {
 
 /** The AWS clients (loaded on use, so --help does not pay for the SDK). */
 async function clients(flags: EndpointFlags): Promise<{ s3: S3Client; sqs: SQSClient; close(): void }> {
-  const [{ S3Client }, { SQSClient }] = await Promise.all([
-    import('@aws-sdk/client-s3'),
-    import('@aws-sdk/client-sqs'),
-  ]);
-  const region = flags.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
-  const s3Endpoint = flags.s3Endpoint ?? process.env.MLMF_S3_ENDPOINT;
-  const sqsEndpoint = flags.sqsEndpoint ?? process.env.MLMF_SQS_ENDPOINT;
-  const s3 = new S3Client({ region, ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}) });
-  const sqs = new SQSClient({ region, ...(sqsEndpoint ? { endpoint: sqsEndpoint } : {}) });
+  const { s3Client, sqsClient } = await import('../support/aws.ts');
+  const region = flags.region;
+  const s3 = s3Client({ region, endpoint: flags.s3Endpoint ?? process.env.MLMF_S3_ENDPOINT });
+  const sqs = sqsClient({ region, endpoint: flags.sqsEndpoint ?? process.env.MLMF_SQS_ENDPOINT });
   return {
     s3,
     sqs,

@@ -1,11 +1,11 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { S3Client } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
 import { Intake, type IntakeOptions } from '../intake/index.ts';
 import { loadScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { Closers } from '../pipeline/closers.ts';
+import { s3Client } from '../support/aws.ts';
 import { runPipeline, type PipelineLogger } from '../pipeline/index.ts';
 import { formatThreshold, Policy, type PolicyOptions } from '../policy/index.ts';
 import {
@@ -165,13 +165,7 @@ function checkScorerCovers(policy: Policy, scorer: Scorer): void {
 
 function openIntake(options: FilterJobOptions, scorer: Scorer): Intake {
   // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
-  const endpoint = process.env.MLMF_S3_ENDPOINT;
-  const s3 =
-    options.intake?.s3 ??
-    new S3Client({
-      region: process.env.AWS_REGION ?? 'us-east-1',
-      ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
-    });
+  const s3 = options.intake?.s3 ?? s3Client({ endpoint: process.env.MLMF_S3_ENDPOINT });
   const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
   options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
   return intake;

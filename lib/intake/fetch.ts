@@ -9,6 +9,7 @@ import { Agent, buildConnector, type Dispatcher } from 'undici';
 import { AddressGuard } from './address-guard.ts';
 import { fetchFailed } from './reject.ts';
 import { BlockedAddressError, RejectError, ResolveError } from '../errors.ts';
+import { RetryPolicy } from '../support/retry.ts';
 
 export interface FetcherOptions {
   readonly userAgent: string;
@@ -49,6 +50,23 @@ const RETRYABLE_CODES = new Set([
   'UND_ERR_CLOSED',
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
+
+/** A 429 or 5xx answer, retried after at least its Retry-After. */
+class RetryStatus extends Error {
+  constructor(
+    readonly status: number,
+    readonly retryAfterMs: number | undefined,
+  ) {
+    super(`HTTP ${status}`);
+  }
+}
+
+/** An attempt that threw, with the error the caller gets for it and whether another attempt may help. */
+class FailedAttempt extends Error {
+  constructor(readonly mapped: { error: Error; retryable: boolean }) {
+    super(mapped.error.message);
+  }
+}
 
 type Attempt =
   | { type: 'ok'; bytes: Buffer; contentType?: string }
@@ -93,21 +111,6 @@ class HostLimiter {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
 /** Retry-After as ms from now (delta-seconds or HTTP-date), undefined when absent or unparseable. */
 export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
   const v = Array.isArray(value) ? value[0] : value;
@@ -132,6 +135,7 @@ function contentTypeOk(type: string | undefined): boolean {
 export class Fetcher {
   private readonly agent: Agent;
   private readonly limiter: HostLimiter;
+  private readonly retry: RetryPolicy;
 
   constructor(
     private readonly opts: FetcherOptions,
@@ -158,6 +162,19 @@ export class Fetcher {
       keepAliveTimeout: 10_000,
     });
     this.limiter = new HostLimiter(opts.perHostConcurrency);
+    this.retry = new RetryPolicy({
+      maxAttempts: opts.retries + 1,
+      baseMs: opts.retryBaseDelayMs,
+      maxMs: opts.maxRetryDelayMs,
+      // Up to half of each wait off at random, so a burst of failures against one host does not retry in lockstep.
+      jitter: 0.5,
+      // A Retry-After longer than the longest wait allowed: the server asks for more than this fetch may give.
+      retriable: (e) =>
+        e instanceof RetryStatus
+          ? !(e.retryAfterMs !== undefined && e.retryAfterMs > opts.maxRetryDelayMs)
+          : e instanceof FailedAttempt && e.mapped.retryable,
+      retryAfterMs: (e) => (e instanceof RetryStatus ? e.retryAfterMs : undefined),
+    });
   }
 
   /** GETs `url` following checked redirects. Rejects with RejectError `fetch_failed`, or `signal.reason` on abort. */
@@ -208,55 +225,54 @@ export class Fetcher {
     sig: AbortSignal,
     callerSignal: AbortSignal | undefined,
   ): Promise<{ result: Exclude<Attempt, { type: 'retry' }>; attempts: number }> {
-    const max = this.opts.retries;
-    for (let attempt = 0; ; attempt++) {
-      let outcome: Attempt;
+    let attempts = 0;
+    const once = async (attempt: number) => {
+      attempts = attempt;
       const release = await this.limiter.acquire(url.host, sig).catch((e: unknown) => {
         throw this.mapError(e, url, sig, callerSignal).error;
       });
       try {
-        outcome = await this.attempt(url, sig);
-      } catch (err) {
-        const mapped = this.mapError(err, url, sig, callerSignal);
-        if (!mapped.retryable || attempt >= max) {
-          if (mapped.error instanceof RejectError && mapped.error.reason.detail && attempt > 0) {
-            (mapped.error.reason.detail as Record<string, unknown>).attempts = attempt + 1;
-          }
-          throw mapped.error;
-        }
-        release();
-        await this.backoff(attempt, undefined, sig, callerSignal, url);
-        continue;
-      } finally {
-        release();
-      }
-      if (outcome.type !== 'retry') return { result: outcome, attempts: attempt + 1 };
-      const tooLong = outcome.retryAfterMs !== undefined && outcome.retryAfterMs > this.opts.maxRetryDelayMs;
-      if (attempt >= max || tooLong) {
-        throw fetchFailed('http_status', `HTTP ${outcome.status} from ${url.host} after ${attempt + 1} attempt(s)`, {
-          status: outcome.status,
-          attempts: attempt + 1,
-          ...(outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {}),
-          url: url.href,
+        const outcome = await this.attempt(url, sig).catch((err: unknown) => {
+          throw new FailedAttempt(this.mapError(err, url, sig, callerSignal));
         });
+        if (outcome.type === 'retry') throw new RetryStatus(outcome.status, outcome.retryAfterMs);
+        return outcome;
+      } finally {
+        // Before the backoff: the host's slot is not held while waiting.
+        release();
       }
-      await this.backoff(attempt, outcome.retryAfterMs, sig, callerSignal, url);
+    };
+    try {
+      return { result: await this.retry.run(once, { signal: sig }), attempts };
+    } catch (err) {
+      throw this.hopFailure(err, attempts, url, sig, callerSignal);
     }
   }
 
-  private async backoff(
-    attempt: number,
-    retryAfterMs: number | undefined,
+  /** The error a hop's last failure gives the caller. */
+  private hopFailure(
+    err: unknown,
+    attempts: number,
+    url: URL,
     sig: AbortSignal,
     callerSignal: AbortSignal | undefined,
-    url: URL,
-  ): Promise<void> {
-    // Exponential backoff with jitter so a burst of failures against one host does not retry in lockstep.
-    const exp = this.opts.retryBaseDelayMs * 2 ** attempt * (0.5 + Math.random() / 2);
-    const ms = Math.min(this.opts.maxRetryDelayMs, Math.max(exp, retryAfterMs ?? 0));
-    await sleep(ms, sig).catch((e: unknown) => {
-      throw this.mapError(e, url, sig, callerSignal).error;
-    });
+  ): Error {
+    // A stop or the total timeout cut the wait for a retry short: that, not the failure before it, is the answer.
+    if (sig.aborted && this.retry.retriable(err)) return this.mapError(sig.reason, url, sig, callerSignal).error;
+    if (err instanceof RetryStatus) {
+      return fetchFailed('http_status', `HTTP ${err.status} from ${url.host} after ${attempts} attempt(s)`, {
+        status: err.status,
+        attempts,
+        ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}),
+        url: url.href,
+      });
+    }
+    if (!(err instanceof FailedAttempt)) return err as Error;
+    const { error } = err.mapped;
+    if (error instanceof RejectError && error.reason.detail && attempts > 1) {
+      (error.reason.detail as Record<string, unknown>).attempts = attempts;
+    }
+    return error;
   }
 
   private async attempt(url: URL, sig: AbortSignal): Promise<Attempt> {

@@ -18,6 +18,7 @@ import {
 import { TensorPool, affine, padColour, toPixelValues } from './preprocess.ts';
 import { fetchFailed } from './reject.ts';
 import { FilterError, RejectError, type ImageRef, type PreparedImage, type PreprocessSpec } from '../types.ts';
+import { httpStatus, isNotFound } from '../support/aws-errors.ts';
 
 export { parseAllowAddress, blockedRange, type AllowRule, type LookupFn } from './address-guard.ts';
 export { sniffFormat, type ImageFormat } from './decode.ts';
@@ -315,8 +316,8 @@ export class Intake {
       res = await this.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
-      const e = err as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
-      const status = e.name === 'NoSuchKey' ? 404 : e.$metadata?.httpStatusCode;
+      const e = err as { name?: string; message?: string };
+      const status = isNotFound(err) ? 404 : httpStatus(err);
       if (status !== undefined) {
         throw fetchFailed('http_status', `S3 GetObject ${where}: ${e.name ?? 'error'} (HTTP ${status})`, {
           status,

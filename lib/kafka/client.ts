@@ -7,6 +7,7 @@ import {
   type SASLOptions,
   type logCreator,
 } from 'kafkajs';
+import { RetryBudget, RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
 
 /** How the worker authenticates to the brokers. */
@@ -151,42 +152,31 @@ export function isPermanentKafkaError(err: unknown): boolean {
 export const DEFAULT_KAFKA_RETRY_BUDGET_MS = 120_000;
 
 /**
- * How long an outage has lasted, for retry loops that give up only once it outlasts a budget: the clock starts at
- * the first failure and stops at the next success.
+ * A Kafka outage under the one retry policy (lib/support/retry.ts), for retry loops that give up only once it
+ * outlasts a budget: the clock starts at the first failure (or `start()`) and stops at the next success; a permanent
+ * error (isPermanentKafkaError) ends it at once; waits grow from `baseMs` to `maxMs`, 20% jitter so workers do not
+ * move together.
  */
-export class OutageClock {
-  private since: number | undefined;
-  private failures = 0;
-
-  constructor(readonly budgetMs: number) {}
-
-  /** Starts the clock before any failure (a budget for a whole operation rather than from its first failure). */
-  start(): void {
-    this.since ??= performance.now();
+export class OutageClock extends RetryBudget {
+  constructor(budgetMs: number, backoff: { baseMs?: number; maxMs?: number } = {}) {
+    super(
+      new RetryPolicy({
+        maxElapsedMs: budgetMs,
+        baseMs: backoff.baseMs ?? 100,
+        maxMs: backoff.maxMs ?? 5000,
+        jitter: 0.2,
+        retriable: (err) => !isPermanentKafkaError(err),
+      }),
+    );
   }
 
-  /** Records a failure; true when retrying is still worth it (not permanent, outage within the budget). */
-  failed(err: unknown): boolean {
-    this.start();
-    this.failures++;
-    return !isPermanentKafkaError(err) && this.leftMs > 0;
+  get budgetMs(): number {
+    return this.policy.maxElapsedMs;
   }
 
-  /** Something got through: the outage, if any, is over. */
-  recovered(): void {
-    this.since = undefined;
-    this.failures = 0;
-  }
-
-  /** Backoff before the next retry: exponential in the failures so far, with jitter so workers do not move together. */
-  backoffMs(firstMs = 100, maxMs = 5000): number {
-    const base = Math.min(maxMs, firstMs * 2 ** Math.max(0, this.failures - 1));
-    return base * (0.8 + Math.random() * 0.4);
-  }
-
-  /** Outage time left before the budget is spent, ms (the whole budget when there is no outage). */
-  get leftMs(): number {
-    return this.since === undefined ? this.budgetMs : this.budgetMs - (performance.now() - this.since);
+  /** Backoff before the next retry, ms: exponential in the failures so far, never past the budget left. */
+  backoffMs(): number {
+    return this.nextDelayMs();
   }
 }
 

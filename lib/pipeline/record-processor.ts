@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseRecord, rawRecordId, type PairOptions } from '../pair/index.ts';
 import type { Policy } from '../policy/index.ts';
 import type { ImageRef, Outcome, Pair, PreparedImage, Reason, ScoreResult, SourceRecord } from '../types.ts';
@@ -6,6 +5,7 @@ import { PoisonInputError, RejectError } from '../errors.ts';
 import type { ScoreBatcher } from './batcher.ts';
 import type { PipelineLogger } from './logger.ts';
 import { Semaphore } from './semaphore.ts';
+import { RetryPolicy } from '../support/retry.ts';
 
 /** The image stage as the pipeline sees it (lib/intake's Intake implements it). */
 export interface ImageIntake {
@@ -51,8 +51,11 @@ const isReason = (value: object): value is Reason => 'code' in value;
 export class RecordProcessor {
   private readonly intakeSlots: Semaphore;
   private readonly preparedSlots: Semaphore;
+  /** Any intake error but a reject may be transient for the record: tried again 200 ms later, then 400... */
+  private readonly intakeRetry: RetryPolicy;
 
   constructor(private readonly options: RecordProcessorOptions) {
+    this.intakeRetry = new RetryPolicy({ maxAttempts: options.intakeAttempts, baseMs: 200, retriable: () => true });
     this.intakeSlots = new Semaphore(options.intakeConcurrency);
     this.preparedSlots = new Semaphore(options.maxPreparedImages);
   }
@@ -87,24 +90,31 @@ export class RecordProcessor {
 
   /** The prepared image, or the reject reason. Unexpected (non-reject) errors are retried, then `intake_failed`. */
   private async prepare(pair: Pair, signal: AbortSignal): Promise<PreparedImage | Reason> {
-    const { intake, intakeAttempts, logger } = this.options;
-    for (let attempt = 1; ; attempt++) {
+    const { intake, logger } = this.options;
+    let attempts = 0;
+    const once = async (attempt: number): Promise<PreparedImage | Reason> => {
+      attempts = attempt;
       await this.intakeSlots.acquire(1, signal);
       try {
         return await intake.prepare(pair.image, signal);
       } catch (err) {
         if (err instanceof RejectError) return err.reason;
-        if (signal.aborted) throw err;
-        if (attempt >= intakeAttempts) {
-          // Not the image's fault as far as anyone can tell: say so, rather than pass it off as a fetch failure.
-          const message = `intake failed ${attempt} times: ${String(err)}`;
-          return { code: 'intake_failed', message, detail: { attempts: attempt } };
-        }
-        logger.warn('intake error, retrying', { id: pair.id, attempt, error: String(err) });
+        throw err;
       } finally {
         this.intakeSlots.release();
       }
-      await sleep(100 * 2 ** attempt, undefined, { signal });
+    };
+    try {
+      return await this.intakeRetry.run(once, {
+        signal,
+        onRetry: ({ attempt, error }) =>
+          logger.warn('intake error, retrying', { id: pair.id, attempt, error: String(error) }),
+      });
+    } catch (err) {
+      if (signal.aborted) throw err;
+      // Not the image's fault as far as anyone can tell: say so, rather than pass it off as a fetch failure.
+      const message = `intake failed ${attempts} times: ${String(err)}`;
+      return { code: 'intake_failed', message, detail: { attempts } };
     }
   }
 

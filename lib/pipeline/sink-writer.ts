@@ -1,5 +1,5 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { codeOf, isRetriable } from '../errors.ts';
+import { RetryPolicy } from '../support/retry.ts';
 import type { Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
 import type { PipelineLogger } from './logger.ts';
@@ -11,7 +11,7 @@ export interface DeadLetterPort {
 
 export interface SinkWriterOptions {
   readonly sinks: readonly Sink[];
-  /** Backoff for retriable sink errors, ms: base and cap. The writer retries until the write succeeds or stops. */
+  /** Backoff for retriable sink errors, ms: first wait and cap. Retried until the write succeeds or stops. */
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
   /** Without one, a non-retriable sink error is fatal for the run (nothing is committed past it). */
@@ -32,9 +32,11 @@ export class SinkWriter {
   /** True when every sink takes overlapping writes: the next batch is handed over before this one is durable. */
   readonly overlapping: boolean;
   private readonly failedAlone = new Map<Sink, number>();
+  private readonly policy: RetryPolicy;
 
   constructor(private readonly options: SinkWriterOptions) {
     const { sinks } = options;
+    this.policy = new RetryPolicy({ baseMs: options.retryBaseMs, maxMs: options.retryMaxMs });
     this.overlapping = sinks.length > 0 && sinks.every((s) => s.overlappingWrites === true);
   }
 
@@ -70,18 +72,14 @@ export class SinkWriter {
 
   /** Runs `attempt` until it succeeds; retriable errors back off, others (and a stop) are thrown. */
   private async retrying(what: string, records: number, stop: AbortSignal, attempt: () => Promise<void>) {
-    const { retryBaseMs, retryMaxMs, logger } = this.options;
-    for (let n = 1; ; n++) {
-      try {
-        return await attempt();
-      } catch (err) {
-        if (stop.aborted || !isRetriable(err)) throw err;
-        const retryInMs = Math.min(retryMaxMs, retryBaseMs * 2 ** n);
-        const ctx = { sink: what, attempt: n, records, retryInMs, error: String(err) };
+    const { logger } = this.options;
+    await this.policy.run(attempt, {
+      signal: stop,
+      onRetry: ({ error, attempt: n, delayMs: retryInMs }) => {
+        const ctx = { sink: what, attempt: n, records, retryInMs, error: String(error) };
         logger.error('sink write failed, retrying (nothing is committed meanwhile)', ctx);
-        await sleep(retryInMs, undefined, { signal: stop });
-      }
-    }
+      },
+    });
   }
 
   /** A non-retriable error: find the outcomes the sink refuses, dead-letter them, or fail the run. */

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
+import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
 import { ShardBuilder, sampleKey } from './webdataset.ts';
 
@@ -36,7 +36,7 @@ export interface S3CuratedSinkOptions {
   readonly idleFlushMs?: number;
   /** Multipart part size for large shards, bytes. Default 16 MiB. */
   readonly partSizeBytes?: number;
-  /** Upload retry backoff, ms: the sink retries a failed upload itself, with the same key, until it lands. */
+  /** Upload retry backoff, ms (first wait 200, cap 10 000): a failed upload is retried, same key, until it lands. */
   readonly retryBaseMs?: number;
   readonly retryMaxMs?: number;
   /** Hard stop: pending uploads stop retrying and their writes reject. */
@@ -116,8 +116,13 @@ export class S3CuratedSink implements Sink {
   samplesWritten = 0;
   skippedReplayed = 0;
 
+  /** Every failure is retried (a 403 may be a policy being fixed): nothing is acked meanwhile, a stop ends it. */
+  private readonly retryPolicy: RetryPolicy;
+
   constructor(private readonly options: S3CuratedSinkOptions) {
     this.workerId = options.workerId ?? randomUUID();
+    const { retryBaseMs: baseMs = 200, retryMaxMs: maxMs = 10_000 } = options;
+    this.retryPolicy = new RetryPolicy({ baseMs, maxMs, retriable: () => true });
   }
 
   private log(level: 'info' | 'warn' | 'error', msg: string, ctx: Record<string, unknown>): void {
@@ -268,29 +273,22 @@ export class S3CuratedSink implements Sink {
   }
 
   private async retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn();
-      } catch (err) {
-        if (this.options.signal?.aborted) throw err;
-        const delay = Math.min(this.options.retryMaxMs ?? 10_000, (this.options.retryBaseMs ?? 200) * 2 ** attempt);
-        this.log('error', 'S3 request failed, retrying (nothing is acked meanwhile)', {
-          what,
-          bucket: this.options.bucket,
-          attempt,
-          retryInMs: delay,
-          error: String(err),
-        });
-        await sleep(delay, undefined, { signal: this.options.signal }).catch(() => undefined);
-        if (this.options.signal?.aborted) {
-          throw new FilterError(
-            'sink_aborted',
-            `S3 ${what} abandoned on hard stop`,
-            { bucket: this.options.bucket },
-            { cause: err },
-          );
-        }
-      }
+    const { bucket, signal } = this.options;
+    try {
+      return await this.retryPolicy.run(fn, {
+        signal,
+        onRetry: ({ error, attempt, delayMs }) =>
+          this.log('error', 'S3 request failed, retrying (nothing is acked meanwhile)', {
+            what,
+            bucket,
+            attempt,
+            retryInMs: delayMs,
+            error: String(error),
+          }),
+      });
+    } catch (err) {
+      if (!signal?.aborted) throw err;
+      throw new FilterError('sink_aborted', `S3 ${what} abandoned on hard stop`, { bucket }, { cause: err });
     }
   }
 

@@ -106,7 +106,7 @@ export class KafkaSource implements Source {
   constructor(private readonly options: KafkaSourceOptions) {
     this.log = options.logger ?? silent;
     this.committer = this.makeCommitter();
-    this.outage = new OutageClock(options.restartBudgetMs ?? DEFAULT_KAFKA_RETRY_BUDGET_MS);
+    this.outage = new OutageClock(options.restartBudgetMs ?? DEFAULT_KAFKA_RETRY_BUDGET_MS, { baseMs: 300 });
   }
 
   private notify(): void {
@@ -395,7 +395,7 @@ export class KafkaSource implements Source {
       return;
     }
     this.revokeAll('consumer restarting after an error kafkajs does not retry');
-    const delay = this.outage.backoffMs(300, 5000);
+    const delay = this.outage.backoffMs();
     this.log.warn('Kafka consumer crashed; restarting it', {
       error: String(crash.error),
       restartInMs: Math.round(delay),

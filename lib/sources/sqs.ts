@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ChangeMessageVisibilityBatchCommand,
   DeleteMessageBatchCommand,
@@ -9,6 +8,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { RetryPolicy, sleep } from '../support/retry.ts';
 import type { KafkaSourceLogger } from './kafka.ts';
 
 /** Options of the SQS source (standard or FIFO queue; competing consumers scale it out). */
@@ -27,6 +27,11 @@ export interface SqsSourceOptions {
   readonly onAcked?: (records: number, latencyMs: number) => void;
   readonly logger?: KafkaSourceLogger;
 }
+
+/** Up to 5 tries of a DeleteMessageBatch's retriable entries, 400 ms apart and doubling. */
+const DELETE_RETRY = new RetryPolicy({ maxAttempts: 5, baseMs: 400, maxMs: 5000 });
+/** A failing receive (the queue or the network down) is tried again after 1 s, then up to 10 s apart. */
+const RECEIVE_RETRY = new RetryPolicy({ baseMs: 1000, maxMs: 10_000 });
 
 const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 
@@ -142,7 +147,7 @@ export class SqsSource implements Source {
   private async deleteChunk(chunk: Message[]): Promise<void> {
     const queueUrl = this.options.queueUrl;
     let entries = chunk.map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle! }));
-    for (let attempt = 1; entries.length > 0; attempt++) {
+    await DELETE_RETRY.run(async () => {
       const res = await this.options.client.send(
         new DeleteMessageBatchCommand({ QueueUrl: queueUrl, Entries: entries }),
       );
@@ -154,18 +159,18 @@ export class SqsSource implements Source {
         this.log.warn('delete refused; the message may be redelivered', { id: f.Id, code: f.Code });
       }
       entries = entries.filter((e) => failed.has(e.Id));
-      if (entries.length === 0) return;
-      if (attempt >= 5) {
+      if (entries.length > 0) {
         throw new FilterError('sqs_delete_failed', `could not delete ${entries.length} messages`, { queueUrl });
       }
-      await sleep(200 * 2 ** attempt);
-    }
+    });
   }
 
   async *batches(signal: AbortSignal): AsyncIterable<SourceBatch> {
     const perBatch = this.options.receivesPerBatch ?? 10;
     const max = this.options.maxInFlightBatches ?? 8;
     const wait = this.options.waitTimeSeconds ?? 20;
+    // Receives are retried for as long as the source runs: the budget only paces them.
+    const failures = RECEIVE_RETRY.budget();
     while (!signal.aborted) {
       while (this.inflight >= max && !signal.aborted) {
         await Promise.race([new Promise<void>((r) => (this.room = r)), sleep(1000)]);
@@ -183,10 +188,17 @@ export class SqsSource implements Source {
           if (messages.length) await this.changeVisibility(messages, 0).catch(() => undefined);
           break;
         }
-        this.log.error('SQS receive failed, retrying', { queueUrl: this.options.queueUrl, error: String(err) });
-        await sleep(1000, undefined, { signal }).catch(() => undefined);
+        failures.failed(err);
+        const retryInMs = failures.nextDelayMs();
+        this.log.error('SQS receive failed, retrying', {
+          queueUrl: this.options.queueUrl,
+          retryInMs,
+          error: String(err),
+        });
+        await sleep(retryInMs, signal).catch(() => undefined);
         if (messages.length === 0) continue;
       }
+      failures.recovered();
       if (messages.length === 0) continue;
       this.inflight++;
       this.counts.batches++;

@@ -14,8 +14,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Intake } from '../intake/index.ts';
 import { startGpuSampling, WorkerMetrics } from '../metrics/index.ts';
 import { runPipeline, type ImageIntake, type PipelineLogger, type PipelineStats } from '../pipeline/index.ts';
@@ -33,6 +32,7 @@ import type { Policy } from '../policy/index.ts';
 import type { Kafka } from 'kafkajs';
 import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
+import { s3Client, sqsClient } from '../support/aws.ts';
 import { runShardJobs } from './shard-jobs.ts';
 import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
@@ -134,19 +134,6 @@ function healthServer(
 }
 
 type WorkerState = 'starting' | 'consuming' | 'draining';
-
-function s3Client(config: WorkerConfig, region: string): S3Client {
-  return new S3Client({
-    region,
-    ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
-    // A hung S3 request must fail and be retried, not hold the pipeline forever.
-    requestHandler: {
-      requestTimeout: config.s3RequestTimeoutMs ?? 30_000,
-      connectionTimeout: 5000,
-      throwOnRequestTimeout: true,
-    },
-  });
-}
 
 interface KafkaParts {
   readonly kafka?: Kafka;
@@ -264,7 +251,7 @@ function openSource(
       logger,
     });
   }
-  const sqs = new SQSClient({ region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+  const sqs = sqsClient({ region, endpoint: config.sqsEndpoint });
   closers.last(async () => sqs.destroy());
   return new SqsSource({
     client: sqs,
@@ -413,7 +400,8 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
   const health =
     config.healthPort === 0 ? undefined : await healthServer(config.healthPort ?? 8080, () => state, metrics);
   const healthPort = (health?.address() as { port?: number } | null)?.port;
-  const s3 = s3Client(config, region);
+  // A hung S3 request must fail and be retried, not hold the pipeline forever.
+  const s3 = s3Client({ region, endpoint: config.s3Endpoint, requestTimeoutMs: config.s3RequestTimeoutMs ?? 30_000 });
   const closers = new Closers();
   try {
     const kafka = await openKafka(config, region, log, closers);

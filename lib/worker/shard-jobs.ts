@@ -23,7 +23,7 @@ import {
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
-  SQSClient,
+  type SQSClient,
   type Message,
 } from '@aws-sdk/client-sqs';
 import type { Kafka } from 'kafkajs';
@@ -40,7 +40,10 @@ import {
   type ShardFailed,
 } from '../backfill/outputs.ts';
 import { runShardJob, type ShardResult } from '../backfill/runner.ts';
-import { isClientError, putObject } from '../backfill/s3-io.ts';
+import { putObject } from '../backfill/s3-io.ts';
+import { isClientError } from '../support/aws-errors.ts';
+import { sqsClient } from '../support/aws.ts';
+import { RetryPolicy, sleep, type RetryBudget } from '../support/retry.ts';
 import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
 import { topicMaxMessageBytes } from '../kafka/client.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
@@ -91,15 +94,21 @@ interface Run {
   readonly audit?: Sink;
   readonly stats: PipelineStats;
   shards: number;
+  /** Receives failing in a row: they pace the next try. */
+  readonly receiveFailures: RetryBudget;
 }
+
+/** A failing receive (the queue or the network down) is tried again after 1 s, then up to 10 s apart. */
+const RECEIVE_RETRY = new RetryPolicy({ baseMs: 1000, maxMs: 10_000 });
+/** A failed job is visible again after 5 s, then 10, 20... (capped by the visibility timeout): SQS does the waiting. */
+const JOB_RETRY = new RetryPolicy({ baseMs: 5000, maxMs: 12 * 3600 * 1000 });
+/** Up to 5 tries of a message's delete, 400 ms apart and doubling. */
+const DELETE_RETRY = new RetryPolicy({ maxAttempts: 5, baseMs: 400, maxMs: 5000 });
 
 /** Takes shard jobs until a stop; returns totals over the jobs it finished. */
 export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: PipelineStats; shardsWritten: number }> {
   const { config, log } = o;
-  const sqs = new SQSClient({
-    region: config.region ?? 'us-east-1',
-    ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}),
-  });
+  const sqs = sqsClient({ region: config.region, endpoint: config.sqsEndpoint });
   const run: Run = {
     o,
     sqs,
@@ -109,6 +118,7 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
     audit: await openAudit(o.kafka, config, o.scorer.model),
     stats: { records: 0, accepted: 0, rejected: 0, batchesAcked: 0, scorerBatches: 0, startedAt: Date.now() },
     shards: 0,
+    receiveFailures: RECEIVE_RETRY.budget(),
   };
   const sampler = sampleDepth(run, config.backlogSampleMs ?? 30_000);
   o.ready?.();
@@ -155,11 +165,14 @@ async function receiveOne(run: Run): Promise<Message | undefined> {
       }),
       { abortSignal: stop },
     );
+    run.receiveFailures.recovered();
     return res.Messages?.[0];
   } catch (err) {
     if (stop.aborted) return undefined;
-    run.o.log('error', 'SQS receive failed, retrying', { queueUrl: run.queueUrl, error: String(err) });
-    await new Promise((r) => setTimeout(r, 1000));
+    run.receiveFailures.failed(err);
+    const retryInMs = run.receiveFailures.nextDelayMs();
+    run.o.log('error', 'SQS receive failed, retrying', { queueUrl: run.queueUrl, retryInMs, error: String(err) });
+    await sleep(retryInMs, stop).catch(() => undefined);
     return undefined;
   }
 }
@@ -326,7 +339,7 @@ async function failed(run: Run, message: Message, job: ShardJob, err: unknown, t
     return setVisibility(run, message, 0);
   }
   if (HOPELESS.has(code) || tries.attempts >= run.maxAttempts) return deadLetter(run, message, job, err, tries);
-  const retryIn = Math.min(run.visibility, 5 * 2 ** (tries.attempts - 1));
+  const retryIn = Math.min(run.visibility, Math.ceil(JOB_RETRY.delayMs(tries.attempts) / 1000));
   run.o.log('warn', 'shard job failed; it will be retried', { ...ctx, retryInSeconds: retryIn });
   await setVisibility(run, message, retryIn);
 }
@@ -464,15 +477,14 @@ async function setVisibility(run: Run, message: Message, seconds: number): Promi
 }
 
 async function deleteMessage(run: Run, message: Message): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await run.sqs.send(new DeleteMessageCommand({ QueueUrl: run.queueUrl, ReceiptHandle: message.ReceiptHandle! }));
-      return;
-    } catch (err) {
-      // The outputs are complete: a message that comes back anyway finds the done marker and is deleted then.
-      if (attempt >= 5) return run.o.log('warn', 'delete failed; the message may come back', { error: String(err) });
-      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
-    }
+  const { sqs, queueUrl } = run;
+  try {
+    await DELETE_RETRY.run(() =>
+      sqs.send(new DeleteMessageCommand({ QueueUrl: queueUrl, ReceiptHandle: message.ReceiptHandle! })),
+    );
+  } catch (err) {
+    // The outputs are complete: a message that comes back anyway finds the done marker and is deleted then.
+    run.o.log('warn', 'delete failed; the message may come back', { error: String(err) });
   }
 }
 
