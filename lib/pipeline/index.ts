@@ -146,6 +146,7 @@ function assemble(options: PipelineOptions): Run {
     onCommitted: (outcomes) => count(stats, outcomes, options.onOutcome),
     onIdle: () => batcher.flush(),
   });
+  for (const sink of options.sinks) if (sink.revoked) ledger.onRevoked((partitions) => sink.revoked!(partitions));
   return { failure, batcher, processor, ledger, stats };
 }
 

@@ -41,8 +41,6 @@ export interface KafkaSourceOptions {
    * offsets with the consumer (at-least-once).
    */
   readonly hub?: KafkaProducerHub;
-  /** Called when in-flight batches are dropped on a rebalance, with the partitions they came from. */
-  readonly onRevoked?: (partitions: { topic: string; partition: number }[]) => void;
   /** Called after each commit with the batch's size and the time from hand-out to durable commit, ms. */
   readonly onAcked?: (records: number, latencyMs: number) => void;
   readonly logger?: KafkaSourceLogger;
@@ -119,7 +117,11 @@ export class KafkaSource implements Source {
     room.forEach((r) => r());
   }
 
-  /** Drops every batch in flight: none of them may be committed by this generation. */
+  /**
+   * Drops every batch in flight: none of them may be committed by this generation. Each batch's `revoked` signal
+   * aborts; the batch ledger turns that into its revocation event, synchronously, and the sinks and the producer hub
+   * drop what they staged for the partition before any commit of it can go on (see BatchLedger.onRevoked).
+   */
   private revokeAll(reason: string): void {
     const partitions = new Map<string, { topic: string; partition: number }>();
     for (const f of this.inflight) {
@@ -133,13 +135,11 @@ export class KafkaSource implements Source {
     this.confirmed(false);
     // Not yet picked up by the pipeline: drop them too (their offsets are not committed either).
     this.queue.length = 0;
-    for (const p of partitions.values()) this.options.hub?.discard(p.topic, p.partition);
     if (partitions.size > 0) {
       this.log.warn('rebalance: in-flight batches revoked, they will be redelivered', {
         reason,
         partitions: [...partitions.values()],
       });
-      this.options.onRevoked?.([...partitions.values()]);
     }
     this.notify();
   }
