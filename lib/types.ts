@@ -64,6 +64,12 @@ export type SourceOrigin =
   | { kind: 'file'; path: string; line: number }
   | { kind: 'webdataset'; path: string; key: string };
 
+/** A partition of a Kafka topic: the unit a consumer group assigns, revokes and commits. */
+export interface PartitionRef {
+  readonly topic: string;
+  readonly partition: number;
+}
+
 /** A WebDataset sample as read from a tar shard: key plus its members by extension. */
 export interface RawSample {
   readonly key: string;
@@ -251,5 +257,12 @@ export interface Sink {
   write(outcomes: readonly Outcome[]): Promise<void>;
   /** Makes everything written durable now (drain). */
   flush(): Promise<void>;
+  /**
+   * The run's batch ledger revoked batches of these partitions (the source lost them to a rebalance): what the sink
+   * holds or staged for them belongs to batches that will not be committed and come again, to this worker or
+   * another. Called synchronously as the revocation happens, before any later step of the batches' commits, and
+   * possibly more than once for a partition: it must be idempotent and must not throw.
+   */
+  revoked?(partitions: readonly PartitionRef[]): void;
   close(): Promise<void>;
 }

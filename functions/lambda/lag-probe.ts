@@ -10,8 +10,9 @@
  *
  * Configuration: the worker's variable names (lib/worker-env.ts) for what both read, see {@link LagProbeEnvName}.
  */
-import type { Admin, Kafka } from 'kafkajs';
+import type { Kafka } from 'kafkajs';
 import { createKafka, type KafkaAuth } from '../../lib/kafka/client.ts';
+import { groupLag, type OffsetsAdmin } from '../../lib/kafka/lag.ts';
 import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { emfDocument } from '../../lib/metrics/emf.ts';
 import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION } from '../../lib/metrics/metric-names.ts';
@@ -102,42 +103,21 @@ export interface TopicBacklog {
   readonly partitions: readonly PartitionBacklog[];
 }
 
-/** The admin calls the probe makes (a kafkajs `Admin` has them). */
-export type OffsetsAdmin = Pick<Admin, 'fetchTopicOffsets' | 'fetchOffsets'>;
-
 /**
- * Backlog of `groupId` on `topic`: per partition, end offset minus the committed offset, or minus the low watermark
- * where the group has no commit. A commit below the low watermark (records deleted by retention) counts from the low
- * watermark: the deleted records can no longer be consumed.
+ * Backlog of `groupId` on `topic`: per partition, lib/kafka/lag.ts's partitionLag -- end offset minus the committed
+ * offset, or minus the low watermark where the group has no commit or a commit below it (records deleted by
+ * retention can no longer be consumed). The worker's ConsumerLag (KafkaSource.lag) is the same measure.
  */
 export async function measureBacklog(admin: OffsetsAdmin, topic: string, groupId: string): Promise<TopicBacklog> {
-  const [ends, groups] = await Promise.all([
-    admin.fetchTopicOffsets(topic),
-    admin.fetchOffsets({ groupId, topics: [topic] }),
-  ]);
-  const commits = new Map(
-    (groups.find((g) => g.topic === topic)?.partitions ?? []).map((p) => [p.partition, BigInt(p.offset)]),
-  );
-  let total = 0n;
-  const partitions = ends
-    .map((p): PartitionBacklog => {
-      const low = BigInt(p.low);
-      const end = BigInt(p.high);
-      const commit = commits.get(p.partition);
-      const committed = commit !== undefined && commit >= 0n ? commit : null;
-      const from = committed === null || committed < low ? low : committed;
-      const backlog = end > from ? end - from : 0n;
-      total += backlog;
-      return {
-        partition: p.partition,
-        low: p.low,
-        end: p.high,
-        committed: committed?.toString() ?? null,
-        backlog: Number(backlog),
-      };
-    })
-    .sort((a, b) => a.partition - b.partition);
-  return { topic, groupId, total: Number(total), partitions };
+  const lags = await groupLag(admin, topic, groupId);
+  const partitions = lags.map((p): PartitionBacklog => ({
+    partition: p.partition,
+    low: p.low,
+    end: p.high,
+    committed: p.committed,
+    backlog: Number(p.lag),
+  }));
+  return { topic, groupId, total: Number(lags.reduce((n, p) => n + p.lag, 0n)), partitions };
 }
 
 /** The EMF document that publishes a measurement as `KafkaBacklog` with the pipeline's dimension. */

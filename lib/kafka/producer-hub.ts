@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CompressionTypes, type Admin, type Kafka, type Message, type Producer, type Transaction } from 'kafkajs';
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, isPermanentKafkaError, kafkaErrorType, OutageClock } from './client.ts';
-import type { SourceOrigin } from '../types.ts';
+import type { PartitionRef, SourceOrigin } from '../types.ts';
 import { CommitBudgetSpentError as BudgetSpent, FilterError } from '../errors.ts';
 
 /**
@@ -63,7 +63,7 @@ export type CommitResult = 'committed' | 'revoked';
 /**
  * Membership check of the caller (the Kafka source): resolves once this worker may still act for the partition --
  * at once while its group session is known good, else once a heartbeat got through or the group moved on (which
- * revokes, see `discard`). Awaited before a transactional id is initialised and before a transaction commits, so a
+ * revokes, see `revoked`). Awaited before a transactional id is initialised and before a transaction commits, so a
  * member resumed from a freeze neither commits nor fences the partition's new owner before it learns it lost it.
  */
 export type MembershipCheck = () => Promise<void>;
@@ -510,6 +510,15 @@ export class KafkaProducerHub {
     const res = await admin.fetchOffsets({ groupId: this.options.transactions!.groupId, topics: [t.topic] });
     const p = res[0]?.partitions.find((x) => x.partition === t.partition);
     return BigInt(p?.offset ?? '-1');
+  }
+
+  /**
+   * The pipeline revoked batches of these partitions (the topic sinks pass the batch ledger's revocation on): what
+   * was staged for them is dropped, and a commit requested before now commits nothing. Direct mode stages nothing.
+   */
+  revoked(partitions: readonly PartitionRef[]): void {
+    if (!this.transactional) return;
+    for (const { topic, partition } of partitions) this.discard(topic, partition);
   }
 
   /** The partition was revoked: what was staged for it will be replayed (by whichever worker owns it next). */

@@ -195,6 +195,7 @@ function openPass(options: OutcomePassOptions | PipelineOptions, how: { dedupe: 
     onCommitted: (outcomes) => count(stats, outcomes, options.onOutcome),
     onIdle: how.onIdle,
   });
+  for (const sink of options.sinks) if (sink.revoked) ledger.onRevoked((partitions) => sink.revoked!(partitions));
   return { failure, ledger, stats };
 }
 

@@ -1,6 +1,5 @@
 import { setMaxListeners } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { ByteAdmission, Outcome, SourceBatch } from '../types.ts';
+import type { ByteAdmission, Outcome, PartitionRef, SourceBatch } from '../types.ts';
 import { PIPELINE_DEFAULTS } from './defaults.ts';
 import type { PipelineLogger } from './logger.ts';
 import { RecentIds } from './recent-ids.ts';
@@ -27,6 +26,13 @@ export interface LedgerOptions {
   readonly onIdle?: () => void;
 }
 
+/**
+ * A revocation: the source took back a batch in the ledger (it lost the partition to a rebalance), with the Kafka
+ * partitions its records came from. Called synchronously as the source revokes, before any later step of the
+ * batch's commit can run; a partition may be announced once per batch revoked.
+ */
+export type RevocationListener = (partitions: readonly PartitionRef[]) => void;
+
 /** One source batch's life in the ledger: admitted, each record's outcome in (or lost), then written, committed. */
 export class BatchEntry {
   readonly outcomes: (Outcome | undefined)[];
@@ -44,6 +50,7 @@ export class BatchEntry {
     hard: AbortSignal,
     private readonly recent: RecentIds | undefined,
     private readonly onRecordDone: () => void,
+    onRevoked: (entry: BatchEntry) => void,
   ) {
     const n = batch.records.length;
     this.outcomes = new Array(n);
@@ -53,12 +60,20 @@ export class BatchEntry {
     setMaxListeners(0, this.signal);
     this.ready = new Promise((resolve) => (this.markReady = resolve));
     if (n === 0) this.markReady(true);
-    // A revoked batch is redelivered, maybe to this very worker: its ids must stop counting as seen at once.
-    batch.revoked?.addEventListener('abort', () => this.forgetIds(), { once: true });
+    batch.revoked?.addEventListener('abort', () => onRevoked(this), { once: true });
   }
 
   get revoked(): boolean {
     return this.batch.revoked?.aborted === true;
+  }
+
+  /** The Kafka partitions the batch's records came from (none for other sources). */
+  get partitions(): PartitionRef[] {
+    const found = new Map<string, PartitionRef>();
+    for (const { origin: o } of this.batch.records) {
+      if (o.kind === 'kafka') found.set(`${o.topic}\u0000${o.partition}`, { topic: o.topic, partition: o.partition });
+    }
+    return [...found.values()];
   }
 
   /** Registers a pair id of this batch; false when the run saw it before (a duplicate). */
@@ -82,6 +97,8 @@ export class BatchEntry {
   /** The batch will be redelivered: its ids must not count as duplicates then. */
   forgetIds(): void {
     for (const id of this.ids) this.recent?.forget(id);
+    // Once: a redelivered copy may have claimed them again by the time this batch is dropped.
+    this.ids.length = 0;
   }
 
   private recordDone(): void {
@@ -96,6 +113,13 @@ export class BatchEntry {
  * committer -- or dropped (revoked, hard stop, fatal error), forgetting its dedupe ids and releasing it to its
  * source. Once a batch is dropped for any reason but revocation, no later batch is committed in this run: Kafka
  * offsets are cumulative, so committing a later batch would commit past the dropped one.
+ *
+ * A revocation is the ledger's event (onRevoked): the batch's ids are forgotten and every subscriber -- the sinks,
+ * through the pipeline, and whatever they stage into -- drops what it holds for the batch's partitions.
+ *
+ * Waiting (for room under a bound, for the drain) is on events: a record's outcome, a write handed to the sinks, a
+ * batch finished. When someone waits and every admitted record has its outcome, only sink buffering holds the
+ * rest, so the sinks are flushed then -- once per such event, never on a timer.
  */
 export class BatchLedger {
   private readonly open = new Set<{ entry: BatchEntry; done: Promise<void> }>();
@@ -107,6 +131,12 @@ export class BatchLedger {
   private hole = false;
   /** Records admitted that hold no outcome yet. */
   private inProgress = 0;
+  private readonly revocationListeners = new Set<RevocationListener>();
+  /** Waits (room under a bound, the drain) going on: while any, an idle pipeline flushes its sinks. */
+  private waits = 0;
+  private flushing = false;
+  /** Something moved since the last flush began. */
+  private flushWanted = false;
   readonly counts = { committed: 0, dropped: 0 };
   /** The byte bound as sources see it: reserved before a record is read, given back when its batch is done. */
   readonly admission: ByteAdmission;
@@ -128,21 +158,60 @@ export class BatchLedger {
   async admit(batch: SourceBatch): Promise<BatchEntry> {
     await this.waitFor(this.room, batch.records.length);
     this.inProgress += batch.records.length;
-    const entry = new BatchEntry(batch, this.options.hard, this.recent, () => this.inProgress--);
+    const recordDone = () => {
+      if (--this.inProgress === 0) this.moved();
+    };
+    const entry = new BatchEntry(batch, this.options.hard, this.recent, recordDone, (e) => this.revoke(e));
     const done = this.schedule(entry);
     const item = { entry, done };
     this.open.add(item);
-    void done.finally(() => this.open.delete(item));
+    void done.finally(() => {
+      this.open.delete(item);
+      this.moved();
+    });
     return entry;
   }
 
-  /** Waits until every admitted batch is committed or dropped, flushing the sinks when only they hold records. */
+  /** Subscribes `listener` to revocations (see RevocationListener); returns its unsubscribe. */
+  onRevoked(listener: RevocationListener): () => void {
+    this.revocationListeners.add(listener);
+    return () => this.revocationListeners.delete(listener);
+  }
+
+  /**
+   * The source revoked the batch: it comes again, maybe to this very worker, so its ids stop counting as seen at
+   * once, and the subscribers drop what they hold for its partitions now -- synchronously, so that no commit of
+   * them that is under way can go on with it (the producer hub's transaction checks for exactly this).
+   */
+  private revoke(entry: BatchEntry): void {
+    entry.forgetIds();
+    const partitions = entry.partitions;
+    if (partitions.length === 0) return;
+    for (const listener of this.revocationListeners) {
+      try {
+        listener(partitions);
+      } catch (err) {
+        // A subscriber that cannot drop a revoked batch's state might commit it: nothing more may commit.
+        this.options.failure.fail(err);
+      }
+    }
+  }
+
+  /** Waits until every admitted batch is committed or dropped (or a hard stop), flushing the sinks when idle. */
   async drain(): Promise<void> {
     const { hard } = this.options;
-    while (this.open.size > 0 && !hard.aborted) {
-      const done = Promise.all([...this.open].map((o) => o.done));
-      await Promise.race([done, sleep(200)]);
-      if (this.inProgress === 0 && this.open.size > 0 && !hard.aborted) await this.flushSinks();
+    let stop!: () => void;
+    const stopped = new Promise<void>((resolve) => (stop = resolve));
+    hard.addEventListener('abort', stop, { once: true });
+    this.waits++;
+    try {
+      this.moved();
+      while (this.open.size > 0 && !hard.aborted) {
+        await Promise.race([Promise.all([...this.open].map((o) => o.done)), stopped]);
+      }
+    } finally {
+      this.waits--;
+      hard.removeEventListener('abort', stop);
     }
     await this.commitTail;
   }
@@ -153,7 +222,12 @@ export class BatchLedger {
    */
   private schedule(entry: BatchEntry): Promise<void> {
     let handedOver!: () => void;
-    const issued = new Promise<void>((resolve) => (handedOver = resolve));
+    const issued = new Promise<void>((resolve) => {
+      handedOver = () => {
+        resolve();
+        this.moved();
+      };
+    });
     const written = this.writeTail.then(() => this.writeInTurn(entry, handedOver));
     void written.finally(handedOver);
     // Overlapping sinks get the next batch once this one is handed over; others once it is durable.
@@ -211,24 +285,45 @@ export class BatchLedger {
     });
   }
 
-  /** Waits for `n` units of `bound`; when only sink buffering holds them, flushes the sinks. */
+  /** Waits for `n` units of `bound`; when only sink buffering holds them, the sinks are flushed (moved). */
   private async waitFor(bound: Semaphore, n: number, stop?: AbortSignal): Promise<void> {
     const { failure } = this.options;
-    const stops = [this.options.hard, failure.signal, ...(stop ? [stop] : [])];
-    const acquired = bound.acquire(n, AbortSignal.any(stops));
-    let settled = false;
-    void acquired.then(
-      () => (settled = true),
-      () => (settled = true),
-    );
-    while (!settled) {
-      await Promise.race([acquired.catch(() => undefined), sleep(100)]);
-      if (settled || this.inProgress > 0) continue;
-      this.options.onIdle?.();
-      await Promise.race([acquired.catch(() => undefined), this.flushSinks()]);
+    const stops = AbortSignal.any([this.options.hard, failure.signal, ...(stop ? [stop] : [])]);
+    stops.throwIfAborted();
+    if (bound.tryAcquire(n)) return;
+    const acquired = bound.acquire(n, stops);
+    this.waits++;
+    try {
+      this.moved();
+      await acquired.catch(() => undefined);
+    } finally {
+      this.waits--;
     }
     failure.throwIfFailed();
     await acquired;
+  }
+
+  /** Something moved (an outcome, a hand-over, a batch done, a wait begun): flush if that left the sinks holding all. */
+  private moved(): void {
+    // A wait that begins calls this itself.
+    if (this.waits === 0) return;
+    this.flushWanted = true;
+    if (this.flushing) return;
+    this.flushing = true;
+    void this.flushWhileIdle();
+  }
+
+  /** One flush per burst of events while someone waits, every admitted record has its outcome and batches are open. */
+  private async flushWhileIdle(): Promise<void> {
+    while (this.flushWanted) {
+      this.flushWanted = false;
+      // After this turn: a write handed over just now has added its outcomes to the sinks' buffers by then.
+      await new Promise((resolve) => setImmediate(resolve));
+      if (this.waits === 0 || this.inProgress > 0 || this.open.size === 0 || this.options.hard.aborted) continue;
+      this.options.onIdle?.();
+      await this.flushSinks();
+    }
+    this.flushing = false;
   }
 
   private async flushSinks(): Promise<void> {

@@ -1,5 +1,5 @@
 import { SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import type { Outcome, ReasonCode, Sink, SinkDurability } from '../types.ts';
+import type { Outcome, PartitionRef, ReasonCode, Sink, SinkDurability } from '../types.ts';
 import { auditSource, type AuditSource } from '../formats/audit-event.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 
@@ -105,6 +105,11 @@ export class DeadLetterSink implements Sink {
       const hit = o.reasons.find((r) => codes.includes(r.code));
       if (hit) await this.send(o, hit.code, hit.message);
     }
+  }
+
+  /** What this sink staged on the hub for revoked partitions goes with the rest of the hub's staging for them. */
+  revoked(partitions: readonly PartitionRef[]): void {
+    if (this.options.target.kind === 'kafka') this.options.target.hub.revoked(partitions);
   }
 
   async flush(): Promise<void> {}

@@ -1,4 +1,4 @@
-import type { ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
+import type { ModelInfo, Outcome, PartitionRef, Sink, SinkDurability } from '../types.ts';
 import { encodeAcceptedEvent, type AcceptedEvent } from '../formats/accepted-event.ts';
 import { fullScores } from '../formats/audit-event.ts';
 import type { KafkaProducerHub, TopicMessage } from '../kafka/producer-hub.ts';
@@ -50,6 +50,11 @@ export class KafkaAcceptedSink implements Sink {
     } else {
       await hub.publish(this.name, accepted[0]!.record.origin, messages);
     }
+  }
+
+  /** What this sink staged for revoked partitions goes with the rest of the hub's staging for them. */
+  revoked(partitions: readonly PartitionRef[]): void {
+    this.options.hub.revoked(partitions);
   }
 
   async flush(): Promise<void> {}

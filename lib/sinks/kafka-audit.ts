@@ -1,4 +1,4 @@
-import type { Decision, ModelInfo, Outcome, Sink, SinkDurability } from '../types.ts';
+import type { Decision, ModelInfo, Outcome, PartitionRef, Sink, SinkDurability } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { encodeAuditEvent, toAuditEvent, type AuditEvent } from '../formats/audit-event.ts';
 import type { DeadLetterSink } from './dead-letter.ts';
@@ -101,6 +101,11 @@ export class KafkaAuditSink implements Sink {
       );
     }
     return out;
+  }
+
+  /** What this sink staged for revoked partitions goes with the rest of the hub's staging for them. */
+  revoked(partitions: readonly PartitionRef[]): void {
+    this.options.hub.revoked(partitions);
   }
 
   async flush(): Promise<void> {}

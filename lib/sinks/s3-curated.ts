@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { DeleteObjectsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import type { ModelInfo, Outcome, Sink } from '../types.ts';
+import type { ModelInfo, Outcome, PartitionRef, Sink } from '../types.ts';
 import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
 import { ShardBuilder, sampleKey } from './webdataset.ts';
@@ -110,6 +110,8 @@ export class S3CuratedSink implements Sink {
   private readonly locations = new WeakMap<Outcome, Deferred<CuratedLocation | undefined>>();
   /** location() calls that came before the outcome's write. */
   private readonly asks = new Map<Outcome, Deferred<CuratedLocation | undefined>>();
+  /** Writes still adding their outcomes to the builders (a first write waits for the partition's listing). */
+  private readonly adding = new Set<Promise<unknown>>();
   private seq = 0;
   readonly workerId: string;
   shardsWritten = 0;
@@ -221,6 +223,17 @@ export class S3CuratedSink implements Sink {
   }
 
   async write(outcomes: readonly Outcome[]): Promise<void> {
+    const added = this.add(outcomes);
+    this.adding.add(added);
+    try {
+      await Promise.all(await added);
+    } finally {
+      this.adding.delete(added);
+    }
+  }
+
+  /** Adds the outcomes to their streams' shards; resolves with what makes them durable. */
+  private async add(outcomes: readonly Outcome[]): Promise<Promise<void>[]> {
     const durable: Promise<void>[] = [];
     const touched = new Set<Stream>();
     for (const o of outcomes) {
@@ -269,7 +282,7 @@ export class S3CuratedSink implements Sink {
         s.idle.unref();
       }
     }
-    await Promise.all(durable);
+    return durable;
   }
 
   private async retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -362,10 +375,10 @@ export class S3CuratedSink implements Sink {
   }
 
   /**
-   * The source lost these partitions: their unflushed outcomes belong to revoked batches (never acked), so they are
-   * dropped, and the next write after a re-assignment recovers the position from the bucket again.
+   * The pipeline revoked batches of these partitions: their unflushed outcomes belong to revoked batches (never
+   * acked), so they are dropped, and the next write after a re-assignment recovers the position from the bucket again.
    */
-  forgetPartitions(partitions: readonly { topic: string; partition: number }[]): void {
+  revoked(partitions: readonly PartitionRef[]): void {
     for (const { topic, partition } of partitions) {
       const key = `k\u0000${topic}\u0000${partition}`;
       const s = this.streams.get(key);
@@ -389,6 +402,8 @@ export class S3CuratedSink implements Sink {
   }
 
   async flush(): Promise<void> {
+    // A write called before the flush is part of "everything written", also one still waiting for its listing.
+    await Promise.all([...this.adding].map((a) => a.catch(() => undefined)));
     await Promise.all([...this.streams.values()].map((s) => this.cut(s)));
   }
 

@@ -4,6 +4,7 @@ import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, kafkaErrorType, nextOffset, OutageClock } from '../kafka/client.ts';
+import { groupLag } from '../kafka/lag.ts';
 
 export interface KafkaSourceLogger {
   info(msg: string, ctx?: Record<string, unknown>): void;
@@ -40,8 +41,6 @@ export interface KafkaSourceOptions {
    * offsets with the consumer (at-least-once).
    */
   readonly hub?: KafkaProducerHub;
-  /** Called when in-flight batches are dropped on a rebalance, with the partitions they came from. */
-  readonly onRevoked?: (partitions: { topic: string; partition: number }[]) => void;
   /** Called after each commit with the batch's size and the time from hand-out to durable commit, ms. */
   readonly onAcked?: (records: number, latencyMs: number) => void;
   readonly logger?: KafkaSourceLogger;
@@ -118,7 +117,11 @@ export class KafkaSource implements Source {
     room.forEach((r) => r());
   }
 
-  /** Drops every batch in flight: none of them may be committed by this generation. */
+  /**
+   * Drops every batch in flight: none of them may be committed by this generation. Each batch's `revoked` signal
+   * aborts; the batch ledger turns that into its revocation event, synchronously, and the sinks and the producer hub
+   * drop what they staged for the partition before any commit of it can go on (see BatchLedger.onRevoked).
+   */
   private revokeAll(reason: string): void {
     const partitions = new Map<string, { topic: string; partition: number }>();
     for (const f of this.inflight) {
@@ -132,13 +135,11 @@ export class KafkaSource implements Source {
     this.confirmed(false);
     // Not yet picked up by the pipeline: drop them too (their offsets are not committed either).
     this.queue.length = 0;
-    for (const p of partitions.values()) this.options.hub?.discard(p.topic, p.partition);
     if (partitions.size > 0) {
       this.log.warn('rebalance: in-flight batches revoked, they will be redelivered', {
         reason,
         partitions: [...partitions.values()],
       });
-      this.options.onRevoked?.([...partitions.values()]);
     }
     this.notify();
   }
@@ -455,28 +456,17 @@ export class KafkaSource implements Source {
   }
 
   /**
-   * Consumer-group lag over the partitions this member owns: log end offset minus committed offset (records), the
-   * backlog signal autoscaling reads for self-managed Kafka. Undefined before the first assignment.
+   * Consumer-group lag over the partitions this member owns (lib/kafka/lag.ts's partitionLag, the lag probe's
+   * measure too): the backlog signal autoscaling reads for self-managed Kafka. Undefined before the first assignment.
    */
   async lag(): Promise<number | undefined> {
     if (this.joins === 0) return undefined;
-    const o = this.options;
-    const admin = o.kafka.admin();
+    const admin = this.options.kafka.admin();
     await admin.connect();
     try {
-      const [ends, committed] = await Promise.all([
-        admin.fetchTopicOffsets(o.topic),
-        admin.fetchOffsets({ groupId: o.groupId, topics: [o.topic] }),
-      ]);
-      const done = new Map(committed[0]?.partitions.map((p) => [p.partition, BigInt(p.offset)]) ?? []);
-      let lag = 0n;
-      for (const p of ends) {
-        if (!this.assigned.includes(p.partition)) continue;
-        const c = done.get(p.partition) ?? -1n;
-        const from = c >= 0n ? c : BigInt(p.low);
-        if (BigInt(p.high) > from) lag += BigInt(p.high) - from;
-      }
-      return Number(lag);
+      const partitions = await groupLag(admin, this.options.topic, this.options.groupId);
+      const owned = partitions.filter((p) => this.assigned.includes(p.partition));
+      return Number(owned.reduce((n, p) => n + p.lag, 0n));
     } finally {
       await admin.disconnect();
     }

@@ -172,9 +172,7 @@ export class SqsSource implements Source {
     // Receives are retried for as long as the source runs: the budget only paces them.
     const failures = RECEIVE_RETRY.budget();
     while (!signal.aborted) {
-      while (this.inflight >= max && !signal.aborted) {
-        await Promise.race([new Promise<void>((r) => (this.room = r)), sleep(1000)]);
-      }
+      while (this.inflight >= max && !signal.aborted) await this.roomOrStop(signal);
       let messages: Message[] = [];
       try {
         // The first receive long-polls; the rest only top the batch up with what is already there.
@@ -205,6 +203,19 @@ export class SqsSource implements Source {
       this.counts.records += messages.length;
       yield this.makeBatch(messages);
     }
+  }
+
+  /** Resolves once a batch settles (its in-flight slot is free) or the read stops. */
+  private roomOrStop(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = () => {
+        signal.removeEventListener('abort', wake);
+        this.room = undefined;
+        resolve();
+      };
+      this.room = wake;
+      signal.addEventListener('abort', wake, { once: true });
+    });
   }
 
   /** Messages waiting in the queue (ApproximateNumberOfMessages), the backlog signal for autoscaling and alarms. */

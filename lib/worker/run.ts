@@ -223,7 +223,6 @@ async function buildSinks(
 function openSource(
   config: WorkerConfig,
   { kafka, hub, exactlyOnce }: KafkaParts,
-  curated: S3CuratedSink,
   metrics: WorkerMetrics,
   region: string,
   log: WorkerLog,
@@ -246,7 +245,6 @@ function openSource(
       heartbeatIntervalMs: session ? Math.min(3000, Math.floor(session / 3)) : undefined,
       restartBudgetMs: config.kafkaRetryBudgetMs,
       hub: exactlyOnce ? hub : undefined,
-      onRevoked: (partitions) => curated.forgetPartitions(partitions),
       onAcked,
       logger,
     });
@@ -335,7 +333,7 @@ interface PairRun {
 async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResult> {
   const { config, kafka, s3, scorer, policy, intake, metrics, log, closers, region } = parts;
   const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, run.abort, log);
-  const source = openSource(config, kafka, curated, metrics, region, log, closers);
+  const source = openSource(config, kafka, metrics, region, log, closers);
   closers.first(() => source.close());
   closers.first(sampleBacklog(source, metrics, config.backlogSampleMs ?? 30_000, log));
   run.consuming();
