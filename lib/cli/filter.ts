@@ -16,9 +16,10 @@ import {
 } from '../policy/metric-selection.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
+import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
-import type { Source } from '../types.ts';
+import type { Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
@@ -74,6 +75,8 @@ export interface FilterJobOptions {
   readonly maxPendingBytes?: number;
   /** Accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
+  /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
+  readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
   readonly progress?: 'bar' | 'log' | 'none';
   /** Graceful stop: nothing more is read; what was read is finished and written. */
@@ -105,10 +108,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   // In top-fraction mode the first pass applies the thresholds, if any, and stages what passes for the ranking.
   const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
-  const note = (message: string) =>
-    options.logger
-      ? options.logger.warn(message, { out: options.out })
-      : process.stderr.write(`mlm-filter: ${message}\n`);
+  const note = noteTo(options);
   // One run per --out, from before it is looked at until the run ends (or the process exits).
   const lock = await OutputLock.acquire(options.out, { breakLock: options.breakLock, note });
   try {
@@ -117,6 +117,12 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
     await lock.release();
   }
 }
+
+/** Where a run tells the user something that does not stop it: its logger, else one line on stderr. */
+const noteTo = (options: FilterJobOptions) => (message: string) =>
+  options.logger
+    ? options.logger.warn(message, { out: options.out })
+    : process.stderr.write(`mlm-filter: ${message}\n`);
 
 async function runInLockedOutput(
   options: FilterJobOptions,
@@ -166,6 +172,13 @@ async function runInLockedOutput(
     const ranking = new RankingValues();
     const audit = await LocalAuditSink.open({ path: join(options.out, 'rejects.jsonl'), model: scorer.model });
     const summary = new SummaryCollector(previous?.summary);
+    const pool = await PoolOutputs.open(options.out, { parquet: options.parquet, resumed: previous !== undefined });
+    // What the summary counts, the pool outputs hold: the same outcomes, decided for good.
+    const decided = (o: Outcome) => {
+      summary.add(o);
+      pool.add(o);
+    };
+    let outputs: PoolOutputsSummary | undefined;
     const progress = startProgress(options.progress, summary, source.sizeHint);
     try {
       await runPipeline({
@@ -181,18 +194,22 @@ async function runInLockedOutput(
         abort: options.abort,
         logger: options.logger,
         onOutcome: (o) => {
-          if (!top || o.decision === 'reject') summary.add(o);
+          if (!top || o.decision === 'reject') decided(o);
           else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
         },
       });
       if (top && staging) {
         await staging.flush();
-        await applyTopFraction(stagingDir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
+        await applyTopFraction(stagingDir, top, ranking, [curated, audit], decided, options.logger);
       }
       // The sinks' close writes their last files (shards.json): a failure there fails the run, never silently.
-      if (!options.abort?.aborted) await Promise.all([curated.close(), audit.close()]);
+      if (!options.abort?.aborted) {
+        await Promise.all([curated.close(), audit.close()]);
+        outputs = await pool.close(noteTo(options));
+      }
     } finally {
       progress.stop();
+      if (!outputs) await pool.discard();
       const rest = new Closers();
       [() => source.close(), () => intake.close(), async () => staging?.flush()].forEach((step) => rest.last(step));
       await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
@@ -216,6 +233,7 @@ async function runInLockedOutput(
       // The metrics scored; the others are null in the outputs and count 0 in `scores`.
       metrics: scorer.metrics,
       interrupted: options.signal?.aborted ?? false,
+      ...(outputs ? { outputs } : {}),
       intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     };
     await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');

@@ -230,6 +230,14 @@ function addFilterCommand(program: Command): void {
         positiveInt('--max-pending-bytes'),
       ),
     )
+    .addOption(
+      opt(
+        '--parquet',
+        'write pairs.parquet: one row per pair decided (ids, url, caption, input, scores, reasons)',
+        'on',
+      ),
+    )
+    .addOption(opt('--no-parquet', 'do not write pairs.parquet'))
     .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
     .addOption(
@@ -296,6 +304,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     maxSampleBytes: flags.maxSampleBytes ?? config.maxSampleBytes,
     maxPendingBytes: flags.maxPendingBytes ?? config.maxPendingBytes,
     samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
+    parquet: flags.parquet ?? config.parquet,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,
@@ -306,7 +315,10 @@ async function filterAction(flags: OptionValues): Promise<void> {
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);
   process.stdout.write(formatSummary(summary) + '\n');
-  process.stdout.write(`wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${options.out}/summary.json\n`);
+  const table = options.parquet === false ? '' : `${options.out}/pairs.parquet, `;
+  process.stdout.write(
+    `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${table}${options.out}/summary.json\n`,
+  );
   if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
 }
 
