@@ -18,7 +18,8 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
-import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
+import { listShards, WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
+import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
 import type { Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -75,6 +76,11 @@ export interface FilterJobOptions {
   readonly maxPendingBytes?: number;
   /** Accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
+  /**
+   * WebDataset input: `curated/00000.tar` holds the kept samples of input `00000.tar` (img2dataset's habit) instead of
+   * numbered shards; inputs sharing a name are refused. Not with `resume`. Default false.
+   */
+  readonly keepShardNames?: boolean;
   /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
   readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
@@ -135,6 +141,7 @@ async function runInLockedOutput(
   const input = await openInput(options.input, options.inputFormat, options.pair, {
     maxSampleBytes: options.maxSampleBytes,
   });
+  if (options.keepShardNames) await checkKeepShardNames(options, input);
   const scorer = await loadScorer(options.model, { ...options.scorer, metrics });
   try {
     const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
@@ -166,6 +173,7 @@ async function runInLockedOutput(
       dir: join(options.out, 'curated'),
       model: scorer.model,
       samplesPerShard: options.samplesPerShard,
+      keepShardNames: options.keepShardNames,
     });
     const stagingDir = join(options.out, '.staging');
     const staging = top ? await LocalCuratedSink.open({ dir: stagingDir, model: scorer.model }) : undefined;
@@ -241,6 +249,18 @@ async function runInLockedOutput(
   } finally {
     await scorer.close();
   }
+}
+
+/** --keep-shard-names: refused where it cannot hold (before anything is written), else the input names checked. */
+async function checkKeepShardNames(options: FilterJobOptions, input: Source): Promise<void> {
+  const refuse = (why: string) => {
+    throw new FilterError('bad_usage', `--keep-shard-names ${why}`, { input: options.input });
+  };
+  if (!(input instanceof WebDatasetSource))
+    refuse('names curated shards after input shards: the input is not WebDataset');
+  // A resumed run would write a second part of a shard already named (its samples cannot be joined to it).
+  if (options.resume) refuse('cannot --resume (a stopped run is re-run with --overwrite)');
+  checkKeptShardNames(await listShards([options.input]));
 }
 
 /**

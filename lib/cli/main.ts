@@ -237,7 +237,15 @@ function addFilterCommand(program: Command): void {
         'on',
       ),
     )
-    .addOption(opt('--no-parquet', 'do not write pairs.parquet'))
+    .addOption(opt('--no-parquet', 'do not write pairs.parquet', 'off: pairs.parquet is written'))
+    .addOption(
+      opt(
+        '--keep-shard-names',
+        "WebDataset input: curated/00000.tar holds input 00000.tar's kept samples (img2dataset's habit) instead " +
+          'of numbered shards; two inputs with one name are refused',
+        'off',
+      ).conflicts('resume'),
+    )
     .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
     .addOption(
@@ -305,6 +313,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     maxPendingBytes: flags.maxPendingBytes ?? config.maxPendingBytes,
     samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
     parquet: flags.parquet ?? config.parquet,
+    keepShardNames: flags.keepShardNames ?? config.keepShardNames,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,

@@ -221,3 +221,78 @@ test('a resumed run writes the table of the whole output; JSONL rows carry their
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(readdirSync(off).sort(), ['curated', 'rejects.jsonl', 'summary.json']);
 });
+
+const READ_TARS = `
+import json, sys, tarfile
+print(json.dumps({p: [m.name for m in tarfile.open(p)] for p in sys.argv[1:]}))
+`;
+
+test('--keep-shard-names: curated/00000.tar holds the kept samples of input 00000.tar, joined from numbered parts', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-keep-names-'));
+  const shards = join(dir, 'shards');
+  mkdirSync(shards);
+  await datacompShard(join(shards, '00000.tar'), 0);
+  await datacompShard(join(shards, '00001.tar'), 1);
+  const out = join(dir, 'out');
+  // Two samples per numbered part: each input shard's three kept samples are written as two parts, then joined.
+  const r = cli(
+    '--input',
+    shards,
+    '--out',
+    out,
+    '--threshold',
+    'itm>=0',
+    '--keep-shard-names',
+    '--samples-per-shard',
+    '2',
+  );
+  assert.equal(r.code, 0, r.err);
+  const curated = join(out, 'curated');
+  assert.deepEqual(readdirSync(curated).sort(), [
+    '00000.index.json',
+    '00000.tar',
+    '00001.index.json',
+    '00001.tar',
+    'shards.json',
+  ]);
+  const run = readRun(out);
+  assert.equal(run.curated.length, 6);
+  for (const meta of run.curated) {
+    const shard = meta.source.kind === 'webdataset' ? meta.source.path : '';
+    assert.equal(shard, join(shards, meta.id.startsWith('00000') ? '00000.tar' : '00001.tar'));
+  }
+  // Plain tar readers read the joined shards whole, members in order.
+  const tars = py(READ_TARS, join(curated, '00000.tar'), join(curated, '00001.tar')) as Record<string, string[]>;
+  const keys = (shard: string) => run.curated.filter((m) => m.id.startsWith(shard)).map((m) => m.key);
+  for (const shard of ['00000', '00001']) {
+    const names = tars[join(curated, `${shard}.tar`)]!;
+    assert.deepEqual(
+      names,
+      keys(shard).flatMap((k) => [`${k}.jpg`, `${k}.txt`, `${k}.json`]),
+    );
+  }
+  // The joined shards are a run's own files: --overwrite replaces them.
+  const again = cli('--input', shards, '--out', out, '--threshold', 'itm>=0', '--overwrite');
+  assert.equal(again.code, 0, again.err);
+  assert.deepEqual(
+    readdirSync(curated).filter((n) => n.endsWith('.tar')),
+    ['shard-000000.tar'],
+  );
+});
+
+test('--keep-shard-names refuses, before anything is written: a name it cannot keep, JSONL input, --resume', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-keep-names-bad-'));
+  const odd = join(dir, 'shard-000001.tar');
+  await datacompShard(odd, 0);
+  for (const [args, message] of [
+    [['--input', odd], /cannot name a curated shard after .*shard-000001\.tar/],
+    [['--input', join(root, 'sample/pairs.jsonl')], /the input is not WebDataset/],
+    [['--input', odd, '--resume'], /cannot be used with option '--resume'|cannot --resume/],
+  ] as const) {
+    const out = join(dir, `out-${Math.random().toString(36).slice(2)}`);
+    const r = cli(...args, '--out', out, '--keep-shard-names');
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, message);
+    assert.equal(existsSync(out), false, 'nothing written');
+  }
+});
