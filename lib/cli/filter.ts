@@ -16,9 +16,11 @@ import {
 } from '../policy/metric-selection.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
+import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
-import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
-import type { ModelInfo, Scorer, Source } from '../types.ts';
+import { listShards, WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
+import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
+import type { ModelInfo, Outcome, Scorer, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
@@ -75,6 +77,13 @@ export interface FilterJobOptions {
   readonly maxPendingBytes?: number;
   /** Accepted samples per curated shard. Default 1000. */
   readonly samplesPerShard?: number;
+  /**
+   * WebDataset input: `curated/00000.tar` holds the kept samples of input `00000.tar` (img2dataset's habit) instead of
+   * numbered shards; inputs sharing a name are refused. Not with `resume`. Default false.
+   */
+  readonly keepShardNames?: boolean;
+  /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
+  readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
   readonly progress?: 'bar' | 'log' | 'none';
   /** Graceful stop: nothing more is read; what was read is finished and written. */
@@ -106,10 +115,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   // In top-fraction mode the first pass applies the thresholds, if any, and stages what passes for the ranking.
   const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
-  const note = (message: string) =>
-    options.logger
-      ? options.logger.warn(message, { out: options.out })
-      : process.stderr.write(`mlm-filter: ${message}\n`);
+  const note = noteTo(options);
   // One run per --out, from before it is looked at until the run ends (or the process exits).
   const lock = await OutputLock.acquire(options.out, { breakLock: options.breakLock, note });
   try {
@@ -118,6 +124,12 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
     await lock.release();
   }
 }
+
+/** Where a run tells the user something that does not stop it: its logger, else one line on stderr. */
+const noteTo = (options: FilterJobOptions) => (message: string) =>
+  options.logger
+    ? options.logger.warn(message, { out: options.out })
+    : process.stderr.write(`mlm-filter: ${message}\n`);
 
 /** The run in a locked --out: inputs opened, sinks built, the passes run, summary.json written. */
 async function runInLockedOutput(
@@ -136,8 +148,9 @@ async function runInLockedOutput(
     const intake = openIntake(options, scorer);
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
-    await runPasses(options, { source, intake, scorer, policy, sinks, summary });
-    return await summarise(options, { source, intake, scorer, policy, summary });
+    const resumed = previous !== undefined;
+    const outputs = await runPasses(options, { source, intake, scorer, policy, sinks, summary, resumed });
+    return await summarise(options, { source, intake, scorer, policy, summary, outputs });
   } finally {
     await scorer.close();
   }
@@ -150,6 +163,7 @@ async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof 
   const input = await openInput(options.input, options.inputFormat, options.pair, {
     maxSampleBytes: options.maxSampleBytes,
   });
+  if (options.keepShardNames) await checkKeepShardNames(options, input);
   const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
   return { input, scorer, prepareOutput };
 }
@@ -183,6 +197,7 @@ async function buildSinks(options: FilterJobOptions, model: ModelInfo): Promise<
     dir: join(options.out, 'curated'),
     model,
     samplesPerShard: options.samplesPerShard,
+    keepShardNames: options.keepShardNames,
   });
   const dir = join(options.out, '.staging');
   const staging = options.topFraction ? { dir, sink: await LocalCuratedSink.open({ dir, model }) } : undefined;
@@ -197,17 +212,26 @@ interface Passes {
   readonly policy: Policy;
   readonly sinks: FilterSinks;
   readonly summary: SummaryCollector;
+  /** Whether the run resumes an earlier one (the pool outputs read its decisions back). */
+  readonly resumed: boolean;
 }
 
 /**
  * The scoring pass, then a top-fraction run's second pass over what it staged; the data-bearing sinks are closed by
  * the run (a failing close fails it), the rest whatever happens.
  */
-async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> {
+async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOutputsSummary | undefined> {
   const top = options.topFraction;
   const { source, intake, summary } = run;
   const { curated, audit, staging } = run.sinks;
   const ranking = new RankingValues();
+  const pool = await PoolOutputs.open(options.out, { parquet: options.parquet, resumed: run.resumed });
+  // What the summary counts, the pool outputs hold: the same outcomes, decided for good.
+  const decided = (o: Outcome) => {
+    summary.add(o);
+    pool.add(o);
+  };
+  let outputs: PoolOutputsSummary | undefined;
   const progress = startProgress(options.progress, summary, source.sizeHint);
   try {
     await runPipeline({
@@ -223,28 +247,33 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> 
       abort: options.abort,
       logger: options.logger,
       onOutcome: (o) => {
-        if (!top || o.decision === 'reject') summary.add(o);
+        if (!top || o.decision === 'reject') decided(o);
         else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
       },
     });
     if (top && staging) {
       await staging.sink.flush();
-      await applyTopFraction(staging.dir, top, ranking, [curated, audit], (o) => summary.add(o), options.logger);
+      await applyTopFraction(staging.dir, top, ranking, [curated, audit], decided, options.logger);
     }
     // The sinks' close writes their last files (shards.json): a failure there fails the run, never silently.
-    if (!options.abort?.aborted) await Promise.all([curated.close(), audit.close()]);
+    if (!options.abort?.aborted) {
+      await Promise.all([curated.close(), audit.close()]);
+      outputs = await pool.close(noteTo(options));
+    }
   } finally {
     progress.stop();
+    if (!outputs) await pool.discard();
     const rest = new Closers();
     [() => source.close(), () => intake.close(), async () => staging?.sink.flush()].forEach((step) => rest.last(step));
     await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
   }
+  return outputs;
 }
 
 /** The run's summary, also written durably to --out/summary.json with what the run was given. */
 async function summarise(
   options: FilterJobOptions,
-  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'>,
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'> & { outputs?: PoolOutputsSummary },
 ): Promise<RunSummary> {
   const { source, intake, policy, summary } = run;
   const top = options.topFraction;
@@ -267,10 +296,23 @@ async function summarise(
     // The metrics scored; the others are null in the outputs and count 0 in `scores`.
     metrics: run.scorer.metrics,
     interrupted: options.signal?.aborted ?? false,
+    ...(run.outputs ? { outputs: run.outputs } : {}),
     intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
   };
   await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
   return result;
+}
+
+/** --keep-shard-names: refused where it cannot hold (before anything is written), else the input names checked. */
+async function checkKeepShardNames(options: FilterJobOptions, input: Source): Promise<void> {
+  const refuse = (why: string) => {
+    throw new FilterError('bad_usage', `--keep-shard-names ${why}`, { input: options.input });
+  };
+  if (!(input instanceof WebDatasetSource))
+    refuse('names curated shards after input shards: the input is not WebDataset');
+  // A resumed run would write a second part of a shard already named (its samples cannot be joined to it).
+  if (options.resume) refuse('cannot --resume (a stopped run is re-run with --overwrite)');
+  checkKeptShardNames(await listShards([options.input]));
 }
 
 /**

@@ -236,6 +236,22 @@ function addFilterCommand(program: Command): void {
         `${PIPELINE_DEFAULTS.maxPendingBytes}`,
       ).argParser(positiveInt('--max-pending-bytes')),
     )
+    .addOption(
+      opt(
+        '--parquet',
+        'write pairs.parquet: one row per pair decided (ids, url, caption, input, scores, reasons)',
+        'on',
+      ),
+    )
+    .addOption(opt('--no-parquet', 'do not write pairs.parquet', 'off: pairs.parquet is written'))
+    .addOption(
+      opt(
+        '--keep-shard-names',
+        "WebDataset input: curated/00000.tar holds input 00000.tar's kept samples (img2dataset's habit) instead " +
+          'of numbered shards; two inputs with one name are refused',
+        'off',
+      ).conflicts('resume'),
+    )
     .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
     .addOption(
@@ -302,6 +318,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
     maxSampleBytes: flags.maxSampleBytes ?? config.maxSampleBytes,
     maxPendingBytes: flags.maxPendingBytes ?? config.maxPendingBytes,
     samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
+    parquet: flags.parquet ?? config.parquet,
+    keepShardNames: flags.keepShardNames ?? config.keepShardNames,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,
@@ -312,7 +330,10 @@ async function filterAction(flags: OptionValues): Promise<void> {
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);
   process.stdout.write(formatSummary(summary) + '\n');
-  process.stdout.write(`wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${options.out}/summary.json\n`);
+  const table = options.parquet === false ? '' : `${options.out}/pairs.parquet, `;
+  process.stdout.write(
+    `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${table}${options.out}/summary.json\n`,
+  );
   if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
 }
 

@@ -18,7 +18,7 @@ import { LOCK_ENTRY } from './out-lock.ts';
 /** What a run writes at the top of --out (summary.json's temp file included), and what each must be. */
 function topKind(name: string): 'shards' | 'file' | undefined {
   if (name === 'curated' || name === '.staging') return 'shards';
-  return /^(rejects\.jsonl|summary\.json(\.tmp-\d+)?)$/.test(name) ? 'file' : undefined;
+  return /^(rejects\.jsonl|(summary\.json|pairs\.parquet|kept_uids\.npy)(\.tmp-\d+)?)$/.test(name) ? 'file' : undefined;
 }
 
 export interface OutputChoice {

@@ -5,6 +5,7 @@ import { decodeCuratedSample, SAMPLE_JSON_MAX_BYTES, type CuratedSampleMeta } fr
 import { readTar } from '../formats/tar-reader.ts';
 import type { ModelInfo, Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
+import { isKeptStem, joinParts, keptStem } from './kept-shard-names.ts';
 import { ShardBuilder, type ShardIndex, type ShardIndexEntry } from './webdataset.ts';
 
 /** Options of the local curated sink: accepted pairs as WebDataset shards in a directory. */
@@ -18,6 +19,11 @@ export interface LocalCuratedSinkOptions {
   readonly maxShardBytes?: number;
   /** A partially filled shard is written after this long without new accepts, ms. Default 10 s. */
   readonly idleFlushMs?: number;
+  /**
+   * WebDataset input: name each curated shard after the input shard its samples came from (`00000.tar`), joined from
+   * numbered parts when the sink closes (kept-shard-names.ts). The caller checks the names first.
+   */
+  readonly keepShardNames?: boolean;
 }
 
 const WRITE_NOFOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
@@ -66,7 +72,14 @@ export function curatedFileKind(name: string): 'tar' | 'index' | 'list' | 'temp'
   if (/^shards\.json$/.test(name)) return 'list';
   if (/^shards\.json\.tmp-\d+$/.test(name)) return 'temp';
   const m = SHARD_FILE.exec(name);
-  if (!m || shardNumber(`shard-${m[1]}`) === undefined) return undefined;
+  if (!m || shardNumber(`shard-${m[1]}`) === undefined) return keptFileKind(name);
+  return m[3] ? 'temp' : m[2] === 'tar' ? 'tar' : 'index';
+}
+
+/** A shard named after its input shard (--keep-shard-names). */
+function keptFileKind(name: string): 'tar' | 'index' | 'temp' | undefined {
+  const m = /^([^.]+)\.(tar|index\.json)(\.tmp-\d+)?$/.exec(name);
+  if (!m || !isKeptStem(m[1]!)) return undefined;
   return m[3] ? 'temp' : m[2] === 'tar' ? 'tar' : 'index';
 }
 
@@ -192,6 +205,9 @@ export class LocalCuratedSink implements Sink {
   private next = 0;
   private idle: NodeJS.Timeout | undefined;
   private chain: Promise<void> = Promise.resolve();
+  /** --keep-shard-names: the input shard of the samples being built, and the numbered parts of each input shard. */
+  private stem: string | undefined;
+  private readonly parts = new Map<string, ShardIndex[]>();
   shardsWritten = 0;
 
   private constructor(private readonly options: LocalCuratedSinkOptions) {
@@ -265,6 +281,12 @@ export class LocalCuratedSink implements Sink {
     const maxBytes = this.options.maxShardBytes ?? 256 * 1024 * 1024;
     const durable: Promise<void>[] = [];
     for (const o of accepted) {
+      if (this.options.keepShardNames) {
+        const origin = o.record.origin;
+        const stem = keptStem(origin.kind === 'webdataset' ? origin.path : '');
+        if (this.builder.count > 0 && stem !== this.stem) durable.push(this.cut());
+        this.stem = stem;
+      }
       this.builder.add(o);
       if (this.builder.count >= perShard || this.builder.bytes >= maxBytes) durable.push(this.cut());
     }
@@ -295,11 +317,13 @@ export class LocalCuratedSink implements Sink {
       return Promise.reject(err);
     }
     const name = shardName(this.next++);
+    const stem = this.stem;
     const done = this.chain.then(async () => {
       const { tar, index } = await builder.finish(name);
       await writeDurable(join(this.options.dir, `${name}.tar`), tar);
       await writeDurable(join(this.options.dir, `${name}.index.json`), JSON.stringify(index));
       this.shardsWritten++;
+      if (stem !== undefined) this.parts.set(stem, [...(this.parts.get(stem) ?? []), index]);
     });
     this.chain = done.catch(() => undefined);
     done.then(
@@ -315,6 +339,8 @@ export class LocalCuratedSink implements Sink {
 
   async close(): Promise<void> {
     await this.flush();
+    for (const [stem, parts] of this.parts) await joinParts(this.options.dir, stem, parts);
+    this.parts.clear();
     const shards = (await readdir(this.options.dir)).filter((n) => curatedFileKind(n) === 'tar').sort();
     await writeDurable(join(this.options.dir, 'shards.json'), JSON.stringify({ shards }, null, 1));
   }
