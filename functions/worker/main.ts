@@ -7,7 +7,7 @@
 import { pathToFileURL } from 'node:url';
 import type { FilterError } from '../../lib/types.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
-import { jsonLog, runWorker } from '../../lib/worker/run.ts';
+import { runWorker, workerLog } from '../../lib/worker/run.ts';
 import { drainBudgetFromEnv, stopSignals } from '../../lib/worker/stop-signals.ts';
 
 export * from '../../lib/worker/run.ts';
@@ -16,14 +16,14 @@ export * from '../../lib/worker/run.ts';
 export async function main(): Promise<number> {
   try {
     // Drain on the first signal; abandon on a second one or when MLMF_DRAIN_BUDGET_MS (< ECS's stopTimeout) is spent.
-    const stop = stopSignals(jsonLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
+    const stop = stopSignals(workerLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
     process.on('SIGTERM', stop.onSignal);
     process.on('SIGINT', stop.onSignal);
     await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });
     return stop.hard.aborted ? 1 : 0;
   } catch (err) {
     const e = err as FilterError;
-    jsonLog('error', 'worker failed', { code: e.code ?? 'internal', error: e.message, context: e.context });
+    workerLog.error('worker failed', { code: e.code ?? 'internal', error: e.message, context: e.context });
     return 1;
   }
 }

@@ -1,6 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { BatchLedger } from '../pipeline/ledger.ts';
-import { silentLogger, type PipelineLogger } from '../pipeline/logger.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 import { RunFailure } from '../pipeline/run-failure.ts';
 import { SinkWriter } from '../pipeline/sink-writer.ts';
 import { Policy, topFractionCutoff, type PolicyOptions, type Verdict } from '../policy/index.ts';
@@ -133,7 +133,7 @@ export async function applyTopFraction(
   values: RankingValues,
   sinks: readonly Sink[],
   onOutcome: (o: Outcome) => void,
-  logger: PipelineLogger = silentLogger,
+  logger: Logger = silentLogger,
 ): Promise<{ score: number; expected: number } | undefined> {
   const cutoff = values.cutoff(options.fraction);
   if (cutoff) {

@@ -18,7 +18,8 @@ import type { Scorer, ScoreInput, ScoreResult } from '../types.ts';
 import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
+import type { ExecutionProvider, SessionOptions } from './sessions.ts';
+import { jsonLogger, type Logger } from '../support/logger.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -36,7 +37,7 @@ export interface ScorerOptions extends SessionOptions {
   /** Also read answers that start with the whitespace token. Default: mlm_filter.json's `score_whitespace_lead`. */
   readonly whitespaceLead?: boolean;
   /** Where load and fallback messages go. Default: one JSON line on stderr. */
-  readonly logger?: LogFn;
+  readonly logger?: Logger;
   /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
@@ -49,9 +50,6 @@ export interface MlmScorer extends Scorer {
   /** Work counters summed over the workers. */
   stats(): EngineStats;
 }
-
-const defaultLog: LogFn = (level, message, context) =>
-  process.stderr.write(`${JSON.stringify({ level, component: 'scorer', message, ...context })}\n`);
 
 function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
   if (!metrics || metrics.length === 0) return METRICS.map((m) => m.key);
@@ -95,7 +93,7 @@ class PoolWorker {
   constructor(
     readonly worker: Worker,
     private readonly onIdle: (w: PoolWorker) => void,
-    private readonly log: LogFn,
+    private readonly log: Logger,
   ) {
     worker.on('message', (msg: WorkerReply) => this.onMessage(msg));
     worker.on('error', (err) => {
@@ -122,7 +120,7 @@ class PoolWorker {
   }
 
   private onMessage(msg: WorkerReply): void {
-    if (msg.type === 'log') this.log(msg.level, msg.message, msg.context);
+    if (msg.type === 'log') this.log.log(msg.level, msg.message, msg.context);
     if (msg.type !== 'result' && msg.type !== 'error') return;
     const job = this.pending.get(msg.id);
     this.pending.delete(msg.id);
@@ -153,11 +151,11 @@ class PoolWorker {
   }
 }
 
-async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, log: LogFn) {
+async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, log: Logger) {
   const worker = spawnWorker();
   const ep = await new Promise<ExecutionProvider>((resolve, reject) => {
     const onMessage = (msg: WorkerReply) => {
-      if (msg.type === 'log') log(msg.level, msg.message, msg.context);
+      if (msg.type === 'log') log.log(msg.level, msg.message, msg.context);
       else if (msg.type === 'ready') {
         worker.off('message', onMessage);
         resolve(msg.executionProvider);
@@ -183,7 +181,7 @@ async function startWorker(dir: string, init: WorkerRequest & { type: 'init' }, 
  * 'model_not_exported' naming what is missing and the export command to run.
  */
 export async function loadScorer(model: string, options: ScorerOptions = {}): Promise<MlmScorer> {
-  const log = options.logger ?? defaultLog;
+  const log = options.logger ?? jsonLogger().child({ component: 'scorer' });
   const dir = resolveModelDir(model, options.env);
   // Checked here too so that a broken directory fails before any thread starts.
   const info = readModelDir(dir, options.dtype ?? 'fp32');

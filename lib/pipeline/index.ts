@@ -4,13 +4,12 @@ import type { PairOptions } from '../pair/index.ts';
 import type { Outcome, Scorer, Sink, Source } from '../types.ts';
 import { ScoreBatcher } from './batcher.ts';
 import { BatchLedger, DEFAULT_MAX_PENDING_BYTES, type BatchEntry } from './ledger.ts';
-import { silentLogger, type PipelineLogger } from './logger.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
 import { RunFailure } from './run-failure.ts';
 import { SinkWriter, type DeadLetterPort } from './sink-writer.ts';
 
 export type { ImageIntake } from './record-processor.ts';
-export type { PipelineLogger } from './logger.ts';
 export type { DeadLetterPort } from './sink-writer.ts';
 
 /** Options of one pipeline run. Every queue between stages is bounded by one of these. */
@@ -58,7 +57,7 @@ export interface PipelineOptions {
   readonly onOutcome?: (outcome: Outcome) => void;
   /** Called with each record's time in a stage (`intake`: fetch + decode + preprocess, `score`: wait + inference). */
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
-  readonly logger?: PipelineLogger;
+  readonly logger?: Logger;
 }
 
 export const PIPELINE_DEFAULTS = {

@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ByteAdmission, Outcome, SourceBatch } from '../types.ts';
-import type { PipelineLogger } from './logger.ts';
+import type { Logger } from '../support/logger.ts';
 import { RecentIds } from './recent-ids.ts';
 import type { RunFailure } from './run-failure.ts';
 import { Semaphore } from './semaphore.ts';
@@ -21,7 +21,7 @@ export interface LedgerOptions {
   /** Hard stop: in-flight batches are dropped uncommitted. */
   readonly hard: AbortSignal;
   readonly failure: RunFailure;
-  readonly logger: PipelineLogger;
+  readonly logger: Logger;
   /** Each committed batch's outcomes, in source order. */
   readonly onCommitted: (outcomes: readonly Outcome[]) => void;
   /** Records wait on nothing but sink buffering: push partial work through (the scorer's partial batch). */

@@ -9,7 +9,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
-import type { KafkaSourceLogger } from './kafka.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 
 /** Options of the SQS source (standard or FIFO queue; competing consumers scale it out). */
 export interface SqsSourceOptions {
@@ -25,10 +25,8 @@ export interface SqsSourceOptions {
   readonly visibilityTimeoutSeconds?: number;
   /** Called after each delete with the batch's size and the time from hand-out to delete, ms. */
   readonly onAcked?: (records: number, latencyMs: number) => void;
-  readonly logger?: KafkaSourceLogger;
+  readonly logger?: Logger;
 }
-
-const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 
 /** A batch handed out and not yet committed or released. */
 interface InWork {
@@ -49,10 +47,10 @@ export class SqsSource implements Source {
   private room: (() => void) | undefined;
   private readonly inWork = new WeakMap<SourceBatch, InWork>();
   readonly counts = { batches: 0, acked: 0, records: 0, deleteFailures: 0 };
-  private readonly log: KafkaSourceLogger;
+  private readonly log: Logger;
 
   constructor(private readonly options: SqsSourceOptions) {
-    this.log = options.logger ?? silent;
+    this.log = options.logger ?? silentLogger;
   }
 
   private async receive(signal: AbortSignal, wait: number): Promise<Message[]> {
