@@ -13,15 +13,14 @@
 import * as ort from '../../lib/model/onnxruntime.ts';
 import type { EngineResult } from '../../lib/model/engine.ts';
 import { loadEngine, type ExecutionProvider } from '../../lib/model/sessions.ts';
+import { jsonLogger } from '../../lib/support/logger.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
 import { loadReference } from '../../test/model/reference.ts';
 
 if (process.env.EP_VERBOSE === '1') ort.env.logLevel = 'verbose';
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
 const eps = (process.argv.slice(2).length ? process.argv.slice(2) : ['webgpu']) as ExecutionProvider[];
-const log = (level: string, message: string, context: Record<string, unknown>): void => {
-  if (level === 'warn') process.stderr.write(`warn: ${message} ${JSON.stringify(context)}\n`);
-};
+const log = jsonLogger(process.stderr, { level: 'warn' });
 
 function maxAbs(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;

@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadEngine, type ExecutionProvider } from '../../lib/model/sessions.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 import type { ModelDtype } from '../../lib/model/model-dir.ts';
 
 const [dir, ep = 'webgpu', dtype = 'fp16', pairsArg = '32'] = process.argv.slice(2);
@@ -18,7 +19,7 @@ const out = mkdtempSync(join(tmpdir(), 'ort-profile-'));
 const { engine, executionProvider, info } = await loadEngine(
   dir,
   { executionProvider: ep as ExecutionProvider, dtype: dtype as ModelDtype, profilePrefix: join(out, 'p') },
-  () => undefined,
+  silentLogger,
 );
 const size = info.preprocess.size;
 const pixels = new Float32Array(3 * size * size).map((_, i) => Math.sin(i * 0.37) * 0.8);

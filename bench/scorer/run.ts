@@ -28,6 +28,7 @@ import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import * as ort from '../../lib/model/onnxruntime.ts';
 import { loadEngine } from '../../lib/model/sessions.ts';
+import { jsonLogger } from '../../lib/support/logger.ts';
 import type { MetricKey } from '../../lib/types.ts';
 
 /** The last commit with the previous (multi-session, KV cache through JS) engine. */
@@ -197,6 +198,9 @@ function add(a: RunFigures | undefined, b: RunFigures): RunFigures {
   return out;
 }
 
+/** Quiet for the loadEngine of any ref: older ones call their logger as a function, newer ones call its methods. */
+const quietAnyRef = Object.assign(() => undefined, { debug() {}, info() {}, warn() {}, error() {}, log() {} });
+
 /** The previous engine's lib/model from git (with the lib/types.ts it was written against). */
 async function baselineLoader(ref: string) {
   const dir = `${ROOT}bench/.cache/scorer-baseline-${ref}`;
@@ -209,7 +213,7 @@ async function baselineLoader(ref: string) {
   return mod.loadEngine as unknown as (
     dir: string,
     opts: Record<string, unknown>,
-    log: () => void,
+    log: typeof quietAnyRef,
   ) => Promise<{ engine: Engine; info: { preprocess: { size: number } } }>;
 }
 
@@ -263,15 +267,13 @@ async function main(): Promise<void> {
     fallbackToCpu: args.ep === 'cpu',
     ...(args.threads ? { intraOpThreads: Number(args.threads) } : {}),
   };
-  const log = (level: string, message: string, context: Record<string, unknown>) => {
-    if (level === 'warn') process.stderr.write(`${level}: ${message} ${JSON.stringify(context)}\n`);
-  };
+  const log = jsonLogger(process.stderr, { level: 'warn' });
   const open = async (path: PathName): Promise<{ engine: Engine; size: number }> => {
     if (path === 'reference' || path === 'previous') {
       const l = await (baseline as NonNullable<typeof baseline>)(
         model,
         { ...common, referenceMode: path === 'reference' },
-        () => undefined,
+        quietAnyRef,
       );
       return { engine: l.engine, size: l.info.preprocess.size };
     }

@@ -12,6 +12,7 @@ import { writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { runWorker } from '../../lib/worker/run.ts';
+import { Logger } from '../../lib/support/logger.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import type { PreprocessSpec, ScoreInput, ScoreResult, Scorer } from '../../lib/types.ts';
 import {
@@ -141,10 +142,10 @@ async function stream(): Promise<{ totalMs: number; steadyMs: number; shards: nu
     },
     {
       signal: stop.signal,
-      log: (level, msg) => {
+      logger: new Logger(({ level, msg }) => {
         if (msg === 'joined consumer group' && !joinedAt) joinedAt = performance.now();
         if (level === 'error') console.error(msg);
-      },
+      }),
       metricsOut: null,
     },
   );

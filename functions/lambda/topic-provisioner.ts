@@ -14,6 +14,7 @@
 import { Kafka, logLevel, type Admin, type KafkaConfig, type SASLOptions } from 'kafkajs';
 import { generateAuthToken } from 'aws-msk-iam-sasl-signer-js';
 import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
+import { jsonLogger, type Logger } from '../../lib/support/logger.ts';
 import { FilterError } from '../../lib/types.ts';
 
 /** The subset of a CloudFormation custom resource event the Provider framework hands to `onEvent`. */
@@ -178,7 +179,8 @@ export type TopicAdmin = Pick<
 export interface ProvisionerDeps {
   /** Builds a connected-on-demand admin for the request. */
   createAdmin(request: TopicRequest): Promise<TopicAdmin>;
-  log?(entry: Record<string, unknown>): void;
+  /** Default: JSON lines on stdout (CloudWatch Logs). */
+  readonly logger?: Logger;
 }
 
 async function existingPartitions(admin: TopicAdmin, names: readonly string[]): Promise<Map<string, number>> {
@@ -227,7 +229,7 @@ function physicalId(event: CustomResourceEvent): string {
  * Delete for a replaced resource (which could otherwise drop topics still in use).
  */
 export async function onEvent(event: CustomResourceEvent, deps: ProvisionerDeps): Promise<CustomResourceResponse> {
-  const log = deps.log ?? ((e) => console.log(JSON.stringify(e)));
+  const log = deps.logger ?? jsonLogger(process.stdout);
   const id = physicalId(event);
   if (event.RequestType === 'Delete') {
     let request: TopicRequest;
@@ -235,11 +237,11 @@ export async function onEvent(event: CustomResourceEvent, deps: ProvisionerDeps)
       request = parseTopicRequest(event.ResourceProperties);
     } catch (err) {
       // A Create that failed validation is rolled back with a Delete of the same properties: nothing to undo.
-      log({ msg: 'delete with invalid properties: nothing to do', error: String(err) });
+      log.warn('delete with invalid properties: nothing to do', { error: String(err) });
       return { PhysicalResourceId: id };
     }
     if (!request.deleteOnDestroy) {
-      log({ msg: 'topics retained', topics: request.topics.map((t) => t.name) });
+      log.info('topics retained', { topics: request.topics.map((t) => t.name) });
       return { PhysicalResourceId: id };
     }
     const admin = await deps.createAdmin(request);
@@ -251,7 +253,7 @@ export async function onEvent(event: CustomResourceEvent, deps: ProvisionerDeps)
       );
       const names = [...existing.keys()];
       if (names.length > 0) await admin.deleteTopics({ topics: names });
-      log({ msg: 'topics deleted', topics: names });
+      log.info('topics deleted', { topics: names });
       return { PhysicalResourceId: id, Data: { Deleted: names.join(',') } };
     } finally {
       await admin.disconnect();
@@ -268,7 +270,7 @@ export async function onEvent(event: CustomResourceEvent, deps: ProvisionerDeps)
       Grown: plan.grow.map((g) => `${g.name}:${g.from}->${g.partitions}`).join(','),
       Unchanged: plan.unchanged.join(','),
     };
-    log({ msg: 'topics ensured', requestType: event.RequestType, ...summary });
+    log.info('topics ensured', { requestType: event.RequestType, ...summary });
     return { PhysicalResourceId: id, Data: summary };
   } finally {
     await admin.disconnect();

@@ -8,7 +8,7 @@
 import { pathToFileURL } from 'node:url';
 import { codeOf, exitCodeOf, type FilterError } from '../../lib/errors.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
-import { jsonLog, runWorker } from '../../lib/worker/run.ts';
+import { runWorker, workerLog } from '../../lib/worker/run.ts';
 import { drainBudgetFromEnv, stopSignals } from '../../lib/worker/stop-signals.ts';
 
 export * from '../../lib/worker/run.ts';
@@ -17,7 +17,7 @@ export * from '../../lib/worker/run.ts';
 export async function main(): Promise<number> {
   try {
     // Drain on the first signal; abandon on a second one or when MLMF_DRAIN_BUDGET_MS (< ECS's stopTimeout) is spent.
-    const stop = stopSignals(jsonLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
+    const stop = stopSignals(workerLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
     process.on('SIGTERM', stop.onSignal);
     process.on('SIGINT', stop.onSignal);
     await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });
@@ -25,7 +25,7 @@ export async function main(): Promise<number> {
   } catch (err) {
     const e = err as Partial<FilterError>;
     const code = codeOf(err);
-    jsonLog('error', 'worker failed', { code, error: e.message ?? String(err), context: e.context });
+    workerLog.error('worker failed', { code, error: e.message ?? String(err), context: e.context });
     // The catalog's exit class, as the CLI's: 2 for a configuration the worker cannot run with, 1 for a runtime failure.
     return exitCodeOf(code);
   }

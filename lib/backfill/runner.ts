@@ -9,7 +9,8 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SummaryCollector } from '../metrics/run-summary.ts';
 import type { PairOptions } from '../pair/index.ts';
-import { runPipeline, type ImageIntake, type PipelineLogger } from '../pipeline/index.ts';
+import { runPipeline, type ImageIntake } from '../pipeline/index.ts';
+import type { Logger } from '../support/logger.ts';
 import type { Policy } from '../policy/index.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
 import type { ByteAdmission, Outcome, Scorer, Sink, Source, SourceBatch } from '../types.ts';
@@ -64,7 +65,7 @@ export interface ShardJobOptions {
   readonly beforePublish?: () => Promise<void>;
   readonly onOutcome?: (outcome: Outcome) => void;
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
-  readonly logger?: PipelineLogger;
+  readonly logger?: Logger;
 }
 
 export interface ShardResult {

@@ -6,7 +6,8 @@ import { loadScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { s3Client } from '../support/aws.ts';
-import { runPipeline, type PipelineLogger } from '../pipeline/index.ts';
+import { runPipeline } from '../pipeline/index.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 import { formatThreshold, Policy, type PolicyOptions } from '../policy/index.ts';
 import {
   CLI_METRICS,
@@ -90,7 +91,7 @@ export interface FilterJobOptions {
   readonly signal?: AbortSignal;
   /** Hard stop: in-flight work is abandoned (a later `resume` run scores it). */
   readonly abort?: AbortSignal;
-  readonly logger?: PipelineLogger;
+  readonly logger?: Logger;
 }
 
 export async function openInput(
@@ -265,7 +266,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
     if (!outputs) await pool.discard();
     const rest = new Closers();
     [() => source.close(), () => intake.close(), async () => staging?.sink.flush()].forEach((step) => rest.last(step));
-    await rest.run((msg, ctx) => options.logger?.warn(msg, ctx));
+    await rest.run(options.logger ?? silentLogger);
   }
   return outputs;
 }

@@ -394,7 +394,7 @@ function addWorkerCommand(program: Command): void {
     worker.addOption(flag.startsWith('--thresholds ') ? option.argParser(thresholdListArg) : option);
   }
   worker.action(async (flags: Record<string, string | undefined>) => {
-    const { configFrom, jsonLog, runWorker } = await import('../worker/run.ts');
+    const { configFrom, runWorker, workerLog } = await import('../worker/run.ts');
     // Flags and environment by the settings' documented names: a flag wins over its variable, and an error names both.
     const byName = new Map(
       workerFlags.map(([flag, name]) => [name, { flag: flag.split(' ')[0]!, key: flagKey(flag) }]),
@@ -410,7 +410,7 @@ function addWorkerCommand(program: Command): void {
       },
     });
     const { drainBudgetFromEnv, stopSignals: workerStops } = await import('../worker/stop-signals.ts');
-    const stop = workerStops(jsonLog, drainBudgetFromEnv(), {
+    const stop = workerStops(workerLog, drainBudgetFromEnv(), {
       exit: (code) => process.exit(code),
       code: EXIT.interrupted,
     });

@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseFrom } from '../monitor/from.ts';
 import type { ReportInput } from '../report/index.ts';
 import type { KafkaAuth, KafkaConnectionOptions } from '../kafka/client.ts';
+import { jsonLogger } from '../support/logger.ts';
 import { FilterError } from '../types.ts';
 import { shownDefault } from './usage.ts';
 
@@ -66,9 +67,7 @@ function connectionFrom(flags: {
     auth,
     tls: flags.tls || !!flags.iamRegion,
     // Monitoring must not drown the view in client logs: only errors, to stderr.
-    log: (level, message) => {
-      if (level === 'error') process.stderr.write(`${message}\n`);
-    },
+    logger: jsonLogger(process.stderr, { level: 'error' }),
   };
 }
 

@@ -1,5 +1,6 @@
 import { rm } from 'node:fs/promises';
-import { writeOutcomes, type PipelineLogger } from '../pipeline/index.ts';
+import { writeOutcomes } from '../pipeline/index.ts';
+import type { Logger } from '../support/logger.ts';
 import { routeByCutoff, type Cutoff, type RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
 import { originOf, presentScores } from '../formats/audit-event.ts';
 import { decodeCuratedSample } from '../formats/curated-sample.ts';
@@ -48,7 +49,7 @@ export async function applyTopFraction(
   values: RankingValues,
   sinks: readonly Sink[],
   onOutcome: (o: Outcome) => void,
-  logger?: PipelineLogger,
+  logger?: Logger,
 ): Promise<Cutoff | undefined> {
   const cutoff = values.cutoff(options.fraction);
   if (cutoff) {

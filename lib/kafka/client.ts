@@ -8,6 +8,7 @@ import {
   type logCreator,
 } from 'kafkajs';
 import { RetryBudget, RetryPolicy } from '../support/retry.ts';
+import { jsonLogger, type Logger } from '../support/logger.ts';
 import { FilterError } from '../types.ts';
 
 /** How the worker authenticates to the brokers. */
@@ -28,8 +29,8 @@ export interface KafkaConnectionOptions {
   readonly tls?: boolean | ConnectionOptions;
   /** Connect timeout per broker, ms. Default 5000. */
   readonly connectionTimeoutMs?: number;
-  /** kafkajs log lines go here (the worker passes its JSON logger). Default: warnings and errors to stderr. */
-  readonly log?: (level: 'error' | 'warn' | 'info' | 'debug', message: string, extra: Record<string, unknown>) => void;
+  /** kafkajs log lines go here (the worker passes its logger). Default: warnings and errors to stderr. */
+  readonly logger?: Logger;
 }
 
 async function iamMechanism(region: string): Promise<SASLOptions> {
@@ -64,7 +65,7 @@ export async function kafkaConfig(options: KafkaConnectionOptions): Promise<Kafk
     if (!options.tls) throw new FilterError('kafka_config', 'MSK IAM auth requires TLS (MLMF_KAFKA_TLS=true)', {});
     sasl = await iamMechanism(auth.region);
   }
-  const sink = options.log;
+  const logger = options.logger ?? jsonLogger(process.stderr, { level: 'warn' });
   const creator: logCreator =
     () =>
     ({ level, log }) => {
@@ -77,9 +78,7 @@ export async function kafkaConfig(options: KafkaConnectionOptions): Promise<Kafk
             : level === logLevel.INFO
               ? 'info'
               : 'debug';
-      if (sink) sink(name, `kafkajs: ${message}`, extra);
-      else if (level <= logLevel.WARN)
-        console.error(JSON.stringify({ level: name, msg: `kafkajs: ${message}`, ...extra }));
+      logger.log(name, `kafkajs: ${message}`, extra);
     };
   const config: KafkaConfig = {
     clientId: options.clientId ?? 'mlm-filter',

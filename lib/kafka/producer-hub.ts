@@ -3,6 +3,7 @@ import { CompressionTypes, type Admin, type Kafka, type Message, type Producer, 
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, isPermanentKafkaError, kafkaErrorType, OutageClock } from './client.ts';
 import type { PartitionRef, SourceOrigin } from '../types.ts';
 import { CommitBudgetSpentError as BudgetSpent, FilterError } from '../errors.ts';
+import type { Logger } from '../support/logger.ts';
 
 /**
  * The Kafka producers behind the audit, accepted and dead-letter topic sinks.
@@ -54,7 +55,7 @@ export interface KafkaProducerHubOptions {
    */
   readonly transactionTimeoutMs?: number;
   /** Where commit retries and take-overs are reported. Default: nowhere. */
-  readonly logger?: { warn(msg: string, ctx?: Record<string, unknown>): void };
+  readonly logger?: Logger;
 }
 
 /** What a commit did: committed (now, or before by whoever replayed it), or nothing because the batch was revoked. */

@@ -8,6 +8,7 @@
  */
 import { execFile } from 'node:child_process';
 import { FilterError } from '../types.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 
 /** The query: one CSV line per visible GPU, `utilization %, memory used MiB, memory total MiB`, no header or units. */
 export const NVIDIA_SMI_ARGS: readonly string[] = [
@@ -52,8 +53,6 @@ export interface GpuMetricsSink {
   setGpuMemory(usedMiB: number, totalMiB: number): void;
 }
 
-export type GpuSamplerLog = (level: 'info' | 'warn', msg: string, ctx?: Record<string, unknown>) => void;
-
 export interface GpuSamplerOptions {
   readonly metrics: GpuMetricsSink;
   /** Time between samples, ms. Default 10000: the EMF interval (60 s) then averages six samples. */
@@ -64,7 +63,8 @@ export interface GpuSamplerOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** A poll that takes longer is killed and counts as failed. Default 5000 ms. */
   readonly timeoutMs?: number;
-  readonly log?: GpuSamplerLog;
+  /** Default: nowhere. */
+  readonly logger?: Logger;
 }
 
 /** What one run of nvidia-smi gave. */
@@ -77,7 +77,7 @@ type Poll = { kind: 'ok'; samples: GpuSample[] } | { kind: 'missing' } | { kind:
 export class GpuSampler {
   private readonly intervalMs: number;
   private readonly command: string;
-  private readonly log: GpuSamplerLog;
+  private readonly log: Logger;
   private timer: NodeJS.Timeout | undefined;
   private inFlight: Promise<GpuSample[] | undefined> | undefined;
   private warned = false;
@@ -88,7 +88,7 @@ export class GpuSampler {
   constructor(private readonly options: GpuSamplerOptions) {
     this.intervalMs = options.intervalMs ?? 10_000;
     this.command = options.command ?? 'nvidia-smi';
-    this.log = options.log ?? (() => undefined);
+    this.log = options.logger ?? silentLogger;
   }
 
   /** Samples now, then every interval until {@link stop}. The timer does not keep the process alive. */
@@ -122,14 +122,14 @@ export class GpuSampler {
     const result = await this.run();
     if (this.stopped) return undefined;
     if (result.kind === 'missing') {
-      this.log('info', `${this.command} not found on PATH: no GPU metrics from this worker`, {
+      this.log.info(`${this.command} not found on PATH: no GPU metrics from this worker`, {
         command: this.command,
       });
       this.stop();
       return undefined;
     }
     if (result.kind === 'failed') {
-      if (!this.warned) this.log('warn', 'GPU sample failed (logged once; polling goes on)', { error: result.error });
+      if (!this.warned) this.log.warn('GPU sample failed (logged once; polling goes on)', { error: result.error });
       this.warned = true;
       return undefined;
     }
@@ -168,12 +168,12 @@ export class GpuSampler {
 export function startGpuSampling(
   provider: string,
   metrics: GpuMetricsSink,
-  log: GpuSamplerLog,
-  options: Omit<GpuSamplerOptions, 'metrics' | 'log'> = {},
+  logger: Logger,
+  options: Omit<GpuSamplerOptions, 'metrics' | 'logger'> = {},
 ): GpuSampler | undefined {
   if (provider !== 'cuda') {
-    log('info', `no GPU metrics: the execution provider is ${provider}, not cuda`, { executionProvider: provider });
+    logger.info(`no GPU metrics: the execution provider is ${provider}, not cuda`, { executionProvider: provider });
     return undefined;
   }
-  return new GpuSampler({ ...options, metrics, log }).start();
+  return new GpuSampler({ ...options, metrics, logger }).start();
 }

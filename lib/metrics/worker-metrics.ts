@@ -10,6 +10,7 @@ import {
 } from './metric-names.ts';
 import type { MetricShort, ModelInfo, Outcome } from '../types.ts';
 import { METRICS } from '../types.ts';
+import type { Logger } from '../support/logger.ts';
 import { emfDocument, ValueCounter, type EmfMetric } from './emf.ts';
 
 /** What the metrics read of an outcome: small enough to hold until the outcome is final (a shard job's end). */
@@ -293,6 +294,11 @@ export class WorkerMetrics {
   countError(kind: string, n = 1): void {
     this.prom.errors.inc({ kind }, n);
     this.interval.errors += n;
+  }
+
+  /** `log`, counting every error it logs as an `Errors` of `kind` (the pipeline logs its sink retries as errors). */
+  countingErrors(log: Logger, kind: string): Logger {
+    return log.tap((e) => (e.level === 'error' ? this.countError(kind) : undefined));
   }
 
   /** Prometheus text exposition of every metric. */

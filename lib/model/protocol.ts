@@ -2,6 +2,7 @@
 import type { EngineInput, EngineOptions, EngineResult, EngineStats } from './engine.ts';
 import type { ExecutionProvider, SessionOptions } from './sessions.ts';
 import type { ErrorCode } from '../errors.ts';
+import type { LogLevel } from '../support/logger.ts';
 
 export interface WorkerInit {
   readonly type: 'init';
@@ -27,7 +28,7 @@ export type WorkerReply =
   | { readonly type: 'error'; readonly id: number; readonly error: WireError }
   | {
       readonly type: 'log';
-      readonly level: 'info' | 'warn';
+      readonly level: LogLevel;
       readonly message: string;
       readonly context: Record<string, unknown>;
     }

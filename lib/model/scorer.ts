@@ -11,7 +11,8 @@ import type { Scorer, ScoreInput, ScoreResult } from '../types.ts';
 import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
+import type { ExecutionProvider, SessionOptions } from './sessions.ts';
+import { jsonLogger, type Logger } from '../support/logger.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -29,7 +30,7 @@ export interface ScorerOptions extends SessionOptions {
   /** Also read answers that start with the whitespace token. Default: mlm_filter.json's `score_whitespace_lead`. */
   readonly whitespaceLead?: boolean;
   /** Where load and fallback messages go. Default: one JSON line on stderr. */
-  readonly logger?: LogFn;
+  readonly logger?: Logger;
   /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
@@ -42,9 +43,6 @@ export interface MlmScorer extends Scorer {
   /** Work counters summed over the workers. */
   stats(): EngineStats;
 }
-
-const defaultLog: LogFn = (level, message, context) =>
-  process.stderr.write(`${JSON.stringify({ level, component: 'scorer', message, ...context })}\n`);
 
 function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
   if (!metrics || metrics.length === 0) return METRICS.map((m) => m.key);
@@ -89,7 +87,7 @@ class PoolWorker {
   constructor(
     readonly worker: Worker,
     private readonly onIdle: (w: PoolWorker) => void,
-    private readonly log: LogFn,
+    private readonly log: Logger,
   ) {
     worker.on('message', (msg: WorkerReply) => this.onMessage(msg));
     worker.on('error', (err) => {
@@ -116,7 +114,7 @@ class PoolWorker {
   }
 
   private onMessage(msg: WorkerReply): void {
-    if (msg.type === 'log') this.log(msg.level, msg.message, msg.context);
+    if (msg.type === 'log') this.log.log(msg.level, msg.message, msg.context);
     if (msg.type !== 'result' && msg.type !== 'error') return;
     const job = this.pending.get(msg.id);
     this.pending.delete(msg.id);
@@ -160,11 +158,11 @@ class PoolWorker {
 }
 
 /** Starts one worker thread and waits for its engine: the provider it runs on, or the error it failed to load with. */
-async function startWorker(init: WorkerInit, log: LogFn): Promise<{ worker: Worker; ep: ExecutionProvider }> {
+async function startWorker(init: WorkerInit, log: Logger): Promise<{ worker: Worker; ep: ExecutionProvider }> {
   const worker = spawnWorker();
   const ep = await new Promise<ExecutionProvider>((resolve, reject) => {
     const onMessage = (msg: WorkerReply) => {
-      if (msg.type === 'log') log(msg.level, msg.message, msg.context);
+      if (msg.type === 'log') log.log(msg.level, msg.message, msg.context);
       else if (msg.type === 'ready') {
         worker.off('message', onMessage);
         resolve(msg.executionProvider);
@@ -204,13 +202,13 @@ class WorkerPool {
     private readonly dir: string,
     /** Pairs per chunk sent to one thread (the engine's batch). */
     private readonly chunk: number,
-    log: LogFn,
+    log: Logger,
   ) {
     this.workers = threads.map((worker) => new PoolWorker(worker, (w) => this.dispatch(w), log));
   }
 
   /** Starts `count` threads on `init`; when one fails to load, the others are stopped and its error is thrown. */
-  static async start(init: WorkerInit, count: number, chunk: number, log: LogFn) {
+  static async start(init: WorkerInit, count: number, chunk: number, log: Logger) {
     const started = await Promise.allSettled(Array.from({ length: count }, () => startWorker(init, log)));
     const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
@@ -309,7 +307,12 @@ export async function loadScorer(model: string, options: ScorerOptions = {}): Pr
   const batchSize = Math.max(1, options.batchSize ?? 8);
   const count = Math.max(1, options.workers ?? 1);
   const init = initRequest(dir, options, metrics, count);
-  const { pool, executionProvider } = await WorkerPool.start(init, count, batchSize, options.logger ?? defaultLog);
+  const { pool, executionProvider } = await WorkerPool.start(
+    init,
+    count,
+    batchSize,
+    options.logger ?? jsonLogger().child({ component: 'scorer' }),
+  );
   return {
     model: info.model,
     // Without padding, a CLIP processor's shortest-edge resize + centre crop applies again (moot on padded squares).

@@ -1,6 +1,7 @@
 /** Creating the scoring graph's onnxruntime session of a model directory, with an explicit, logged CPU fallback. */
 import * as ort from './onnxruntime.ts';
 import { FilterError } from '../types.ts';
+import type { Logger } from '../support/logger.ts';
 import { ScoringEngine, type EngineModel, type EngineOptions } from './engine.ts';
 import { generationSettings, referencePenalty, type GenerationSettings } from './generation.ts';
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';
@@ -34,8 +35,6 @@ export interface SessionOptions {
    */
   readonly profilePrefix?: string;
 }
-
-export type LogFn = (level: 'info' | 'warn', message: string, context: Record<string, unknown>) => void;
 
 export interface LoadedEngine {
   readonly engine: ScoringEngine;
@@ -86,7 +85,7 @@ function eosIds(info: ModelDirInfo, tok: PromptTokenizer, generation: Generation
 export async function loadEngine(
   dir: string,
   opts: SessionOptions & Omit<EngineOptions, 'eosTokenIds'>,
-  log: LogFn,
+  log: Logger,
 ): Promise<LoadedEngine> {
   const info = readModelDir(dir, opts.dtype ?? 'fp32');
   const generation = generationSettings(info.mlmFilter, dir);
@@ -123,7 +122,7 @@ export async function loadEngine(
         { cause: err },
       );
     }
-    log('warn', `execution provider '${requested}' is unavailable here, falling back to cpu`, {
+    log.warn(`execution provider '${requested}' is unavailable here, falling back to cpu`, {
       requested,
       error: (err as Error).message,
     });
@@ -141,7 +140,7 @@ export async function loadEngine(
     ...(info.numberTokenIds ? { numberTokenIds: info.numberTokenIds } : {}),
     repetitionPenalty: opts.repetitionPenalty ?? referencePenalty(generation),
   });
-  log('info', 'model loaded', {
+  log.info('model loaded', {
     dir,
     dtype: info.dtype,
     executionProvider: ep,

@@ -4,6 +4,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { FilterError } from '../types.ts';
+import { Logger } from '../support/logger.ts';
 import type { ScoringEngine } from './engine.ts';
 import { loadEngine } from './sessions.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
@@ -29,9 +30,9 @@ async function handle(msg: WorkerRequest): Promise<void> {
   if (msg.type === 'init') {
     const init: WorkerInit = msg;
     try {
-      const loaded = await loadEngine(init.dir, init.options, (level, message, context) =>
-        reply({ type: 'log', level, message, context }),
-      );
+      // Lines cross to the pool's logger in the main thread (a thread has no logger of its own).
+      const log = new Logger(({ level, msg, ctx }) => reply({ type: 'log', level, message: msg, context: ctx }));
+      const loaded = await loadEngine(init.dir, init.options, log);
       engine = loaded.engine;
       reply({ type: 'ready', executionProvider: loaded.executionProvider });
     } catch (err) {

@@ -1,3 +1,5 @@
+import type { Logger } from '../support/logger.ts';
+
 /**
  * Close steps of a run's resources, run in list order when the run ends, whatever happened: a failing step is
  * reported and the others still run. Data-bearing sinks are NOT closed here on success: their close can fail (a last
@@ -16,7 +18,7 @@ export class Closers {
     this.steps.unshift(step);
   }
 
-  async run(report: (msg: string, ctx: Record<string, unknown>) => void): Promise<void> {
-    for (const step of this.steps) await step().catch((err) => report('close failed', { error: String(err) }));
+  async run(log: Logger): Promise<void> {
+    for (const step of this.steps) await step().catch((err) => log.warn('close failed', { error: String(err) }));
   }
 }

@@ -5,13 +5,12 @@ import type { Outcome, Scorer, Sink, Source, SourceRecord } from '../types.ts';
 import { ScoreBatcher } from './batcher.ts';
 import { PIPELINE_DEFAULTS } from './defaults.ts';
 import { BatchLedger, type BatchEntry } from './ledger.ts';
-import { silentLogger, type PipelineLogger } from './logger.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
 import { RunFailure } from './run-failure.ts';
 import { SinkWriter, type DeadLetterPort } from './sink-writer.ts';
 
 export type { ImageIntake } from './record-processor.ts';
-export type { PipelineLogger } from './logger.ts';
 export type { DeadLetterPort } from './sink-writer.ts';
 export { PIPELINE_DEFAULTS } from './defaults.ts';
 
@@ -60,7 +59,7 @@ export interface PipelineOptions {
   readonly onOutcome?: (outcome: Outcome) => void;
   /** Called with each record's time in a stage (`intake`: fetch + decode + preprocess, `score`: wait + inference). */
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
-  readonly logger?: PipelineLogger;
+  readonly logger?: Logger;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import type { ByteAdmission, Outcome, PartitionRef, SourceBatch } from '../types.ts';
 import { PIPELINE_DEFAULTS } from './defaults.ts';
-import type { PipelineLogger } from './logger.ts';
+import type { Logger } from '../support/logger.ts';
 import { RecentIds } from './recent-ids.ts';
 import type { RunFailure } from './run-failure.ts';
 import { Semaphore } from './semaphore.ts';
@@ -19,7 +19,7 @@ export interface LedgerOptions {
   /** Hard stop: in-flight batches are dropped uncommitted. */
   readonly hard: AbortSignal;
   readonly failure: RunFailure;
-  readonly logger: PipelineLogger;
+  readonly logger: Logger;
   /** Each committed batch's outcomes, in source order. */
   readonly onCommitted: (outcomes: readonly Outcome[]) => void;
   /** Records wait on nothing but sink buffering: push partial work through (the scorer's partial batch). */

@@ -3,7 +3,7 @@ import type { Policy } from '../policy/index.ts';
 import type { ImageRef, Outcome, Pair, PreparedImage, Reason, ScoreResult, SourceRecord } from '../types.ts';
 import { PoisonInputError, RejectError } from '../errors.ts';
 import type { ScoreBatcher } from './batcher.ts';
-import type { PipelineLogger } from './logger.ts';
+import type { Logger } from '../support/logger.ts';
 import { Semaphore } from './semaphore.ts';
 import { RetryPolicy } from '../support/retry.ts';
 
@@ -27,7 +27,7 @@ export interface RecordProcessorOptions {
   /** Attempts for an image whose intake failed with a non-reject (unexpected) error. */
   readonly intakeAttempts: number;
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
-  readonly logger: PipelineLogger;
+  readonly logger: Logger;
 }
 
 /** Registers a pair id with the run's duplicate memory: false when it was seen before (BatchEntry.claim). */

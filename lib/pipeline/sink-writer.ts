@@ -2,7 +2,7 @@ import { codeOf, isRetriable } from '../errors.ts';
 import { RetryPolicy } from '../support/retry.ts';
 import type { Outcome, Sink } from '../types.ts';
 import { FilterError } from '../types.ts';
-import type { PipelineLogger } from './logger.ts';
+import type { Logger } from '../support/logger.ts';
 
 /** Where an outcome goes that a sink can never take (lib/sinks/dead-letter.ts's DeadLetterSink). */
 export interface DeadLetterPort {
@@ -18,7 +18,7 @@ export interface SinkWriterOptions {
   readonly deadLetter?: DeadLetterPort;
   /** Outcomes failing alone in a row, with no success in between, after which the sink is taken for broken. */
   readonly brokenAfter?: number;
-  readonly logger: PipelineLogger;
+  readonly logger: Logger;
 }
 
 /**

@@ -4,6 +4,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import type { ModelInfo, Outcome, PartitionRef, Sink } from '../types.ts';
 import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 import { ShardBuilder, sampleKey } from './webdataset.ts';
 
 /** Options of the curated S3 sink. */
@@ -41,7 +42,8 @@ export interface S3CuratedSinkOptions {
   readonly retryMaxMs?: number;
   /** Hard stop: pending uploads stop retrying and their writes reject. */
   readonly signal?: AbortSignal;
-  readonly log?: (level: 'info' | 'warn' | 'error', msg: string, ctx: Record<string, unknown>) => void;
+  /** Where recoveries and upload retries are reported. Default: nowhere. */
+  readonly logger?: Logger;
 }
 
 /** Where an accepted sample is stored. */
@@ -114,6 +116,7 @@ export class S3CuratedSink implements Sink {
   private readonly adding = new Set<Promise<unknown>>();
   private seq = 0;
   readonly workerId: string;
+  private readonly log: Logger;
   shardsWritten = 0;
   samplesWritten = 0;
   skippedReplayed = 0;
@@ -125,10 +128,7 @@ export class S3CuratedSink implements Sink {
     this.workerId = options.workerId ?? randomUUID();
     const { retryBaseMs: baseMs = 200, retryMaxMs: maxMs = 10_000 } = options;
     this.retryPolicy = new RetryPolicy({ baseMs, maxMs, retriable: () => true });
-  }
-
-  private log(level: 'info' | 'warn' | 'error', msg: string, ctx: Record<string, unknown>): void {
-    this.options.log?.(level, msg, ctx);
+    this.log = options.logger ?? silentLogger;
   }
 
   private folder(topic: string, partition: number): string {
@@ -182,7 +182,7 @@ export class S3CuratedSink implements Sink {
     } while (token);
     const orphans = [...tars.keys()].filter((b) => !indexes.has(b));
     if (orphans.length > 0) {
-      this.log('warn', 'deleting shards without an index (written, never acked; the replay rewrites them)', {
+      this.log.warn('deleting shards without an index (written, never acked; the replay rewrites them)', {
         shards: orphans,
       });
       await this.retry('delete orphan shards', () =>
@@ -201,7 +201,7 @@ export class S3CuratedSink implements Sink {
     }
     s.ranges.sort((a, b) => (a.start < b.start ? -1 : 1));
     if (s.seen >= 0n)
-      this.log('info', 'curated position recovered from the bucket', { topic, partition, through: s.seen.toString() });
+      this.log.info('curated position recovered from the bucket', { topic, partition, through: s.seen.toString() });
   }
 
   /** Where `outcome`'s sample is (resolves once its shard is durable), or undefined for a record the sink did not store. */
@@ -291,7 +291,7 @@ export class S3CuratedSink implements Sink {
       return await this.retryPolicy.run(fn, {
         signal,
         onRetry: ({ error, attempt, delayMs }) =>
-          this.log('error', 'S3 request failed, retrying (nothing is acked meanwhile)', {
+          this.log.error('S3 request failed, retrying (nothing is acked meanwhile)', {
             what,
             bucket,
             attempt,

@@ -5,12 +5,7 @@ import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { DEFAULT_KAFKA_RETRY_BUDGET_MS, kafkaErrorType, nextOffset, OutageClock } from '../kafka/client.ts';
 import { groupLag } from '../kafka/lag.ts';
-
-export interface KafkaSourceLogger {
-  info(msg: string, ctx?: Record<string, unknown>): void;
-  warn(msg: string, ctx?: Record<string, unknown>): void;
-  error(msg: string, ctx?: Record<string, unknown>): void;
-}
+import { silentLogger, type Logger } from '../support/logger.ts';
 
 /** Options of the Kafka source (a consumer group member). */
 export interface KafkaSourceOptions {
@@ -43,7 +38,7 @@ export interface KafkaSourceOptions {
   readonly hub?: KafkaProducerHub;
   /** Called after each commit with the batch's size and the time from hand-out to durable commit, ms. */
   readonly onAcked?: (records: number, latencyMs: number) => void;
-  readonly logger?: KafkaSourceLogger;
+  readonly logger?: Logger;
 }
 
 interface InFlight {
@@ -62,8 +57,6 @@ const REBALANCE_ERRORS = new Set([
   'NOT_COORDINATOR',
   'FENCED_INSTANCE_ID',
 ]);
-
-const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 
 /**
  * Kafka consumer-group source. The fetch loop (kafkajs eachBatch, no auto-commit, no auto-resolve) cuts each fetched
@@ -100,10 +93,10 @@ export class KafkaSource implements Source {
   private roomWaiters: (() => void)[] = [];
   /** Batches handed out, acked, revoked (for tests and metrics). */
   readonly counts = { batches: 0, acked: 0, revoked: 0, records: 0, replaySkipped: 0 };
-  private readonly log: KafkaSourceLogger;
+  private readonly log: Logger;
 
   constructor(private readonly options: KafkaSourceOptions) {
-    this.log = options.logger ?? silent;
+    this.log = options.logger ?? silentLogger;
     this.committer = this.makeCommitter();
     this.outage = new OutageClock(options.restartBudgetMs ?? DEFAULT_KAFKA_RETRY_BUDGET_MS, { baseMs: 300 });
   }

@@ -9,7 +9,7 @@ import {
 import type { Committer, Source, SourceBatch } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { RetryPolicy, sleep } from '../support/retry.ts';
-import type { KafkaSourceLogger } from './kafka.ts';
+import { silentLogger, type Logger } from '../support/logger.ts';
 
 /** Options of the SQS source (standard or FIFO queue; competing consumers scale it out). */
 export interface SqsSourceOptions {
@@ -25,15 +25,13 @@ export interface SqsSourceOptions {
   readonly visibilityTimeoutSeconds?: number;
   /** Called after each delete with the batch's size and the time from hand-out to delete, ms. */
   readonly onAcked?: (records: number, latencyMs: number) => void;
-  readonly logger?: KafkaSourceLogger;
+  readonly logger?: Logger;
 }
 
 /** Up to 5 tries of a DeleteMessageBatch's retriable entries, 400 ms apart and doubling. */
 const DELETE_RETRY = new RetryPolicy({ maxAttempts: 5, baseMs: 400, maxMs: 5000 });
 /** A failing receive (the queue or the network down) is tried again after 1 s, then up to 10 s apart. */
 const RECEIVE_RETRY = new RetryPolicy({ baseMs: 1000, maxMs: 10_000 });
-
-const silent: KafkaSourceLogger = { info() {}, warn() {}, error() {} };
 
 /** A batch handed out and not yet committed or released. */
 interface InWork {
@@ -54,10 +52,10 @@ export class SqsSource implements Source {
   private room: (() => void) | undefined;
   private readonly inWork = new WeakMap<SourceBatch, InWork>();
   readonly counts = { batches: 0, acked: 0, records: 0, deleteFailures: 0 };
-  private readonly log: KafkaSourceLogger;
+  private readonly log: Logger;
 
   constructor(private readonly options: SqsSourceOptions) {
-    this.log = options.logger ?? silent;
+    this.log = options.logger ?? silentLogger;
   }
 
   private async receive(signal: AbortSignal, wait: number): Promise<Message[]> {

@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Intake } from '../intake/index.ts';
 import { startGpuSampling, WorkerMetrics } from '../metrics/index.ts';
-import { runPipeline, type ImageIntake, type PipelineLogger, type PipelineStats } from '../pipeline/index.ts';
+import { runPipeline, type ImageIntake, type PipelineStats } from '../pipeline/index.ts';
 import { DeadLetterSink } from '../sinks/dead-letter.ts';
 import { KafkaAcceptedSink } from '../sinks/kafka-accepted.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
@@ -33,26 +33,22 @@ import type { Kafka } from 'kafkajs';
 import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { s3Client, sqsClient } from '../support/aws.ts';
+import { jsonLogger, type Logger } from '../support/logger.ts';
 import { runShardJobs } from './shard-jobs.ts';
 import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
 
-type Level = 'debug' | 'info' | 'warn' | 'error';
-export type WorkerLog = (level: Level, msg: string, ctx?: Record<string, unknown>) => void;
-
-/** One JSON object per line on stdout (CloudWatch Logs / any log shipper parses it as is). */
-export const jsonLog: WorkerLog = (level, msg, ctx = {}) => {
-  if (level === 'debug' && !process.env.MLMF_DEBUG) return;
-  process.stdout.write(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...ctx }) + '\n');
-};
+/** One JSON object per line on stdout (CloudWatch Logs / any log shipper parses it as is); debug with MLMF_DEBUG. */
+export const workerLog: Logger = jsonLogger(process.stdout);
 
 export interface RunWorkerOptions {
   /** Graceful stop (what SIGTERM does): no new batches, in-flight work finishes and is acked. */
   readonly signal?: AbortSignal;
   /** Hard stop: in-flight work is abandoned unacked. */
   readonly abort?: AbortSignal;
-  readonly log?: WorkerLog;
+  /** Where the worker logs. Default workerLog (stdout). */
+  readonly logger?: Logger;
   /** Called once the worker consumes (health turns 200), with the health server's port. */
   readonly onReady?: (info: { healthPort?: number }) => void;
   /** Where EMF metric lines go. Default stdout (CloudWatch Logs extracts them); null for none. */
@@ -67,7 +63,7 @@ export interface WorkerResult {
 }
 
 /** Fetches the model archive from S3 into `dir` when `dir` holds no model, verifying its SHA-256 first. */
-export async function ensureModel(config: WorkerConfig, s3: S3Client, log: WorkerLog): Promise<string> {
+export async function ensureModel(config: WorkerConfig, s3: S3Client, log: Logger): Promise<string> {
   const dir = config.modelDir ?? '/opt/mlm-filter/model';
   const present = await access(join(dir, 'config.json')).then(
     () => true,
@@ -77,7 +73,7 @@ export async function ensureModel(config: WorkerConfig, s3: S3Client, log: Worke
   const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(config.modelS3Uri);
   if (!m)
     throw new FilterError('worker_config', `MLMF_MODEL_S3_URI must be s3://bucket/key`, { uri: config.modelS3Uri });
-  log('info', 'downloading the model', { uri: config.modelS3Uri, dir });
+  log.info('downloading the model', { uri: config.modelS3Uri, dir });
   await mkdir(dir, { recursive: true });
   const archive = join(dir, '.model-archive');
   const res = await s3.send(new GetObjectCommand({ Bucket: m[1], Key: m[2] }));
@@ -142,7 +138,7 @@ interface KafkaParts {
 }
 
 /** The Kafka client and the one producer hub (transactional when the source is Kafka and exactly-once is on). */
-async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, closers: Closers): Promise<KafkaParts> {
+async function openKafka(config: WorkerConfig, region: string, log: Logger, closers: Closers): Promise<KafkaParts> {
   const exactlyOnce = config.source === 'kafka' && config.exactlyOnce !== false;
   if (!config.brokers?.length) return { exactlyOnce };
   const kafka = await createKafka({
@@ -150,21 +146,21 @@ async function openKafka(config: WorkerConfig, region: string, log: WorkerLog, c
     clientId: `mlm-filter-${config.pipeline ?? 'worker'}`,
     auth: await kafkaAuth(config, region),
     tls: config.kafkaTls ?? false,
-    log: (level, msg, extra) => log(level, msg, extra),
+    logger: log,
   });
   const groupId = config.groupId ?? 'mlm-filter';
   const hub = await KafkaProducerHub.open({
     kafka,
     transactions: exactlyOnce ? { groupId, idPrefix: config.transactionalIdPrefix } : undefined,
     commitRetryBudgetMs: config.kafkaRetryBudgetMs,
-    logger: { warn: (msg, ctx) => log('warn', msg, ctx) },
+    logger: log,
   });
   closers.last(() => hub.close());
   return { kafka, hub, exactlyOnce };
 }
 
 /** The configured scorer, or the MLM filter loaded from the model directory (downloaded first when needed). */
-async function openScorer(config: WorkerConfig, policy: Policy, s3: S3Client, log: WorkerLog): Promise<Scorer> {
+async function openScorer(config: WorkerConfig, policy: Policy, s3: S3Client, log: Logger): Promise<Scorer> {
   if (config.scorer) return config.scorer;
   const { loadScorer } = await import('../model/index.ts');
   const dir = await ensureModel(config, s3, log);
@@ -174,7 +170,7 @@ async function openScorer(config: WorkerConfig, policy: Policy, s3: S3Client, lo
     fallbackToCpu: false,
     batchSize: config.batchSize,
     metrics: scoredMetrics(config, policy),
-    logger: (level, msg, ctx) => log(level, msg, ctx),
+    logger: log.child({ component: 'scorer' }),
   });
 }
 
@@ -191,7 +187,7 @@ async function buildSinks(
   s3: S3Client,
   model: ModelInfo,
   hard: AbortSignal,
-  log: WorkerLog,
+  log: Logger,
 ): Promise<SinkParts> {
   const curated = new S3CuratedSink({
     s3,
@@ -201,7 +197,7 @@ async function buildSinks(
     samplesPerShard: config.samplesPerShard,
     idleFlushMs: config.idleFlushMs ?? 0,
     signal: hard,
-    log: (level, msg, ctx) => log(level, msg, ctx),
+    logger: log,
   });
   const deadLetter =
     hub && config.dlqTopic ? new DeadLetterSink({ target: { kind: 'kafka', hub, topic: config.dlqTopic } }) : undefined;
@@ -225,14 +221,9 @@ function openSource(
   { kafka, hub, exactlyOnce }: KafkaParts,
   metrics: WorkerMetrics,
   region: string,
-  log: WorkerLog,
+  log: Logger,
   closers: Closers,
 ): KafkaSource | SqsSource {
-  const logger = {
-    info: (m: string, c?: Record<string, unknown>) => log('info', m, c),
-    warn: (m: string, c?: Record<string, unknown>) => log('warn', m, c),
-    error: (m: string, c?: Record<string, unknown>) => log('error', m, c),
-  };
   const onAcked = (_n: number, ms: number) => metrics.observeBatchLatency(ms);
   if (config.source === 'kafka') {
     const session = config.sessionTimeoutMs;
@@ -246,7 +237,7 @@ function openSource(
       restartBudgetMs: config.kafkaRetryBudgetMs,
       hub: exactlyOnce ? hub : undefined,
       onAcked,
-      logger,
+      logger: log,
     });
   }
   const sqs = sqsClient({ region, endpoint: config.sqsEndpoint });
@@ -256,24 +247,24 @@ function openSource(
     queueUrl: config.sqsQueueUrl!,
     visibilityTimeoutSeconds: config.sqsVisibilitySeconds,
     onAcked,
-    logger,
+    logger: log,
   });
 }
 
 /** Backlog for autoscaling and alarms: consumer lag (Kafka) or queue depth (SQS), sampled off the hot path. */
-function sampleBacklog(source: KafkaSource | SqsSource, metrics: WorkerMetrics, everyMs: number, log: WorkerLog) {
+function sampleBacklog(source: KafkaSource | SqsSource, metrics: WorkerMetrics, everyMs: number, log: Logger) {
   const timer = setInterval(() => {
     const sample =
       source instanceof KafkaSource
         ? source.lag().then((lag) => (lag === undefined ? undefined : metrics.setConsumerLag(lag)))
         : source.depth().then((d) => metrics.setSourceQueueDepth(d));
-    sample.catch((err: unknown) => log('warn', 'backlog sample failed', { error: String(err) }));
+    sample.catch((err: unknown) => log.warn('backlog sample failed', { error: String(err) }));
   }, everyMs);
   timer.unref();
   return async () => clearInterval(timer);
 }
 
-function buildIntake(config: WorkerConfig, s3: S3Client, scorer: Scorer, log: WorkerLog): ImageIntake {
+function buildIntake(config: WorkerConfig, s3: S3Client, scorer: Scorer, log: Logger): ImageIntake {
   if (config.intake) return config.intake;
   const intake = new Intake(
     {
@@ -284,23 +275,12 @@ function buildIntake(config: WorkerConfig, s3: S3Client, scorer: Scorer, log: Wo
     },
     scorer.preprocess,
   );
-  log('info', 'intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
+  log.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
   return intake;
 }
 
-function pipelineLogger(log: WorkerLog, metrics: WorkerMetrics): PipelineLogger {
-  return {
-    info: (m, c) => log('info', m, c),
-    warn: (m, c) => log('warn', m, c),
-    error: (m, c) => {
-      metrics.countError('pipeline');
-      log('error', m, c);
-    },
-  };
-}
-
 /** Execution provider and GPU sampling (GpuUtilization from the task's own GPU; none off cuda). */
-function observeScorer(config: WorkerConfig, scorer: Scorer, metrics: WorkerMetrics, log: WorkerLog, closers: Closers) {
+function observeScorer(config: WorkerConfig, scorer: Scorer, metrics: WorkerMetrics, log: Logger, closers: Closers) {
   // The provider in use (the MLM scorer reports it; stand-ins do not). No CPU fallback here: see fallbackToCpu.
   const provider = (scorer as { executionProvider?: string }).executionProvider ?? config.executionProvider ?? 'cpu';
   metrics.setExecutionProvider(provider, scorer.model);
@@ -316,7 +296,7 @@ interface PairParts {
   readonly policy: Policy;
   readonly intake: ImageIntake;
   readonly metrics: WorkerMetrics;
-  readonly log: WorkerLog;
+  readonly log: Logger;
   readonly closers: Closers;
   readonly region: string;
 }
@@ -337,7 +317,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
   closers.first(() => source.close());
   closers.first(sampleBacklog(source, metrics, config.backlogSampleMs ?? 30_000, log));
   run.consuming();
-  log('info', 'worker consuming', {
+  log.info('worker consuming', {
     ...{ source: config.source, topic: config.sourceTopic, queueUrl: config.sqsQueueUrl },
     groupId: config.groupId ?? 'mlm-filter',
     bucket: config.bucket,
@@ -362,10 +342,10 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     dedupe: config.dedupe ?? false,
     onOutcome: (o) => metrics.observe(o),
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
-    logger: pipelineLogger(log, metrics),
+    logger: metrics.countingErrors(log, 'pipeline'),
   });
   if (!run.abort.aborted) await Promise.all(sinks.map((s) => s.close()));
-  log('info', 'worker stopped', {
+  log.info('worker stopped', {
     ...stats,
     shards: curated.shardsWritten,
     replaySkipped: curated.skippedReplayed,
@@ -378,14 +358,14 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
 /** Runs the worker until the source ends or `signal` aborts; sinks flushed and closed on return. */
 export async function runWorker(config: WorkerConfig, options: RunWorkerOptions = {}): Promise<WorkerResult> {
   validateConfig(config);
-  const log = options.log ?? jsonLog;
+  const log = options.logger ?? workerLog;
   const region = config.region ?? 'us-east-1';
   let state: WorkerState = 'starting';
   const hard = options.abort ?? new AbortController().signal;
   const graceful = options.signal ?? new AbortController().signal;
   const onGraceful = () => {
     state = 'draining';
-    log('info', 'draining: no new batches; finishing, flushing and committing in-flight work');
+    log.info('draining: no new batches; finishing, flushing and committing in-flight work');
   };
   graceful.addEventListener('abort', onGraceful, { once: true });
   const emit = options.metricsOut === undefined ? undefined : options.metricsOut;
@@ -423,7 +403,7 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     state = 'draining';
     graceful.removeEventListener('abort', onGraceful);
     metrics.close();
-    await closers.run((msg, ctx) => log('warn', msg, ctx));
+    await closers.run(log);
     s3.destroy();
     await new Promise<void>((r) => (health ? health.close(() => r()) : r()));
   }

@@ -48,14 +48,13 @@ import { parseShardJob, type ShardJob } from '../backfill/shard-job.ts';
 import { topicMaxMessageBytes } from '../kafka/client.ts';
 import type { KafkaProducerHub } from '../kafka/producer-hub.ts';
 import { observed, type ObservedOutcome, type WorkerMetrics } from '../metrics/index.ts';
-import type { ImageIntake, PipelineLogger, PipelineStats } from '../pipeline/index.ts';
+import type { ImageIntake, PipelineStats } from '../pipeline/index.ts';
+import type { Logger } from '../support/logger.ts';
 import type { Policy } from '../policy/index.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
 import type { ModelInfo, Outcome, Scorer, Sink } from '../types.ts';
 import { codeOf, FilterError } from '../errors.ts';
 import type { WorkerConfig } from './config.ts';
-
-type Level = 'debug' | 'info' | 'warn' | 'error';
 
 export interface ShardJobWorkerOptions {
   readonly config: WorkerConfig;
@@ -66,7 +65,7 @@ export interface ShardJobWorkerOptions {
   readonly policy: Policy;
   readonly intake: ImageIntake;
   readonly metrics: WorkerMetrics;
-  readonly log: (level: Level, msg: string, ctx?: Record<string, unknown>) => void;
+  readonly log: Logger;
   /** Graceful stop: no new job is taken; the one in progress finishes. */
   readonly signal: AbortSignal;
   /** Hard stop: the job in progress is abandoned and its message made visible again. */
@@ -122,7 +121,7 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
   };
   const sampler = sampleDepth(run, config.backlogSampleMs ?? 30_000);
   o.ready?.();
-  log('info', 'worker consuming shard jobs', {
+  log.info('worker consuming shard jobs', {
     queueUrl: run.queueUrl,
     dlqUrl: config.sqsDlqUrl,
     maxAttempts: run.maxAttempts,
@@ -140,7 +139,7 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
     sqs.destroy();
   }
   run.stats.finishedAt = Date.now();
-  log('info', 'worker stopped', { ...run.stats, shards: run.shards });
+  log.info('worker stopped', { ...run.stats, shards: run.shards });
   return { stats: run.stats, shardsWritten: run.shards };
 }
 
@@ -171,7 +170,7 @@ async function receiveOne(run: Run): Promise<Message | undefined> {
     if (stop.aborted) return undefined;
     run.receiveFailures.failed(err);
     const retryInMs = run.receiveFailures.nextDelayMs();
-    run.o.log('error', 'SQS receive failed, retrying', { queueUrl: run.queueUrl, retryInMs, error: String(err) });
+    run.o.log.error('SQS receive failed, retrying', { queueUrl: run.queueUrl, retryInMs, error: String(err) });
     await sleep(retryInMs, stop).catch(() => undefined);
     return undefined;
   }
@@ -200,7 +199,7 @@ async function handle(run: Run, message: Message): Promise<void> {
     const difference = inputDifference(done, job.input, job);
     // Finished by an earlier delivery whose delete did not happen, or sent twice by enqueue.
     if (difference === undefined) {
-      log('info', 'shard already done: message deleted', ctx);
+      log.info('shard already done: message deleted', ctx);
       return deleteMessage(run, message);
     }
     const why = `shard ${job.shard} of job ${job.job} is done for ${difference}: enqueue other inputs as another job`;
@@ -233,22 +232,22 @@ async function handle(run: Run, message: Message): Promise<void> {
   }
   const lease = new Lease(run, message);
   const actx = { ...ctx, attempt: attempt.attempt, attemptId: attempt.attemptId };
-  log('info', 'shard job started', { ...actx, input: job.input });
+  log.info('shard job started', { ...actx, input: job.input });
   // The attempt's outcomes count once its done marker is published: a failed or beaten attempt counts nothing.
   const outcomes: ObservedOutcome[] = [];
   try {
     const result = await runJob(run, job, attempt, lease, (o) => outcomes.push(observed(o)));
     await deleteMessage(run, message);
-    if (!result.published) return log('info', 'shard job done by another attempt first: message deleted', actx);
+    if (!result.published) return log.info('shard job done by another attempt first: message deleted', actx);
     run.o.metrics.observeAll(outcomes);
     count(run, result.done);
     const { records, accepted, seconds } = result.done;
-    log('info', 'shard job done', { ...actx, records, accepted, seconds });
+    log.info('shard job done', { ...actx, records, accepted, seconds });
     run.o.metrics.observeBatchLatency(seconds * 1000);
   } catch (err) {
     if (lease.lost) {
       // Another worker may hold the message now: its visibility, retries and dead-lettering are that worker's.
-      log('warn', 'shard job stopped: its visibility lease was lost', { ...actx, why: lease.lost });
+      log.warn('shard job stopped: its visibility lease was lost', { ...actx, why: lease.lost });
       return;
     }
     await failed(run, message, job, err, { receives, attempts: attempt.attempt });
@@ -274,14 +273,6 @@ function runJob(
 ): Promise<ShardResult> {
   const { o } = run;
   const { metrics, log } = o;
-  const logger: PipelineLogger = {
-    info: (m, c) => log('info', m, c),
-    warn: (m, c) => log('warn', m, c),
-    error: (m, c) => {
-      metrics.countError('pipeline');
-      log('error', m, c);
-    },
-  };
   return runShardJob(job, {
     s3: o.s3,
     scorer: o.scorer,
@@ -298,10 +289,9 @@ function runJob(
     beforePublish: () => lease.check(),
     onOutcome,
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
-    logger,
+    logger: metrics.countingErrors(log, 'pipeline'),
     retry: {
-      onRetry: (what, n, error) =>
-        log('warn', 'S3 request failed, retrying', { what, attempt: n, error: String(error) }),
+      onRetry: (what, n, error) => log.warn('S3 request failed, retrying', { what, attempt: n, error: String(error) }),
     },
   });
 }
@@ -317,7 +307,7 @@ function count(run: Run, done: ShardDone): void {
 /** Something around the job failed (S3 or SQS unreachable): the message comes back after its visibility timeout. */
 function unhandled(run: Run, message: Message, err: unknown): void {
   run.o.metrics.countError('shard_job');
-  run.o.log('error', 'shard job handling failed; the message comes back after its visibility timeout', {
+  run.o.log.error('shard job handling failed; the message comes back after its visibility timeout', {
     messageId: message.MessageId,
     error: String(err),
   });
@@ -335,12 +325,12 @@ async function failed(run: Run, message: Message, job: ShardJob, err: unknown, t
   const code = codeOf(err);
   const ctx = { job: job.job, shard: job.shard, ...tries, code, error: String((err as Error).message ?? err) };
   if (run.o.abort.aborted) {
-    run.o.log('warn', 'shard job abandoned on hard stop: visible again now', ctx);
+    run.o.log.warn('shard job abandoned on hard stop: visible again now', ctx);
     return setVisibility(run, message, 0);
   }
   if (HOPELESS.has(code) || tries.attempts >= run.maxAttempts) return deadLetter(run, message, job, err, tries);
   const retryIn = Math.min(run.visibility, Math.ceil(JOB_RETRY.delayMs(tries.attempts) / 1000));
-  run.o.log('warn', 'shard job failed; it will be retried', { ...ctx, retryInSeconds: retryIn });
+  run.o.log.warn('shard job failed; it will be retried', { ...ctx, retryInSeconds: retryIn });
   await setVisibility(run, message, retryIn);
 }
 
@@ -369,10 +359,10 @@ async function deadLetter(
   if (config.sqsDlqUrl) await run.sqs.send(new SendMessageCommand({ QueueUrl: config.sqsDlqUrl, MessageBody: body }));
   if (job && marker)
     await writeFailedMarker(run, job, failure).catch((e: unknown) =>
-      log('warn', 'failed marker not written', { error: String(e) }),
+      log.warn('failed marker not written', { error: String(e) }),
     );
   await deleteMessage(run, message);
-  log('error', 'shard job dead-lettered', { job: job?.job, shard: job?.shard, dlqUrl: config.sqsDlqUrl, ...failure });
+  log.error('shard job dead-lettered', { job: job?.job, shard: job?.shard, dlqUrl: config.sqsDlqUrl, ...failure });
 }
 
 async function writeFailedMarker(
@@ -446,7 +436,7 @@ class Lease {
       const name = (err as { name?: string }).name ?? '';
       if (LEASE_GONE.has(name)) return this.lose(`SQS refused the receipt handle: ${name}`);
       if (Date.now() >= this.validUntil) return this.lose(`no renewal within ${this.run.visibility} s: ${String(err)}`);
-      this.run.o.log('warn', 'visibility extension failed', { error: String(err) });
+      this.run.o.log.warn('visibility extension failed', { error: String(err) });
     }
   }
 
@@ -484,7 +474,7 @@ async function deleteMessage(run: Run, message: Message): Promise<void> {
     );
   } catch (err) {
     // The outputs are complete: a message that comes back anyway finds the done marker and is deleted then.
-    run.o.log('warn', 'delete failed; the message may come back', { error: String(err) });
+    run.o.log.warn('delete failed; the message may come back', { error: String(err) });
   }
 }
 
@@ -494,7 +484,7 @@ function sampleDepth(run: Run, everyMs: number): NodeJS.Timeout {
     run.sqs
       .send(new GetQueueAttributesCommand({ QueueUrl: run.queueUrl, AttributeNames: ['ApproximateNumberOfMessages'] }))
       .then((res) => run.o.metrics.setSourceQueueDepth(Number(res.Attributes?.ApproximateNumberOfMessages ?? 0)))
-      .catch((err: unknown) => run.o.log('warn', 'backlog sample failed', { error: String(err) }));
+      .catch((err: unknown) => run.o.log.warn('backlog sample failed', { error: String(err) }));
   }, everyMs);
   timer.unref();
   return timer;

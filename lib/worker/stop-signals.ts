@@ -9,8 +9,7 @@
  */
 import { FilterError } from '../types.ts';
 import type { WorkerEnvName } from '../worker-env.ts';
-
-type StopLog = (level: 'info' | 'warn', msg: string, ctx?: Record<string, unknown>) => void;
+import type { Logger } from '../support/logger.ts';
 
 export interface StopSignals {
   /** Aborted by the first signal: drain. */
@@ -34,18 +33,18 @@ export interface StopExit {
  * @param drainBudgetMs how long a drain may run; 0 for no limit
  * @param exit how to end the process on a second signal (at once) and after an abandon (after its grace); none: never
  */
-export function stopSignals(log: StopLog, drainBudgetMs: number, exit?: StopExit): StopSignals {
+export function stopSignals(log: Logger, drainBudgetMs: number, exit?: StopExit): StopSignals {
   const graceful = new AbortController();
   const hard = new AbortController();
   let signals = 0;
   const abandon = (why: string) => {
     if (hard.signal.aborted) return;
-    log('warn', `${why}: abandoning in-flight work (it will be redelivered)`, {});
+    log.warn(`${why}: abandoning in-flight work (it will be redelivered)`);
     hard.abort();
     if (!exit) return;
     const graceMs = exit.graceMs ?? 10_000;
     setTimeout(() => {
-      log('warn', `still running ${graceMs} ms after the abandon: exiting`, {});
+      log.warn(`still running ${graceMs} ms after the abandon: exiting`);
       exit.exit(exit.code);
     }, graceMs).unref();
   };
@@ -57,7 +56,7 @@ export function stopSignals(log: StopLog, drainBudgetMs: number, exit?: StopExit
       exit?.exit(exit.code);
       return;
     }
-    log('info', `${sig}: graceful drain`, drainBudgetMs > 0 ? { drainBudgetMs } : {});
+    log.info(`${sig}: graceful drain`, drainBudgetMs > 0 ? { drainBudgetMs } : {});
     graceful.abort();
     if (drainBudgetMs > 0) {
       setTimeout(() => abandon(`drain budget of ${drainBudgetMs} ms spent`), drainBudgetMs).unref();

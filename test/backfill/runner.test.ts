@@ -16,6 +16,7 @@ import { Policy, parseThresholds } from '../../lib/policy/index.ts';
 import { FilterError } from '../../lib/types.ts';
 import { FastScorer, createBucket, getJson, listAll, needServices, s3Client, uniq } from '../stream/helpers.ts';
 import { counts, curatedIdsUnder, inputShard, putShard, rejectEventsUnder, type Damage } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('s3');
 
@@ -171,13 +172,9 @@ describe('shard job runner', { skip }, () => {
         samplesPerShard: 4,
         batchSize: 4,
         abort: abort.signal,
-        logger: {
-          info: (msg) => {
-            if (msg === 'curated shard written' && ++written > 0) abort.abort();
-          },
-          warn() {},
-          error() {},
-        },
+        logger: new Logger(({ msg }) => {
+          if (msg === 'curated shard written' && ++written > 0) abort.abort();
+        }),
       }),
     );
     await assert.rejects(run, (e: unknown) => e instanceof FilterError && e.code === 'shard_job_incomplete');

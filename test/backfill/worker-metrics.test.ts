@@ -26,6 +26,7 @@ import {
   waitFor,
 } from '../stream/helpers.ts';
 import { inputShard, putShard } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('s3', 'sqs');
 
@@ -71,10 +72,10 @@ describe('shard-job worker metrics', { skip }, () => {
         signal: stop.signal,
         metricsOut: (line) => emf.push(JSON.parse(line) as Record<string, unknown>),
         metricsIntervalMs: 0,
-        log: (_level, msg) => {
+        logger: new Logger(({ msg }) => {
           // The first attempt scored every record and then could not write its outputs: the bucket comes now.
           if (msg === 'shard job failed; it will be retried' && failures++ === 0) void createBucket(s3, out);
-        },
+        }),
       },
     );
     try {

@@ -40,6 +40,7 @@ import {
   waitFor,
 } from '../stream/helpers.ts';
 import { inputShard, putShard } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('s3', 'sqs');
 
@@ -125,10 +126,10 @@ describe('shard-job worker', { skip }, () => {
     /** Runs one worker on `queueUrl` until the queue is empty. */
     async function work(queueUrl: string) {
       const stop = new AbortController();
-      const log = (_l: string, msg: string, ctx?: Record<string, unknown>) => logs.push({ msg, ctx });
+      const logger = new Logger(({ msg, ctx }) => logs.push({ msg, ctx }));
       const run = runWorker(
         { ...config, sqsQueueUrl: queueUrl, scorer: new FastScorer(8) },
-        { signal: stop.signal, log, metricsOut: null },
+        { signal: stop.signal, logger, metricsOut: null },
       );
       try {
         await waitFor(`${queueUrl} empty`, () => queueEmpty(sqs, queueUrl), 60_000);

@@ -12,6 +12,7 @@ import {
   type TopicAdmin,
   type TopicSpec,
 } from '../../functions/lambda/topic-provisioner.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 const base = {
   Brokers: 'b-1.example:9098,b-2.example:9098',
@@ -175,7 +176,7 @@ function event(type: CustomResourceEvent['RequestType'], props: Record<string, u
 describe('onEvent', () => {
   test('Create is idempotent, Update grows, Delete retains by default', async () => {
     const admin = new MemoryAdmin();
-    const deps = { createAdmin: async () => admin, log: () => {} };
+    const deps = { createAdmin: async () => admin, logger: silentLogger };
 
     const first = await onEvent(event('Create', base), deps);
     assert.equal(first.PhysicalResourceId, 'mlmf-topics-Topics');
@@ -204,7 +205,7 @@ describe('onEvent', () => {
     const admin = new MemoryAdmin();
     admin.topics.set('mlmf.audit', 3);
     admin.topics.set('someone.else', 3);
-    const deps = { createAdmin: async () => admin, log: () => {} };
+    const deps = { createAdmin: async () => admin, logger: silentLogger };
     const out = await onEvent(event('Delete', { ...base, DeleteOnDestroy: 'true' }), deps);
     assert.equal(out.Data?.Deleted, 'mlmf.audit');
     assert.deepEqual([...admin.topics.keys()], ['someone.else']);
@@ -217,7 +218,7 @@ describe('onEvent', () => {
         built++;
         return new MemoryAdmin();
       },
-      log: () => {},
+      logger: silentLogger,
     };
     await assert.rejects(onEvent(event('Create', { ...base, Brokers: '' }), deps), /Brokers/);
     const del = await onEvent(event('Delete', { ...base, Brokers: '' }), deps);
@@ -267,7 +268,7 @@ test(
     const deps = {
       createAdmin: async () =>
         new Kafka({ clientId: 'mlmf-test', brokers: String(brokers).split(','), logLevel: logLevel.NOTHING }).admin(),
-      log: () => {},
+      logger: silentLogger,
     };
     assert.equal((await onEvent(event('Create', props), deps)).Data?.Created, name);
     assert.equal((await onEvent(event('Create', props), deps)).Data?.Unchanged, name);

@@ -20,6 +20,7 @@ import { ONNX_PARTS, onnxFile } from '../../lib/model/model-dir.ts';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { loadEngine } from '../../lib/model/sessions.ts';
 import { FilterError } from '../../lib/types.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/models/tiny-llava-qwen/', import.meta.url));
 
@@ -49,6 +50,7 @@ function identityModel(): Uint8Array {
 const SMALL_GRAPH = identityModel();
 
 type Log = { level: string; message: string; context: Record<string, unknown> };
+const capture = (logs: Log[]) => new Logger(({ level, msg, ctx }) => logs.push({ level, message: msg, context: ctx }));
 
 function standInModelDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-ep-'));
@@ -101,9 +103,7 @@ test('fallbackToCpu false: an unavailable cuda provider fails the load (engine)'
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const logs: Log[] = [];
   await assert.rejects(
-    loadEngine(dir, { executionProvider: 'cuda', fallbackToCpu: false, intraOpThreads: 1 }, (level, message, context) =>
-      logs.push({ level, message, context }),
-    ),
+    loadEngine(dir, { executionProvider: 'cuda', fallbackToCpu: false, intraOpThreads: 1 }, capture(logs)),
     (err) => assertUnavailable(err, logs),
   );
 });
@@ -117,7 +117,7 @@ test('fallbackToCpu false reaches the scorer thread: loadScorer rejects with the
       executionProvider: 'cuda',
       fallbackToCpu: false,
       intraOpThreads: 1,
-      logger: (level, message, context) => logs.push({ level, message, context }),
+      logger: capture(logs),
     }),
     (err) => assertUnavailable(err, logs),
   );
@@ -127,9 +127,7 @@ test('by default an unavailable cuda provider falls back to cpu with a logged wa
   const dir = standInModelDir();
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const logs: Log[] = [];
-  const outcome = await loadEngine(dir, { executionProvider: 'cuda', intraOpThreads: 1 }, (level, message, context) =>
-    logs.push({ level, message, context }),
-  ).then(
+  const outcome = await loadEngine(dir, { executionProvider: 'cuda', intraOpThreads: 1 }, capture(logs)).then(
     async (loaded) => {
       await loaded.engine.release();
       return loaded.executionProvider;

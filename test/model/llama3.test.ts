@@ -19,9 +19,10 @@ import { buildPrompt } from '../../lib/model/prompt.ts';
 import { readModelDir } from '../../lib/model/model-dir.ts';
 import { PromptTokenizer } from '../../lib/model/tokens.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 const FIXTURES = ['tiny-llava-llama3', 'tiny-llava-llama32'];
-const quiet = () => undefined;
+const quiet = silentLogger;
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
 
 interface NumberCase {

@@ -13,9 +13,10 @@ import type { EngineResult } from '../../lib/model/engine.ts';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { METRICS, type MetricKey, type MetricShort } from '../../lib/types.ts';
 import { loadReference as load, type RefCase } from './reference.ts';
+import { Logger, silentLogger } from '../../lib/support/logger.ts';
 
 const FIXTURES = ['tiny-llava-qwen', 'tiny-llava-v1'];
-const quiet = () => undefined;
+const quiet = silentLogger;
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
 
 function maxAbsDiff(a: readonly number[], b: readonly number[]): number {
@@ -200,7 +201,7 @@ test('an unavailable execution provider falls back to cpu with a logged warning'
     const scorer = await loadScorer(dir, {
       executionProvider: ep,
       intraOpThreads: 1,
-      logger: (level, message, context) => logs.push({ level, message, context }),
+      logger: new Logger(({ level, msg, ctx }) => logs.push({ level, message: msg, context: ctx })),
     });
     try {
       if (scorer.executionProvider === 'cpu') {

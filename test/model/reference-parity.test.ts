@@ -16,6 +16,7 @@ import { loadScorer } from '../../lib/model/scorer.ts';
 import { readModelDir } from '../../lib/model/model-dir.ts';
 import { PromptTokenizer } from '../../lib/model/tokens.ts';
 import { METRICS, type MetricKey, type MetricShort, type ScoreResult } from '../../lib/types.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 interface ParityCase {
   image: number;
@@ -47,7 +48,7 @@ interface ParityFixture {
 
 const FAMILIES = ['llava_qwen', 'llava_v1', 'llama3_8b', 'llama3_2'];
 const SHORT = Object.fromEntries(METRICS.map((m) => [m.key, m.short])) as Record<MetricKey, MetricShort>;
-const quiet = () => undefined;
+const quiet = silentLogger;
 
 function load(family: string) {
   const dir = new URL(`../fixtures/parity/${family}/`, import.meta.url).pathname;

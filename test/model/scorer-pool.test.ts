@@ -2,12 +2,13 @@
  * The scorer's worker pool on a real tiny model: chunks queue for the one thread, a chunk aborted while it waits never
  * runs, and close() fails what waits.
  */
+import { silentLogger } from '../../lib/support/logger.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadScorer } from '../../lib/model/scorer.ts';
 import { loadReference } from './reference.ts';
 
-const quiet = () => undefined;
+const quiet = silentLogger;
 
 async function oneThreadPerPair() {
   const { dir, inputs } = loadReference('tiny-llava-qwen');

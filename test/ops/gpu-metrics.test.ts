@@ -13,6 +13,7 @@ import { GpuSampler, parseNvidiaSmi, startGpuSampling } from '../../lib/metrics/
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
 import { fakeNvidiaSmi } from '../helpers/fake-nvidia-smi.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 // nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits, as the driver prints
 // it: an H200 under load, a g5 (A10G) and a g6 (L4) pair, a MIG slice (no utilisation counter), and failures.
@@ -96,7 +97,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       metrics,
       intervalMs: 30,
       env: { ...process.env, PATH: smi.path() },
-      log: (_level, msg) => logs.push(msg),
+      logger: new Logger(({ msg }) => logs.push(msg)),
     }).start();
     try {
       await until('three polls', () => sampler.polls >= 3);
@@ -130,7 +131,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       metrics,
       intervalMs: 10,
       env: { ...process.env, PATH: empty },
-      log: (level, msg) => logs.push({ level, msg }),
+      logger: new Logger(({ level, msg }) => logs.push({ level, msg })),
     }).start();
     await until('the sampler to give up', () => !sampler.running);
     metrics.flushEmf();
@@ -150,7 +151,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       metrics,
       intervalMs: 20,
       env: { ...process.env, PATH: smi.path() },
-      log: (level, msg) => logs.push({ level, msg }),
+      logger: new Logger(({ level, msg }) => logs.push({ level, msg })),
     }).start();
     try {
       await until('four failed polls', async () => (await smi.calls()) >= 4);
@@ -174,13 +175,13 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
     const logs: string[] = [];
     const env = { ...process.env, PATH: smi.path() };
     for (const provider of ['cpu', 'webgpu']) {
-      assert.equal(
-        startGpuSampling(provider, metrics, (_l, msg) => logs.push(msg), { env }),
-        undefined,
-      );
+      assert.equal(startGpuSampling(provider, metrics, new Logger(({ msg }) => logs.push(msg)), { env }), undefined);
     }
     assert.equal(logs.length, 2);
-    const sampler = startGpuSampling('cuda', metrics, (_l, msg) => logs.push(msg), { env, intervalMs: 60_000 });
+    const sampler = startGpuSampling('cuda', metrics, new Logger(({ msg }) => logs.push(msg)), {
+      env,
+      intervalMs: 60_000,
+    });
     assert.ok(sampler);
     try {
       await until('the first poll', () => sampler.polls >= 1);

@@ -34,6 +34,7 @@ import {
   uniq,
   waitFor,
 } from '../stream/helpers.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 const NS = 'MlmFilterCheck';
 const PIPELINE = 'p1';
@@ -170,7 +171,7 @@ async function emitterRun(until: (names: Set<string>) => boolean): Promise<{ wor
         pipeline: PIPELINE,
         metricsNamespace: NS,
       },
-      { signal: stop.signal, log: () => undefined, metricsOut: (l) => worker.push(l), metricsIntervalMs: 200 },
+      { signal: stop.signal, logger: silentLogger, metricsOut: (l) => worker.push(l), metricsIntervalMs: 200 },
     );
     try {
       await waitFor('every record committed', async () => (await committedTotal(clients.admin, `${t}-group`, t)) === 8);

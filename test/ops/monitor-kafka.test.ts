@@ -8,6 +8,7 @@ import { connect } from 'node:net';
 import { test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { runMonitor, type MonitorSnapshot } from '../../lib/monitor/index.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 const BROKER = '127.0.0.1:9092';
 
@@ -104,7 +105,7 @@ test(
       const lines: string[] = [];
       const stop = new AbortController();
       const done = runMonitor({
-        connection: { brokers: [BROKER], log: () => undefined },
+        connection: { brokers: [BROKER], logger: silentLogger },
         auditTopic: audit,
         acceptedTopic: accepted,
         from,
@@ -197,7 +198,7 @@ test(
       const data = await writeReport({
         input: {
           kind: 'kafka',
-          connection: { brokers: [BROKER], log: () => undefined },
+          connection: { brokers: [BROKER], logger: silentLogger },
           topic: audit,
           acceptedTopic: accepted,
         },

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BatchLedger, type BatchEntry } from '../../lib/pipeline/ledger.ts';
-import { silentLogger } from '../../lib/pipeline/logger.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 import { RunFailure } from '../../lib/pipeline/run-failure.ts';
 import { SinkWriter, type DeadLetterPort } from '../../lib/pipeline/sink-writer.ts';
 import type { Committer, Outcome, Sink, SourceBatch } from '../../lib/types.ts';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { runPipeline } from '../../lib/pipeline/index.ts';
 import { BatchLedger } from '../../lib/pipeline/ledger.ts';
-import { silentLogger } from '../../lib/pipeline/logger.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 import { RunFailure } from '../../lib/pipeline/run-failure.ts';
 import { SinkWriter } from '../../lib/pipeline/sink-writer.ts';
 import { Policy } from '../../lib/policy/index.ts';

@@ -15,6 +15,7 @@ import { FilterError } from '../../lib/types.ts';
 import { assertRodeOutOutage, runOutageScenario, runShutdownScenario } from './broker-outage.ts';
 import { needServices, readTopicToEnd, uniq } from './helpers.ts';
 import { PrivateKafkaBroker, privateBrokerUnavailable } from './private-broker.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = privateBrokerUnavailable() || (await needServices('s3'));
 
@@ -100,7 +101,7 @@ describe('Kafka broker restart', { skip }, () => {
   it('a commit retries through the outage and lands once; one whose budget runs out fails', async () => {
     const { t, audit } = await topics();
     const warnings: string[] = [];
-    const logger = { warn: (msg: string) => warnings.push(msg) };
+    const logger = new Logger(({ level, msg }) => (level === 'warn' ? warnings.push(msg) : undefined));
     const hub = await KafkaProducerHub.open({
       kafka,
       transactions: { groupId: `${t}-g`, idPrefix: t },

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { drainBudgetFromEnv, stopSignals } from '../../functions/worker/stop-signals.ts';
 import { FilterError } from '../../lib/types.ts';
+import { Logger, silentLogger } from '../../lib/support/logger.ts';
 
 type Line = { level: string; msg: string; ctx?: Record<string, unknown> };
 
@@ -21,7 +22,7 @@ async function until(what: string, cond: () => boolean, deadlineMs = 5_000): Pro
 
 test('first SIGTERM drains; the spent drain budget abandons in-flight work, once', async () => {
   const lines: Line[] = [];
-  const stop = stopSignals((level, msg, ctx) => lines.push({ level, msg, ctx }), 40);
+  const stop = stopSignals(new Logger((e) => lines.push(e)), 40);
   stop.onSignal('SIGTERM');
   assert.equal(stop.graceful.aborted, true);
   assert.equal(stop.hard.aborted, false, 'the drain gets its budget first');
@@ -34,7 +35,7 @@ test('first SIGTERM drains; the spent drain budget abandons in-flight work, once
 
 test('a second signal abandons at once, whatever the budget', () => {
   const lines: Line[] = [];
-  const stop = stopSignals((level, msg) => lines.push({ level, msg }), 60_000);
+  const stop = stopSignals(new Logger((e) => lines.push(e)), 60_000);
   stop.onSignal('SIGINT');
   stop.onSignal('SIGTERM');
   assert.equal(stop.hard.aborted, true);
@@ -43,7 +44,7 @@ test('a second signal abandons at once, whatever the budget', () => {
 });
 
 test('no budget: the drain is not cut short', async () => {
-  const stop = stopSignals(() => {}, 0);
+  const stop = stopSignals(silentLogger, 0);
   stop.onSignal('SIGTERM');
   // A 0 budget arms no timer: give any (wrongly armed) zero-delay timer its chance to fire.
   await new Promise((r) => setImmediate(r));
@@ -67,13 +68,13 @@ test('MLMF_DRAIN_BUDGET_MS: unset is no limit, digits are milliseconds, anything
 test('with an exit: a second signal exits at once; a spent budget exits after its grace, whatever is still open', async () => {
   const exits: number[] = [];
   const exit = { exit: (code: number) => exits.push(code), code: 1, graceMs: 30 };
-  const twice = stopSignals(() => {}, 60_000, exit);
+  const twice = stopSignals(silentLogger, 60_000, exit);
   twice.onSignal('SIGTERM');
   assert.deepEqual(exits, [], 'the first signal only drains');
   twice.onSignal('SIGTERM');
   assert.deepEqual(exits, [1], 'the second one exits, synchronously');
   exits.length = 0;
-  const spent = stopSignals(() => {}, 20, exit);
+  const spent = stopSignals(silentLogger, 20, exit);
   spent.onSignal('SIGTERM');
   await until('the budget to run out', () => spent.hard.aborted);
   assert.deepEqual(exits, [], 'the abandon leaves the run its grace to close its clients');

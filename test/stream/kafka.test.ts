@@ -27,6 +27,7 @@ import {
   waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { Logger, silentLogger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('kafka', 's3');
 
@@ -75,7 +76,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const logs: { level: string; msg: string }[] = [];
     const run = runWorker(workerConfig(t, bucket, { acceptedTopic: accepted, dlqTopic: dlq }), {
       signal: stop.signal,
-      log: (level, msg) => logs.push({ level, msg }),
+      logger: new Logger(({ level, msg }) => logs.push({ level, msg })),
       metricsOut: null,
     });
     try {
@@ -158,7 +159,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const records = [{ ...(base as object), id: `${t}-long`, caption: long }, ...(await makeRecords(`${t}-after`, 2))];
     await produce(kafka, t, records, 1);
     const stop = new AbortController();
-    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, log: () => undefined, metricsOut: null });
+    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, logger: silentLogger, metricsOut: null });
     try {
       await waitFor('all offsets committed', async () => (await committedTotal(admin, groupId, t)) === 3, 30_000);
     } finally {
@@ -183,7 +184,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const stop = new AbortController();
     const run = runWorker(
       workerConfig(t, bucket, { pipeline: 'emf-check', metricsNamespace: 'MlmFilterCheck', backlogSampleMs: 200 }),
-      { signal: stop.signal, log: () => undefined, metricsOut: (l) => lines.push(l) },
+      { signal: stop.signal, logger: silentLogger, metricsOut: (l) => lines.push(l) },
     );
     const names = () => {
       const out = new Set<string>();
@@ -240,7 +241,7 @@ describe('Kafka source -> S3 curated + audit topic', { skip }, () => {
     const [good] = await makeRecords(t, 1);
     await produce(kafka, t, [{ ...(good as object), id: `${t}-poison`, caption: 'poison pill' }], 1);
     const stop = new AbortController();
-    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, log: () => undefined, metricsOut: null });
+    const run = runWorker(workerConfig(t, bucket), { signal: stop.signal, logger: silentLogger, metricsOut: null });
     try {
       // Alone in its scorer batch: once it was taken for a broken scorer and the worker crash-looped on it.
       await waitFor('the poison record committed', async () => (await committedTotal(admin, groupId, t)) === 1, 30_000);

@@ -20,6 +20,7 @@ import {
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
 
@@ -55,7 +56,9 @@ describe('long scoring', { skip }, () => {
       },
       {
         signal: stop.signal,
-        log: (level, msg, ctx) => (level === 'warn' ? warnings.push(`${msg} ${JSON.stringify(ctx)}`) : undefined),
+        logger: new Logger(({ level, msg, ctx }) =>
+          level === 'warn' ? warnings.push(`${msg} ${JSON.stringify(ctx)}`) : undefined,
+        ),
         metricsOut: null,
       },
     );

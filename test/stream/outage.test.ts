@@ -27,6 +27,7 @@ import {
   waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const PID_FILE = new URL('../../.services/moto/pid', import.meta.url);
 const skip =
@@ -71,10 +72,10 @@ describe('S3 outage', { skip }, () => {
       },
       {
         signal: stop.signal,
-        log: (level, msg, ctx) => {
+        logger: new Logger(({ level, msg, ctx }) => {
           if (process.env.DEBUG_OUTAGE) console.error(level, msg, JSON.stringify(ctx));
           if (level === 'error') errors.push(msg);
-        },
+        }),
         metricsOut: null,
       },
     );

@@ -24,6 +24,7 @@ import {
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
+import { Logger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('kafka', 's3');
 
@@ -55,7 +56,7 @@ describe('consumer group rebalance', { skip }, () => {
     const warnings: string[] = [];
     const opts = (stop: AbortController) => ({
       signal: stop.signal,
-      log: (level: string, msg: string) => (level === 'warn' ? warnings.push(msg) : undefined),
+      logger: new Logger(({ level, msg }) => (level === 'warn' ? warnings.push(msg) : undefined)),
       metricsOut: null,
     });
     const stopA = new AbortController();

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import type { Admin, Kafka } from 'kafkajs';
 import { KafkaProducerHub } from '../../lib/kafka/producer-hub.ts';
 import { BatchLedger } from '../../lib/pipeline/ledger.ts';
-import { silentLogger } from '../../lib/pipeline/logger.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 import { RunFailure } from '../../lib/pipeline/run-failure.ts';
 import { SinkWriter } from '../../lib/pipeline/sink-writer.ts';
 import { KafkaAuditSink } from '../../lib/sinks/kafka-audit.ts';

@@ -27,6 +27,7 @@ import {
   waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 const skip = await needServices('kafka', 's3', 'sqs');
 
@@ -82,7 +83,7 @@ describe('SQS source -> S3 curated + audit topic', { skip }, () => {
           thresholds: 'itm>=50',
           scorer: new FastScorer(8),
         },
-        { signal: stop.signal, log: () => undefined, metricsOut: null },
+        { signal: stop.signal, logger: silentLogger, metricsOut: null },
       );
       try {
         await waitFor('queue drained', () => queueEmpty(sqs, url), 60_000);

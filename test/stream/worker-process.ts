@@ -3,17 +3,17 @@
  * SIGTERM drain, exit code) with FastScorer injected in place of the MLM model (MLMF_TEST_SCORER_DELAY_MS per batch
  * imitates inference time). Run: node --import tsx test/stream/worker-process.ts
  */
-import { configFromEnv, jsonLog, runWorker } from '../../functions/worker/main.ts';
+import { configFromEnv, runWorker, workerLog } from '../../functions/worker/main.ts';
 import { FastScorer } from './helpers.ts';
 
 const graceful = new AbortController();
 process.on('SIGTERM', () => graceful.abort());
 process.on('SIGINT', () => graceful.abort());
 const scorer = new FastScorer(8, Number(process.env.MLMF_TEST_SCORER_DELAY_MS ?? 0));
-runWorker({ ...configFromEnv(), scorer }, { signal: graceful.signal, log: jsonLog, metricsOut: null }).then(
+runWorker({ ...configFromEnv(), scorer }, { signal: graceful.signal, logger: workerLog, metricsOut: null }).then(
   () => process.exit(0),
   (err: unknown) => {
-    jsonLog('error', 'worker failed', { error: String(err) });
+    workerLog.error('worker failed', { error: String(err) });
     process.exit(1);
   },
 );

@@ -22,6 +22,7 @@ import {
   uniq,
   waitFor,
 } from './helpers.ts';
+import { silentLogger } from '../../lib/support/logger.ts';
 
 describe('worker configuration from the environment', () => {
   it('reads every variable the infra sets', () => {
@@ -202,7 +203,7 @@ describe('worker health endpoint', { skip }, () => {
         backlogSampleMs: 200,
         scorer,
       },
-      { signal: stop.signal, log: () => undefined, metricsOut: null, onReady: () => ready() },
+      { signal: stop.signal, logger: silentLogger, metricsOut: null, onReady: () => ready() },
     );
     await isReady;
     const health = async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).status;
@@ -247,13 +248,13 @@ describe('worker model download (MLMF_MODEL_S3_URI)', { skip: await needServices
     await s3.send(new PutObjectCommand({ Bucket: bucket, Key: 'm/model.tar.gz', Body: archive }));
     const base = { source: 'kafka' as const, bucket: 'x', modelS3Uri: `s3://${bucket}/m/model.tar.gz` };
     await assert.rejects(
-      ensureModel({ ...base, modelDir: join(work, 'bad'), modelSha256: '0'.repeat(64) }, s3, () => undefined),
+      ensureModel({ ...base, modelDir: join(work, 'bad'), modelSha256: '0'.repeat(64) }, s3, silentLogger),
       (e: unknown) => e instanceof FilterError && e.code === 'model_digest_mismatch',
     );
-    const dir = await ensureModel({ ...base, modelDir: join(work, 'good'), modelSha256: sha }, s3, () => undefined);
+    const dir = await ensureModel({ ...base, modelDir: join(work, 'good'), modelSha256: sha }, s3, silentLogger);
     assert.equal(readFileSync(join(dir, 'onnx', 'x.onnx'), 'utf8'), 'weights');
     // Present now: a second call downloads nothing (a wrong digest would otherwise fail).
-    await ensureModel({ ...base, modelDir: dir, modelSha256: 'f'.repeat(64) }, s3, () => undefined);
+    await ensureModel({ ...base, modelDir: dir, modelSha256: 'f'.repeat(64) }, s3, silentLogger);
     s3.destroy();
   });
 });
