@@ -25,7 +25,6 @@ import {
   queueEmpty,
   s3Client,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
 import {
   counts,
@@ -39,6 +38,7 @@ import {
   stopWorkers,
   type Worker,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 

@@ -24,7 +24,6 @@ import {
   queueEmpty,
   s3Client,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
 import {
   counts,
@@ -38,6 +37,7 @@ import {
   type Damage,
   type InputShard,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;

@@ -37,9 +37,9 @@ import {
   queueEmpty,
   s3Client,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
 import { inputShard, putShard } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 

@@ -1,8 +1,7 @@
-/** A `mlm-filter` process the test talks to while it runs (stdin kept open, signals), and polling with a deadline. */
+/** A `mlm-filter` process the test talks to while it runs: stdin kept open, signals, what it has written so far. */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
@@ -34,15 +33,6 @@ export function startCli(args: string[], limitMs = 120_000): LiveCli {
     }),
   );
   return { child, exited, stderr: () => err, stdout: () => out };
-}
-
-/** Polls `condition` every `everyMs` until it holds; throws naming `what` after `deadlineMs`. */
-export async function waitFor(what: string, condition: () => boolean, deadlineMs = 60_000, everyMs = 50) {
-  const end = Date.now() + deadlineMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
 }
 
 /** Resolves with the process's exit, or undefined when it is still running after `deadlineMs`. */

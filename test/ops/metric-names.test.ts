@@ -32,8 +32,8 @@ import {
   closeServiceClients,
   produce,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const NS = 'MlmFilterCheck';
 const PIPELINE = 'p1';

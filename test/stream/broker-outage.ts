@@ -16,15 +16,14 @@ import {
   S3_ENDPOINT,
   createBucket,
   curatedIds,
-  holdsFor,
   makeRecords,
   produce,
   readTopicToEnd,
   s3Client,
   tally,
   uniq,
-  waitFor,
 } from './helpers.ts';
+import { waitFor, holdsFor } from '../helpers/poll.ts';
 
 const WORKER = new URL('../../functions/worker/main.ts', import.meta.url).pathname;
 /** The CLI entry (`mlm-filter worker`): it waits for the event loop to end, where the container entry exits. */

@@ -31,9 +31,9 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3', 'sqs') : 'slow suite: set MLMF_SLOW=1';
 const WORKER = new URL('./worker-process.ts', import.meta.url).pathname;

@@ -16,10 +16,10 @@ import {
   needServices,
   produce,
   uniq,
-  waitFor,
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
 

@@ -24,9 +24,9 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const PID_FILE = new URL('../../.services/moto/pid', import.meta.url);
 const skip =

@@ -20,10 +20,10 @@ import {
   s3Client,
   tally,
   uniq,
-  waitFor,
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('kafka', 's3');
 

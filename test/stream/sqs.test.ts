@@ -24,9 +24,9 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('kafka', 's3', 'sqs');
 

@@ -20,8 +20,8 @@ import {
   produce,
   s3Client,
   uniq,
-  waitFor,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 describe('worker configuration from the environment', () => {
   it('reads every variable the infra sets', () => {

@@ -27,8 +27,8 @@ import {
   tally,
   uniq,
   useServiceClients,
-  waitFor,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
 const WORKER = new URL('./worker-process.ts', import.meta.url).pathname;
