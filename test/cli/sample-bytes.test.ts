@@ -27,7 +27,6 @@ import { ustarHeader, ustarMember } from '../sources/ustar.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
-const skip = !existsSync(model) && 'tiny model fixture missing';
 const RUN_LIMIT_MS = 180_000;
 const MIB = 1024 * 1024;
 /** The member size of the report: under the 64 MiB member limit, so only the byte limits stop it. */
@@ -102,46 +101,42 @@ function assertRan(r: Awaited<ReturnType<typeof filter>>, t: { diagnostic(m: str
   assert.ok(r.peakMiB > 0 && r.peakMiB < PEAK_LIMIT_MIB, `peak RSS ${r.peakMiB} MiB, over ${PEAK_LIMIT_MIB}`);
 }
 
-test(
-  'a sample of 25 members of 60 MiB is one sample_too_large reject; unused members are never read',
-  { skip },
-  async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-    const jpeg = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#1478c8' } })
-      .jpeg()
-      .toBuffer();
-    // Extensions a pair is made of and others, 60 MiB each, all holes.
-    const exts = ['jpg', 'png', 'txt', 'json', 'webp', 'npy', 'cls', 'gif', 'tiff', 'avif'];
-    const big = Array.from({ length: 25 }, (_, i) => ({ name: `big.${exts[i % exts.length]}`, size: BIG }));
-    // A good sample carrying 20 members of 60 MiB it has no use for (depth maps, features...): read without them.
-    const extra = ['npy', 'depth.png', 'mp4', 'seg.jpg'].flatMap((e) =>
-      Array.from({ length: 5 }, () => ({ name: `extra.${e}`, size: BIG })),
-    );
-    sparseTar(join(dir, 'in.tar'), [
-      ...big,
-      { name: 'extra.jpg', size: 0, data: jpeg },
-      ...extra,
-      caption('extra'),
-      { name: 'ok.jpg', size: 0, data: jpeg },
-      caption('ok'),
-    ]);
-    const out = join(dir, 'out');
-    const r = await filter(join(dir, 'in.tar'), out, dir);
-    assertRan(r, t);
-    const run = readRun(out);
-    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['extra', 'ok']);
-    assert.equal(run.rejects.length, 1);
-    const reason = run.rejects[0]!.reasons[0]!;
-    assert.equal(reason.code, 'invalid_record');
-    assert.equal(reason.detail?.kind, 'sample_too_large');
-    assert.equal(reason.detail?.member, 'big.jpg');
-    assert.equal(reason.detail?.size, BIG);
-    assert.equal(reason.detail?.limit, 32 * MIB);
-    assert.equal((run.rejects[0]!.source as { key?: string }).key, 'big');
-  },
-);
+test('a sample of 25 members of 60 MiB is one sample_too_large reject; unused members are never read', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
+  const jpeg = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#1478c8' } })
+    .jpeg()
+    .toBuffer();
+  // Extensions a pair is made of and others, 60 MiB each, all holes.
+  const exts = ['jpg', 'png', 'txt', 'json', 'webp', 'npy', 'cls', 'gif', 'tiff', 'avif'];
+  const big = Array.from({ length: 25 }, (_, i) => ({ name: `big.${exts[i % exts.length]}`, size: BIG }));
+  // A good sample carrying 20 members of 60 MiB it has no use for (depth maps, features...): read without them.
+  const extra = ['npy', 'depth.png', 'mp4', 'seg.jpg'].flatMap((e) =>
+    Array.from({ length: 5 }, () => ({ name: `extra.${e}`, size: BIG })),
+  );
+  sparseTar(join(dir, 'in.tar'), [
+    ...big,
+    { name: 'extra.jpg', size: 0, data: jpeg },
+    ...extra,
+    caption('extra'),
+    { name: 'ok.jpg', size: 0, data: jpeg },
+    caption('ok'),
+  ]);
+  const out = join(dir, 'out');
+  const r = await filter(join(dir, 'in.tar'), out, dir);
+  assertRan(r, t);
+  const run = readRun(out);
+  assert.deepEqual(run.curated.map((c) => c.id).sort(), ['extra', 'ok']);
+  assert.equal(run.rejects.length, 1);
+  const reason = run.rejects[0]!.reasons[0]!;
+  assert.equal(reason.code, 'invalid_record');
+  assert.equal(reason.detail?.kind, 'sample_too_large');
+  assert.equal(reason.detail?.member, 'big.jpg');
+  assert.equal(reason.detail?.size, BIG);
+  assert.equal(reason.detail?.limit, 32 * MIB);
+  assert.equal((run.rejects[0]!.source as { key?: string }).key, 'big');
+});
 
-test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', { skip }, async (t) => {
+test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
   const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
   sparseTar(
@@ -157,24 +152,20 @@ test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none rea
   assert.deepEqual(new Set(run.rejects.map((e) => e.reasons[0]?.detail?.kind)), new Set(['sample_too_large']));
 });
 
-test(
-  '60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects',
-  { skip },
-  async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-    const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-    sparseTar(
-      join(dir, 'in.tar'),
-      keys.flatMap((k) => [...holes(k, 1, 24 * MIB), caption(k)]),
-    );
-    const out = join(dir, 'out');
-    const r = await filter(join(dir, 'in.tar'), out, dir);
-    // 1.4 GiB of images in one batch's worth of samples: without the byte bound they were all held at once.
-    assertRan(r, t);
-    const run = readRun(out);
-    assert.equal(run.curated.length, 0);
-    assert.equal(run.summary.records, 60);
-    // Within the reading limits, each image reaches the intake, which refuses inline images over 16 MiB.
-    for (const e of run.rejects) assert.equal(e.reasons[0]?.code, 'fetch_failed', JSON.stringify(e.reasons[0]));
-  },
-);
+test('60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
+  const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
+  sparseTar(
+    join(dir, 'in.tar'),
+    keys.flatMap((k) => [...holes(k, 1, 24 * MIB), caption(k)]),
+  );
+  const out = join(dir, 'out');
+  const r = await filter(join(dir, 'in.tar'), out, dir);
+  // 1.4 GiB of images in one batch's worth of samples: without the byte bound they were all held at once.
+  assertRan(r, t);
+  const run = readRun(out);
+  assert.equal(run.curated.length, 0);
+  assert.equal(run.summary.records, 60);
+  // Within the reading limits, each image reaches the intake, which refuses inline images over 16 MiB.
+  for (const e of run.rejects) assert.equal(e.reasons[0]?.code, 'fetch_failed', JSON.stringify(e.reasons[0]));
+});
