@@ -12,7 +12,7 @@ import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import type { AuditEvent } from '../../lib/sinks/audit-event.ts';
-import { ustar, ustarMember } from '../sources/ustar.ts';
+import { sampleMembers, ustar, ustarMember } from '../sources/ustar.ts';
 import {
   CREDENTIALS,
   REGION,
@@ -76,11 +76,7 @@ export async function inputShard(name: string, n: number, damage: Damage = 'none
   const members = (i: number): [string, Buffer][] => {
     const key = `${name}-${i}`;
     const image = damage === 'undecodable-image' && i === 2 ? Buffer.from('not an image at all') : png;
-    return [
-      [`${key}.png`, image],
-      [`${key}.txt`, Buffer.from(`pair ${i} of ${name} score=${i % 2 === 0 ? 90 : 10}`)],
-      [`${key}.json`, Buffer.from(JSON.stringify({ source_index: i }))],
-    ];
+    return sampleMembers(key, image, `pair ${i} of ${name} score=${i % 2 === 0 ? 90 : 10}`, { source_index: i }, 'png');
   };
   const ids = Array.from({ length: n }, (_, i) => `${name}-${i}`);
   let tar = ustar(Array.from({ length: n }, (_, i) => members(i)).flat());

@@ -5,7 +5,6 @@
  * and every good pair scored.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -13,11 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { ustar, ustarHeader, ustarMember } from '../sources/ustar.ts';
+import { sampleMembers, ustar, ustarHeader, ustarMember } from '../sources/ustar.ts';
 import { readRun } from '../helpers/cli-output.ts';
+import { runCliToEnd, tinyFilterArgs } from '../helpers/live-cli.ts';
 
-const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
 /** A run of a few pairs on the tiny model takes seconds; a hang is killed here and fails the test. */
 const RUN_LIMIT_MS = 90_000;
 
@@ -43,38 +41,9 @@ before(async () => {
 });
 after(() => server?.close());
 
-/** Runs the CLI asynchronously (the image server lives in this process), killing it after RUN_LIMIT_MS. */
-function cli(args: string[]): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out, err });
-    });
-  });
-}
-
+/** Runs the CLI (the image server lives in this process), killing it after RUN_LIMIT_MS. */
 function filter(input: string, out: string) {
-  return cli([
-    'filter',
-    '--input',
-    input,
-    '--out',
-    out,
-    '--model',
-    model,
-    '--threshold',
-    'itm>=0',
-    '--progress',
-    'none',
-    '--allow-address',
-    `127.0.0.1:${new URL(base).port}`,
-  ]);
+  return runCliToEnd(tinyFilterArgs(input, out, '--allow-address', `127.0.0.1:${new URL(base).port}`), RUN_LIMIT_MS);
 }
 
 const scoredCount = (r: ReturnType<typeof readRun>) =>
@@ -110,11 +79,8 @@ test('a directory with a good, a truncated and an 8 GiB-member shard: good sampl
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-shards-'));
   const shards = join(dir, 'shards');
   mkdirSync(shards);
-  const members = (key: string, meta: Record<string, unknown> = {}): [string, Buffer][] => [
-    [`${key}.jpg`, jpeg],
-    [`${key}.txt`, Buffer.from(`a blue square ${key}`)],
-    [`${key}.json`, Buffer.from(JSON.stringify({ src: 'shard', ...meta }))],
-  ];
+  const members = (key: string, meta: Record<string, unknown> = {}) =>
+    sampleMembers(key, jpeg, `a blue square ${key}`, { src: 'shard', ...meta });
   const blocks = (ms: [string, Buffer][]) => Buffer.concat(ms.map(([n, d]) => ustarMember(n, d)));
   writeFileSync(
     join(shards, '000.tar'),

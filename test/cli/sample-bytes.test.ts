@@ -7,26 +7,15 @@
  * Reading sparse members costs the kernel's zero-fill, not disk: the files are a few KiB.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import {
-  closeSync,
-  existsSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import sharp from 'sharp';
 import { readRun } from '../helpers/cli-output.ts';
-import { ustarHeader, ustarMember } from '../sources/ustar.ts';
+import { runCliToEnd, tinyFilterArgs } from '../helpers/live-cli.ts';
+import { writeSparseTar, type SparseMember } from '../sources/ustar.ts';
 
-const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
 const RUN_LIMIT_MS = 180_000;
 const MIB = 1024 * 1024;
 /** The member size of the report: under the 64 MiB member limit, so only the byte limits stop it. */
@@ -37,26 +26,8 @@ const BIG = 60 * MIB;
  */
 const PEAK_LIMIT_MIB = 700;
 
-/** A tar whose big members are holes: headers written at their offsets, data never written. */
-function sparseTar(path: string, members: { name: string; size: number; data?: Buffer }[]): void {
-  const fd = openSync(path, 'w');
-  let pos = 0;
-  for (const m of members) {
-    if (m.data) {
-      const whole = ustarMember(m.name, m.data);
-      writeSync(fd, whole, 0, whole.length, pos);
-      pos += whole.length;
-    } else {
-      writeSync(fd, ustarHeader(m.name, m.size), 0, 512, pos);
-      pos += 512 + Math.ceil(m.size / 512) * 512;
-    }
-  }
-  ftruncateSync(fd, pos + 1024);
-  closeSync(fd);
-}
-
 /** Runs the CLI with a preload that writes the process's VmHWM (peak RSS) to a file when it exits. */
-function filter(input: string, out: string, dir: string) {
+async function filter(input: string, out: string, dir: string) {
   const preload = join(dir, 'hwm.cjs');
   const hwmFile = join(dir, 'hwm.txt');
   writeFileSync(
@@ -64,35 +35,15 @@ function filter(input: string, out: string, dir: string) {
     `process.on('exit', () => { const m = /VmHWM:\\s+(\\d+) kB/.exec(require('fs').readFileSync('/proc/self/status', 'utf8')); ` +
       `require('fs').writeFileSync(${JSON.stringify(hwmFile)}, m ? m[1] : ''); });\n`,
   );
-  const args = [
-    'filter',
-    '--input',
-    input,
-    '--out',
-    out,
-    '--model',
-    model,
-    '--threshold',
-    'itm>=0',
-    '--progress',
-    'none',
-  ];
-  return new Promise<{ code: number | null; signal: string | null; err: string; peakMiB: number }>((resolve) => {
-    const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}` };
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
-    let err = '';
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      const kb = existsSync(hwmFile) ? Number(readFileSync(hwmFile, 'utf8')) : NaN;
-      resolve({ code, signal, err, peakMiB: Math.round(kb / 1024) });
-    });
-  });
+  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}` };
+  const r = await runCliToEnd(tinyFilterArgs(input, out), RUN_LIMIT_MS, env);
+  const kb = existsSync(hwmFile) ? Number(readFileSync(hwmFile, 'utf8')) : NaN;
+  return { ...r, peakMiB: Math.round(kb / 1024) };
 }
 
-const caption = (key: string) => ({ name: `${key}.txt`, size: 0, data: Buffer.from(`a blue square ${key}`) });
-const holes = (key: string, n: number, size: number) => Array.from({ length: n }, () => ({ name: `${key}.jpg`, size }));
+const caption = (key: string): SparseMember => ({ name: `${key}.txt`, data: Buffer.from(`a blue square ${key}`) });
+const holes = (key: string, n: number, size: number): SparseMember[] =>
+  Array.from({ length: n }, () => ({ name: `${key}.jpg`, size }));
 
 function assertRan(r: Awaited<ReturnType<typeof filter>>, t: { diagnostic(m: string): void }) {
   assert.equal(r.signal, null, `the run did not end within ${RUN_LIMIT_MS} ms:\n${r.err.slice(-2000)}`);
@@ -113,12 +64,12 @@ test('a sample of 25 members of 60 MiB is one sample_too_large reject; unused me
   const extra = ['npy', 'depth.png', 'mp4', 'seg.jpg'].flatMap((e) =>
     Array.from({ length: 5 }, () => ({ name: `extra.${e}`, size: BIG })),
   );
-  sparseTar(join(dir, 'in.tar'), [
+  writeSparseTar(join(dir, 'in.tar'), [
     ...big,
-    { name: 'extra.jpg', size: 0, data: jpeg },
+    { name: 'extra.jpg', data: jpeg },
     ...extra,
     caption('extra'),
-    { name: 'ok.jpg', size: 0, data: jpeg },
+    { name: 'ok.jpg', data: jpeg },
     caption('ok'),
   ]);
   const out = join(dir, 'out');
@@ -139,7 +90,7 @@ test('a sample of 25 members of 60 MiB is one sample_too_large reject; unused me
 test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
   const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-  sparseTar(
+  writeSparseTar(
     join(dir, 'in.tar'),
     keys.flatMap((k) => [...holes(k, 1, BIG), caption(k)]),
   );
@@ -155,7 +106,7 @@ test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none rea
 test('60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
   const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-  sparseTar(
+  writeSparseTar(
     join(dir, 'in.tar'),
     keys.flatMap((k) => [...holes(k, 1, 24 * MIB), caption(k)]),
   );

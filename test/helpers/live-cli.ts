@@ -16,9 +16,18 @@ export interface LiveCli {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** The committed tiny random-weight model the CLI tests score with. */
+export const TINY_MODEL = new URL('../fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
+
+/** `filter` of `input` into `out` on the tiny model, accepting every scored pair, without progress output. */
+export function tinyFilterArgs(input: string, out: string, ...more: string[]): string[] {
+  const args = ['filter', '--input', input, '--out', out, '--model', TINY_MODEL, '--threshold', 'itm>=0'];
+  return [...args, '--progress', 'none', ...more];
+}
+
 /** Starts the CLI with piped stdio; a process still running after `limitMs` is killed (the test then fails on it). */
-export function startCli(args: string[], limitMs = 120_000): LiveCli {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+export function startCli(args: string[], limitMs = 120_000, env: NodeJS.ProcessEnv = process.env): LiveCli {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env });
   let out = '';
   let err = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -33,6 +42,14 @@ export function startCli(args: string[], limitMs = 120_000): LiveCli {
     }),
   );
   return { child, exited, stderr: () => err, stdout: () => out };
+}
+
+/** Runs the CLI to its end with stdin closed; one still running after `limitMs` is killed (then `signal` is SIGKILL). */
+export async function runCliToEnd(args: string[], limitMs: number, env?: NodeJS.ProcessEnv) {
+  const cli = startCli(args, limitMs, env);
+  cli.child.stdin.end();
+  const { code, signal } = await cli.exited;
+  return { code, signal, out: cli.stdout(), err: cli.stderr() };
 }
 
 /** Resolves with the process's exit, or undefined when it is still running after `deadlineMs`. */
