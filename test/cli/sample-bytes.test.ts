@@ -87,36 +87,30 @@ test('a sample of 25 members of 60 MiB is one sample_too_large reject; unused me
   assert.equal((run.rejects[0]!.source as { key?: string }).key, 'big');
 });
 
-test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', async (t) => {
+/** 60 samples of one image member each, every image claiming `size` bytes over a hole: the run, checked to end. */
+async function sixtyImagesOf(size: number, t: { diagnostic(m: string): void }) {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
   const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
   writeSparseTar(
     join(dir, 'in.tar'),
-    keys.flatMap((k) => [...holes(k, 1, BIG), caption(k)]),
+    keys.flatMap((k) => [...holes(k, 1, size), caption(k)]),
   );
   const out = join(dir, 'out');
-  const r = await filter(join(dir, 'in.tar'), out, dir);
-  assertRan(r, t);
+  assertRan(await filter(join(dir, 'in.tar'), out, dir), t);
   const run = readRun(out);
   assert.equal(run.curated.length, 0);
   assert.equal(run.summary.records, 60);
+  return run;
+}
+
+test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', async (t) => {
+  const run = await sixtyImagesOf(BIG, t);
   assert.deepEqual(new Set(run.rejects.map((e) => e.reasons[0]?.detail?.kind)), new Set(['sample_too_large']));
 });
 
 test('60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-  const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-  writeSparseTar(
-    join(dir, 'in.tar'),
-    keys.flatMap((k) => [...holes(k, 1, 24 * MIB), caption(k)]),
-  );
-  const out = join(dir, 'out');
-  const r = await filter(join(dir, 'in.tar'), out, dir);
   // 1.4 GiB of images in one batch's worth of samples: without the byte bound they were all held at once.
-  assertRan(r, t);
-  const run = readRun(out);
-  assert.equal(run.curated.length, 0);
-  assert.equal(run.summary.records, 60);
+  const run = await sixtyImagesOf(24 * MIB, t);
   // Within the reading limits, each image reaches the intake, which refuses inline images over 16 MiB.
   for (const e of run.rejects) assert.equal(e.reasons[0]?.code, 'fetch_failed', JSON.stringify(e.reasons[0]));
 });
