@@ -32,6 +32,12 @@ if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
   # The topic provisioner's real-broker test reads this name.
   export MLMF_KAFKA_BROKERS="${MLMF_KAFKA_BROKERS:-127.0.0.1:9092}"
 fi
+# The report's browser test runs the Chromium scripts/install-chromium.sh installs; CI (.ci/run) exports its path.
+if [ -z "${MLMF_CHROMIUM:-}" ] && [ "${CI:-}" != "true" ]; then
+  MLMF_CHROMIUM="$(bash scripts/install-chromium.sh --path 2>/dev/null || true)"
+  export MLMF_CHROMIUM
+fi
+
 cleanup() { if [ "$started" = 1 ]; then bash scripts/services.sh down || true; fi; }
 trap cleanup EXIT
 

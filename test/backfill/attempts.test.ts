@@ -10,52 +10,33 @@
  *   unrun, with the count.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
-import {
-  CREDENTIALS,
-  REGION,
-  SQS_ENDPOINT,
-  createBucket,
-  getJson,
-  listAll,
-  needServices,
-  queueEmpty,
-  s3Client,
-  uniq,
-  waitFor,
-} from '../stream/helpers.ts';
+import { createBucket, getJson, listAll, needServices, queueEmpty, uniq } from '../stream/helpers.ts';
 import {
   counts,
   inputShard,
   kill9,
+  newQueue,
   publishedIds,
   putShard,
   rejectEventsUnder,
   runCli,
   startWorker,
   stopWorkers,
+  useQueueClients,
   type Worker,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 
 describe('overlapping and dying attempts of a shard job', { skip }, () => {
   let s3: S3Client;
   let sqs: SQSClient;
-  before(() => {
-    s3 = s3Client();
-    sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
-  });
-  after(() => {
-    s3?.destroy();
-    sqs?.destroy();
-  });
-
-  const newQueue = async (name: string) =>
-    (await sqs.send(new CreateQueueCommand({ QueueName: uniq(name) }))).QueueUrl!;
+  useQueueClients((c) => ({ s3, sqs } = c));
 
   /** A pool bucket with one 40-sample shard, an output bucket, a job queue and its dead-letter queue. */
   async function setup(n = 40) {
@@ -65,7 +46,7 @@ describe('overlapping and dying attempts of a shard job', { skip }, () => {
     await createBucket(s3, out);
     const shard = await inputShard('s0', n);
     await putShard(s3, pool, 'ds/s0.tar', shard.tar);
-    return { pool, out, shard, queueUrl: await newQueue('jobs'), dlqUrl: await newQueue('jobs-dlq') };
+    return { pool, out, shard, queueUrl: await newQueue(sqs, 'jobs'), dlqUrl: await newQueue(sqs, 'jobs-dlq') };
   }
 
   const env = (queueUrl: string, dlqUrl: string, extra: Record<string, string>) => ({

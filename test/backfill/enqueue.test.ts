@@ -6,44 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { CreateQueueCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { enqueue, type JobManifest } from '../../lib/backfill/enqueue.ts';
 import { runShardJob } from '../../lib/backfill/runner.ts';
 import { parseShardJob, type ShardJob } from '../../lib/backfill/shard-job.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import { Policy, parseThresholds } from '../../lib/policy/index.ts';
-import {
-  CREDENTIALS,
-  FastScorer,
-  REGION,
-  S3_ENDPOINT,
-  SQS_ENDPOINT,
-  createBucket,
-  getJson,
-  listAll,
-  needServices,
-  s3Client,
-  uniq,
-} from '../stream/helpers.ts';
-import { inputShard, putShard } from './helpers.ts';
+import { FastScorer, createBucket, getJson, listAll, needServices, uniq } from '../stream/helpers.ts';
+import { BIN, ENDPOINTS, inputShard, newQueue, putShard, runCli, useQueueClients } from './helpers.ts';
 
 const skip = await needServices('s3', 'sqs');
-const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-
-/** Runs the CLI; resolves with its exit code and output (a non-zero exit is not an exception here). */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = { ...process.env, MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, ...args], { env, timeout: 120_000 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 describe('enqueue and job status', { skip }, () => {
   let s3: S3Client;
@@ -51,9 +26,8 @@ describe('enqueue and job status', { skip }, () => {
   let pool: string;
   let out: string;
   const names = ['a/s0', 'a/s1', 'a/s2', 'b/s0', 'b/s1', 'b/s2', 'b/s3', 'top0', 'top1'];
+  useQueueClients((c) => ({ s3, sqs } = c));
   before(async () => {
-    s3 = s3Client();
-    sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
     pool = uniq('pool');
     out = uniq('out');
     await createBucket(s3, pool);
@@ -64,12 +38,6 @@ describe('enqueue and job status', { skip }, () => {
     await putShard(s3, pool, 'ds/README.txt', Buffer.from('not a shard'));
     await putShard(s3, pool, 'elsewhere/z.tar', (await inputShard('z', 2)).tar);
   });
-  after(() => {
-    s3?.destroy();
-    sqs?.destroy();
-  });
-
-  const newQueue = async () => (await sqs.send(new CreateQueueCommand({ QueueName: uniq('jobs') }))).QueueUrl!;
 
   async function receiveAll(url: string): Promise<ShardJob[]> {
     const jobs: ShardJob[] = [];
@@ -94,7 +62,7 @@ describe('enqueue and job status', { skip }, () => {
   }
 
   it('lists a prefix page by page, names shards relative to it, sends each once and writes the manifest', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     const r = await enqueue({
       s3,
       sqs,
@@ -135,15 +103,15 @@ describe('enqueue and job status', { skip }, () => {
   });
 
   it('after a partial run sends only the unfinished shards; after a complete run nothing; status counts them', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     const args = ['--input', `s3://${pool}/ds/`, '--queue', queueUrl, '--output', `s3://${out}/cli`, '--job', 'resume'];
-    const first = await cli(['enqueue', ...args]);
+    const first = await runCli(['enqueue', ...args]);
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, /job resume: 9 shards, 0 already done, sent 9 to /);
     const jobs = await receiveAll(queueUrl);
     // A partial run: four shards finished.
     for (const j of jobs.filter((x) => ['a/s0', 'a/s2', 'b/s1', 'top1'].includes(x.shard))) await runJob(j);
-    const second = await cli(['enqueue', ...args]);
+    const second = await runCli(['enqueue', ...args]);
     assert.equal(second.code, 0, second.stderr);
     assert.match(second.stdout, /job resume: 9 shards, 4 already done, sent 5 to /);
     const resent = (await receiveAll(queueUrl)).map((j) => j.shard).sort();
@@ -156,7 +124,7 @@ describe('enqueue and job status', { skip }, () => {
       resent,
       'it prints what it sent',
     );
-    const partial = await cli([
+    const partial = await runCli([
       'job',
       'status',
       '--job',
@@ -174,10 +142,10 @@ describe('enqueue and job status', { skip }, () => {
     assert.match(partial.stdout, /^pairs 16: accepted 8, rejected 8 \(accept rate 50\.0%\)$/m);
 
     for (const j of jobs.filter((x) => resent.includes(x.shard))) await runJob(j);
-    const third = await cli(['enqueue', ...args]);
+    const third = await runCli(['enqueue', ...args]);
     assert.match(third.stdout, /job resume: 9 shards, 9 already done, sent 0 to /);
     assert.deepEqual(await receiveAll(queueUrl), [], 'nothing sent after completion');
-    const done = await cli(['job', 'status', '--job', 'resume', '--output', `s3://${out}/cli/`, '--json']);
+    const done = await runCli(['job', 'status', '--job', 'resume', '--output', `s3://${out}/cli/`, '--json']);
     const status = JSON.parse(done.stdout) as {
       shards: Record<string, number | null>;
       records: number;
@@ -191,8 +159,8 @@ describe('enqueue and job status', { skip }, () => {
   });
 
   it('--dry-run sends and writes nothing; bad input is a coded error with exit 2', async () => {
-    const queueUrl = await newQueue();
-    const dry = await cli([
+    const queueUrl = await newQueue(sqs, 'jobs');
+    const dry = await runCli([
       'enqueue',
       '--input',
       `s3://${pool}/ds/a/`,
@@ -208,7 +176,7 @@ describe('enqueue and job status', { skip }, () => {
     assert.deepEqual(await receiveAll(queueUrl), []);
     assert.deepEqual(await listAll(s3, out, 'dry/'), []);
 
-    const empty = await cli([
+    const empty = await runCli([
       'enqueue',
       '--input',
       `s3://${pool}/nothing/`,
@@ -219,26 +187,34 @@ describe('enqueue and job status', { skip }, () => {
     ]);
     assert.equal(empty.code, 2);
     assert.match(empty.stderr, /^mlm-filter: error \[shard_list_empty\]: no \.tar shards in s3:\/\/\S+\/nothing\/$/m);
-    const badOut = await cli(['enqueue', '--input', `s3://${pool}/ds/`, '--queue', queueUrl, '--output', '/tmp/out']);
+    const badOut = await runCli([
+      'enqueue',
+      '--input',
+      `s3://${pool}/ds/`,
+      '--queue',
+      queueUrl,
+      '--output',
+      '/tmp/out',
+    ]);
     assert.equal(badOut.code, 2);
     assert.match(badOut.stderr, /\[invalid_s3_uri\]: --output "\/tmp\/out" is not s3:\/\/bucket\/key/);
-    const noJob = await cli(['job', 'status', '--job', 'never', '--output', `s3://${out}/x`]);
+    const noJob = await runCli(['job', 'status', '--job', 'never', '--output', `s3://${out}/x`]);
     assert.equal(noJob.code, 2);
     assert.match(noJob.stderr, /\[job_not_found\]: no job never under s3:\/\/\S+\/x/);
-    const noQueue = await cli(['enqueue', '--input', `s3://${pool}/ds/`, '--output', `s3://${out}/x`]);
+    const noQueue = await runCli(['enqueue', '--input', `s3://${pool}/ds/`, '--output', `s3://${out}/x`]);
     assert.equal(noQueue.code, 2);
     assert.match(noQueue.stderr, /\[missing_option\].*--queue/);
   });
 
   it('bad keys are listed escaped and skipped, the rest sent; re-runs converge to all done', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     const good = Array.from({ length: 17 }, (_, i) => `g${String(i).padStart(2, '0')}`);
     for (const name of good) await putShard(s3, pool, `bad/${name}.tar`, (await inputShard(name, 2)).tar);
     const bad = ['bad/x\ry.tar', 'bad/x\u2028y.tar', 'bad/x\u2029y.tar', 'bad/.tar', `bad/${'n'.repeat(600)}.tar`];
     bad.push('bad/e\x1b[31mred\x1b[0m.tar');
     for (const key of bad) await putShard(s3, pool, key, (await inputShard('bad', 2)).tar);
     const args = ['--input', `s3://${pool}/bad/`, '--queue', queueUrl, '--output', `s3://${out}/bk`, '--job', 'bad'];
-    const first = await cli(['enqueue', ...args]);
+    const first = await runCli(['enqueue', ...args]);
     assert.equal(first.code, 2, first.stderr);
     for (const text of [first.stdout, first.stderr]) {
       // eslint-disable-next-line no-control-regex -- what must not reach the terminal
@@ -261,29 +237,29 @@ describe('enqueue and job status', { skip }, () => {
     assert.equal(manifest.skipped?.length, 6);
 
     for (const j of jobs) await runJob(j);
-    const again = await cli(['enqueue', ...args]);
+    const again = await runCli(['enqueue', ...args]);
     assert.equal(again.code, 2);
     assert.match(again.stdout, /job bad: 17 shards, 17 already done, sent 0 to /);
     assert.deepEqual(await receiveAll(queueUrl), []);
-    const status = await cli(['job', 'status', '--job', 'bad', '--output', `s3://${out}/bk`]);
+    const status = await runCli(['job', 'status', '--job', 'bad', '--output', `s3://${out}/bk`]);
     assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /: 17\/17 shards done, 0 pending, 0 failed$/m);
     assert.match(status.stdout, /^skipped by enqueue: 6 input keys that cannot be shard jobs/m);
   });
 
   it('a job name reused for other inputs, or for inputs changed in place, is refused', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     for (const name of ['s0', 's1']) {
       await putShard(s3, pool, `reuse/a/${name}.tar`, (await inputShard(`a${name}`, 2)).tar);
       await putShard(s3, pool, `reuse/b/${name}.tar`, (await inputShard(`b${name}`, 3)).tar);
     }
     const base = ['--queue', queueUrl, '--output', `s3://${out}/ru`, '--job', 'one'];
-    const first = await cli(['enqueue', '--input', `s3://${pool}/reuse/a/`, ...base]);
+    const first = await runCli(['enqueue', '--input', `s3://${pool}/reuse/a/`, ...base]);
     assert.equal(first.code, 0, first.stderr);
     const jobs = await receiveAll(queueUrl);
     await runJob(jobs.find((j) => j.shard === 's0')!);
 
-    const other = await cli(['enqueue', '--input', `s3://${pool}/reuse/b/`, ...base]);
+    const other = await runCli(['enqueue', '--input', `s3://${pool}/reuse/b/`, ...base]);
     assert.equal(other.code, 2, other.stdout);
     assert.match(
       other.stderr,
@@ -298,7 +274,7 @@ describe('enqueue and job status', { skip }, () => {
 
     // The same keys, rewritten: the job's shards were of the old objects.
     await putShard(s3, pool, 'reuse/a/s1.tar', (await inputShard('changed', 5)).tar);
-    const changed = await cli(['enqueue', '--input', `s3://${pool}/reuse/a/`, ...base]);
+    const changed = await runCli(['enqueue', '--input', `s3://${pool}/reuse/a/`, ...base]);
     assert.equal(changed.code, 2);
     assert.match(
       changed.stderr,
@@ -309,12 +285,12 @@ describe('enqueue and job status', { skip }, () => {
       runJob(jobs.find((j) => j.shard === 's1')!),
       (e: unknown) => (e as { code?: string }).code === 'shard_input_changed',
     );
-    const status = await cli(['job', 'status', '--job', 'one', '--output', `s3://${out}/ru`, '--json']);
+    const status = await runCli(['job', 'status', '--job', 'one', '--output', `s3://${out}/ru`, '--json']);
     assert.deepEqual((JSON.parse(status.stdout) as { shards: { done: number } }).shards.done, 1);
   });
 
   it('a corrupt manifest is a coded error, not a stack', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     for (const [job, body] of [
       ['broken', '{"v":1,"kind":"backfill-manifest","shards":[{"shard":'],
       ['alien', '{"kind":"something-else"}'],
@@ -322,8 +298,8 @@ describe('enqueue and job status', { skip }, () => {
       await putShard(s3, out, `cm/${job}/manifest.json`, Buffer.from(body!));
       const args = ['--input', `s3://${pool}/ds/a/`, '--queue', queueUrl, '--output', `s3://${out}/cm`, '--job', job!];
       for (const run of [
-        await cli(['enqueue', ...args]),
-        await cli(['job', 'status', '--job', job!, '--output', `s3://${out}/cm`]),
+        await runCli(['enqueue', ...args]),
+        await runCli(['job', 'status', '--job', job!, '--output', `s3://${out}/cm`]),
       ]) {
         assert.equal(run.code, 2, run.stderr);
         assert.match(
@@ -337,11 +313,11 @@ describe('enqueue and job status', { skip }, () => {
   });
 
   it('enqueue | head -n 1 ends quietly on EPIPE, and every shard is still sent', async () => {
-    const queueUrl = await newQueue();
+    const queueUrl = await newQueue(sqs, 'jobs');
     for (let i = 0; i < 25; i++) await putShard(s3, pool, `many/m${i}.tar`, (await inputShard(`m${i}`, 1)).tar);
     const args = ['--input', `s3://${pool}/many/`, '--queue', queueUrl, '--output', `s3://${out}/ep`, '--job', 'ep'];
-    const quoted = [process.execPath, bin, 'enqueue', ...args].map((a) => `'${a}'`).join(' ');
-    const env = { ...process.env, MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
+    const quoted = [process.execPath, BIN, 'enqueue', ...args].map((a) => `'${a}'`).join(' ');
+    const env = { ...process.env, ...ENDPOINTS };
     const { stdout, stderr } = await promisify(execFile)(
       'bash',
       ['-c', `${quoted} | head -n 1; echo "enqueue exit \${PIPESTATUS[0]}" >&2`],

@@ -7,61 +7,34 @@
  * delivery, `mlm-filter job status` reports 20/20 done with the right counts, and enqueue run again sends nothing.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { createBucket, listAll, needServices, queueEmpty, uniq } from '../stream/helpers.ts';
 import {
-  CREDENTIALS,
-  REGION,
-  S3_ENDPOINT,
-  SQS_ENDPOINT,
-  createBucket,
-  listAll,
-  needServices,
-  queueEmpty,
-  s3Client,
-  uniq,
-  waitFor,
-} from '../stream/helpers.ts';
-import {
+  cliStdout,
   counts,
   curatedIdsUnder,
   doneMarkersUnder,
   inputShard,
   kill9,
+  newQueue,
   putShard,
   rejectEventsUnder,
   startWorker,
+  useQueueClients,
   type Damage,
   type InputShard,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
-const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-const ENDPOINTS = { MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
-
-async function cli(args: string[]): Promise<string> {
-  const { stdout } = await promisify(execFile)(process.execPath, [BIN, ...args], {
-    env: { ...process.env, ...ENDPOINTS },
-    timeout: 120_000,
-  });
-  return stdout;
-}
 
 describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
   let s3: S3Client;
   let sqs: SQSClient;
-  before(() => {
-    s3 = s3Client();
-    sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
-  });
-  after(() => {
-    s3?.destroy();
-    sqs?.destroy();
-  });
+  useQueueClients((c) => ({ s3, sqs } = c));
 
   it('20 shards, 2 workers, one killed twice: every pair exactly once, status 20/20, re-enqueue sends nothing', async () => {
     const pool = uniq('pool');
@@ -76,11 +49,11 @@ describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
       shards.push(shard);
       await putShard(s3, pool, `datacomp/${name}.tar`, shard.tar);
     }
-    const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: uniq('jobs') }))).QueueUrl!;
-    const dlqUrl = (await sqs.send(new CreateQueueCommand({ QueueName: uniq('jobs-dlq') }))).QueueUrl!;
+    const queueUrl = await newQueue(sqs, 'jobs');
+    const dlqUrl = await newQueue(sqs, 'jobs-dlq');
     const enqueueArgs = ['enqueue', '--input', `s3://${pool}/datacomp/`, '--queue', queueUrl];
     const args = [...enqueueArgs, '--output', `s3://${out}/backfill/`, '--job', 'dc'];
-    assert.match(await cli(args), /job dc: 20 shards, 0 already done, sent 20 to /);
+    assert.match(await cliStdout(args), /job dc: 20 shards, 0 already done, sent 20 to /);
 
     const env = {
       MLMF_SOURCE: 'sqs-shards',
@@ -160,15 +133,25 @@ describe('backfill with the worker fleet (kill -9 mid-shard)', { skip }, () => {
     const records = readable.length + unreadable.length;
     const accepted = shards.reduce((n, s) => n + s.accepts.length, 0);
     const status = JSON.parse(
-      await cli(['job', 'status', '--job', 'dc', '--output', `s3://${out}/backfill/`, '--queue', queueUrl, '--json']),
+      await cliStdout([
+        'job',
+        'status',
+        '--job',
+        'dc',
+        '--output',
+        `s3://${out}/backfill/`,
+        '--queue',
+        queueUrl,
+        '--json',
+      ]),
     ) as { shards: Record<string, number>; records: number; accepted: number; rejected: number; acceptRate: number };
     assert.deepEqual(status.shards, { total: 20, done: 20, failed: 0, pending: 0, inFlight: 0 });
     assert.deepEqual([status.records, status.accepted, status.rejected], [records, accepted, records - accepted]);
-    const text = await cli(['job', 'status', '--job', 'dc', '--output', `s3://${out}/backfill/`]);
+    const text = await cliStdout(['job', 'status', '--job', 'dc', '--output', `s3://${out}/backfill/`]);
     assert.match(text, /: 20\/20 shards done, 0 pending, 0 failed$/m);
     assert.ok(await queueEmpty(sqs, dlqUrl), 'nothing dead-lettered');
 
-    assert.match(await cli(args), /job dc: 20 shards, 20 already done, sent 0 to /);
+    assert.match(await cliStdout(args), /job dc: 20 shards, 20 already done, sent 0 to /);
     assert.ok(await queueEmpty(sqs, queueUrl), 're-running enqueue after completion sends nothing');
   });
 });

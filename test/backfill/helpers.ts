@@ -6,12 +6,52 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
+import { after, before } from 'node:test';
 import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateQueueCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import type { AuditEvent } from '../../lib/formats/audit-event.ts';
-import { ustar, ustarMember } from '../sources/ustar.ts';
-import { S3_ENDPOINT, SQS_ENDPOINT, curatedIds, getBytes, listAll, testPng } from '../stream/helpers.ts';
+import { sampleMembers, ustar, ustarMember } from '../sources/ustar.ts';
+import {
+  CREDENTIALS,
+  REGION,
+  S3_ENDPOINT,
+  SQS_ENDPOINT,
+  curatedIds,
+  getBytes,
+  listAll,
+  s3Client,
+  testPng,
+  uniq,
+} from '../stream/helpers.ts';
+
+/** An S3 and an SQS client on the local services, as every backfill suite uses them. */
+export interface QueueClients {
+  readonly s3: S3Client;
+  readonly sqs: SQSClient;
+}
+
+/** Opens the clients before the enclosing describe's tests (handing them to `receive`) and destroys them after. */
+export function useQueueClients(receive: (c: QueueClients) => void): void {
+  let clients: QueueClients | undefined;
+  before(() => {
+    clients = {
+      s3: s3Client(),
+      sqs: new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT }),
+    };
+    receive(clients);
+  });
+  after(() => {
+    clients?.s3.destroy();
+    clients?.sqs.destroy();
+  });
+}
+
+/** A new queue named `name` plus a unique suffix; resolves with its URL. */
+export async function newQueue(sqs: SQSClient, name: string): Promise<string> {
+  return (await sqs.send(new CreateQueueCommand({ QueueName: uniq(name) }))).QueueUrl!;
+}
 
 export type Damage = 'none' | 'truncated-tail' | 'corrupt-header' | 'undecodable-image';
 
@@ -36,11 +76,7 @@ export async function inputShard(name: string, n: number, damage: Damage = 'none
   const members = (i: number): [string, Buffer][] => {
     const key = `${name}-${i}`;
     const image = damage === 'undecodable-image' && i === 2 ? Buffer.from('not an image at all') : png;
-    return [
-      [`${key}.png`, image],
-      [`${key}.txt`, Buffer.from(`pair ${i} of ${name} score=${i % 2 === 0 ? 90 : 10}`)],
-      [`${key}.json`, Buffer.from(JSON.stringify({ source_index: i }))],
-    ];
+    return sampleMembers(key, image, `pair ${i} of ${name} score=${i % 2 === 0 ? 90 : 10}`, { source_index: i }, 'png');
   };
   const ids = Array.from({ length: n }, (_, i) => `${name}-${i}`);
   let tar = ustar(Array.from({ length: n }, (_, i) => members(i)).flat());
@@ -101,7 +137,7 @@ export function counts(items: readonly string[]): Map<string, number> {
 }
 
 const WORKER = new URL('../stream/worker-process.ts', import.meta.url).pathname;
-const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
+export const BIN = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
 export const ENDPOINTS = { MLMF_S3_ENDPOINT: S3_ENDPOINT, MLMF_SQS_ENDPOINT: SQS_ENDPOINT };
 
 /** Runs bin/mlm-filter.js; resolves with its exit code and output (a non-zero exit is not an exception here). */
@@ -114,6 +150,13 @@ export async function runCli(args: string[]): Promise<{ code: number; stdout: st
     const e = err as { code?: number; stdout?: string; stderr?: string };
     return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
   }
+}
+
+/** Runs bin/mlm-filter.js and resolves with its stdout; a non-zero exit fails with its stderr. */
+export async function cliStdout(args: string[]): Promise<string> {
+  const r = await runCli(args);
+  if (r.code !== 0) throw new Error(`mlm-filter ${args.join(' ')} exited ${r.code}:\n${r.stderr}`);
+  return r.stdout;
 }
 
 export type LogLine = { msg?: string; shard?: string; job?: string } & Record<string, unknown>;

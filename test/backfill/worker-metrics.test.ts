@@ -5,14 +5,13 @@
  * Against the local SQS and S3 servers, the worker in process with its real EMF output.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { CreateQueueCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { makeShardJob } from '../../lib/backfill/shard-job.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { runWorker } from '../../lib/worker/run.ts';
 import {
-  CREDENTIALS,
   FastScorer,
   REGION,
   S3_ENDPOINT,
@@ -21,26 +20,18 @@ import {
   getJson,
   needServices,
   queueEmpty,
-  s3Client,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
-import { inputShard, putShard } from './helpers.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { inputShard, newQueue, putShard, useQueueClients } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 
 describe('shard-job worker metrics', { skip }, () => {
   let s3: S3Client;
   let sqs: SQSClient;
-  before(() => {
-    s3 = s3Client();
-    sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
-  });
-  after(() => {
-    s3?.destroy();
-    sqs?.destroy();
-  });
+  useQueueClients((c) => ({ s3, sqs } = c));
 
   it('a job that fails once and then succeeds counts each record once', async () => {
     const pool = uniq('pool');
@@ -48,7 +39,7 @@ describe('shard-job worker metrics', { skip }, () => {
     await createBucket(s3, pool);
     const shard = await inputShard('m', 10);
     await putShard(s3, pool, 'in/m.tar', shard.tar);
-    const jobs = (await sqs.send(new CreateQueueCommand({ QueueName: uniq('jobs') }))).QueueUrl!;
+    const jobs = await newQueue(sqs, 'jobs');
     const job = makeShardJob('M', `s3://${pool}/in/m.tar`, `s3://${out}/M/`, 'm');
     await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(job) }));
 

@@ -11,22 +11,15 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
-import {
-  CreateQueueCommand,
-  ReceiveMessageCommand,
-  SendMessageCommand,
-  SQSClient,
-  type Message,
-} from '@aws-sdk/client-sqs';
+import { ReceiveMessageCommand, SendMessageCommand, SQSClient, type Message } from '@aws-sdk/client-sqs';
 import { runWorker } from '../../lib/worker/run.ts';
 import { enqueue } from '../../lib/backfill/enqueue.ts';
 import type { ShardDone } from '../../lib/backfill/outputs.ts';
 import { makeShardJob } from '../../lib/backfill/shard-job.ts';
 import { jobStatus } from '../../lib/backfill/status.ts';
 import {
-  CREDENTIALS,
   FastScorer,
   REGION,
   S3_ENDPOINT,
@@ -35,28 +28,18 @@ import {
   getJson,
   needServices,
   queueEmpty,
-  s3Client,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
-import { inputShard, putShard } from './helpers.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { inputShard, newQueue, putShard, useQueueClients } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('s3', 'sqs');
 
 describe('shard-job worker', { skip }, () => {
   let s3: S3Client;
   let sqs: SQSClient;
-  before(() => {
-    s3 = s3Client();
-    sqs = new SQSClient({ region: REGION, credentials: CREDENTIALS, endpoint: SQS_ENDPOINT });
-  });
-  after(() => {
-    s3?.destroy();
-    sqs?.destroy();
-  });
-
-  const queue = async (name: string) => (await sqs.send(new CreateQueueCommand({ QueueName: uniq(name) }))).QueueUrl!;
+  useQueueClients((c) => ({ s3, sqs } = c));
 
   async function drain(url: string, n: number): Promise<Message[]> {
     const out: Message[] = [];
@@ -83,8 +66,8 @@ describe('shard-job worker', { skip }, () => {
     await createBucket(s3, out);
     await putShard(s3, pool, 'in/good.tar', (await inputShard('good', 6)).tar);
     await putShard(s3, pool, 'in/polled.tar', (await inputShard('polled', 6)).tar);
-    const jobs = await queue('jobs');
-    const dlq = await queue('jobs-dlq');
+    const jobs = await newQueue(sqs, 'jobs');
+    const dlq = await newQueue(sqs, 'jobs-dlq');
 
     // Job J: a good shard and a missing one, through enqueue (manifest included).
     const list = join(mkdtempSync(join(tmpdir(), 'mlmf-bf-')), 'shards.txt');
@@ -99,7 +82,7 @@ describe('shard-job worker', { skip }, () => {
     const unwritable = makeShardJob('W', `s3://${pool}/in/good.tar`, `s3://${missingBucket}/W/`, 'good');
     await sqs.send(new SendMessageCommand({ QueueUrl: jobs, MessageBody: JSON.stringify(unwritable) }));
     // A job received 5 times by consumers that never ran it (workers killed right after their long poll).
-    const polledQueue = await queue('polled');
+    const polledQueue = await newQueue(sqs, 'polled');
     const polled = makeShardJob('P', `s3://${pool}/in/polled.tar`, `s3://${out}/bf/P/`, 'polled');
     await sqs.send(new SendMessageCommand({ QueueUrl: polledQueue, MessageBody: JSON.stringify(polled) }));
     for (let received = 0; received < 5;) {

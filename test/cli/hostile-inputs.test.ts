@@ -5,20 +5,17 @@
  * and every good pair scored.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { ustar, ustarHeader, ustarMember } from '../sources/ustar.ts';
+import { sampleMembers, ustar, ustarHeader, ustarMember } from '../sources/ustar.ts';
 import { readRun } from '../helpers/cli-output.ts';
+import { runCliToEnd, tinyFilterArgs } from '../helpers/live-cli.ts';
 
-const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
-const skip = !existsSync(model) && 'tiny model fixture missing';
 /** A run of a few pairs on the tiny model takes seconds; a hang is killed here and fails the test. */
 const RUN_LIMIT_MS = 90_000;
 
@@ -44,44 +41,15 @@ before(async () => {
 });
 after(() => server?.close());
 
-/** Runs the CLI asynchronously (the image server lives in this process), killing it after RUN_LIMIT_MS. */
-function cli(args: string[]): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out, err });
-    });
-  });
-}
-
+/** Runs the CLI (the image server lives in this process), killing it after RUN_LIMIT_MS. */
 function filter(input: string, out: string) {
-  return cli([
-    'filter',
-    '--input',
-    input,
-    '--out',
-    out,
-    '--model',
-    model,
-    '--threshold',
-    'itm>=0',
-    '--progress',
-    'none',
-    '--allow-address',
-    `127.0.0.1:${new URL(base).port}`,
-  ]);
+  return runCliToEnd(tinyFilterArgs(input, out, '--allow-address', `127.0.0.1:${new URL(base).port}`), RUN_LIMIT_MS);
 }
 
 const scoredCount = (r: ReturnType<typeof readRun>) =>
   r.curated.length + r.rejects.filter((e) => e.scores.itm !== null).length;
 
-test('a record whose metadata nests 5000 deep is an invalid_record reject and the run ends', { skip }, async () => {
+test('a record whose metadata nests 5000 deep is an invalid_record reject and the run ends', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-deep-'));
   const input = join(dir, 'x.jsonl');
   const deep = `{"id": "deep", "url": "${base}/a.jpg", "caption": "a blue square", "m": ${'['.repeat(5000)}${']'.repeat(5000)}}`;
@@ -107,71 +75,61 @@ test('a record whose metadata nests 5000 deep is an invalid_record reject and th
   assert.equal(scoredCount(run), 1);
 });
 
-test(
-  'a directory with a good, a truncated and an 8 GiB-member shard: good samples scored, bad parts rejected, exit 0',
-  { skip },
-  async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-shards-'));
-    const shards = join(dir, 'shards');
-    mkdirSync(shards);
-    const members = (key: string, meta: Record<string, unknown> = {}): [string, Buffer][] => [
-      [`${key}.jpg`, jpeg],
-      [`${key}.txt`, Buffer.from(`a blue square ${key}`)],
-      [`${key}.json`, Buffer.from(JSON.stringify({ src: 'shard', ...meta }))],
-    ];
-    const blocks = (ms: [string, Buffer][]) => Buffer.concat(ms.map(([n, d]) => ustarMember(n, d)));
-    writeFileSync(
-      join(shards, '000.tar'),
-      ustar([
-        ...members('g0', { url: 'javascript:alert(1)' }),
-        ...members('g1', { url: 'data:image/png;base64,AAAA' }),
-        ...members('g2', { url: `${base}/a.jpg` }),
-      ]),
-    );
-    // 001.tar: t0 whole, then t1's image cut off in the middle of its data.
-    const t0 = blocks(members('t0'));
-    const t1 = ustarMember('t1.jpg', jpeg);
-    writeFileSync(join(shards, '001.tar'), Buffer.concat([t0, t1.subarray(0, 512 + Math.floor(jpeg.length / 2))]));
-    // 002.tar: h0 whole, then a header claiming 8 GiB for h1's image, with only 1 KiB after it.
-    const h0 = blocks(members('h0'));
-    writeFileSync(
-      join(shards, '002.tar'),
-      Buffer.concat([h0, ustarHeader('h1.jpg', 8 * 1024 ** 3), Buffer.alloc(1024)]),
-    );
-    writeFileSync(join(shards, '003.tar'), ustar(members('z0')));
+test('a directory with a good, a truncated and an 8 GiB-member shard: good samples scored, bad parts rejected, exit 0', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-shards-'));
+  const shards = join(dir, 'shards');
+  mkdirSync(shards);
+  const members = (key: string, meta: Record<string, unknown> = {}) =>
+    sampleMembers(key, jpeg, `a blue square ${key}`, { src: 'shard', ...meta });
+  const blocks = (ms: [string, Buffer][]) => Buffer.concat(ms.map(([n, d]) => ustarMember(n, d)));
+  writeFileSync(
+    join(shards, '000.tar'),
+    ustar([
+      ...members('g0', { url: 'javascript:alert(1)' }),
+      ...members('g1', { url: 'data:image/png;base64,AAAA' }),
+      ...members('g2', { url: `${base}/a.jpg` }),
+    ]),
+  );
+  // 001.tar: t0 whole, then t1's image cut off in the middle of its data.
+  const t0 = blocks(members('t0'));
+  const t1 = ustarMember('t1.jpg', jpeg);
+  writeFileSync(join(shards, '001.tar'), Buffer.concat([t0, t1.subarray(0, 512 + Math.floor(jpeg.length / 2))]));
+  // 002.tar: h0 whole, then a header claiming 8 GiB for h1's image, with only 1 KiB after it.
+  const h0 = blocks(members('h0'));
+  writeFileSync(join(shards, '002.tar'), Buffer.concat([h0, ustarHeader('h1.jpg', 8 * 1024 ** 3), Buffer.alloc(1024)]));
+  writeFileSync(join(shards, '003.tar'), ustar(members('z0')));
 
-    const out = join(dir, 'out');
-    const r = await filter(shards, out);
-    assert.equal(r.signal, null, `the run did not end within ${RUN_LIMIT_MS} ms:\n${r.err.slice(-2000)}`);
-    assert.equal(r.code, 0, r.err.slice(-2000));
-    const run = readRun(out);
-    // Every good sample scored (itm>=0 accepts every scored pair).
-    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['g0', 'g1', 'g2', 't0', 'h0', 'z0'].sort());
-    for (const c of run.curated) assert.equal(typeof c.scores.itm, 'number', c.id);
-    // The bad parts are rejects naming the shard and the offset.
-    assert.equal(run.rejects.length, 2);
-    const truncated = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'truncated_shard');
-    assert.equal(truncated?.reasons[0]?.code, 'invalid_record');
-    assert.equal(truncated?.reasons[0]?.detail?.shard, join(shards, '001.tar'));
-    assert.equal(truncated?.reasons[0]?.detail?.offset, t0.length);
-    assert.deepEqual(truncated?.source, { kind: 'webdataset', path: join(shards, '001.tar'), key: 't1' });
-    const large = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'member_too_large');
-    assert.equal(large?.reasons[0]?.code, 'invalid_record');
-    assert.equal(large?.reasons[0]?.detail?.shard, join(shards, '002.tar'));
-    assert.equal(large?.reasons[0]?.detail?.offset, h0.length);
-    assert.equal(large?.reasons[0]?.detail?.size, 8 * 1024 ** 3);
-    // summary.json counts them all.
-    assert.equal(run.summary.records, 8);
-    assert.equal(run.summary.decisions.accept, 6);
-    assert.equal(run.summary.decisions.reject, 2);
-    // A sample's non-http(s) url never reaches the curated .json nor the audit events; a good one does.
-    const byId = new Map(run.curated.map((c) => [c.id, c]));
-    for (const id of ['g0', 'g1']) {
-      assert.equal(byId.get(id)?.url, null, id);
-      assert.match(String(byId.get(id)?.metadata.url_dropped), /http or https/, id);
-    }
-    assert.equal(byId.get('g2')?.url, `${base}/a.jpg`);
-    const everything = readFileSync(join(out, 'rejects.jsonl'), 'utf8') + JSON.stringify(run.curated);
-    assert.ok(!everything.includes('javascript:') && !everything.includes('data:image'), 'a bad url leaked');
-  },
-);
+  const out = join(dir, 'out');
+  const r = await filter(shards, out);
+  assert.equal(r.signal, null, `the run did not end within ${RUN_LIMIT_MS} ms:\n${r.err.slice(-2000)}`);
+  assert.equal(r.code, 0, r.err.slice(-2000));
+  const run = readRun(out);
+  // Every good sample scored (itm>=0 accepts every scored pair).
+  assert.deepEqual(run.curated.map((c) => c.id).sort(), ['g0', 'g1', 'g2', 't0', 'h0', 'z0'].sort());
+  for (const c of run.curated) assert.equal(typeof c.scores.itm, 'number', c.id);
+  // The bad parts are rejects naming the shard and the offset.
+  assert.equal(run.rejects.length, 2);
+  const truncated = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'truncated_shard');
+  assert.equal(truncated?.reasons[0]?.code, 'invalid_record');
+  assert.equal(truncated?.reasons[0]?.detail?.shard, join(shards, '001.tar'));
+  assert.equal(truncated?.reasons[0]?.detail?.offset, t0.length);
+  assert.deepEqual(truncated?.source, { kind: 'webdataset', path: join(shards, '001.tar'), key: 't1' });
+  const large = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'member_too_large');
+  assert.equal(large?.reasons[0]?.code, 'invalid_record');
+  assert.equal(large?.reasons[0]?.detail?.shard, join(shards, '002.tar'));
+  assert.equal(large?.reasons[0]?.detail?.offset, h0.length);
+  assert.equal(large?.reasons[0]?.detail?.size, 8 * 1024 ** 3);
+  // summary.json counts them all.
+  assert.equal(run.summary.records, 8);
+  assert.equal(run.summary.decisions.accept, 6);
+  assert.equal(run.summary.decisions.reject, 2);
+  // A sample's non-http(s) url never reaches the curated .json nor the audit events; a good one does.
+  const byId = new Map(run.curated.map((c) => [c.id, c]));
+  for (const id of ['g0', 'g1']) {
+    assert.equal(byId.get(id)?.url, null, id);
+    assert.match(String(byId.get(id)?.metadata.url_dropped), /http or https/, id);
+  }
+  assert.equal(byId.get('g2')?.url, `${base}/a.jpg`);
+  const everything = readFileSync(join(out, 'rejects.jsonl'), 'utf8') + JSON.stringify(run.curated);
+  assert.ok(!everything.includes('javascript:') && !everything.includes('data:image'), 'a bad url leaked');
+});

@@ -18,7 +18,6 @@ const model = 'test/fixtures/models/tiny-llava-qwen';
 const input = 'sample/pairs.jsonl';
 /** sample/pairs.jsonl: records whose image reaches the scorer. */
 const SCORABLE = 10;
-const skip = !existsSync(model) && 'tiny model fixture missing';
 
 function cli(args: string[]) {
   const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
@@ -45,64 +44,58 @@ function assertScores(scores: Record<string, unknown> | null, scored: string[], 
 const scoredRejects = (rejects: AuditEvent[]) =>
   rejects.filter((e) => e.reasons.some((r) => r.code === 'below_threshold' || r.code === 'scoring_failed'));
 
-test(
-  '--metrics policy scores itm and odf only: ctq and su are null in the curated .json and rejects.jsonl',
-  { skip },
-  () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-metrics-'));
-    const all = filter(join(dir, 'all'));
-    assert.equal(all.code, 0, all.err);
-    const policy = filter(join(dir, 'policy'), '--metrics', 'policy');
-    assert.equal(policy.code, 0, policy.err);
-    const a = readRun(join(dir, 'all'));
-    const p = readRun(join(dir, 'policy'));
+test('--metrics policy scores itm and odf only: ctq and su are null in the curated .json and rejects.jsonl', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-metrics-'));
+  const all = filter(join(dir, 'all'));
+  assert.equal(all.code, 0, all.err);
+  const policy = filter(join(dir, 'policy'), '--metrics', 'policy');
+  assert.equal(policy.code, 0, policy.err);
+  const a = readRun(join(dir, 'all'));
+  const p = readRun(join(dir, 'policy'));
 
-    // The default policy (itm>=66 AND odf>=20) on the tiny model keeps some scored pairs and rejects others.
-    assert.ok(p.curated.length > 0, 'no pair accepted');
-    assert.ok(scoredRejects(p.rejects).length > 0, 'no scored pair rejected');
-    assert.equal(p.curated.length + scoredRejects(p.rejects).length, SCORABLE);
-    for (const meta of p.curated) {
-      assertScores(meta.scores, ['itm', 'odf'], `curated ${meta.id} scores`);
-      if (meta.expected_scores)
-        assertScores(meta.expected_scores, ['itm', 'odf'], `curated ${meta.id} expected_scores`);
+  // The default policy (itm>=66 AND odf>=20) on the tiny model keeps some scored pairs and rejects others.
+  assert.ok(p.curated.length > 0, 'no pair accepted');
+  assert.ok(scoredRejects(p.rejects).length > 0, 'no scored pair rejected');
+  assert.equal(p.curated.length + scoredRejects(p.rejects).length, SCORABLE);
+  for (const meta of p.curated) {
+    assertScores(meta.scores, ['itm', 'odf'], `curated ${meta.id} scores`);
+    if (meta.expected_scores) assertScores(meta.expected_scores, ['itm', 'odf'], `curated ${meta.id} expected_scores`);
+  }
+  for (const e of scoredRejects(p.rejects)) assertScores(e.scores, ['itm', 'odf'], `reject ${e.id}`);
+  // Records rejected before scoring keep the same shape, every score null.
+  for (const e of p.rejects.filter((x) => !scoredRejects([x]).length)) assertScores(e.scores, [], `reject ${e.id}`);
+  // The unscored metrics never make a reject: every reason of a scored reject is a failed itm/odf condition.
+  for (const e of scoredRejects(p.rejects)) {
+    for (const r of e.reasons) {
+      assert.equal(r.code, 'below_threshold', `${e.id}: ${r.message}`);
+      assert.ok(['itm', 'odf'].includes(r.detail?.metric as string), `${e.id}: ${r.message}`);
     }
-    for (const e of scoredRejects(p.rejects)) assertScores(e.scores, ['itm', 'odf'], `reject ${e.id}`);
-    // Records rejected before scoring keep the same shape, every score null.
-    for (const e of p.rejects.filter((x) => !scoredRejects([x]).length)) assertScores(e.scores, [], `reject ${e.id}`);
-    // The unscored metrics never make a reject: every reason of a scored reject is a failed itm/odf condition.
-    for (const e of scoredRejects(p.rejects)) {
-      for (const r of e.reasons) {
-        assert.equal(r.code, 'below_threshold', `${e.id}: ${r.message}`);
-        assert.ok(['itm', 'odf'].includes(r.detail?.metric as string), `${e.id}: ${r.message}`);
-      }
-    }
+  }
 
-    // summary.json: which metrics were scored; the unscored ones count 0 with null quantiles.
-    assert.deepEqual(p.summary.metrics, ['itm', 'odf']);
-    assert.equal(p.summary.scores.itm.count, SCORABLE);
-    assert.equal(p.summary.scores.odf.count, SCORABLE);
-    for (const m of ['ctq', 'su']) {
-      assert.equal(p.summary.scores[m].count, 0);
-      assert.equal(p.summary.scores[m].mean, null);
-      assert.ok(Object.values(p.summary.scores[m].quantiles).every((v) => v === null));
-    }
-    assert.doesNotMatch(policy.out, /^(ctq|su):/m);
+  // summary.json: which metrics were scored; the unscored ones count 0 with null quantiles.
+  assert.deepEqual(p.summary.metrics, ['itm', 'odf']);
+  assert.equal(p.summary.scores.itm.count, SCORABLE);
+  assert.equal(p.summary.scores.odf.count, SCORABLE);
+  for (const m of ['ctq', 'su']) {
+    assert.equal(p.summary.scores[m].count, 0);
+    assert.equal(p.summary.scores[m].mean, null);
+    assert.ok(Object.values(p.summary.scores[m].quantiles).every((v) => v === null));
+  }
+  assert.doesNotMatch(policy.out, /^(ctq|su):/m);
 
-    // The default (`all`) scores all four; the itm/odf numbers (hence the decisions) do not depend on the selection.
-    assert.deepEqual(a.summary.metrics, ['itm', 'odf', 'ctq', 'su']);
-    for (const meta of a.curated) assertScores(meta.scores, ['itm', 'odf', 'ctq', 'su'], `all: curated ${meta.id}`);
-    for (const e of scoredRejects(a.rejects))
-      assertScores(e.scores, ['itm', 'odf', 'ctq', 'su'], `all: reject ${e.id}`);
-    const itmOdf = (run: typeof a) =>
-      new Map([
-        ...run.curated.map((m) => [m.id, `accept ${m.scores.itm} ${m.scores.odf}`] as const),
-        ...run.rejects.map((e) => [e.id, `reject ${e.scores.itm} ${e.scores.odf}`] as const),
-      ]);
-    assert.deepEqual(itmOdf(p), itmOdf(a));
-  },
-);
+  // The default (`all`) scores all four; the itm/odf numbers (hence the decisions) do not depend on the selection.
+  assert.deepEqual(a.summary.metrics, ['itm', 'odf', 'ctq', 'su']);
+  for (const meta of a.curated) assertScores(meta.scores, ['itm', 'odf', 'ctq', 'su'], `all: curated ${meta.id}`);
+  for (const e of scoredRejects(a.rejects)) assertScores(e.scores, ['itm', 'odf', 'ctq', 'su'], `all: reject ${e.id}`);
+  const itmOdf = (run: typeof a) =>
+    new Map([
+      ...run.curated.map((m) => [m.id, `accept ${m.scores.itm} ${m.scores.odf}`] as const),
+      ...run.rejects.map((e) => [e.id, `reject ${e.scores.itm} ${e.scores.odf}`] as const),
+    ]);
+  assert.deepEqual(itmOdf(p), itmOdf(a));
+});
 
-test('--metrics with --top-fraction: policy scores just the --top-metric', { skip }, () => {
+test('--metrics with --top-fraction: policy scores just the --top-metric', () => {
   const out = join(mkdtempSync(join(tmpdir(), 'mlmf-metrics-')), 'top');
   const r = filter(out, '--top-fraction', '0.5', '--top-metric', 'ctq', '--metrics', 'policy');
   assert.equal(r.code, 0, r.err);
@@ -117,7 +110,7 @@ test('--metrics with --top-fraction: policy scores just the --top-metric', { ski
   assert.ok(ranked.every((e) => e.scores.ctq! <= kept));
 });
 
-test('a --config file may name the metrics (short names or full keys)', { skip }, () => {
+test('a --config file may name the metrics (short names or full keys)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-metrics-'));
   const config = join(dir, 'config.json');
   writeFileSync(config, JSON.stringify({ metrics: ['su', 'object_detail_fulfillment', 'itm'] }));

@@ -33,7 +33,8 @@ import { AUDIT_LINE_MAX_BYTES } from '../../lib/sinks/local-audit.ts';
 import { LocalCuratedSink } from '../../lib/sinks/local-curated.ts';
 import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 import { readRun } from '../helpers/cli-output.ts';
-import { exitWithin, startCli, waitFor, type LiveCli } from '../helpers/live-cli.ts';
+import { exitWithin, startCli, type LiveCli } from '../helpers/live-cli.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const bin = join(root, 'bin/mlm-filter.js');

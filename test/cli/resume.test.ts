@@ -14,7 +14,8 @@ import { parseRecord, rawRecordId } from '../../lib/pair/index.ts';
 import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 import { RejectError, type SourceRecord } from '../../lib/types.ts';
 import { readRun } from '../helpers/cli-output.ts';
-import { exitWithin, startCli, visibleOutcomes, waitFor } from '../helpers/live-cli.ts';
+import { exitWithin, startCli, visibleOutcomes } from '../helpers/live-cli.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const bin = join(root, 'bin/mlm-filter.js');

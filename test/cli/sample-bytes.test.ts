@@ -7,27 +7,15 @@
  * Reading sparse members costs the kernel's zero-fill, not disk: the files are a few KiB.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import {
-  closeSync,
-  existsSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import sharp from 'sharp';
 import { readRun } from '../helpers/cli-output.ts';
-import { ustarHeader, ustarMember } from '../sources/ustar.ts';
+import { runCliToEnd, tinyFilterArgs } from '../helpers/live-cli.ts';
+import { writeSparseTar, type SparseMember } from '../sources/ustar.ts';
 
-const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
-const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
-const skip = !existsSync(model) && 'tiny model fixture missing';
 const RUN_LIMIT_MS = 180_000;
 const MIB = 1024 * 1024;
 /** The member size of the report: under the 64 MiB member limit, so only the byte limits stop it. */
@@ -38,26 +26,8 @@ const BIG = 60 * MIB;
  */
 const PEAK_LIMIT_MIB = 700;
 
-/** A tar whose big members are holes: headers written at their offsets, data never written. */
-function sparseTar(path: string, members: { name: string; size: number; data?: Buffer }[]): void {
-  const fd = openSync(path, 'w');
-  let pos = 0;
-  for (const m of members) {
-    if (m.data) {
-      const whole = ustarMember(m.name, m.data);
-      writeSync(fd, whole, 0, whole.length, pos);
-      pos += whole.length;
-    } else {
-      writeSync(fd, ustarHeader(m.name, m.size), 0, 512, pos);
-      pos += 512 + Math.ceil(m.size / 512) * 512;
-    }
-  }
-  ftruncateSync(fd, pos + 1024);
-  closeSync(fd);
-}
-
 /** Runs the CLI with a preload that writes the process's VmHWM (peak RSS) to a file when it exits. */
-function filter(input: string, out: string, dir: string) {
+async function filter(input: string, out: string, dir: string) {
   const preload = join(dir, 'hwm.cjs');
   const hwmFile = join(dir, 'hwm.txt');
   writeFileSync(
@@ -65,35 +35,15 @@ function filter(input: string, out: string, dir: string) {
     `process.on('exit', () => { const m = /VmHWM:\\s+(\\d+) kB/.exec(require('fs').readFileSync('/proc/self/status', 'utf8')); ` +
       `require('fs').writeFileSync(${JSON.stringify(hwmFile)}, m ? m[1] : ''); });\n`,
   );
-  const args = [
-    'filter',
-    '--input',
-    input,
-    '--out',
-    out,
-    '--model',
-    model,
-    '--threshold',
-    'itm>=0',
-    '--progress',
-    'none',
-  ];
-  return new Promise<{ code: number | null; signal: string | null; err: string; peakMiB: number }>((resolve) => {
-    const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}` };
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
-    let err = '';
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      const kb = existsSync(hwmFile) ? Number(readFileSync(hwmFile, 'utf8')) : NaN;
-      resolve({ code, signal, err, peakMiB: Math.round(kb / 1024) });
-    });
-  });
+  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}` };
+  const r = await runCliToEnd(tinyFilterArgs(input, out), RUN_LIMIT_MS, env);
+  const kb = existsSync(hwmFile) ? Number(readFileSync(hwmFile, 'utf8')) : NaN;
+  return { ...r, peakMiB: Math.round(kb / 1024) };
 }
 
-const caption = (key: string) => ({ name: `${key}.txt`, size: 0, data: Buffer.from(`a blue square ${key}`) });
-const holes = (key: string, n: number, size: number) => Array.from({ length: n }, () => ({ name: `${key}.jpg`, size }));
+const caption = (key: string): SparseMember => ({ name: `${key}.txt`, data: Buffer.from(`a blue square ${key}`) });
+const holes = (key: string, n: number, size: number): SparseMember[] =>
+  Array.from({ length: n }, () => ({ name: `${key}.jpg`, size }));
 
 function assertRan(r: Awaited<ReturnType<typeof filter>>, t: { diagnostic(m: string): void }) {
   assert.equal(r.signal, null, `the run did not end within ${RUN_LIMIT_MS} ms:\n${r.err.slice(-2000)}`);
@@ -102,79 +52,65 @@ function assertRan(r: Awaited<ReturnType<typeof filter>>, t: { diagnostic(m: str
   assert.ok(r.peakMiB > 0 && r.peakMiB < PEAK_LIMIT_MIB, `peak RSS ${r.peakMiB} MiB, over ${PEAK_LIMIT_MIB}`);
 }
 
-test(
-  'a sample of 25 members of 60 MiB is one sample_too_large reject; unused members are never read',
-  { skip },
-  async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-    const jpeg = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#1478c8' } })
-      .jpeg()
-      .toBuffer();
-    // Extensions a pair is made of and others, 60 MiB each, all holes.
-    const exts = ['jpg', 'png', 'txt', 'json', 'webp', 'npy', 'cls', 'gif', 'tiff', 'avif'];
-    const big = Array.from({ length: 25 }, (_, i) => ({ name: `big.${exts[i % exts.length]}`, size: BIG }));
-    // A good sample carrying 20 members of 60 MiB it has no use for (depth maps, features...): read without them.
-    const extra = ['npy', 'depth.png', 'mp4', 'seg.jpg'].flatMap((e) =>
-      Array.from({ length: 5 }, () => ({ name: `extra.${e}`, size: BIG })),
-    );
-    sparseTar(join(dir, 'in.tar'), [
-      ...big,
-      { name: 'extra.jpg', size: 0, data: jpeg },
-      ...extra,
-      caption('extra'),
-      { name: 'ok.jpg', size: 0, data: jpeg },
-      caption('ok'),
-    ]);
-    const out = join(dir, 'out');
-    const r = await filter(join(dir, 'in.tar'), out, dir);
-    assertRan(r, t);
-    const run = readRun(out);
-    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['extra', 'ok']);
-    assert.equal(run.rejects.length, 1);
-    const reason = run.rejects[0]!.reasons[0]!;
-    assert.equal(reason.code, 'invalid_record');
-    assert.equal(reason.detail?.kind, 'sample_too_large');
-    assert.equal(reason.detail?.member, 'big.jpg');
-    assert.equal(reason.detail?.size, BIG);
-    assert.equal(reason.detail?.limit, 32 * MIB);
-    assert.equal((run.rejects[0]!.source as { key?: string }).key, 'big');
-  },
-);
-
-test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', { skip }, async (t) => {
+test('a sample of 25 members of 60 MiB is one sample_too_large reject; unused members are never read', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-  const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-  sparseTar(
-    join(dir, 'in.tar'),
-    keys.flatMap((k) => [...holes(k, 1, BIG), caption(k)]),
+  const jpeg = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#1478c8' } })
+    .jpeg()
+    .toBuffer();
+  // Extensions a pair is made of and others, 60 MiB each, all holes.
+  const exts = ['jpg', 'png', 'txt', 'json', 'webp', 'npy', 'cls', 'gif', 'tiff', 'avif'];
+  const big = Array.from({ length: 25 }, (_, i) => ({ name: `big.${exts[i % exts.length]}`, size: BIG }));
+  // A good sample carrying 20 members of 60 MiB it has no use for (depth maps, features...): read without them.
+  const extra = ['npy', 'depth.png', 'mp4', 'seg.jpg'].flatMap((e) =>
+    Array.from({ length: 5 }, () => ({ name: `extra.${e}`, size: BIG })),
   );
+  writeSparseTar(join(dir, 'in.tar'), [
+    ...big,
+    { name: 'extra.jpg', data: jpeg },
+    ...extra,
+    caption('extra'),
+    { name: 'ok.jpg', data: jpeg },
+    caption('ok'),
+  ]);
   const out = join(dir, 'out');
   const r = await filter(join(dir, 'in.tar'), out, dir);
   assertRan(r, t);
   const run = readRun(out);
+  assert.deepEqual(run.curated.map((c) => c.id).sort(), ['extra', 'ok']);
+  assert.equal(run.rejects.length, 1);
+  const reason = run.rejects[0]!.reasons[0]!;
+  assert.equal(reason.code, 'invalid_record');
+  assert.equal(reason.detail?.kind, 'sample_too_large');
+  assert.equal(reason.detail?.member, 'big.jpg');
+  assert.equal(reason.detail?.size, BIG);
+  assert.equal(reason.detail?.limit, 32 * MIB);
+  assert.equal((run.rejects[0]!.source as { key?: string }).key, 'big');
+});
+
+/** 60 samples of one image member each, every image claiming `size` bytes over a hole: the run, checked to end. */
+async function sixtyImagesOf(size: number, t: { diagnostic(m: string): void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
+  const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
+  writeSparseTar(
+    join(dir, 'in.tar'),
+    keys.flatMap((k) => [...holes(k, 1, size), caption(k)]),
+  );
+  const out = join(dir, 'out');
+  assertRan(await filter(join(dir, 'in.tar'), out, dir), t);
+  const run = readRun(out);
   assert.equal(run.curated.length, 0);
   assert.equal(run.summary.records, 60);
+  return run;
+}
+
+test('60 samples of one 60 MiB image each: 60 sample_too_large rejects, none read', async (t) => {
+  const run = await sixtyImagesOf(BIG, t);
   assert.deepEqual(new Set(run.rejects.map((e) => e.reasons[0]?.detail?.kind)), new Set(['sample_too_large']));
 });
 
-test(
-  '60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects',
-  { skip },
-  async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-sample-bytes-'));
-    const keys = Array.from({ length: 60 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-    sparseTar(
-      join(dir, 'in.tar'),
-      keys.flatMap((k) => [...holes(k, 1, 24 * MIB), caption(k)]),
-    );
-    const out = join(dir, 'out');
-    const r = await filter(join(dir, 'in.tar'), out, dir);
-    // 1.4 GiB of images in one batch's worth of samples: without the byte bound they were all held at once.
-    assertRan(r, t);
-    const run = readRun(out);
-    assert.equal(run.curated.length, 0);
-    assert.equal(run.summary.records, 60);
-    // Within the reading limits, each image reaches the intake, which refuses inline images over 16 MiB.
-    for (const e of run.rejects) assert.equal(e.reasons[0]?.code, 'fetch_failed', JSON.stringify(e.reasons[0]));
-  },
-);
+test('60 samples of one 24 MiB image each: every image read, bytes in flight bounded, 60 rejects', async (t) => {
+  // 1.4 GiB of images in one batch's worth of samples: without the byte bound they were all held at once.
+  const run = await sixtyImagesOf(24 * MIB, t);
+  // Within the reading limits, each image reaches the intake, which refuses inline images over 16 MiB.
+  for (const e of run.rejects) assert.equal(e.reasons[0]?.code, 'fetch_failed', JSON.stringify(e.reasons[0]));
+});

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { readRun } from '../helpers/cli-output.ts';
-import { exitWithin, startCli, visibleOutcomes, waitFor } from '../helpers/live-cli.ts';
+import { exitWithin, startCli, visibleOutcomes } from '../helpers/live-cli.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
 const sample = new URL('../../sample/pairs.jsonl', import.meta.url).pathname;

@@ -19,7 +19,6 @@ const input = join(root, 'sample/pairs.jsonl');
 /** sample/pairs.jsonl: 14 records, 10 of them reach the scorer. */
 const RECORDS = 14;
 const SCORABLE = 10;
-const skip = !existsSync(model) && 'tiny model fixture missing';
 
 /** Runs `mlm-filter filter`; a run that has not ended after `hangAfterMs` is killed (a hang guard, not a timing). */
 function filter(out: string, flags: string[], hangAfterMs = 120_000) {
@@ -38,7 +37,7 @@ function filter(out: string, flags: string[], hangAfterMs = 120_000) {
 
 const ranked = (e: AuditEvent) => e.reasons.some((r) => r.detail?.mode === 'top_fraction');
 
-test('--top-fraction 0.5 runs to its end and keeps the best half of the scored pairs', { skip }, async () => {
+test('--top-fraction 0.5 runs to its end and keeps the best half of the scored pairs', async () => {
   const out = join(mkdtempSync(join(tmpdir(), 'mlmf-top-')), 'out');
   const r = await filter(out, ['--top-fraction', '0.5']);
   assert.equal(r.signal, null, `the run did not end: ${r.err}`);
@@ -54,7 +53,7 @@ test('--top-fraction 0.5 runs to its end and keeps the best half of the scored p
   assert.ok(!existsSync(join(out, '.staging')));
 });
 
-test('--threshold with --top-fraction: thresholds first, then the top fraction of what passes', { skip }, async () => {
+test('--threshold with --top-fraction: thresholds first, then the top fraction of what passes', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-top-'));
   // A threshold on ctq that some scored pairs of this model pass and some fail, read off a plain run.
   const all = await filter(join(dir, 'all'), ['--threshold', 'itm>=0']);
@@ -94,7 +93,7 @@ test('--threshold with --top-fraction: thresholds first, then the top fraction o
   });
 });
 
-test('--metrics must include what the thresholds read and what --top-fraction ranks on', { skip }, async () => {
+test('--metrics must include what the thresholds read and what --top-fraction ranks on', async () => {
   const out = join(mkdtempSync(join(tmpdir(), 'mlmf-top-')), 'out');
   const r = await filter(out, ['--threshold', 'ctq>=50', '--top-fraction', '0.5', '--metrics', 'itm']);
   assert.equal(r.code, 2, r.err);

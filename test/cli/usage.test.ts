@@ -14,7 +14,6 @@ const root = new URL('../../', import.meta.url).pathname;
 const bin = join(root, 'bin/mlm-filter.js');
 const model = join(root, 'test/fixtures/models/tiny-llava-qwen');
 const sample = join(root, 'sample/pairs.jsonl');
-const skipModel = !existsSync(model) && 'tiny model fixture missing';
 
 function cli(args: string[], options: { input?: string | Buffer; cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
   const r = spawnSync(process.execPath, [bin, ...args], { timeout: 120_000, ...options });
@@ -106,22 +105,18 @@ test('--out naming an existing file is a usage error: exit 2, one line, before a
   assert.match(line, /is an existing file: give a directory/);
 });
 
-test(
-  'configuration errors exit 2 and runtime failures exit 1, each as one line without the help pointer',
-  { skip: skipModel },
-  () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mlmf-usage-'));
-    let r = cli(['filter', '--input', sample, '--out', join(dir, 'a'), '--model', join(dir, 'no-such-model')]);
-    assert.equal(r.code, 2, r.err);
-    assert.doesNotMatch(assertOneLineError(r.err, 'model_invalid|model_not_exported'), /--help/);
-    // An output directory that cannot be made (a path under a regular file) fails while running.
-    const file = join(dir, 'file');
-    writeFileSync(file, '');
-    r = cli(['filter', '--input', sample, '--out', join(file, 'out'), '--model', model, '--progress', 'none']);
-    assert.equal(r.code, 1, r.err);
-    assert.doesNotMatch(assertOneLineError(r.err, 'output_unwritable'), /--help/);
-  },
-);
+test('configuration errors exit 2 and runtime failures exit 1, each as one line without the help pointer', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-usage-'));
+  let r = cli(['filter', '--input', sample, '--out', join(dir, 'a'), '--model', join(dir, 'no-such-model')]);
+  assert.equal(r.code, 2, r.err);
+  assert.doesNotMatch(assertOneLineError(r.err, 'model_invalid|model_not_exported'), /--help/);
+  // An output directory that cannot be made (a path under a regular file) fails while running.
+  const file = join(dir, 'file');
+  writeFileSync(file, '');
+  r = cli(['filter', '--input', sample, '--out', join(file, 'out'), '--model', model, '--progress', 'none']);
+  assert.equal(r.code, 1, r.err);
+  assert.doesNotMatch(assertOneLineError(r.err, 'output_unwritable'), /--help/);
+});
 
 test('an unquoted condition cut by the shell (`--threshold itm>=10` in bash) gets the quoting hint', () => {
   const cwd = mkdtempSync(join(tmpdir(), 'mlmf-shell-'));
@@ -222,7 +217,7 @@ test('prompt --caption-file - reads the caption from stdin, byte for byte', () =
   assertOneLineError(missing.err, 'input_unreadable');
 });
 
-test('SIGINT drains the run and exits 130', { skip: skipModel }, async () => {
+test('SIGINT drains the run and exits 130', async () => {
   const out = join(mkdtempSync(join(tmpdir(), 'mlmf-sigint-')), 'out');
   // stdin stays open, so the run is still reading when the signal comes.
   const child = spawn(process.execPath, [

@@ -1,8 +1,7 @@
-/** A `mlm-filter` process the test talks to while it runs (stdin kept open, signals), and polling with a deadline. */
+/** A `mlm-filter` process the test talks to while it runs: stdin kept open, signals, what it has written so far. */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { ShardIndex } from '../../lib/sinks/webdataset.ts';
 
 const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
@@ -17,9 +16,18 @@ export interface LiveCli {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** The committed tiny random-weight model the CLI tests score with. */
+export const TINY_MODEL = new URL('../fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
+
+/** `filter` of `input` into `out` on the tiny model, accepting every scored pair, without progress output. */
+export function tinyFilterArgs(input: string, out: string, ...more: string[]): string[] {
+  const args = ['filter', '--input', input, '--out', out, '--model', TINY_MODEL, '--threshold', 'itm>=0'];
+  return [...args, '--progress', 'none', ...more];
+}
+
 /** Starts the CLI with piped stdio; a process still running after `limitMs` is killed (the test then fails on it). */
-export function startCli(args: string[], limitMs = 120_000): LiveCli {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+export function startCli(args: string[], limitMs = 120_000, env: NodeJS.ProcessEnv = process.env): LiveCli {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env });
   let out = '';
   let err = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -36,13 +44,12 @@ export function startCli(args: string[], limitMs = 120_000): LiveCli {
   return { child, exited, stderr: () => err, stdout: () => out };
 }
 
-/** Polls `condition` every `everyMs` until it holds; throws naming `what` after `deadlineMs`. */
-export async function waitFor(what: string, condition: () => boolean, deadlineMs = 60_000, everyMs = 50) {
-  const end = Date.now() + deadlineMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
+/** Runs the CLI to its end with stdin closed; one still running after `limitMs` is killed (then `signal` is SIGKILL). */
+export async function runCliToEnd(args: string[], limitMs: number, env?: NodeJS.ProcessEnv) {
+  const cli = startCli(args, limitMs, env);
+  cli.child.stdin.end();
+  const { code, signal } = await cli.exited;
+  return { code, signal, out: cli.stdout(), err: cli.stderr() };
 }
 
 /** Resolves with the process's exit, or undefined when it is still running after `deadlineMs`. */

@@ -31,17 +31,9 @@ import {
 import { LagProbe } from '../../infra/lib/lag-probe.ts';
 import { MskArns } from '../../infra/lib/msk.ts';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
-import {
-  BROKERS,
-  committedTotal,
-  createTopics,
-  kafkaClient,
-  needServices,
-  produce,
-  uniq,
-  waitFor,
-} from '../stream/helpers.ts';
+import { BROKERS, committedTotal, createTopics, kafkaClient, needServices, produce, uniq } from '../stream/helpers.ts';
 import { MSK_ARN, brokersVpc, model, readViolations, statements, synth } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('kafka');
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Intake, type IntakeOptions } from '../../lib/intake/index.ts';
 import { RejectError } from '../../lib/types.ts';
+import { waitFor } from '../helpers/poll.ts';
 import {
   SMALL_SQUASH,
   expectReject,
@@ -346,8 +347,12 @@ describe('HTTP failures', () => {
 
   it('an abort from the caller rejects with the abort reason, not a RejectError', async () => {
     const ac = new AbortController();
+    const asked = srv.userAgents.length;
     const p = allowed().prepare(url('/slow-headers'), ac.signal);
-    setTimeout(() => ac.abort(new Error('shutdown')), 50);
+    p.catch(() => undefined); // asserted below, once aborted
+    // Aborted while the request waits for headers the server never sends.
+    await waitFor('the request at the server', () => srv.userAgents.length > asked, 10_000, 5);
+    ac.abort(new Error('shutdown'));
     await assert.rejects(p, (e: unknown) => !(e instanceof RejectError) && (e as Error).message === 'shutdown');
   });
 

@@ -14,6 +14,7 @@ import { METRIC } from '../../lib/metrics/metric-names.ts';
 import { WorkerMetrics } from '../../lib/metrics/worker-metrics.ts';
 import { fakeNvidiaSmi } from '../helpers/fake-nvidia-smi.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 // nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits, as the driver prints
 // it: an H200 under load, a g5 (A10G) and a g6 (L4) pair, a MIG slice (no utilisation counter), and failures.
@@ -23,14 +24,6 @@ const MIG_SLICE = '[N/A], 13, 9984\n';
 const NO_DEVICES = 'No devices were found\n';
 const NO_DRIVER =
   "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n";
-
-async function until(what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** The GPU distributions in the EMF documents a WorkerMetrics flush writes. */
 function gpuValues(lines: string[]): { util: number[]; memory: number[] } {
@@ -100,7 +93,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       logger: new Logger(({ msg }) => logs.push(msg)),
     }).start();
     try {
-      await until('three polls', () => sampler.polls >= 3);
+      await waitFor('three polls', () => sampler.polls >= 3, 10_000, 20);
     } finally {
       sampler.stop();
     }
@@ -133,7 +126,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       env: { ...process.env, PATH: empty },
       logger: new Logger(({ level, msg }) => logs.push({ level, msg })),
     }).start();
-    await until('the sampler to give up', () => !sampler.running);
+    await waitFor('the sampler to give up', () => !sampler.running, 10_000, 20);
     metrics.flushEmf();
     assert.equal(logs.length, 1, JSON.stringify(logs));
     assert.match(logs[0]!.msg, /nvidia-smi not found/);
@@ -154,7 +147,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
       logger: new Logger(({ level, msg }) => logs.push({ level, msg })),
     }).start();
     try {
-      await until('four failed polls', async () => (await smi.calls()) >= 4);
+      await waitFor('four failed polls', async () => (await smi.calls()) >= 4, 10_000, 20);
       assert.ok(sampler.running, 'still polling');
     } finally {
       sampler.stop();
@@ -184,7 +177,7 @@ describe('GpuSampler with an nvidia-smi executable on PATH', () => {
     });
     assert.ok(sampler);
     try {
-      await until('the first poll', () => sampler.polls >= 1);
+      await waitFor('the first poll', () => sampler.polls >= 1, 10_000, 20);
     } finally {
       sampler.stop();
     }

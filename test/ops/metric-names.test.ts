@@ -32,9 +32,9 @@ import {
   closeServiceClients,
   produce,
   uniq,
-  waitFor,
 } from '../stream/helpers.ts';
 import { silentLogger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const NS = 'MlmFilterCheck';
 const PIPELINE = 'p1';

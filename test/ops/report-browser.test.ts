@@ -1,10 +1,11 @@
 /**
- * Opens the generated report in headless Chromium (Debian's package, scripts/install-chromium.sh) and checks that it
- * renders: charts with data, gallery thumbnails decoded, no console errors, no network requests. Skipped with a
- * message when /usr/bin/chromium is missing, except under CI=true. MLMF_REPORT_SCREENSHOT=path keeps the screenshot.
+ * Opens the generated report in headless Chromium and checks that it renders: charts with data, gallery thumbnails
+ * decoded, no console errors, no network requests. The executable is MLMF_CHROMIUM, the path
+ * scripts/install-chromium.sh prints (.ci/run exports it; scripts/test.sh asks the script for an installed one). Unset,
+ * the test skips with a message, except under CI=true where it fails. MLMF_REPORT_SCREENSHOT=path keeps the screenshot.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,11 +15,17 @@ import { chromium } from 'playwright-core';
 import { writeReport } from '../../lib/report/index.ts';
 import { makeFilterOutput } from './fixture.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const present = existsSync(CHROMIUM);
-if (!present && process.env.CI === 'true')
-  throw new Error(`${CHROMIUM} missing (CI=true): run scripts/install-chromium.sh`);
-const skip = present ? false : `${CHROMIUM} not installed: run "bash scripts/install-chromium.sh"`;
+const INSTALL = 'export MLMF_CHROMIUM="$(bash scripts/install-chromium.sh)"';
+const CHROMIUM = process.env.MLMF_CHROMIUM || undefined;
+if (!CHROMIUM && process.env.CI === 'true') throw new Error(`MLMF_CHROMIUM is unset (CI=true): ${INSTALL}`);
+if (CHROMIUM) {
+  try {
+    accessSync(CHROMIUM, constants.X_OK);
+  } catch {
+    throw new Error(`MLMF_CHROMIUM=${CHROMIUM} is not an executable: ${INSTALL}`);
+  }
+}
+const skip = CHROMIUM ? false : `MLMF_CHROMIUM is unset: ${INSTALL}`;
 
 test(
   'the report renders in headless Chromium with charts, thumbnails and no console errors',

@@ -13,6 +13,7 @@ import { SinkWriter, type DeadLetterPort } from '../../lib/pipeline/sink-writer.
 import type { Committer, Outcome, Sink, SourceBatch } from '../../lib/types.ts';
 import { FilterError } from '../../lib/types.ts';
 import { jsonRecord } from '../helpers/doubles.ts';
+import { settled, waitFor } from '../helpers/poll.ts';
 
 /** A committer that records what it commits and releases, by batch name. */
 class RecordingCommitter implements Committer {
@@ -78,14 +79,6 @@ function ledgerWith(sink: Sink, extra: { hard?: AbortSignal; deadLetter?: DeadLe
 
 const settleAll = (entry: BatchEntry) => entry.batch.records.forEach((_, i) => entry.settle(i, outcome(entry, i)));
 
-async function until(condition: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 test('batches are written and committed in source order whatever order their records finish in', async () => {
   const sink = new ListSink();
   const c = new RecordingCommitter();
@@ -93,8 +86,10 @@ test('batches are written and committed in source order whatever order their rec
   const a = await ledger.admit(c.batch('a', ['a1', 'a2']));
   const b = await ledger.admit(c.batch('b', ['b1']));
   settleAll(b); // b is complete first, but waits for a
-  await new Promise((r) => setTimeout(r, 20));
+  await b.ready;
+  await settled(); // everything the ledger does on b's completion has run: nothing else is queued in memory
   assert.deepEqual(c.committed, [], 'b is not committed before a');
+  assert.deepEqual(sink.ids, [], 'nor written before a');
   settleAll(a);
   await ledger.drain();
   assert.deepEqual(c.committed, ['a', 'b']);
@@ -137,13 +132,15 @@ test('a duplicate id within the run is refused by claim', async () => {
 
 test('a sink outage commits nothing past unwritten data; all commits follow in order once it is back', async () => {
   const sink = new ListSink();
-  sink.failing = () => new Error('bucket unreachable'); // retriable (not in the catalog)
+  let refused = 0;
+  sink.failing = () => (refused++, new Error('bucket unreachable')); // retriable (not in the catalog)
   const c = new RecordingCommitter();
   const { ledger, failure } = ledgerWith(sink);
   const entries = [];
   for (const name of ['o1', 'o2', 'o3']) entries.push(await ledger.admit(c.batch(name, [`${name}-a`])));
   entries.forEach(settleAll);
-  await new Promise((r) => setTimeout(r, 100));
+  // Three refused writes: the ledger has gone round its retry loop with every batch ready to commit.
+  await waitFor('three refused writes', () => refused >= 3, 5_000, 5);
   assert.deepEqual(c.committed, [], 'nothing is committed while the first batch cannot be written');
   assert.equal(failure.failed, false, 'a retriable outage is not fatal');
   sink.failing = undefined;
@@ -209,7 +206,7 @@ test('lone refusals three in a row mean a broken sink; a success in between rese
   const c = new RecordingCommitter();
   const { ledger, failure } = ledgerWith(sink, { deadLetter: { send: async (o) => void letters.push(o.id) } });
   for (const id of ['bad1', 'bad2', 'fine', 'bad3', 'bad4']) settleAll(await ledger.admit(c.batch(id, [id])));
-  await until(() => c.committed.length === 5, 'five commits');
+  await waitFor('five commits', () => c.committed.length === 5, 5_000, 5);
   assert.equal(failure.failed, false);
   assert.deepEqual(letters, ['bad1', 'bad2', 'bad3', 'bad4']);
   settleAll(await ledger.admit(c.batch('bad5', ['bad5'])));

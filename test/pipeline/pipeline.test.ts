@@ -141,8 +141,13 @@ test('a revoked batch is dropped without ack', async () => {
   const ac = new AbortController();
   const source = new ArraySource(records, 2, (b) => (b === 1 ? ac.signal : undefined));
   const scorer = new CaptionScorer(2, 30);
+  const score = scorer.score.bind(scorer);
+  // Revoked while its records are being scored, whatever the timing.
+  scorer.score = async (b) => {
+    if (b.some((x) => x.id === 'r2')) ac.abort();
+    return score(b);
+  };
   const sink = new MemorySink();
-  setTimeout(() => ac.abort(), 5);
   await runPipeline({ source, intake: new FakeIntake(), scorer, policy: new Policy(), sinks: [sink] });
   assert.ok(!source.acked.includes(1));
   assert.ok(!sink.outcomes.some((o) => o.id === 'r2' || o.id === 'r3'));
@@ -178,7 +183,12 @@ test('graceful stop finishes and acks what was admitted', async () => {
   const ac = new AbortController();
   const source = new ArraySource(records, 5);
   const sink = new MemorySink();
-  setTimeout(() => ac.abort(), 20);
+  // Stopped once the first outcomes are written, with most records not yet read.
+  const write = sink.write.bind(sink);
+  sink.write = async (outcomes) => {
+    await write(outcomes);
+    ac.abort();
+  };
   const stats = await runPipeline({
     source,
     intake: new FakeIntake(),

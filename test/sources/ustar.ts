@@ -1,4 +1,8 @@
-/** Hand-built ustar bytes for WebDataset source tests: whole shards, cut-off shards and lying headers. */
+/**
+ * Hand-built ustar bytes for the WebDataset tests: whole shards, cut-off shards, lying headers, and sparse shards
+ * whose big members are holes.
+ */
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 
 const BLOCK = 512;
 
@@ -46,4 +50,45 @@ export function base256(n: bigint): Buffer {
   }
   b[0] = 0x80;
   return b;
+}
+
+/** The members of one WebDataset sample: `<key>.<ext>` image, `<key>.txt` caption and, with `meta`, `<key>.json`. */
+export function sampleMembers(
+  key: string,
+  image: Buffer,
+  caption: string,
+  meta?: Record<string, unknown>,
+  ext = 'jpg',
+): [string, Buffer][] {
+  const members: [string, Buffer][] = [
+    [`${key}.${ext}`, image],
+    [`${key}.txt`, Buffer.from(caption)],
+  ];
+  if (meta) members.push([`${key}.json`, Buffer.from(JSON.stringify(meta))]);
+  return members;
+}
+
+/** A member of a sparse tar: its data, or only a header claiming `size` bytes over a hole (never written). */
+export type SparseMember =
+  { readonly name: string; readonly data: Buffer } | { readonly name: string; readonly size: number };
+
+/** Writes a tar whose size-only members are holes: a few KiB on disk for members of any claimed size. */
+export function writeSparseTar(path: string, members: readonly SparseMember[]): void {
+  const fd = openSync(path, 'w');
+  try {
+    let pos = 0;
+    for (const m of members) {
+      if ('data' in m) {
+        const whole = ustarMember(m.name, m.data);
+        writeSync(fd, whole, 0, whole.length, pos);
+        pos += whole.length;
+      } else {
+        writeSync(fd, ustarHeader(m.name, m.size), 0, BLOCK, pos);
+        pos += BLOCK + Math.ceil(m.size / BLOCK) * BLOCK;
+      }
+    }
+    ftruncateSync(fd, pos + 2 * BLOCK);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -5,10 +5,7 @@
  * stopped mid-run and started again on the same log dir. Everything it observes is returned for the tests to assert.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Admin, Kafka } from 'kafkajs';
 import type { PrivateKafkaBroker } from './private-broker.ts';
@@ -16,15 +13,15 @@ import {
   S3_ENDPOINT,
   createBucket,
   curatedIds,
-  holdsFor,
   makeRecords,
   produce,
   readTopicToEnd,
   s3Client,
   tally,
   uniq,
-  waitFor,
 } from './helpers.ts';
+import { waitFor, holdsFor } from '../helpers/poll.ts';
+import { WorkerProcess } from './worker-driver.ts';
 
 const WORKER = new URL('../../functions/worker/main.ts', import.meta.url).pathname;
 /** The CLI entry (`mlm-filter worker`): it waits for the event loop to end, where the container entry exits. */
@@ -59,55 +56,6 @@ export interface OutageRun {
   /** The worker's exit code after SIGTERM, and every line it logged. */
   readonly exitCode: number | null;
   readonly lines: string[];
-}
-
-/** The worker process with its log lines kept; `exited` is set as soon as it ends, whatever the reason. */
-class WorkerProcess {
-  readonly lines: string[] = [];
-  exited: { code: number | null; signal: string | null } | undefined;
-  private readonly child: ChildProcess;
-
-  constructor(env: Record<string, string>, args = ['--import', 'tsx', WORKER]) {
-    this.child = spawn(process.execPath, args, {
-      env: { ...process.env, AWS_EC2_METADATA_DISABLED: 'true', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    createInterface({ input: this.child.stdout! }).on('line', (l) => this.lines.push(l));
-    createInterface({ input: this.child.stderr! }).on('line', (l) => this.lines.push(l));
-    this.child.on('exit', (code, signal) => (this.exited = { code, signal }));
-  }
-
-  /** Throws when the worker has exited: it must ride out the outage. */
-  assertRunning(): void {
-    if (this.exited) {
-      throw new Error(`the worker exited (${JSON.stringify(this.exited)}); last lines:\n${this.tail()}`);
-    }
-  }
-
-  tail(n = 15): string {
-    return this.lines
-      .filter((l) => !l.includes('"_aws"'))
-      .slice(-n)
-      .join('\n');
-  }
-
-  /** Graceful stop; resolves with the exit code. */
-  async stop(): Promise<number | null> {
-    if (!this.exited) {
-      const exit = once(this.child, 'exit');
-      this.child.kill('SIGTERM');
-      await exit;
-    }
-    return this.exited!.code;
-  }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (!this.exited) this.child.kill(sig);
-  }
 }
 
 async function committedOffsets(admin: Admin, groupId: string, topic: string): Promise<Map<number, bigint>> {
@@ -159,7 +107,7 @@ async function setStage(broker: PrivateKafkaBroker, admin: Admin, s3: S3Client):
 }
 
 function startWorker(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number, args?: string[]): WorkerProcess {
-  return new WorkerProcess(workerEnv(broker, stage, budgetMs), args);
+  return new WorkerProcess(workerEnv(broker, stage, budgetMs), { args: args ?? ['--import', 'tsx', WORKER] });
 }
 
 function workerEnv(broker: PrivateKafkaBroker, stage: Stage, budgetMs: number): Record<string, string> {
@@ -242,7 +190,7 @@ export async function runOutageScenario(broker: PrivateKafkaBroker, s: OutageSce
     throw err;
   } finally {
     keepLog(worker);
-    worker.kill();
+    await worker.kill9();
     await admin.disconnect().catch(() => undefined);
     s3.destroy();
   }
@@ -314,7 +262,7 @@ export async function runPastBudget(broker: PrivateKafkaBroker, budgetMs: number
     return { exitCode: worker.exited!.code, exitAfterMs: Date.now() - down, lines: worker.lines };
   } finally {
     keepLog(worker);
-    worker.kill();
+    await worker.kill9();
     await admin.disconnect().catch(() => undefined);
     s3.destroy();
     await broker.resume();
@@ -393,7 +341,7 @@ export async function runShutdownScenario(broker: PrivateKafkaBroker, waitExitMs
   } finally {
     for (const w of workers) {
       keepLog(w);
-      w.kill();
+      await w.kill9();
     }
     await admin.disconnect().catch(() => undefined);
     s3.destroy();

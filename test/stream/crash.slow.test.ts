@@ -7,10 +7,8 @@
  * Needs the services from scripts/services.sh. FastScorer (helpers.ts) stands in for the model.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
+import { setTimeout as pause } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { CreateQueueCommand, SendMessageBatchCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { Admin, Kafka } from 'kafkajs';
@@ -31,65 +29,13 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { WorkerProcess } from './worker-driver.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3', 'sqs') : 'slow suite: set MLMF_SLOW=1';
-const WORKER = new URL('./worker-process.ts', import.meta.url).pathname;
 const KILLS = Number(process.env.MLMF_CRASH_KILLS ?? 4);
-
-interface Worker {
-  child: ChildProcess;
-  /** Resolves when a log line's msg matches. */
-  waitLog(re: RegExp, timeoutMs?: number): Promise<void>;
-  lines: string[];
-}
-
-function startWorker(env: Record<string, string>): Worker {
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
-    env: { ...process.env, MLMF_HEALTH_PORT: '0', MLMF_S3_ENDPOINT: S3_ENDPOINT, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: string[] = [];
-  const watchers: { re: RegExp; resolve: () => void }[] = [];
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    lines.push(line);
-    for (const w of [...watchers]) {
-      if (w.re.test(line)) {
-        watchers.splice(watchers.indexOf(w), 1);
-        w.resolve();
-      }
-    }
-  });
-  child.stderr!.on('data', (d: Buffer) => lines.push(d.toString()));
-  return {
-    child,
-    lines,
-    waitLog: (re, timeoutMs = 60_000) =>
-      new Promise<void>((resolve, reject) => {
-        if (lines.some((l) => re.test(l))) return resolve();
-        const timer = setTimeout(
-          () => reject(new Error(`worker never logged ${re}; last: ${lines.slice(-5).join('\n')}`)),
-          timeoutMs,
-        );
-        watchers.push({
-          re,
-          resolve: () => {
-            clearTimeout(timer);
-            resolve();
-          },
-        });
-      }),
-  };
-}
-
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function kill9(w: Worker): Promise<void> {
-  w.child.kill('SIGKILL');
-  if (w.child.exitCode === null && w.child.signalCode === null) await once(w.child, 'exit');
-}
 
 describe('worker crash (kill -9) and restart', { skip }, () => {
   let kafka: Kafka;
@@ -108,6 +54,7 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
     await produce(kafka, t, records, 3);
     const env = {
       MLMF_SOURCE: 'kafka',
+      MLMF_S3_ENDPOINT: S3_ENDPOINT,
       MLMF_BROKERS: BROKERS,
       MLMF_SOURCE_TOPIC: t,
       MLMF_GROUP_ID: groupId,
@@ -122,24 +69,24 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
     };
     const progress: number[] = [];
     for (let k = 0; k < KILLS; k++) {
-      const w = startWorker(env);
+      const w = new WorkerProcess(env);
       await w.waitLog(/joined consumer group/);
       // Mid-stream: once this worker has committed (after taking over its partitions' transactional ids), at a
       // random point of what follows.
       const before = progress[progress.length - 1] ?? 0;
       await waitFor('the worker committing', async () => (await committedTotal(admin, groupId, t)) > before, 60_000);
       await pause(Math.floor(Math.random() * 1200));
-      await kill9(w);
+      await w.kill9();
       progress.push(await committedTotal(admin, groupId, t));
     }
-    const last = startWorker(env);
+    const last = new WorkerProcess(env);
     try {
       await waitFor('all committed', async () => (await committedTotal(admin, groupId, t)) === records.length, 120_000);
-    } finally {
-      last.child.kill('SIGTERM');
+    } catch (err) {
+      await last.kill9();
+      throw err;
     }
-    const [code] = (await once(last.child, 'exit')) as [number | null];
-    assert.equal(code, 0, `graceful drain exits 0; last lines: ${last.lines.slice(-5).join('\n')}`);
+    assert.equal(await last.stop(), 0, `graceful drain exits 0; ${last.tail(5)}`);
     assert.ok(
       progress[progress.length - 1]! < records.length,
       `the kills hit mid-stream (committed after each: ${progress})`,
@@ -187,6 +134,7 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
     }
     const env = {
       MLMF_SOURCE: 'sqs',
+      MLMF_S3_ENDPOINT: S3_ENDPOINT,
       MLMF_SQS_QUEUE_URL: url,
       MLMF_SQS_ENDPOINT: SQS_ENDPOINT,
       MLMF_BROKERS: BROKERS,
@@ -198,19 +146,19 @@ describe('worker crash (kill -9) and restart', { skip }, () => {
       MLMF_TEST_SCORER_DELAY_MS: '15',
     };
     for (let k = 0; k < KILLS; k++) {
-      const w = startWorker(env);
+      const w = new WorkerProcess(env);
       await w.waitLog(/worker consuming/);
       await pause(500 + Math.floor(Math.random() * 1000));
-      await kill9(w);
+      await w.kill9();
     }
-    const last = startWorker(env);
+    const last = new WorkerProcess(env);
     try {
       await waitFor('queue drained', () => queueEmpty(sqs, url), 120_000);
-    } finally {
-      last.child.kill('SIGTERM');
+    } catch (err) {
+      await last.kill9();
+      throw err;
     }
-    const [code] = (await once(last.child, 'exit')) as [number | null];
-    assert.equal(code, 0);
+    assert.equal(await last.stop(), 0, last.tail(5));
     sqs.destroy();
     const { ids } = await curatedIds(s3, bucket);
     const accepts = records.filter((r) => /score=90/.test(r.caption)).map((r) => r.id);

@@ -9,16 +9,9 @@ import assert from 'node:assert/strict';
 import { drainBudgetFromEnv, stopSignals } from '../../functions/worker/stop-signals.ts';
 import { FilterError } from '../../lib/types.ts';
 import { Logger, silentLogger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 type Line = { level: string; msg: string; ctx?: Record<string, unknown> };
-
-async function until(what: string, cond: () => boolean, deadlineMs = 5_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 test('first SIGTERM drains; the spent drain budget abandons in-flight work, once', async () => {
   const lines: Line[] = [];
@@ -27,7 +20,7 @@ test('first SIGTERM drains; the spent drain budget abandons in-flight work, once
   assert.equal(stop.graceful.aborted, true);
   assert.equal(stop.hard.aborted, false, 'the drain gets its budget first');
   assert.deepEqual(lines[0], { level: 'info', msg: 'SIGTERM: graceful drain', ctx: { drainBudgetMs: 40 } });
-  await until('the budget to run out', () => stop.hard.aborted);
+  await waitFor('the budget to run out', () => stop.hard.aborted, 5_000, 5);
   assert.match(lines[1]!.msg, /^drain budget of 40 ms spent: abandoning in-flight work/);
   stop.onSignal('SIGTERM');
   assert.equal(lines.length, 2, 'a signal after the abandon logs nothing more');
@@ -76,8 +69,8 @@ test('with an exit: a second signal exits at once; a spent budget exits after it
   exits.length = 0;
   const spent = stopSignals(silentLogger, 20, exit);
   spent.onSignal('SIGTERM');
-  await until('the budget to run out', () => spent.hard.aborted);
+  await waitFor('the budget to run out', () => spent.hard.aborted, 5_000, 5);
   assert.deepEqual(exits, [], 'the abandon leaves the run its grace to close its clients');
-  await until('the grace to run out', () => exits.length > 0);
+  await waitFor('the grace to run out', () => exits.length > 0, 5_000, 5);
   assert.deepEqual(exits, [1]);
 });

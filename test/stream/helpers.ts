@@ -178,14 +178,6 @@ export async function committedTotal(admin: Admin, groupId: string, topic: strin
   return offsets[0]!.partitions.reduce((n, p) => n + Math.max(0, Number(p.offset)), 0);
 }
 
-export async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
 export function s3Client(): S3Client {
   return new S3Client({ region: REGION, credentials: CREDENTIALS, endpoint: S3_ENDPOINT, forcePathStyle: true });
 }
@@ -293,20 +285,6 @@ export async function queueEmpty(sqs: SQSClient, url: string): Promise<boolean> 
     Number(a.Attributes?.ApproximateNumberOfMessages) === 0 &&
     Number(a.Attributes?.ApproximateNumberOfMessagesNotVisible) === 0
   );
-}
-
-/**
- * Polls `cond` for `windowMs` and fails at the first poll where it does not hold: for claims about a span of time
- * ("the batch stays invisible past its visibility timeout"), checked all along instead of once after a sleep.
- */
-export async function holdsFor(what: string, cond: () => Promise<boolean>, windowMs: number): Promise<void> {
-  const end = Date.now() + windowMs;
-  do {
-    if (!(await cond()))
-      throw new Error(`${what}: stopped holding ${windowMs - (end - Date.now())} ms into the window`);
-    await new Promise((r) => setTimeout(r, Math.max(0, Math.min(250, end - Date.now()))));
-  } while (Date.now() < end);
-  if (!(await cond())) throw new Error(`${what}: did not hold at the end of the ${windowMs} ms window`);
 }
 
 /**

@@ -16,11 +16,11 @@ import {
   needServices,
   produce,
   uniq,
-  waitFor,
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
 

@@ -24,10 +24,10 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const PID_FILE = new URL('../../.services/moto/pid', import.meta.url);
 const skip =

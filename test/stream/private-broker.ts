@@ -12,6 +12,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
+import { waitFor } from '../helpers/poll.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const JARS = join(ROOT, '.services/kafka/lib');
@@ -138,13 +139,14 @@ export class PrivateKafkaBroker {
     });
     closeSync(log);
     this.child = child;
-    const deadline = Date.now() + timeoutMs;
-    while (!(await this.answers())) {
+    const answers = async () => {
       if (!this.running) throw new Error(`private broker exited during startup:\n${this.logTail()}`);
-      if (Date.now() > deadline)
-        throw new Error(`private broker did not answer in ${timeoutMs} ms:\n${this.logTail()}`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
+      return this.answers();
+    };
+    await waitFor('the private broker to answer', answers, timeoutMs, 250).catch((err: Error) => {
+      if (this.running) err.message += `:\n${this.logTail()}`;
+      throw err;
+    });
   }
 
   /** Stops the broker process: SIGTERM is a clean shutdown, SIGKILL a crash (the log dir stays either way). */

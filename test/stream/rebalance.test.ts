@@ -20,11 +20,11 @@ import {
   s3Client,
   tally,
   uniq,
-  waitFor,
   openServiceClients,
   closeServiceClients,
 } from './helpers.ts';
 import { Logger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('kafka', 's3');
 

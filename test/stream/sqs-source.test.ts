@@ -13,7 +13,8 @@ import {
 } from '@aws-sdk/client-sqs';
 import { SqsSource } from '../../lib/sources/sqs.ts';
 import type { SourceBatch } from '../../lib/types.ts';
-import { CREDENTIALS, REGION, SQS_ENDPOINT, holdsFor, needServices, uniq, waitFor } from './helpers.ts';
+import { CREDENTIALS, REGION, SQS_ENDPOINT, needServices, uniq } from './helpers.ts';
+import { waitFor, holdsFor } from '../helpers/poll.ts';
 
 const skip = await needServices('sqs');
 

@@ -24,10 +24,10 @@ import {
   readTopic,
   tally,
   uniq,
-  waitFor,
   useServiceClients,
 } from './helpers.ts';
 import { silentLogger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 const skip = await needServices('kafka', 's3', 'sqs');
 

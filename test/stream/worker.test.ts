@@ -20,9 +20,9 @@ import {
   produce,
   s3Client,
   uniq,
-  waitFor,
 } from './helpers.ts';
 import { silentLogger } from '../../lib/support/logger.ts';
+import { waitFor } from '../helpers/poll.ts';
 
 describe('worker configuration from the environment', () => {
   it('reads every variable the infra sets', () => {

@@ -9,10 +9,8 @@
  * the short form (MLMF_ZOMBIE_ROUNDS=1).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
+import { setTimeout as pause } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Admin, Kafka } from 'kafkajs';
 import {
@@ -27,55 +25,14 @@ import {
   tally,
   uniq,
   useServiceClients,
-  waitFor,
 } from './helpers.ts';
+import { waitFor } from '../helpers/poll.ts';
+import { WorkerProcess } from './worker-driver.ts';
 
 const skip = process.env.MLMF_SLOW === '1' ? await needServices('kafka', 's3') : 'slow suite: set MLMF_SLOW=1';
-const WORKER = new URL('./worker-process.ts', import.meta.url).pathname;
 /** Freezes (a) and join/leave cycles (b) per run. */
 const ROUNDS = Number(process.env.MLMF_ZOMBIE_ROUNDS ?? 3);
 const SESSION_MS = 6000;
-
-class Worker {
-  readonly lines: string[] = [];
-  private readonly child: ChildProcess;
-  exited: { code: number | null; signal: string | null } | undefined;
-
-  constructor(
-    readonly name: string,
-    env: Record<string, string>,
-  ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
-      env: { ...process.env, AWS_EC2_METADATA_DISABLED: 'true', MLMF_HEALTH_PORT: '0', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    createInterface({ input: this.child.stdout! }).on('line', (l) => this.lines.push(l));
-    createInterface({ input: this.child.stderr! }).on('line', (l) => this.lines.push(l));
-    this.child.on('exit', (code, signal) => (this.exited = { code, signal }));
-  }
-
-  count(re: RegExp): number {
-    return this.lines.filter((l) => re.test(l)).length;
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (!this.exited) this.child.kill(sig);
-  }
-
-  /** SIGTERM; resolves with the exit code. */
-  async stop(): Promise<number | null> {
-    if (!this.exited) {
-      const exit = once(this.child, 'exit');
-      this.child.kill('SIGTERM');
-      await exit;
-    }
-    return this.exited!.code;
-  }
-
-  tail(n = 12): string {
-    return `${this.name}:\n${this.lines.slice(-n).join('\n')}`;
-  }
-}
 
 /** Samples the group's committed offsets until stopped; every decrease of a partition's offset is recorded. */
 function watchOffsets(admin: Admin, groupId: string, topic: string) {
@@ -153,8 +110,6 @@ async function auditOutcome(kafka: Kafka, stage: Stage) {
   return { events: keys.length, duplicates, missing };
 }
 
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe('partition owners fence each other (audit topic, read_committed)', { skip }, () => {
   let kafka: Kafka;
   let admin: Admin;
@@ -165,8 +120,8 @@ describe('partition owners fence each other (audit topic, read_committed)', { sk
     const stage = await setStage(kafka, admin, s3);
     await stage.more(200);
     const offsets = watchOffsets(admin, stage.groupId, stage.t);
-    const a = new Worker('A', stage.env);
-    const b = new Worker('B', stage.env);
+    const a = new WorkerProcess(stage.env, { name: 'A' });
+    const b = new WorkerProcess(stage.env, { name: 'B' });
     const alive = () => {
       for (const w of [a, b]) if (w.exited) throw new Error(`worker ${w.name} exited\n${w.tail()}`);
     };
@@ -212,15 +167,15 @@ describe('partition owners fence each other (audit topic, read_committed)', { sk
     const stage = await setStage(kafka, admin, s3);
     await stage.more(600 + 500 * ROUNDS);
     const offsets = watchOffsets(admin, stage.groupId, stage.t);
-    const a = new Worker('A', { ...stage.env, MLMF_TEST_SCORER_DELAY_MS: '20' });
-    const others: Worker[] = [];
+    const a = new WorkerProcess({ ...stage.env, MLMF_TEST_SCORER_DELAY_MS: '20' }, { name: 'A' });
+    const others: WorkerProcess[] = [];
     const alive = () => {
       if (a.exited) throw new Error(`worker A exited\n${a.tail()}`);
     };
     try {
       await waitFor('A committing', async () => (alive(), offsets.total() > 0), 60_000);
       for (let round = 0; round < ROUNDS * 2; round++) {
-        const b = new Worker(`B${round}`, stage.env);
+        const b = new WorkerProcess(stage.env, { name: `B${round}` });
         others.push(b);
         await waitFor('B joining', async () => (alive(), b.count(/joined consumer group/) > 0 || !!b.exited), 60_000);
         await pause(200 + Math.floor(Math.random() * 800));
