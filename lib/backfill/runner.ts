@@ -79,20 +79,9 @@ export interface ShardResult {
 export async function runShardJob(job: ShardJob, options: ShardJobOptions): Promise<ShardResult> {
   const startedAt = new Date();
   const folder = jobFolder(job.output);
-  const { s3, abort, retry } = options;
+  const { s3, retry } = options;
   const attemptId = options.attemptId ?? newAttemptId(options.attempt ?? 1);
-  const loc = parseS3Uri(job.input, 'input');
-  const input = await openS3Shard(s3, loc, { signal: abort, retry, rangeBytes: options.rangeBytes });
-  const identity: InputIdentity = { bucket: loc.bucket, key: loc.key, size: input.size, etag: input.etag };
-  if (job.etag !== undefined && (job.etag !== input.etag || job.size !== input.size)) {
-    await input.bytes.close().catch(() => undefined);
-    throw new FilterError(
-      'shard_input_changed',
-      `input shard ${job.input} is now size ${input.size}, ETag ${input.etag}; ` +
-        `enqueue listed size ${job.size}, ETag ${job.etag}: enqueue the new data as a new job`,
-      { job: job.job, shard: job.shard },
-    );
-  }
+  const { input, identity } = await openInput(job, options);
   const removeOwn = () =>
     removeAttemptOutputs(s3, folder, job.shard, (a) => a === attemptId, { ...retry, attempts: 3 }).catch(
       (err: unknown) =>
@@ -108,43 +97,8 @@ export async function runShardJob(job: ShardJob, options: ShardJobOptions): Prom
   });
   const rejects = new JobRejectsSink(sinkOptions);
   const summary = new SummaryCollector();
-  const source = new WholeShard(
-    WebDatasetSource.of([{ path: job.input, open: async () => input.bytes }], {
-      batchSize: options.batchSize ?? 64,
-      maxMemberBytes: options.maxMemberBytes,
-      maxSampleBytes: options.maxSampleBytes,
-    }),
-  );
   try {
-    const stats = await runPipeline({
-      source,
-      intake: options.intake,
-      scorer: options.scorer,
-      policy: options.policy,
-      sinks: [curated, rejects, ...(options.extraSinks ?? [])],
-      pair: options.pair,
-      intakeConcurrency: options.intakeConcurrency,
-      maxPendingRecords: options.maxPendingRecords ?? 1024,
-      maxPendingBytes: options.maxPendingBytes,
-      // One shard, one run: a repeated id inside the shard is a `duplicate` reject, as in `mlm-filter filter`.
-      dedupe: true,
-      abort,
-      onOutcome: (o) => {
-        summary.add(o);
-        options.onOutcome?.(o);
-      },
-      onStage: options.onStage,
-      logger: options.logger,
-    });
-    if (!source.readToEnd || stats.records !== source.records) {
-      throw new FilterError(
-        'shard_job_incomplete',
-        `shard ${job.input}: ${stats.records} of ${source.records} records settled` +
-          (source.readToEnd ? '' : ', the shard was not read to its end') +
-          (abort?.aborted ? ' (stopped)' : ''),
-        { job: job.job, shard: job.shard },
-      );
-    }
+    await scoreShard(job, options, input, { curated, rejects, summary });
     await curated.close();
     await rejects.close();
     await options.beforePublish?.();
@@ -157,6 +111,74 @@ export async function runShardJob(job: ShardJob, options: ShardJobOptions): Prom
   }
   const attempt = { number: options.attempt ?? 1, id: attemptId, identity, startedAt };
   return publish(job, folder, options, attempt, { summary, curated, rejects }, removeOwn);
+}
+
+type OpenedShard = Awaited<ReturnType<typeof openS3Shard>>;
+
+/** The input shard opened for ranged reads, refused when it changed since enqueue listed it. */
+async function openInput(job: ShardJob, options: ShardJobOptions) {
+  const loc = parseS3Uri(job.input, 'input');
+  const input = await openS3Shard(options.s3, loc, {
+    signal: options.abort,
+    retry: options.retry,
+    rangeBytes: options.rangeBytes,
+  });
+  const identity: InputIdentity = { bucket: loc.bucket, key: loc.key, size: input.size, etag: input.etag };
+  if (job.etag !== undefined && (job.etag !== input.etag || job.size !== input.size)) {
+    await input.bytes.close().catch(() => undefined);
+    throw new FilterError(
+      'shard_input_changed',
+      `input shard ${job.input} is now size ${input.size}, ETag ${input.etag}; ` +
+        `enqueue listed size ${job.size}, ETag ${job.etag}: enqueue the new data as a new job`,
+      { job: job.job, shard: job.shard },
+    );
+  }
+  return { input, identity };
+}
+
+/** Scores the whole shard into the attempt's sinks; a shard not read to its end, or not all settled, fails. */
+async function scoreShard(
+  job: ShardJob,
+  options: ShardJobOptions,
+  input: OpenedShard,
+  out: { curated: Sink; rejects: Sink; summary: SummaryCollector },
+): Promise<void> {
+  const source = new WholeShard(
+    WebDatasetSource.of([{ path: job.input, open: async () => input.bytes }], {
+      batchSize: options.batchSize ?? 64,
+      maxMemberBytes: options.maxMemberBytes,
+      maxSampleBytes: options.maxSampleBytes,
+    }),
+  );
+  const stats = await runPipeline({
+    source,
+    intake: options.intake,
+    scorer: options.scorer,
+    policy: options.policy,
+    sinks: [out.curated, out.rejects, ...(options.extraSinks ?? [])],
+    pair: options.pair,
+    intakeConcurrency: options.intakeConcurrency,
+    maxPendingRecords: options.maxPendingRecords ?? 1024,
+    maxPendingBytes: options.maxPendingBytes,
+    // One shard, one run: a repeated id inside the shard is a `duplicate` reject, as in `mlm-filter filter`.
+    dedupe: true,
+    abort: options.abort,
+    onOutcome: (o) => {
+      out.summary.add(o);
+      options.onOutcome?.(o);
+    },
+    onStage: options.onStage,
+    logger: options.logger,
+  });
+  if (!source.readToEnd || stats.records !== source.records) {
+    throw new FilterError(
+      'shard_job_incomplete',
+      `shard ${job.input}: ${stats.records} of ${source.records} records settled` +
+        (source.readToEnd ? '' : ', the shard was not read to its end') +
+        (options.abort?.aborted ? ' (stopped)' : ''),
+      { job: job.job, shard: job.shard },
+    );
+  }
 }
 
 interface Finished {
