@@ -37,8 +37,8 @@ const positive = (name: string) => (value: string) => {
 const shown = (flags: string, description: string, value: string) =>
   shownDefault(new Option(flags, description), value);
 
-/** The connection flags shared by monitor and report. */
-function addKafkaOptions(cmd: Command): Command {
+/** The connection flags shared by monitor, report, publish and topics. */
+export function addKafkaOptions(cmd: Command): Command {
   return cmd
     .option('--brokers <list>', 'Kafka bootstrap brokers host:port[,host:port] (required with Kafka)', brokersArg)
     .addOption(shown('--tls', 'connect with TLS (system CAs)', 'off'))
@@ -46,7 +46,7 @@ function addKafkaOptions(cmd: Command): Command {
     .option('--sasl-username <user>', 'SASL/SCRAM-SHA-512 user (password from $MLMF_KAFKA_PASSWORD)');
 }
 
-function connectionFrom(flags: {
+export function connectionFrom(flags: {
   brokers?: string[];
   tls?: boolean;
   iamRegion?: string;
