@@ -109,6 +109,11 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
     .addOption(shown('--interval <seconds>', 'refresh interval', '1').argParser(positive('--interval')))
     .addOption(shown('--window <seconds>', 'throughput window', '60').argParser(positive('--window')))
     .addOption(shown('--duration <seconds>', 'stop after this long', 'until Ctrl-C').argParser(positive('--duration')))
+    .addOption(
+      shown('--until-decided <n>', 'stop once n pairs are decided (accepted + rejected)', 'off').argParser(
+        positive('--until-decided'),
+      ),
+    )
     .action(async (flags) => {
       const { runMonitor } = await import('../monitor/index.ts');
       await runMonitor({
@@ -120,6 +125,7 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
         intervalMs: flags.interval ? flags.interval * 1000 : undefined,
         windowSeconds: flags.window,
         durationMs: flags.duration ? flags.duration * 1000 : undefined,
+        untilDecided: flags.untilDecided,
         signal: interruptSignal(),
         out: stdout,
       });
