@@ -97,7 +97,8 @@ async function* checkedBatches(options: PublishOptions, target: PublishTarget | 
 const refusedError = (refused: number, published: number, first: RefusedRecord) =>
   new FilterError(
     'publish_invalid_records',
-    `${refused} record(s) the worker would reject as invalid_record (first: line ${first.line}: ${first.message}); ` +
+    `${refused} record(s) refused: invalid for the worker, or too large for the target (first: line ${first.line}: ` +
+      `${first.message}); ` +
       `${published} published before it; --invalid skip leaves such records out`,
     { refused, published, line: first.line },
   );

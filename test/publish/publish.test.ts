@@ -121,7 +121,7 @@ describe('mlm-filter publish', { skip }, () => {
     assert.equal(r.code, 2);
     assert.match(r.stderr, new RegExp(`${mixed}:2: invalid: record is not valid JSON`));
     assert.match(r.stderr, new RegExp(`${mixed}:4: invalid: field "url" must use http or https`));
-    assert.match(r.stderr, /error \[publish_invalid_records\]: 2 record\(s\).*first: line 2.*0 published/);
+    assert.match(r.stderr, /error \[publish_invalid_records\]: 2 record\(s\) refused.*first: line 2.*0 published/);
     assert.equal((await readTopicToEnd(kafkaClient(), topic)).length, 0);
 
     const s = cli(['publish', '--input', mixed, '--kafka', BROKERS, '--topic', topic, '--invalid', 'skip']);
