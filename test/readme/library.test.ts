@@ -76,6 +76,12 @@ describe('library API (package root)', () => {
     assert.deepEqual(obj, results[0]);
   });
 
+  it('serves concurrent score() calls on one filter, each with its own results', async () => {
+    const [a, b] = await Promise.all([filter.score(lines), filter.score(lines.slice().reverse())]);
+    assert.deepEqual(a, results);
+    assert.deepEqual(b, results.slice().reverse());
+  });
+
   it('refuses a bad threshold before loading the model, and score() after close()', async () => {
     await assert.rejects(openFilter({ model: '/nonexistent', thresholds: ['itm>=fifty'] }), (err: FilterError) => {
       assert.equal(err.code, 'bad_threshold');
