@@ -31,6 +31,9 @@ const partitionsArg = (value: string) => {
   return n;
 };
 
+/** kafkajs's own lines (each retry of a refused connection) stay quiet: the command's one coded line says it. */
+const quiet = () => undefined;
+
 /** Adds `publish`, `topics create` and `bucket create` to the mlm-filter program. */
 export function addPublishCommands(program: Command): void {
   addPublish(program);
@@ -97,6 +100,7 @@ async function publishAction(flags: PublishFlags): Promise<void> {
     const kafka = await createKafka({
       ...connectionFrom({ ...flags, brokers: flags.kafka }),
       clientId: 'mlm-filter-publish',
+      log: quiet,
     });
     target = await kafkaTarget(kafka, flags.topic!);
   }
@@ -156,7 +160,7 @@ function addTopics(program: Command): void {
       }) => {
         const { createKafka } = await import('../kafka/client.ts');
         const { createTopics } = await import('../publish/setup.ts');
-        const kafka = await createKafka({ ...connectionFrom(flags), clientId: 'mlm-filter-topics' });
+        const kafka = await createKafka({ ...connectionFrom(flags), clientId: 'mlm-filter-topics', log: quiet });
         const names = [flags.sourceTopic, flags.auditTopic, flags.acceptedTopic, flags.dlqTopic].filter(
           (t): t is string => t !== undefined,
         );
