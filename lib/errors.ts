@@ -102,6 +102,10 @@ export const ERRORS = {
     false,
   ),
   sqs_send_failed: runtime('sending SQS messages failed after retries', true),
+  // Publishing (lib/publish): a crawler's records onto the worker's input.
+  publish_invalid_records: config(
+    'publish: records the worker would reject as invalid_record, or too large for the topic or queue',
+  ),
   shard_input_mismatch: config(
     "a shard job names another input (bucket, key, size, ETag) than the one its shard's done marker describes",
   ),

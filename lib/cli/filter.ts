@@ -1,12 +1,11 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import { Intake, type IntakeOptions } from '../intake/index.ts';
-import { loadScorer, type ScorerOptions } from '../model/index.ts';
+import type { Intake, IntakeOptions } from '../intake/index.ts';
+import type { ScorerOptions } from '../model/index.ts';
+import { openFilter, type MlmFilter } from '../filter/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { Closers } from '../pipeline/closers.ts';
-import { s3Client } from '../support/aws.ts';
-import { runPipeline } from '../pipeline/index.ts';
 import { silentLogger, type Logger } from '../support/logger.ts';
 import { formatThreshold, Policy, type PolicyOptions } from '../policy/index.ts';
 import {
@@ -138,52 +137,43 @@ async function runInLockedOutput(
   policy: Policy,
   metrics: ReturnType<typeof scoredMetrics>,
 ): Promise<RunSummary> {
-  const { input, scorer, prepareOutput } = await openInputs(options, metrics);
+  const { input, filter, prepareOutput } = await openInputs(options, policy, metrics);
+  const { scorer, intake } = filter;
   try {
-    checkScorerCovers(policy, scorer);
+    options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
     });
     const previous = await prepareOutput();
     const source = previous ? new ResumedSource(input, previous.ids, options.pair) : input;
-    const intake = openIntake(options, scorer);
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
     const resumed = previous !== undefined;
-    const outputs = await runPasses(options, { source, intake, scorer, policy, sinks, summary, resumed });
+    const outputs = await runPasses(options, { source, filter, intake, scorer, policy, sinks, summary, resumed });
     return await summarise(options, { source, intake, scorer, policy, summary, outputs });
   } finally {
-    await scorer.close();
+    await filter.close();
   }
 }
 
-/** The output checked (nothing written yet), the input opened and the scorer loaded, in that order. */
-async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof scoredMetrics>) {
+/** The output checked (nothing written yet), the input opened and the filter (model) opened, in that order. */
+async function openInputs(options: FilterJobOptions, policy: Policy, metrics: ReturnType<typeof scoredMetrics>) {
   const { resume, overwrite, topFraction } = options;
   const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: topFraction !== undefined });
   const input = await openInput(options.input, options.inputFormat, options.pair, {
     maxSampleBytes: options.maxSampleBytes,
   });
   if (options.keepShardNames) await checkKeepShardNames(options, input);
-  const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
-  return { input, scorer, prepareOutput };
-}
-
-function checkScorerCovers(policy: Policy, scorer: Scorer): void {
-  const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
-  if (missing.length) {
-    throw new FilterError('bad_threshold', `the policy reads ${missing.join(', ')} but the scorer does not score it`, {
-      missing,
-    });
-  }
-}
-
-function openIntake(options: FilterJobOptions, scorer: Scorer): Intake {
-  // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
-  const s3 = options.intake?.s3 ?? s3Client({ endpoint: process.env.MLMF_S3_ENDPOINT });
-  const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
-  options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
-  return intake;
+  const filter: MlmFilter = await openFilter({
+    model: options.model,
+    policy,
+    metrics,
+    scorer: options.scorer,
+    intake: options.intake,
+    pair: options.pair,
+    concurrency: options.concurrency,
+  });
+  return { input, filter, prepareOutput };
 }
 
 /** The run's sinks in --out; a top-fraction run's first pass writes its accepts to `staging` instead of `curated`. */
@@ -208,6 +198,7 @@ async function buildSinks(options: FilterJobOptions, model: ModelInfo): Promise<
 
 interface Passes {
   readonly source: Source;
+  readonly filter: MlmFilter;
   readonly intake: Intake;
   readonly scorer: Scorer;
   readonly policy: Policy;
@@ -223,7 +214,7 @@ interface Passes {
  */
 async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOutputsSummary | undefined> {
   const top = options.topFraction;
-  const { source, intake, summary } = run;
+  const { source, summary } = run;
   const { curated, audit, staging } = run.sinks;
   const ranking = new RankingValues();
   const pool = await PoolOutputs.open(options.out, { parquet: options.parquet, resumed: run.resumed });
@@ -235,14 +226,9 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
   let outputs: PoolOutputsSummary | undefined;
   const progress = startProgress(options.progress, summary, source.sizeHint);
   try {
-    await runPipeline({
+    await run.filter.run({
       source,
-      intake,
-      scorer: run.scorer,
-      policy: run.policy,
       sinks: [staging?.sink ?? curated, audit],
-      pair: options.pair,
-      intakeConcurrency: options.concurrency,
       maxPendingBytes: options.maxPendingBytes,
       signal: options.signal,
       abort: options.abort,
@@ -265,7 +251,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
     progress.stop();
     if (!outputs) await pool.discard();
     const rest = new Closers();
-    [() => source.close(), () => intake.close(), async () => staging?.sink.flush()].forEach((step) => rest.last(step));
+    [() => source.close(), async () => staging?.sink.flush()].forEach((step) => rest.last(step));
     await rest.run(options.logger ?? silentLogger);
   }
   return outputs;

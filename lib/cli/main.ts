@@ -11,6 +11,7 @@ import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types
 import type { FilterJobOptions } from './filter.ts';
 import { addBackfillCommands } from './backfill.ts';
 import { addOpsCommands } from './ops.ts';
+import { addPublishCommands } from './publish.ts';
 import { configureUsage, reportError, shownDefault, withQuotingHint } from './usage.ts';
 
 /** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
@@ -125,6 +126,7 @@ export function buildProgram(): Command {
   addWorkerCommand(program);
   addOpsCommands(program);
   addBackfillCommands(program);
+  addPublishCommands(program);
   return program;
 }
 

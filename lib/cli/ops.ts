@@ -38,8 +38,8 @@ const positive = (name: string) => (value: string) => {
 const shown = (flags: string, description: string, value: string) =>
   shownDefault(new Option(flags, description), value);
 
-/** The connection flags shared by monitor and report. */
-function addKafkaOptions(cmd: Command): Command {
+/** The connection flags shared by monitor, report, publish and topics. */
+export function addKafkaOptions(cmd: Command): Command {
   return cmd
     .option('--brokers <list>', 'Kafka bootstrap brokers host:port[,host:port] (required with Kafka)', brokersArg)
     .addOption(shown('--tls', 'connect with TLS (system CAs)', 'off'))
@@ -47,7 +47,7 @@ function addKafkaOptions(cmd: Command): Command {
     .option('--sasl-username <user>', 'SASL/SCRAM-SHA-512 user (password from $MLMF_KAFKA_PASSWORD)');
 }
 
-function connectionFrom(flags: {
+export function connectionFrom(flags: {
   brokers?: string[];
   tls?: boolean;
   iamRegion?: string;
@@ -108,6 +108,11 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
     .addOption(shown('--interval <seconds>', 'refresh interval', '1').argParser(positive('--interval')))
     .addOption(shown('--window <seconds>', 'throughput window', '60').argParser(positive('--window')))
     .addOption(shown('--duration <seconds>', 'stop after this long', 'until Ctrl-C').argParser(positive('--duration')))
+    .addOption(
+      shown('--until-decided <n>', 'stop once n pairs are decided (accepted + rejected)', 'off').argParser(
+        positive('--until-decided'),
+      ),
+    )
     .action(async (flags) => {
       const { runMonitor } = await import('../monitor/index.ts');
       await runMonitor({
@@ -119,6 +124,7 @@ export function addOpsCommands(program: Command, io: OpsIo = {}): Command {
         intervalMs: flags.interval ? flags.interval * 1000 : undefined,
         windowSeconds: flags.window,
         durationMs: flags.duration ? flags.duration * 1000 : undefined,
+        untilDecided: flags.untilDecided,
         signal: interruptSignal(),
         out: stdout,
       });

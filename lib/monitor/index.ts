@@ -25,6 +25,8 @@ export interface MonitorOptions {
   readonly windowSeconds?: number;
   /** Stop after this long, ms (scripts, tests). Default: until the signal aborts. */
   readonly durationMs?: number;
+  /** Stop once this many pairs are decided (accepted + rejected): a script waiting for a run it started. */
+  readonly untilDecided?: number;
   readonly signal?: AbortSignal;
   /** Where frames go. Default process.stdout. */
   readonly out?: NodeJS.WriteStream | { write(s: string): unknown; isTTY?: boolean; columns?: number };
@@ -70,6 +72,10 @@ export async function runMonitor(options: MonitorOptions): Promise<MonitorSnapsh
         const e = parseEvent(m.kind, m.value, m.key, m.timestamp);
         if ('error' in e) aggregator.addMalformed();
         else aggregator.add(e);
+        if (options.untilDecided !== undefined) {
+          const s = aggregator.snapshot();
+          if (s.accepted + s.rejected >= options.untilDecided) stop.abort();
+        }
       },
     });
   } finally {
