@@ -2,6 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { buffer } from 'node:stream/consumers';
 import { Command, Option, type OptionValues } from 'commander';
 import { EXECUTION_PROVIDER_CHOICES, EXECUTION_PROVIDERS } from '../model/execution-providers.ts';
+import { exitAfterScorerThreads } from '../model/scorer-threads.ts';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
 import { PIPELINE_DEFAULTS } from '../pipeline/defaults.ts';
 import { DEFAULT_THRESHOLDS, formatThreshold, parseThreshold, type Threshold } from '../policy/index.ts';
@@ -262,10 +263,11 @@ function addFilterCommand(program: Command): void {
 async function filterAction(flags: OptionValues): Promise<void> {
   await checkOutDir(flags.out);
   const config = flags.config ? await readConfig(flags.config) : {};
-  // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short.
+  // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short. The
+  // scorer threads end first (one inference call at most): exiting under one aborts the process.
   const stops = stopSignals(() => {
     process.stderr.write('stopped at once: pairs in flight were dropped (--resume scores them)\n');
-    process.exit(EXIT.interrupted);
+    void exitAfterScorerThreads(EXIT.interrupted);
   });
   const options: FilterJobOptions = {
     ...config,
@@ -390,7 +392,7 @@ function addWorkerCommand(program: Command): void {
     });
     const { drainBudgetFromEnv, stopSignals: workerStops } = await import('../worker/stop-signals.ts');
     const stop = workerStops(jsonLog, drainBudgetFromEnv(), {
-      exit: (code) => process.exit(code),
+      exit: (code) => void exitAfterScorerThreads(code),
       code: EXIT.interrupted,
     });
     process.on('SIGINT', stop.onSignal);
@@ -401,7 +403,7 @@ function addWorkerCommand(program: Command): void {
     } finally {
       // The run closed its clients; one that still holds a socket (kafkajs's heartbeat connection after a broker
       // restart) must not keep the process alive: exit once the exit code is set and the output had time to flush.
-      setTimeout(() => process.exit(), 1000).unref();
+      setTimeout(() => void exitAfterScorerThreads(Number(process.exitCode ?? 0)), 1000).unref();
     }
   });
 }

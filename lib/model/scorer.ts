@@ -12,6 +12,7 @@ import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
+import { scorerThreads, stopThread } from './scorer-threads.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -61,7 +62,15 @@ function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
  * bootstrap registers tsx in the worker before importing worker.ts.
  */
 function spawnWorker(): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url));
+  const worker = import.meta.url.endsWith('.ts')
+    ? spawnFromSources()
+    : new Worker(new URL('./worker.js', import.meta.url));
+  // Registered from its start: a forced exit waits for every scorer thread, even one still loading its model.
+  scorerThreads.track(worker);
+  return worker;
+}
+
+function spawnFromSources(): Worker {
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const entry = new URL('./worker.ts', import.meta.url).href;
   const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
@@ -139,10 +148,13 @@ class PoolWorker {
     this.onIdle(this);
   }
 
-  /** Asks the thread to close its engine; terminates it if it has not exited 5 s later. */
+  /**
+   * Asks the thread to close its engine; tells it to exit if it has not 5 s later (never terminate(): a thread
+   * terminated inside an onnxruntime call aborts the process, lib/model/scorer-threads.ts).
+   */
   close(): Promise<void> {
     return new Promise((resolve) => {
-      const t = setTimeout(() => void this.worker.terminate().then(() => resolve()), 5000);
+      const t = setTimeout(() => void stopThread(this.worker), 5000);
       this.worker.once('exit', () => {
         clearTimeout(t);
         resolve();
@@ -170,7 +182,7 @@ async function startWorker(init: WorkerInit, log: LogFn): Promise<{ worker: Work
         resolve(msg.executionProvider);
       } else if (msg.type === 'failed') {
         worker.off('message', onMessage);
-        void worker.terminate(); // a thread whose model failed to load would otherwise keep the process alive
+        void stopThread(worker); // a thread whose model failed to load would otherwise keep the process alive
         reject(errorFrom(msg.error));
       }
     };
@@ -215,7 +227,7 @@ class WorkerPool {
     const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
-      await Promise.all(ok.map((s) => s.worker.terminate()));
+      await Promise.all(ok.map((s) => stopThread(s.worker)));
       throw failed.reason;
     }
     const pool = new WorkerPool(
@@ -245,7 +257,7 @@ class WorkerPool {
     return total;
   }
 
-  /** Fails what still waits, then closes every thread (each has 5 s to close its engine before it is terminated). */
+  /** Fails what still waits, then closes every thread (each has 5 s to close its engine before it is told to exit). */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
