@@ -17,10 +17,11 @@ export const EXIT_DEADLINE_MS = 10_000;
 
 /** The process's scorer threads that have not exited yet: one registry, as the process that threads end is one. */
 class ScorerThreads {
-  private readonly live = new Set<Worker>();
+  /** Each live thread, with its exit (made when tracked, so that no 'exit' event is missed). */
+  private readonly live = new Map<Worker, Promise<void>>();
 
   track(worker: Worker): void {
-    this.live.add(worker);
+    this.live.set(worker, new Promise((resolve) => worker.once('exit', () => resolve())));
     worker.once('exit', () => this.live.delete(worker));
   }
 
@@ -28,22 +29,25 @@ class ScorerThreads {
     return this.live.size;
   }
 
-  /** Asks each live thread to end between two onnxruntime calls; settles once every one has exited. */
+  /**
+   * Asks a thread to exit (the request waits in its queue until it reads messages, between two onnxruntime calls);
+   * settles once it has exited, at once for a thread that has already.
+   */
+  stop(worker: Worker): Promise<void> {
+    const exited = this.live.get(worker);
+    if (!exited) return Promise.resolve();
+    // A thread that has closed its port drops the request; its exit comes all the same.
+    worker.postMessage({ type: 'exit' } satisfies WorkerRequest);
+    return exited;
+  }
+
+  /** Stops every live thread; settles once all have exited. */
   stopAll(): Promise<void> {
-    return Promise.all([...this.live].map((worker) => stopThread(worker))).then(() => undefined);
+    return Promise.all([...this.live.keys()].map((worker) => this.stop(worker))).then(() => undefined);
   }
 }
 
 export const scorerThreads = new ScorerThreads();
-
-/** Posts `exit` to a thread (queued until it reads messages) and settles when it has exited. */
-export function stopThread(worker: Worker): Promise<void> {
-  return new Promise((resolve) => {
-    worker.once('exit', () => resolve());
-    // A thread that has already closed its port just drops the message; its 'exit' comes all the same.
-    worker.postMessage({ type: 'exit' } satisfies WorkerRequest);
-  });
-}
 
 /**
  * Ends the process with `code` once every scorer thread is gone. A thread still inside one onnxruntime call after

@@ -12,7 +12,7 @@ import { emptyStats, type EngineStats } from './engine.ts';
 import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
-import { scorerThreads, stopThread } from './scorer-threads.ts';
+import { scorerThreads } from './scorer-threads.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -154,7 +154,7 @@ class PoolWorker {
    */
   close(): Promise<void> {
     return new Promise((resolve) => {
-      const t = setTimeout(() => void stopThread(this.worker), 5000);
+      const t = setTimeout(() => void scorerThreads.stop(this.worker), 5000);
       this.worker.once('exit', () => {
         clearTimeout(t);
         resolve();
@@ -182,7 +182,7 @@ async function startWorker(init: WorkerInit, log: LogFn): Promise<{ worker: Work
         resolve(msg.executionProvider);
       } else if (msg.type === 'failed') {
         worker.off('message', onMessage);
-        void stopThread(worker); // a thread whose model failed to load would otherwise keep the process alive
+        void scorerThreads.stop(worker); // a thread whose model failed to load would otherwise keep the process alive
         reject(errorFrom(msg.error));
       }
     };
@@ -227,7 +227,7 @@ class WorkerPool {
     const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
-      await Promise.all(ok.map((s) => stopThread(s.worker)));
+      await Promise.all(ok.map((s) => scorerThreads.stop(s.worker)));
       throw failed.reason;
     }
     const pool = new WorkerPool(
