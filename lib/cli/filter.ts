@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
 import { Intake, type IntakeOptions } from '../intake/index.ts';
-import { loadScorer, type ScorerOptions } from '../model/index.ts';
+import { loadScorer, type MlmScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { s3Client } from '../support/aws.ts';
@@ -18,7 +18,7 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
 import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
-import type { ModelInfo, Scorer, Source } from '../types.ts';
+import type { ModelInfo, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
@@ -65,6 +65,7 @@ export interface FilterJobOptions {
    */
   readonly topFraction?: TopFractionOptions;
   readonly intake?: IntakeOptions;
+  /** `fallbackToCpu` defaults to false here: an execution provider that cannot start fails the run (one line). */
   readonly scorer?: ScorerOptions;
   readonly pair?: PairOptions;
   /** Images fetched and decoded at once. Default 32. */
@@ -150,11 +151,16 @@ async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof 
   const input = await openInput(options.input, options.inputFormat, options.pair, {
     maxSampleBytes: options.maxSampleBytes,
   });
-  const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
+  // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu instead (scorer.fallbackToCpu).
+  const scorer = await loadScorer(options.model, {
+    ...options.scorer,
+    fallbackToCpu: options.scorer?.fallbackToCpu ?? false,
+    metrics,
+  });
   return { input, scorer, prepareOutput };
 }
 
-function checkScorerCovers(policy: Policy, scorer: Scorer): void {
+function checkScorerCovers(policy: Policy, scorer: MlmScorer): void {
   const missing = policy.metrics.filter((m) => !scorer.metrics.includes(m));
   if (missing.length) {
     throw new FilterError('bad_threshold', `the policy reads ${missing.join(', ')} but the scorer does not score it`, {
@@ -163,7 +169,7 @@ function checkScorerCovers(policy: Policy, scorer: Scorer): void {
   }
 }
 
-function openIntake(options: FilterJobOptions, scorer: Scorer): Intake {
+function openIntake(options: FilterJobOptions, scorer: MlmScorer): Intake {
   // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
   const s3 = options.intake?.s3 ?? s3Client({ endpoint: process.env.MLMF_S3_ENDPOINT });
   const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
@@ -193,7 +199,7 @@ async function buildSinks(options: FilterJobOptions, model: ModelInfo): Promise<
 interface Passes {
   readonly source: Source;
   readonly intake: Intake;
-  readonly scorer: Scorer;
+  readonly scorer: MlmScorer;
   readonly policy: Policy;
   readonly sinks: FilterSinks;
   readonly summary: SummaryCollector;
@@ -266,6 +272,11 @@ async function summarise(
     },
     // The metrics scored; the others are null in the outputs and count 0 in `scores`.
     metrics: run.scorer.metrics,
+    // The provider asked for and the one that ran (they differ only after a fallback the caller allowed).
+    executionProvider: {
+      requested: options.scorer?.executionProvider ?? 'cpu',
+      used: run.scorer.executionProvider,
+    },
     interrupted: options.signal?.aborted ?? false,
     intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
   };

@@ -204,7 +204,14 @@ function addFilterCommand(program: Command): void {
       ).argParser(positiveInt('--concurrency')),
     )
     .addOption(opt('--batch-size <n>', 'pairs per scorer batch', '8').argParser(positiveInt('--batch-size')))
-    .addOption(opt('--execution-provider <ep>', 'onnxruntime execution provider', 'cpu').choices(EXECUTION_PROVIDERS))
+    .addOption(
+      opt(
+        '--execution-provider <ep>',
+        'onnxruntime execution provider; one that cannot start here is an error (execution_provider_unavailable)',
+        'cpu',
+      ).choices(EXECUTION_PROVIDERS),
+    )
+    .addOption(opt('--cpu-fallback', 'run on cpu, with a warning, when --execution-provider cannot start', 'off'))
     .addOption(opt('--dtype <dtype>', 'model files to load', 'fp32').choices(['fp32', 'fp16']))
     .addOption(
       opt('--threads <n>', 'intra-op threads per inference worker', 'all cores').argParser(positiveInt('--threads')),
@@ -295,6 +302,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
       ...config.scorer,
       ...(flags.batchSize ? { batchSize: flags.batchSize } : {}),
       ...(flags.executionProvider ? { executionProvider: flags.executionProvider } : {}),
+      ...(flags.cpuFallback ? { fallbackToCpu: true } : {}),
       ...(flags.dtype ? { dtype: flags.dtype } : {}),
       ...(flags.threads ? { intraOpThreads: flags.threads } : {}),
       ...(flags.referenceMode ? { referenceMode: true } : {}),

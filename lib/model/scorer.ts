@@ -13,6 +13,7 @@ import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, LogFn, SessionOptions } from './sessions.ts';
 import { scorerThreads } from './scorer-threads.ts';
+import { ortLogLevelFromEnv } from './ort-log.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -31,7 +32,7 @@ export interface ScorerOptions extends SessionOptions {
   readonly whitespaceLead?: boolean;
   /** Where load and fallback messages go. Default: one JSON line on stderr. */
   readonly logger?: LogFn;
-  /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
+  /** Environment for hub-id resolution (MLMF_MODEL_CACHE) and MLMF_ORT_LOG_LEVEL. Default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
 
@@ -301,6 +302,7 @@ function initRequest(dir: string, options: ScorerOptions, metrics: MetricKey[], 
       ...(options.fallbackToCpu !== undefined ? { fallbackToCpu: options.fallbackToCpu } : {}),
       ...(intraOpThreads ? { intraOpThreads } : {}),
       ...(options.interOpThreads ? { interOpThreads: options.interOpThreads } : {}),
+      ortLogLevel: options.ortLogLevel ?? ortLogLevelFromEnv(options.env),
       dtype: options.dtype ?? 'fp32',
       metrics,
       referenceMode: options.referenceMode ?? false,
