@@ -1,6 +1,5 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import cliProgress from 'cli-progress';
 import { Intake, type IntakeOptions } from '../intake/index.ts';
 import { loadScorer, type MlmScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
@@ -25,6 +24,7 @@ import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
 import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
 import { applyTopFraction } from './top-fraction.ts';
+import { DecidedCounts, startProgress } from './progress.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -214,7 +214,8 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> 
   const { source, intake, summary } = run;
   const { curated, audit, staging } = run.sinks;
   const ranking = new RankingValues();
-  const progress = startProgress(options.progress, summary, source.sizeHint);
+  const decided = new DecidedCounts(summary);
+  const progress = startProgress(options.progress, decided, source.sizeHint);
   try {
     await runPipeline({
       source,
@@ -228,6 +229,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> 
       signal: options.signal,
       abort: options.abort,
       logger: options.logger,
+      onDecided: (o) => decided.add(o),
       onOutcome: (o) => {
         if (!top || o.decision === 'reject') summary.add(o);
         else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
@@ -298,51 +300,6 @@ function scoredMetrics(options: FilterJobOptions, policy: Policy) {
   const thresholded = !(policy instanceof RankingPolicy) || policy.thresholded;
   const requiredBy = !top ? reads : thresholded ? `${reads} and ${ranks}` : ranks;
   return resolveMetricSelection(selection, policy.metrics, CLI_METRICS, requiredBy);
-}
-
-interface Progress {
-  stop(): void;
-}
-
-function startProgress(mode: FilterJobOptions['progress'], s: SummaryCollector, total?: number): Progress {
-  const chosen = mode ?? (process.stderr.isTTY ? 'bar' : 'log');
-  if (chosen === 'none') return { stop() {} };
-  if (chosen === 'log') {
-    const timer = setInterval(() => process.stderr.write(formatProgressLine(s, total) + '\n'), 10_000);
-    timer.unref();
-    return { stop: () => clearInterval(timer) };
-  }
-  const bar = new cliProgress.SingleBar(
-    {
-      format: total
-        ? '{bar} {percentage}% | {value}/{total} | accepted {accepted} rejected {rejected} | {rate} pairs/s | ETA {eta_formatted}'
-        : '{value} processed | accepted {accepted} rejected {rejected} | {rate} pairs/s',
-      stream: process.stderr,
-      hideCursor: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(total ?? 0, 0, { accepted: 0, rejected: 0, rate: '0.0' });
-  const timer = setInterval(
-    () => bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) }),
-    250,
-  );
-  return {
-    stop() {
-      clearInterval(timer);
-      bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) });
-      bar.stop();
-    },
-  };
-}
-
-export function formatProgressLine(s: SummaryCollector, total?: number): string {
-  const rate = s.pairsPerSecond;
-  const eta = total && rate > 0 ? ` eta ${Math.max(0, (total - s.records) / rate).toFixed(0)}s` : '';
-  return (
-    `processed ${s.records}${total ? `/${total}` : ''} accepted ${s.accepted} rejected ${s.rejected} ` +
-    `${rate.toFixed(1)} pairs/s${eta}`
-  );
 }
 
 export { formatSummary };
