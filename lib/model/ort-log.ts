@@ -6,11 +6,12 @@
  * MLMF_ORT_LOG_LEVEL for a diagnosis.
  */
 import { FilterError } from '../types.ts';
+import type { WorkerEnvName } from '../worker-env.ts';
 
 export const ORT_LOG_LEVELS = ['verbose', 'info', 'warning', 'error', 'fatal'] as const;
 export type OrtLogLevel = (typeof ORT_LOG_LEVELS)[number];
 
-export const ORT_LOG_LEVEL_ENV = 'MLMF_ORT_LOG_LEVEL';
+export const ORT_LOG_LEVEL_ENV: WorkerEnvName = 'MLMF_ORT_LOG_LEVEL';
 export const DEFAULT_ORT_LOG_LEVEL: OrtLogLevel = 'fatal';
 
 /** MLMF_ORT_LOG_LEVEL, default fatal; another value is a bad_config error naming the choices. */
