@@ -151,7 +151,7 @@ async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof 
   const input = await openInput(options.input, options.inputFormat, options.pair, {
     maxSampleBytes: options.maxSampleBytes,
   });
-  // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu instead (scorer.fallbackToCpu).
+  // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu (scorer.fallbackToCpu).
   const scorer = await loadScorer(options.model, {
     ...options.scorer,
     fallbackToCpu: options.scorer?.fallbackToCpu ?? false,
