@@ -5,7 +5,7 @@
  * default suite's few runs and the slow suite's twenty.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -50,6 +50,9 @@ export async function doubleSignalRun(input: string, gapMs: number, signal: Node
     assert.deepEqual(exit, { code: 130, signal: null }, cli.stderr());
     assert.match(cli.stderr(), /stopped at once/, 'the second signal, not the end of the drain, ended the run');
     assert.doesNotMatch(cli.stderr(), /terminate called|Napi::Error|Aborted/);
+    // The scorer threads ending under the pipeline is no verdict on a pair: nothing is rejected for it.
+    const rejects = join(out, 'rejects.jsonl');
+    if (existsSync(rejects)) assert.doesNotMatch(readFileSync(rejects, 'utf8'), /scoring_failed|scorer_failed/);
   } finally {
     cli.child.kill('SIGKILL');
   }
