@@ -58,6 +58,7 @@ export const WORKER_ENV = {
   MLMF_JPEG_DCT_SCALING:
     'true: decode JPEGs at a DCT scale (speed mode); false (default): full decode, PIL-exact tensors',
   MLMF_DEBUG: 'debug logging',
+  MLMF_ORT_LOG_LEVEL: "onnxruntime's own log: verbose | info | warning | error | fatal (default: lib/model/ort-log.ts)",
   MLMF_ORT_TELEMETRY: "1 opts in to onnxruntime's built-in telemetry (off by default: lib/model/telemetry.ts)",
   ORT_DISABLE_TELEMETRY:
     'read by onnxruntime itself; the worker sets it from MLMF_ORT_TELEMETRY, the construct and the image too',

@@ -7,6 +7,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { codeOf, exitCodeOf, type FilterError } from '../../lib/errors.ts';
+import { exitAfterScorerThreads } from '../../lib/model/scorer-threads.ts';
 import { configFromEnv } from '../../lib/worker/config.ts';
 import { runWorker, workerLog } from '../../lib/worker/run.ts';
 import { drainBudgetFromEnv, stopSignals } from '../../lib/worker/stop-signals.ts';
@@ -17,7 +18,10 @@ export * from '../../lib/worker/run.ts';
 export async function main(): Promise<number> {
   try {
     // Drain on the first signal; abandon on a second one or when MLMF_DRAIN_BUDGET_MS (< ECS's stopTimeout) is spent.
-    const stop = stopSignals(workerLog, drainBudgetFromEnv(), { exit: (code) => process.exit(code), code: 1 });
+    const stop = stopSignals(workerLog, drainBudgetFromEnv(), {
+      exit: (code) => void exitAfterScorerThreads(code),
+      code: 1,
+    });
     process.on('SIGTERM', stop.onSignal);
     process.on('SIGINT', stop.onSignal);
     await runWorker(configFromEnv(), { signal: stop.graceful, abort: stop.hard });
@@ -32,5 +36,6 @@ export async function main(): Promise<number> {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then((code) => process.exit(code));
+  // Scorer threads end first: exiting under an inference call aborts the process (lib/model/scorer-threads.ts).
+  void main().then((code) => exitAfterScorerThreads(code));
 }

@@ -1,8 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import cliProgress from 'cli-progress';
 import type { Intake, IntakeOptions } from '../intake/index.ts';
-import type { ScorerOptions } from '../model/index.ts';
+import type { MlmScorer, ScorerOptions } from '../model/index.ts';
 import { openFilter, type MlmFilter } from '../filter/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { Closers } from '../pipeline/closers.ts';
@@ -20,13 +19,14 @@ import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { JsonlSource } from '../sources/jsonl.ts';
 import { listShards, WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
 import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
-import type { ModelInfo, Outcome, Scorer, Source } from '../types.ts';
+import type { ModelInfo, Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
 import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
 import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
 import { applyTopFraction } from './top-fraction.ts';
+import { DecidedCounts, startProgress } from './progress.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -67,6 +67,7 @@ export interface FilterJobOptions {
    */
   readonly topFraction?: TopFractionOptions;
   readonly intake?: IntakeOptions;
+  /** `fallbackToCpu` defaults to false here: an execution provider that cannot start fails the run (one line). */
   readonly scorer?: ScorerOptions;
   readonly pair?: PairOptions;
   /** Images fetched and decoded at once. Default 32. */
@@ -168,7 +169,8 @@ async function openInputs(options: FilterJobOptions, policy: Policy, metrics: Re
     model: options.model,
     policy,
     metrics,
-    scorer: options.scorer,
+    // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu (scorer.fallbackToCpu).
+    scorer: { ...options.scorer, fallbackToCpu: options.scorer?.fallbackToCpu ?? false },
     intake: options.intake,
     pair: options.pair,
     concurrency: options.concurrency,
@@ -200,7 +202,7 @@ interface Passes {
   readonly source: Source;
   readonly filter: MlmFilter;
   readonly intake: Intake;
-  readonly scorer: Scorer;
+  readonly scorer: MlmScorer;
   readonly policy: Policy;
   readonly sinks: FilterSinks;
   readonly summary: SummaryCollector;
@@ -224,7 +226,8 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
     pool.add(o);
   };
   let outputs: PoolOutputsSummary | undefined;
-  const progress = startProgress(options.progress, summary, source.sizeHint);
+  const counts = new DecidedCounts(summary);
+  const progress = startProgress(options.progress, counts, source.sizeHint);
   try {
     await run.filter.run({
       source,
@@ -233,6 +236,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
       signal: options.signal,
       abort: options.abort,
       logger: options.logger,
+      onDecided: (o) => counts.add(o),
       onOutcome: (o) => {
         if (!top || o.decision === 'reject') decided(o);
         else ranking.add(o.scores[top.metric]!, o.expected?.[top.metric]);
@@ -282,6 +286,11 @@ async function summarise(
     },
     // The metrics scored; the others are null in the outputs and count 0 in `scores`.
     metrics: run.scorer.metrics,
+    // The provider asked for and the one that ran (they differ only after a fallback the caller allowed).
+    executionProvider: {
+      requested: options.scorer?.executionProvider ?? 'cpu',
+      used: run.scorer.executionProvider,
+    },
     interrupted: options.signal?.aborted ?? false,
     ...(run.outputs ? { outputs: run.outputs } : {}),
     intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
@@ -316,51 +325,6 @@ function scoredMetrics(options: FilterJobOptions, policy: Policy) {
   const thresholded = !(policy instanceof RankingPolicy) || policy.thresholded;
   const requiredBy = !top ? reads : thresholded ? `${reads} and ${ranks}` : ranks;
   return resolveMetricSelection(selection, policy.metrics, CLI_METRICS, requiredBy);
-}
-
-interface Progress {
-  stop(): void;
-}
-
-function startProgress(mode: FilterJobOptions['progress'], s: SummaryCollector, total?: number): Progress {
-  const chosen = mode ?? (process.stderr.isTTY ? 'bar' : 'log');
-  if (chosen === 'none') return { stop() {} };
-  if (chosen === 'log') {
-    const timer = setInterval(() => process.stderr.write(formatProgressLine(s, total) + '\n'), 10_000);
-    timer.unref();
-    return { stop: () => clearInterval(timer) };
-  }
-  const bar = new cliProgress.SingleBar(
-    {
-      format: total
-        ? '{bar} {percentage}% | {value}/{total} | accepted {accepted} rejected {rejected} | {rate} pairs/s | ETA {eta_formatted}'
-        : '{value} processed | accepted {accepted} rejected {rejected} | {rate} pairs/s',
-      stream: process.stderr,
-      hideCursor: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(total ?? 0, 0, { accepted: 0, rejected: 0, rate: '0.0' });
-  const timer = setInterval(
-    () => bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) }),
-    250,
-  );
-  return {
-    stop() {
-      clearInterval(timer);
-      bar.update(s.records, { accepted: s.accepted, rejected: s.rejected, rate: s.pairsPerSecond.toFixed(1) });
-      bar.stop();
-    },
-  };
-}
-
-export function formatProgressLine(s: SummaryCollector, total?: number): string {
-  const rate = s.pairsPerSecond;
-  const eta = total && rate > 0 ? ` eta ${Math.max(0, (total - s.records) / rate).toFixed(0)}s` : '';
-  return (
-    `processed ${s.records}${total ? `/${total}` : ''} accepted ${s.accepted} rejected ${s.rejected} ` +
-    `${rate.toFixed(1)} pairs/s${eta}`
-  );
 }
 
 export { formatSummary };

@@ -2,6 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { buffer } from 'node:stream/consumers';
 import { Command, Option, type OptionValues } from 'commander';
 import { EXECUTION_PROVIDER_CHOICES, EXECUTION_PROVIDERS } from '../model/execution-providers.ts';
+import { exitAfterScorerThreads } from '../model/scorer-threads.ts';
 import { buildPrompt, CONVERSATION_FORMATS, isConversationFormat } from '../model/prompt.ts';
 import { PIPELINE_DEFAULTS } from '../pipeline/defaults.ts';
 import { DEFAULT_THRESHOLDS, formatThreshold, parseThreshold, type Threshold } from '../policy/index.ts';
@@ -205,7 +206,14 @@ function addFilterCommand(program: Command): void {
       ).argParser(positiveInt('--concurrency')),
     )
     .addOption(opt('--batch-size <n>', 'pairs per scorer batch', '8').argParser(positiveInt('--batch-size')))
-    .addOption(opt('--execution-provider <ep>', 'onnxruntime execution provider', 'cpu').choices(EXECUTION_PROVIDERS))
+    .addOption(
+      opt(
+        '--execution-provider <ep>',
+        'onnxruntime execution provider; one that cannot start here is an error (execution_provider_unavailable)',
+        'cpu',
+      ).choices(EXECUTION_PROVIDERS),
+    )
+    .addOption(opt('--cpu-fallback', 'run on cpu, with a warning, when --execution-provider cannot start', 'off'))
     .addOption(opt('--dtype <dtype>', 'model files to load', 'fp32').choices(['fp32', 'fp16']))
     .addOption(
       opt('--threads <n>', 'intra-op threads per inference worker', 'all cores').argParser(positiveInt('--threads')),
@@ -280,10 +288,11 @@ function addFilterCommand(program: Command): void {
 async function filterAction(flags: OptionValues): Promise<void> {
   await checkOutDir(flags.out);
   const config = flags.config ? await readConfig(flags.config) : {};
-  // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short.
+  // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short. The
+  // scorer threads end first (one inference call at most): exiting under one aborts the process.
   const stops = stopSignals(() => {
     process.stderr.write('stopped at once: pairs in flight were dropped (--resume scores them)\n');
-    process.exit(EXIT.interrupted);
+    void exitAfterScorerThreads(EXIT.interrupted);
   });
   const options: FilterJobOptions = {
     ...config,
@@ -311,6 +320,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
       ...config.scorer,
       ...(flags.batchSize ? { batchSize: flags.batchSize } : {}),
       ...(flags.executionProvider ? { executionProvider: flags.executionProvider } : {}),
+      ...(flags.cpuFallback ? { fallbackToCpu: true } : {}),
       ...(flags.dtype ? { dtype: flags.dtype } : {}),
       ...(flags.threads ? { intraOpThreads: flags.threads } : {}),
       ...(flags.referenceMode ? { referenceMode: true } : {}),
@@ -413,7 +423,7 @@ function addWorkerCommand(program: Command): void {
     });
     const { drainBudgetFromEnv, stopSignals: workerStops } = await import('../worker/stop-signals.ts');
     const stop = workerStops(workerLog, drainBudgetFromEnv(), {
-      exit: (code) => process.exit(code),
+      exit: (code) => void exitAfterScorerThreads(code),
       code: EXIT.interrupted,
     });
     process.on('SIGINT', stop.onSignal);
@@ -424,7 +434,7 @@ function addWorkerCommand(program: Command): void {
     } finally {
       // The run closed its clients; one that still holds a socket (kafkajs's heartbeat connection after a broker
       // restart) must not keep the process alive: exit once the exit code is set and the output had time to flush.
-      setTimeout(() => process.exit(), 1000).unref();
+      setTimeout(() => void exitAfterScorerThreads(Number(process.exitCode ?? 0)), 1000).unref();
     }
   });
 }

@@ -5,13 +5,13 @@
  * and runs its passes with `run`.
  */
 import { Intake, type IntakeOptions } from '../intake/index.ts';
-import { loadScorer, type ScorerOptions } from '../model/index.ts';
+import { loadScorer, type MlmScorer, type ScorerOptions } from '../model/index.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type PipelineOptions, type PipelineStats } from '../pipeline/index.ts';
 import { parseThreshold, Policy, type Threshold } from '../policy/index.ts';
 import { resolveMetricSelection, type MetricSelection } from '../policy/metric-selection.ts';
 import { s3Client } from '../support/aws.ts';
-import type { Decision, ModelInfo, MetricShort, Reason, Scorer, Scores, Sink, Source, SourceRecord } from '../types.ts';
+import type { Decision, ModelInfo, MetricShort, Reason, Scores, Sink, Source, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
 
 export interface FilterOptions {
@@ -74,7 +74,7 @@ export class MlmFilter {
 
   private constructor(
     /** The loaded scorer (model, metrics, execution provider). */
-    readonly scorer: Scorer,
+    readonly scorer: MlmScorer,
     readonly intake: Intake,
     readonly policy: Policy,
     private readonly options: FilterOptions,

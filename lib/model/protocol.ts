@@ -13,7 +13,9 @@ export interface WorkerInit {
 export type WorkerRequest =
   | WorkerInit
   | { readonly type: 'score'; readonly id: number; readonly inputs: EngineInput[] }
-  | { readonly type: 'close' };
+  | { readonly type: 'close' }
+  /** End the thread now, between two onnxruntime calls (lib/model/scorer-threads.ts): the process is exiting. */
+  | { readonly type: 'exit' };
 
 export interface WireError {
   readonly code: ErrorCode;

@@ -13,6 +13,8 @@ import { readModelDir, resolveModelDir } from './model-dir.ts';
 import type { WireError, WorkerInit, WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ExecutionProvider, SessionOptions } from './sessions.ts';
 import { jsonLogger, type Logger } from '../support/logger.ts';
+import { scorerThreads } from './scorer-threads.ts';
+import { ortLogLevelFromEnv } from './ort-log.ts';
 
 export interface ScorerOptions extends SessionOptions {
   /** Pairs per inference batch; also the scorer's `maxBatch`. Default 8. */
@@ -31,7 +33,7 @@ export interface ScorerOptions extends SessionOptions {
   readonly whitespaceLead?: boolean;
   /** Where load and fallback messages go. Default: one JSON line on stderr. */
   readonly logger?: Logger;
-  /** Environment for hub-id resolution (MLMF_MODEL_CACHE). Default process.env. */
+  /** Environment for hub-id resolution (MLMF_MODEL_CACHE) and MLMF_ORT_LOG_LEVEL. Default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
 
@@ -59,7 +61,15 @@ function metricKeys(metrics: ScorerOptions['metrics']): MetricKey[] {
  * bootstrap registers tsx in the worker before importing worker.ts.
  */
 function spawnWorker(): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url));
+  const worker = import.meta.url.endsWith('.ts')
+    ? spawnFromSources()
+    : new Worker(new URL('./worker.js', import.meta.url));
+  // Registered from its start: a forced exit waits for every scorer thread, even one still loading its model.
+  scorerThreads.track(worker);
+  return worker;
+}
+
+function spawnFromSources(): Worker {
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const entry = new URL('./worker.ts', import.meta.url).href;
   const boot = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
@@ -137,10 +147,13 @@ class PoolWorker {
     this.onIdle(this);
   }
 
-  /** Asks the thread to close its engine; terminates it if it has not exited 5 s later. */
+  /**
+   * Asks the thread to close its engine; tells it to exit if it has not 5 s later (never terminate(): a thread
+   * terminated inside an onnxruntime call aborts the process, lib/model/scorer-threads.ts).
+   */
   close(): Promise<void> {
     return new Promise((resolve) => {
-      const t = setTimeout(() => void this.worker.terminate().then(() => resolve()), 5000);
+      const t = setTimeout(() => void scorerThreads.stop(this.worker), 5000);
       this.worker.once('exit', () => {
         clearTimeout(t);
         resolve();
@@ -168,7 +181,7 @@ async function startWorker(init: WorkerInit, log: Logger): Promise<{ worker: Wor
         resolve(msg.executionProvider);
       } else if (msg.type === 'failed') {
         worker.off('message', onMessage);
-        void worker.terminate(); // a thread whose model failed to load would otherwise keep the process alive
+        void scorerThreads.stop(worker); // a thread whose model failed to load would otherwise keep the process alive
         reject(errorFrom(msg.error));
       }
     };
@@ -213,7 +226,7 @@ class WorkerPool {
     const ok = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
-      await Promise.all(ok.map((s) => s.worker.terminate()));
+      await Promise.all(ok.map((s) => scorerThreads.stop(s.worker)));
       throw failed.reason;
     }
     const pool = new WorkerPool(
@@ -243,7 +256,7 @@ class WorkerPool {
     return total;
   }
 
-  /** Fails what still waits, then closes every thread (each has 5 s to close its engine before it is terminated). */
+  /** Fails what still waits, then closes every thread (each has 5 s to close its engine before it is told to exit). */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -287,6 +300,7 @@ function initRequest(dir: string, options: ScorerOptions, metrics: MetricKey[], 
       ...(options.fallbackToCpu !== undefined ? { fallbackToCpu: options.fallbackToCpu } : {}),
       ...(intraOpThreads ? { intraOpThreads } : {}),
       ...(options.interOpThreads ? { interOpThreads: options.interOpThreads } : {}),
+      ortLogLevel: options.ortLogLevel ?? ortLogLevelFromEnv(options.env),
       dtype: options.dtype ?? 'fp32',
       metrics,
       referenceMode: options.referenceMode ?? false,

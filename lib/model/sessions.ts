@@ -7,6 +7,8 @@ import { generationSettings, referencePenalty, type GenerationSettings } from '.
 import { readModelDir, type ModelDirInfo, type ModelDtype } from './model-dir.ts';
 import { PromptTokenizer } from './tokens.ts';
 import type { ExecutionProvider } from './execution-providers.ts';
+import { DEFAULT_ORT_LOG_LEVEL, ortSeverity, type OrtLogLevel } from './ort-log.ts';
+import { providerDiagnosis } from './provider-check.ts';
 
 export type { ExecutionProvider };
 
@@ -34,6 +36,8 @@ export interface SessionOptions {
    * trace format: every node's run time and provider) when the engine is released. Off by default: it costs time.
    */
   readonly profilePrefix?: string;
+  /** onnxruntime's own log on stderr (lib/model/ort-log.ts). Default 'fatal': failures are reported as coded errors. */
+  readonly ortLogLevel?: OrtLogLevel;
 }
 
 export interface LoadedEngine {
@@ -44,9 +48,14 @@ export interface LoadedEngine {
 }
 
 async function createSession(info: ModelDirInfo, ep: ExecutionProvider, opts: SessionOptions): Promise<EngineModel> {
+  const logLevel = opts.ortLogLevel ?? DEFAULT_ORT_LOG_LEVEL;
+  // The environment's level (read when the process's first session creates it; provider loading logs there) and the
+  // session's own.
+  ort.env.logLevel = logLevel;
   const session = await ort.InferenceSession.create(info.files.scorer, {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
+    logSeverityLevel: ortSeverity(logLevel),
     ...(opts.intraOpThreads ? { intraOpNumThreads: opts.intraOpThreads } : {}),
     ...(opts.interOpThreads ? { interOpNumThreads: opts.interOpThreads } : {}),
     ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${opts.profilePrefix}-scorer` } : {}),
@@ -81,6 +90,25 @@ function eosIds(info: ModelDirInfo, tok: PromptTokenizer, generation: Generation
   return [...out];
 }
 
+/** One line: the provider, what onnxruntime said, why (what is missing here, when that can be seen) and the fix. */
+function unavailable(requested: ExecutionProvider, dir: string, err: unknown): FilterError {
+  const fix =
+    requested === 'cuda'
+      ? 'run scripts/cuda-provider.sh (it puts the CUDA provider and CUDA 13 libraries beside onnxruntime-node; ' +
+        'that directory goes on LD_LIBRARY_PATH) on a host with an NVIDIA GPU and driver >= 580, or request cpu'
+      : `give the host a GPU and driver that onnxruntime's ${requested} provider supports, or request cpu`;
+  const error = String((err as Error)?.message ?? err)
+    .replace(/\s+/g, ' ')
+    .trim();
+  const why = providerDiagnosis(requested) ?? 'MLMF_ORT_LOG_LEVEL=error shows the library or call that failed';
+  return new FilterError(
+    'execution_provider_unavailable',
+    `execution provider '${requested}' is unavailable here: ${error} (${why}). Fix: ${fix}`,
+    { requested, dir, error },
+    { cause: err },
+  );
+}
+
 /** Loads a resolved model directory into a ready engine (run this on the thread that will score). */
 export async function loadEngine(
   dir: string,
@@ -108,21 +136,10 @@ export async function loadEngine(
     }
     if (opts.fallbackToCpu === false) {
       if (err instanceof FilterError) throw err;
-      const fix =
-        requested === 'cuda'
-          ? 'run scripts/cuda-provider.sh (it puts the CUDA provider and CUDA 13 libraries beside onnxruntime-node; ' +
-            'that directory goes on LD_LIBRARY_PATH) on a host with an NVIDIA GPU and driver >= 580, or request cpu'
-          : `give the host a GPU and driver that onnxruntime's ${requested} provider supports, or request cpu`;
-      const error = String((err as Error)?.message ?? err).trim();
-      throw new FilterError(
-        'execution_provider_unavailable',
-        `execution provider '${requested}' is unavailable here: ${error} ` +
-          `(onnxruntime's log on stderr names the library or call that failed). Fix: ${fix}`,
-        { requested, dir, error },
-        { cause: err },
-      );
+      throw unavailable(requested, dir, err);
     }
-    log.warn(`execution provider '${requested}' is unavailable here, falling back to cpu`, {
+    const why = providerDiagnosis(requested);
+    log.warn(`execution provider '${requested}' is unavailable here, falling back to cpu${why ? ` (${why})` : ''}`, {
       requested,
       error: (err as Error).message,
     });

@@ -23,6 +23,8 @@ function errorOf(err: unknown): WireError {
 const reply = (msg: WorkerReply, transfer: ArrayBuffer[] = []) => port.postMessage(msg, transfer);
 
 port.on('message', (msg: WorkerRequest) => {
+  // Read only between two onnxruntime calls (a call blocks this thread), so the thread never ends inside one.
+  if (msg.type === 'exit') process.exit(0);
   void handle(msg);
 });
 

@@ -57,6 +57,11 @@ export interface PipelineOptions {
   readonly abort?: AbortSignal;
   /** Called once per outcome, in source order, after its batch is committed. */
   readonly onOutcome?: (outcome: Outcome) => void;
+  /**
+   * Called once per outcome as soon as it is decided, before it is written or committed (progress displays: a batch
+   * whose accepts wait in an open shard is committed late, its rejects are in rejects.jsonl at once).
+   */
+  readonly onDecided?: (outcome: Outcome) => void;
   /** Called with each record's time in a stage (`intake`: fetch + decode + preprocess, `score`: wait + inference). */
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
   readonly logger?: Logger;
@@ -114,7 +119,7 @@ interface Run extends Pass {
  */
 export async function runPipeline(options: PipelineOptions): Promise<PipelineStats> {
   const run = assemble(options);
-  await readSource(options, run, (entry) => start(entry, run));
+  await readSource(options, run, (entry) => start(entry, run, options.onDecided));
   // Drain: finish what was admitted, make the sinks durable, commit in order.
   run.batcher.flush();
   await run.ledger.drain();
@@ -232,12 +237,15 @@ function settleEach(entry: BatchEntry, pass: Pass, outcomeOf: (record: SourceRec
 }
 
 /** Processes the batch's records concurrently; each settles its slot in the entry or loses it. */
-function start(entry: BatchEntry, run: Run): void {
+function start(entry: BatchEntry, run: Run, onDecided?: (outcome: Outcome) => void): void {
   entry.batch.records.forEach((record, i) => {
     run.processor
       .process(record, (id) => entry.claim(id), entry.signal)
       .then(
-        (outcome) => entry.settle(i, outcome),
+        (outcome) => {
+          onDecided?.(outcome);
+          entry.settle(i, outcome);
+        },
         (err: unknown) => {
           if (!entry.signal.aborted) run.failure.fail(err);
           entry.lose();

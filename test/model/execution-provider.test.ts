@@ -1,7 +1,7 @@
 /**
  * A requested accelerator that cannot be created: with `fallbackToCpu: false` (the worker) it is a start-up failure
- * ('execution_provider_unavailable', naming the provider, onnxruntime's error and the fix); by default (the CLI) a
- * logged fallback to cpu.
+ * ('execution_provider_unavailable', naming the provider, onnxruntime's error and the fix); by default (the engine; the
+ * CLI only with --cpu-fallback) a logged fallback to cpu.
  *
  * Assumes CUDA cannot run here, which holds both where the provider libraries are absent (CI, plain npm ci: onnxruntime
  * fails to load libonnxruntime_providers_shared.so) and where scripts/cuda-provider.sh installed them on a host without
