@@ -16,8 +16,7 @@ import {
 } from '../policy/metric-selection.ts';
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
-import { JsonlSource } from '../sources/jsonl.ts';
-import { WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
+import { openInputs as openRunInputs, type InputReport, type InputSource } from '../inputs/index.ts';
 import type { ModelInfo, Scorer, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -28,9 +27,13 @@ import { applyTopFraction } from './top-fraction.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
-  /** JSONL file, `-` for stdin, a WebDataset .tar shard or a directory of shards. */
-  readonly input: string;
-  /** `jsonl` or `webdataset`; default: by extension (.tar or a directory means webdataset). */
+  /**
+   * What to read, in order (lib/inputs): JSONL files, `-` for stdin, WebDataset tar shards, directories of shards,
+   * brace lists (`shards/{00000..00099}.tar`), `s3://bucket/key` objects and `s3://bucket/prefix/` prefixes,
+   * http(s) URLs; tar and JSONL may be gzip-compressed. Each input is recognised by its first bytes.
+   */
+  readonly input: string | readonly string[];
+  /** `jsonl` or `webdataset`: what stdin is read as, and what every input's bytes must agree with. */
   readonly inputFormat?: 'jsonl' | 'webdataset';
   /**
    * Output directory: curated/ shards, rejects.jsonl, summary.json. It must be empty (or missing) unless `resume`
@@ -84,22 +87,6 @@ export interface FilterJobOptions {
   readonly logger?: PipelineLogger;
 }
 
-export async function openInput(
-  input: string,
-  format: FilterJobOptions['inputFormat'],
-  pair?: PairOptions,
-  read: WebDatasetReadOptions = {},
-): Promise<Source> {
-  const fmt =
-    format ?? (input !== '-' && (/\.tar$/i.test(input) || !/\.[a-z0-9]+$/i.test(input)) ? 'webdataset' : 'jsonl');
-  if (fmt === 'webdataset') return WebDatasetSource.open({ ...read, paths: [input] });
-  // A line is buffered up to the record limit and no further: a longer one is refused by size, not held.
-  return JsonlSource.open({
-    path: input,
-    ...(pair?.maxRecordBytes !== undefined ? { maxLineBytes: pair.maxRecordBytes } : {}),
-  });
-}
-
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
   const top = options.topFraction;
@@ -137,21 +124,33 @@ async function runInLockedOutput(
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
     await runPasses(options, { source, intake, scorer, policy, sinks, summary });
-    return await summarise(options, { source, intake, scorer, policy, summary });
+    return await summarise(options, { source, inputs: input, intake, scorer, policy, summary });
   } finally {
-    await scorer.close();
+    await Promise.all([scorer.close(), input.close()]);
   }
 }
+
+const inputSpecs = (options: FilterJobOptions): readonly string[] =>
+  typeof options.input === 'string' ? [options.input] : options.input;
 
 /** The output checked (nothing written yet), the input opened and the scorer loaded, in that order. */
 async function openInputs(options: FilterJobOptions, metrics: ReturnType<typeof scoredMetrics>) {
   const { resume, overwrite, topFraction } = options;
   const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: topFraction !== undefined });
-  const input = await openInput(options.input, options.inputFormat, options.pair, {
-    maxSampleBytes: options.maxSampleBytes,
+  const { source: input } = await openRunInputs(inputSpecs(options), {
+    format: options.inputFormat,
+    pair: options.pair,
+    read: { maxSampleBytes: options.maxSampleBytes },
+    // http(s) inputs go through the image fetcher's address guard and its `--allow-address` rules: one policy.
+    http: { allowAddresses: options.intake?.allowAddresses, userAgent: options.intake?.userAgent },
   });
-  const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
-  return { input, scorer, prepareOutput };
+  try {
+    const scorer: Scorer = await loadScorer(options.model, { ...options.scorer, metrics });
+    return { input, scorer, prepareOutput };
+  } catch (err) {
+    await input.close();
+    throw err;
+  }
 }
 
 function checkScorerCovers(policy: Policy, scorer: Scorer): void {
@@ -244,9 +243,11 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<void> 
 /** The run's summary, also written durably to --out/summary.json with what the run was given. */
 async function summarise(
   options: FilterJobOptions,
-  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'>,
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'> & { inputs: InputSource },
 ): Promise<RunSummary> {
   const { source, intake, policy, summary } = run;
+  const inputs = run.inputs.report();
+  warnTruncated(options, inputs.truncatedShards);
   const top = options.topFraction;
   const result: RunSummary = {
     ...summary.summary(),
@@ -257,6 +258,8 @@ async function summarise(
   const file = {
     ...result,
     input: options.input,
+    // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
+    inputs: { read: inputs.inputs, truncatedShards: inputs.truncatedShards },
     model: run.scorer.model,
     policy: {
       ...(top ? { topFraction: top } : {}),
@@ -271,6 +274,14 @@ async function summarise(
   };
   await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
   return result;
+}
+
+function warnTruncated(options: FilterJobOptions, cut: InputReport['truncatedShards']): void {
+  for (const t of cut) {
+    const message = `warning: shard ${t.shard} is truncated at byte ${t.offset} (${t.message}); ${t.samplesRead} samples read`;
+    if (options.logger) options.logger.warn(message, { ...t });
+    else process.stderr.write(`mlm-filter: ${message}\n`);
+  }
 }
 
 /**

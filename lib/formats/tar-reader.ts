@@ -276,7 +276,11 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
   for (;;) {
     const offset = pos;
     const got = await read(header);
-    if (got === 0) return; // no end-of-archive blocks: accepted when the shard ends between members
+    // An empty shard holds nothing; one that ends between members without its end-of-archive blocks was cut (a
+    // copy or download stopped at a member boundary): what follows is missing, as GNU tar says.
+    if (got === 0) {
+      return offset === 0 ? undefined : yield truncated(offset, 'the shard ends without its end-of-archive blocks');
+    }
     if (got < BLOCK) return yield truncated(offset, 'the shard ends inside a header');
     const h = parseHeader(header, offset, longName, pax);
     if (h === 'end') return;
