@@ -306,7 +306,12 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
     const regular = typeflag === '0' || typeflag === '\0' || typeflag === '7';
     if (!regular || size > maxMemberBytes) {
       if (regular) yield { type: 'member', name, size, offset };
-      await skip(size + pad);
+      const moved = await skip(size + pad);
+      // Cut inside what it skips: the shard is truncated there, whatever the member would have been worth.
+      if (moved < size) {
+        const message = `the shard ends inside member ${JSON.stringify(name)} (${moved} of ${size} bytes)`;
+        return yield truncated(offset, message, name);
+      }
       continue;
     }
     let state: 'unread' | 'read' | 'cut' = 'unread';
