@@ -19,17 +19,17 @@ export function expandBraces(spec: string, limit = MAX_EXPANSION): string[] {
     }
     out.push(name);
   };
-  expandInto(spec, push);
+  expandInto(spec, push, limit);
   return out;
 }
 
-function expandInto(spec: string, push: (name: string) => void): void {
+function expandInto(spec: string, push: (name: string) => void, limit: number): void {
   const group = firstGroup(spec);
   if (!group) return push(spec);
   const head = spec.slice(0, group.open);
   const tail = spec.slice(group.close + 1);
-  for (const alt of alternatives(spec.slice(group.open + 1, group.close))) {
-    expandInto(head + alt + tail, push);
+  for (const alt of alternatives(spec.slice(group.open + 1, group.close), limit)) {
+    expandInto(head + alt + tail, push, limit);
   }
 }
 
@@ -51,7 +51,7 @@ function firstGroup(spec: string): { open: number; close: number } | undefined {
 
 const RANGE = /^(-?\d+)\.\.(-?\d+)$/;
 
-function alternatives(body: string): string[] {
+function alternatives(body: string, limit: number): string[] {
   const range = RANGE.exec(body);
   if (!range) return splitTopLevel(body);
   const [, a, b] = range as unknown as [string, string, string];
@@ -62,7 +62,8 @@ function alternatives(body: string): string[] {
   const width = padded ? Math.max(a.replace('-', '').length, b.replace('-', '').length) : 0;
   const step = from <= to ? 1 : -1;
   const count = Math.abs(to - from) + 1;
-  return Array.from({ length: Math.min(count, MAX_EXPANSION + 1) }, (_, i) => {
+  // One past the limit is enough for the caller to refuse the whole spec.
+  return Array.from({ length: Math.min(count, limit + 1) }, (_, i) => {
     const n = from + i * step;
     return (n < 0 ? '-' : '') + String(Math.abs(n)).padStart(width, '0');
   });
