@@ -128,8 +128,9 @@ export class HttpInputs {
           }
           return r;
         })
-        .catch((err: Error) => {
-          throw unreadable(url, err.message);
+        .catch((err: Error & { code?: string }) => {
+          const hint = err.code === 'address_blocked' ? ' (--allow-address opens it, as for image fetches)' : '';
+          throw unreadable(url, err.message + hint);
         });
       if (REDIRECTS.has(res.statusCode)) {
         res.body.resume();

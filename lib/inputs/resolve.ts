@@ -5,8 +5,8 @@
  * (gzip-compressed or not) is a usage error naming it; so is one whose bytes contradict `--input-format`.
  */
 import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, realpath, stat } from 'node:fs/promises';
+import { join, resolve as resolvePath } from 'node:path';
 import { constants, gunzipSync } from 'node:zlib';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { listKeys } from '../backfill/s3-io.ts';
@@ -50,9 +50,7 @@ const SNIFF_CONCURRENCY = 16;
 export async function resolveInputs(specs: readonly string[], ctx: ResolveContext): Promise<InputItem[]> {
   const located: { name: string; location: InputLocation }[] = [];
   for (const spec of specs) located.push(...(await locate(spec, ctx)));
-  if (located.filter((l) => l.location.kind === 'stdin').length > 1) {
-    throw new FilterError('bad_usage', 'standard input (-) can be given once', { specs });
-  }
+  await refuseRepeats(located);
   const items: InputItem[] = new Array(located.length);
   let next = 0;
   const worker = async () => {
@@ -60,6 +58,23 @@ export async function resolveInputs(specs: readonly string[], ctx: ResolveContex
   };
   await Promise.all(Array.from({ length: Math.min(SNIFF_CONCURRENCY, located.length) }, worker));
   return items;
+}
+
+/**
+ * An input named twice (`--input a.tar --input a.tar`, overlapping brace lists, a shard and its directory, a
+ * symlink to it) would be scored twice and its samples written twice: refused, naming it.
+ */
+async function refuseRepeats(located: readonly { name: string; location: InputLocation }[]): Promise<void> {
+  const seen = new Map<string, string>();
+  for (const { name, location } of located) {
+    const key = location.kind === 'file' ? await realpath(location.path).catch(() => resolvePath(location.path)) : name;
+    const first = seen.get(key);
+    if (first !== undefined) {
+      const what = name === first ? `input ${name} is given twice` : `inputs ${first} and ${name} are the same`;
+      throw new FilterError('bad_usage', `${what}: its samples would be scored and written twice`, { input: name });
+    }
+    seen.set(key, name);
+  }
 }
 
 /** One spec's inputs, in order: brace lists expanded, directories and prefixes listed (names sorted). */
