@@ -40,8 +40,10 @@ export interface ResolveContext {
   readonly http: () => HttpInputs;
 }
 
-/** What a directory or an S3 prefix holds that is read: tar shards, plain or gzip-compressed. */
+/** What a directory holds that is read: tar shards, plain or gzip-compressed. */
 const SHARD_NAME = /\.(tar|tar\.gz|tgz)$/i;
+/** A name that says tar, for inputs whose bytes are too few to say (empty, or cut inside the first header). */
+const TAR_NAME = SHARD_NAME;
 /** In an S3 prefix, JSONL files are read too (a prefix is often where a crawler drops its batches). */
 const PREFIX_NAME = /\.(tar|tar\.gz|tgz|jsonl|jsonl\.gz)$/i;
 /** Inputs whose first bytes are read at once (S3 GETs, URL fetches). */
@@ -147,7 +149,10 @@ async function recognise(input: { name: string; location: InputLocation }, ctx: 
   const head = await firstBytes(location, ctx);
   let kind = sniff(head);
   const gzip = kind === 'gzip';
-  if (gzip) kind = sniff(gunzipHead(name, head));
+  const inner = gzip ? gunzipHead(name, head) : head;
+  if (gzip) kind = sniff(inner);
+  // Less than a tar header, named as a shard: a shard cut off in its first header, which the tar reader reports.
+  if (kind === 'unknown' && inner.length < 512 && TAR_NAME.test(name)) kind = 'tar';
   const format = formatOf(name, kind, gzip, ctx.format);
   return { name, location, format, gzip };
 }
@@ -159,7 +164,7 @@ function formatOf(name: string, kind: Sniffed, gzip: boolean, wanted: InputForma
   if (kind === 'unknown') {
     throw refuse(`is neither a tar shard nor JSONL${gzip ? ' inside its gzip' : ''} (its first bytes say neither)`);
   }
-  if (kind === 'empty') return wanted ?? (/\.(tar|tgz|tar\.gz)$/i.test(name) ? 'webdataset' : 'jsonl');
+  if (kind === 'empty') return wanted ?? (TAR_NAME.test(name) ? 'webdataset' : 'jsonl');
   const found: InputFormat = kind === 'tar' ? 'webdataset' : 'jsonl';
   if (wanted && wanted !== found) throw refuse(`holds ${kind === 'tar' ? 'a tar shard' : 'JSONL'}, not ${wanted}`);
   return found;

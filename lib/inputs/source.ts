@@ -129,7 +129,9 @@ function tarShard(item: InputItem, readers: InputReaders): TarShard {
       // A plain local tar is read by position: members the pair does not use are skipped unread.
       if (location.kind === 'file' && !item.gzip) return openTarFile(location.path);
       const raw = Readable.from(await rawChunks(item, readers));
-      return streamTarBytes(item.gzip ? gunzipped(raw) : raw);
+      if (!item.gzip) return streamTarBytes(raw);
+      const gz = gunzipped(raw);
+      return { ...streamTarBytes(gz), cut: () => gz.cut };
     },
   };
 }
@@ -150,9 +152,9 @@ async function* lazy(open: () => Promise<AsyncIterable<Buffer>>): AsyncGenerator
  * The decompressed stream. A gzip stream cut short ends where its bytes end, as a cut tar does (the tar reader then
  * reports the shard truncated at the right offset); corrupt data stays an error (the shard is unreadable).
  */
-function gunzipped(raw: Readable): Readable {
+function gunzipped(raw: Readable): Readable & { cut: boolean } {
   const gunzip = createGunzip();
-  const out = new Readable({ read() {} });
+  const out = Object.assign(new Readable({ read() {} }), { cut: false });
   raw.on('error', (err) => gunzip.destroy(err));
   raw.pipe(gunzip);
   gunzip.on('data', (chunk: Buffer) => {
@@ -161,8 +163,10 @@ function gunzipped(raw: Readable): Readable {
   out._read = () => gunzip.resume();
   gunzip.on('end', () => out.push(null));
   gunzip.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'Z_BUF_ERROR') out.push(null);
-    else out.destroy(err);
+    if (err.code === 'Z_BUF_ERROR') {
+      out.cut = true;
+      out.push(null);
+    } else out.destroy(err);
   });
   out._destroy = (err, cb) => {
     raw.destroy();

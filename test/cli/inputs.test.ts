@@ -101,7 +101,7 @@ const filterArgs = (out: string, inputs: string[], extra: string[] = []) => [
 ];
 
 test(
-  'a brace list over 3 shards, a .tar.gz, a .jsonl.gz and a shard cut at a member boundary: all read, the cut reported',
+  'a brace list over 3 shards, a .tar.gz, a .jsonl.gz, a shard cut at a member boundary and a cut .tar.gz: cuts reported',
   { skip },
   async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mlmf-inputs-'));
@@ -116,25 +116,46 @@ test(
     // Two whole samples, then the shard ends between members: no end-of-archive blocks.
     const cut = Buffer.concat(['k0', 'k1'].flatMap(members).map(([n, d]) => ustarMember(n, d)));
     writeFileSync(join(dir, 'cut.tar'), cut);
+    // A .tar.gz cut inside z1's image (stored deflate: the tar's bytes sit at their offset + 15 in the file).
+    const z0 = Buffer.concat(members('z0').map(([n, d]) => ustarMember(n, d)));
+    const stored = gzipSync(shard('z0', 'z1'), { level: 0 });
+    writeFileSync(join(dir, 'cutgz.tar.gz'), stored.subarray(0, 15 + z0.length + 512 + 100));
 
     const out = join(dir, 'out');
     const inputs = [join(shards, '{00000..00002}.tar'), join(dir, 'more.tar.gz'), join(dir, 'pairs.jsonl.gz')];
-    const r = await cli(filterArgs(out, [...inputs, join(dir, 'cut.tar')]));
+    const r = await cli(filterArgs(out, [...inputs, join(dir, 'cut.tar'), join(dir, 'cutgz.tar.gz')]));
     assert.equal(r.signal, null, r.err.slice(-2000));
     assert.equal(r.code, 0, r.err.slice(-2000));
     const run = readRun(out);
-    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['a0', 'a1', 'b0', 'c0', 'g0', 'g1', 'j0', 'j1', 'k0', 'k1']);
-    // The cut shard: one truncated_shard reject naming it, the samples read before it, a warning, summary.json.
-    assert.equal(run.rejects.length, 1);
-    const detail = run.rejects[0]!.reasons[0]!.detail!;
-    assert.equal(run.rejects[0]!.reasons[0]!.code, 'invalid_record');
+    assert.deepEqual(run.curated.map((c) => c.id).sort(), [
+      'a0',
+      'a1',
+      'b0',
+      'c0',
+      'g0',
+      'g1',
+      'j0',
+      'j1',
+      'k0',
+      'k1',
+      'z0',
+    ]);
+    // The cut shards: one truncated_shard reject each, naming it, the samples read before it, a warning, summary.json.
+    assert.equal(run.rejects.length, 2);
+    const gz = run.rejects.find((e) => e.reasons[0]!.detail!.shard === join(dir, 'cutgz.tar.gz'))!.reasons[0]!;
+    assert.equal(gz.detail!.kind, 'truncated_shard');
+    assert.equal(gz.detail!.member, 'z1.jpg');
+    assert.equal(gz.detail!.offset, z0.length);
+    assert.equal(gz.detail!.samplesRead, 1);
+    const detail = run.rejects.find((e) => e.reasons[0]!.detail!.shard === join(dir, 'cut.tar'))!.reasons[0]!.detail!;
+    assert.ok(run.rejects.every((e) => e.reasons[0]!.code === 'invalid_record'));
     assert.equal(detail.kind, 'truncated_shard');
     assert.equal(detail.shard, join(dir, 'cut.tar'));
     assert.equal(detail.offset, cut.length);
     assert.equal(detail.samplesRead, 2);
     assert.match(r.err, /warning: shard .*cut\.tar is truncated at byte \d+ .*; 2 samples read/);
     assert.deepEqual(run.summary.inputs, {
-      read: 6,
+      read: 7,
       truncatedShards: [
         {
           shard: join(dir, 'cut.tar'),
@@ -142,10 +163,16 @@ test(
           samplesRead: 2,
           message: 'the shard ends without its end-of-archive blocks',
         },
+        {
+          shard: join(dir, 'cutgz.tar.gz'),
+          offset: z0.length,
+          samplesRead: 1,
+          message: `the shard ends inside member "z1.jpg" (100 of ${jpeg.length} bytes)`,
+        },
       ],
     });
-    assert.equal(run.summary.records, 11);
-    assert.deepEqual(run.summary.input, [...inputs, join(dir, 'cut.tar')]);
+    assert.equal(run.summary.records, 13);
+    assert.deepEqual(run.summary.input, [...inputs, join(dir, 'cut.tar'), join(dir, 'cutgz.tar.gz')]);
   },
 );
 
