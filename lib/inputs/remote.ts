@@ -85,10 +85,10 @@ export class HttpInputs {
 
   /** The first bytes of `url` (to recognise its format), read before the run; a failing URL is refused by name. */
   async head(url: string): Promise<Buffer> {
-    const body = await this.open(url, { range: `bytes=0-${HEAD_BYTES - 1}` });
+    const res = await this.open(url, { range: `bytes=0-${HEAD_BYTES - 1}` });
     const parts: Buffer[] = [];
     let got = 0;
-    for await (const chunk of body) {
+    for await (const chunk of res.body) {
       parts.push(chunk);
       got += chunk.length;
       if (got >= HEAD_BYTES) break; // a server that ignores Range: the rest is not read
@@ -96,16 +96,53 @@ export class HttpInputs {
     return Buffer.concat(parts).subarray(0, HEAD_BYTES);
   }
 
-  /** The body of `url`, streamed (nothing buffered past what the reader asks for). */
+  /**
+   * The body of `url`, streamed (nothing buffered past what the reader asks for). A connection lost mid-body is
+   * picked up where it stopped with a ranged GET (If-Range on the first answer's ETag or Last-Modified, so a file
+   * changed meanwhile is not spliced), up to 3 times; after that, or where the server cannot resume, the read
+   * fails with `shard_read_failed` (retriable: a re-run with --resume goes on).
+   */
   async chunks(url: string): Promise<AsyncIterable<Buffer>> {
-    return this.open(url, {});
+    return this.resuming(url, await this.open(url, {}));
   }
 
   async close(): Promise<void> {
     await this.agent.close();
   }
 
-  private async open(url: string, o: { range?: string }): Promise<AsyncIterable<Buffer> & { destroy(): void }> {
+  private async *resuming(url: string, first: Opened): AsyncGenerator<Buffer> {
+    const validator = first.headers.etag ?? first.headers['last-modified'];
+    const resumable = first.headers['accept-ranges'] === 'bytes' && typeof validator === 'string';
+    let res = first;
+    let got = 0;
+    for (let resumes = 0; ;) {
+      try {
+        for await (const chunk of res.body as AsyncIterable<Buffer>) {
+          got += chunk.length;
+          yield chunk;
+        }
+        return;
+      } catch (err) {
+        const failed = (why: string) =>
+          new FilterError(
+            'shard_read_failed',
+            `reading ${url} at byte ${got} failed: ${(err as Error).message}${why}`,
+            { url, offset: got },
+            { cause: err },
+          );
+        if (!resumable) throw failed(' (the server offers no ranges to resume from)');
+        if (++resumes > MAX_RESUMES) throw failed(` (${MAX_RESUMES} resumes)`);
+        res = await this.open(url, { range: `bytes=${got}-`, ifRange: validator as string });
+        // A 200 is the whole (changed) file, a 206 from elsewhere is not our bytes: either way, not a resume.
+        if (res.status !== 206 || !String(res.headers['content-range'] ?? '').startsWith(`bytes ${got}-`)) {
+          res.body.destroy();
+          throw failed(' (the server did not resume at that byte: changed meanwhile?)');
+        }
+      }
+    }
+  }
+
+  private async open(url: string, o: { range?: string; ifRange?: string }): Promise<Opened> {
     let current = new URL(url);
     for (let hop = 0; ; hop++) {
       if (current.protocol !== 'https:' && current.protocol !== 'http:') {
@@ -120,6 +157,7 @@ export class HttpInputs {
             headers: {
               'user-agent': this.options.userAgent ?? 'mlm-filter-stream (shard input)',
               ...(o.range ? { range: o.range } : {}),
+              ...(o.ifRange ? { 'if-range': o.ifRange } : {}),
             },
           });
           if (r.statusCode >= 500 || r.statusCode === 429) {
@@ -142,18 +180,27 @@ export class HttpInputs {
         continue;
       }
       // 416: an empty body cannot serve byte 0.
-      if (res.statusCode === 416 && o.range) {
+      if (res.statusCode === 416 && o.range === `bytes=0-${HEAD_BYTES - 1}`) {
         res.body.resume();
-        return emptyBody();
+        return { status: 200, headers: {}, body: emptyBody() };
       }
       if (res.statusCode !== 200 && res.statusCode !== 206) {
         res.body.resume();
         throw unreadable(url, `HTTP ${res.statusCode}`);
       }
-      return res.body as AsyncIterable<Buffer> & { destroy(): void };
+      return { status: res.statusCode, headers: res.headers, body: res.body };
     }
   }
 }
+
+/** An answer being read: its status, headers and body. */
+interface Opened {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: AsyncIterable<Buffer> & { destroy(): void };
+}
+
+const MAX_RESUMES = 3;
 
 function unreadable(url: string, why: string): FilterError {
   return new FilterError('input_unreadable', `cannot read input ${url}: ${why}`, { url });
