@@ -259,7 +259,7 @@ async function summarise(
     ...result,
     input: options.input,
     // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
-    inputs: { read: inputs.inputs, truncatedShards: inputs.truncatedShards },
+    inputs: { count: inputs.count, truncatedShards: inputs.truncatedShards },
     model: run.scorer.model,
     policy: {
       ...(top ? { topFraction: top } : {}),

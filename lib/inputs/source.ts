@@ -26,9 +26,10 @@ export interface InputReaders {
   readonly http: () => HttpInputs;
 }
 
-/** What the run's inputs said about themselves: the inputs read, and the tar shards that ended before their end. */
+/** What the run's inputs said about themselves: how many there were, and the tar shards that ended before their end. */
 export interface InputReport {
-  readonly inputs: number;
+  /** The inputs the run was to read (after lists, directories and prefixes were expanded). */
+  readonly count: number;
   readonly truncatedShards: readonly TruncatedShard[];
 }
 
@@ -97,7 +98,7 @@ export class InputSource implements Source {
   }
 
   report(): InputReport {
-    return { inputs: this.items.length, truncatedShards: this.tars.flatMap((t) => t.truncated) };
+    return { count: this.items.length, truncatedShards: this.tars.flatMap((t) => t.truncated) };
   }
 
   async close(): Promise<void> {

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -165,7 +165,7 @@ test(
     assert.equal(detail.samplesRead, 2);
     assert.match(r.err, /warning: shard .*cut\.tar is truncated at byte \d+ .*; 2 samples read/);
     assert.deepEqual(run.summary.inputs, {
-      read: 7,
+      count: 7,
       truncatedShards: [
         {
           shard: join(dir, 'cut.tar'),
@@ -197,6 +197,7 @@ test(
     await put('pool/00000.tar', shard('p0', 'p1'));
     await put('pool/00001.tar.gz', gzipSync(shard('p2')));
     await put('pool/README.txt', Buffer.from('not a shard: left out of the listing'));
+    await put('pool/pairs.jsonl.gz', gzipSync(jsonl('pj0', 'pj1')));
     await put('pool-other/00000.tar', shard('other'));
     await put('single/one.tar', shard('s0'));
     served.set('/remote/00000.tar', shard('h0', 'h1'));
@@ -218,9 +219,21 @@ test(
     const r = await cli(filterArgs(out, inputs, ['--allow-address', '127.0.0.1/32']), env);
     assert.equal(r.code, 0, r.err.slice(-2000));
     const run = readRun(out);
-    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['f0', 'f1', 'f2', 'h0', 'h1', 'p0', 'p1', 'p2', 's0']);
+    assert.deepEqual(run.curated.map((c) => c.id).sort(), [
+      'f0',
+      'f1',
+      'f2',
+      'h0',
+      'h1',
+      'p0',
+      'p1',
+      'p2',
+      'pj0',
+      'pj1',
+      's0',
+    ]);
     assert.equal(run.rejects.length, 0);
-    assert.equal(run.summary.inputs.read, 5);
+    assert.equal(run.summary.inputs.count, 6);
     // The flaky URL's body was cut once and resumed by a ranged GET from where it stopped.
     assert.equal(cuts, 1);
     assert.deepEqual(run.summary.input, inputs);
