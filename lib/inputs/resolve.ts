@@ -111,6 +111,12 @@ async function locateLocal(path: string) {
   } catch (err) {
     throw new FilterError('input_unreadable', `cannot read input ${path}: ${(err as Error).message}`, { path });
   }
+  // A pipe or device (`<(zcat x.gz)`) would lose the bytes read to recognise it: only stdin is read unlooked-at.
+  if (!s.isDirectory() && !s.isFile()) {
+    throw new FilterError('input_unreadable', `cannot read input ${path}: not a regular file (pipe it to --input -)`, {
+      path,
+    });
+  }
   if (!s.isDirectory()) return [{ name: path, location: { kind: 'file', path } as const }];
   const names = (await readdir(path)).filter((n) => SHARD_NAME.test(n) && !n.startsWith('.')).sort();
   if (names.length === 0) {
