@@ -129,8 +129,11 @@ function tarShard(item: InputItem, readers: InputReaders): TarShard {
     async open(): Promise<TarBytes> {
       // A plain local tar is read by position: members the pair does not use are skipped unread.
       if (location.kind === 'file' && !item.gzip) return openTarFile(location.path);
-      const raw = Readable.from(await rawChunks(item, readers));
-      if (!item.gzip) return streamTarBytes(raw);
+      const chunks = await rawChunks(item, readers);
+      // stdin was not looked at before the run: whether it is gzip is told by its first chunk, here.
+      const { gzip, rest } = location.kind === 'stdin' ? await peekGzip(chunks) : { gzip: item.gzip, rest: chunks };
+      const raw = Readable.from(rest);
+      if (!gzip) return streamTarBytes(raw);
       const gz = gunzipped(raw);
       return { ...streamTarBytes(gz), cut: () => gz.cut };
     },
@@ -142,7 +145,17 @@ async function rawChunks(item: InputItem, readers: InputReaders): Promise<AsyncI
   if (location.kind === 'file') return createReadStream(location.path);
   if (location.kind === 's3') return s3Chunks(readers.s3(), location.loc);
   if (location.kind === 'http') return readers.http().chunks(location.url);
-  return process.stdin;
+  return process.stdin as AsyncIterable<Buffer>;
+}
+
+async function peekGzip(chunks: AsyncIterable<Buffer>): Promise<{ gzip: boolean; rest: AsyncIterable<Buffer> }> {
+  const it = chunks[Symbol.asyncIterator]();
+  const first = await it.next();
+  const rest = (async function* () {
+    if (!first.done) yield first.value;
+    for (let next = await it.next(); !next.done; next = await it.next()) yield next.value;
+  })();
+  return { gzip: !first.done && first.value[0] === 0x1f && first.value[1] === 0x8b, rest };
 }
 
 async function* lazy(open: () => Promise<AsyncIterable<Buffer>>): AsyncGenerator<Buffer> {

@@ -78,12 +78,13 @@ const jsonl = (...ids: string[]) =>
     .map((id) => JSON.stringify({ id, image: { base64: jpeg.toString('base64') }, caption: `a square ${id}` }))
     .join('\n') + '\n';
 
-function cli(args: string[], env: Record<string, string> = {}) {
+function cli(args: string[], env: Record<string, string> = {}, stdin?: Buffer) {
   return new Promise<{ code: number | null; signal: string | null; out: string; err: string }>((resolve) => {
     const child = spawn(process.execPath, [bin, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...env },
     });
+    child.stdin?.end(stdin);
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d));
@@ -266,4 +267,19 @@ test('an unknown binary input is a usage error naming the file; nothing is writt
   assert.equal(r3.code, 2, r3.err);
   assert.match(r3.err, /unrecognised_input.*shard\.jsonl holds a tar shard, not jsonl/);
   assert.equal(existsSync(out), false);
+});
+
+test('--input - with --input-format webdataset reads a tar shard from stdin, gzip or not', { skip }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-inputs-'));
+  for (const [name, bytes] of [
+    ['plain', shard('s0', 's1')],
+    ['gzip', gzipSync(shard('s0', 's1'))],
+  ] as const) {
+    const out = join(dir, name);
+    const r = await cli(filterArgs(out, ['-'], ['--input-format', 'webdataset']), {}, bytes);
+    assert.equal(r.code, 0, r.err.slice(-2000));
+    const run = readRun(out);
+    assert.deepEqual(run.curated.map((c) => c.id).sort(), ['s0', 's1'], name);
+    assert.equal(run.rejects.length, 0, name);
+  }
 });
