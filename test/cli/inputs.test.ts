@@ -87,8 +87,8 @@ function cli(args: string[], env: Record<string, string> = {}, stdin?: Buffer) {
     child.stdin?.end(stdin);
     let out = '';
     let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d));
-    child.stderr.on('data', (d: Buffer) => (err += d));
+    child.stdout!.on('data', (d: Buffer) => (out += d));
+    child.stderr!.on('data', (d: Buffer) => (err += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
