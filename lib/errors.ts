@@ -53,6 +53,9 @@ export const ERRORS = {
   execution_provider_unavailable: config('the requested GPU execution provider cannot be loaded here'),
   // Inputs and outputs.
   input_unreadable: config('the input path cannot be read'),
+  unrecognised_input: usage(
+    'an input whose bytes are neither a tar shard nor JSONL (plain or gzip), or not --input-format',
+  ),
   output_unwritable: runtime('the output directory or file cannot be written', false),
   output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),
   output_unresumable: config('--resume cannot read back the output (a file in it is not what a run writes)'),

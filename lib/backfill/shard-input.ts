@@ -27,6 +27,23 @@ export interface S3Shard {
 
 /** Looks the shard up (size, ETag) and returns its bytes; a missing or forbidden object is `shard_input_missing`. */
 export async function openS3Shard(s3: S3Client, loc: S3Location, options: ShardInputOptions = {}): Promise<S3Shard> {
+  const { size, etag, chunks } = await openS3Object(s3, loc, options);
+  return { size, etag, bytes: streamTarBytes(chunks) };
+}
+
+/** An S3 object's bytes as the ranges above, in order (for readers that decompress them before the tar reader). */
+export interface S3ObjectChunks {
+  readonly size: number;
+  readonly etag: string;
+  readonly chunks: AsyncIterable<Buffer>;
+}
+
+/** The one ranged S3 reader (backfill shard jobs and `filter --input s3://...`); errors as openS3Shard's. */
+export async function openS3Object(
+  s3: S3Client,
+  loc: S3Location,
+  options: ShardInputOptions = {},
+): Promise<S3ObjectChunks> {
   const uri = `s3://${loc.bucket}/${loc.key}`;
   let head;
   try {
@@ -47,8 +64,7 @@ export async function openS3Shard(s3: S3Client, loc: S3Location, options: ShardI
   }
   const size = head.ContentLength ?? 0;
   const etag = head.ETag ?? '';
-  const ranges = rangesOf(s3, loc, size, etag, options);
-  return { size, etag, bytes: streamTarBytes(ranges) };
+  return { size, etag, chunks: rangesOf(s3, loc, size, etag, options) };
 }
 
 async function* rangesOf(

@@ -16,9 +16,8 @@ import {
 import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
-import { JsonlSource } from '../sources/jsonl.ts';
-import { listShards, WebDatasetSource, type WebDatasetReadOptions } from '../sources/webdataset.ts';
 import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
+import { openInputs as openRunInputs, type InputItem, type InputReport, type InputSource } from '../inputs/index.ts';
 import type { ModelInfo, Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -30,9 +29,13 @@ import { DecidedCounts, startProgress } from './progress.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
-  /** JSONL file, `-` for stdin, a WebDataset .tar shard or a directory of shards. */
-  readonly input: string;
-  /** `jsonl` or `webdataset`; default: by extension (.tar or a directory means webdataset). */
+  /**
+   * What to read, in order (lib/inputs): JSONL files, `-` for stdin, WebDataset tar shards, directories of shards,
+   * brace lists (`shards/{00000..00099}.tar`), `s3://bucket/key` objects and `s3://bucket/prefix/` prefixes,
+   * http(s) URLs; tar and JSONL may be gzip-compressed. Each input is recognised by its first bytes.
+   */
+  readonly input: string | readonly string[];
+  /** `jsonl` or `webdataset`: what stdin is read as, and what every input's bytes must agree with. */
   readonly inputFormat?: 'jsonl' | 'webdataset';
   /**
    * Output directory: curated/ shards, rejects.jsonl, summary.json. It must be empty (or missing) unless `resume`
@@ -94,22 +97,6 @@ export interface FilterJobOptions {
   readonly logger?: Logger;
 }
 
-export async function openInput(
-  input: string,
-  format: FilterJobOptions['inputFormat'],
-  pair?: PairOptions,
-  read: WebDatasetReadOptions = {},
-): Promise<Source> {
-  const fmt =
-    format ?? (input !== '-' && (/\.tar$/i.test(input) || !/\.[a-z0-9]+$/i.test(input)) ? 'webdataset' : 'jsonl');
-  if (fmt === 'webdataset') return WebDatasetSource.open({ ...read, paths: [input] });
-  // A line is buffered up to the record limit and no further: a longer one is refused by size, not held.
-  return JsonlSource.open({
-    path: input,
-    ...(pair?.maxRecordBytes !== undefined ? { maxLineBytes: pair.maxRecordBytes } : {}),
-  });
-}
-
 /** Runs the main job: input -> MLM filter -> curated shards + rejects + summary. */
 export async function runFilterJob(options: FilterJobOptions): Promise<RunSummary> {
   const top = options.topFraction;
@@ -151,31 +138,43 @@ async function runInLockedOutput(
     const summary = new SummaryCollector(previous?.summary);
     const resumed = previous !== undefined;
     const outputs = await runPasses(options, { source, filter, intake, scorer, policy, sinks, summary, resumed });
-    return await summarise(options, { source, intake, scorer, policy, summary, outputs });
+    return await summarise(options, { source, inputs: input, intake, scorer, policy, summary, outputs });
   } finally {
-    await filter.close();
+    await Promise.all([filter.close(), input.close()]);
   }
 }
+
+const inputSpecs = (options: FilterJobOptions): readonly string[] =>
+  typeof options.input === 'string' ? [options.input] : options.input;
 
 /** The output checked (nothing written yet), the input opened and the filter (model) opened, in that order. */
 async function openInputs(options: FilterJobOptions, policy: Policy, metrics: ReturnType<typeof scoredMetrics>) {
   const { resume, overwrite, topFraction } = options;
   const prepareOutput = await checkOutput(options.out, { resume, overwrite, topFraction: topFraction !== undefined });
-  const input = await openInput(options.input, options.inputFormat, options.pair, {
-    maxSampleBytes: options.maxSampleBytes,
-  });
-  if (options.keepShardNames) await checkKeepShardNames(options, input);
-  const filter: MlmFilter = await openFilter({
-    model: options.model,
-    policy,
-    metrics,
-    // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu (scorer.fallbackToCpu).
-    scorer: { ...options.scorer, fallbackToCpu: options.scorer?.fallbackToCpu ?? false },
-    intake: options.intake,
+  const { source: input, items } = await openRunInputs(inputSpecs(options), {
+    format: options.inputFormat,
     pair: options.pair,
-    concurrency: options.concurrency,
+    read: { maxSampleBytes: options.maxSampleBytes },
+    // http(s) inputs go through the image fetcher's address guard and its `--allow-address` rules: one policy.
+    http: { allowAddresses: options.intake?.allowAddresses, userAgent: options.intake?.userAgent },
   });
-  return { input, filter, prepareOutput };
+  try {
+    if (options.keepShardNames) checkKeepShardNames(options, items);
+    const filter: MlmFilter = await openFilter({
+      model: options.model,
+      policy,
+      metrics,
+      // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu (scorer.fallbackToCpu).
+      scorer: { ...options.scorer, fallbackToCpu: options.scorer?.fallbackToCpu ?? false },
+      intake: options.intake,
+      pair: options.pair,
+      concurrency: options.concurrency,
+    });
+    return { input, filter, prepareOutput };
+  } catch (err) {
+    await input.close();
+    throw err;
+  }
 }
 
 /** The run's sinks in --out; a top-fraction run's first pass writes its accepts to `staging` instead of `curated`. */
@@ -264,9 +263,14 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
 /** The run's summary, also written durably to --out/summary.json with what the run was given. */
 async function summarise(
   options: FilterJobOptions,
-  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'> & { outputs?: PoolOutputsSummary },
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'> & {
+    inputs: InputSource;
+    outputs?: PoolOutputsSummary;
+  },
 ): Promise<RunSummary> {
   const { source, intake, policy, summary } = run;
+  const inputs = run.inputs.report();
+  warnTruncated(options, inputs.truncatedShards);
   const top = options.topFraction;
   const result: RunSummary = {
     ...summary.summary(),
@@ -277,6 +281,8 @@ async function summarise(
   const file = {
     ...result,
     input: options.input,
+    // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
+    inputs: { count: inputs.count, truncatedShards: inputs.truncatedShards },
     model: run.scorer.model,
     policy: {
       ...(top ? { topFraction: top } : {}),
@@ -300,15 +306,23 @@ async function summarise(
 }
 
 /** --keep-shard-names: refused where it cannot hold (before anything is written), else the input names checked. */
-async function checkKeepShardNames(options: FilterJobOptions, input: Source): Promise<void> {
+function checkKeepShardNames(options: FilterJobOptions, items: readonly InputItem[]): void {
   const refuse = (why: string) => {
     throw new FilterError('bad_usage', `--keep-shard-names ${why}`, { input: options.input });
   };
-  if (!(input instanceof WebDatasetSource))
+  if (items.some((item) => item.format !== 'webdataset'))
     refuse('names curated shards after input shards: the input is not WebDataset');
   // A resumed run would write a second part of a shard already named (its samples cannot be joined to it).
   if (options.resume) refuse('cannot --resume (a stopped run is re-run with --overwrite)');
-  checkKeptShardNames(await listShards([options.input]));
+  checkKeptShardNames(items.map((item) => item.name));
+}
+
+function warnTruncated(options: FilterJobOptions, cut: InputReport['truncatedShards']): void {
+  for (const t of cut) {
+    const message = `warning: shard ${t.shard} is truncated at byte ${t.offset} (${t.message}); ${t.samplesRead} samples read`;
+    if (options.logger) options.logger.warn(message, { ...t });
+    else process.stderr.write(`mlm-filter: ${message}\n`);
+  }
 }
 
 /**

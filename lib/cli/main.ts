@@ -135,11 +135,19 @@ function addFilterCommand(program: Command): void {
   program
     .command('filter')
     .description('score pairs from a JSONL file or WebDataset shards; write curated shards, rejects and a summary')
-    .requiredOption('--input <path>', 'JSONL file, - for stdin, a WebDataset .tar shard or a directory of shards')
+    .addOption(
+      new Option(
+        '--input <path>',
+        'what to read, repeatable: JSONL, - for stdin, tar shards or a directory of them, brace lists ' +
+          "('shards/{00000..00099}.tar'), s3://bucket/key or s3://bucket/prefix/, http(s) URLs; plain or gzip",
+      )
+        .argParser(collect)
+        .makeOptionMandatory(),
+    )
     .requiredOption('--out <dir>', 'output directory (curated/, rejects.jsonl, summary.json), created when missing')
     .requiredOption('--model <dir>', 'exported model directory, or a hub id with a cached export')
     .addOption(
-      opt('--input-format <fmt>', 'input format', 'by extension: .tar or a directory is webdataset').choices([
+      opt('--input-format <fmt>', 'input format (stdin, and what every input must be)', 'by content').choices([
         'jsonl',
         'webdataset',
       ]),
@@ -171,9 +179,11 @@ function addFilterCommand(program: Command): void {
       ).argParser(metricsArg),
     )
     .addOption(
-      opt('--allow-address <cidr|host:port>', 'open a blocked address for image fetches, repeatable', 'none').argParser(
-        collect,
-      ),
+      opt(
+        '--allow-address <cidr|host:port>',
+        'open a blocked address for image and http(s) input fetches, repeatable',
+        'none',
+      ).argParser(collect),
     )
     .addOption(
       opt('--user-agent <ua>', 'User-Agent for image fetches', 'mlm-filter-stream/0.1 (image-text pair filtering)'),

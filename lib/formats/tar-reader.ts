@@ -94,6 +94,8 @@ export interface TarBytes {
   /** Moves `n` bytes forward without keeping them; returns how many there were (fewer at the end). */
   skip(n: number): Promise<number>;
   close(): Promise<void>;
+  /** True once the bytes ended because their source was cut (a gzip stream without its end), not at its end. */
+  cut?(): boolean;
 }
 
 /** A local tar file as TarBytes. */
@@ -276,7 +278,12 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
   for (;;) {
     const offset = pos;
     const got = await read(header);
-    if (got === 0) return; // no end-of-archive blocks: accepted when the shard ends between members
+    // An empty shard holds nothing; one that ends between members without its end-of-archive blocks was cut (a
+    // copy or download stopped at a member boundary): what follows is missing, as GNU tar says.
+    if (got === 0) {
+      if (bytes.cut?.()) return yield truncated(offset, 'its compressed stream ends early (unexpected end of file)');
+      return offset === 0 ? undefined : yield truncated(offset, 'the shard ends without its end-of-archive blocks');
+    }
     if (got < BLOCK) return yield truncated(offset, 'the shard ends inside a header');
     const h = parseHeader(header, offset, longName, pax);
     if (h === 'end') return;
@@ -302,7 +309,12 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
     const regular = typeflag === '0' || typeflag === '\0' || typeflag === '7';
     if (!regular || size > maxMemberBytes) {
       if (regular) yield { type: 'member', name, size, offset };
-      await skip(size + pad);
+      const moved = await skip(size + pad);
+      // Cut inside what it skips: the shard is truncated there, whatever the member would have been worth.
+      if (moved < size) {
+        const message = `the shard ends inside member ${JSON.stringify(name)} (${moved} of ${size} bytes)`;
+        return yield truncated(offset, message, name);
+      }
       continue;
     }
     let state: 'unread' | 'read' | 'cut' = 'unread';
@@ -325,6 +337,9 @@ async function* readMembers(bytes: TarBytes, maxMemberBytes: number): AsyncGener
       const message = `the shard ends inside member ${JSON.stringify(name)} (${have} of ${size} bytes)`;
       return yield truncated(offset, message, name);
     }
-    await skip(pad);
+    // The member is whole; the shard ending inside its padding is cut all the same (what followed is missing).
+    if ((await skip(pad)) < pad) {
+      return yield truncated(pos, `the shard ends inside the padding after member ${JSON.stringify(name)}`);
+    }
   }
 }

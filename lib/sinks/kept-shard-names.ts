@@ -16,9 +16,9 @@ const KEPT_STEM = /^(?!shard-\d)[A-Za-z0-9][A-Za-z0-9_-]{0,99}$/;
 
 export const isKeptStem = (stem: string) => KEPT_STEM.test(stem);
 
-/** The curated shard name an input shard keeps: its basename without `.tar`. */
+/** The curated shard name an input shard keeps: its basename without `.tar` (or `.tar.gz`, `.tgz`). */
 export function keptStem(shardPath: string): string {
-  return basename(shardPath).replace(/\.tar$/i, '');
+  return basename(shardPath).replace(/\.(tar|tar\.gz|tgz)$/i, '');
 }
 
 /**

@@ -48,6 +48,16 @@ export interface TarShard {
   open(): Promise<TarBytes>;
 }
 
+/** A shard that ended before its end (cut inside a member, or without its end-of-archive blocks). */
+export interface TruncatedShard {
+  readonly shard: string;
+  /** Where the missing part starts (the header that is cut, or the end of the last whole member). */
+  readonly offset: number;
+  /** Samples read whole before the cut (the sample being read when it came is not one of them). */
+  readonly samplesRead: number;
+  readonly message: string;
+}
+
 /** Expands directories into their .tar files. */
 export async function listShards(paths: readonly string[]): Promise<string[]> {
   const out: string[] = [];
@@ -81,6 +91,9 @@ function splitName(name: string): [string, string] {
  * on with the next sample or shard.
  */
 export class WebDatasetSource implements Source {
+  /** The shards read so far that ended before their end (each is also one `truncated_shard` reject). */
+  readonly truncated: TruncatedShard[] = [];
+
   private constructor(
     private readonly shards: readonly (string | TarShard)[],
     private readonly options: WebDatasetReadOptions,
@@ -109,7 +122,8 @@ export class WebDatasetSource implements Source {
     };
     for (const shard of this.shards) {
       const path = typeof shard === 'string' ? shard : shard.path;
-      for await (const item of readSamples(shard, limits, admission, signal)) {
+      const onTruncated = (t: TruncatedShard) => this.truncated.push(t);
+      for await (const item of readSamples(shard, limits, admission, signal, onTruncated)) {
         if (signal.aborted) return;
         // The reader is about to wait for room: what it read so far goes out first (its bytes may be the room).
         if (item === STARVED) {
@@ -169,7 +183,9 @@ async function* readSamples(
   limits: Limits,
   admission: ByteAdmission | undefined,
   signal: AbortSignal,
+  onTruncated?: (t: TruncatedShard) => void,
 ): AsyncGenerator<ReadItem> {
+  let samplesRead = 0;
   const path = typeof shard === 'string' ? shard : shard.path;
   let input: string | TarBytes = path;
   if (typeof shard !== 'string') {
@@ -187,6 +203,7 @@ async function* readSamples(
     for (const ext of Object.keys(s.members)) delete s.members[ext];
   };
   const finish = (s: Current): ReadItem => {
+    samplesRead++;
     if (!s.problem) return { sample: { key: s.key, members: s.members }, bytes: s.bytes };
     letGo(s);
     return { sample: overLimit(s, path, limits), bytes: 0 };
@@ -198,12 +215,20 @@ async function* readSamples(
       // The sample being read when the shard ended is incomplete: it is part of the unreadable rest.
       if (current && current.key !== key) yield finish(current);
       else if (current) letGo(current);
+      const cut = entry.kind === 'truncated_shard';
       const sample = unreadable(
         key ?? `@${entry.offset}`,
         entry.kind,
-        `shard ${path} is unreadable from byte ${entry.offset}: ${entry.message}`,
-        { shard: path, offset: entry.offset, ...(entry.name !== undefined ? { member: entry.name } : {}) },
+        `shard ${path} is unreadable from byte ${entry.offset}: ${entry.message}` +
+          (cut ? ` (${samplesRead} samples read before it)` : ''),
+        {
+          shard: path,
+          offset: entry.offset,
+          ...(entry.name !== undefined ? { member: entry.name } : {}),
+          ...(cut ? { samplesRead } : {}),
+        },
       );
+      if (cut) onTruncated?.({ shard: path, offset: entry.offset, samplesRead, message: entry.message });
       return yield { sample, bytes: 0 };
     }
     const { name, size, offset } = entry;

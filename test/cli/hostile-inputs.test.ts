@@ -109,16 +109,22 @@ test('a directory with a good, a truncated and an 8 GiB-member shard: good sampl
   for (const c of run.curated) assert.equal(typeof c.scores.itm, 'number', c.id);
   // The bad parts are rejects naming the shard and the offset.
   assert.equal(run.rejects.length, 2);
-  const truncated = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'truncated_shard');
+  const truncated = run.rejects.find((e) => e.reasons[0]?.detail?.shard === join(shards, '001.tar'));
+  assert.equal(truncated?.reasons[0]?.detail?.kind, 'truncated_shard');
   assert.equal(truncated?.reasons[0]?.code, 'invalid_record');
   assert.equal(truncated?.reasons[0]?.detail?.shard, join(shards, '001.tar'));
   assert.equal(truncated?.reasons[0]?.detail?.offset, t0.length);
   assert.deepEqual(truncated?.source, { kind: 'webdataset', path: join(shards, '001.tar'), key: 't1' });
-  const large = run.rejects.find((e) => e.reasons[0]?.detail?.kind === 'member_too_large');
+  // h1's image is over the member limit (skipped unread), and the shard ends inside it: a truncated shard.
+  const large = run.rejects.find((e) => e.reasons[0]?.detail?.shard === join(shards, '002.tar'));
   assert.equal(large?.reasons[0]?.code, 'invalid_record');
-  assert.equal(large?.reasons[0]?.detail?.shard, join(shards, '002.tar'));
+  assert.equal(large?.reasons[0]?.detail?.kind, 'truncated_shard');
   assert.equal(large?.reasons[0]?.detail?.offset, h0.length);
-  assert.equal(large?.reasons[0]?.detail?.size, 8 * 1024 ** 3);
+  assert.equal(large?.reasons[0]?.detail?.member, 'h1.jpg');
+  assert.deepEqual(
+    run.summary.inputs.truncatedShards.map((t: { shard: string }) => t.shard),
+    [join(shards, '001.tar'), join(shards, '002.tar')],
+  );
   // summary.json counts them all.
   assert.equal(run.summary.records, 8);
   assert.equal(run.summary.decisions.accept, 6);

@@ -61,18 +61,21 @@ test('a directory with a good, a truncated and an 8 GiB-member shard: every good
   assert.deepEqual(ok, ['a0', 'a1', 'b0', 'c0', 'e0']);
   const bad = results.filter((r) => r.reason);
   assert.equal(bad.length, 2);
-  const truncated = bad.find((r) => r.reason!.detail?.kind === 'truncated_shard')!;
+  const truncated = bad.find((r) => r.reason!.detail?.shard === join(dir, 'b.tar'))!;
+  assert.equal(truncated.reason!.detail!.kind, 'truncated_shard');
   assert.equal(truncated.reason!.code, 'invalid_record');
   assert.equal(truncated.reason!.detail!.shard, join(dir, 'b.tar'));
   assert.equal(truncated.reason!.detail!.offset, b0.length + b1jpg.length);
   assert.equal(truncated.reason!.detail!.member, 'b1.txt');
   assert.match(truncated.reason!.message, /b\.tar is unreadable from byte \d+/);
   assert.match(truncated.id, /^invalid-[0-9a-f]{24}$/);
-  const large = bad.find((r) => r.reason!.detail?.kind === 'member_too_large')!;
-  assert.equal(large.reason!.detail!.shard, join(dir, 'c.tar'));
+  // c1's image is over the member limit and skipped unread, but the shard ends inside it: the shard is truncated.
+  const large = bad.find((r) => r.reason!.detail?.shard === join(dir, 'c.tar'))!;
+  assert.equal(large.reason!.detail!.kind, 'truncated_shard');
   assert.equal(large.reason!.detail!.offset, c0.length);
-  assert.equal(large.reason!.detail!.size, 8 * 1024 ** 3);
-  assert.equal(large.reason!.detail!.limit, 64 * 1024 * 1024);
+  assert.equal(large.reason!.detail!.member, 'c1.jpg');
+  assert.equal(large.reason!.detail!.samplesRead, 1);
+  assert.match(large.reason!.message, /ends inside member "c1\.jpg" \(1024 of 8589934592 bytes\)/);
   // The rejects' origins name the shard and the sample.
   const origins = records.filter((_, i) => results[i]!.reason).map((r) => r.origin);
   assert.deepEqual(origins, [
