@@ -25,6 +25,7 @@ import { checkOutput, ResumedSource } from './run-output.ts';
 import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run-summary.ts';
 import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
 import { applyTopFraction } from './top-fraction.ts';
+import { toolInfo } from '../formats/curated-sample.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -256,6 +257,7 @@ async function summarise(
   };
   const file = {
     ...result,
+    tool: toolInfo(),
     input: options.input,
     model: run.scorer.model,
     policy: {
