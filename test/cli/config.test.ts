@@ -213,3 +213,15 @@ test('--version on mlm-filter and on every command prints the package version, e
   // Before the required options are checked.
   assert.equal(cli(['filter', '--version']).out, `${VERSION}\n`);
 });
+
+test("README's example config is accepted as written", { skip }, () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('#### Configuration file'));
+  const example = /```json\n([\s\S]*?)\n```/.exec(section)![1]!;
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-config-'));
+  const r = filter(join(dir, 'out'), '--config', writeConfig(dir, 'readme.json', example), '--print-config');
+  assert.equal(r.code, 0, r.err);
+  const printed = JSON.parse(r.out) as { policy: unknown; scorer: unknown };
+  assert.deepEqual(printed.policy, { thresholds: ['itm>=50', 'odf>=20'], combine: 'and' });
+  assert.deepEqual(printed.scorer, { batchSize: 16 });
+});
