@@ -9,6 +9,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { formatThreshold } from '../../lib/policy/index.ts';
+import { policyFromConfig, type WorkerConfig } from '../../lib/worker/config.ts';
 import { readRun } from '../helpers/cli-output.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
@@ -224,4 +226,18 @@ test("README's example config is accepted as written", { skip }, () => {
   const printed = JSON.parse(r.out) as { policy: unknown; scorer: unknown };
   assert.deepEqual(printed.policy, { thresholds: ['itm>=50', 'odf>=20'], combine: 'and' });
   assert.deepEqual(printed.scorer, { batchSize: 16 });
+});
+
+test('worker: a fraction in --thresholds stops it at start with the hint; MLMF_ALLOW_FRACTION_THRESHOLDS opts in', () => {
+  const args = ['worker', '--bucket', 'b', '--sqs-queue-url', 'http://127.0.0.1:1/q', '--audit-topic', 'a'];
+  const r = cli([...args, '--brokers', '127.0.0.1:1', '--health-port', '0', '--thresholds', 'itm>=0.5,odf>=20']);
+  const line = oneLineError(r, 'worker_config');
+  assert.match(
+    line,
+    /MLMF_THRESHOLDS: threshold itm>=0\.5 .*did you mean itm>=50\? \(MLMF_ALLOW_FRACTION_THRESHOLDS=true/,
+  );
+  const config = { thresholds: 'itm>=0.5,odf>=20' } as WorkerConfig;
+  assert.throws(() => policyFromConfig(config), /did you mean itm>=50\?/);
+  const policy = policyFromConfig({ ...config, allowFractionThresholds: true });
+  assert.deepEqual(policy.thresholds.map(formatThreshold), ['itm>=0.5', 'odf>=20']);
 });
