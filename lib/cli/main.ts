@@ -294,8 +294,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
     inputFormat: flags.inputFormat ?? config.inputFormat,
     metrics: flags.metrics ?? config.metrics,
     topFraction: flags.topFraction
-      ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
-      : config.topFraction,
+      ? { fraction: flags.topFraction, metric: flags.topMetric ?? config.topFraction?.metric ?? 'itm' }
+      : config.topFraction && { ...config.topFraction, ...(flags.topMetric ? { metric: flags.topMetric } : {}) },
     policy: {
       thresholds: flags.threshold ?? config.policy?.thresholds,
       combine: flags.combine ?? config.policy?.combine,
