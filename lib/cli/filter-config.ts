@@ -4,7 +4,7 @@
  * addresses), before anything else happens. Every problem is one `bad_config` line naming the file and the key's
  * path, e.g. `policy.thresholds[0].op`: an unknown key or a bad value is never ignored, and never half-applied.
  */
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import { parseAllowAddress } from '../intake/index.ts';
 import { parseThreshold, type Threshold } from '../policy/index.ts';
@@ -47,11 +47,29 @@ function keyPathsOf(schema: Json, prefix = ''): string[] {
 export async function readFilterConfig(path: string): Promise<FilterConfig> {
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(path, 'utf8'));
+    raw = JSON.parse(await readBounded(path));
   } catch (err) {
     throw new FilterError('bad_config', `cannot read config ${path}: ${(err as Error).message}`, { path });
   }
   return checkFilterConfig(raw, path);
+}
+
+/** Largest config file read: far above any real one, and a bound on `--config /dev/zero` or a runaway pipe. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/** The file's text, read to its end (a pipe such as `--config <(...)` too) but never past MAX_CONFIG_BYTES. */
+async function readBounded(path: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 64 * 1024 }) as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_CONFIG_BYTES) throw new Error(`larger than ${MAX_CONFIG_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  // An editor's byte-order mark is not JSON, nor a reason to refuse the file.
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/^\uFEFF/, '');
 }
 
 /** Validates a parsed config object (`label` names it in messages); the result has its thresholds parsed. */

@@ -79,6 +79,13 @@ test('a config the schema refuses is one bad_config line naming the key, exit 2,
     assert.ok(line.includes(path), `the line names the file: ${line}`);
     assert.equal(existsSync(missing), false, `case ${i} created --out`);
   });
+  // A device or a runaway pipe is cut at 1 MiB, not read into memory; an editor's byte-order mark is accepted.
+  assert.match(
+    oneLineError(filter(join(dir, 'z'), '--config', '/dev/zero'), 'bad_config'),
+    /larger than 1048576 bytes/,
+  );
+  const bom = writeConfig(dir, 'bom.json', '\uFEFF{"concurrency": 3}');
+  assert.equal(JSON.parse(filter(join(dir, 'z'), '--config', bom, '--print-config').out).concurrency, 3);
   // An existing empty --out stays empty (each run costs a process start: two cases are enough).
   for (const config of [{ concurrency: 0 }, { policy: { combine: 'xor' } }]) {
     const empty = mkdtempSync(join(dir, 'empty-'));
