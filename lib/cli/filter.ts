@@ -127,19 +127,26 @@ async function runInLockedOutput(
   metrics: ReturnType<typeof scoredMetrics>,
 ): Promise<RunSummary> {
   const { input, scorer, prepareOutput } = await openInputs(options, metrics);
+  let intake: Intake | undefined;
+  let passesStarted = false;
   try {
     checkScorerCovers(policy, scorer);
+    // Built before --out is touched: an option it refuses (a native JPEG decoder the model's resampling cannot use)
+    // must fail the run before --overwrite has removed the previous one.
+    intake = openIntake(options, scorer);
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
     });
     const previous = await prepareOutput();
     const source = previous ? new ResumedSource(input, previous.ids, options.pair) : input;
-    const intake = openIntake(options, scorer);
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
+    passesStarted = true;
     await runPasses(options, { source, intake, scorer, policy, sinks, summary });
     return await summarise(options, { source, intake, scorer, policy, summary });
   } finally {
+    // runPasses closes the intake it was given; one built for a run that never got there is closed here.
+    if (!passesStarted) await intake?.close();
     await scorer.close();
   }
 }

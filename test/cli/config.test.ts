@@ -5,7 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -248,3 +257,32 @@ test('worker: a fraction in --thresholds stops it at start with the hint; MLMF_A
   const policy = policyFromConfig({ ...config, allowFractionThresholds: true });
   assert.deepEqual(policy.thresholds.map(formatThreshold), ['itm>=0.5', 'odf>=20']);
 });
+
+test(
+  'an option the intake refuses fails the run before --out is touched: --overwrite keeps the previous run',
+  {
+    skip,
+  },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mlmf-config-'));
+    // The tiny model with nearest resampling, which the native JPEG path does not have.
+    const nearest = join(dir, 'model');
+    mkdirSync(nearest);
+    for (const name of readdirSync(model)) symlinkSync(join(model, name), join(nearest, name));
+    const pre = JSON.parse(readFileSync(join(model, 'preprocessor_config.json'), 'utf8')) as Record<string, unknown>;
+    rmSync(join(nearest, 'preprocessor_config.json'));
+    writeFileSync(join(nearest, 'preprocessor_config.json'), JSON.stringify({ ...pre, resample: 0 }));
+    const run = (out: string, ...flags: string[]) =>
+      cli(['filter', '--input', input, '--out', out, '--model', nearest, '--progress', 'none', ...flags]);
+
+    const out = join(dir, 'out');
+    assert.equal(run(out).code, 0);
+    const before = readFileSync(join(out, 'summary.json'), 'utf8');
+    const line = oneLineError(run(out, '--overwrite', '--jpeg-decoder', 'native'), 'invalid_option');
+    assert.match(line, /jpegDecoder native is not available: the native path has no nearest resampling/);
+    assert.equal(readFileSync(join(out, 'summary.json'), 'utf8'), before);
+    const fresh = join(dir, 'fresh');
+    oneLineError(run(fresh, '--jpeg-decoder', 'native'), 'invalid_option');
+    assert.equal(existsSync(fresh), false);
+  },
+);
