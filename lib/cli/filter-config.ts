@@ -6,7 +6,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import { parseAllowAddress } from '../intake/index.ts';
+import { parseAllowAddress } from '../intake/address-guard.ts';
 import { parseThreshold, type Threshold } from '../policy/index.ts';
 import { CLI_METRICS, parseMetricSelection } from '../policy/metric-selection.ts';
 import { publishedSchema } from '../support/package-info.ts';

@@ -11,7 +11,7 @@ import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types
 import type { FilterJobOptions } from './filter.ts';
 import { addBackfillCommands } from './backfill.ts';
 import { fractionThreshold, fractionThresholdMessage } from '../policy/fraction-thresholds.ts';
-import { readFilterConfig, type FilterConfig } from './filter-config.ts';
+import type { FilterConfig } from './filter-config.ts';
 import { addOpsCommands } from './ops.ts';
 import { addVersionOptions } from './version.ts';
 import { configureUsage, reportError, shownDefault, withQuotingHint } from './usage.ts';
@@ -280,7 +280,10 @@ function addFilterCommand(program: Command): void {
 /** Runs `mlm-filter filter` with its parsed flags (a --config file fills what they leave out). */
 async function filterAction(flags: OptionValues): Promise<void> {
   await checkOutDir(flags.out);
-  const config: FilterConfig = flags.config ? await readFilterConfig(flags.config) : {};
+  // Loaded with --config only: ajv and the schema stay off the path of --help.
+  const config: FilterConfig = flags.config
+    ? await (await import('./filter-config.ts')).readFilterConfig(flags.config)
+    : {};
   // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short.
   const stops = stopSignals(() => {
     process.stderr.write('stopped at once: pairs in flight were dropped (--resume scores them)\n');
