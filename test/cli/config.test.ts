@@ -286,3 +286,76 @@ test(
     assert.equal(existsSync(fresh), false);
   },
 );
+
+test('every key the schema allows reaches the run: a config setting all of them is printed back whole', () => {
+  const every = {
+    inputFormat: 'jsonl',
+    policy: { thresholds: ['itm>=40', 'su>=0.5'], combine: 'or' },
+    allowFractionThresholds: true,
+    metrics: ['itm', 'ctq', 'su'],
+    topFraction: { fraction: 0.5, metric: 'ctq' },
+    intake: {
+      userAgent: 'test-crawler/1.0 (ops@example.com)',
+      connectTimeoutMs: 1001,
+      headersTimeoutMs: 1002,
+      bodyTimeoutMs: 1003,
+      totalTimeoutMs: 1004,
+      maxBytes: 1005,
+      maxRedirects: 1,
+      retries: 0,
+      retryBaseDelayMs: 11,
+      maxRetryDelayMs: 12,
+      perHostConcurrency: 2,
+      allowAddresses: ['127.0.0.1:9000', '10.0.0.0/8'],
+      maxPixels: 1006,
+      minSide: 3,
+      maxAspectRatio: 4.5,
+      maxIdleTensors: 0,
+      keepSharpCache: true,
+      jpegDecoder: 'sharp',
+      jpegDctScaling: true,
+      jpegMaxScans: 50,
+    },
+    scorer: {
+      batchSize: 3,
+      metrics: ['itm'],
+      workers: 1,
+      referenceMode: true,
+      whitespaceLead: false,
+      executionProvider: 'cpu',
+      fallbackToCpu: false,
+      intraOpThreads: 2,
+      interOpThreads: 1,
+      dtype: 'fp32',
+      profilePrefix: 'prof',
+    },
+    pair: { maxCaptionChars: 100, maxRecordBytes: 2000, maxMetadataDepth: 4, maxMetadataBytes: 500 },
+    concurrency: 3,
+    maxSampleBytes: 4000,
+    maxPendingBytes: 8000,
+    samplesPerShard: 5,
+    progress: 'log',
+    resume: true,
+    overwrite: false,
+    breakLock: true,
+  };
+  const schema = JSON.parse(readFileSync(join(root, 'schema/filter-config.schema.json'), 'utf8'));
+  const keyPaths = (s: { properties?: Record<string, object> }, prefix = ''): string[] =>
+    Object.entries(s.properties ?? {}).flatMap(([k, sub]) => [`${prefix}${k}`, ...keyPaths(sub, `${prefix}${k}.`)]);
+  const given = (o: object, prefix = ''): string[] =>
+    Object.entries(o).flatMap(([k, v]) => [
+      `${prefix}${k}`,
+      ...(v && typeof v === 'object' && !Array.isArray(v) ? given(v, `${prefix}${k}.`) : []),
+    ]);
+  assert.deepEqual(given(every).sort(), keyPaths(schema).sort(), 'this config sets every key of the schema');
+
+  const dir = mkdtempSync(join(tmpdir(), 'mlmf-config-'));
+  const r = cli(
+    ['filter', '--input', input, '--out', join(dir, 'out'), '--model', model, '--config'].concat(
+      writeConfig(dir, 'every.json', every),
+      '--print-config',
+    ),
+  );
+  assert.equal(r.code, 0, r.err);
+  assert.deepEqual(JSON.parse(r.out), { ...every, policy: { thresholds: ['itm>=40', 'su>=0.5'], combine: 'or' } });
+});
