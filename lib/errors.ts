@@ -39,7 +39,7 @@ export const ERRORS = {
   unknown_metric: usage('a metric name that is not itm, odf, ctq, su or a full key'),
   unknown_format: usage('a conversation format the prompts do not have'),
   invalid_allow_address: usage('an --allow-address that is neither a CIDR nor host:port'),
-  bad_config: config('a --config file that cannot be read or has unknown keys'),
+  bad_config: config('a --config file that cannot be read, or that schema/filter-config.schema.json refuses'),
   worker_config: config("the worker's environment is incomplete or inconsistent"),
   kafka_config: config('Kafka settings that cannot work (no brokers, no topic...)'),
   kafka_config_invalid: config('Kafka client options the client refuses'),

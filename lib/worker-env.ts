@@ -32,6 +32,7 @@ export const WORKER_ENV = {
   MLMF_MODEL_SHA256: 'required digest of the model archive',
   MLMF_THRESHOLDS: 'policy conditions, e.g. itm>=66,odf>=20',
   MLMF_COMBINE: 'and | or',
+  MLMF_ALLOW_FRACTION_THRESHOLDS: 'true: accept MLMF_THRESHOLDS values in (0, 1) (the scores are 0..100)',
   MLMF_METRICS: 'all | policy | comma-separated metrics',
   MLMF_EXECUTION_PROVIDER: EXECUTION_PROVIDER_CHOICES,
   MLMF_BATCH_SIZE: 'scorer batch',

@@ -26,6 +26,7 @@ import { SummaryCollector, formatSummary, type RunSummary } from '../metrics/run
 import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy/ranking.ts';
 import { applyTopFraction } from './top-fraction.ts';
 import { DecidedCounts, startProgress } from './progress.ts';
+import { toolInfo } from '../formats/curated-sample.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -280,6 +281,7 @@ async function summarise(
   };
   const file = {
     ...result,
+    tool: toolInfo(),
     input: options.input,
     // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
     inputs: { count: inputs.count, truncatedShards: inputs.truncatedShards },

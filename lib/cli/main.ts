@@ -11,8 +11,11 @@ import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types
 // The filter job pulls in onnxruntime, sharp, undici and the AWS SDK: loaded by its action, so --help stays fast.
 import type { FilterJobOptions } from './filter.ts';
 import { addBackfillCommands } from './backfill.ts';
+import { fractionThreshold, fractionThresholdMessage } from '../policy/fraction-thresholds.ts';
+import type { FilterConfig } from './filter-config.ts';
 import { addOpsCommands } from './ops.ts';
 import { addPublishCommands } from './publish.ts';
+import { addVersionOptions } from './version.ts';
 import { configureUsage, reportError, shownDefault, withQuotingHint } from './usage.ts';
 
 /** Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 130 interrupted. */
@@ -128,6 +131,7 @@ export function buildProgram(): Command {
   addOpsCommands(program);
   addBackfillCommands(program);
   addPublishCommands(program);
+  addVersionOptions(program);
   return program;
 }
 
@@ -272,7 +276,22 @@ function addFilterCommand(program: Command): void {
         'off',
       ).conflicts('resume'),
     )
-    .addOption(opt('--config <file>', 'JSON file with the same options (flags win)', 'none'))
+    .addOption(
+      opt(
+        '--config <file>',
+        'JSON file with the same options (flags win), checked against schema/filter-config.schema.json',
+        'none',
+      ),
+    )
+    .addOption(
+      opt(
+        '--allow-fraction-thresholds',
+        'accept threshold values between 0 and 1 (the scores are 0..100: itm>=0.5 is refused as a likely itm>=50)',
+        'off',
+      ),
+    )
+    .addOption(opt('--print-config', 'print the effective options as a --config file and exit', 'off'))
+    .addOption(opt('--dry-run', 'check everything and list what would be read and written, then exit', 'off'))
     .addOption(opt('--progress <mode>', 'progress display', 'bar on a TTY, else log').choices(['bar', 'log', 'none']))
     .addOption(
       opt(
@@ -297,7 +316,10 @@ function addFilterCommand(program: Command): void {
 /** Runs `mlm-filter filter` with its parsed flags (a --config file fills what they leave out). */
 async function filterAction(flags: OptionValues): Promise<void> {
   await checkOutDir(flags.out);
-  const config = flags.config ? await readConfig(flags.config) : {};
+  // Loaded with --config only: ajv and the schema stay off the path of --help.
+  const config: FilterConfig = flags.config
+    ? await (await import('./filter-config.ts')).readFilterConfig(flags.config)
+    : {};
   // A second signal exits at once, whatever is in flight or blocked (stdin): --resume repairs what it cut short. The
   // scorer threads end first (one inference call at most): exiting under one aborts the process.
   const stops = stopSignals(() => {
@@ -312,8 +334,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
     inputFormat: flags.inputFormat ?? config.inputFormat,
     metrics: flags.metrics ?? config.metrics,
     topFraction: flags.topFraction
-      ? { fraction: flags.topFraction, metric: flags.topMetric ?? 'itm' }
-      : config.topFraction,
+      ? { fraction: flags.topFraction, metric: flags.topMetric ?? config.topFraction?.metric ?? 'itm' }
+      : config.topFraction && { ...config.topFraction, ...(flags.topMetric ? { metric: flags.topMetric } : {}) },
     policy: {
       thresholds: flags.threshold ?? config.policy?.thresholds,
       combine: flags.combine ?? config.policy?.combine,
@@ -349,6 +371,9 @@ async function filterAction(flags: OptionValues): Promise<void> {
     signal: stops.signal,
     abort: stops.abort,
   };
+  const allowFractionThresholds: boolean | undefined = flags.allowFractionThresholds ?? config.allowFractionThresholds;
+  refuseFractionThresholds(options, allowFractionThresholds);
+  if (flags.printConfig || flags.dryRun) return planFilter({ ...options, allowFractionThresholds }, flags);
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);
   process.stdout.write(formatSummary(summary) + '\n');
@@ -357,6 +382,24 @@ async function filterAction(flags: OptionValues): Promise<void> {
     `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${table}${options.out}/summary.json\n`,
   );
   if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
+}
+
+const OPT_IN = '--allow-fraction-thresholds, or "allowFractionThresholds": true in a --config file,';
+
+/** `--threshold itm>=0.5` (the CLIPScore habit) refused with `did you mean itm>=50?`, unless opted in. */
+function refuseFractionThresholds(options: FilterJobOptions, allowed: boolean | undefined): void {
+  const fraction = fractionThreshold(options.policy?.thresholds ?? []);
+  if (!fraction || allowed) return;
+  throw new FilterError('bad_threshold', fractionThresholdMessage(fraction, OPT_IN), {
+    threshold: formatThreshold(fraction.found),
+  });
+}
+
+/** `--print-config` and `--dry-run`: print, touch nothing. */
+async function planFilter(options: FilterJobOptions & FilterConfig, flags: OptionValues): Promise<void> {
+  const { dryRun, effectiveConfig } = await import('./filter-plan.ts');
+  if (flags.printConfig) process.stdout.write(JSON.stringify(effectiveConfig(options), null, 2) + '\n');
+  if (flags.dryRun) process.stdout.write((await dryRun(options)).join('\n') + '\n');
 }
 
 function addPromptCommand(program: Command): void {
@@ -455,35 +498,6 @@ const flagKey = (flag: string) =>
     .replace(/^--/, '')
     .split(' ')[0]!
     .replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-
-async function readConfig(path: string): Promise<Partial<FilterJobOptions>> {
-  try {
-    let config = JSON.parse(await readFile(path, 'utf8')) as Partial<FilterJobOptions>;
-    if (config.metrics !== undefined) {
-      const raw = config.metrics as unknown;
-      if (typeof raw !== 'string' && !(Array.isArray(raw) && raw.every((m) => typeof m === 'string'))) {
-        throw new FilterError('bad_metrics', `${path}: metrics must be "all", "policy" or a list of metric names`, {
-          path,
-        });
-      }
-      config = { ...config, metrics: parseMetricSelection(raw, { ...CLI_METRICS, name: `${path}: metrics` }) };
-    }
-    if (config.policy?.thresholds) {
-      const raw = config.policy.thresholds as unknown[];
-      return {
-        ...config,
-        policy: {
-          ...config.policy,
-          thresholds: raw.map((t) => (typeof t === 'string' ? parseThreshold(t) : (t as Threshold))),
-        },
-      };
-    }
-    return config;
-  } catch (err) {
-    if (err instanceof FilterError) throw err;
-    throw new FilterError('bad_config', `cannot read config ${path}: ${(err as Error).message}`, { path });
-  }
-}
 
 /** Runs the CLI; returns the exit code instead of exiting, so tests can call it. */
 export async function main(argv: string[]): Promise<number> {

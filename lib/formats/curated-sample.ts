@@ -11,6 +11,7 @@ import {
   type AuditSource,
 } from './audit-event.ts';
 import { decodeJson, type Decoded, type Fields } from './decoded.ts';
+import { toolVersion } from '../support/package-info.ts';
 
 /** Largest `<key>.json` member read back (its caption, url and metadata are bounded by the record limit, 16 MiB). */
 export const SAMPLE_JSON_MAX_BYTES = 64 * 1024 * 1024;
@@ -30,7 +31,17 @@ export interface CuratedSampleMeta {
   metadata: Record<string, unknown>;
   /** Present when the caption was shortened to fit the model: it was scored on its first `kept_chars` characters. */
   caption_cut?: { original_chars: number; kept_chars: number };
+  /** The mlm-filter-stream release that decided the sample; absent in samples written before 0.1.0 recorded it. */
+  tool?: ToolInfo;
 }
+
+/** Which release of this tool wrote an output (curated samples, summary.json). */
+export interface ToolInfo {
+  name: string;
+  version: string;
+}
+
+export const toolInfo = (): ToolInfo => ({ name: 'mlm-filter-stream', version: toolVersion() });
 
 /** The metadata of an accepted outcome (with its pair and image) stored under `key`. */
 export function curatedSampleMeta(outcome: Outcome, key: string, model: ModelInfo): CuratedSampleMeta {
@@ -48,6 +59,7 @@ export function curatedSampleMeta(outcome: Outcome, key: string, model: ModelInf
     source: auditSource(outcome.record.origin),
     metadata: outcome.pair.metadata,
     ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
+    tool: toolInfo(),
   };
 }
 
@@ -66,6 +78,7 @@ export function decodeCuratedSample(value: string | Buffer): Decoded<CuratedSamp
 function curatedSampleFields(o: Fields): CuratedSampleMeta {
   const expected = o.objectOrNull('expected_scores');
   const captionCut = o.optionalObject('caption_cut');
+  const tool = o.optionalObject('tool');
   return {
     id: o.nonEmptyString('id'),
     key: o.string('key'),
@@ -79,5 +92,6 @@ function curatedSampleFields(o: Fields): CuratedSampleMeta {
     source: auditSourceFields(o.object('source')),
     metadata: o.object('metadata').raw,
     ...(captionCut ? { caption_cut: captionCutFields(captionCut) } : {}),
+    ...(tool ? { tool: { name: tool.string('name'), version: tool.string('version') } } : {}),
   };
 }

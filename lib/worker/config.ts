@@ -4,6 +4,7 @@ import type { WorkerEnvName } from '../worker-env.ts';
 import type { ImageIntake } from '../pipeline/index.ts';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../model/execution-providers.ts';
 import { formatThreshold, parseThresholds, Policy } from '../policy/index.ts';
+import { fractionThreshold, fractionThresholdMessage } from '../policy/fraction-thresholds.ts';
 import {
   parseMetricSelection,
   resolveMetricSelection,
@@ -136,6 +137,8 @@ export interface WorkerConfig {
    * PIL preprocessing bit for bit.
    */
   readonly jpegDctScaling?: boolean;
+  /** MLMF_ALLOW_FRACTION_THRESHOLDS: accept MLMF_THRESHOLDS values in (0, 1), refused by default as likely 0..1 habits. */
+  readonly allowFractionThresholds?: boolean;
   /** Injected scorer (tests, benchmarks); otherwise the MLM scorer is loaded from modelDir. */
   readonly scorer?: Scorer;
   /** Injected image intake (benchmarks); otherwise lib/intake. */
@@ -249,6 +252,7 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),
     jpegDecoder: jpegDecoder(e('MLMF_JPEG_DECODER')),
     jpegDctScaling: bool(e('MLMF_JPEG_DCT_SCALING'), l('MLMF_JPEG_DCT_SCALING')),
+    allowFractionThresholds: bool(e('MLMF_ALLOW_FRACTION_THRESHOLDS'), l('MLMF_ALLOW_FRACTION_THRESHOLDS')),
   };
   return config;
 }
@@ -266,10 +270,13 @@ const ENV_METRICS: SelectionSource = { name: 'MLMF_METRICS', code: 'worker_confi
 
 /** The worker's policy, from MLMF_THRESHOLDS and MLMF_COMBINE (defaults: the paper's itm>=66 AND odf>=20). */
 export function policyFromConfig(c: WorkerConfig): Policy {
-  return new Policy({
-    ...(c.thresholds ? { thresholds: parseThresholds(c.thresholds) } : {}),
-    ...(c.combine ? { combine: c.combine } : {}),
-  });
+  const thresholds = c.thresholds ? parseThresholds(c.thresholds) : undefined;
+  const fraction = fractionThreshold(thresholds ?? []);
+  if (fraction && !c.allowFractionThresholds) {
+    const message = fractionThresholdMessage(fraction, 'MLMF_ALLOW_FRACTION_THRESHOLDS=true');
+    throw new FilterError('worker_config', `MLMF_THRESHOLDS: ${message}`, { name: 'MLMF_THRESHOLDS' });
+  }
+  return new Policy({ ...(thresholds ? { thresholds } : {}), ...(c.combine ? { combine: c.combine } : {}) });
 }
 
 /**
