@@ -103,8 +103,14 @@ export class MlmFilter {
     }
     // image.s3 refs use the default AWS credential chain; MLMF_S3_ENDPOINT points at an S3-compatible server.
     const s3 = options.intake?.s3 ?? s3Client({ endpoint: process.env.MLMF_S3_ENDPOINT });
-    const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
-    return new MlmFilter(scorer, intake, policy, options);
+    try {
+      const intake = new Intake({ ...options.intake, s3 }, scorer.preprocess);
+      return new MlmFilter(scorer, intake, policy, options);
+    } catch (err) {
+      // An intake option refused (a native decoder the model's resampling lacks): the threads must not outlive it.
+      await scorer.close();
+      throw err;
+    }
   }
 
   get model(): ModelInfo {

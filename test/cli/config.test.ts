@@ -199,7 +199,7 @@ test(
     assert.equal(r.code, 0, r.err);
     assert.equal(existsSync(out), false);
     assert.match(r.out, /^dry run: nothing was scored or written$/m);
-    assert.ok(r.out.includes(`would read: JSONL ${input}`), r.out);
+    assert.ok(r.out.includes(`would read: 1 input(s), in this order\n  JSONL ${input}`), r.out);
     assert.ok(r.out.includes(`model: ${model} (qwen_instruct, fp32)`), r.out);
     assert.match(r.out, /^policy: su>=40; metrics: itm,odf,ctq,su$/m);
     assert.ok(r.out.includes(`would write: ${out}/curated/ (WebDataset shards), ${out}/rejects.jsonl`), r.out);
