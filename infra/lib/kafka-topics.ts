@@ -39,7 +39,7 @@ export interface KafkaTopicsProps {
 
 /**
  * Creates Kafka topics through a custom resource backed by functions/lambda/topic-provisioner.ts
- * (bundled locally with esbuild, no Docker).
+ * (pre-bundled in the construct package, bundled locally with esbuild in a checkout; never Docker).
  */
 export class KafkaTopics extends Construct {
   readonly handler: lambda.Function;
