@@ -6,6 +6,8 @@ export default tseslint.config(
   {
     ignores: [
       'dist/',
+      'infra/dist/',
+      'infra/worker-context/',
       'cdk.out/',
       'node_modules/',
       '.services/',

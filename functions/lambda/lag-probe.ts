@@ -17,22 +17,9 @@ import { readScramSecret } from '../../lib/kafka/scram-secret.ts';
 import { emfDocument } from '../../lib/metrics/emf.ts';
 import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION } from '../../lib/metrics/metric-names.ts';
 import { FilterError } from '../../lib/types.ts';
-import type { WorkerEnvName } from '../../lib/worker-env.ts';
+import type { LagProbeEnv, LagProbeEnvName } from './lag-probe-env.ts';
 
-/** The environment the probe reads: the same names, and meanings, as the worker's. */
-export type LagProbeEnvName = Extract<
-  WorkerEnvName,
-  | 'MLMF_BROKERS'
-  | 'MLMF_SOURCE_TOPIC'
-  | 'MLMF_GROUP_ID'
-  | 'MLMF_KAFKA_AUTH'
-  | 'MLMF_KAFKA_TLS'
-  | 'MLMF_KAFKA_SECRET_ARN'
-  | 'MLMF_PIPELINE'
-  | 'MLMF_METRICS_NAMESPACE'
-  | 'AWS_REGION'
->;
-export type LagProbeEnv = Partial<Record<LagProbeEnvName, string>>;
+export type { LagProbeEnv, LagProbeEnvName } from './lag-probe-env.ts';
 
 export interface LagProbeConfig {
   readonly brokers: readonly string[];

@@ -1,7 +1,8 @@
 import { Validations } from 'aws-cdk-lib';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { NodejsFunction, OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
 import type { Construct } from 'constructs';
+import { lambdaSource } from './package-assets.ts';
 
 /** What the stack's Kafka Lambdas (topic provisioner, lag probe) share: bundling, and their managed policies. */
 
@@ -12,7 +13,7 @@ import type { Construct } from 'constructs';
  */
 export const KAFKA_LAMBDA_RUNTIME = lambda.Runtime.NODEJS_24_X;
 
-/** How they are bundled. */
+/** How they are bundled: at synth in a checkout, at pack time for the construct package (scripts/construct-build.ts). */
 export const KAFKA_LAMBDA_BUNDLING: BundlingOptions = {
   // Local esbuild only: synth must work on machines without Docker.
   forceDockerBundling: false,
@@ -25,6 +26,34 @@ export const KAFKA_LAMBDA_BUNDLING: BundlingOptions = {
   // ESM bundles of CommonJS deps (kafkajs) need a require().
   banner: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
 };
+
+/**
+ * One of `functions/lambda/<name>`'s handler (export `handler`) as a function: in the construct package from its
+ * pre-bundled code (built with KAFKA_LAMBDA_BUNDLING when packed: the app needs neither esbuild nor Docker nor kafkajs),
+ * in a checkout bundled from the source at synth.
+ */
+export function kafkaLambda(
+  scope: Construct,
+  id: string,
+  name: string,
+  props: Omit<lambda.FunctionProps, 'code' | 'handler' | 'runtime'>,
+): lambda.Function {
+  const source = lambdaSource(name);
+  if (source.kind === 'bundle') {
+    const code = lambda.Code.fromAsset(source.directory);
+    return new lambda.Function(scope, id, { ...props, code, handler: 'index.handler', runtime: KAFKA_LAMBDA_RUNTIME });
+  }
+  const { entry, projectRoot, depsLockFilePath } = source;
+  return new NodejsFunction(scope, id, {
+    ...props,
+    entry,
+    projectRoot,
+    depsLockFilePath,
+    handler: 'handler',
+    runtime: KAFKA_LAMBDA_RUNTIME,
+    bundling: KAFKA_LAMBDA_BUNDLING,
+  });
+}
 
 /**
  * The AWS managed policies of a Lambda in the brokers' VPC, acknowledged for cdk-nag with what they allow, and its

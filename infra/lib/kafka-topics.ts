@@ -4,12 +4,10 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
-import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING, KAFKA_LAMBDA_RUNTIME } from './kafka-lambda.ts';
+import { acknowledgeVpcLambdaPolicies, kafkaLambda } from './kafka-lambda.ts';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import type { MskArns } from './msk.ts';
-import { lambdaEntry } from './package-assets.ts';
 import { grantSecretRead } from './worker-grants.ts';
 
 /** One topic the provisioner creates. */
@@ -41,19 +39,15 @@ export interface KafkaTopicsProps {
 
 /**
  * Creates Kafka topics through a custom resource backed by functions/lambda/topic-provisioner.ts
- * (bundled locally with esbuild, no Docker).
+ * (pre-bundled in the construct package, bundled locally with esbuild in a checkout; never Docker).
  */
 export class KafkaTopics extends Construct {
-  readonly handler: NodejsFunction;
+  readonly handler: lambda.Function;
 
   constructor(scope: Construct, id: string, props: KafkaTopicsProps) {
     super(scope, id);
     const logGroup = new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH });
-    this.handler = new NodejsFunction(this, 'Handler', {
-      // From the installed package (the source under tsx, the compiled .js from dist/), whatever the app's cwd.
-      ...lambdaEntry('topic-provisioner'),
-      handler: 'handler',
-      runtime: KAFKA_LAMBDA_RUNTIME,
+    this.handler = kafkaLambda(this, 'Handler', 'topic-provisioner', {
       architecture: lambda.Architecture.ARM_64,
       memorySize: 256,
       timeout: Duration.minutes(5),
@@ -61,7 +55,6 @@ export class KafkaTopics extends Construct {
       vpcSubnets: props.vpcSubnets,
       securityGroups: [props.securityGroup],
       logGroup,
-      bundling: KAFKA_LAMBDA_BUNDLING,
     });
 
     const managed = props.topics.map((t) => t.name);

@@ -5,15 +5,13 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { acknowledgeVpcLambdaPolicies, KAFKA_LAMBDA_BUNDLING, KAFKA_LAMBDA_RUNTIME } from './kafka-lambda.ts';
+import { acknowledgeVpcLambdaPolicies, kafkaLambda } from './kafka-lambda.ts';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
-import type { LagProbeEnv } from '../../functions/lambda/lag-probe.ts';
+import type { LagProbeEnv } from '../../functions/lambda/lag-probe-env.ts';
 import { DEFAULT_METRICS_NAMESPACE, METRIC, PIPELINE_DIMENSION } from '../../lib/metrics/metric-names.ts';
 import type { MskArns } from './msk.ts';
-import { lambdaEntry } from './package-assets.ts';
 
 export interface LagProbeProps {
   readonly vpc: ec2.IVpc;
@@ -46,7 +44,7 @@ export interface LagProbeProps {
  * The function has its own security group, {@link securityGroup}: allow it in on the brokers' port.
  */
 export class LagProbe extends Construct {
-  readonly handler: NodejsFunction;
+  readonly handler: lambda.Function;
   readonly securityGroup: ec2.ISecurityGroup;
   readonly schedule: events.Rule;
   /** The published backlog, records (Maximum per minute). */
@@ -73,11 +71,7 @@ export class LagProbe extends Construct {
       MLMF_METRICS_NAMESPACE: namespace,
       ...(props.scramSecret ? { MLMF_KAFKA_SECRET_ARN: props.scramSecret.secretArn } : {}),
     };
-    this.handler = new NodejsFunction(this, 'Handler', {
-      // From the installed package (the source under tsx, the compiled .js from dist/), whatever the app's cwd.
-      ...lambdaEntry('lag-probe'),
-      handler: 'handler',
-      runtime: KAFKA_LAMBDA_RUNTIME,
+    this.handler = kafkaLambda(this, 'Handler', 'lag-probe', {
       architecture: lambda.Architecture.ARM_64,
       memorySize: 256,
       // Shorter than the schedule, so runs do not pile up behind an unreachable cluster.
@@ -89,7 +83,6 @@ export class LagProbe extends Construct {
       logGroup: new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH }),
       // A failed measurement is not worth retrying: the next scheduled run measures afresh.
       retryAttempts: 0,
-      bundling: KAFKA_LAMBDA_BUNDLING,
     });
     this.grantKafka(props);
     this.schedule = new events.Rule(this, 'Schedule', {

@@ -3,26 +3,30 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /**
- * Where the construct finds the files it deploys (the worker's Docker build context, the Lambda entry points): in the
- * installed package, wherever it sits, and never in the cwd of the app that uses the construct. The same code runs as
- * TypeScript from infra/lib/ (tsx, this repository's app and tests) and as JavaScript from dist/infra/lib/ (an
- * installed package), so the package root is found by walking up to this package's own package.json instead of
- * counting `..`.
+ * Where the construct finds the files it deploys (the worker's Docker build context, the Lambda code): in its own
+ * package, wherever it is installed, never in the cwd of the app that uses it. Two layouts:
+ * - the installed construct package (`mlm-filter-stream-construct`, packed from infra/): the Lambdas pre-bundled in
+ *   dist/lambda/<name>/ (scripts/construct-build.ts; kafkajs and the MSK signer inside, so the package needs neither)
+ *   and the worker's build context staged in worker-context/ (scripts/construct-context.mjs, at pack time);
+ * - this repository's checkout (infra/ inside the runtime package's root): the Lambdas bundled from their sources at
+ *   synth, and the repository root as the build context.
+ * The package root is found by walking up to the package's own package.json, so the same code works as TypeScript
+ * from infra/lib/ (tsx) and as JavaScript from dist/infra/lib/.
  */
-const PACKAGE_NAME = 'mlm-filter-stream';
+const PACKAGE_NAME = 'mlm-filter-stream-construct';
+/** The runtime package (the CLI and the worker) whose workspace the construct is in a checkout. */
+const RUNTIME_NAME = 'mlm-filter-stream';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-/** `.ts` when this module runs from the sources, `.js` when it runs compiled from dist/. */
-const moduleExt = path.extname(fileURLToPath(import.meta.url)) === '.ts' ? '.ts' : '.js';
 
 let cachedRoot: string | undefined;
 
-/** The directory holding this package's package.json. */
+/** The directory holding the construct package's package.json. */
 export function packageRoot(): string {
   if (cachedRoot) return cachedRoot;
   for (let dir = here; ; dir = path.dirname(dir)) {
     const manifest = path.join(dir, 'package.json');
-    if (fs.existsSync(manifest) && readName(manifest) === PACKAGE_NAME) return (cachedRoot = dir);
+    if (fs.existsSync(manifest) && readManifest(manifest)?.name === PACKAGE_NAME) return (cachedRoot = dir);
     if (path.dirname(dir) === dir) break;
   }
   throw new Error(
@@ -30,40 +34,64 @@ export function packageRoot(): string {
   );
 }
 
-function readName(manifest: string): string | undefined {
+function readManifest(manifest: string): { name?: string; workspaces?: unknown } | undefined {
   try {
-    return (JSON.parse(fs.readFileSync(manifest, 'utf8')) as { name?: string }).name;
+    return JSON.parse(fs.readFileSync(manifest, 'utf8')) as { name?: string; workspaces?: unknown };
   } catch {
     return undefined;
   }
 }
 
-/** The part of the package this module was loaded from: the sources' root, or dist/ when running compiled. */
-function codeRoot(): string {
-  const root = packageRoot();
-  return path.relative(root, here).split(path.sep)[0] === 'dist' ? path.join(root, 'dist') : root;
+/** The repository root when the construct runs from a checkout (its workspace's parent), else undefined. */
+export function checkoutRoot(): string | undefined {
+  const parent = path.dirname(packageRoot());
+  const manifest = readManifest(path.join(parent, 'package.json'));
+  const workspaces = Array.isArray(manifest?.workspaces) ? (manifest.workspaces as unknown[]) : [];
+  const isWorkspace = workspaces.includes(path.basename(packageRoot()));
+  return manifest?.name === RUNTIME_NAME && isWorkspace ? parent : undefined;
 }
 
-/**
- * NodejsFunction paths for `functions/lambda/<name>`: the entry beside this module's own code (the `.ts` source under
- * tsx, the compiled `.js` in dist/ of an installed package), the package root as esbuild's project root, and a
- * manifest for the package-manager choice. npm never packs package-lock.json, so an installed package offers
- * package.json instead, which aws-cdk-lib only reads the file name of to pick npm.
- */
-export function lambdaEntry(name: string): { entry: string; projectRoot: string; depsLockFilePath: string } {
-  const root = packageRoot();
-  const entry = path.join(codeRoot(), 'functions', 'lambda', `${name}${moduleExt}`);
-  if (!fs.existsSync(entry)) throw new Error(`${PACKAGE_NAME}: Lambda entry ${entry} is missing from the package`);
-  const lock = path.join(root, 'package-lock.json');
-  return { entry, projectRoot: root, depsLockFilePath: fs.existsSync(lock) ? lock : path.join(root, 'package.json') };
+/** The code of `functions/lambda/<name>`: its source to bundle (a checkout), or the packed bundle's directory. */
+export type LambdaSource =
+  | { readonly kind: 'source'; readonly entry: string; readonly projectRoot: string; readonly depsLockFilePath: string }
+  | { readonly kind: 'bundle'; readonly directory: string };
+
+export function lambdaSource(name: string): LambdaSource {
+  const repo = checkoutRoot();
+  if (repo) {
+    const entry = path.join(repo, 'functions', 'lambda', `${name}.ts`);
+    if (!fs.existsSync(entry)) throw new Error(`${PACKAGE_NAME}: Lambda source ${entry} is missing`);
+    return { kind: 'source', entry, projectRoot: repo, depsLockFilePath: path.join(repo, 'package-lock.json') };
+  }
+  const directory = lambdaBundleDir(packageRoot(), name);
+  if (!fs.existsSync(path.join(directory, 'index.mjs'))) {
+    throw new Error(`${PACKAGE_NAME}: the Lambda bundle ${directory}/index.mjs is missing from the package`);
+  }
+  return { kind: 'bundle', directory };
 }
 
-/** The worker image's Docker build context (the package root) and its Dockerfile, relative to the context. */
+/** Where the construct package keeps the pre-bundled `functions/lambda/<name>` (scripts/construct-build.ts). */
+export function lambdaBundleDir(constructRoot: string, name: string): string {
+  return path.join(constructRoot, 'dist', 'lambda', name);
+}
+
+/** The worker image's Dockerfile, relative to its build context. */
 export const WORKER_DOCKERFILE = 'functions/worker/Dockerfile';
+/** The packed construct's copy of the build context, beside dist/ (scripts/construct-context.mjs). */
+export const WORKER_CONTEXT_DIR = 'worker-context';
+
+/** The worker image's Docker build context: the repository root of a checkout, or the packed copy. */
+export function workerContext(): string {
+  const context = checkoutRoot() ?? path.join(packageRoot(), WORKER_CONTEXT_DIR);
+  if (!fs.existsSync(path.join(context, WORKER_DOCKERFILE))) {
+    throw new Error(`${PACKAGE_NAME}: the worker build context ${context} has no ${WORKER_DOCKERFILE}`);
+  }
+  return context;
+}
 
 /** The worker image's build-context allow-list, shared by Docker (BuildKit) and by CDK's asset hash. */
 export function workerDockerIgnore(): string[] {
-  const file = path.join(packageRoot(), `${WORKER_DOCKERFILE}.dockerignore`);
+  const file = path.join(workerContext(), `${WORKER_DOCKERFILE}.dockerignore`);
   return fs
     .readFileSync(file, 'utf8')
     .split('\n')

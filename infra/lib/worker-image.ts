@@ -3,17 +3,17 @@ import * as ecr from 'aws-cdk-lib/aws-ecr';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import type { Construct } from 'constructs';
-import { WORKER_DOCKERFILE, packageRoot, workerDockerIgnore } from './package-assets.ts';
+import { WORKER_DOCKERFILE, workerContext, workerDockerIgnore } from './package-assets.ts';
 import type { WorkerImageBuildOptions, WorkerOptions } from './props.ts';
 
 /**
  * The worker's container image: the user's, or the package's own Dockerfile built at deploy time (synth only hashes
- * the build context). The build context is the installed package, not the app's directory.
+ * the build context). The build context is the construct package's copy (or a checkout), not the app's directory.
  */
 export function workerImage(scope: Construct, opts: WorkerOptions): ecs.ContainerImage {
   if (opts.image) return opts.image;
   if (opts.imageUri) return registryImage(scope, opts.imageUri);
-  return ecs.ContainerImage.fromAsset(packageRoot(), {
+  return ecs.ContainerImage.fromAsset(workerContext(), {
     file: WORKER_DOCKERFILE,
     exclude: workerDockerIgnore(),
     ignoreMode: IgnoreMode.DOCKER,

@@ -1,11 +1,13 @@
 /**
- * Slow (2-4 minutes: a full `npm run build`, `npm pack`, an `npm install` of the tarball and a synth with real
- * esbuild bundling; the default suite leaves *.slow.test.ts out). Issue 13's proof that the construct is a library:
- * the package is built and packed from a copy of this checkout, the tarball is installed into a fresh CDK app outside
- * the repository (its dependencies through npm, preferring the local cache; aws-cdk-lib, constructs, cdk-nag and
- * esbuild linked from this checkout's node_modules as the app's own), and that app, written in plain JavaScript,
- * imports an existing VPC, an MSK cluster by ARN with its security group, an SQS queue and buckets with
- * customer-managed keys, and synthesises with cdk-nag's AwsSolutions checks. Docker must not be called.
+ * Slow (2-4 minutes: the construct's build and `npm pack`, an `npm install` from the npm registry and a synth; the
+ * default suite leaves *.slow.test.ts out). Issues 13 and 22: the construct is a light library. The construct package
+ * (infra/, built and packed from a copy of this checkout) is installed into a fresh CDK app outside the repository as
+ * a user installs it: `npm install <tarball> aws-cdk-lib constructs cdk-nag` with install scripts enabled, from the
+ * npm registry only (no mirror, no local link), so the app gets the newest aws-cdk-lib the registry has, not the
+ * lock's. Its node_modules must hold no worker runtime (onnxruntime-node, sharp, kafkajs, the AWS SDK); its size is
+ * reported. The app, written in plain JavaScript, imports an existing VPC, an MSK cluster by ARN with its security
+ * group, an SQS queue and buckets with customer-managed keys, and synthesises with cdk-nag's AwsSolutions checks and
+ * without a warning (what `cdk synth --strict` refuses). Neither Docker nor esbuild is called.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,15 +18,18 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { Template } from 'aws-cdk-lib/assertions';
 import { METRIC } from '../../lib/metrics/metric-names.ts';
-import { PKG, ROOT } from '../helpers/package-consumer.ts';
+import { CONSTRUCT, ROOT, childEnv, packConstruct } from '../helpers/package-consumer.ts';
 import { readViolations, statements } from './helpers.ts';
 
 const run = promisify(execFile);
 const MSK_SG = 'sg-0123456789abcdef0';
 const KEY = (name: string) => `arn:aws:kms:eu-west-1:111122223333:key/${name}`;
 const QUEUE_ARN = 'arn:aws:sqs:eu-west-1:111122223333:crawler-pairs';
-/** Packages the consumer app brings itself, linked from this checkout to save a download. */
-const APP_OWN = ['aws-cdk-lib', 'constructs', 'cdk-nag', 'esbuild'];
+/** What the app installs beside the construct, unpinned: the registry's newest, as a user's `npm install` gets. */
+const APP_OWN = ['aws-cdk-lib', 'constructs', 'cdk-nag'];
+/** The worker's runtime, which must not come with the construct. */
+const WORKER_RUNTIME = ['onnxruntime-node', 'sharp', 'kafkajs', '@aws-sdk', 'aws-msk-iam-sasl-signer-js', 'esbuild'];
+const REGISTRY = 'https://registry.npmjs.org/';
 
 /** The consumer app: what a user with an existing VPC, cluster, queue, buckets and keys writes. */
 const APP = `
@@ -34,7 +39,7 @@ import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { MlmFilterPipeline } from '${PKG.name}/construct';
+import { MlmFilterPipeline } from '${CONSTRUCT.name}';
 
 const app = new App({ outdir: process.env.CONSUMER_OUTDIR });
 const stack = new Stack(app, 'CrawlFilter', { env: { account: '111122223333', region: 'eu-west-1' } });
@@ -70,47 +75,55 @@ Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
 app.synth();
 `;
 
-/** npm's own settings of the parent run (npm test) must not leak into the child npm runs. */
-function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.toLowerCase().startsWith('npm_')));
-  return { ...env, AWS_EC2_METADATA_DISABLED: 'true', ...extra };
+interface Installed {
+  readonly app: string;
+  /** `du -sk node_modules`, MiB. */
+  readonly sizeMiB: number;
+  /** aws-cdk-lib's version in the app, and the newest the registry has. */
+  readonly cdkLib: string;
+  readonly newestCdkLib: string;
 }
 
-/** `npm run build` then `npm pack` on a copy of the package's files: the shared dist/ of the checkout is not touched. */
-async function packPackage(work: string): Promise<string> {
-  const stage = path.join(work, 'package');
-  for (const entry of [...PKG.files.filter((f) => !f.startsWith('dist')), 'package.json', 'package-lock.json']) {
-    fs.cpSync(path.join(ROOT, entry), path.join(stage, entry), { recursive: true });
-  }
-  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(stage, 'node_modules'), 'dir');
-  await run('npm', ['run', 'build'], { cwd: stage, env: childEnv(), maxBuffer: 64 << 20 });
-  const { stdout } = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], {
-    cwd: stage,
-    env: childEnv(),
-    maxBuffer: 64 << 20,
-  });
-  const [packed] = JSON.parse(stdout) as { filename: string }[];
-  return path.join(work, packed!.filename);
-}
-
-/** A fresh app directory with the tarball installed and the app's own CDK packages linked in. */
-async function installConsumer(work: string, tarball: string): Promise<string> {
+/** A fresh app directory with the tarball installed as a user installs it: install scripts on, the npm registry only. */
+async function installConsumer(work: string, tarball: string): Promise<Installed> {
   const app = path.join(work, 'app');
   fs.mkdirSync(app);
   fs.writeFileSync(
     path.join(app, 'package.json'),
     JSON.stringify({ name: 'crawl-app', private: true, type: 'module' }),
   );
-  // --ignore-scripts: onnxruntime-node's and sharp's install scripts fetch binaries a synth never loads.
-  const args = ['install', '--prefer-offline', '--ignore-scripts', '--no-audit', '--no-fund', tarball];
-  await run('npm', args, { cwd: app, env: childEnv(), maxBuffer: 64 << 20 });
-  for (const name of APP_OWN) {
-    fs.symlinkSync(path.join(ROOT, 'node_modules', name), path.join(app, 'node_modules', name), 'dir');
-  }
-  fs.mkdirSync(path.join(app, 'node_modules', '.bin'), { recursive: true });
-  fs.symlinkSync('../esbuild/bin/esbuild', path.join(app, 'node_modules', '.bin', 'esbuild'));
+  const env = childEnv({ npm_config_registry: REGISTRY });
+  const args = ['install', '--no-audit', '--no-fund', tarball, ...APP_OWN];
+  await run('npm', args, { cwd: app, env, maxBuffer: 64 << 20 });
   fs.writeFileSync(path.join(app, 'app.mjs'), APP);
-  return app;
+  const { stdout: du } = await run('du', ['-sk', 'node_modules'], { cwd: app });
+  const { stdout: newest } = await run('npm', ['view', 'aws-cdk-lib', 'version'], { cwd: app, env });
+  const version = (name: string) =>
+    (JSON.parse(fs.readFileSync(path.join(app, 'node_modules', name, 'package.json'), 'utf8')) as { version: string })
+      .version;
+  return {
+    app,
+    sizeMiB: Math.round(Number(du.split(/\s/)[0]) / 1024),
+    cdkLib: version('aws-cdk-lib'),
+    newestCdkLib: newest.trim(),
+  };
+}
+
+/** Every package directory under the app's node_modules (nested ones too), by name. */
+function packageNames(dir: string, found = new Set<string>()): Set<string> {
+  if (!fs.existsSync(dir)) return found;
+  for (const name of fs.readdirSync(dir)) {
+    if (name.startsWith('.')) continue;
+    const full = path.join(dir, name);
+    found.add(name);
+    if (name.startsWith('@')) {
+      for (const sub of fs.readdirSync(full)) {
+        found.add(`${name}/${sub}`);
+        packageNames(path.join(full, sub, 'node_modules'), found);
+      }
+    } else packageNames(path.join(full, 'node_modules'), found);
+  }
+  return found;
 }
 
 interface Synth {
@@ -142,6 +155,7 @@ type Resource = { Type: string; Properties: Record<string, unknown>; DependsOn?:
 describe('the packed construct in a CDK app outside the repository', () => {
   let work: string;
   let app: string;
+  let install: Installed;
   let outdir: string;
   let synth: Synth;
   let template: Template;
@@ -153,8 +167,9 @@ describe('the packed construct in a CDK app outside the repository', () => {
 
   before(async () => {
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'mlmf-consumer-app-'));
-    const tarball = await packPackage(work);
-    app = await installConsumer(work, tarball);
+    const tarball = await packConstruct(work);
+    install = await installConsumer(work, tarball);
+    app = install.app;
     outdir = path.join(work, 'cdk.out');
     synth = await synthConsumer(work, app, outdir);
     const file = path.join(outdir, 'CrawlFilter.template.json');
@@ -168,15 +183,41 @@ describe('the packed construct in a CDK app outside the repository', () => {
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
+  test("the app installs no worker runtime, with install scripts on, and the registry's newest aws-cdk-lib", (t) => {
+    const names = packageNames(path.join(app, 'node_modules'));
+    assert.ok(names.has(CONSTRUCT.name) && names.has('aws-cdk-lib'), [...names].join(' '));
+    assert.deepEqual(
+      WORKER_RUNTIME.filter((n) => names.has(n)),
+      [],
+      'the construct brought the worker runtime',
+    );
+    assert.equal(install.cdkLib, install.newestCdkLib, 'the app did not get the newest aws-cdk-lib');
+    t.diagnostic(`app node_modules: ${install.sizeMiB} MiB, ${names.size} names; aws-cdk-lib ${install.cdkLib}`);
+    // Issue 22's measure: the old single package (the worker's runtime with it) gave this app about 550 MiB.
+    assert.ok(install.sizeMiB < 300, `${install.sizeMiB} MiB`);
+  });
+
   const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
 
   test('synthesises with cdk-nag AwsSolutions clean, without Docker, from the installed package', () => {
     assert.deepEqual(readViolations(outdir), []);
     assert.equal(synth.code, 0, synth.output);
     assert.equal(synth.dockerCalls, '', 'docker was called during synth');
-    const installed = fs.realpathSync(path.join(app, 'node_modules', PKG.name));
+    const installed = fs.realpathSync(path.join(app, 'node_modules', CONSTRUCT.name));
     assert.ok(!installed.startsWith(fs.realpathSync(ROOT)), `the package resolves into the checkout: ${installed}`);
     assert.ok(fs.existsSync(path.join(installed, 'dist', 'infra', 'lib', 'pipeline.js')));
+  });
+
+  test('no synth warnings (cdk synth --strict fails on any)', () => {
+    const manifest = JSON.parse(fs.readFileSync(path.join(outdir, 'manifest.json'), 'utf8')) as {
+      artifacts: Record<string, { metadata?: Record<string, { type: string; data: unknown }[]> }>;
+    };
+    const warnings = Object.values(manifest.artifacts)
+      .flatMap((a) => Object.entries(a.metadata ?? {}))
+      .flatMap(([where, entries]) =>
+        entries.filter((e) => e.type === 'aws:cdk:warning').map((e) => `${where}: ${e.data}`),
+      );
+    assert.deepEqual(warnings, []);
   });
 
   test('the brokers let in the workers, the topic provisioner and the lag probe, before each first connects', () => {
@@ -238,32 +279,35 @@ describe('the packed construct in a CDK app outside the repository', () => {
     for (const src of sources.filter((s) => !s.includes('*'))) {
       assert.ok(fs.existsSync(path.join(context, src)), `the build context lacks ${src} (Dockerfile COPY)`);
     }
-    // The installed package carries the tested lock for the image's npm ci, though npm never packs the root one.
-    const lock = path.join(context, 'functions', 'worker', 'package-lock.json');
-    assert.ok(fs.existsSync(lock), 'the build context has no functions/worker/package-lock.json');
-    assert.ok(fs.readFileSync(lock).equals(fs.readFileSync(path.join(ROOT, 'package-lock.json'))), 'a stale lock');
-    for (const absent of ['node_modules', 'dist', 'test', 'infra', 'package-lock.json']) {
+    // The construct carries the runtime package's manifest and lock for the image's npm ci (scripts/worker-lock.mjs).
+    for (const name of ['package.json', 'package-lock.json']) {
+      const file = path.join(context, 'functions', 'worker', name);
+      assert.ok(fs.existsSync(file), `the build context has no functions/worker/${name}`);
+      const committed = fs.readFileSync(path.join(ROOT, 'functions', 'worker', name));
+      assert.ok(fs.readFileSync(file).equals(committed), `functions/worker/${name}: not the checkout's`);
+    }
+    const installed = fs.realpathSync(path.join(app, 'node_modules', CONSTRUCT.name));
+    assert.ok(fs.existsSync(path.join(installed, 'worker-context', 'functions', 'worker', 'Dockerfile')));
+    for (const absent of ['node_modules', 'dist', 'test', 'infra', 'package.json', 'package-lock.json']) {
       assert.ok(!fs.existsSync(path.join(context, absent)), `${absent} is in the build context`);
     }
   });
 
-  test('the Lambda code is bundled from the installed package (entries and kafkajs), not from a checkout', () => {
-    const bundles = Object.values(assets.files)
-      .map((f) => path.join(outdir, f.source.path))
-      .filter((p) => fs.existsSync(path.join(p, 'index.mjs.map')));
-    const entries = bundles.map((b) => {
-      const map = JSON.parse(fs.readFileSync(path.join(b, 'index.mjs.map'), 'utf8')) as { sources: string[] };
-      const code = fs.readFileSync(path.join(b, 'index.mjs'), 'utf8');
-      assert.ok(/kafkajs|KafkaJS/.test(code), `kafkajs is not bundled in ${b}`);
-      assert.ok(
-        !map.sources.some((s) => path.resolve(b, s).startsWith(ROOT)),
-        'a bundled file comes from the checkout',
-      );
-      return map.sources.find((s) => /functions\/lambda\/[a-z-]+\.(ts|js)$/.test(s));
-    });
+  test("the Lambda code is the installed package's pre-built bundle (kafkajs inside), nothing bundled at synth", () => {
+    const installed = fs.realpathSync(path.join(app, 'node_modules', CONSTRUCT.name));
+    const assetOf = (code: string) =>
+      Object.entries(assets.files).find(([, f]) => {
+        const file = path.join(outdir, f.source.path, 'index.mjs');
+        return fs.existsSync(file) && fs.readFileSync(file, 'utf8') === code;
+      })?.[0];
     for (const name of ['topic-provisioner', 'lag-probe']) {
-      const entry = entries.find((e) => e?.includes(`/lambda/${name}.`));
-      assert.ok(entry?.includes(`node_modules/${PKG.name}/`), `${name}: ${entries.join(', ')}`);
+      const bundle = fs.readFileSync(path.join(installed, 'dist', 'lambda', name, 'index.mjs'), 'utf8');
+      assert.match(bundle, /KafkaJS|kafkajs/, `kafkajs is not bundled in ${name}`);
+      const hash = assetOf(bundle);
+      assert.ok(hash, `${name}: the deployed code is not the package's bundle`);
+      const fns = ofType('AWS::Lambda::Function').filter(([, r]) => JSON.stringify(r.Properties.Code).includes(hash));
+      assert.equal(fns.length, 1, name);
+      assert.equal(fns[0]![1].Properties.Handler, 'index.handler', name);
     }
   });
 

@@ -1,11 +1,12 @@
 /**
- * Slow (a full `npm ci` of the package's dependency tree, about a minute from npm's cache). Issue 22: the worker image
- * installs exactly the tested lock. No Docker engine runs here, so this replays the build stage of
- * functions/worker/Dockerfile as far as a plain shell can: the package is packed (`npm pack`, what the registry
- * serves), unpacked as the construct's build context, and the Dockerfile's own ARG, ENV and COPY instructions up to
+ * Slow (the construct's build and pack, then a full `npm ci` of the runtime's dependency tree, about two minutes with
+ * npm's cache). Issue 22: the worker image installs exactly the tested lock. No Docker engine runs here, so this
+ * replays the build stage of functions/worker/Dockerfile as far as a plain shell can: the construct package is packed
+ * (`npm pack -w infra`, what the registry serves), its worker-context/ is the image's build context (what the installed
+ * construct hands to Docker), and the Dockerfile's own ARG, ENV and COPY instructions up to
  * its npm install step, then that RUN command itself, are applied in a temporary /app. Every package left in
- * node_modules must have the lock's version at the lock's path, and every package the lock needs on this platform must
- * be there. The other RUN steps (apt, the CUDA wheels, tsc) are not replayed. npm may use its local cache
+ * node_modules must have the root lock's version (the tested one) at the lock's path, and every package the runtime's
+ * lock needs on this platform must be there. The other RUN steps (apt, the CUDA wheels, tsc) are not replayed. npm may use its local cache
  * (prefer-offline) but nothing else differs from the image's build.
  */
 import { after, before, describe, test } from 'node:test';
@@ -15,33 +16,20 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { ROOT } from '../helpers/package-consumer.ts';
+import { ROOT, childEnv, packConstruct } from '../helpers/package-consumer.ts';
 
 const run = promisify(execFile);
 const DOCKERFILE = 'functions/worker/Dockerfile';
 
 type Lock = { packages: Record<string, { version?: string; optional?: boolean; link?: boolean; os?: string[] }> };
 
-/** npm's own settings of the parent run (npm test) must not leak into the child npm runs. */
-function childEnv(): Record<string, string> {
-  const env = Object.entries(process.env).filter(([k, v]) => v !== undefined && !k.toLowerCase().startsWith('npm_'));
-  return { ...(Object.fromEntries(env) as Record<string, string>), npm_config_prefer_offline: 'true' };
-}
-
-/** The package as the registry serves it, unpacked: the build context of an installed construct. */
+/** The installed construct's worker build context, from the packed tarball. */
 async function packedContext(work: string): Promise<string> {
-  // --ignore-scripts: no build (dist/ does not matter here) and no prepack; the packed lock copy is the committed one,
-  // which package.test.ts checks against the root lock.
-  const { stdout } = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], {
-    cwd: ROOT,
-    env: childEnv(),
-    maxBuffer: 64 << 20,
-  });
-  const [packed] = JSON.parse(stdout) as { filename: string }[];
-  const context = path.join(work, 'context');
-  fs.mkdirSync(context);
-  await run('tar', ['-xzf', path.join(work, packed!.filename), '-C', context, '--strip-components=1']);
-  return context;
+  const tarball = await packConstruct(work);
+  const unpacked = path.join(work, 'construct');
+  fs.mkdirSync(unpacked);
+  await run('tar', ['-xzf', tarball, '-C', unpacked, '--strip-components=1']);
+  return path.join(unpacked, 'worker-context');
 }
 
 /** The build stage's instructions up to its npm install RUN, continuation lines joined. */
@@ -64,7 +52,7 @@ function installSteps(dockerfile: string): { op: string; args: string }[] {
 /** Applies ARG, ENV and COPY (from the context) and runs the npm RUN step in `app`, as the build stage would. */
 async function replayInstall(context: string, app: string): Promise<{ code: number; output: string }> {
   fs.mkdirSync(app, { recursive: true });
-  const env = childEnv();
+  const env = childEnv({ npm_config_prefer_offline: 'true' });
   let command = '';
   for (const { op, args } of installSteps(fs.readFileSync(path.join(context, DOCKERFILE), 'utf8'))) {
     if (op === 'ARG' || op === 'ENV') {
@@ -123,11 +111,13 @@ describe('the worker image installs the tested lock (functions/worker/Dockerfile
   let work: string;
   let context: string;
   let lock: Lock;
+  let tested: Lock;
 
   before(async () => {
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'mlmf-image-install-'));
     context = await packedContext(work);
-    lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as Lock;
+    lock = JSON.parse(fs.readFileSync(path.join(context, 'functions', 'worker', 'package-lock.json'), 'utf8')) as Lock;
+    tested = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as Lock;
   });
   after(() => {
     if (work) fs.rmSync(work, { recursive: true, force: true });
@@ -139,8 +129,8 @@ describe('the worker image installs the tested lock (functions/worker/Dockerfile
     assert.equal(r.code, 0, r.output);
     const have = installed(app);
     const differ = [...have]
-      .filter(([key, version]) => lock.packages[key]?.version !== version)
-      .map(([key, version]) => `${key}: installed ${version}, lock ${lock.packages[key]?.version ?? '(absent)'}`);
+      .filter(([key, version]) => tested.packages[key]?.version !== version)
+      .map(([key, version]) => `${key}: installed ${version}, tested ${tested.packages[key]?.version ?? '(absent)'}`);
     assert.deepEqual(differ, [], 'installed versions that are not the lock’s');
     // Optional entries are the other platforms' binaries (sharp, esbuild): the lock lists them, this host skips them.
     const missing = Object.entries(lock.packages)
@@ -153,7 +143,7 @@ describe('the worker image installs the tested lock (functions/worker/Dockerfile
   test('a package.json that the lock does not match fails the install instead of resolving ranges', async () => {
     const drifted = path.join(work, 'drifted');
     fs.cpSync(context, drifted, { recursive: true });
-    const manifest = path.join(drifted, 'package.json');
+    const manifest = path.join(drifted, 'functions', 'worker', 'package.json');
     const pkg = JSON.parse(fs.readFileSync(manifest, 'utf8')) as { dependencies: Record<string, string> };
     pkg.dependencies['commander'] = '^13.0.0'; // the lock holds commander 14
     fs.writeFileSync(manifest, JSON.stringify(pkg, null, 2));

@@ -1,7 +1,7 @@
 /**
  * Slow (tsc reads aws-cdk-lib's types twice: 1-3 min; runs with MLMF_SLOW=1): a TypeScript CDK app outside the
  * checkout type-checks against the construct's .d.ts files through the exports map's `types` condition (without
- * skipLibCheck), and a misspelt import fails the check. Needs the dist/ of `npm run build`; skips only without one.
+ * skipLibCheck), and a misspelt import fails the check. Needs the infra/dist/ of `npm run build`; skips only without one.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { PKG, ROOT, consumerProject, noBuild } from '../helpers/package-consumer.ts';
+import { CONSTRUCT, ROOT, consumerProject, noBuild } from '../helpers/package-consumer.ts';
 
 const run = promisify(execFile);
 const skip = process.env.MLMF_SLOW === '1' ? noBuild : 'slow suite: set MLMF_SLOW=1';
@@ -33,7 +33,7 @@ test('a TypeScript CDK app type-checks against the construct through the exports
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions, files: ['app.ts'] }));
   const source = (names: string) => `
     import { App, Stack } from 'aws-cdk-lib';
-    import { ${names} } from '${PKG.name}/construct';
+    import { ${names} } from '${CONSTRUCT.name}';
     const stack = new Stack(new App(), 'Consumer');
     const props: Partial<MlmFilterPipelineProps> = {};
     export const seen = [stack.node.id, typeof MlmFilterPipeline, props];

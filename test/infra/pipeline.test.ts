@@ -222,9 +222,13 @@ describe('MSK (IAM) + SQS: two services, one per source', () => {
     // The GPU instances are x86_64 whatever the build host is.
     assert.equal(images[0]!.source.platform, 'linux/amd64');
     const staged = path.join(s.outdir, images[0]!.source.directory);
-    // The image installs from the packed copy of the lock; the root lock (never packed) stays out of the context.
+    // The image installs the runtime package from its own manifest and lock (scripts/worker-lock.mjs); the root's
+    // (with the infra workspace) stay out of the context.
+    assert.ok(fs.existsSync(path.join(staged, 'functions', 'worker', 'package.json')));
     assert.ok(fs.existsSync(path.join(staged, 'functions', 'worker', 'package-lock.json')));
     assert.ok(!fs.existsSync(path.join(staged, 'package-lock.json')), 'the root lock is in the build context');
+    assert.ok(!fs.existsSync(path.join(staged, 'package.json')), 'the root manifest is in the build context');
+    assert.ok(!fs.existsSync(path.join(staged, 'infra')), 'the construct is in the build context');
     // No mirrors given: no build args, the Dockerfile's defaults (the public registries) apply.
     assert.equal((images[0]!.source as { dockerBuildArgs?: unknown }).dockerBuildArgs, undefined);
     assert.ok(!fs.existsSync(path.join(staged, 'node_modules')), 'node_modules is not in the build context');
