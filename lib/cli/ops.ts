@@ -12,7 +12,7 @@ import { jsonLogger } from '../support/logger.ts';
 import { FilterError } from '../types.ts';
 import { shownDefault } from './usage.ts';
 
-const brokersArg = (value: string) => {
+export const brokersArg = (value: string) => {
   const list = value
     .split(',')
     .map((s) => s.trim())

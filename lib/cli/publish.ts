@@ -4,25 +4,14 @@
  * lib/cli/main.ts mounts them with `addPublishCommands(program)`.
  */
 import { silentLogger } from '../support/logger.ts';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import type { RefusedRecord } from '../publish/index.ts';
 import { FilterError } from '../types.ts';
-import { addKafkaOptions, connectionFrom } from './ops.ts';
+import { addKafkaOptions, brokersArg, connectionFrom } from './ops.ts';
 import { shownDefault } from './usage.ts';
 
 const shown = (flags: string, description: string, value: string) =>
   shownDefault(new Option(flags, description), value);
-
-const brokersArg = (value: string) => {
-  const list = value
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  if (list.length === 0 || list.some((b) => !/^[^\s:]+:\d+$/.test(b))) {
-    throw new InvalidArgumentError('brokers must be host:port[,host:port...]');
-  }
-  return list;
-};
 
 const partitionsArg = (value: string) => {
   const n = Number(value);

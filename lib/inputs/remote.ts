@@ -6,11 +6,11 @@
  * each hop is checked.
  */
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { Agent, buildConnector, request } from 'undici';
+import { Agent, request } from 'undici';
 import { openS3Object } from '../backfill/shard-input.ts';
 import { withRetry } from '../backfill/s3-io.ts';
 import type { S3Location } from '../backfill/shard-job.ts';
-import { AddressGuard, parseAllowAddress, type AllowRule } from '../intake/address-guard.ts';
+import { AddressGuard, guardedConnector, parseAllowAddress, type AllowRule } from '../intake/address-guard.ts';
 import { httpStatus, isNotFound } from '../support/aws-errors.ts';
 import { RetryPolicy } from '../support/retry.ts';
 import { FilterError } from '../types.ts';
@@ -67,19 +67,7 @@ export class HttpInputs {
   constructor(private readonly options: HttpInputOptions = {}) {
     const allow = (options.allowAddresses ?? []).map((a) => (typeof a === 'string' ? parseAllowAddress(a) : a));
     const guard = new AddressGuard({ allow });
-    const base = buildConnector({ timeout: options.connectTimeoutMs ?? 10_000 });
-    const connect: buildConnector.connector = (o, cb) => {
-      const port = Number(o.port) || (o.protocol === 'https:' ? 443 : 80);
-      guard.resolve(o.hostname, port).then(
-        (address) => {
-          const name = o.hostname.replace(/^\[(.*)\]$/, '$1');
-          // Dial the checked address; keep the name for TLS (SNI and the certificate) unless it was an IP.
-          const servername = o.servername || (name === address || name.includes(':') ? undefined : name);
-          base({ ...o, hostname: address, servername }, cb);
-        },
-        (err: Error) => cb(err, null),
-      );
-    };
+    const connect = guardedConnector(guard, options.connectTimeoutMs ?? 10_000);
     this.agent = new Agent({ connect, bodyTimeout: options.bodyTimeoutMs ?? 60_000, headersTimeout: 30_000 });
   }
 

@@ -9,6 +9,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { buildConnector } from 'undici';
 import { BlockedAddressError, FilterError, ResolveError } from '../errors.ts';
 
 /** A resolver returning every address of a host; injectable so tests never need real DNS. */
@@ -185,4 +186,23 @@ export class AddressGuard {
     for (const a of addrs) this.check(host, a.address, port);
     return normaliseHost(addrs[0]!.address);
   }
+}
+
+/**
+ * An undici connector that dials only what `guard` resolves and allows: the check and the connect see one address,
+ * so DNS cannot change between them. The name stays the TLS server name (SNI, certificate) unless it was an IP.
+ */
+export function guardedConnector(guard: AddressGuard, timeoutMs: number): buildConnector.connector {
+  const base = buildConnector({ timeout: timeoutMs });
+  return (o, cb) => {
+    const port = Number(o.port) || (o.protocol === 'https:' ? 443 : 80);
+    guard.resolve(o.hostname, port).then(
+      (address) => {
+        const name = o.hostname.replace(/^\[(.*)\]$/, '$1');
+        const servername = o.servername || (name === address || name.includes(':') ? undefined : name);
+        base({ ...o, hostname: address, servername }, cb);
+      },
+      (err: Error) => cb(err, null),
+    );
+  };
 }

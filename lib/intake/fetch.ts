@@ -5,8 +5,8 @@
  * AddressGuard and dials the address that passed the check (SNI and Host keep the original name), so a DNS answer
  * cannot change between check and connect. Redirects are followed here, not by undici, so each hop is checked.
  */
-import { Agent, buildConnector, type Dispatcher } from 'undici';
-import { AddressGuard } from './address-guard.ts';
+import { Agent, type Dispatcher } from 'undici';
+import { guardedConnector, type AddressGuard } from './address-guard.ts';
 import { fetchFailed } from './reject.ts';
 import { BlockedAddressError, RejectError, ResolveError } from '../errors.ts';
 import { RetryPolicy } from '../support/retry.ts';
@@ -141,19 +141,7 @@ export class Fetcher {
     private readonly opts: FetcherOptions,
     private readonly guard: AddressGuard,
   ) {
-    const base = buildConnector({ timeout: opts.connectTimeoutMs });
-    const connect: buildConnector.connector = (o, cb) => {
-      const port = Number(o.port) || (o.protocol === 'https:' ? 443 : 80);
-      guard.resolve(o.hostname, port).then(
-        (address) => {
-          const name = o.hostname.replace(/^\[(.*)\]$/, '$1');
-          // Dial the checked address; keep the name for TLS (SNI + certificate check) unless it was an IP.
-          const servername = o.servername || (name === address || name.includes(':') ? undefined : name);
-          base({ ...o, hostname: address, servername }, cb);
-        },
-        (err: Error) => cb(err, null),
-      );
-    };
+    const connect = guardedConnector(guard, opts.connectTimeoutMs);
     this.agent = new Agent({
       connect,
       connections: opts.perHostConcurrency,

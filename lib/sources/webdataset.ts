@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { IMAGE_EXTS, type UnreadableSample } from '../pair/index.ts';
 import type { ByteAdmission, RawSample, Source, SourceBatch, SourceRecord } from '../types.ts';
 import { FilterError, NO_COMMIT } from '../types.ts';
-import { readTarEntries, type TarBytes } from '../formats/tar-reader.ts';
+import { readTarEntries, type TarBytes, type TarEvent } from '../formats/tar-reader.ts';
 
 /** Reading options shared by local and streamed shards. */
 export interface WebDatasetReadOptions {
@@ -185,94 +185,153 @@ async function* readSamples(
   signal: AbortSignal,
   onTruncated?: (t: TruncatedShard) => void,
 ): AsyncGenerator<ReadItem> {
-  let samplesRead = 0;
   const path = typeof shard === 'string' ? shard : shard.path;
-  let input: string | TarBytes = path;
-  if (typeof shard !== 'string') {
-    try {
-      input = await shard.open();
-    } catch (err) {
-      if (err instanceof FilterError) throw err;
-      const message = `shard ${path} cannot be opened: ${(err as Error).message}`;
-      return yield { sample: unreadable('@0', 'unreadable_shard', message, { shard: path, offset: 0 }), bytes: 0 };
-    }
-  }
-  const letGo = (s: Current) => {
-    admission?.unreserve(s.bytes);
-    s.bytes = 0;
-    for (const ext of Object.keys(s.members)) delete s.members[ext];
-  };
-  const finish = (s: Current): ReadItem => {
-    samplesRead++;
-    if (!s.problem) return { sample: { key: s.key, members: s.members }, bytes: s.bytes };
-    letGo(s);
-    return { sample: overLimit(s, path, limits), bytes: 0 };
-  };
-  let current: Current | undefined;
+  const input = await openShard(shard);
+  if (typeof input === 'object' && 'sample' in input) return yield input;
+  const samples = new SampleAssembly(path, limits, admission);
   for await (const entry of readTarEntries(input, limits.maxMemberBytes)) {
     if (entry.type === 'unreadable') {
       const key = entry.name !== undefined ? splitName(entry.name.replace(/^\.\//, ''))[0] : undefined;
       // The sample being read when the shard ended is incomplete: it is part of the unreadable rest.
-      if (current && current.key !== key) yield finish(current);
-      else if (current) letGo(current);
-      const cut = entry.kind === 'truncated_shard';
-      const sample = unreadable(
-        key ?? `@${entry.offset}`,
-        entry.kind,
-        `shard ${path} is unreadable from byte ${entry.offset}: ${entry.message}` +
-          (cut ? ` (${samplesRead} samples read before it)` : ''),
-        {
-          shard: path,
-          offset: entry.offset,
-          ...(entry.name !== undefined ? { member: entry.name } : {}),
-          ...(cut ? { samplesRead } : {}),
-        },
-      );
-      if (cut) onTruncated?.({ shard: path, offset: entry.offset, samplesRead, message: entry.message });
-      return yield { sample, bytes: 0 };
+      const done = samples.endAt(key);
+      if (done) yield done;
+      return yield samples.unreadableRest(entry, onTruncated);
     }
-    const { name, size, offset } = entry;
-    if (name.startsWith('._') || name.includes('/._')) continue;
-    const [key, ext] = splitName(name.replace(/^\.\//, ''));
-    if (current && current.key !== key) {
-      yield finish(current);
-      current = undefined;
-    }
-    current ??= { key, members: {}, bytes: 0 };
-    const worth = use(ext);
-    if (current.problem || worth === undefined) continue;
-    if (typeof worth === 'number' && current.image !== undefined && IMAGE_EXTS.indexOf(current.image) < worth) continue;
-    if (!entry.read) {
-      current.problem = { kind: 'member_too_large', name, size, offset };
-      letGo(current);
-      continue;
-    }
-    // What this member replaces (a worse image, or the same extension again: the last one wins) goes first.
-    const replaced = typeof worth === 'number' ? current.image : ext;
-    if (replaced !== undefined && current.members[replaced]) {
-      admission?.unreserve(current.members[replaced].length);
-      current.bytes -= current.members[replaced].length;
-      delete current.members[replaced];
-    }
-    if (current.bytes + size > limits.maxSampleBytes) {
-      current.problem = { kind: 'sample_too_large', name, size: current.bytes + size, offset };
-      letGo(current);
-      continue;
-    }
-    if (admission && !admission.tryReserve(size)) {
+    if (entry.name.startsWith('._') || entry.name.includes('/._')) continue;
+    const [key, ext] = splitName(entry.name.replace(/^\.\//, ''));
+    const done = samples.startMember(key);
+    if (done) yield done;
+    if (!samples.wants(entry, ext)) continue;
+    if (admission && !admission.tryReserve(entry.size)) {
       yield STARVED;
-      await admission.reserve(size, signal);
+      await admission.reserve(entry.size, signal);
     }
-    const data = await entry.read();
-    if (!data) {
-      admission?.unreserve(size);
-      continue; // the shard ends inside it: the next event says so
-    }
-    current.members[ext] = data;
-    current.bytes += size;
-    if (typeof worth === 'number') current.image = ext;
+    const data = await entry.read!();
+    // Undefined: the shard ends inside it, and the next event says so.
+    if (data) samples.add(ext, data, entry.size);
+    else admission?.unreserve(entry.size);
   }
-  if (current) yield finish(current);
+  const last = samples.endAt(undefined);
+  if (last) yield last;
+}
+
+/** A shard's bytes (a path is opened by the tar reader), or the one reject of a shard that cannot be opened. */
+async function openShard(shard: string | TarShard): Promise<string | TarBytes | { sample: RawSample; bytes: 0 }> {
+  if (typeof shard === 'string') return shard;
+  try {
+    return await shard.open();
+  } catch (err) {
+    if (err instanceof FilterError) throw err;
+    const message = `shard ${shard.path} cannot be opened: ${(err as Error).message}`;
+    return { sample: unreadable('@0', 'unreadable_shard', message, { shard: shard.path, offset: 0 }), bytes: 0 };
+  }
+}
+
+type MemberEntry = { readonly name: string; readonly size: number; readonly offset: number; readonly read?: unknown };
+
+/** The sample being assembled from a shard's members, and the count of samples finished (for truncation reports). */
+class SampleAssembly {
+  private current: Current | undefined;
+  private samplesRead = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly limits: Limits,
+    private readonly admission: ByteAdmission | undefined,
+  ) {}
+
+  /** A member of `key` comes next: the sample before it, when another, is finished. */
+  startMember(key: string): ReadItem | undefined {
+    const done = this.current && this.current.key !== key ? this.finish(this.current) : undefined;
+    if (done) this.current = undefined;
+    this.current ??= { key, members: {}, bytes: 0 };
+    return done;
+  }
+
+  /** The shard ended (at a member of `key`, if known): a sample of another key is finished, one of `key` let go. */
+  endAt(key: string | undefined): ReadItem | undefined {
+    const s = this.current;
+    this.current = undefined;
+    if (!s) return undefined;
+    if (key === undefined || s.key !== key) return this.finish(s);
+    this.letGo(s);
+    return undefined;
+  }
+
+  /**
+   * Whether `entry` is read into the sample: one of the members a pair needs, better than what it holds, within the
+   * member and sample limits (a member over them marks the sample a reject, its bytes given back).
+   */
+  wants(entry: MemberEntry, ext: string): boolean {
+    const s = this.current!;
+    const worth = use(ext);
+    if (s.problem || worth === undefined) return false;
+    if (typeof worth === 'number' && s.image !== undefined && IMAGE_EXTS.indexOf(s.image) < worth) return false;
+    const { name, size, offset } = entry;
+    if (!entry.read) return this.refuse(s, { kind: 'member_too_large', name, size, offset });
+    // What this member replaces (a worse image, or the same extension again: the last one wins) goes first.
+    const replaced = typeof worth === 'number' ? s.image : ext;
+    if (replaced !== undefined && s.members[replaced]) {
+      this.admission?.unreserve(s.members[replaced].length);
+      s.bytes -= s.members[replaced].length;
+      delete s.members[replaced];
+    }
+    if (s.bytes + size > this.limits.maxSampleBytes) {
+      return this.refuse(s, { kind: 'sample_too_large', name, size: s.bytes + size, offset });
+    }
+    return true;
+  }
+
+  /** A member read whole: `size` bytes, reserved before the read. */
+  add(ext: string, data: Buffer, size: number): void {
+    const s = this.current!;
+    s.members[ext] = data;
+    s.bytes += size;
+    if (typeof use(ext) === 'number') s.image = ext;
+  }
+
+  /** The reject for the rest of a shard that cannot be read on (truncated: with the count of samples read). */
+  unreadableRest(
+    entry: Extract<TarEvent, { type: 'unreadable' }>,
+    onTruncated?: (t: TruncatedShard) => void,
+  ): ReadItem {
+    const { path, samplesRead } = this;
+    const cut = entry.kind === 'truncated_shard';
+    const key = entry.name !== undefined ? splitName(entry.name.replace(/^\.\//, ''))[0] : undefined;
+    const sample = unreadable(
+      key ?? `@${entry.offset}`,
+      entry.kind,
+      `shard ${path} is unreadable from byte ${entry.offset}: ${entry.message}` +
+        (cut ? ` (${samplesRead} samples read before it)` : ''),
+      {
+        shard: path,
+        offset: entry.offset,
+        ...(entry.name !== undefined ? { member: entry.name } : {}),
+        ...(cut ? { samplesRead } : {}),
+      },
+    );
+    if (cut) onTruncated?.({ shard: path, offset: entry.offset, samplesRead, message: entry.message });
+    return { sample, bytes: 0 };
+  }
+
+  private refuse(s: Current, problem: NonNullable<Current['problem']>): false {
+    s.problem = problem;
+    this.letGo(s);
+    return false;
+  }
+
+  private letGo(s: Current): void {
+    this.admission?.unreserve(s.bytes);
+    s.bytes = 0;
+    for (const ext of Object.keys(s.members)) delete s.members[ext];
+  }
+
+  private finish(s: Current): ReadItem {
+    this.samplesRead++;
+    if (!s.problem) return { sample: { key: s.key, members: s.members }, bytes: s.bytes };
+    this.letGo(s);
+    return { sample: overLimit(s, this.path, this.limits), bytes: 0 };
+  }
 }
 
 function overLimit(s: Current, path: string, limits: Limits): UnreadableSample {
