@@ -6,10 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
 import sharp from 'sharp';
 import { readRun } from '../helpers/cli-output.ts';
 import { ustar } from '../sources/ustar.ts';
@@ -284,8 +285,22 @@ test('--keep-shard-names refuses, before anything is written: a name it cannot k
   const dir = mkdtempSync(join(tmpdir(), 'mlmf-keep-names-bad-'));
   const odd = join(dir, 'shard-000001.tar');
   await datacompShard(odd, 0);
+  // Two inputs with one name (one of them gzip) would both be curated/00000.tar.
+  mkdirSync(join(dir, 'a'));
+  mkdirSync(join(dir, 'b'));
+  await datacompShard(join(dir, 'a', '00000.tar'), 0);
+  await datacompShard(join(dir, 'b', '00000.tar'), 1);
+  writeFileSync(join(dir, 'b', '00000.tar.gz'), gzipSync(readFileSync(join(dir, 'b', '00000.tar'))));
   for (const [args, message] of [
     [['--input', odd], /cannot name a curated shard after .*shard-000001\.tar/],
+    [
+      ['--input', join(dir, 'a', '00000.tar'), '--input', join(dir, 'b', '00000.tar')],
+      /would both write curated\/00000\.tar/,
+    ],
+    [
+      ['--input', join(dir, 'a', '00000.tar'), '--input', join(dir, 'b', '00000.tar.gz')],
+      /would both write curated\/00000\.tar/,
+    ],
     [['--input', join(root, 'sample/pairs.jsonl')], /the input is not WebDataset/],
     [['--input', odd, '--resume'], /cannot be used with option '--resume'|cannot --resume/],
   ] as const) {
