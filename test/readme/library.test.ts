@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { FilterError, openFilter, type FilterResult, type MlmFilter } from '../../lib/index.ts';
 import { readRun } from '../helpers/cli-output.ts';
-import { consumerProject, noBuild, ROOT } from '../helpers/package-consumer.ts';
+import { consumerProject, noBuild, PKG, ROOT } from '../helpers/package-consumer.ts';
 import { readmeBlock } from './readme-blocks.ts';
 
 const run = promisify(execFile);
@@ -103,6 +103,8 @@ describe('library API (package root)', () => {
 
   it("README's example runs in a project importing the package by its name", { skip: noBuild }, async () => {
     const app = consumerProject([]);
+    // The runtime package (the repository root) as `npm install <path>` leaves it: a link named by the package.
+    symlinkSync(ROOT, join(app, 'node_modules', PKG.name), 'dir');
     try {
       writeFileSync(join(app, 'example.mjs'), readmeBlock('## Library (Node API)', 'js'));
       // Run from the checkout, as the example's relative paths (sample/, the tiny model) expect.

@@ -72,8 +72,11 @@ test('with an exit: a second signal exits at once; a spent budget exits after it
   const atAbandon = new Promise<number[]>((resolve) =>
     spent.hard.addEventListener('abort', () => resolve([...exits]), { once: true }),
   );
+  // The budget's timers are unref'd (they must not hold a worker open): this one keeps the test's loop alive.
+  const alive = setTimeout(() => undefined, 10_000);
   spent.onSignal('SIGTERM');
   assert.deepEqual(await atAbandon, [], 'the abandon leaves the run its grace to close its clients');
   await waitFor('the grace to run out', () => exits.length > 0, 5_000, 5);
   assert.deepEqual(exits, [1]);
+  clearTimeout(alive);
 });
