@@ -138,6 +138,8 @@ async function runInLockedOutput(
   const { scorer, intake } = filter;
   let cache: ScoreCache | undefined;
   try {
+    // Before anything is written: a cache that cannot be opened fails the run with an untouched --out.
+    cache = options.scoreCache ? await openScoreCache(options.scoreCache, scorer) : undefined;
     options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
@@ -147,7 +149,6 @@ async function runInLockedOutput(
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
     const resumed = previous !== undefined;
-    cache = options.scoreCache ? await openScoreCache(options.scoreCache, scorer) : undefined;
     const passes = { source, filter, intake, scorer, policy, sinks, summary, resumed, cache };
     const outputs = await runPasses(options, passes);
     return await summarise(options, { source, inputs: input, intake, scorer, policy, summary, outputs, cache });

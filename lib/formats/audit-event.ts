@@ -97,7 +97,11 @@ export function cachedJson(c: NonNullable<Outcome['cached']>): AuditCached {
 export function cachedFields(c: Fields): AuditCached {
   const first = c.object('first');
   return {
-    first: { id: first.nonEmptyString('id'), source: auditSourceFields(first.object('source')), at: first.string('at') },
+    first: {
+      id: first.nonEmptyString('id'),
+      source: auditSourceFields(first.object('source')),
+      at: first.string('at'),
+    },
   };
 }
 
