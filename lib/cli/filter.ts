@@ -28,7 +28,6 @@ import { applyTopFraction } from './top-fraction.ts';
 import { DecidedCounts, startProgress } from './progress.ts';
 import { toolInfo } from '../formats/curated-sample.ts';
 import { ScoreCache } from '../cache/score-cache.ts';
-import { LmdbScoreStore } from '../cache/store.ts';
 import { scopeOfModel } from '../cache/key.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
@@ -224,8 +223,12 @@ interface Passes {
   readonly cache?: ScoreCache;
 }
 
-/** The --score-cache store, keyed for this scorer's model, prompts and metrics. */
+/**
+ * The --score-cache store, keyed for this scorer's model, prompts and metrics. LMDB's native module is loaded only
+ * here: a run without --score-cache never loads it.
+ */
 async function openScoreCache(dir: string, scorer: MlmScorer): Promise<ScoreCache> {
+  const { LmdbScoreStore } = await import('../cache/store.ts');
   const scope = await scopeOfModel(scorer.modelDir, scorer.model, scorer.metrics);
   return new ScoreCache(LmdbScoreStore.open(dir), scope);
 }
