@@ -57,6 +57,7 @@ export const ERRORS = {
     'an input whose bytes are neither a tar shard nor JSONL (plain or gzip), or not --input-format',
   ),
   output_unwritable: runtime('the output directory or file cannot be written', false),
+  score_cache_unusable: runtime('the --score-cache directory cannot be opened as a score cache', false),
   output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),
   output_unresumable: config('--resume cannot read back the output (a file in it is not what a run writes)'),
   // Retriable: the run holding it ends. Exit 2, as output_not_empty: the command as given cannot run now.

@@ -225,8 +225,18 @@ export interface Outcome {
   readonly expected?: Scores;
   /** The caption was shortened to fit the model's context before scoring (ScoreResult.captionCut). */
   readonly captionCut?: ScoreResult['captionCut'];
+  /** The scores came from the score cache (--score-cache), computed first for this pair (lib/cache). */
+  readonly cached?: { readonly first: CachedFirst };
   /** The image as stored by the curated sink; the pixel tensor is dropped after scoring to bound memory. */
   readonly image?: StoredImage;
+}
+
+/** Where cached scores were first computed: the pair's id, its source record and when the entry was written. */
+export interface CachedFirst {
+  readonly id: string;
+  readonly source: SourceOrigin;
+  /** ISO time. */
+  readonly at: string;
 }
 
 export type StoredImage = Pick<PreparedImage, 'encoded' | 'ext' | 'width' | 'height'>;

@@ -27,6 +27,8 @@ import { RankingPolicy, RankingValues, type TopFractionOptions } from '../policy
 import { applyTopFraction } from './top-fraction.ts';
 import { DecidedCounts, startProgress } from './progress.ts';
 import { toolInfo } from '../formats/curated-sample.ts';
+import { ScoreCache } from '../cache/score-cache.ts';
+import { scopeOfModel } from '../cache/key.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -87,6 +89,11 @@ export interface FilterJobOptions {
    * numbered shards; inputs sharing a name are refused. Not with `resume`. Default false.
    */
   readonly keepShardNames?: boolean;
+  /**
+   * A score cache directory (lib/cache): pairs scored before, by any run on this directory with the same model,
+   * prompts and metrics, take their stored scores instead of the scorer's. Default none (off).
+   */
+  readonly scoreCache?: string;
   /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
   readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
@@ -128,7 +135,10 @@ async function runInLockedOutput(
 ): Promise<RunSummary> {
   const { input, filter, prepareOutput } = await openInputs(options, policy, metrics);
   const { scorer, intake } = filter;
+  let cache: ScoreCache | undefined;
   try {
+    // Before anything is written: a cache that cannot be opened fails the run with an untouched --out.
+    cache = options.scoreCache ? await openScoreCache(options.scoreCache, scorer) : undefined;
     options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
@@ -138,10 +148,11 @@ async function runInLockedOutput(
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
     const resumed = previous !== undefined;
-    const outputs = await runPasses(options, { source, filter, intake, scorer, policy, sinks, summary, resumed });
-    return await summarise(options, { source, inputs: input, intake, scorer, policy, summary, outputs });
+    const passes = { source, filter, intake, scorer, policy, sinks, summary, resumed, cache };
+    const outputs = await runPasses(options, passes);
+    return await summarise(options, { source, inputs: input, intake, scorer, policy, summary, outputs, cache });
   } finally {
-    await Promise.all([filter.close(), input.close()]);
+    await Promise.all([filter.close(), input.close(), cache?.close()]);
   }
 }
 
@@ -208,6 +219,18 @@ interface Passes {
   readonly summary: SummaryCollector;
   /** Whether the run resumes an earlier one (the pool outputs read its decisions back). */
   readonly resumed: boolean;
+  /** --score-cache, open. */
+  readonly cache?: ScoreCache;
+}
+
+/**
+ * The --score-cache store, keyed for this scorer's model, prompts and metrics. LMDB's native module is loaded only
+ * here: a run without --score-cache never loads it.
+ */
+async function openScoreCache(dir: string, scorer: MlmScorer): Promise<ScoreCache> {
+  const { LmdbScoreStore } = await import('../cache/store.ts');
+  const scope = await scopeOfModel(scorer.modelDir, scorer.model, scorer.metrics);
+  return new ScoreCache(LmdbScoreStore.open(dir), scope);
 }
 
 /**
@@ -236,6 +259,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
       signal: options.signal,
       abort: options.abort,
       logger: options.logger,
+      ...(run.cache ? { scoreCache: run.cache } : {}),
       onDecided: (o) => counts.add(o),
       onOutcome: (o) => {
         if (!top || o.decision === 'reject') decided(o);
@@ -264,7 +288,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
 /** The run's summary, also written durably to --out/summary.json with what the run was given. */
 async function summarise(
   options: FilterJobOptions,
-  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary'> & {
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary' | 'cache'> & {
     inputs: InputSource;
     outputs?: PoolOutputsSummary;
   },
@@ -302,6 +326,10 @@ async function summarise(
     interrupted: options.signal?.aborted ?? false,
     ...(run.outputs ? { outputs: run.outputs } : {}),
     intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
+    // Hits took stored scores; misses went to the scorer (scorerPairs: the pairs it scored, this run).
+    ...(run.cache
+      ? { scoreCache: { dir: options.scoreCache, ...run.cache.counts, scorerPairs: run.scorer.stats().pairs } }
+      : {}),
   };
   await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');
   return result;

@@ -278,6 +278,14 @@ function addFilterCommand(program: Command): void {
     )
     .addOption(
       opt(
+        '--score-cache <dir>',
+        'reuse scores: pairs (image bytes, caption) scored before with this model, prompts and metrics take the ' +
+          "scores stored in <dir> (an LMDB store, made if missing; delete it to clear) instead of the scorer's",
+        'off',
+      ),
+    )
+    .addOption(
+      opt(
         '--config <file>',
         'JSON file with the same options (flags win), checked against schema/filter-config.schema.json',
         'none',
@@ -364,6 +372,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     samplesPerShard: flags.samplesPerShard ?? config.samplesPerShard,
     parquet: flags.parquet ?? config.parquet,
     keepShardNames: flags.keepShardNames ?? config.keepShardNames,
+    scoreCache: flags.scoreCache ?? config.scoreCache,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,

@@ -37,6 +37,8 @@ export interface AuditEvent {
   ts: string;
   /** Extension: present when the caption was shortened to fit the model before scoring. */
   caption_cut?: { original_chars: number; kept_chars: number };
+  /** The scores came from the score cache, first computed for this pair (--score-cache). */
+  cached?: AuditCached;
   /** Extension: present when the event was shortened to fit the audit topic: the original lengths of what was cut. */
   trimmed?: Record<string, number>;
 }
@@ -84,6 +86,25 @@ export function presentScores(s: AuditScores): Scores {
   return Object.fromEntries(Object.entries(s).filter(([, v]) => v !== null)) as Scores;
 }
 
+export interface AuditCached {
+  first: { id: string; source: AuditSource; at: string };
+}
+
+export function cachedJson(c: NonNullable<Outcome['cached']>): AuditCached {
+  return { first: { id: c.first.id, source: auditSource(c.first.source), at: c.first.at } };
+}
+
+export function cachedFields(c: Fields): AuditCached {
+  const first = c.object('first');
+  return {
+    first: {
+      id: first.nonEmptyString('id'),
+      source: auditSourceFields(first.object('source')),
+      at: first.string('at'),
+    },
+  };
+}
+
 export function captionCutJson(c: NonNullable<Outcome['captionCut']>) {
   return { original_chars: c.originalChars, kept_chars: c.keptChars };
 }
@@ -101,6 +122,7 @@ export function toAuditEvent(outcome: Outcome, model: ModelInfo, now: Date = new
     source: auditSource(outcome.record.origin),
     ts: now.toISOString(),
     ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
+    ...(outcome.cached ? { cached: cachedJson(outcome.cached) } : {}),
   };
 }
 
@@ -122,6 +144,7 @@ export function decodeAuditEvent(value: string | Buffer): Decoded<AuditEvent> {
 function auditEventFields(o: Fields): AuditEvent {
   const captionCut = o.optionalObject('caption_cut');
   const trimmed = o.optionalObject('trimmed');
+  const cached = o.optionalObject('cached');
   return {
     v: o.number('v'),
     id: o.nonEmptyString('id'),
@@ -134,6 +157,7 @@ function auditEventFields(o: Fields): AuditEvent {
     source: auditSourceFields(o.object('source')),
     ts: o.string('ts'),
     ...(captionCut ? { caption_cut: captionCutFields(captionCut) } : {}),
+    ...(cached ? { cached: cachedFields(cached) } : {}),
     ...(trimmed ? { trimmed: Object.fromEntries(Object.keys(trimmed.raw).map((k) => [k, trimmed.number(k)])) } : {}),
   };
 }

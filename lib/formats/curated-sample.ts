@@ -3,10 +3,13 @@ import {
   auditScores,
   auditSource,
   auditSourceFields,
+  cachedFields,
+  cachedJson,
   captionCutFields,
   captionCutJson,
   fullScores,
   modelInfo,
+  type AuditCached,
   type AuditScores,
   type AuditSource,
 } from './audit-event.ts';
@@ -31,6 +34,8 @@ export interface CuratedSampleMeta {
   metadata: Record<string, unknown>;
   /** Present when the caption was shortened to fit the model: it was scored on its first `kept_chars` characters. */
   caption_cut?: { original_chars: number; kept_chars: number };
+  /** The scores came from the score cache (--score-cache), first computed for this pair. */
+  cached?: AuditCached;
   /** The mlm-filter-stream release that decided the sample; absent in samples written before 0.1.0 recorded it. */
   tool?: ToolInfo;
 }
@@ -59,6 +64,7 @@ export function curatedSampleMeta(outcome: Outcome, key: string, model: ModelInf
     source: auditSource(outcome.record.origin),
     metadata: outcome.pair.metadata,
     ...(outcome.captionCut ? { caption_cut: captionCutJson(outcome.captionCut) } : {}),
+    ...(outcome.cached ? { cached: cachedJson(outcome.cached) } : {}),
     tool: toolInfo(),
   };
 }
@@ -79,6 +85,7 @@ function curatedSampleFields(o: Fields): CuratedSampleMeta {
   const expected = o.objectOrNull('expected_scores');
   const captionCut = o.optionalObject('caption_cut');
   const tool = o.optionalObject('tool');
+  const cached = o.optionalObject('cached');
   return {
     id: o.nonEmptyString('id'),
     key: o.string('key'),
@@ -92,6 +99,7 @@ function curatedSampleFields(o: Fields): CuratedSampleMeta {
     source: auditSourceFields(o.object('source')),
     metadata: o.object('metadata').raw,
     ...(captionCut ? { caption_cut: captionCutFields(captionCut) } : {}),
+    ...(cached ? { cached: cachedFields(cached) } : {}),
     ...(tool ? { tool: { name: tool.string('name'), version: tool.string('version') } } : {}),
   };
 }

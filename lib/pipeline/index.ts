@@ -7,6 +7,7 @@ import { PIPELINE_DEFAULTS } from './defaults.ts';
 import { BatchLedger, type BatchEntry } from './ledger.ts';
 import { silentLogger, type Logger } from '../support/logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
+import type { ScoreCache } from '../cache/score-cache.ts';
 import { RunFailure } from './run-failure.ts';
 import { SinkWriter, type DeadLetterPort } from './sink-writer.ts';
 
@@ -43,6 +44,8 @@ export interface PipelineOptions {
   readonly dedupe?: boolean;
   /** Attempts for an image whose intake failed with a non-reject (unexpected) error. Default 3. */
   readonly intakeAttempts?: number;
+  /** Scores stored by earlier pairs and runs (lib/cache): a pair whose key it holds skips the scorer. Default none. */
+  readonly scoreCache?: ScoreCache;
   /** Backoff for sink writes that fail (a sink down): base and cap, ms. The pipeline retries until it succeeds. */
   readonly sinkRetryBaseMs?: number;
   readonly sinkRetryMaxMs?: number;
@@ -161,6 +164,7 @@ function assemble(options: PipelineOptions): Run {
     maxPreparedImages: options.maxPreparedImages ?? Math.max(8, 4 * scorer.maxBatch),
     intakeAttempts: options.intakeAttempts ?? PIPELINE_DEFAULTS.intakeAttempts,
     onStage: options.onStage,
+    scoreCache: options.scoreCache,
     logger,
   });
   const pass = openPass(options, { dedupe: options.dedupe !== false, onIdle: () => batcher.flush() });

@@ -6,6 +6,7 @@ import type { ScoreBatcher } from './batcher.ts';
 import type { Logger } from '../support/logger.ts';
 import { Semaphore } from './semaphore.ts';
 import { RetryPolicy } from '../support/retry.ts';
+import type { ScoreCache } from '../cache/score-cache.ts';
 
 /** The image stage as the pipeline sees it (lib/intake's Intake implements it). */
 export interface ImageIntake {
@@ -27,8 +28,13 @@ export interface RecordProcessorOptions {
   /** Attempts for an image whose intake failed with a non-reject (unexpected) error. */
   readonly intakeAttempts: number;
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
+  /** Scores stored by earlier pairs and runs: a hit is not sent to the scorer (lib/cache). Default none. */
+  readonly scoreCache?: ScoreCache;
   readonly logger: Logger;
 }
+
+/** A pair's scores, and where they were first computed when they came from the score cache. */
+type Scored = ScoreResult & { readonly cached?: Outcome['cached'] };
 
 /** Registers a pair id with the run's duplicate memory: false when it was seen before (BatchEntry.claim). */
 export type ClaimId = (id: string) => boolean;
@@ -79,7 +85,7 @@ export class RecordProcessor {
       if (isReason(image)) return reject(record, pair.id, image, pair);
       const scoreStart = performance.now();
       this.options.onStage?.('intake', scoreStart - intakeStart);
-      const result = await this.score(pair, image);
+      const result = await this.score(record, pair, image);
       if (isReason(result)) return reject(record, pair.id, result, pair);
       this.options.onStage?.('score', performance.now() - scoreStart);
       return this.decide(record, pair, image, result);
@@ -118,9 +124,19 @@ export class RecordProcessor {
     }
   }
 
-  /** The scores, or the reject reason (a poison pair, an unscorable caption). Frees the pixel tensor. */
-  private async score(pair: Pair, image: PreparedImage): Promise<ScoreResult | Reason> {
-    const { batcher, intake } = this.options;
+  /**
+   * The scores (the score cache's, else the scorer's), or the reject reason (a poison pair, an unscorable caption).
+   * Frees the pixel tensor. A cache entry is written only after the scorer answered: never for a pair not scored.
+   */
+  private async score(record: SourceRecord, pair: Pair, image: PreparedImage): Promise<Scored | Reason> {
+    const { batcher, intake, scoreCache } = this.options;
+    const key = scoreCache?.key(image.encoded, pair.caption);
+    const hit = key === undefined ? undefined : await scoreCache!.lookup(key);
+    if (hit) {
+      intake.release?.(image);
+      if (hit.result.unscorable) return { ...hit.result.unscorable, detail: { field: 'caption' } };
+      return { ...hit.result, cached: { first: hit.first } };
+    }
     let result: ScoreResult;
     try {
       result = await batcher.score({ id: pair.id, caption: pair.caption, pixelValues: image.pixelValues });
@@ -132,11 +148,12 @@ export class RecordProcessor {
     }
     // The scorer copied the tensor when it posted it to its worker: it can be reused now.
     intake.release?.(image);
+    if (key !== undefined) await scoreCache!.remember(key, result, { id: pair.id, source: record.origin });
     if (result.unscorable) return { ...result.unscorable, detail: { field: 'caption' } };
     return result;
   }
 
-  private decide(record: SourceRecord, pair: Pair, image: PreparedImage, result: ScoreResult): Outcome {
+  private decide(record: SourceRecord, pair: Pair, image: PreparedImage, result: Scored): Outcome {
     const verdict = this.options.policy.decide(result.scores);
     return {
       record,
@@ -147,6 +164,7 @@ export class RecordProcessor {
       scores: result.scores,
       ...(result.expected ? { expected: result.expected } : {}),
       ...(result.captionCut ? { captionCut: result.captionCut } : {}),
+      ...(result.cached ? { cached: result.cached } : {}),
       image: { encoded: image.encoded, ext: image.ext, width: image.width, height: image.height },
     };
   }

@@ -338,6 +338,7 @@ test('every key the schema allows reaches the run: a config setting all of them 
     resume: true,
     overwrite: false,
     breakLock: true,
+    scoreCache: 'score-cache-dir',
   };
   const schema = JSON.parse(readFileSync(join(root, 'schema/filter-config.schema.json'), 'utf8'));
   const keyPaths = (s: { properties?: Record<string, object> }, prefix = ''): string[] =>

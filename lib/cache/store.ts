@@ -1,0 +1,58 @@
+/**
+ * The CLI's embedded score store: LMDB through the `lmdb` package (lmdb-js). Why LMDB: many processes may open one
+ * environment at once, readers never block and writers are serialised by LMDB's own lock, so two runs on one
+ * --score-cache are safe without a lock of ours; a crash cannot corrupt it (copy-on-write B-tree, no log to replay);
+ * and lmdb-js is well kept, with prebuilt binaries published as npm optional packages (@lmdb/lmdb-<platform>), so
+ * nothing is compiled at install. The fleet's shared store (issue 24) is another implementation of ScoreStore.
+ */
+import { mkdirSync } from 'node:fs';
+import { open, type RootDatabase } from 'lmdb';
+import { FilterError, type CachedFirst, type ScoreResult } from '../types.ts';
+
+/** Where a cached score was first computed. */
+export type FirstOccurrence = CachedFirst;
+
+export interface ScoreEntry {
+  readonly result: ScoreResult;
+  readonly first: FirstOccurrence;
+}
+
+export interface ScoreStore {
+  get(key: string): Promise<ScoreEntry | undefined>;
+  /** Stores the entry unless the key already has one: the first occurrence stays the first. */
+  putIfAbsent(key: string, entry: ScoreEntry): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A growth bound for the memory map (sparse: a small cache uses little disk); 64 GiB holds ~100M entries. */
+const MAP_SIZE = 64 * 1024 ** 3;
+
+export class LmdbScoreStore implements ScoreStore {
+  private constructor(private readonly db: RootDatabase<ScoreEntry, string>) {}
+
+  static open(dir: string): LmdbScoreStore {
+    try {
+      mkdirSync(dir, { recursive: true });
+      return new LmdbScoreStore(open<ScoreEntry, string>({ path: dir, mapSize: MAP_SIZE, compression: false }));
+    } catch (err) {
+      const message = `cannot open score cache ${dir}: ${(err as Error).message}`;
+      throw new FilterError('score_cache_unusable', message, { dir });
+    }
+  }
+
+  async get(key: string): Promise<ScoreEntry | undefined> {
+    return this.db.get(key);
+  }
+
+  async putIfAbsent(key: string, entry: ScoreEntry): Promise<void> {
+    // The check and the put run in one write transaction: another process's entry for the key is never overwritten.
+    await this.db.transaction(() => {
+      if (this.db.doesExist(key)) return;
+      void this.db.put(key, entry);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}

@@ -1,0 +1,36 @@
+/** The LMDB score store: an entry survives reopening, and the first occurrence of a key stays the first. */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { LmdbScoreStore, type ScoreEntry } from '../../lib/cache/store.ts';
+import { FilterError } from '../../lib/errors.ts';
+
+const entry = (id: string, itm: number): ScoreEntry => ({
+  result: { scores: { itm }, expected: { itm: itm + 0.25 }, captionCut: { originalChars: 9, keptChars: 4 } },
+  first: { id, source: { kind: 'file', path: '/in.jsonl', line: 3 }, at: '2026-12-07T00:00:00.000Z' },
+});
+
+test('putIfAbsent keeps the first entry of a key; entries survive closing and reopening', async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'mlmf-store-')), 'cache');
+  const a = LmdbScoreStore.open(dir);
+  const b = LmdbScoreStore.open(dir);
+  assert.equal(await a.get('k'), undefined);
+  await a.putIfAbsent('k', entry('first', 40));
+  await b.putIfAbsent('k', entry('second', 90));
+  assert.deepEqual(await b.get('k'), entry('first', 40));
+  await Promise.all([a.close(), b.close()]);
+  const c = LmdbScoreStore.open(dir);
+  assert.deepEqual(await c.get('k'), entry('first', 40));
+  await c.close();
+});
+
+test('a path that cannot hold a store is a score_cache_unusable error', () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'mlmf-store-')), 'file');
+  writeFileSync(file, 'not a directory');
+  assert.throws(
+    () => LmdbScoreStore.open(file),
+    (err: unknown) => err instanceof FilterError && err.code === 'score_cache_unusable',
+  );
+});
