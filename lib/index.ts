@@ -1,7 +1,7 @@
 /**
  * The package root (`import { openFilter } from 'mlm-filter-stream'`): the MLM filter for Node programs. Open a
  * filter on an exported model, score pairs, close it; or run the whole `mlm-filter filter` job on files. The CDK
- * construct is the `mlm-filter-stream/construct` export.
+ * construct is its own package, `mlm-filter-stream-construct` (infra/).
  */
 export {
   MlmFilter,
