@@ -4,16 +4,21 @@
  * line, a promise, an emitter), await that instead. Every helper takes `what` first (named in the timeout error),
  * then the condition, then the time bounds.
  */
+import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
+
+// Deadlines on the monotonic clock: a shared VM's wall clock can step (NTP) by a minute, which timed a 60 s wait out
+// after 14 s.
+const now = () => performance.now();
 
 export type Condition = () => boolean | Promise<boolean>;
 
 /** Polls `cond` every `everyMs` until it holds; throws naming `what` once `timeoutMs` has passed without it. */
 export async function waitFor(what: string, cond: Condition, timeoutMs = 30_000, everyMs = 100): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = now() + timeoutMs;
   while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(Math.min(everyMs, Math.max(1, deadline - Date.now())));
+    if (now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(Math.min(everyMs, Math.max(1, deadline - now())));
   }
 }
 
@@ -22,12 +27,12 @@ export async function waitFor(what: string, cond: Condition, timeoutMs = 30_000,
  * ("the batch stays invisible past its visibility timeout"), checked all along instead of once after a sleep.
  */
 export async function holdsFor(what: string, cond: Condition, windowMs: number, everyMs = 250): Promise<void> {
-  const end = Date.now() + windowMs;
+  const end = now() + windowMs;
   do {
     if (!(await cond()))
-      throw new Error(`${what}: stopped holding ${windowMs - (end - Date.now())} ms into the window`);
-    await sleep(Math.max(0, Math.min(everyMs, end - Date.now())));
-  } while (Date.now() < end);
+      throw new Error(`${what}: stopped holding ${Math.round(windowMs - (end - now()))} ms into the window`);
+    await sleep(Math.max(0, Math.min(everyMs, end - now())));
+  } while (now() < end);
   if (!(await cond())) throw new Error(`${what}: did not hold at the end of the ${windowMs} ms window`);
 }
 

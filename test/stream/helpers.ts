@@ -131,7 +131,8 @@ export async function createTopics(admin: Admin, topics: { topic: string; partit
 }
 
 export async function produce(kafka: Kafka, topic: string, values: (string | object)[], partitions = 1): Promise<void> {
-  const p = kafka.producer();
+  // Idempotent: a send retried after a timeout on a loaded machine must not write its records twice.
+  const p = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await p.connect();
   for (let i = 0; i < values.length; i += 200) {
     await p.send({
