@@ -56,3 +56,33 @@ export class LmdbScoreStore implements ScoreStore {
     await this.db.close();
   }
 }
+
+/**
+ * An accepted image as the image dedupe remembers it (issue 24): its exact digest, its perceptual hash and the pair
+ * first accepted with it. A replay of that same pair (same id and same source origin) is never its own duplicate:
+ * a crash between recording and commit must not drop the pair on replay.
+ */
+export interface ImageEntry {
+  /** Hex digest of the image's decoded pixels (lib/cache/image-digest.ts): the exact-duplicate key. */
+  readonly digest: string;
+  /** The 64-bit perceptual hash as 16 lower-case hex digits: the near-duplicate key. */
+  readonly phash: string;
+  readonly first: FirstOccurrence;
+}
+
+/**
+ * What an image dedupe needs from a store: entries by digest, and buckets of entries by a hash chunk (the
+ * multi-index hashing of lib/cache/near-index.ts decides the bucket keys; stores only keep them). The embedded LMDB
+ * store and the fleet's DynamoDB store both implement it.
+ */
+export interface ImageStore {
+  getImage(digest: string): Promise<ImageEntry | undefined>;
+  /**
+   * Stores the entry unless its digest already has one, and adds it to each bucket of `buckets`; returns the entry
+   * that holds the digest afterwards (the earlier one when another writer was first). Atomic per digest.
+   */
+  putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry>;
+  /** The entries filed under one bucket key (empty when none). */
+  bucket(key: string): Promise<ImageEntry[]>;
+  close(): Promise<void>;
+}
