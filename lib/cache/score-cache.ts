@@ -18,9 +18,17 @@ export interface CachedScore {
   readonly first: FirstOccurrence;
 }
 
+/** A key being scored in this process: pairs that look it up meanwhile wait for its scores instead of scoring it. */
+interface Flight {
+  readonly done: Promise<CachedScore | undefined>;
+  readonly settle: (entry: CachedScore | undefined) => void;
+  stored?: CachedScore;
+}
+
 export class ScoreCache {
   private readonly scope: string;
   readonly counts: ScoreCacheCounts = { hits: 0, misses: 0 };
+  private readonly flights = new Map<string, Flight>();
 
   constructor(
     private readonly store: ScoreStore,
@@ -33,17 +41,52 @@ export class ScoreCache {
     return scoreKey(this.scope, imageBytes, caption);
   }
 
-  /** The stored scores for `key`, counted as a hit; undefined (a miss) when there are none. */
+  /**
+   * The stored scores for `key`, counted as a hit; undefined (a miss) when there are none. A key another pair of
+   * this process is being scored for waits for those scores (a crawl repeats pairs within the pipeline's window too).
+   * A miss makes the caller the key's scorer: it must call `settle(key)` once it has remembered the scores or given
+   * up, whatever happens.
+   */
   async lookup(key: string): Promise<CachedScore | undefined> {
-    const entry = await this.store.get(key);
-    if (entry) this.counts.hits++;
-    else this.counts.misses++;
+    const flight = this.flights.get(key);
+    if (flight) {
+      const shared = await flight.done;
+      if (shared) this.counts.hits++;
+      // The pair it waited for was not scored (a poison verdict, a stop): this one goes to the store, else the scorer.
+      return shared ?? this.lookup(key);
+    }
+    let settle!: Flight['settle'];
+    const done = new Promise<CachedScore | undefined>((resolve) => (settle = resolve));
+    this.flights.set(key, { done, settle });
+    let entry: CachedScore | undefined;
+    try {
+      entry = await this.store.get(key);
+    } catch (err) {
+      this.settle(key);
+      throw err;
+    }
+    if (entry) {
+      this.counts.hits++;
+      this.flights.get(key)!.stored = entry;
+      this.settle(key);
+    } else this.counts.misses++;
     return entry;
   }
 
   /** Stores freshly computed scores under `key` with the pair they were computed for. */
   async remember(key: string, result: ScoreResult, first: { id: string; source: SourceOrigin }): Promise<void> {
-    await this.store.putIfAbsent(key, { result, first: { ...first, at: new Date().toISOString() } });
+    const entry = { result, first: { ...first, at: new Date().toISOString() } };
+    await this.store.putIfAbsent(key, entry);
+    const flight = this.flights.get(key);
+    if (flight) flight.stored = entry;
+  }
+
+  /** Ends a miss's flight: the pairs waiting on `key` take what `remember` stored, or look again when nothing was. */
+  settle(key: string): void {
+    const flight = this.flights.get(key);
+    if (!flight) return;
+    this.flights.delete(key);
+    flight.settle(flight.stored);
   }
 
   close(): Promise<void> {

@@ -129,7 +129,7 @@ export class RecordProcessor {
    * Frees the pixel tensor. A cache entry is written only after the scorer answered: never for a pair not scored.
    */
   private async score(record: SourceRecord, pair: Pair, image: PreparedImage): Promise<Scored | Reason> {
-    const { batcher, intake, scoreCache } = this.options;
+    const { intake, scoreCache } = this.options;
     const key = scoreCache?.key(image.encoded, pair.caption);
     const hit = key === undefined ? undefined : await scoreCache!.lookup(key);
     if (hit) {
@@ -137,6 +137,23 @@ export class RecordProcessor {
       if (hit.result.unscorable) return { ...hit.result.unscorable, detail: { field: 'caption' } };
       return { ...hit.result, cached: { first: hit.first } };
     }
+    try {
+      const result = await this.scoreMiss(pair, image);
+      if (key !== undefined && !isReason(result)) {
+        await scoreCache!.remember(key, result, { id: pair.id, source: record.origin });
+      }
+      if (isReason(result)) return result;
+      if (result.unscorable) return { ...result.unscorable, detail: { field: 'caption' } };
+      return result;
+    } finally {
+      // Pairs of this run waiting on the key take the stored scores (or score it themselves when none were).
+      if (key !== undefined) scoreCache!.settle(key);
+    }
+  }
+
+  /** The scorer's result for a pair, or `scoring_failed` for a poison pair. Frees the pixel tensor. */
+  private async scoreMiss(pair: Pair, image: PreparedImage): Promise<ScoreResult | Reason> {
+    const { batcher, intake } = this.options;
     let result: ScoreResult;
     try {
       result = await batcher.score({ id: pair.id, caption: pair.caption, pixelValues: image.pixelValues });
@@ -148,8 +165,6 @@ export class RecordProcessor {
     }
     // The scorer copied the tensor when it posted it to its worker: it can be reused now.
     intake.release?.(image);
-    if (key !== undefined) await scoreCache!.remember(key, result, { id: pair.id, source: record.origin });
-    if (result.unscorable) return { ...result.unscorable, detail: { field: 'caption' } };
     return result;
   }
 

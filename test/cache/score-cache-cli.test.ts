@@ -100,3 +100,29 @@ test('two runs at once on one cache both finish, with the outcomes of a run with
   const third = await filter('both-third', cache);
   assert.equal(third.summary.scoreCache.hits, scored);
 });
+
+test('a pair repeated while its first occurrence is being scored waits for those scores: the scorer runs once', async () => {
+  // Every pair twice under a new id, all within the pipeline's window (the second copy arrives before the first is
+  // scored): the copies take the first occurrence's scores instead of scoring it again.
+  const lines = readFileSync(input, 'utf8').split('\n').filter(Boolean).slice(0, 10);
+  const again = lines.map((line) => JSON.stringify({ ...JSON.parse(line), id: `${JSON.parse(line).id}-again` }));
+  const repeated = join(dir, 'repeated.jsonl');
+  writeFileSync(repeated, [...lines, ...again].join('\n') + '\n');
+  const out = join(dir, 'repeated-out');
+  const cache = join(dir, 'cache-d');
+  const args = filterArgs(out, cache).map((a) => (a === input ? repeated : a));
+  const run = await runCliToEnd(args, 240_000);
+  assert.equal(run.code, 0, run.err);
+  const result = readRun(out);
+  const { hits, misses, scorerPairs } = result.summary.scoreCache;
+  assert.ok(misses > 0, JSON.stringify(result.summary.scoreCache));
+  assert.deepEqual({ hits, scorerPairs }, { hits: misses, scorerPairs: misses });
+  const byId = verdicts(result);
+  for (const line of lines) {
+    const id = JSON.parse(line).id as string;
+    assert.deepEqual(byId.get(`${id}-again`), byId.get(id), id);
+  }
+  for (const s of result.curated.filter((c) => c.id.endsWith('-again'))) {
+    assert.equal(s.cached?.first.id, s.id.replace(/-again$/, ''));
+  }
+});
