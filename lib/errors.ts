@@ -58,6 +58,8 @@ export const ERRORS = {
   ),
   output_unwritable: runtime('the output directory or file cannot be written', false),
   score_cache_unusable: runtime('the --score-cache directory cannot be opened as a score cache', false),
+  score_cache_foreign: usage("the --score-cache directory holds files (or keys) that are not a score cache's"),
+  score_cache_in_output: usage('--score-cache is inside --out, or --out inside it (an --overwrite would remove it)'),
   output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),
   output_unresumable: config('--resume cannot read back the output (a file in it is not what a run writes)'),
   // Retriable: the run holding it ends. Exit 2, as output_not_empty: the command as given cannot run now.

@@ -14,6 +14,7 @@ import { openInputs } from '../inputs/index.ts';
 import type { FilterConfig } from './filter-config.ts';
 import type { FilterJobOptions } from './filter.ts';
 import { checkOutput } from './run-output.ts';
+import { checkCachePlace } from '../cache/admin.ts';
 
 /** Keys a --config file cannot hold (command-line-only or in-process), and those filled in below. */
 const NOT_PRINTED = ['input', 'out', 'model', 'signal', 'abort', 'logger', 'intake', 'scorer', 'pair'];
@@ -67,6 +68,7 @@ export async function dryRun(options: FilterJobOptions): Promise<string[]> {
   lines.push(
     `policy: ${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)}; metrics: ${metrics.join(',')}`,
   );
+  if (options.scoreCache) lines.push(await checkCachePlace(options.scoreCache, options.out));
   if (top) lines.push(`top fraction: ${top.fraction} on ${top.metric} (staged in ${out}/.staging, removed at the end)`);
   const mode = resume
     ? ' (--resume: added to the run it holds)'

@@ -29,6 +29,7 @@ import { DecidedCounts, startProgress } from './progress.ts';
 import { toolInfo } from '../formats/curated-sample.ts';
 import { ScoreCache } from '../cache/score-cache.ts';
 import { scopeOfModel } from '../cache/key.ts';
+import { checkCachePlace } from '../cache/admin.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -112,6 +113,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
   const note = noteTo(options);
+  if (options.scoreCache) await checkCachePlace(options.scoreCache, options.out);
   // One run per --out, from before it is looked at until the run ends (or the process exits).
   const lock = await OutputLock.acquire(options.out, { breakLock: options.breakLock, note });
   try {

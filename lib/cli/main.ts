@@ -11,6 +11,7 @@ import { FilterError, METRICS, type MetricKey, type MetricShort } from '../types
 // The filter job pulls in onnxruntime, sharp, undici and the AWS SDK: loaded by its action, so --help stays fast.
 import type { FilterJobOptions } from './filter.ts';
 import { addBackfillCommands } from './backfill.ts';
+import { addCacheCommands } from './cache.ts';
 import { fractionThreshold, fractionThresholdMessage } from '../policy/fraction-thresholds.ts';
 import type { FilterConfig } from './filter-config.ts';
 import { addOpsCommands } from './ops.ts';
@@ -129,6 +130,7 @@ export function buildProgram(): Command {
   addPromptCommand(program);
   addWorkerCommand(program);
   addOpsCommands(program);
+  addCacheCommands(program);
   addBackfillCommands(program);
   addPublishCommands(program);
   addVersionOptions(program);

@@ -1,6 +1,6 @@
 /** The LMDB score store: an entry survives reopening, and the first occurrence of a key stays the first. */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -34,3 +34,16 @@ test('a path that cannot hold a store is a score_cache_unusable error', () => {
     (err: unknown) => err instanceof FilterError && err.code === 'score_cache_unusable',
   );
 });
+
+test(
+  'a read-only directory is a score_cache_unusable error',
+  { skip: process.getuid?.() === 0 && 'root writes anyway' },
+  () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'mlmf-store-')), 'ro');
+    mkdirSync(dir, { mode: 0o555 });
+    assert.throws(
+      () => LmdbScoreStore.open(dir),
+      (err: unknown) => err instanceof FilterError && err.code === 'score_cache_unusable',
+    );
+  },
+);
