@@ -282,7 +282,7 @@ function addFilterCommand(program: Command): void {
       opt(
         '--score-cache <dir>',
         'reuse scores: pairs (image bytes, caption) scored before with this model, prompts and metrics take the ' +
-          "scores stored in <dir> (an LMDB store, made if missing; delete it to clear) instead of the scorer's",
+          "scores stored in <dir> (an LMDB store, made if missing; see mlm-filter cache) instead of the scorer's",
         'off',
       ),
     )
