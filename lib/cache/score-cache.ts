@@ -89,6 +89,11 @@ export class ScoreCache {
     flight.settle(flight.stored);
   }
 
+  /** Scores not stored because the store is at its size bound (--score-cache-max-gb). */
+  get notStored(): number {
+    return this.store.notStored ?? 0;
+  }
+
   close(): Promise<void> {
     return this.store.close();
   }

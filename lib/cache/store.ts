@@ -21,6 +21,8 @@ export interface ScoreStore {
   get(key: string): Promise<ScoreEntry | undefined>;
   /** Stores the entry unless the key already has one: the first occurrence stays the first. */
   putIfAbsent(key: string, entry: ScoreEntry): Promise<void>;
+  /** Entries not stored because the store reached its size bound (a store without one leaves it undefined). */
+  readonly notStored?: number;
   close(): Promise<void>;
 }
 
@@ -28,16 +30,34 @@ export interface ScoreStore {
 const MAP_SIZE = 64 * 1024 ** 3;
 
 export class LmdbScoreStore implements ScoreStore {
-  private constructor(private readonly db: RootDatabase<ScoreEntry, string>) {}
+  notStored = 0;
 
-  static open(dir: string): LmdbScoreStore {
+  private constructor(
+    private readonly db: RootDatabase<ScoreEntry, string>,
+    private readonly maxBytes: number,
+  ) {}
+
+  /**
+   * `maxBytes`: stop storing new entries once the B-tree's pages hold this much (lookups go on). The tree, not the
+   * file: pages freed by `mlm-filter cache clear --older-than` count again as room. Writes already past the check
+   * when the bound is reached still land (a few pages over at most).
+   */
+  static open(dir: string, options: { maxBytes?: number } = {}): LmdbScoreStore {
     try {
       mkdirSync(dir, { recursive: true });
-      return new LmdbScoreStore(open<ScoreEntry, string>({ path: dir, mapSize: MAP_SIZE, compression: false }));
+      const db = open<ScoreEntry, string>({ path: dir, mapSize: MAP_SIZE, compression: false });
+      return new LmdbScoreStore(db, options.maxBytes ?? Infinity);
     } catch (err) {
       const message = `cannot open score cache ${dir}: ${(err as Error).message}`;
       throw new FilterError('score_cache_unusable', message, { dir });
     }
+  }
+
+  /** Pages of the score tree, in bytes (mdb_stat: ~10 us, read only when a bound is set). */
+  treeBytes(): number {
+    const s = this.db.getStats() as { pageSize: number; treeBranchPageCount: number; treeLeafPageCount: number };
+    const overflow = (s as { overflowPages?: number }).overflowPages ?? 0;
+    return (s.treeBranchPageCount + s.treeLeafPageCount + overflow) * s.pageSize;
   }
 
   async get(key: string): Promise<ScoreEntry | undefined> {
@@ -45,6 +65,10 @@ export class LmdbScoreStore implements ScoreStore {
   }
 
   async putIfAbsent(key: string, entry: ScoreEntry): Promise<void> {
+    if (this.maxBytes !== Infinity && this.treeBytes() >= this.maxBytes) {
+      this.notStored++;
+      return;
+    }
     // The check and the put run in one write transaction: another process's entry for the key is never overwritten.
     await this.db.transaction(() => {
       if (this.db.doesExist(key)) return;

@@ -95,6 +95,11 @@ export interface FilterJobOptions {
    * prompts and metrics, take their stored scores instead of the scorer's. Default none (off).
    */
   readonly scoreCache?: string;
+  /**
+   * The score cache's bound in GB (10^9 bytes) of entries: past it new scores are not stored (lookups go on; the
+   * summary counts them as `notStored`). Default none. `mlm-filter cache clear --older-than` makes room.
+   */
+  readonly scoreCacheMaxGb?: number;
   /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
   readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
@@ -140,7 +145,7 @@ async function runInLockedOutput(
   let cache: ScoreCache | undefined;
   try {
     // Before anything is written: a cache that cannot be opened fails the run with an untouched --out.
-    cache = options.scoreCache ? await openScoreCache(options.scoreCache, scorer) : undefined;
+    cache = options.scoreCache ? await openScoreCache(options, scorer) : undefined;
     options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
@@ -229,10 +234,11 @@ interface Passes {
  * The --score-cache store, keyed for this scorer's model, prompts and metrics. LMDB's native module is loaded only
  * here: a run without --score-cache never loads it.
  */
-async function openScoreCache(dir: string, scorer: MlmScorer): Promise<ScoreCache> {
+async function openScoreCache(options: FilterJobOptions, scorer: MlmScorer): Promise<ScoreCache> {
   const { LmdbScoreStore } = await import('../cache/store.ts');
   const scope = await scopeOfModel(scorer.modelDir, scorer.model, scorer.metrics);
-  return new ScoreCache(LmdbScoreStore.open(dir), scope);
+  const maxBytes = options.scoreCacheMaxGb === undefined ? undefined : options.scoreCacheMaxGb * 1e9;
+  return new ScoreCache(LmdbScoreStore.open(options.scoreCache!, { maxBytes }), scope);
 }
 
 /**
@@ -299,6 +305,15 @@ async function summarise(
   const inputs = run.inputs.report();
   warnTruncated(options, inputs.truncatedShards);
   const top = options.topFraction;
+  const notStored = run.cache?.notStored ?? 0;
+  // A cache at its bound: said once, at the end, with the count (the run itself is not affected).
+  if (notStored > 0) {
+    const bound = `its --score-cache-max-gb bound (${options.scoreCacheMaxGb} GB)`;
+    noteTo(options)(
+      `score cache ${options.scoreCache} reached ${bound}: ${notStored} scores not stored (mlm-filter cache clear makes room)`,
+    );
+  }
+  const full = notStored > 0 ? { notStored } : {};
   const result: RunSummary = {
     ...summary.summary(),
     ...(source instanceof ResumedSource
@@ -330,7 +345,7 @@ async function summarise(
     intake: { jpegDecoder: intake.jpegDecoder, nativeFallbacks: intake.nativeFallbacks },
     // Hits took stored scores; misses went to the scorer (scorerPairs: the pairs it scored, this run).
     ...(run.cache
-      ? { scoreCache: { dir: options.scoreCache, ...run.cache.counts, scorerPairs: run.scorer.stats().pairs } }
+      ? { scoreCache: { dir: options.scoreCache, ...run.cache.counts, scorerPairs: run.scorer.stats().pairs, ...full } }
       : {}),
   };
   await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');

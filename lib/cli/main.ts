@@ -32,6 +32,13 @@ const positiveInt = (name: string) => (value: string) => {
   }
   return n;
 };
+const positiveNumber = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!(n > 0) || !Number.isFinite(n)) {
+    throw new FilterError('invalid_option', `${name} must be a positive number, got ${JSON.stringify(value)}`);
+  }
+  return n;
+};
 const thresholdArg = (value: string, previous: Threshold[] = []) => {
   try {
     return [...previous, parseThreshold(value)];
@@ -288,6 +295,13 @@ function addFilterCommand(program: Command): void {
     )
     .addOption(
       opt(
+        '--score-cache-max-gb <n>',
+        'with --score-cache: stop storing new scores once its entries take n GB (lookups go on)',
+        'no bound',
+      ).argParser(positiveNumber('--score-cache-max-gb')),
+    )
+    .addOption(
+      opt(
         '--config <file>',
         'JSON file with the same options (flags win), checked against schema/filter-config.schema.json',
         'none',
@@ -375,6 +389,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     parquet: flags.parquet ?? config.parquet,
     keepShardNames: flags.keepShardNames ?? config.keepShardNames,
     scoreCache: flags.scoreCache ?? config.scoreCache,
+    scoreCacheMaxGb: flags.scoreCacheMaxGb ?? config.scoreCacheMaxGb,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,

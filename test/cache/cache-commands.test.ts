@@ -147,3 +147,21 @@ test('--dry-run names the cache and creates nothing; the same --out twice at onc
   const again = await cli(filterArgs(join(dir, 'out-h'), cache, '--dry-run'));
   assert.match(again.out, /\(a store, data\.mdb [\d.]+ MiB; reused\)/);
 });
+
+test('--score-cache-max-gb: past the bound new scores are not stored, said once; the run is unaffected', async () => {
+  const cache = join(dir, 'cache-bound');
+  // 4000 bytes: less than one 4 KiB page, so the bound is reached after the first writes.
+  const first = await cli(filterArgs(join(dir, 'out-bound1'), cache, '--score-cache-max-gb', '0.000004'));
+  assert.equal(first.code, 0, first.err);
+  const a = readRun(join(dir, 'out-bound1')).summary.scoreCache;
+  assert.ok(a.notStored > 0 && a.notStored < a.misses, JSON.stringify(a));
+  assert.equal(first.err.match(/reached its --score-cache-max-gb bound \(0\.000004 GB\)/g)?.length, 1, first.err);
+  const stats = JSON.parse((await cli(['cache', 'stats', '--score-cache', cache, '--json'])).out);
+  assert.equal(stats.entries, a.misses - a.notStored);
+  // Without the bound the next run hits what was stored and stores the rest.
+  const second = await cli(filterArgs(join(dir, 'out-bound2'), cache));
+  const b = readRun(join(dir, 'out-bound2')).summary.scoreCache;
+  assert.deepEqual([b.hits, b.misses, b.notStored], [stats.entries, a.notStored, undefined], second.err);
+  const bad = await cli(filterArgs(join(dir, 'out-bound3'), cache, '--score-cache-max-gb', '0'));
+  assert.equal(codeOf(bad.err), 'invalid_option');
+});
