@@ -399,6 +399,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
   };
   const allowFractionThresholds: boolean | undefined = flags.allowFractionThresholds ?? config.allowFractionThresholds;
   refuseFractionThresholds(options, allowFractionThresholds);
+  refuseScoreCacheOptions(options);
   if (flags.printConfig || flags.dryRun) return planFilter({ ...options, allowFractionThresholds }, flags);
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);
@@ -408,6 +409,14 @@ async function filterAction(flags: OptionValues): Promise<void> {
     `wrote ${options.out}/curated/, ${options.out}/rejects.jsonl, ${table}${options.out}/summary.json\n`,
   );
   if (stops.signal.aborted) process.exitCode = EXIT.interrupted;
+}
+
+/** `--score-cache ''` would silently mean no cache, and a bound without a cache bounds nothing: both refused. */
+function refuseScoreCacheOptions(options: FilterJobOptions): void {
+  if (options.scoreCache === '') throw new FilterError('invalid_option', '--score-cache needs a directory, got ""');
+  if (options.scoreCacheMaxGb !== undefined && options.scoreCache === undefined) {
+    throw new FilterError('bad_usage', '--score-cache-max-gb bounds a score cache: give --score-cache DIR too');
+  }
 }
 
 const OPT_IN = '--allow-fraction-thresholds, or "allowFractionThresholds": true in a --config file,';

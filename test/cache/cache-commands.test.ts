@@ -164,4 +164,8 @@ test('--score-cache-max-gb: past the bound new scores are not stored, said once;
   assert.deepEqual([b.hits, b.misses, b.notStored], [stats.entries, a.notStored, undefined], second.err);
   const bad = await cli(filterArgs(join(dir, 'out-bound3'), cache, '--score-cache-max-gb', '0'));
   assert.equal(codeOf(bad.err), 'invalid_option');
+  // A bound without a cache, and an empty cache path (which would silently mean no cache), are refused.
+  const base = filterArgs(join(dir, 'out-bound4'), '').slice(0, -2);
+  assert.equal(codeOf((await cli([...base, '--score-cache-max-gb', '1'])).err), 'bad_usage');
+  assert.equal(codeOf((await cli([...base, '--score-cache', ''])).err), 'invalid_option');
 });
