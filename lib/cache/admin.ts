@@ -6,9 +6,10 @@
  * like `--score-cache .` must not litter a project with data.mdb, and `cache clear` must never remove what it did
  * not make).
  */
-import { open as openFile, readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
+import { readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { FilterError } from '../errors.ts';
+import { checkStoreHeader } from './lmdb-header.ts';
 
 /** The files of an LMDB environment: all a score cache directory may hold. */
 export const STORE_FILES: readonly string[] = ['data.mdb', 'lock.mdb'];
@@ -37,38 +38,8 @@ export async function checkCacheDir(dir: string): Promise<CacheDirState> {
     throw new FilterError('score_cache_foreign', message, { dir });
   }
   if (!names.includes('data.mdb')) return 'empty';
-  await checkStoreHeader(dir);
+  checkStoreHeader(dir);
   return 'store';
-}
-
-/** LMDB's meta page magic (0xBEEFC0DE), and where the LMDB build lmdb-js ships writes it and the page size. */
-const LMDB_MAGIC = 0xbeefc0de;
-const MAGIC_AT = 24;
-const PAGE_SIZE_AT = 48;
-
-/**
- * LMDB trusts its file: opening a data.mdb that is not one of its environments crashes the process (a segmentation
- * fault, no message). Both meta pages are checked first; a store damaged past them is still LMDB's to trust.
- */
-async function checkStoreHeader(dir: string): Promise<void> {
-  const path = join(dir, 'data.mdb');
-  const file = await openFile(path, 'r');
-  try {
-    const { size } = await file.stat();
-    if (size === 0) return; // LMDB initialises an empty file
-    const head = Buffer.alloc(64);
-    await file.read(head, 0, 64, 0);
-    const pageSize = head.readUInt32LE(PAGE_SIZE_AT);
-    const second = Buffer.alloc(64);
-    const sane = pageSize >= 4096 && pageSize <= 65536 && (pageSize & (pageSize - 1)) === 0 && size >= 2 * pageSize;
-    if (sane) await file.read(second, 0, 64, pageSize);
-    if (!sane || head.readUInt32LE(MAGIC_AT) !== LMDB_MAGIC || second.readUInt32LE(MAGIC_AT) !== LMDB_MAGIC) {
-      const message = `score cache ${dir}: data.mdb is not an LMDB store (move it away or give another directory)`;
-      throw new FilterError('score_cache_unusable', message, { dir });
-    }
-  } finally {
-    await file.close();
-  }
 }
 
 /**

@@ -8,6 +8,7 @@
 import { mkdirSync } from 'node:fs';
 import { open, type RootDatabase } from 'lmdb';
 import { FilterError, type CachedFirst, type ScoreResult } from '../types.ts';
+import { checkStoreHeader } from './lmdb-header.ts';
 
 /** Where a cached score was first computed. */
 export type FirstOccurrence = CachedFirst;
@@ -43,6 +44,7 @@ export class LmdbScoreStore implements ScoreStore {
    * when the bound is reached still land (a few pages over at most).
    */
   static open(dir: string, options: { maxBytes?: number } = {}): LmdbScoreStore {
+    checkStoreHeader(dir);
     try {
       mkdirSync(dir, { recursive: true });
       // noMetaSync: one fsync per commit instead of two. A system crash may undo the last commit but never corrupts

@@ -1,6 +1,6 @@
 /** The LMDB score store: an entry survives reopening, and the first occurrence of a key stays the first. */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -47,3 +47,23 @@ test(
     );
   },
 );
+
+test('a data.mdb that is not an LMDB store is refused before LMDB opens it (LMDB would crash the process)', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'mlmf-store-'));
+  const foreign = join(root, 'foreign');
+  mkdirSync(foreign);
+  writeFileSync(join(foreign, 'data.mdb'), Buffer.alloc(64 * 1024, 7));
+  // A real store cut to its first page: its second meta page is gone.
+  const cut = join(root, 'cut');
+  const store = LmdbScoreStore.open(cut);
+  await store.putIfAbsent('k', entry('first', 40));
+  await store.close();
+  truncateSync(join(cut, 'data.mdb'), 4096);
+  for (const dir of [foreign, cut]) {
+    assert.throws(
+      () => LmdbScoreStore.open(dir),
+      (err: unknown) =>
+        err instanceof FilterError && err.code === 'score_cache_unusable' && /not an LMDB/.test(err.message),
+    );
+  }
+});
