@@ -69,7 +69,7 @@ export async function needServices(...names: ('kafka' | 's3' | 'sqs' | 'dynamodb
  * input). Optional per-batch delay imitates inference time.
  */
 export class FastScorer implements Scorer {
-  readonly model = { name: 'fast-test-scorer', revision: 'stream-tests' };
+  readonly model: { name: string; revision: string };
   readonly preprocess = {
     size: 16,
     mean: [0.5, 0.5, 0.5],
@@ -84,7 +84,10 @@ export class FastScorer implements Scorer {
   constructor(
     readonly maxBatch = 16,
     readonly delayMs = 0,
-  ) {}
+    revision = 'stream-tests',
+  ) {
+    this.model = { name: 'fast-test-scorer', revision };
+  }
   async score(batch: readonly ScoreInput[]): Promise<ScoreResult[]> {
     this.batches++;
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
