@@ -56,7 +56,8 @@ const THROTTLING = new Set([
   'LimitExceededException',
 ]);
 
-const retriable = (err: unknown): boolean => {
+/** Whether a DynamoDB request's error is worth another try: throttling and conflicts yes, a refused condition no. */
+export const retriable = (err: unknown): boolean => {
   const e = err as { name?: string; code?: string } | undefined;
   if (THROTTLING.has(e?.name ?? '')) return true;
   if (e?.name === 'TransactionCanceledException') return isThrottledTransaction(err);
@@ -156,8 +157,7 @@ export class DynamoStore implements ScoreStore, ImageStore {
       await this.send('transact', () => this.client.send(new TransactWriteItemsCommand({ TransactItems: items })));
       return entry;
     } catch (err) {
-      const reasons = (err as { CancellationReasons?: { Code?: string }[] }).CancellationReasons;
-      if (reasons?.[0]?.Code !== 'ConditionalCheckFailed') throw err;
+      if (!conditionRefused(err)) throw err;
     }
     const holder = await this.getImage(entry.digest);
     // Gone again between the two requests (expired, or the table cleared): this entry is the first after all.
@@ -246,12 +246,22 @@ export class DynamoStore implements ScoreStore, ImageStore {
         const message = `score cache table ${this.table} does not exist (or is not ACTIVE yet)`;
         throw new FilterError('score_cache_unusable', message, { table: this.table }, { cause: err });
       }
-      if (err instanceof ConditionalCheckFailedException || name === 'TransactionCanceledException') throw err;
+      // A refused condition is an answer, not a failure: the caller reads it.
+      if (err instanceof ConditionalCheckFailedException || conditionRefused(err)) throw err;
       const message = `score cache table ${this.table}: ${what} failed: ${name ? `${name}: ` : ''}${(err as Error).message}`;
       const code = retriable(err) ? 'score_cache_failed' : 'score_cache_unusable';
       throw new FilterError(code, message, { table: this.table, request: what }, { cause: err });
     }
   }
+}
+
+/** A transaction cancelled because its image item's condition (the first item) was refused: the digest is taken. */
+function conditionRefused(err: unknown): boolean {
+  const reasons = (err as { name?: string; CancellationReasons?: { Code?: string }[] }).CancellationReasons;
+  return (
+    (err as { name?: string }).name === 'TransactionCanceledException' &&
+    reasons?.[0]?.Code === 'ConditionalCheckFailed'
+  );
 }
 
 function expired(item: Record<string, AttributeValue>, nowSeconds: number): boolean {

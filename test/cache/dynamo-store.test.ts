@@ -4,8 +4,20 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { BatchWriteItemCommand, PutItemCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoStore, MAX_ENTRY_BYTES } from '../../lib/cache/dynamo-store.ts';
+import {
+  BatchWriteItemCommand,
+  ConditionalCheckFailedException,
+  CreateTableCommand,
+  ProvisionedThroughputExceededException,
+  PutItemCommand,
+  ResourceNotFoundException,
+  ThrottlingException,
+  TransactionCanceledException,
+  waitUntilTableExists,
+  type DynamoDBClient,
+} from '@aws-sdk/client-dynamodb';
+import { test } from 'node:test';
+import { DynamoStore, MAX_ENTRY_BYTES, retriable } from '../../lib/cache/dynamo-store.ts';
 import type { ImageEntry, ScoreEntry } from '../../lib/cache/store.ts';
 import { FilterError } from '../../lib/errors.ts';
 import { needServices } from '../stream/helpers.ts';
@@ -169,6 +181,26 @@ describe('DynamoStore on the local DynamoDB server', { skip }, () => {
     );
   });
 
+  it('a table with other keys is one score_cache_unusable error at open', async () => {
+    const other = `${table}-other`;
+    await client.send(
+      new CreateTableCommand({
+        TableName: other,
+        BillingMode: 'PAY_PER_REQUEST',
+        AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }],
+        KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }],
+      }),
+    );
+    await waitUntilTableExists({ client, maxWaitTime: 30 }, { TableName: other });
+    await assert.rejects(
+      DynamoStore.open({ table: other, aws }),
+      (err: unknown) =>
+        err instanceof FilterError &&
+        err.code === 'score_cache_unusable' &&
+        /has keys id:HASH, not pk/.test(err.message),
+    );
+  });
+
   it('an unreachable endpoint fails as score_cache_failed (retriable) after the retries', async () => {
     const { RetryPolicy } = await import('../../lib/support/retry.ts');
     const retry = new RetryPolicy({ maxAttempts: 2, baseMs: 10 });
@@ -177,4 +209,22 @@ describe('DynamoStore on the local DynamoDB server', { skip }, () => {
       (err: unknown) => err instanceof FilterError && err.code === 'score_cache_failed',
     );
   });
+});
+
+test('throttling and transaction conflicts are retried; a refused condition or a missing table is not', () => {
+  const meta = { $metadata: { httpStatusCode: 400 }, message: 'x' };
+  assert.equal(retriable(new ProvisionedThroughputExceededException(meta)), true);
+  assert.equal(retriable(new ThrottlingException(meta)), true);
+  const conflict = new TransactionCanceledException({
+    ...meta,
+    CancellationReasons: [{ Code: 'TransactionConflict' }],
+  });
+  assert.equal(retriable(conflict), true);
+  const refused = new TransactionCanceledException({
+    ...meta,
+    CancellationReasons: [{ Code: 'ConditionalCheckFailed' }],
+  });
+  assert.equal(retriable(refused), false);
+  assert.equal(retriable(new ConditionalCheckFailedException(meta)), false);
+  assert.equal(retriable(new ResourceNotFoundException(meta)), false);
 });
