@@ -32,6 +32,8 @@ const skip = await needServices('s3', 'sqs', 'dynamodb');
 interface Run {
   readonly scorer: FastScorer;
   readonly cache?: { hits: number; misses: number };
+  /** The EMF metric PairsFromScoreCache, summed over the run's documents. */
+  readonly fromCacheMetric: number;
 }
 
 describe('shard jobs with the fleet score cache', { skip }, () => {
@@ -50,10 +52,9 @@ describe('shard jobs with the fleet score cache', { skip }, () => {
     const logger = new Logger(({ msg, ctx }) => {
       if (msg === 'worker stopped') cache = (ctx as { scoreCache?: Run['cache'] }).scoreCache;
     });
-    const run = runWorker(
-      { ...config, scorer },
-      { signal: stop.signal, abort: abort.signal, logger, metricsOut: null },
-    );
+    let fromCacheMetric = 0;
+    const metricsOut = (line: string) => (fromCacheMetric += Number(JSON.parse(line).PairsFromScoreCache ?? 0));
+    const run = runWorker({ ...config, scorer }, { signal: stop.signal, abort: abort.signal, logger, metricsOut });
     try {
       await waitFor('the worker to get there', until, 90_000);
     } finally {
@@ -61,7 +62,7 @@ describe('shard jobs with the fleet score cache', { skip }, () => {
       stop.abort();
       await run;
     }
-    return { scorer, cache };
+    return { scorer, cache, fromCacheMetric };
   }
 
   it('a redelivered job scores only what its first delivery had not; another job over the shard is all hits', async () => {
@@ -123,6 +124,7 @@ describe('shard jobs with the fleet score cache', { skip }, () => {
     const third = await work(config, () => queueEmpty(sqs, queue));
     assert.deepEqual(third.cache, { hits: n, misses: 0 });
     assert.equal(third.scorer.batches, 0, 'the scorer was not called');
+    assert.equal(third.fromCacheMetric, n, 'the PairsFromScoreCache metric counts them');
     const doneB = await readDone(s3, jobFolder(`s3://${out}/B/`), 'cached');
     assert.ok(doneB);
     assert.deepEqual([doneB.records, doneB.accepted, doneB.rejected], [doneA.records, doneA.accepted, doneA.rejected]);
