@@ -36,7 +36,7 @@ import { s3Client, sqsClient } from '../support/aws.ts';
 import { jsonLogger, type Logger } from '../support/logger.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
 import { runShardJobs } from './shard-jobs.ts';
-import { openWorkerScoreCache } from './score-cache.ts';
+import { openScoreStore, scoreCacheFor } from './score-cache.ts';
 import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
@@ -390,12 +390,13 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
   try {
     const kafka = await openKafka(config, region, log, closers);
     const policy = policyFromConfig(config);
+    const cacheStore = await openScoreStore(config);
+    if (cacheStore) closers.last(() => cacheStore.close());
     const scorer = await openScorer(config, policy, s3, log);
     closers.last(() => scorer.close());
     observeScorer(config, scorer, metrics, log, closers);
     const intake = buildIntake(config, s3, scorer, log);
-    const scoreCache = await openWorkerScoreCache(config, scorer);
-    if (scoreCache) closers.last(() => scoreCache.close());
+    const scoreCache = cacheStore && (await scoreCacheFor(cacheStore, scorer));
     const consuming = () => {
       if (!graceful.aborted) state = 'consuming';
       options.onReady?.({ healthPort });

@@ -1,7 +1,7 @@
 /**
  * The worker's score cache (MLMF_SCORE_CACHE_TABLE): a ScoreCache over the fleet's DynamoDB store, keyed for the
- * loaded scorer. The pair stream and the shard jobs share one. A missing table fails the worker's start with
- * score_cache_unusable, before anything is consumed.
+ * loaded scorer. The pair stream and the shard jobs share one. The table is opened before the model is loaded, so a
+ * missing table fails the worker's start (score_cache_unusable) in a second, not after minutes of model download.
  */
 import { DynamoStore } from '../cache/dynamo-store.ts';
 import { scopeOfModel, type ScoreCacheScope } from '../cache/key.ts';
@@ -9,20 +9,20 @@ import { ScoreCache } from '../cache/score-cache.ts';
 import type { Scorer } from '../types.ts';
 import type { WorkerConfig } from './config.ts';
 
-export async function openWorkerScoreCache(config: WorkerConfig, scorer: Scorer): Promise<ScoreCache | undefined> {
+/** The configured table, checked; undefined without MLMF_SCORE_CACHE_TABLE. */
+export async function openScoreStore(config: WorkerConfig): Promise<DynamoStore | undefined> {
   if (!config.scoreCacheTable) return undefined;
-  const store = await DynamoStore.open({
+  return DynamoStore.open({
     table: config.scoreCacheTable,
     ttlDays: config.scoreCacheTtlDays,
     // A hung request fails and is retried instead of holding a record (and its batch's commit) forever.
     aws: { region: config.region, endpoint: config.dynamodbEndpoint, requestTimeoutMs: 10_000 },
   });
-  try {
-    return new ScoreCache(store, await scopeOf(scorer));
-  } catch (err) {
-    await store.close();
-    throw err;
-  }
+}
+
+/** The cache over `store`, keyed for `scorer` (closing the cache closes the store). */
+export async function scoreCacheFor(store: DynamoStore, scorer: Scorer): Promise<ScoreCache> {
+  return new ScoreCache(store, await scopeOf(scorer));
 }
 
 /**
