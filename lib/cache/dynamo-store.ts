@@ -153,15 +153,21 @@ export class DynamoStore implements ScoreStore, ImageStore {
       const message = `an image may join at most 99 buckets in one write, got ${items.length - 1}`;
       throw new FilterError('score_cache_unusable', message, { table: this.table });
     }
-    try {
-      await this.send('transact', () => this.client.send(new TransactWriteItemsCommand({ TransactItems: items })));
-      return entry;
-    } catch (err) {
-      if (!conditionRefused(err)) throw err;
+    // The holder can vanish between the refused write and the read (expired, the table cleared): then try again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.send('transact', () => this.client.send(new TransactWriteItemsCommand({ TransactItems: items })));
+        return entry;
+      } catch (err) {
+        if (!conditionRefused(err)) throw err;
+      }
+      const holder = await this.getImage(entry.digest);
+      if (holder) return holder;
+      if (attempt === 3) {
+        const message = `image ${entry.digest} is refused as taken, yet no entry holds it (3 tries)`;
+        throw new FilterError('score_cache_failed', message, { table: this.table });
+      }
     }
-    const holder = await this.getImage(entry.digest);
-    // Gone again between the two requests (expired, or the table cleared): this entry is the first after all.
-    return holder ?? this.putImageIfAbsent(entry, buckets);
   }
 
   async bucket(key: string): Promise<ImageEntry[]> {
