@@ -116,8 +116,10 @@ export class DynamoStore implements ScoreStore, ImageStore {
     }
   }
 
+  /** The stored entry; an item that is not a well-formed entry (written by hand?) is a miss, never a wrong hit. */
   async get(key: string): Promise<ScoreEntry | undefined> {
-    return this.getEntry<ScoreEntry>(`score#${key}`, 'score', false);
+    const entry = await this.getEntry<ScoreEntry>(`score#${key}`, 'score', false);
+    return entry && isScoreEntry(entry) ? entry : undefined;
   }
 
   async putIfAbsent(key: string, entry: ScoreEntry): Promise<void> {
@@ -187,7 +189,8 @@ export class DynamoStore implements ScoreStore, ImageStore {
         ),
       );
       for (const item of page.Items ?? []) {
-        if (!expired(item, now)) entries.push(JSON.parse(item.entry!.S!) as ImageEntry);
+        const entry = expired(item, now) ? undefined : parseEntry<ImageEntry>(item);
+        if (entry) entries.push(entry);
       }
       start = page.LastEvaluatedKey;
     } while (start);
@@ -205,7 +208,7 @@ export class DynamoStore implements ScoreStore, ImageStore {
       ),
     );
     if (!res.Item || expired(res.Item, Date.now() / 1000)) return undefined;
-    return JSON.parse(res.Item.entry!.S!) as T;
+    return parseEntry<T>(res.Item);
   }
 
   private async putEntryIfAbsent(pk: string, sk: string, entry: object): Promise<void> {
@@ -268,6 +271,20 @@ function conditionRefused(err: unknown): boolean {
     (err as { name?: string }).name === 'TransactionCanceledException' &&
     reasons?.[0]?.Code === 'ConditionalCheckFailed'
   );
+}
+
+function parseEntry<T>(item: Record<string, AttributeValue>): T | undefined {
+  try {
+    return item.entry?.S === undefined ? undefined : (JSON.parse(item.entry.S) as T);
+  } catch {
+    return undefined;
+  }
+}
+
+function isScoreEntry(e: ScoreEntry): boolean {
+  const scores = (e as Partial<ScoreEntry>).result?.scores;
+  const values = scores && typeof scores === 'object' ? Object.values(scores) : [];
+  return values.every((v) => v === null || typeof v === 'number') && typeof e.first?.id === 'string' && !!scores;
 }
 
 function expired(item: Record<string, AttributeValue>, nowSeconds: number): boolean {

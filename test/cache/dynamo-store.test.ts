@@ -97,6 +97,21 @@ describe('DynamoStore on the local DynamoDB server', { skip }, () => {
     }
   });
 
+  it('an item that is not a well-formed entry is a miss, never a hit', async () => {
+    const store = await DynamoStore.open({ table, aws });
+    try {
+      const later = { N: String(Math.floor(Date.now() / 1000) + 3600) };
+      const bad = ['not json', '{"result":{}}', '{"result":{"scores":{"itm":"90"}},"first":{"id":"x"}}'];
+      for (const [i, body] of bad.entries()) {
+        const item = { pk: { S: `score#bad${i}` }, sk: { S: 'score' }, entry: { S: body }, expiresAt: later };
+        await client.send(new PutItemCommand({ TableName: table, Item: item }));
+        assert.equal(await store.get(`bad${i}`), undefined, body);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
   it('image entries: the first holder of a digest stays; a bucket query returns every member', async () => {
     const a = await DynamoStore.open({ table, aws });
     const b = await DynamoStore.open({ table, aws });
