@@ -139,6 +139,32 @@ describe('DynamoStore on the local DynamoDB server', { skip }, () => {
     }
   });
 
+  it('an expired image is absent to reads and queries, and the next writer becomes its holder', async () => {
+    const store = await DynamoStore.open({ table, aws });
+    try {
+      const past = { N: String(Math.floor(Date.now() / 1000) - 60) };
+      const old = { S: JSON.stringify(image('dx', 'old')) };
+      await client.send(
+        new PutItemCommand({
+          TableName: table,
+          Item: { pk: { S: 'image#dx' }, sk: { S: 'image' }, entry: old, expiresAt: past },
+        }),
+      );
+      await client.send(
+        new PutItemCommand({
+          TableName: table,
+          Item: { pk: { S: 'bucket#x:1' }, sk: { S: 'dx' }, entry: old, expiresAt: past },
+        }),
+      );
+      assert.equal(await store.getImage('dx'), undefined);
+      assert.deepEqual(await store.bucket('x:1'), []);
+      assert.deepEqual(await store.putImageIfAbsent(image('dx', 'new'), ['x:1']), image('dx', 'new'));
+      assert.deepEqual(await store.bucket('x:1'), [image('dx', 'new')]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('a bucket larger than one Query page (1 MB) is returned whole', async () => {
     const store = await DynamoStore.open({ table, aws });
     try {
