@@ -57,7 +57,12 @@ export const ERRORS = {
     'an input whose bytes are neither a tar shard nor JSONL (plain or gzip), or not --input-format',
   ),
   output_unwritable: runtime('the output directory or file cannot be written', false),
-  score_cache_unusable: runtime('the --score-cache directory cannot be opened as a score cache', false),
+  score_cache_unusable: runtime(
+    "the score cache (the --score-cache directory, the fleet's DynamoDB table) cannot be opened or refuses an entry",
+    false,
+  ),
+  // Retriable: throttling or an unreachable endpoint outlasted the retries; the next record may get through.
+  score_cache_failed: runtime("a request to the fleet's DynamoDB score cache failed after retries", true),
   score_cache_foreign: usage("the --score-cache directory holds files (or keys) that are not a score cache's"),
   score_cache_in_output: usage('--score-cache is inside --out, or --out inside it (an --overwrite would remove it)'),
   output_not_empty: usage('--out holds a previous run and neither --resume nor --overwrite was given'),

@@ -3,9 +3,11 @@
 #   kafka  Apache Kafka 4.1 (KRaft, one node) from Maven Central jars   127.0.0.1:9092 (controller 9093)
 #   sqs    ElasticMQ from Maven Central                                 http://127.0.0.1:9324
 #   s3     moto server from PyPI (in a venv)                            http://127.0.0.1:9000
+#   dynamodb  a second moto server (the same venv), DynamoDB only       http://127.0.0.1:8000
+#          (its own process so that its state and restarts are apart from S3's; 8000 is DynamoDB Local's port)
 # Downloads are cached under .services/ (gitignored) and reused; state (Kafka log dirs, pid files, logs) too.
-# Usage: scripts/services.sh up|down|status|restart|install [kafka|sqs|s3 ...]   (default: all three)
-#   status exits 0 only when every named service answers its protocol probe.
+# Usage: scripts/services.sh up|down|status|restart|install|logs [kafka|sqs|s3|dynamodb ...]   (default: all four)
+#   status exits 0 only when every named service answers its protocol probe; logs prints each one's last 40 lines.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HERE="$ROOT/scripts/services"
@@ -15,7 +17,7 @@ mkdir -p "$SVC"
 cmd="${1:-status}"
 shift || true
 services=("$@")
-[ "${#services[@]}" -gt 0 ] || services=(kafka sqs s3)
+[ "${#services[@]}" -gt 0 ] || services=(kafka sqs s3 dynamodb)
 
 log() { echo "services: $*" >&2; }
 
@@ -59,6 +61,9 @@ kafka_java() {
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" -cp "$SVC/kafka/lib/*" "$@"
 }
 
+# DynamoDB runs from the S3 server's moto install.
+install_dynamodb() { install_s3; }
+
 start_kafka() {
   local dir="$SVC/kafka" data="$SVC/kafka/data"
   sed "s#@LOG_DIR@#$data#" "$HERE/kafka-server.properties" >"$dir/server.properties"
@@ -88,10 +93,21 @@ start_s3() {
   echo $! >"$dir/pid"
 }
 
-dir_of() { case "$1" in kafka) echo "$SVC/kafka" ;; sqs) echo "$SVC/elasticmq" ;; s3) echo "$SVC/moto" ;; esac; }
-log_of() { case "$1" in kafka) echo "$SVC/kafka/kafka.log" ;; sqs) echo "$SVC/elasticmq/elasticmq.log" ;; s3) echo "$SVC/moto/moto.log" ;; esac; }
+start_dynamodb() {
+  local dir="$SVC/dynamodb"
+  mkdir -p "$dir"
+  nohup "$SVC/moto/venv/bin/moto_server" -H 127.0.0.1 -p 8000 >"$dir/moto.log" 2>&1 &
+  echo $! >"$dir/pid"
+}
 
-ports_of() { case "$1" in kafka) echo "9092 9093" ;; sqs) echo 9324 ;; s3) echo 9000 ;; esac; }
+dir_of() {
+  case "$1" in
+    kafka) echo "$SVC/kafka" ;; sqs) echo "$SVC/elasticmq" ;; s3) echo "$SVC/moto" ;; dynamodb) echo "$SVC/dynamodb" ;;
+  esac
+}
+log_of() { echo "$(dir_of "$1")/$(case "$1" in kafka) echo kafka.log ;; sqs) echo elasticmq.log ;; *) echo moto.log ;; esac)"; }
+
+ports_of() { case "$1" in kafka) echo "9092 9093" ;; sqs) echo 9324 ;; s3) echo 9000 ;; dynamodb) echo 8000 ;; esac; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 up_one() {
@@ -153,7 +169,7 @@ rc=0
 case "$cmd" in
   up)
     for s in "${services[@]}"; do up_one "$s" || rc=1; done
-    [ $rc = 0 ] && log "MLMF_BROKERS=127.0.0.1:9092 MLMF_SQS_ENDPOINT=http://127.0.0.1:9324 MLMF_S3_ENDPOINT=http://127.0.0.1:9000"
+    [ $rc = 0 ] && log "MLMF_BROKERS=127.0.0.1:9092 MLMF_SQS_ENDPOINT=http://127.0.0.1:9324 MLMF_S3_ENDPOINT=http://127.0.0.1:9000 MLMF_DYNAMODB_ENDPOINT=http://127.0.0.1:8000"
     ;;
   down)
     for s in "${services[@]}"; do down_one "$s"; done
@@ -170,8 +186,11 @@ case "$cmd" in
       if probe "$s"; then echo "$s: up ($(log_of "$s"))"; else echo "$s: down"; rc=1; fi
     done
     ;;
+  logs)
+    for s in "${services[@]}"; do echo "== $s: $(log_of "$s")"; tail -40 "$(log_of "$s")" 2>/dev/null || true; done
+    ;;
   *)
-    echo "usage: $0 up|down|status|restart|install [kafka|sqs|s3 ...]" >&2
+    echo "usage: $0 up|down|status|restart|install|logs [kafka|sqs|s3|dynamodb ...]" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command (`npm test`): starts the local services the integration tests need (Kafka, the SQS and
-# S3 servers; installed on first use, reused afterwards), runs every test file with Node's test runner, and stops
+# The README's test command (`npm test`): starts the local services the integration tests need (Kafka, the SQS,
+# S3 and DynamoDB servers; installed on first use, reused afterwards), runs every test file with Node's test runner, and stops
 # the services it started. Slow suites (*.slow.test.ts) run only with MLMF_SLOW=1.
 # Usage: scripts/test.sh [test files...]
 set -euo pipefail
@@ -21,12 +21,15 @@ if [ ! -f build/native/jpeg_prepare.node ] || [ lib/intake/native/jpeg_prepare.c
   bash scripts/build-native.sh
 fi
 
-started=0
+# The services this run started (and stops at its end): only those that were down, never one already running.
+started=()
 if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
   if ! bash scripts/services.sh status >/dev/null 2>&1; then
-    echo "test.sh: starting local services (scripts/services.sh up)"
-    bash scripts/services.sh up
-    started=1
+    for s in kafka sqs s3 dynamodb; do
+      bash scripts/services.sh status "$s" >/dev/null 2>&1 || started+=("$s")
+    done
+    echo "test.sh: starting local services (scripts/services.sh up ${started[*]})"
+    bash scripts/services.sh up "${started[@]}"
   fi
   export MLMF_SERVICES=1
   # The topic provisioner's real-broker test reads this name.
@@ -38,7 +41,7 @@ if [ -z "${MLMF_CHROMIUM:-}" ] && [ "${CI:-}" != "true" ]; then
   export MLMF_CHROMIUM
 fi
 
-cleanup() { if [ "$started" = 1 ]; then bash scripts/services.sh down || true; fi; }
+cleanup() { if [ "${#started[@]}" -gt 0 ]; then bash scripts/services.sh down "${started[@]}" || true; fi; }
 trap cleanup EXIT
 
 node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

@@ -72,6 +72,8 @@ export const CONTEXT_KEYS = [
   'thresholds',
   'combine',
   'metrics',
+  'scoreCache',
+  'scoreCacheTtlDays',
   'alarmEmail',
   'alarmTopicArn',
   'nag',
@@ -223,6 +225,7 @@ export class MlmFilterStack extends Stack {
         metrics: c.str('metrics'),
       },
       monitoring: { alarmTopic: this.alarmTopic(c), maxInputAge: Duration.minutes(30) },
+      scoreCache: scoreCacheOf(c),
     };
     this.pipeline = new MlmFilterPipeline(this, 'Pipeline', pipelineProps);
   }
@@ -347,4 +350,10 @@ export class MlmFilterStack extends Stack {
     topic.addSubscription(new subs.EmailSubscription(email));
     return topic;
   }
+}
+
+/** scoreCache=false turns the fleet's score cache off; scoreCacheTtlDays sets its entries' lifetime. */
+function scoreCacheOf(c: ContextValues): MlmFilterPipelineProps['scoreCache'] {
+  const days = int(c.raw('scoreCacheTtlDays'), 'scoreCacheTtlDays');
+  return { enabled: bool(c.raw('scoreCache')), ...(days !== undefined ? { ttl: Duration.days(days) } : {}) };
 }

@@ -1,5 +1,6 @@
 import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -21,6 +22,7 @@ import { LagProbe } from './lag-probe.ts';
 import { PipelineMonitoring, type BacklogSignal } from './monitoring.ts';
 import { MskArns } from './msk.ts';
 import { kafkaAuthOf, validateProps, type MlmFilterPipelineProps, type ScalingOptions } from './props.ts';
+import { buildScoreCacheTable, grantScoreCache, scoreCacheTtlDays } from './score-cache-table.ts';
 import { grantMskSource, grantShardJobs, grantSinks } from './worker-grants.ts';
 import { workerImage } from './worker-image.ts';
 import { buildWorkerService, drainBudgetMs, type WorkerService } from './worker-service.ts';
@@ -64,6 +66,8 @@ export class MlmFilterPipeline extends Construct {
   readonly lagProbe?: LagProbe;
   readonly monitoring: PipelineMonitoring;
   readonly topics?: KafkaTopics;
+  /** The fleet's shared score cache (scoreCache), read and written by every worker and shard job. */
+  readonly scoreCacheTable?: dynamodb.Table;
 
   private readonly props: MlmFilterPipelineProps;
   private readonly namespace: string;
@@ -114,6 +118,7 @@ export class MlmFilterPipeline extends Construct {
     this.capacityProvider = capacity.capacityProvider;
     this.instanceRole = capacity.instanceRole;
 
+    if (props.scoreCache?.enabled ?? true) this.scoreCacheTable = buildScoreCacheTable(this, props.scoreCache ?? {});
     const base = this.workerBase();
     if (props.kafkaSource) ({ service: this.kafkaService, lagProbe: this.lagProbe } = this.addKafkaService(base));
     if (this.queue) this.sqsService = this.addSqsService(base, this.queue);
@@ -251,6 +256,10 @@ export class MlmFilterPipeline extends Construct {
     if (p.topics.accepted) contract.MLMF_ACCEPTED_TOPIC = p.topics.accepted;
     if (p.topics.deadLetter) contract.MLMF_DLQ_TOPIC = p.topics.deadLetter;
     if (this.scramSecret) contract.MLMF_KAFKA_SECRET_ARN = this.scramSecret.secretArn;
+    if (this.scoreCacheTable) {
+      contract.MLMF_SCORE_CACHE_TABLE = this.scoreCacheTable.tableName;
+      contract.MLMF_SCORE_CACHE_TTL_DAYS = String(scoreCacheTtlDays(p.scoreCache ?? {}));
+    }
     return { ...(w.environment ?? {}), ...(contract as Record<string, string>) };
   }
 
@@ -284,6 +293,7 @@ export class MlmFilterPipeline extends Construct {
       sinkTopics: this.sinkTopics,
       scramSecret: this.scramSecret,
     });
+    if (this.scoreCacheTable) grantScoreCache(this.scoreCacheTable, built.taskRole);
     this.services.push(built.service);
     return built;
   }

@@ -289,6 +289,28 @@ export interface WorkerOptions {
   readonly containerProps?: Omit<Partial<ecs.ContainerDefinitionOptions>, 'image' | 'gpuCount' | 'environment'>;
 }
 
+/**
+ * The fleet's shared score cache (issue 24): a DynamoDB table every worker reads before scoring and writes after, so
+ * a pair scored once (by the stream or a backfill) is not scored again until its entry expires. On by default: a
+ * crawl repeats itself, a hit costs about half a read unit instead of a GPU inference, and a miss one read plus one
+ * write unit (docs/DEPLOY.md, "The score cache").
+ */
+export interface ScoreCacheOptions {
+  /** Create the table and give its name to the workers. @default true */
+  readonly enabled?: boolean;
+  /** How long an entry lives after it is written (DynamoDB TTL on `expiresAt`; whole days). @default Duration.days(30) */
+  readonly ttl?: Duration;
+  /**
+   * A customer-managed key for the table (the workers get kms:Decrypt and kms:GenerateDataKey on it).
+   * @default - the AWS-owned key (encrypted at rest, no KMS charges)
+   */
+  readonly encryptionKey?: kms.IKey;
+  /** Point-in-time recovery. @default false (the table is a cache: losing it costs recomputation, not data) */
+  readonly pointInTimeRecovery?: boolean;
+  /** @default RemovalPolicy.RETAIN */
+  readonly removalPolicy?: RemovalPolicy;
+}
+
 export interface MlmFilterPipelineProps {
   /** Names the dashboard, consumer group and the `Pipeline` metric dimension. @default the construct id */
   readonly pipelineName?: string;
@@ -335,6 +357,8 @@ export interface MlmFilterPipelineProps {
   readonly monitoring?: MonitoringOptions;
   /** CloudWatch EMF namespace of the worker's metrics. @default 'MlmFilter' */
   readonly metricsNamespace?: string;
+  /** @default - a new table, see {@link ScoreCacheOptions} */
+  readonly scoreCache?: ScoreCacheOptions;
 }
 
 /** Kafka authentication as the worker and the Lambdas configure it. */
@@ -378,6 +402,10 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
     );
   }
   if (!/^[0-9a-fA-F]{64}$/.test(props.model.sha256)) fail('model.sha256 must be 64 hex characters');
+  const ttl = props.scoreCache?.ttl;
+  if (ttl && !ttl.isUnresolved() && (ttl.toSeconds() < 86_400 || ttl.toSeconds() % 86_400 !== 0)) {
+    fail('scoreCache.ttl must be whole days, at least one (the workers write expiresAt in days)');
+  }
   for (const [name, s] of [
     ['kafkaSource', props.kafkaSource],
     ['sqsSource', props.sqsSource],

@@ -10,6 +10,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { SummaryCollector } from '../metrics/run-summary.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type ImageIntake } from '../pipeline/index.ts';
+import type { ScoreCache } from '../cache/score-cache.ts';
 import type { Logger } from '../support/logger.ts';
 import type { Policy } from '../policy/index.ts';
 import { WebDatasetSource } from '../sources/webdataset.ts';
@@ -38,6 +39,8 @@ export interface ShardJobOptions {
   readonly scorer: Scorer;
   readonly intake: ImageIntake;
   readonly policy: Policy;
+  /** Scores stored by earlier runs (lib/cache): a hit is not scored again. Default none. */
+  readonly scoreCache?: ScoreCache;
   /** Sinks every outcome also goes to (the audit topic, where the worker has one). */
   readonly extraSinks?: readonly Sink[];
   /** Accepted samples per curated shard. Default 1000. */
@@ -162,6 +165,7 @@ async function scoreShard(
     maxPendingBytes: options.maxPendingBytes,
     // One shard, one run: a repeated id inside the shard is a `duplicate` reject, as in `mlm-filter filter`.
     dedupe: true,
+    ...(options.scoreCache ? { scoreCache: options.scoreCache } : {}),
     abort: options.abort,
     onOutcome: (o) => {
       out.summary.add(o);

@@ -485,6 +485,7 @@ function addWorkerCommand(program: Command): void {
     ['--s3-endpoint <url>', 'MLMF_S3_ENDPOINT', 'S3-compatible endpoint (local servers)', 'AWS'],
     ['--sqs-endpoint <url>', 'MLMF_SQS_ENDPOINT', 'SQS-compatible endpoint (local servers)', 'AWS'],
     ['--allow-addresses <list>', 'MLMF_ALLOW_ADDRESSES', 'addresses opened for image fetches, comma-separated', 'none'],
+    ['--score-cache-table <name>', 'MLMF_SCORE_CACHE_TABLE', "the fleet's DynamoDB score cache table", 'none'],
   ];
   const worker = program
     .command('worker')

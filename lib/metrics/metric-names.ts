@@ -27,6 +27,8 @@ export const METRIC = {
   PairsAccepted: 'PairsAccepted',
   /** Counter: records rejected (any reason) and written to the audit topic. */
   PairsRejected: 'PairsRejected',
+  /** Counter: pairs whose scores came from the score cache (MLMF_SCORE_CACHE_TABLE), not the scorer. */
+  PairsFromScoreCache: 'PairsFromScoreCache',
   /** Counter with dimension Reason: rejects by reason code (invalid_record, fetch_failed, below_threshold...). */
   RejectsByReason: 'RejectsByReason',
   /** Value 0..100 per scored pair: image-text matching. */

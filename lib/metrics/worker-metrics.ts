@@ -14,13 +14,18 @@ import type { Logger } from '../support/logger.ts';
 import { emfDocument, ValueCounter, type EmfMetric } from './emf.ts';
 
 /** What the metrics read of an outcome: small enough to hold until the outcome is final (a shard job's end). */
-export type ObservedOutcome = Pick<Outcome, 'decision' | 'scores'> & { readonly reasons: readonly { code: string }[] };
+export type ObservedOutcome = Pick<Outcome, 'decision' | 'scores'> & {
+  readonly reasons: readonly { code: string }[];
+  /** The scores came from the score cache (Outcome.cached, kept as a flag). */
+  readonly cached?: unknown;
+};
 
 /** The part of an outcome the metrics keep, without its record (the record's bytes must not live on here). */
 export const observed = (o: ObservedOutcome): ObservedOutcome => ({
   decision: o.decision,
   reasons: o.reasons.map(({ code }) => ({ code })),
   scores: o.scores,
+  ...(o.cached ? { cached: true } : {}),
 });
 
 /** Options of {@link WorkerMetrics}. */
@@ -49,6 +54,7 @@ export const PROM = {
   pairsIn: 'mlmf_pairs_in_total',
   accepted: 'mlmf_pairs_accepted_total',
   rejected: 'mlmf_pairs_rejected_total',
+  fromScoreCache: 'mlmf_pairs_from_score_cache_total',
   rejectsByReason: 'mlmf_rejects_by_reason_total',
   score: 'mlmf_score',
   stageSeconds: 'mlmf_stage_duration_seconds',
@@ -86,6 +92,7 @@ export class WorkerMetrics {
     pairsIn: Counter;
     accepted: Counter;
     rejected: Counter;
+    fromScoreCache: Counter;
     reasons: Counter<'reason'>;
     score: Histogram<'metric' | 'decision'>;
     stage: Histogram<'stage'>;
@@ -102,7 +109,7 @@ export class WorkerMetrics {
   };
 
   // The EMF interval's aggregates; reset on each flush.
-  private interval = { pairsIn: 0, accepted: 0, rejected: 0, errors: 0 };
+  private interval = { pairsIn: 0, accepted: 0, rejected: 0, fromScoreCache: 0, errors: 0 };
   private readonly intervalReasons = new Map<string, number>();
   private readonly intervalScores = new Map<MetricShort, ValueCounter>(
     METRICS.map((m) => [m.short, new ValueCounter(3)]),
@@ -128,6 +135,11 @@ export class WorkerMetrics {
       pairsIn: new Counter({ name: PROM.pairsIn, help: 'Records taken from the source', registers }),
       accepted: new Counter({ name: PROM.accepted, help: 'Pairs accepted (curated sink)', registers }),
       rejected: new Counter({ name: PROM.rejected, help: 'Records rejected (audit sink), any reason', registers }),
+      fromScoreCache: new Counter({
+        name: PROM.fromScoreCache,
+        help: 'Pairs whose scores came from the score cache, not the scorer',
+        registers,
+      }),
       reasons: new Counter({
         name: PROM.rejectsByReason,
         help: 'Rejected records by reason code (a record with several codes counts once per code)',
@@ -208,6 +220,10 @@ export class WorkerMetrics {
   observe(outcome: Outcome | ObservedOutcome): void {
     this.prom.pairsIn.inc();
     this.interval.pairsIn++;
+    if (outcome.cached) {
+      this.prom.fromScoreCache.inc();
+      this.interval.fromScoreCache++;
+    }
     if (outcome.decision === 'accept') {
       this.prom.accepted.inc();
       this.interval.accepted++;
@@ -340,6 +356,7 @@ export class WorkerMetrics {
       { name: METRIC.PairsIn, unit: 'Count', value: this.interval.pairsIn },
       { name: METRIC.PairsAccepted, unit: 'Count', value: this.interval.accepted },
       { name: METRIC.PairsRejected, unit: 'Count', value: this.interval.rejected },
+      { name: METRIC.PairsFromScoreCache, unit: 'Count', value: this.interval.fromScoreCache },
       { name: METRIC.Errors, unit: 'Count', value: this.interval.errors },
     ];
     if (this.lastSourceQueueDepth !== undefined) {
@@ -375,7 +392,7 @@ export class WorkerMetrics {
       );
     }
 
-    this.interval = { pairsIn: 0, accepted: 0, rejected: 0, errors: 0 };
+    this.interval = { pairsIn: 0, accepted: 0, rejected: 0, fromScoreCache: 0, errors: 0 };
     this.intervalReasons.clear();
     for (const c of this.intervalScores.values()) c.reset();
     this.intervalLatency.reset();

@@ -2,6 +2,7 @@
  * The one place AWS clients are built (the worker, `mlm-filter filter` and `mlm-filter backfill` share it), and the
  * AWS error helpers (lib/support/aws-errors.ts, kept apart so that reading an error does not load the SDK).
  */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { S3Client } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
 
@@ -10,7 +11,10 @@ export { httpStatus, isClientError, isNotFound, isPreconditionFailed } from './a
 export interface AwsClientOptions {
   /** Default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1. */
   readonly region?: string;
-  /** An S3- or SQS-compatible server (MLMF_S3_ENDPOINT, MLMF_SQS_ENDPOINT): S3 then addresses buckets by path. */
+  /**
+   * An S3-, SQS- or DynamoDB-compatible server (MLMF_S3_ENDPOINT, MLMF_SQS_ENDPOINT, MLMF_DYNAMODB_ENDPOINT): S3 then
+   * addresses buckets by path.
+   */
   readonly endpoint?: string;
   /** Per-request timeout, ms: a hung request fails (and is retried) instead of holding its caller. Default none. */
   readonly requestTimeoutMs?: number;
@@ -49,4 +53,8 @@ export function s3Client(o: AwsClientOptions = {}): S3Client {
 
 export function sqsClient(o: AwsClientOptions = {}): SQSClient {
   return new SQSClient(common(o));
+}
+
+export function dynamoDbClient(o: AwsClientOptions = {}): DynamoDBClient {
+  return new DynamoDBClient(common(o));
 }

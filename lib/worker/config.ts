@@ -120,6 +120,21 @@ export interface WorkerConfig {
    * rebalance would be caught by it (see the pipeline's dedupe); duplicates stay detectable by id downstream.
    */
   readonly dedupe?: boolean;
+  /**
+   * MLMF_SCORE_CACHE_TABLE: the fleet's shared score cache, a DynamoDB table (lib/cache/dynamo-store.ts) that every
+   * worker and shard job reads before scoring and writes after; unset: no cache. The construct creates it.
+   */
+  readonly scoreCacheTable?: string;
+  /** MLMF_SCORE_CACHE_TTL_DAYS: days an entry lives after it is written. Default 30. */
+  readonly scoreCacheTtlDays?: number;
+  /** MLMF_DYNAMODB_ENDPOINT: local DynamoDB-protocol server. */
+  readonly dynamodbEndpoint?: string;
+  /**
+   * MLMF_DEDUPE_IMAGES: off (default), exact (a pair whose decoded image was accepted before is rejected as
+   * duplicate_image), near[:D] (the same within Hamming distance D of the perceptual hash). Needs
+   * MLMF_SCORE_CACHE_TABLE (the images are remembered there).
+   */
+  readonly dedupeImages?: ImageDedupe;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka), hence at most one curated shard's worth. Default 1000. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -248,6 +263,10 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     backlogSampleMs: int(e('MLMF_BACKLOG_SAMPLE_MS'), l('MLMF_BACKLOG_SAMPLE_MS')),
     dedupe: bool(e('MLMF_DEDUPE'), l('MLMF_DEDUPE')),
     sourceBatch: int(e('MLMF_SOURCE_BATCH'), l('MLMF_SOURCE_BATCH')),
+    scoreCacheTable: e('MLMF_SCORE_CACHE_TABLE'),
+    scoreCacheTtlDays: positive(e('MLMF_SCORE_CACHE_TTL_DAYS'), l('MLMF_SCORE_CACHE_TTL_DAYS')),
+    dynamodbEndpoint: e('MLMF_DYNAMODB_ENDPOINT'),
+    dedupeImages: imageDedupe(e('MLMF_DEDUPE_IMAGES'), l('MLMF_DEDUPE_IMAGES')),
     intakeConcurrency: int(e('MLMF_INTAKE_CONCURRENCY'), l('MLMF_INTAKE_CONCURRENCY')),
     allowAddresses: list(e('MLMF_ALLOW_ADDRESSES')),
     jpegDecoder: jpegDecoder(e('MLMF_JPEG_DECODER')),
@@ -255,6 +274,37 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
     allowFractionThresholds: bool(e('MLMF_ALLOW_FRACTION_THRESHOLDS'), l('MLMF_ALLOW_FRACTION_THRESHOLDS')),
   };
   return config;
+}
+
+/** An image dedupe policy: off, exact, or near with its Hamming distance (bits of the 64-bit perceptual hash). */
+export type ImageDedupe = { readonly mode: 'off' | 'exact' } | { readonly mode: 'near'; readonly distance?: number };
+
+function imageDedupe(v: string | undefined, name: string): ImageDedupe | undefined {
+  if (v === undefined || v === '') return undefined;
+  const m = /^(off|exact|near)(?::(\d{1,2}))?$/.exec(v);
+  const distance = m?.[2] === undefined ? undefined : Number(m[2]);
+  if (!m || (distance !== undefined && (m[1] !== 'near' || distance > 32))) {
+    throw new FilterError(
+      'worker_config',
+      `${name} must be off, exact or near[:D] with D 0..32, got ${JSON.stringify(v)}`,
+      {
+        name,
+      },
+    );
+  }
+  return m[1] === 'near'
+    ? { mode: 'near', ...(distance !== undefined ? { distance } : {}) }
+    : { mode: m[1] as 'off' | 'exact' };
+}
+
+/** A positive number (fractions allowed: a TTL of half a day), else worker_config. */
+function positive(v: string | undefined, name: string): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new FilterError('worker_config', `${name} must be a positive number, got ${JSON.stringify(v)}`, { name });
+  }
+  return n;
 }
 
 function jpegDecoder(v: string | undefined): WorkerConfig['jpegDecoder'] {
@@ -303,6 +353,18 @@ export function validateConfig(c: WorkerConfig): void {
     missing.push('MLMF_BROKERS (for the topics)');
   if (c.kafkaAuth === 'scram-sha-512' && !c.kafkaSecretArn) missing.push('MLMF_KAFKA_SECRET_ARN (SCRAM credentials)');
   if (c.modelS3Uri && !c.modelSha256) missing.push('MLMF_MODEL_SHA256 (digest of MLMF_MODEL_S3_URI)');
+  if (c.dedupeImages && c.dedupeImages.mode !== 'off' && !c.scoreCacheTable)
+    missing.push('MLMF_SCORE_CACHE_TABLE (MLMF_DEDUPE_IMAGES remembers images there)');
+  if (c.dedupeImages && c.dedupeImages.mode !== 'off') {
+    // Parsed so that its form is checked now; refused rather than ignored until the image dedupe is wired in.
+    throw new FilterError(
+      'worker_config',
+      'MLMF_DEDUPE_IMAGES is not available in the worker yet: unset it or set off',
+      {
+        name: 'MLMF_DEDUPE_IMAGES',
+      },
+    );
+  }
   if (missing.length > 0) {
     throw new FilterError('worker_config', `worker configuration incomplete: ${[...new Set(missing)].join(', ')}`, {
       missing,

@@ -34,7 +34,9 @@ import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { s3Client, sqsClient } from '../support/aws.ts';
 import { jsonLogger, type Logger } from '../support/logger.ts';
+import type { ScoreCache } from '../cache/score-cache.ts';
 import { runShardJobs } from './shard-jobs.ts';
+import { openScoreStore, scoreCacheFor } from './score-cache.ts';
 import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
@@ -295,6 +297,7 @@ interface PairParts {
   readonly scorer: Scorer;
   readonly policy: Policy;
   readonly intake: ImageIntake;
+  readonly scoreCache?: ScoreCache;
   readonly metrics: WorkerMetrics;
   readonly log: Logger;
   readonly closers: Closers;
@@ -311,7 +314,7 @@ interface PairRun {
 
 /** Pair records from Kafka or SQS through the pipeline into the curated bucket and the topics. */
 async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResult> {
-  const { config, kafka, s3, scorer, policy, intake, metrics, log, closers, region } = parts;
+  const { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, closers, region } = parts;
   const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, run.abort, log);
   const source = openSource(config, kafka, metrics, region, log, closers);
   closers.first(() => source.close());
@@ -326,6 +329,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     healthPort: run.healthPort,
     model: scorer.model,
     scoredMetrics: scorer.metrics,
+    scoreCacheTable: config.scoreCacheTable,
   });
   const stats = await runPipeline({
     source,
@@ -340,6 +344,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     // In-run id dedupe is off by default: an SQS message redelivered while its first copy is still in work would
     // become a `duplicate` reject instead of the same outcome written twice (duplicates carry the same id).
     dedupe: config.dedupe ?? false,
+    ...(scoreCache ? { scoreCache } : {}),
     onOutcome: (o) => metrics.observe(o),
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
     logger: metrics.countingErrors(log, 'pipeline'),
@@ -351,6 +356,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     replaySkipped: curated.skippedReplayed,
     // Topic messages of offsets another owner (or an earlier attempt) had committed already: not published again.
     topicReplaySkipped: kafka.hub?.skippedReplayed ?? 0,
+    ...(scoreCache ? { scoreCache: { ...scoreCache.counts } } : {}),
   });
   return { stats, shardsWritten: curated.shardsWritten };
 }
@@ -384,20 +390,23 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
   try {
     const kafka = await openKafka(config, region, log, closers);
     const policy = policyFromConfig(config);
+    const cacheStore = await openScoreStore(config);
+    if (cacheStore) closers.last(() => cacheStore.close());
     const scorer = await openScorer(config, policy, s3, log);
     closers.last(() => scorer.close());
     observeScorer(config, scorer, metrics, log, closers);
     const intake = buildIntake(config, s3, scorer, log);
+    const scoreCache = cacheStore && (await scoreCacheFor(cacheStore, scorer));
     const consuming = () => {
       if (!graceful.aborted) state = 'consuming';
       options.onReady?.({ healthPort });
     };
     if (config.source === 'sqs-shards') {
       // Backfill: shard-job messages instead of pair records (lib/worker/shard-jobs.ts).
-      const o = { config, kafka, s3, scorer, policy, intake, metrics, log, signal: graceful, abort: hard };
+      const o = { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, signal: graceful, abort: hard };
       return await runShardJobs({ ...o, ready: consuming });
     }
-    const parts = { config, kafka, s3, scorer, policy, intake, metrics, log, closers, region };
+    const parts = { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, closers, region };
     return await consumePairs(parts, { signal: graceful, abort: hard, consuming, healthPort });
   } finally {
     state = 'draining';

@@ -54,6 +54,7 @@ import type { Policy } from '../policy/index.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
 import type { ModelInfo, Outcome, Scorer, Sink } from '../types.ts';
 import { codeOf, FilterError } from '../errors.ts';
+import type { ScoreCache } from '../cache/score-cache.ts';
 import type { WorkerConfig } from './config.ts';
 
 export interface ShardJobWorkerOptions {
@@ -64,6 +65,8 @@ export interface ShardJobWorkerOptions {
   readonly scorer: Scorer;
   readonly policy: Policy;
   readonly intake: ImageIntake;
+  /** The fleet's score cache (MLMF_SCORE_CACHE_TABLE): a re-run or a redelivered shard skips what was scored. */
+  readonly scoreCache?: ScoreCache;
   readonly metrics: WorkerMetrics;
   readonly log: Logger;
   /** Graceful stop: no new job is taken; the one in progress finishes. */
@@ -139,7 +142,8 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
     sqs.destroy();
   }
   run.stats.finishedAt = Date.now();
-  log.info('worker stopped', { ...run.stats, shards: run.shards });
+  const cache = o.scoreCache ? { scoreCache: { ...o.scoreCache.counts } } : {};
+  log.info('worker stopped', { ...run.stats, shards: run.shards, ...cache });
   return { stats: run.stats, shardsWritten: run.shards };
 }
 
@@ -278,6 +282,7 @@ function runJob(
     scorer: o.scorer,
     intake: o.intake,
     policy: o.policy,
+    ...(o.scoreCache ? { scoreCache: o.scoreCache } : {}),
     extraSinks: run.audit ? [run.audit] : [],
     samplesPerShard: o.config.samplesPerShard,
     maxSampleBytes: o.config.maxSampleBytes,

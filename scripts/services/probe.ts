@@ -1,8 +1,9 @@
 /**
  * Readiness probes for the local services, over their real protocols (a port that accepts TCP is not yet a broker
- * that answers metadata requests). Usage: node --import tsx scripts/services/probe.ts kafka|sqs|s3
+ * that answers metadata requests). Usage: node --import tsx scripts/services/probe.ts kafka|sqs|s3|dynamodb
  * Exit 0 when the service answers, 1 otherwise (the error on stderr).
  */
+import { DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
 import { ListBucketsCommand, S3Client } from '@aws-sdk/client-s3';
 import { ListQueuesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { Kafka, logLevel } from 'kafkajs';
@@ -49,6 +50,16 @@ async function probe(service: string): Promise<void> {
       });
       await s3.send(new ListBucketsCommand({}));
       s3.destroy();
+      return;
+    }
+    case 'dynamodb': {
+      const dynamodb = new DynamoDBClient({
+        region,
+        credentials,
+        endpoint: process.env.MLMF_DYNAMODB_ENDPOINT ?? 'http://127.0.0.1:8000',
+      });
+      await dynamodb.send(new ListTablesCommand({}));
+      dynamodb.destroy();
       return;
     }
     default:

@@ -22,6 +22,7 @@ import type { ScoreInput, ScoreResult, Scorer } from '../../lib/types.ts';
 export const BROKERS = process.env.MLMF_BROKERS ?? '127.0.0.1:9092';
 export const S3_ENDPOINT = process.env.MLMF_S3_ENDPOINT ?? 'http://127.0.0.1:9000';
 export const SQS_ENDPOINT = process.env.MLMF_SQS_ENDPOINT ?? 'http://127.0.0.1:9324';
+export const DYNAMODB_ENDPOINT = process.env.MLMF_DYNAMODB_ENDPOINT ?? 'http://127.0.0.1:8000';
 export const REGION = 'us-east-1';
 export const CREDENTIALS = { accessKeyId: 'test', secretAccessKey: 'test' };
 // The SDK clients in the worker read these; the local servers accept any.
@@ -52,8 +53,8 @@ function portOpen(hostPort: string): Promise<boolean> {
  * `skip` option for a suite that needs the local services: a reason string when they are down (start them with
  * `bash scripts/services.sh up`), false when up. Under CI=true a missing service is a failure, not a skip.
  */
-export async function needServices(...names: ('kafka' | 's3' | 'sqs')[]): Promise<string | false> {
-  const where = { kafka: BROKERS, s3: S3_ENDPOINT, sqs: SQS_ENDPOINT };
+export async function needServices(...names: ('kafka' | 's3' | 'sqs' | 'dynamodb')[]): Promise<string | false> {
+  const where = { kafka: BROKERS, s3: S3_ENDPOINT, sqs: SQS_ENDPOINT, dynamodb: DYNAMODB_ENDPOINT };
   const down: string[] = [];
   for (const n of names) if (!(await portOpen(where[n]))) down.push(`${n} (${where[n]})`);
   if (down.length === 0) return false;
@@ -68,7 +69,7 @@ export async function needServices(...names: ('kafka' | 's3' | 'sqs')[]): Promis
  * input). Optional per-batch delay imitates inference time.
  */
 export class FastScorer implements Scorer {
-  readonly model = { name: 'fast-test-scorer', revision: 'stream-tests' };
+  readonly model: { name: string; revision: string };
   readonly preprocess = {
     size: 16,
     mean: [0.5, 0.5, 0.5],
@@ -83,7 +84,10 @@ export class FastScorer implements Scorer {
   constructor(
     readonly maxBatch = 16,
     readonly delayMs = 0,
-  ) {}
+    revision = 'stream-tests',
+  ) {
+    this.model = { name: 'fast-test-scorer', revision };
+  }
   async score(batch: readonly ScoreInput[]): Promise<ScoreResult[]> {
     this.batches++;
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
