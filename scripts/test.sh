@@ -26,7 +26,13 @@ started=()
 if [ -f scripts/services.sh ] && [ "${MLMF_NO_SERVICES:-0}" != "1" ]; then
   if ! bash scripts/services.sh status >/dev/null 2>&1; then
     for s in kafka sqs s3 dynamodb; do
-      bash scripts/services.sh status "$s" >/dev/null 2>&1 || started+=("$s")
+      # A probe can time out on a loaded machine: a service counts as down (and is stopped at the end) only when
+      # three probes in a row say so, so a run never stops a server another run or the user started.
+      for try in 1 2 3; do
+        bash scripts/services.sh status "$s" >/dev/null 2>&1 && continue 2
+        [ "$try" = 3 ] || sleep 2
+      done
+      started+=("$s")
     done
     echo "test.sh: starting local services (scripts/services.sh up ${started[*]})"
     bash scripts/services.sh up "${started[@]}"
