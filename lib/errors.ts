@@ -97,6 +97,10 @@ export const ERRORS = {
   ),
   shard_input_missing: config('the input shard of a job does not exist or may not be read (retrying cannot help)'),
   shard_read_failed: runtime('reading an input shard from S3 failed mid-object', true),
+  input_changed: runtime(
+    'an http(s) input changed (ETag, Last-Modified or length) between its probe and its read, or mid-read',
+    true,
+  ),
   shard_job_incomplete: runtime(
     'a shard job ended before its shard was read to the end and every record settled',
     true,

@@ -17,7 +17,13 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
-import { openInputs as openRunInputs, type InputItem, type InputReport, type InputSource } from '../inputs/index.ts';
+import {
+  openInputs as openRunInputs,
+  redactUrl,
+  type InputItem,
+  type InputReport,
+  type InputSource,
+} from '../inputs/index.ts';
 import type { ModelInfo, Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -306,7 +312,8 @@ async function summarise(
   const file = {
     ...result,
     tool: toolInfo(),
-    input: options.input,
+    // A URL's user and password are not written down.
+    input: typeof options.input === 'string' ? redactUrl(options.input) : options.input.map(redactUrl),
     // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
     inputs: { count: inputs.count, truncatedShards: inputs.truncatedShards },
     model: run.scorer.model,
