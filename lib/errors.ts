@@ -112,8 +112,13 @@ export const ERRORS = {
   sqs_send_failed: runtime('sending SQS messages failed after retries', true),
   // Publishing (lib/publish): a crawler's records onto the worker's input.
   publish_invalid_records: config(
-    'publish: records the worker would reject as invalid_record, or too large for the topic or queue',
+    'publish: records the worker would reject as invalid_record, repeat a pair id, or the topic or queue refuses',
   ),
+  publish_incomplete: runtime(
+    'publish: sending failed partway (the message says up to which line it is published)',
+    true,
+  ),
+  sqs_queue_unavailable: runtime('the SQS queue does not exist or cannot be reached', true),
   shard_input_mismatch: config(
     "a shard job names another input (bucket, key, size, ETag) than the one its shard's done marker describes",
   ),
