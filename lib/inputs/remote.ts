@@ -33,10 +33,10 @@ export async function s3Head(s3: S3Client, loc: S3Location): Promise<Buffer> {
     if (httpStatus(err) === 416) return Buffer.alloc(0);
     const status = httpStatus(err);
     if (isNotFound(err) || status === 403) {
-      throw new FilterError('input_unreadable', `cannot read input ${uri}: ${(err as Error).name} (HTTP ${status})`, {
-        uri,
-        status,
-      });
+      // `s3://bucket/prefix` without its slash names one object: the likelier intent is the shards under it.
+      const hint = isNotFound(err) && !loc.key.endsWith('/') ? ` (the shards under a prefix: ${uri}/)` : '';
+      const why = `${(err as Error).name} (HTTP ${status})${hint}`;
+      throw new FilterError('input_unreadable', `cannot read input ${uri}: ${why}`, { uri, status });
     }
     throw new FilterError('shard_read_failed', `input ${uri}: ${(err as Error).message}`, { uri }, { cause: err });
   }
