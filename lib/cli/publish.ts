@@ -39,7 +39,7 @@ function addPublish(program: Command): void {
       "check pair records (JSONL) with the worker's parser and publish them to its Kafka topic (keyed by pair id) " +
         'or SQS queue',
     )
-    .requiredOption('--input <path>', 'JSONL file of pair records, or - for stdin')
+    .requiredOption('--input <path>', 'JSONL file of pair records (plain or gzip), or - for stdin (plain)')
     .option('--kafka <brokers>', 'Kafka bootstrap brokers host:port[,host:port] (with --topic)', brokersArg)
     .option('--topic <topic>', "the worker's source topic (--source-topic); it must exist")
     .option('--sqs <queue-url>', "the worker's SQS queue (--sqs-queue-url) instead of Kafka")
