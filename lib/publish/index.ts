@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type { Kafka, Message, Producer } from 'kafkajs';
@@ -132,10 +132,10 @@ async function* checkedBatches(options: PublishOptions, target: PublishTarget | 
 
 /** A gzip-compressed file's decompressed stream (its first two bytes say so), as `filter` reads JSONL inputs. */
 async function gunzippedIfGzip(path: string): Promise<{ stream?: Readable }> {
-  if (path === '-') return {};
+  // Only a regular file is looked at (opening a FIFO would wait for a writer); JsonlSource refuses the rest by name.
+  if (path === '-' || !(await stat(path).catch(() => undefined))?.isFile()) return {};
   const magic = Buffer.alloc(2);
-  const file = await open(path).catch(() => undefined); // a missing file: JsonlSource says so
-  if (!file) return {};
+  const file = await open(path);
   try {
     await file.read(magic, 0, 2, 0);
   } finally {
@@ -169,7 +169,8 @@ async function sendBatch(target: PublishTarget, batch: readonly CheckedRecord[],
 const refusedError = (refused: number, published: number, first: RefusedRecord) =>
   new FilterError(
     'publish_invalid_records',
-    `${refused} record(s) refused: invalid for the worker, or too large for the target (first: line ${first.line}: ` +
+    `${refused} record(s) refused: invalid for the worker, a repeated pair id, or refused by the target (first: ` +
+      `line ${first.line}: ` +
       `${first.message}); ` +
       `${published} published before it; --invalid skip leaves such records out`,
     { refused, published, line: first.line },

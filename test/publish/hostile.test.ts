@@ -186,6 +186,18 @@ describe('publish to Kafka, careless files', { skip }, () => {
 });
 
 describe('publish --check on the command line', () => {
+  it('a FIFO or a directory as --input is refused by name, not waited on', async () => {
+    const fifo = join(dir, 'pipe.jsonl');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    for (const input of [fifo, dir]) {
+      await assert.rejects(publish({ input, check: true }), (err: FilterError) => {
+        assert.equal(err.code, 'input_unreadable');
+        assert.match(err.message, /not a regular file/);
+        return true;
+      });
+    }
+  });
+
   it('prints a record quoted in a refusal with its terminal controls escaped', () => {
     const input = fileOf('esc.jsonl', '{"id":1,"x":tru\x1b[2J}\n');
     const bin = new URL('../../bin/mlm-filter.js', import.meta.url).pathname;
