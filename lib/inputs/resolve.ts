@@ -168,6 +168,8 @@ function formatOf(name: string, kind: Sniffed, gzip: boolean, wanted: InputForma
   const refuse = (why: string) =>
     new FilterError('unrecognised_input', `input ${name} ${why}`, { input: name, ...(wanted ? { wanted } : {}) });
   if (kind === 'zstd') throw refuse('is zstd-compressed: decompress it first (zstd -d), gzip is read');
+  // Inside a gzip, a second gzip would be taken for JSONL below: its bytes, thousands of invalid_record rejects.
+  if (kind === 'gzip') throw refuse('is gzip-compressed twice: decompress it once first (gunzip), one gzip is read');
   if (kind === 'unknown') {
     throw refuse(`is neither a tar shard nor JSONL${gzip ? ' inside its gzip' : ''} (its first bytes say neither)`);
   }

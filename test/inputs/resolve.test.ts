@@ -1,0 +1,35 @@
+/**
+ * What `--input` resolves to, for local files a careless user names (lib/inputs/resolve.ts): formats told by bytes,
+ * including the ones that must be refused before a run reads them as something they are not.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { resolveInputs } from '../../lib/inputs/resolve.ts';
+import { FilterError } from '../../lib/types.ts';
+import { ustar } from '../sources/ustar.ts';
+
+const ctx = { s3: () => assert.fail('no s3'), http: () => assert.fail('no http') };
+const dir = mkdtempSync(join(tmpdir(), 'mlmf-resolve-'));
+const file = (name: string, bytes: Buffer | string) => {
+  writeFileSync(join(dir, name), bytes);
+  return join(dir, name);
+};
+
+test('a file gzip-compressed twice is refused by name, not read as JSONL of compressed bytes', async () => {
+  const tar = ustar([['k.txt', Buffer.from('hi')]]);
+  for (const inner of [tar, Buffer.from('{"id":"a","url":"https://e.com/a.jpg","caption":"c"}\n')]) {
+    const twice = file('twice.tar.gz.gz', gzipSync(gzipSync(inner)));
+    await assert.rejects(resolveInputs([twice], ctx), (err: FilterError) => {
+      assert.equal(err.code, 'unrecognised_input');
+      assert.match(err.message, /twice\.tar\.gz\.gz is gzip-compressed twice/);
+      return true;
+    });
+  }
+  const once = file('once.tar.gz', gzipSync(tar));
+  const [item] = await resolveInputs([once], ctx);
+  assert.deepEqual({ format: item!.format, gzip: item!.gzip }, { format: 'webdataset', gzip: true });
+});
