@@ -33,3 +33,14 @@ test('a file gzip-compressed twice is refused by name, not read as JSONL of comp
   const [item] = await resolveInputs([once], ctx);
   assert.deepEqual({ format: item!.format, gzip: item!.gzip }, { format: 'webdataset', gzip: true });
 });
+
+test('an empty tar (only end-of-archive blocks) is a shard with no sample; zeros then data are not', async () => {
+  // GNU tar's empty archive: 10240 zero bytes.
+  const empty = Buffer.alloc(10_240);
+  for (const path of [file('empty.tar', empty), file('empty.tar.gz', gzipSync(empty))]) {
+    const [item] = await resolveInputs([path], ctx);
+    assert.equal(item!.format, 'webdataset', path);
+  }
+  const zerosThenData = Buffer.concat([Buffer.alloc(1024), Buffer.from('not a tar at all')]);
+  await assert.rejects(resolveInputs([file('disk.img', zerosThenData)], ctx), /neither a tar shard nor JSONL/);
+});
