@@ -156,30 +156,26 @@ export class HttpInputs {
     }
   }
 
-  /** The rest of the object from byte `got`, checked to be the same object: never another one's bytes. */
+  /**
+   * The rest of the object from byte `got`, checked to be the same object: never another one's bytes. An answer
+   * that contradicts the first is `input_changed`; one that cannot be proven to continue it, `shard_read_failed`.
+   */
   private async resume(url: string, version: Version, validator: string, got: number): Promise<Opened> {
     const res = await this.open(url, { range: `bytes=${got}-`, ifRange: validator });
-    const refuse = (why: string) => {
-      discard(res.body);
-      return changedError(url, got, why);
-    };
     const diff = difference(version, res.version);
-    if (diff) throw refuse(`while it was read (${diff})`);
-    if (res.status === 200) {
-      // The whole object again: a server that ignores Range, or one that found If-Range stale. Only a matching
-      // strong ETag proves it is the same bytes; then what was read already is skipped.
-      if (!version.etag || version.etag.startsWith('W/') || res.version.etag !== version.etag) {
-        throw refuse(
-          'while it was read (the resume got the whole object again, and no strong ETag says it is the same)',
-        );
-      }
+    const why = diff ? undefined : unresumable(res, version, validator, got);
+    if (!diff && !why) {
+      if (res.status === 206) return res;
+      // The same object whole again (a server that ignores Range): what was read already is skipped.
       return { ...res, body: Object.assign(skipped(res.body, got), { destroy: () => discard(res.body) }) };
     }
-    const range = String(res.headers['content-range'] ?? '');
-    if (res.status !== 206 || !range.startsWith(`bytes ${got}-`) || validatorOf(res, validator) !== validator) {
-      throw refuse(`while it was read (the resume at byte ${got} answered ${res.status} ${range || 'without'} range)`);
-    }
-    return res;
+    discard(res.body);
+    if (diff) throw changedError(url, got, `while it was read (${diff})`);
+    const shown = redactUrl(url);
+    throw new FilterError('shard_read_failed', `reading ${shown} at byte ${got} failed and cannot be resumed: ${why}`, {
+      url: shown,
+      offset: got,
+    });
   }
 
   private async open(url: string, o: { range?: string; ifRange?: string }): Promise<Opened> {
@@ -299,6 +295,20 @@ function ifRangeOf(first: Opened): string | undefined {
   if (first.headers['accept-ranges'] === 'none') return undefined;
   const { etag, lastModified } = first.version;
   return etag && !etag.startsWith('W/') ? etag : lastModified;
+}
+
+/** Why an answer to a resume at byte `got` is not provably the rest of the object, or undefined when it is. */
+function unresumable(res: Opened, version: Version, validator: string, got: number): string | undefined {
+  if (res.status === 200) {
+    const strong = version.etag !== undefined && !version.etag.startsWith('W/') && res.version.etag === version.etag;
+    return strong ? undefined : 'the server sent the whole object again, and no strong ETag proves it the same';
+  }
+  const range = String(res.headers['content-range'] ?? '');
+  if (!range.startsWith(`bytes ${got}-`))
+    return `the server answered ${range || 'without a range'}, not byte ${got} on`;
+  if (validatorOf(res, validator) !== validator)
+    return 'the ranged answer does not repeat the validator it was asked for';
+  return undefined;
 }
 
 /** The validator a resumed answer carries of the kind that was sent (a 206 must repeat it). */

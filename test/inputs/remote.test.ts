@@ -95,6 +95,7 @@ describe('http inputs', () => {
       // Range ignored: always the whole body, cut the first time; a strong or a weak ETag.
       '/no-range-strong': ignoresRange('"s1"'),
       '/no-range-weak': ignoresRange('W/"w1"'),
+      '/no-range-weak-dated': ignoresRange('W/"w1"', { 'last-modified': 'Tue, 01 Dec 2026 00:00:00 GMT' }),
       '/gzip-encoded.jsonl.gz': (_req, res) => {
         res.writeHead(200, { 'content-encoding': 'gzip', 'content-type': 'application/jsonl' });
         res.end(gzipSync('{"id":"g0","url":"https://example.com/a.jpg","caption":"c"}\n'));
@@ -126,10 +127,10 @@ describe('http inputs', () => {
     served.server.close();
   });
 
-  function ignoresRange(etag: string): Handler {
+  function ignoresRange(etag: string, more: Record<string, string> = {}): Handler {
     let cut = false;
     return (_req, res) => {
-      res.writeHead(200, { 'accept-ranges': 'bytes', etag, 'content-length': A.length });
+      res.writeHead(200, { 'accept-ranges': 'bytes', etag, 'content-length': A.length, ...more });
       if (cut) return res.end(A);
       cut = true;
       res.write(A.subarray(0, 30_000), () => res.destroy());
@@ -169,6 +170,11 @@ describe('http inputs', () => {
     const weak = await readAll(http, `${served.base}/no-range-weak`);
     assert.equal(weak.error?.code, 'shard_read_failed');
     assert.match(weak.error!.message, /no strong ETag/);
+    // Resumed on its Last-Modified, it answers with the whole object: not provably the same bytes, not resumed.
+    const dated = await readAll(http, `${served.base}/no-range-weak-dated`);
+    assert.equal(dated.error?.code, 'shard_read_failed');
+    assert.match(dated.error!.message, /cannot be resumed: the server sent the whole object again/);
+    assert.equal(dated.bytes.length, 30_000);
     assert.equal(weak.bytes.length, 30_000);
     // A weak ETag is never sent as If-Range (RFC 9110 forbids it).
     assert.ok(served.log.every((req) => !String(req.headers['if-range'] ?? '').startsWith('W/')));
