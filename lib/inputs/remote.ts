@@ -97,7 +97,7 @@ export class HttpInputs {
     const parts: Buffer[] = [];
     let got = 0;
     try {
-      for await (const chunk of res.body) {
+      for await (const chunk of paced(res.body, this.options.lowSpeed ?? LOW_SPEED)) {
         parts.push(chunk);
         got += chunk.length;
         if (got >= HEAD_BYTES) break; // a server that ignores Range: the rest is not read

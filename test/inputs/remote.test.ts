@@ -198,6 +198,12 @@ describe('http inputs', () => {
     const r = await readAll(http, `${served.base}/trickle`);
     assert.equal(r.error?.code, 'shard_read_failed');
     assert.match(r.error!.message, /too slow/);
+    // The 4 KiB probe before the run too: it would otherwise wait hours for its bytes.
+    await assert.rejects(http.head(`${served.base}/trickle`), (err: FilterError) => {
+      assert.equal(err.code, 'input_unreadable');
+      assert.match(err.message, /its first bytes: too slow/);
+      return true;
+    });
   });
 
   it('credentials in a URL are sent as Basic auth to its origin and never shown', async () => {
