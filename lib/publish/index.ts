@@ -190,22 +190,33 @@ export async function publish(options: PublishOptions, target?: PublishTarget): 
   let published = 0;
   let refused = 0;
   let first: RefusedRecord | undefined;
-  for await (const batch of checkedBatches(options, target)) {
-    records += batch.records;
-    for (const r of batch.refused) options.onRefused?.(r);
-    refused += batch.refused.length;
-    first ??= batch.refused[0];
-    if (options.check) continue;
-    if (first && mode === 'fail') {
-      const before = batch.ok.filter((r) => r.line < first!.line);
-      if (target && before.length > 0) await sendBatch(target, before, published);
-      throw refusedError(refused, published + before.length, first);
+  try {
+    for await (const batch of checkedBatches(options, target)) {
+      records += batch.records;
+      for (const r of batch.refused) options.onRefused?.(r);
+      refused += batch.refused.length;
+      first ??= batch.refused[0];
+      if (options.check) continue;
+      if (first && mode === 'fail') {
+        const before = batch.ok.filter((r) => r.line < first!.line);
+        if (target && before.length > 0) await sendBatch(target, before, published);
+        throw refusedError(refused, published + before.length, first);
+      }
+      if (target && batch.ok.length > 0) await sendBatch(target, batch.ok, published);
+      published += batch.ok.length;
     }
-    if (target && batch.ok.length > 0) await sendBatch(target, batch.ok, published);
-    published += batch.ok.length;
+  } catch (err) {
+    throw withProgress(err, published);
   }
   if (first && mode === 'fail') throw refusedError(refused, published, first);
   return { records, published, refused };
+}
+
+/** An input failing after records went out (a gzip cut short, stdin broken) says how many did. */
+function withProgress(err: unknown, published: number): unknown {
+  if (published === 0 || !(err instanceof FilterError) || err.code.startsWith('publish_')) return err;
+  const message = `${err.message}; ${published} record(s) before it were published`;
+  return new FilterError(err.code, message, { ...err.context, published }, { cause: err });
 }
 
 /** A Kafka topic as the target: an idempotent producer, messages keyed by pair id; the topic must exist. */

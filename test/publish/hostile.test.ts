@@ -183,6 +183,23 @@ describe('publish to Kafka, careless files', { skip }, () => {
     const raw = await rawValues(kafka, topic, records.length);
     assert.deepEqual(raw.sort(), records.map((r) => JSON.stringify(r)).sort());
   });
+
+  it('a gzip file cut short, read in one pass (--invalid skip), says how many records went out first', async () => {
+    const topic = uniq('pub-cutgz');
+    const admin = kafka.admin();
+    await admin.connect();
+    await createTopics(admin, [{ topic }]);
+    await admin.disconnect();
+    const whole = gzipSync(jsonl(await makeRecords(uniq('cut'), 600)));
+    const input = fileOf('cut.jsonl.gz', whole.subarray(0, whole.length - 64));
+    const target = await kafkaTarget(kafka, topic);
+    const { result } = await refusedBy(input, target, 'skip');
+    await target.close();
+    assert.ok(result instanceof FilterError, String(result));
+    assert.equal(result.code, 'input_unreadable');
+    assert.match(result.message, /unexpected end of file; 500 record\(s\) before it were published$/);
+    assert.equal((await readTopicToEnd(kafka, topic)).length, 500);
+  });
 });
 
 describe('publish --check on the command line', () => {
