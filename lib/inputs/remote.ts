@@ -67,9 +67,16 @@ const MAX_REDIRECTS = 5;
 const MAX_RESUMES = 3;
 const LOW_SPEED = { bytes: 16 * 1024, windowMs: 60_000 };
 
-/** The URL as it may be shown (errors, logs, summary.json, rejects): any user and password in it are `***`. */
+/** Query parameters that carry a secret: presigned S3 URLs, Azure SAS, bearer tokens. */
+const SECRET_PARAMS =
+  /([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|access_token)=)[^&#]*/gi;
+
+/**
+ * The URL as it may be shown (errors, logs, summary.json, rejects): any user and password in it, and the values of
+ * query parameters that sign or authorise it, are `***`.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@').replace(SECRET_PARAMS, '$1***');
 }
 
 /**

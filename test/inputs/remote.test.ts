@@ -216,6 +216,14 @@ describe('http inputs', () => {
     assert.ok(!refused.message.includes('s3cr'), refused.message);
     assert.equal(redactUrl('https://tok@h/x'), 'https://***@h/x');
     assert.equal(redactUrl('https://h/a@b'), 'https://h/a@b');
+    assert.equal(
+      redactUrl('https://b.s3.amazonaws.com/k.tar?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12&part=1#x'),
+      'https://b.s3.amazonaws.com/k.tar?X-Amz-Credential=***&X-Amz-Signature=***&part=1#x',
+    );
+    assert.equal(
+      redactUrl('https://a.blob.core.windows.net/c/s.tar?sv=1&sig=zz%3D'),
+      'https://a.blob.core.windows.net/c/s.tar?sv=1&sig=***',
+    );
   });
 
   it('a URL that is not one is a coded error, and a huge brace list is refused before any request', async () => {
