@@ -120,7 +120,7 @@ describe('http inputs', () => {
         res.end('{"id":"p0","url":"https://example.com/a.jpg","caption":"c"}\n');
       },
     });
-    http = new HttpInputs({ allowAddresses: ['127.0.0.1/32'], lowSpeed: { bytes: 1000, windowMs: 300 } });
+    http = new HttpInputs({ allowAddresses: ['127.0.0.1/32'] });
   });
   after(async () => {
     await http.close();
@@ -194,12 +194,15 @@ describe('http inputs', () => {
     });
   });
 
-  it('a body trickled under the low-speed floor fails (a byte at a time dodges the stall timeout)', async () => {
-    const r = await readAll(http, `${served.base}/trickle`);
+  it('a body trickled under the low-speed floor fails (a byte at a time dodges the stall timeout)', async (t) => {
+    // A floor of 1000 bytes in 300 ms of waiting; the server sends a byte every 20 ms.
+    const slow = new HttpInputs({ allowAddresses: ['127.0.0.1/32'], lowSpeed: { bytes: 1000, windowMs: 300 } });
+    t.after(() => slow.close());
+    const r = await readAll(slow, `${served.base}/trickle`);
     assert.equal(r.error?.code, 'shard_read_failed');
     assert.match(r.error!.message, /too slow/);
     // The 4 KiB probe before the run too: it would otherwise wait hours for its bytes.
-    await assert.rejects(http.head(`${served.base}/trickle`), (err: FilterError) => {
+    await assert.rejects(slow.head(`${served.base}/trickle`), (err: FilterError) => {
       assert.equal(err.code, 'input_unreadable');
       assert.match(err.message, /its first bytes: too slow/);
       return true;
