@@ -68,6 +68,12 @@ export interface CheckedRecord {
 
 const lineOf = (r: SourceRecord) => (r.origin.kind === 'file' ? r.origin.line : 0);
 
+/**
+ * The record without a file's UTF-8 byte order mark: the parser skips it in bytes (Kafka), but an SQS message is a
+ * string the worker parses as it is, and JSON.parse refuses a leading U+FEFF. It marks the file, not the record.
+ */
+const withoutBom = (raw: Buffer) => (raw[0] === 0xef && raw[1] === 0xbb && raw[2] === 0xbf ? raw.subarray(3) : raw);
+
 /** Most ids remembered to find a repeated one (the pipeline's duplicate memory holds as many). */
 const REMEMBERED_IDS = 1_000_000;
 
@@ -88,7 +94,7 @@ class RecordCheck {
       if (err instanceof RejectError) return err.reason.message;
       throw err;
     }
-    const checked = { key: id, value: record.raw as Buffer, line: lineOf(record) };
+    const checked = { key: id, value: withoutBom(record.raw as Buffer), line: lineOf(record) };
     return this.target?.refuse(checked) ?? this.repeated(checked) ?? checked;
   }
 

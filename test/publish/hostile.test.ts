@@ -13,6 +13,7 @@ import { after, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { CreateQueueCommand, DeleteQueueCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { kafkaTarget, publish, sqsTarget, type PublishTarget, type RefusedRecord } from '../../lib/publish/index.ts';
+import { parseRecord } from '../../lib/pair/index.ts';
 import { FilterError } from '../../lib/types.ts';
 import type { Kafka } from 'kafkajs';
 import {
@@ -77,6 +78,19 @@ describe('publish to SQS, hostile records', { skip }, () => {
     assert.match(refused[0]!.message, /record is 26\d{4} bytes, over the 262144 bytes SQS queue/);
     assert.match(refused[1]!.message, /U\+FFFE or U\+FFFF/);
     assert.equal((await waiting(url)).length, 0, 'a record was sent');
+  });
+
+  it('a file with a UTF-8 byte order mark: its first message parses as the worker reads SQS (a string)', async () => {
+    const records = await makeRecords(uniq('bom'), 2);
+    const input = fileOf('bom.jsonl', '\ufeff' + jsonl(records));
+    const url = await queue();
+    const target = await sqsTarget(sqs(), url);
+    assert.deepEqual(await publish({ input }, target), { records: 2, published: 2, refused: 0 });
+    await target.close();
+    const bodies: string[] = [];
+    for (let i = 0; i < 10 && bodies.length < 2; i++) bodies.push(...(await waiting(url)).map((m) => m.Body!));
+    assert.deepEqual(bodies.sort(), records.map((r) => JSON.stringify(r)).sort());
+    for (const raw of bodies) parseRecord({ raw, origin: { kind: 'sqs', queueUrl: url, messageId: 'm' } });
   });
 
   it('a FIFO queue refuses, by line, a pair id that cannot be a message group', async () => {
