@@ -217,6 +217,25 @@ describe('publish to Kafka, careless files', { skip }, () => {
 });
 
 describe('publish --check on the command line', () => {
+  it('ids with control characters, line separators or bidi overrides are refused by line, never echoed', async () => {
+    const ok = { url: 'https://example.com/a.jpg', caption: 'c' };
+    const ids = ['a\u001b[2Jb', 'line\nbreak', 'sep\u2028x', 'rtl\u202eevil'];
+    const input = fileOf('ids.jsonl', jsonl(ids.map((id) => ({ ...ok, id }))));
+    const refused: RefusedRecord[] = [];
+    await assert.rejects(
+      publish({ input, check: true, onRefused: (r) => refused.push(r) }),
+      /publish_invalid_records|refused/,
+    );
+    assert.deepEqual(
+      refused.map((r) => r.line),
+      [1, 2, 3, 4],
+    );
+    for (const r of refused) {
+      assert.match(r.message, /field "id" must be .*no control characters/);
+      assert.ok(![...r.message].some((c) => c < ' ' || c === '\u2028' || c === '\u202e'), r.message);
+    }
+  });
+
   it('a FIFO or a directory as --input is refused by name, not waited on', async () => {
     const fifo = join(dir, 'pipe.jsonl');
     assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
