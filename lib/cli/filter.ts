@@ -1,3 +1,4 @@
+import { printable } from '../backfill/shard-job.ts';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Intake, IntakeOptions } from '../intake/index.ts';
@@ -358,7 +359,7 @@ function warnTruncated(options: FilterJobOptions, cut: InputReport['truncatedSha
   for (const t of cut) {
     const message = `warning: shard ${t.shard} is truncated at byte ${t.offset} (${t.message}); ${t.samplesRead} samples read`;
     if (options.logger) options.logger.warn(message, { ...t });
-    else process.stderr.write(`mlm-filter: ${message}\n`);
+    else process.stderr.write(`mlm-filter: ${printable(message)}\n`);
   }
 }
 

@@ -3,11 +3,12 @@
  * including the ones that must be refused before a run reads them as something they are not.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { dryRun } from '../../lib/cli/filter-plan.ts';
 import { resolveInputs } from '../../lib/inputs/resolve.ts';
 import { FilterError } from '../../lib/types.ts';
 import { ustar } from '../sources/ustar.ts';
@@ -43,4 +44,13 @@ test('an empty tar (only end-of-archive blocks) is a shard with no sample; zeros
   }
   const zerosThenData = Buffer.concat([Buffer.alloc(1024), Buffer.from('not a tar at all')]);
   await assert.rejects(resolveInputs([file('disk.img', zerosThenData)], ctx), /neither a tar shard nor JSONL/);
+});
+
+const model = new URL('../../test/fixtures/models/tiny-llava-qwen', import.meta.url).pathname;
+
+test('--dry-run lists an input whose name holds terminal controls escaped', { skip: !existsSync(model) }, async () => {
+  const path = file('evil\x1b[2J.jsonl', '{"id":"a","url":"https://e.com/a.jpg","caption":"c"}\n');
+  const lines = await dryRun({ input: [path], out: join(dir, 'out'), model });
+  const listed = lines.find((l) => l.includes('evil'))!;
+  assert.equal(listed, `  JSONL ${join(dir, 'evil')}\\u{001b}[2J.jsonl`);
 });
