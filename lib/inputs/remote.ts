@@ -169,6 +169,10 @@ export class HttpInputs {
    */
   private async resume(url: string, version: Version, validator: string, got: number): Promise<Opened> {
     const res = await this.open(url, { range: `bytes=${got}-`, ifRange: validator });
+    if (res.status === 416) {
+      discard(res.body);
+      throw changedError(url, got, `while it was read (it now ends before byte ${got})`);
+    }
     const diff = difference(version, res.version);
     const why = diff ? undefined : unresumable(res, version, validator, got);
     if (!diff && !why) {
@@ -211,7 +215,9 @@ export class HttpInputs {
         discard(res.body);
         return { status: 200, headers: {}, version: { total: 0 }, body: emptyBody() };
       }
-      if (res.statusCode !== 200 && res.statusCode !== 206) {
+      // A resume's 416 (the object now ends before that byte) is for the resume to judge.
+      const resumed416 = res.statusCode === 416 && o.ifRange !== undefined;
+      if (res.statusCode !== 200 && res.statusCode !== 206 && !resumed416) {
         discard(res.body);
         throw unreadable(url, `HTTP ${res.statusCode}`);
       }

@@ -69,6 +69,7 @@ describe('http inputs', () => {
   let http: HttpInputs;
   before(async () => {
     const swapFirst = file(A, { 'accept-ranges': 'bytes', etag: '"v1"' });
+    const shrinksFirst = file(A, { 'accept-ranges': 'bytes', etag: '"v1"' });
     const swapLengthFirst = file(A, { 'accept-ranges': 'bytes', 'last-modified': 'Tue, 01 Dec 2026 00:00:00 GMT' });
     served = await serve({
       // Cut once, then the resume (If-Range ignored) is served from another object with another ETag.
@@ -85,6 +86,14 @@ describe('http inputs', () => {
           return res.end(both.subarray(from));
         }
         swapLengthFirst(req, res);
+      },
+      // Cut halfway; by the resume the file is shorter than what was read (a Range past its end: 416).
+      '/shrinks': (req, res) => {
+        if (rangeStart(req) > 0) {
+          res.writeHead(416, { 'content-range': 'bytes */1000' });
+          return res.end();
+        }
+        shrinksFirst(req, res);
       },
       // The probe sees v1; the whole GET right after it, v2.
       '/changed-after-probe': (() => {
@@ -152,6 +161,13 @@ describe('http inputs', () => {
     assert.equal(r.error?.code, 'input_changed', r.error?.message);
     assert.match(r.error!.message, /length 100000 became 200000/);
     assert.ok(r.bytes.every((b) => b === 0x61));
+  });
+
+  it('a resume past the end of a file that shrank fails as changed', async () => {
+    const r = await readAll(http, `${served.base}/shrinks`);
+    assert.equal(r.error?.code, 'input_changed', r.error?.message);
+    assert.match(r.error!.message, /it now ends before byte 50000/);
+    assert.equal(r.error!.context.offset, 50_000);
   });
 
   it('an object that changed between the probe and the read is refused before a byte is read', async () => {
