@@ -104,6 +104,10 @@ export const ERRORS = {
   ),
   shard_input_missing: config('the input shard of a job does not exist or may not be read (retrying cannot help)'),
   shard_read_failed: runtime('reading an input shard from S3 failed mid-object', true),
+  input_changed: runtime(
+    'an http(s) input changed (ETag, Last-Modified or length) between its probe and its read, or mid-read',
+    true,
+  ),
   shard_job_incomplete: runtime(
     'a shard job ended before its shard was read to the end and every record settled',
     true,
@@ -115,8 +119,13 @@ export const ERRORS = {
   sqs_send_failed: runtime('sending SQS messages failed after retries', true),
   // Publishing (lib/publish): a crawler's records onto the worker's input.
   publish_invalid_records: config(
-    'publish: records the worker would reject as invalid_record, or too large for the topic or queue',
+    'publish: records the worker would reject as invalid_record, repeat a pair id, or the topic or queue refuses',
   ),
+  publish_incomplete: runtime(
+    'publish: sending failed partway (the message says up to which line it is published)',
+    true,
+  ),
+  sqs_queue_unavailable: runtime('the SQS queue does not exist or cannot be reached', true),
   shard_input_mismatch: config(
     "a shard job names another input (bucket, key, size, ETag) than the one its shard's done marker describes",
   ),

@@ -3,6 +3,7 @@
  * file) and `--dry-run` (what would be read and written, every check a real run makes before its first write).
  * Neither creates, locks or writes anything.
  */
+import { printable } from '../backfill/shard-job.ts';
 import { resolve } from 'node:path';
 import { readModelDir, resolveModelDir } from '../model/model-dir.ts';
 import { PAIR_DEFAULTS } from '../pair/index.ts';
@@ -94,7 +95,8 @@ async function inputLines(options: FilterJobOptions): Promise<string[]> {
   });
   try {
     const describe = (item: (typeof items)[number]) =>
-      `  ${item.format === 'webdataset' ? 'WebDataset shard' : 'JSONL'}${item.gzip ? ' (gzip)' : ''} ${item.name}`;
+      // An S3 key (a shared bucket's listing) may hold terminal controls: shown escaped.
+      `  ${item.format === 'webdataset' ? 'WebDataset shard' : 'JSONL'}${item.gzip ? ' (gzip)' : ''} ${printable(item.name)}`;
     return [`would read: ${items.length} input(s), in this order`, ...items.map(describe)];
   } finally {
     await source.close();

@@ -1,3 +1,4 @@
+import { printable } from '../backfill/shard-job.ts';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Intake, IntakeOptions } from '../intake/index.ts';
@@ -17,7 +18,13 @@ import { LocalAuditSink } from '../sinks/local-audit.ts';
 import { LocalCuratedSink, writeDurable } from '../sinks/local-curated.ts';
 import { PoolOutputs, type PoolOutputsSummary } from '../sinks/pool-outputs.ts';
 import { checkKeptShardNames } from '../sinks/kept-shard-names.ts';
-import { openInputs as openRunInputs, type InputItem, type InputReport, type InputSource } from '../inputs/index.ts';
+import {
+  openInputs as openRunInputs,
+  redactUrl,
+  type InputItem,
+  type InputReport,
+  type InputSource,
+} from '../inputs/index.ts';
 import type { ModelInfo, Outcome, Source } from '../types.ts';
 import { FilterError } from '../types.ts';
 import { OutputLock } from './out-lock.ts';
@@ -323,7 +330,8 @@ async function summarise(
   const file = {
     ...result,
     tool: toolInfo(),
-    input: options.input,
+    // A URL's user and password are not written down.
+    input: typeof options.input === 'string' ? redactUrl(options.input) : options.input.map(redactUrl),
     // Shards cut short (each is also a truncated_shard reject): the run read less than its inputs were meant to hold.
     inputs: { count: inputs.count, truncatedShards: inputs.truncatedShards },
     model: run.scorer.model,
@@ -368,7 +376,7 @@ function warnTruncated(options: FilterJobOptions, cut: InputReport['truncatedSha
   for (const t of cut) {
     const message = `warning: shard ${t.shard} is truncated at byte ${t.offset} (${t.message}); ${t.samplesRead} samples read`;
     if (options.logger) options.logger.warn(message, { ...t });
-    else process.stderr.write(`mlm-filter: ${message}\n`);
+    else process.stderr.write(`mlm-filter: ${printable(message)}\n`);
   }
 }
 

@@ -3,6 +3,7 @@
  * try `mlm-filter topics create` and `mlm-filter bucket create` (what the worker needs before it starts).
  * lib/cli/main.ts mounts them with `addPublishCommands(program)`.
  */
+import { printable } from '../backfill/shard-job.ts';
 import { silentLogger } from '../support/logger.ts';
 import { Command, Option } from 'commander';
 import type { RefusedRecord } from '../publish/index.ts';
@@ -38,7 +39,7 @@ function addPublish(program: Command): void {
       "check pair records (JSONL) with the worker's parser and publish them to its Kafka topic (keyed by pair id) " +
         'or SQS queue',
     )
-    .requiredOption('--input <path>', 'JSONL file of pair records, or - for stdin')
+    .requiredOption('--input <path>', 'JSONL file of pair records (plain or gzip), or - for stdin (plain)')
     .option('--kafka <brokers>', 'Kafka bootstrap brokers host:port[,host:port] (with --topic)', brokersArg)
     .option('--topic <topic>', "the worker's source topic (--source-topic); it must exist")
     .option('--sqs <queue-url>', "the worker's SQS queue (--sqs-queue-url) instead of Kafka")
@@ -84,7 +85,7 @@ async function publishAction(flags: PublishFlags): Promise<void> {
   if (flags.check) target = undefined;
   else if (flags.sqs) {
     const { sqsClient } = await import('../support/aws.ts');
-    target = sqsTarget(sqsClient({ endpoint: flags.sqsEndpoint ?? process.env.MLMF_SQS_ENDPOINT }), flags.sqs);
+    target = await sqsTarget(sqsClient({ endpoint: flags.sqsEndpoint ?? process.env.MLMF_SQS_ENDPOINT }), flags.sqs);
   } else {
     const { createKafka } = await import('../kafka/client.ts');
     const kafka = await createKafka({
@@ -96,7 +97,8 @@ async function publishAction(flags: PublishFlags): Promise<void> {
   }
   const onRefused = (r: RefusedRecord) =>
     process.stderr.write(
-      `${flags.input}:${r.line}: ${flags.invalid === 'skip' ? 'skipped' : 'invalid'}: ${r.message}\n`,
+      // A record's bytes may hold terminal controls; the parser's message can quote them.
+      printable(`${flags.input}:${r.line}: ${flags.invalid === 'skip' ? 'skipped' : 'invalid'}: ${r.message}`) + '\n',
     );
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -3,6 +3,7 @@
  * wrong, the fix, and which --help to read), never the whole help; `--help` marks required options and shows every
  * default. lib/cli/main.ts wires these into commander.
  */
+import { printable } from '../backfill/shard-job.ts';
 import type { Command, Help, Option } from 'commander';
 import { ERRORS, exitCodeOf, type ErrorCode } from '../errors.ts';
 import { FilterError } from '../types.ts';
@@ -66,7 +67,8 @@ export function reportError(err: unknown, program: Command, argv: readonly strin
   }
   if (err instanceof FilterError) {
     const usage = ERRORS[err.code].exit === 'usage';
-    const oneLine = err.message.replace(/\s*\n\s*/g, ' ');
+    // One line, and no terminal controls: messages quote inputs (a record's bytes, an S3 key, a URL).
+    const oneLine = printable(err.message.replace(/\s*\n\s*/g, ' '));
     return {
       text: `mlm-filter: error [${err.code}]: ${oneLine}${usage ? `; ${seeHelp}` : ''}\n`,
       exitCode: exitCodeOf(err.code),

@@ -10,13 +10,20 @@ import { FilterError } from '../types.ts';
 /** Most names one --input may expand to: a typo like `{0..99999999}` is refused before it fills memory. */
 export const MAX_EXPANSION = 1_000_000;
 
+/**
+ * Most brace groups in one spec: 20 groups of two already make a million names, and each group is one level of
+ * recursion, so a spec of thousands is refused before it fills the stack.
+ */
+export const MAX_GROUPS = 64;
+
 /** Expands every brace group of `spec`; a spec without one is returned as it is. */
 export function expandBraces(spec: string, limit = MAX_EXPANSION): string[] {
+  const shown = spec.length > 200 ? `${spec.slice(0, 200)}...` : spec;
+  const refuse = (why: string) => new FilterError('invalid_option', `--input ${shown} ${why}`, { spec: shown, limit });
+  if (scanGroups(spec).count > MAX_GROUPS) throw refuse(`has more than ${MAX_GROUPS} brace groups`);
   const out: string[] = [];
   const push = (name: string) => {
-    if (out.length >= limit) {
-      throw new FilterError('invalid_option', `--input ${spec} expands to more than ${limit} names`, { spec, limit });
-    }
+    if (out.length >= limit) throw refuse(`expands to more than ${limit} names`);
     out.push(name);
   };
   expandInto(spec, push, limit);
@@ -33,23 +40,41 @@ function expandInto(spec: string, push: (name: string) => void, limit: number): 
   }
 }
 
-/** The first balanced `{...}` that is a range or has a top-level comma (a lone `{x}` is literal, as in a shell). */
+/**
+ * The first balanced `{...}` that is a range or has a top-level comma (a lone `{x}` is literal, as in a shell). One
+ * pass with a stack of open braces: a spec of many unmatched `{` is linear, not a scan from each of them.
+ */
 function firstGroup(spec: string): { open: number; close: number } | undefined {
-  for (let open = spec.indexOf('{'); open !== -1; open = spec.indexOf('{', open + 1)) {
-    let depth = 0;
-    for (let i = open; i < spec.length; i++) {
-      if (spec[i] === '{') depth++;
-      else if (spec[i] === '}' && --depth === 0) {
-        const body = spec.slice(open + 1, i);
-        if (RANGE.test(body) || splitTopLevel(body).length > 1) return { open, close: i };
-        break;
-      }
+  return scanGroups(spec).first;
+}
+
+/** The spec's brace groups (ranges and comma lists, nested ones included): how many, and the first. */
+function scanGroups(spec: string): { first?: { open: number; close: number }; count: number } {
+  const opens: { at: number; comma: boolean }[] = [];
+  let first: { open: number; close: number } | undefined;
+  let count = 0;
+  for (let i = 0; i < spec.length; i++) {
+    const c = spec[i];
+    if (c === '{') opens.push({ at: i, comma: false });
+    else if (c === ',' && opens.length > 0) opens[opens.length - 1]!.comma = true;
+    else if (c === '}' && opens.length > 0) {
+      const { at, comma } = opens.pop()!;
+      if (!comma && !isRange(spec, at, i)) continue;
+      count++;
+      if (!first || at < first.open) first = { open: at, close: i };
     }
   }
-  return undefined;
+  return { first, count };
 }
 
 const RANGE = /^(-?\d+)\.\.(-?\d+)$/;
+const RANGE_AT = /(-?\d+)\.\.(-?\d+)\}/y;
+
+/** Whether `spec[open..close]` is `{M..N}`, read in place (no copy of a long body). */
+function isRange(spec: string, open: number, close: number): boolean {
+  RANGE_AT.lastIndex = open + 1;
+  return RANGE_AT.test(spec) && RANGE_AT.lastIndex === close + 1;
+}
 
 function alternatives(body: string, limit: number): string[] {
   const range = RANGE.exec(body);

@@ -12,6 +12,7 @@ import { resolveInputs, type InputFormat, type InputItem } from './resolve.ts';
 import { InputSource, type InputReport } from './source.ts';
 
 export { expandBraces } from './braces.ts';
+export { redactUrl } from './remote.ts';
 export type { InputFormat, InputItem, InputReport };
 export { InputSource };
 

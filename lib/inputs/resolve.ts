@@ -14,7 +14,7 @@ import { parseS3Uri, type S3Location } from '../backfill/shard-job.ts';
 import { FilterError } from '../types.ts';
 import { expandBraces } from './braces.ts';
 import type { HttpInputs } from './remote.ts';
-import { s3Head } from './remote.ts';
+import { redactUrl, s3Head } from './remote.ts';
 import { HEAD_BYTES, sniff, type Sniffed } from './sniff.ts';
 
 export type InputFormat = 'jsonl' | 'webdataset';
@@ -87,10 +87,11 @@ async function locate(spec: string, ctx: ResolveContext): Promise<{ name: string
   const out: { name: string; location: InputLocation }[] = [];
   for (const name of names) {
     if (/^s3:\/\//i.test(name)) out.push(...(await locateS3(name, ctx)));
-    else if (/^https?:\/\//i.test(name)) out.push({ name, location: { kind: 'http', url: name } });
+    else if (/^https?:\/\//i.test(name)) out.push({ name: redactUrl(name), location: { kind: 'http', url: name } });
     else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) {
-      throw new FilterError('bad_usage', `--input ${name}: only local paths, -, s3:// and http(s):// are read`, {
-        input: name,
+      const shown = redactUrl(name);
+      throw new FilterError('bad_usage', `--input ${shown}: only local paths, -, s3:// and http(s):// are read`, {
+        input: shown,
       });
     } else out.push(...(await locateLocal(name)));
   }
@@ -167,6 +168,8 @@ function formatOf(name: string, kind: Sniffed, gzip: boolean, wanted: InputForma
   const refuse = (why: string) =>
     new FilterError('unrecognised_input', `input ${name} ${why}`, { input: name, ...(wanted ? { wanted } : {}) });
   if (kind === 'zstd') throw refuse('is zstd-compressed: decompress it first (zstd -d), gzip is read');
+  // Inside a gzip, a second gzip would be taken for JSONL below: its bytes, thousands of invalid_record rejects.
+  if (kind === 'gzip') throw refuse('is gzip-compressed twice: decompress it once first (gunzip), one gzip is read');
   if (kind === 'unknown') {
     throw refuse(`is neither a tar shard nor JSONL${gzip ? ' inside its gzip' : ''} (its first bytes say neither)`);
   }

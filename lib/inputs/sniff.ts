@@ -18,6 +18,9 @@ export function sniff(bytes: Buffer): Sniffed {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
   if (isTarHeader(head)) return 'tar';
+  // Only end-of-archive blocks: an empty tar (`tar cf x.tar --files-from /dev/null`, a shard writer that kept no
+  // sample). All that was read must be zeros, not just the first block.
+  if (head.length === 512 && bytes.every((b) => b === 0)) return 'tar';
   if (looksLikeJsonl(head)) return 'jsonl';
   return 'unknown';
 }

@@ -28,6 +28,26 @@ test('a brace list past the limit is refused before it fills memory', () => {
   assert.throws(() => expandBraces('{0..9}{0..9}', 50), /more than 50 names/);
 });
 
+test('hostile specs: thousands of groups are refused (no stack overflow), unmatched braces are read in one pass', () => {
+  for (const spec of ['{a,b}'.repeat(20_000), `x${'{a,{b,'.repeat(5_000)}c${'}}'.repeat(5_000)}`]) {
+    assert.throws(
+      () => expandBraces(spec),
+      (e: unknown) =>
+        e instanceof FilterError &&
+        e.code === 'invalid_option' &&
+        /has more than 64 brace groups/.test(e.message) &&
+        e.message.length < 300,
+    );
+  }
+  // A scan from each of 100k unmatched braces was quadratic (minutes); literal, returned as written.
+  const unmatched = `${'{'.repeat(100_000)}x`;
+  assert.deepEqual(expandBraces(unmatched), [unmatched]);
+  const deep = `${'{'.repeat(100_000)}x${'}'.repeat(100_000)}`;
+  assert.deepEqual(expandBraces(deep), [deep]);
+  // Below the group cap, nesting still works.
+  assert.deepEqual(expandBraces('{a,{b,{c,d}}}'), ['a', 'b', 'c', 'd']);
+});
+
 test('inputs are recognised by their first bytes', () => {
   const tar = ustar([['k.txt', Buffer.from('hi')]]);
   assert.equal(sniff(tar), 'tar');
