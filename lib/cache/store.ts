@@ -6,7 +6,7 @@
  * nothing is compiled at install. The fleet's shared store (issue 24) is another implementation of ScoreStore.
  */
 import { mkdirSync } from 'node:fs';
-import { open, type RootDatabase } from 'lmdb';
+import { open, type Database, type RootDatabase } from 'lmdb';
 import { FilterError, type CachedFirst, type ScoreResult } from '../types.ts';
 
 /** Where a cached score was first computed. */
@@ -27,8 +27,19 @@ export interface ScoreStore {
 /** A growth bound for the memory map (sparse: a small cache uses little disk); 64 GiB holds ~100M entries. */
 const MAP_SIZE = 64 * 1024 ** 3;
 
-export class LmdbScoreStore implements ScoreStore {
-  private constructor(private readonly db: RootDatabase<ScoreEntry, string>) {}
+/**
+ * The score store and, in named sub-databases of the same environment (one file, one lock), the image store:
+ * `images` (digest -> ImageEntry) and `image-buckets` (bucket key -> digests, a dupSort database: one B-tree entry
+ * per (bucket, digest), read as a range).
+ */
+export class LmdbScoreStore implements ScoreStore, ImageStore {
+  private readonly images: Database<ImageEntry, string>;
+  private readonly buckets: Database<string, string>;
+
+  private constructor(private readonly db: RootDatabase<ScoreEntry, string>) {
+    this.images = db.openDB<ImageEntry, string>({ name: 'images', compression: false });
+    this.buckets = db.openDB<string, string>({ name: 'image-buckets', dupSort: true, encoding: 'ordered-binary' });
+  }
 
   static open(dir: string): LmdbScoreStore {
     try {
@@ -50,6 +61,31 @@ export class LmdbScoreStore implements ScoreStore {
       if (this.db.doesExist(key)) return;
       void this.db.put(key, entry);
     });
+  }
+
+  async getImage(digest: string): Promise<ImageEntry | undefined> {
+    return this.images.get(digest);
+  }
+
+  async putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry> {
+    // One write transaction: LMDB serialises writers across processes, so of two runs recording one digest at once
+    // the first stays first and the second reads it back here.
+    return this.db.transaction(() => {
+      const held = this.images.get(entry.digest);
+      if (held) return held;
+      void this.images.put(entry.digest, entry);
+      for (const key of buckets) void this.buckets.put(key, entry.digest);
+      return entry;
+    });
+  }
+
+  async bucket(key: string): Promise<ImageEntry[]> {
+    const entries: ImageEntry[] = [];
+    for (const digest of this.buckets.getValues(key)) {
+      const entry = this.images.get(digest);
+      if (entry) entries.push(entry);
+    }
+    return entries;
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,176 @@
+/**
+ * The image dedupe policy (issue 24): a pair whose image was already accepted, by this run or any earlier run on
+ * the same store, is rejected `duplicate_image`, pointing at the pair first accepted with it. `exact`: the same
+ * decoded tensor (lib/cache/image-digest.ts pixelDigest); `near`: a perceptual hash within `maxDistance` bits
+ * (multi-index hashing, lib/cache/near-index.ts).
+ *
+ * Rules:
+ * - Only accepted images count: the pipeline calls `check` before scoring (a duplicate costs no scorer call) and
+ *   `recordAccepted` only once the policy accepted the pair. A rejected first occurrence never makes later copies
+ *   duplicates.
+ * - Exactly once: an entry whose first occurrence is the pair itself (same id and same source record) is never its
+ *   duplicate. A replay after a crash between recording and commit, a re-run of the same input, a backfill job
+ *   delivered twice, all decide the pair as the first time.
+ * - Who is first, when two pairs with one image are in flight at once (one batch, or two runs): the one recorded
+ *   first. `recordAccepted` of the other returns the duplicate reason; its own decision was accept, so it is turned
+ *   into that reject. A pair the policy rejects is not recorded and keeps its own reasons. Exact copies are decided
+ *   atomically by the store (putImageIfAbsent per digest, across processes); near copies are decided in recording
+ *   order within a run (records are serialised and re-check the index first), but two runs recording two near (not
+ *   exact) copies at the same moment may both accept theirs.
+ * - Entries are kept per preprocessing (the hashes are of the model's tensor): a model with another input size or
+ *   resizing starts an empty memory in the same store.
+ */
+import { createHash } from 'node:crypto';
+import type { PreparedImage, PreprocessSpec, Reason, SourceOrigin } from '../types.ts';
+import { isDeepStrictEqual } from 'node:util';
+import { perceptualHash, pixelDigest, specTag } from './image-digest.ts';
+import { bucketsOf, hamming, MAX_DISTANCE, probeKeys } from './near-index.ts';
+import type { ImageEntry, ImageStore } from './store.ts';
+
+export type DedupeMode = 'exact' | 'near';
+
+/**
+ * The default `near` distance: on the images of bench/cache/phash-distance.ts (BENCHMARKS.md, "Image dedupe: near
+ * distance") no two different images were within 13 bits, and 98.2% of copies (re-encoded, resized, WebP, 2% crop,
+ * +-10% brightness, a watermark; a 5% crop is the farthest) were within 8. 8 keeps a margin below the first false
+ * positive for photos, which are less varied than those images.
+ */
+export const DEFAULT_NEAR_DISTANCE = 8;
+
+export interface ImageDedupeOptions {
+  readonly mode: DedupeMode;
+  /** `near` only: the largest Hamming distance of two hashes called the same image. Default DEFAULT_NEAR_DISTANCE. */
+  readonly maxDistance?: number;
+  /** The preprocessing of the tensors hashed (the scorer's): entries are kept apart per preprocessing. */
+  readonly spec: PreprocessSpec;
+}
+
+/** The pair being decided, as the dedupe sees it. */
+export interface DedupePair {
+  readonly id: string;
+  readonly origin: SourceOrigin;
+}
+
+export interface DedupeCounts {
+  /** Pairs rejected for an image with the same digest as an accepted one. */
+  exact: number;
+  /** Pairs rejected for an image within the near distance of an accepted one (not the same digest). */
+  near: number;
+}
+
+interface Match {
+  readonly entry: ImageEntry;
+  readonly distance: number;
+  readonly exact: boolean;
+}
+
+export class ImageDedupe {
+  readonly mode: DedupeMode;
+  readonly maxDistance: number;
+  readonly counts: DedupeCounts = { exact: 0, near: 0 };
+  /** Bucket keys are prefixed with it: one store holds the entries of several preprocessings apart. */
+  private readonly space: string;
+  private readonly digests = new WeakMap<PreparedImage, string>();
+  /** Records in this run, one after another: of two near copies in flight, the second sees the first. */
+  private recording: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly store: ImageStore,
+    private readonly options: ImageDedupeOptions,
+  ) {
+    this.mode = options.mode;
+    this.maxDistance = options.mode === 'exact' ? 0 : (options.maxDistance ?? DEFAULT_NEAR_DISTANCE);
+    if (!Number.isInteger(this.maxDistance) || this.maxDistance < 0 || this.maxDistance > MAX_DISTANCE) {
+      throw new Error(`near distance ${this.maxDistance} is not in 0..${MAX_DISTANCE}`);
+    }
+    this.space = createHash('sha256').update(specTag(options.spec)).digest('hex').slice(0, 8);
+  }
+
+  /** Undefined, or the `duplicate_image` reject of a pair whose image was already accepted by another pair. */
+  async check(image: PreparedImage, pair: DedupePair): Promise<Reason | undefined> {
+    const match = await this.match(image, pair);
+    return match && this.duplicate(match);
+  }
+
+  /**
+   * Records the image of a pair the policy accepted. Undefined when this pair is (now, or already was) its first
+   * occurrence; the `duplicate_image` reason when another pair was recorded with it first (the caller rejects it).
+   * Call it before the image's tensor is released: the digest is computed from it.
+   */
+  recordAccepted(image: PreparedImage, pair: DedupePair): Promise<Reason | undefined> {
+    const next = this.recording.then(() => this.record(image, pair));
+    this.recording = next.catch(() => undefined);
+    return next;
+  }
+
+  private async record(image: PreparedImage, pair: DedupePair): Promise<Reason | undefined> {
+    if (this.mode === 'near') {
+      const match = await this.match(image, pair);
+      if (match) return this.duplicate(match);
+    }
+    const phash = this.phashOf(image);
+    const entry: ImageEntry = {
+      digest: this.digestOf(image),
+      phash,
+      first: { id: pair.id, source: pair.origin, at: new Date().toISOString() },
+    };
+    const held = await this.store.putImageIfAbsent(entry, this.bucketKeys(bucketsOf(phash)));
+    if (isSelf(held, pair)) return undefined;
+    return this.duplicate({ entry: held, distance: hamming(held.phash, phash), exact: true });
+  }
+
+  /** The closest accepted image within the distance that is not this pair's own (an exact one first). */
+  private async match(image: PreparedImage, pair: DedupePair): Promise<Match | undefined> {
+    const phash = this.phashOf(image);
+    const seen = new Map<string, ImageEntry>();
+    for (const key of this.bucketKeys(probeKeys(phash, this.maxDistance))) {
+      for (const entry of await this.store.bucket(key)) seen.set(entry.digest, entry);
+    }
+    let best: Match | undefined;
+    for (const entry of seen.values()) {
+      if (isSelf(entry, pair)) continue;
+      const distance = hamming(entry.phash, phash);
+      if (distance > this.maxDistance) continue;
+      // Equal tensors have equal hashes: the digest is computed only for a candidate that could be the same tensor.
+      const exact = distance === 0 && entry.digest === this.digestOf(image);
+      if (this.mode === 'exact' && !exact) continue;
+      if (!best || rank(exact, distance) < rank(best.exact, best.distance)) best = { entry, distance, exact };
+    }
+    return best;
+  }
+
+  private duplicate(match: Match): Reason {
+    const { id, source, at } = match.entry.first;
+    if (match.exact) this.counts.exact++;
+    else this.counts.near++;
+    const how = match.exact ? 'the same image' : `a near copy (${match.distance} bits apart)`;
+    return {
+      code: 'duplicate_image',
+      message: `${how} was accepted first with pair ${id}`,
+      detail: { first: { id, source, at }, match: match.exact ? 'exact' : 'near', distance: match.distance },
+    };
+  }
+
+  private bucketKeys(keys: readonly string[]): string[] {
+    return keys.map((k) => `${this.space}/${k}`);
+  }
+
+  private phashOf(image: PreparedImage): string {
+    return image.phash ?? perceptualHash(image.pixelValues, this.options.spec);
+  }
+
+  private digestOf(image: PreparedImage): string {
+    let digest = this.digests.get(image);
+    if (digest === undefined) {
+      digest = pixelDigest(image, this.options.spec);
+      this.digests.set(image, digest);
+    }
+    return digest;
+  }
+}
+
+/** The entry was recorded by this very pair: same id, same source record (a replay, a re-run). */
+const isSelf = (entry: ImageEntry, pair: DedupePair) =>
+  entry.first.id === pair.id && isDeepStrictEqual(entry.first.source, pair.origin);
+
+const rank = (exact: boolean, distance: number) => (exact ? -1 : distance);
