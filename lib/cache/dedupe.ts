@@ -21,7 +21,7 @@
  *   resizing starts an empty memory in the same store.
  */
 import { createHash } from 'node:crypto';
-import type { PreparedImage, PreprocessSpec, Reason, SourceOrigin } from '../types.ts';
+import { FilterError, type PreparedImage, type PreprocessSpec, type Reason, type SourceOrigin } from '../types.ts';
 import { isDeepStrictEqual } from 'node:util';
 import { perceptualHash, pixelDigest, specTag } from './image-digest.ts';
 import { bucketsOf, hamming, MAX_DISTANCE, probeKeys } from './near-index.ts';
@@ -43,6 +43,44 @@ export interface ImageDedupeOptions {
   readonly maxDistance?: number;
   /** The preprocessing of the tensors hashed (the scorer's): entries are kept apart per preprocessing. */
   readonly spec: PreprocessSpec;
+}
+
+/** The dedupe a `--dedupe-images` value asks for. */
+export interface DedupeSetting {
+  readonly mode: DedupeMode;
+  readonly maxDistance: number;
+}
+
+/** `exact`, `near` or `near:D` (D in 0..32); anything else is a `bad_config` error naming the value. */
+export function parseDedupeImages(value: string): DedupeSetting {
+  const m = /^(exact|near)(?::(\d{1,2}))?$/.exec(value);
+  const distance = m?.[2] === undefined ? undefined : Number(m[2]);
+  if (!m || (m[1] === 'exact' && distance !== undefined) || (distance !== undefined && distance > MAX_DISTANCE)) {
+    throw new FilterError(
+      'bad_config',
+      `--dedupe-images must be exact, near or near:D with D in 0..${MAX_DISTANCE} (bits of 64), got ${JSON.stringify(value)}`,
+      { option: 'dedupeImages', value },
+    );
+  }
+  const mode = m[1] as DedupeMode;
+  return { mode, maxDistance: mode === 'exact' ? 0 : (distance ?? DEFAULT_NEAR_DISTANCE) };
+}
+
+/** `dedupeImages` parsed, and refused (`missing_option`) without the `scoreCache` directory that holds its store. */
+export function dedupeSetting(options: {
+  readonly dedupeImages?: string;
+  readonly scoreCache?: string;
+}): DedupeSetting | undefined {
+  if (options.dedupeImages === undefined) return undefined;
+  const setting = parseDedupeImages(options.dedupeImages);
+  if (!options.scoreCache) {
+    throw new FilterError(
+      'missing_option',
+      '--dedupe-images needs --score-cache DIR: the accepted images are remembered in that directory',
+      { option: 'dedupeImages' },
+    );
+  }
+  return setting;
 }
 
 /** The pair being decided, as the dedupe sees it. */

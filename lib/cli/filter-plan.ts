@@ -14,6 +14,7 @@ import { openInputs } from '../inputs/index.ts';
 import type { FilterConfig } from './filter-config.ts';
 import type { FilterJobOptions } from './filter.ts';
 import { checkOutput } from './run-output.ts';
+import { dedupeSetting } from '../cache/dedupe.ts';
 
 /** Keys a --config file cannot hold (command-line-only or in-process), and those filled in below. */
 const NOT_PRINTED = ['input', 'out', 'model', 'signal', 'abort', 'logger', 'intake', 'scorer', 'pair'];
@@ -67,6 +68,13 @@ export async function dryRun(options: FilterJobOptions): Promise<string[]> {
   lines.push(
     `policy: ${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)}; metrics: ${metrics.join(',')}`,
   );
+  const dedupe = dedupeSetting(options);
+  if (options.scoreCache) lines.push(`score cache: ${resolve(options.scoreCache)} (LMDB, made if missing)`);
+  if (dedupe) {
+    const within =
+      dedupe.mode === 'exact' ? 'same decoded pixels' : `perceptual hashes within ${dedupe.maxDistance} bits`;
+    lines.push(`image dedupe: ${dedupe.mode} (${within}), remembered in the score cache`);
+  }
   if (top) lines.push(`top fraction: ${top.fraction} on ${top.metric} (staged in ${out}/.staging, removed at the end)`);
   const mode = resume
     ? ' (--resume: added to the run it holds)'

@@ -286,6 +286,14 @@ function addFilterCommand(program: Command): void {
     )
     .addOption(
       opt(
+        '--dedupe-images <mode>',
+        'reject a pair whose image was already accepted (by this run or any run on --score-cache, which it needs): ' +
+          '`exact` (same decoded pixels) or `near`/`near:D` (perceptual hashes within D of 64 bits; near is near:8)',
+        'off',
+      ),
+    )
+    .addOption(
+      opt(
         '--config <file>',
         'JSON file with the same options (flags win), checked against schema/filter-config.schema.json',
         'none',
@@ -373,6 +381,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     parquet: flags.parquet ?? config.parquet,
     keepShardNames: flags.keepShardNames ?? config.keepShardNames,
     scoreCache: flags.scoreCache ?? config.scoreCache,
+    dedupeImages: flags.dedupeImages ?? config.dedupeImages,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,
@@ -382,6 +391,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
   };
   const allowFractionThresholds: boolean | undefined = flags.allowFractionThresholds ?? config.allowFractionThresholds;
   refuseFractionThresholds(options, allowFractionThresholds);
+  // Before --print-config and --dry-run too: a bad --dedupe-images value is one line, nothing read.
+  (await import('../cache/dedupe.ts')).dedupeSetting(options);
   if (flags.printConfig || flags.dryRun) return planFilter({ ...options, allowFractionThresholds }, flags);
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);

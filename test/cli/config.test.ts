@@ -339,6 +339,7 @@ test('every key the schema allows reaches the run: a config setting all of them 
     overwrite: false,
     breakLock: true,
     scoreCache: 'score-cache-dir',
+    dedupeImages: 'near:6',
   };
   const schema = JSON.parse(readFileSync(join(root, 'schema/filter-config.schema.json'), 'utf8'));
   const keyPaths = (s: { properties?: Record<string, object> }, prefix = ''): string[] =>
