@@ -30,12 +30,14 @@ import type { ImageEntry, ImageStore } from './store.ts';
 export type DedupeMode = 'exact' | 'near';
 
 /**
- * The default `near` distance: on the images of bench/cache/phash-distance.ts (BENCHMARKS.md, "Image dedupe: near
- * distance") no two different images were within 13 bits, and 98.2% of copies (re-encoded, resized, WebP, 2% crop,
- * +-10% brightness, a watermark; a 5% crop is the farthest) were within 8. 8 keeps a margin below the first false
- * positive for photos, which are less varied than those images.
+ * The default `near` distance, measured (BENCHMARKS.md, "Image dedupe: near distance", bench/cache/phash-distance.ts):
+ * no two different images there were within 13 bits; copies (re-encoded, resized, WebP, cropped 2-5%, +-10%
+ * brightness, a watermark) were within 6 bits for 95.6% and within 8 for 98.2% (a 5% crop is the farthest). Balanced
+ * hashes (32 bits set) are an even distance apart, so 6 and 7 are one setting. 6 rather than 8: a query within 6
+ * reads 4 x 17 buckets, within 8 it reads 4 x 137 (~25x the lookups: 1.9 ms per pair on LMDB, a third of a JPEG's
+ * intake, bench/cache/dedupe-cost.ts); `near:8` stays one option away.
  */
-export const DEFAULT_NEAR_DISTANCE = 8;
+export const DEFAULT_NEAR_DISTANCE = 6;
 
 export interface ImageDedupeOptions {
   readonly mode: DedupeMode;

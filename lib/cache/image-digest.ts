@@ -64,7 +64,7 @@ function lumaGrid(px: Float32Array, spec: PreprocessSpec): Float64Array {
   const S = spec.size;
   const n = S * S;
   if (px.length !== 3 * n) throw new Error(`tensor has ${px.length} values, expected ${3 * n}`);
-  const w = LUMA.map((l, c) => (l * spec.std[c]!) / spec.rescale);
+  const [w0, w1, w2] = LUMA.map((l, c) => (l * spec.std[c]!) / spec.rescale) as [number, number, number];
   const grid = new Float64Array(GRID * GRID);
   const cell = S / GRID;
   const step = Math.max(1, Math.floor(cell / 4));
@@ -77,8 +77,9 @@ function lumaGrid(px: Float32Array, spec: PreprocessSpec): Float64Array {
       let sum = 0;
       let count = 0;
       for (let y = y0; y < y1; y += step) {
-        for (let i = y * S + x0, end = y * S + x1; i < end; i += step) {
-          sum += w[0]! * px[i]! + w[1]! * px[n + i]! + w[2]! * px[2 * n + i]!;
+        const row = y * S;
+        for (let i = row + x0; i < row + x1; i += step) {
+          sum += w0 * px[i]! + w1 * px[n + i]! + w2 * px[2 * n + i]!;
           count++;
         }
       }

@@ -288,7 +288,7 @@ function addFilterCommand(program: Command): void {
       opt(
         '--dedupe-images <mode>',
         'reject a pair whose image was already accepted (by this run or any run on --score-cache, which it needs): ' +
-          '`exact` (same decoded pixels) or `near`/`near:D` (perceptual hashes within D of 64 bits; near is near:8)',
+          '`exact` (same decoded pixels) or `near`/`near:D` (perceptual hashes within D of 64 bits; near is near:6)',
         'off',
       ),
     )
