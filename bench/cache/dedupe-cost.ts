@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const intake = new Intake({ maxIdleTensors: 0 }, SPEC);
   const prepared: PreparedImage[] = [];
   for (const f of files.slice(0, 8)) await intake.prepare({ kind: 'bytes', data: f }); // warm-up
-  let t = cpuMs();
+  const t = cpuMs();
   for (const f of files) prepared.push(await intake.prepare({ kind: 'bytes', data: f }));
   const intakeMs = (cpuMs() - t) / IMAGES;
   console.log(`intake (${intake.jpegDecoder}): ${intakeMs.toFixed(3)} ms CPU per pair`);
