@@ -55,7 +55,7 @@ export interface DedupeSetting {
 
 /** `exact`, `near` or `near:D` (D in 0..32); anything else is a `bad_config` error naming the value. */
 export function parseDedupeImages(value: string): DedupeSetting {
-  const m = /^(exact|near)(?::(\d{1,2}))?$/.exec(value);
+  const m = /^(exact|near)(?::(0|[1-9]\d?))?$/.exec(value);
   const distance = m?.[2] === undefined ? undefined : Number(m[2]);
   if (!m || (m[1] === 'exact' && distance !== undefined) || (distance !== undefined && distance > MAX_DISTANCE)) {
     throw new FilterError(
@@ -68,13 +68,25 @@ export function parseDedupeImages(value: string): DedupeSetting {
   return { mode, maxDistance: mode === 'exact' ? 0 : (distance ?? DEFAULT_NEAR_DISTANCE) };
 }
 
-/** `dedupeImages` parsed, and refused (`missing_option`) without the `scoreCache` directory that holds its store. */
+/**
+ * `dedupeImages` parsed; refused (`missing_option`) without the `scoreCache` directory that holds its store, and
+ * (`bad_usage`) with a top fraction, whose first pass stages pairs that its cut may still reject: only accepted
+ * images may be remembered.
+ */
 export function dedupeSetting(options: {
   readonly dedupeImages?: string;
   readonly scoreCache?: string;
+  readonly topFraction?: unknown;
 }): DedupeSetting | undefined {
   if (options.dedupeImages === undefined) return undefined;
   const setting = parseDedupeImages(options.dedupeImages);
+  if (options.topFraction !== undefined) {
+    throw new FilterError(
+      'bad_usage',
+      '--dedupe-images cannot run with --top-fraction: pairs are accepted only at the end, after the ranking',
+      { option: 'dedupeImages' },
+    );
+  }
   if (!options.scoreCache) {
     throw new FilterError(
       'missing_option',

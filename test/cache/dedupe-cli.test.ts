@@ -5,7 +5,7 @@
  * rejects nothing as its own duplicate, two runs at once on one cache agree.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -180,7 +180,22 @@ test('--dedupe-images is refused without --score-cache, and outside near:0..32, 
   const noCache = await runCliToEnd(tinyFilterArgs(input, join(dir, 'refused-1'), '--dedupe-images', 'exact'), 60_000);
   assert.equal(noCache.code, 2);
   assert.match(noCache.err, /\[missing_option\].*--score-cache/);
-  for (const bad of ['near:33', 'near:-1', 'exact:3', 'fuzzy']) {
+  const top = await runCliToEnd(
+    tinyFilterArgs(
+      input,
+      join(dir, 'refused-3'),
+      '--score-cache',
+      join(dir, 'c'),
+      '--dedupe-images',
+      'near',
+      '--top-fraction',
+      '0.5',
+    ),
+    60_000,
+  );
+  assert.equal(top.code, 2);
+  assert.match(top.err, /\[bad_usage\].*--top-fraction/);
+  for (const bad of ['near:33', 'near:-1', 'near:07', 'near:', 'exact:3', 'fuzzy']) {
     const r = await runCliToEnd(
       tinyFilterArgs(input, join(dir, 'refused-2'), '--score-cache', join(dir, 'c'), '--dedupe-images', bad),
       60_000,
@@ -188,6 +203,8 @@ test('--dedupe-images is refused without --score-cache, and outside near:0..32, 
     assert.equal(r.code, 2, bad);
     assert.match(r.err, /\[bad_config\].*--dedupe-images/, bad);
   }
+  for (const out of ['refused-1', 'refused-2', 'refused-3', 'c'])
+    assert.ok(!existsSync(join(dir, out)), `${out} untouched`);
   const plan = await runCliToEnd(
     tinyFilterArgs(input, join(dir, 'plan'), '--score-cache', join(dir, 'c'), '--dedupe-images', 'near:5', '--dry-run'),
     60_000,
