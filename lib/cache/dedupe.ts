@@ -22,6 +22,8 @@
  */
 import { createHash } from 'node:crypto';
 import { FilterError, type PreparedImage, type PreprocessSpec, type Reason, type SourceOrigin } from '../types.ts';
+import { realpathSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { perceptualHash, pixelDigest, specTag } from './image-digest.ts';
 import { bucketsOf, hamming, MAX_DISTANCE, probeKeys } from './near-index.ts';
@@ -123,6 +125,8 @@ export class ImageDedupe {
   /** Bucket keys are prefixed with it: one store holds the entries of several preprocessings apart. */
   private readonly space: string;
   private readonly digests = new WeakMap<PreparedImage, string>();
+  /** Local input paths as given -> absolute, without symlinks (see canonical). */
+  private readonly paths = new Map<string, string>();
   /** Records in this run, one after another: of two near copies in flight, the second sees the first. */
   private recording: Promise<unknown> = Promise.resolve();
 
@@ -164,10 +168,10 @@ export class ImageDedupe {
     const entry: ImageEntry = {
       digest: this.digestOf(image),
       phash,
-      first: { id: pair.id, source: pair.origin, at: new Date().toISOString() },
+      first: { id: pair.id, source: this.canonical(pair.origin), at: new Date().toISOString() },
     };
     const held = await this.store.putImageIfAbsent(entry, this.bucketKeys(bucketsOf(phash)));
-    if (isSelf(held, pair)) return undefined;
+    if (this.isSelf(held, pair)) return undefined;
     return this.duplicate({ entry: held, distance: hamming(held.phash, phash), exact: true });
   }
 
@@ -183,7 +187,7 @@ export class ImageDedupe {
     for (const entry of buckets.flat()) seen.set(entry.digest, entry);
     let best: Match | undefined;
     for (const entry of seen.values()) {
-      if (isSelf(entry, pair)) continue;
+      if (this.isSelf(entry, pair)) continue;
       const distance = hamming(entry.phash, phash);
       if (distance > this.maxDistance) continue;
       // Equal tensors have equal hashes: the digest is computed only for a candidate that could be the same tensor.
@@ -206,6 +210,31 @@ export class ImageDedupe {
     };
   }
 
+  /** The entry was recorded by this very pair: same id, same source record (a replay, a re-run). */
+  private isSelf(entry: ImageEntry, pair: DedupePair): boolean {
+    return entry.first.id === pair.id && isDeepStrictEqual(entry.first.source, this.canonical(pair.origin));
+  }
+
+  /**
+   * A record's source as entries keep it: a local input's path absolute and without symlinks, so that a re-run or a
+   * --resume that names the input another way (from another directory, through a link) is still the same record and
+   * never its own duplicate. Other paths (s3://, http(s)://, `-` for stdin) and other sources are kept as they are.
+   */
+  private canonical(origin: SourceOrigin): SourceOrigin {
+    if (origin.kind !== 'file' && origin.kind !== 'webdataset') return origin;
+    if (origin.path === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(origin.path)) return origin;
+    let path = this.paths.get(origin.path);
+    if (path === undefined) {
+      try {
+        path = realpathSync(origin.path);
+      } catch {
+        path = resolve(origin.path);
+      }
+      this.paths.set(origin.path, path);
+    }
+    return { ...origin, path };
+  }
+
   private bucketKeys(keys: readonly string[]): string[] {
     return keys.map((k) => `${this.space}/${k}`);
   }
@@ -223,9 +252,5 @@ export class ImageDedupe {
     return digest;
   }
 }
-
-/** The entry was recorded by this very pair: same id, same source record (a replay, a re-run). */
-const isSelf = (entry: ImageEntry, pair: DedupePair) =>
-  entry.first.id === pair.id && isDeepStrictEqual(entry.first.source, pair.origin);
 
 const rank = (exact: boolean, distance: number) => (exact ? -1 : distance);
