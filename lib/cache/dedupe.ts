@@ -175,7 +175,7 @@ export class ImageDedupe {
     return this.duplicate({ entry: held, distance: hamming(held.phash, phash), exact: true });
   }
 
-  /** The closest accepted image within the distance that is not this pair's own (an exact one first). */
+  /** The accepted image with this pair's digest, else the closest within the distance; never the pair's own. */
   private async match(image: PreparedImage, pair: DedupePair): Promise<Match | undefined> {
     const phash = this.phashOf(image);
     // All buckets asked at once: LMDB answers each synchronously within one read transaction, a remote store in
@@ -186,14 +186,19 @@ export class ImageDedupe {
     const seen = new Map<string, ImageEntry>();
     for (const entry of buckets.flat()) seen.set(entry.digest, entry);
     let best: Match | undefined;
+    let sameHash = false;
     for (const entry of seen.values()) {
-      if (this.isSelf(entry, pair)) continue;
       const distance = hamming(entry.phash, phash);
       if (distance > this.maxDistance) continue;
-      // Equal tensors have equal hashes: the digest is computed only for a candidate that could be the same tensor.
-      const exact = distance === 0 && entry.digest === this.digestOf(image);
-      if (this.mode === 'exact' && !exact) continue;
-      if (!best || rank(exact, distance) < rank(best.exact, best.distance)) best = { entry, distance, exact };
+      if (distance === 0) sameHash = true;
+      if (this.mode === 'exact' || this.isSelf(entry, pair)) continue;
+      if (!best || distance < best.distance) best = { entry, distance, exact: false };
+    }
+    // Equal tensors have equal hashes: the digest is computed only when an entry has this hash, and looked up by
+    // itself (the entry holding it need not be that one, nor in a bucket read: a full bucket files no more).
+    if (sameHash) {
+      const held = await this.store.getImage(this.digestOf(image));
+      if (held && !this.isSelf(held, pair)) return { entry: held, distance: 0, exact: true };
     }
     return best;
   }
@@ -252,5 +257,3 @@ export class ImageDedupe {
     return digest;
   }
 }
-
-const rank = (exact: boolean, distance: number) => (exact ? -1 : distance);

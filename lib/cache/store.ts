@@ -24,6 +24,14 @@ export interface ScoreStore {
   close(): Promise<void>;
 }
 
+/**
+ * The most entries one image bucket files. Only images with one perceptual hash fill a bucket so (blank or flat
+ * images at many sizes, each its own digest); past it an image is still stored by digest (exact duplicates are still
+ * found) but not filed there, so a near copy found only through that bucket may be missed: a missed duplicate, never
+ * a wrong one. It bounds the bytes a query reads and a write rewrites.
+ */
+export const MAX_BUCKET_ENTRIES = 1000;
+
 /** A growth bound for the memory map (sparse: a small cache uses little disk); 64 GiB holds ~100M entries. */
 const MAP_SIZE = 64 * 1024 ** 3;
 
@@ -79,7 +87,8 @@ export class LmdbScoreStore implements ScoreStore, ImageStore {
       const line = JSON.stringify(entry);
       for (const key of buckets) {
         const held = this.buckets.get(key);
-        void this.buckets.put(key, held === undefined ? line : `${held}\n${line}`);
+        if (held === undefined) void this.buckets.put(key, line);
+        else if (lineCount(held) < MAX_BUCKET_ENTRIES) void this.buckets.put(key, `${held}\n${line}`);
       }
       return entry;
     });
@@ -93,6 +102,12 @@ export class LmdbScoreStore implements ScoreStore, ImageStore {
   async close(): Promise<void> {
     await this.db.close();
   }
+}
+
+function lineCount(text: string): number {
+  let n = 1;
+  for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
+  return n;
 }
 
 /**

@@ -8,7 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { LmdbScoreStore, type ImageEntry } from '../../lib/cache/store.ts';
+import { LmdbScoreStore, MAX_BUCKET_ENTRIES, type ImageEntry } from '../../lib/cache/store.ts';
 
 const storeUrl = new URL('../../lib/cache/store.ts', import.meta.url).href;
 const entry = (digest: string, id: string): ImageEntry => ({
@@ -27,6 +27,18 @@ test('putImageIfAbsent: the first entry of a digest stays first; buckets hold it
   assert.deepEqual(await store.bucket('z'), [], 'a losing writer files nothing');
   assert.deepEqual(await store.getImage('d1'), entry('d1', 'a'));
   assert.equal(await store.get('d1'), undefined, 'images live apart from score entries');
+  await store.close();
+});
+
+test('a full bucket files no more entries; they are still stored by digest', async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'mlmf-images-')), 'cache');
+  const store = LmdbScoreStore.open(dir);
+  for (let i = 0; i < MAX_BUCKET_ENTRIES + 5; i++)
+    await store.putImageIfAbsent(entry(`flat${i}`, `p${i}`), ['same', `own${i}`]);
+  assert.equal((await store.bucket('same')).length, MAX_BUCKET_ENTRIES);
+  const last = `flat${MAX_BUCKET_ENTRIES + 4}`;
+  assert.deepEqual(await store.getImage(last), entry(last, `p${MAX_BUCKET_ENTRIES + 4}`));
+  assert.deepEqual(await store.bucket(`own${MAX_BUCKET_ENTRIES + 4}`), [entry(last, `p${MAX_BUCKET_ENTRIES + 4}`)]);
   await store.close();
 });
 
