@@ -132,7 +132,8 @@ export interface ImageStore {
   getImage(digest: string): Promise<ImageEntry | undefined>;
   /**
    * Stores the entry unless its digest already has one, and adds it to each bucket of `buckets`; returns the entry
-   * that holds the digest afterwards (the earlier one when another writer was first). Atomic per digest.
+   * that holds the digest afterwards (the earlier one when another writer was first). Atomic per digest. A store may
+   * bound a bucket's size (the LMDB one files at most MAX_BUCKET_ENTRIES): ImageDedupe finds exact copies by digest.
    */
   putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry>;
   /** The entries filed under one bucket key (empty when none). */
