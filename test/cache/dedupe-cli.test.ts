@@ -65,6 +65,7 @@ test('exact: other encodings of an accepted image are duplicate_image pointing a
     line: 2,
   });
   assert.deepEqual(run.summary.imageDedupe, { mode: 'exact', maxDistance: 0, duplicates: { exact: 2, near: 0 } });
+  assert.equal(run.summary.reasons.duplicate_image, 2);
   // A later run meets the copies before scoring: no scorer call, not even a score-cache lookup.
   const copies = writeInput('exact-copies', [
     record('png-later', pngAgain),
