@@ -16,7 +16,7 @@
  * thresholds in the literature are quoted for): luma box-averaged to 32 x 32, a 2-D DCT-II, the 8 x 8 lowest
  * frequencies, one bit per coefficient above their median. Low frequencies survive re-encoding, resizing and small
  * brightness changes; the median makes it independent of the overall brightness. Computed from a regular sample of
- * the tensor (up to 4 x 4 pixels per cell, ~50 K floats at 384): ~0.05 ms.
+ * the tensor (up to 4 x 4 pixels per cell, ~50 K floats at 384): 0.1-0.3 ms, memory-bound (BENCHMARKS.md).
  */
 import { createHash } from 'node:crypto';
 import type { PreparedImage, PreprocessSpec } from '../types.ts';

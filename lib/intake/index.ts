@@ -103,7 +103,7 @@ export interface IntakeOptions {
   jpegMaxScans?: number;
   /**
    * Compute each image's 64-bit perceptual hash (PreparedImage.phash) from its tensor, for the image dedupe
-   * (lib/cache/dedupe.ts): ~0.05 ms per image at 384 px. Default false: runs without a dedupe pay nothing.
+   * (lib/cache/dedupe.ts): 0.1-0.3 ms per image at 384 px (BENCHMARKS.md). Default false: runs without a dedupe pay nothing.
    */
   perceptualHash?: boolean;
 }
