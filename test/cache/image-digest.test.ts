@@ -4,6 +4,8 @@ import { test } from 'node:test';
 import { perceptualHash, pixelDigest } from '../../lib/cache/image-digest.ts';
 import { hamming } from '../../lib/cache/near-index.ts';
 import type { PreprocessSpec } from '../../lib/types.ts';
+import { Intake } from '../../lib/intake/index.ts';
+import { picture } from './dedupe-images.ts';
 
 const spec: PreprocessSpec = {
   size: 96,
@@ -65,4 +67,19 @@ test('the digest: equal for equal tensors and sizes, different for one value, an
 
 test('a tensor of the wrong size is refused', () => {
   assert.throws(() => perceptualHash(new Float32Array(10), spec), /expected 27648/);
+});
+
+test('the intake hashes the tensor it made only when asked (perceptualHash), and as perceptualHash does', async () => {
+  const png = await (await picture(31)).png().toBuffer();
+  const plain = new Intake({}, spec);
+  const hashing = new Intake({ perceptualHash: true }, spec);
+  try {
+    const without = await plain.prepare({ kind: 'bytes', data: png });
+    assert.equal(without.phash, undefined);
+    const withHash = await hashing.prepare({ kind: 'bytes', data: png });
+    assert.equal(withHash.phash, perceptualHash(withHash.pixelValues, spec));
+    assert.deepEqual(withHash.pixelValues, without.pixelValues, 'the tensor is the same either way');
+  } finally {
+    await Promise.all([plain.close(), hashing.close()]);
+  }
 });
