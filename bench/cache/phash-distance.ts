@@ -9,22 +9,36 @@
  * histograms of same-image pairs and of different-image pairs, then for each D the false negatives (copies farther
  * than D) and false positives (different images within D).
  *
- *   node --import tsx bench/cache/phash-distance.ts        # BENCH_IMAGES=N (default 80), BENCH_SEED=S
+ *   node --import tsx bench/cache/phash-distance.ts   # BENCH_IMAGES=N (80), BENCH_SEED=S (7), BENCH_SPEC=siglip|clip
  */
 import sharp from 'sharp';
 import { Intake } from '../../lib/intake/index.ts';
 import { hamming } from '../../lib/cache/near-index.ts';
 import type { PreprocessSpec } from '../../lib/types.ts';
 
-const SPEC: PreprocessSpec = {
-  size: 384,
-  mean: [0.5, 0.5, 0.5],
-  std: [0.5, 0.5, 0.5],
-  rescale: 1 / 255,
-  padToSquare: true,
-  centerCrop: false,
-  resample: 'bicubic',
+const SPECS: Record<string, PreprocessSpec> = {
+  // SigLIP-384 with LLaVA's pad-to-square (the Qwen-layout models).
+  siglip: {
+    size: 384,
+    mean: [0.5, 0.5, 0.5],
+    std: [0.5, 0.5, 0.5],
+    rescale: 1 / 255,
+    padToSquare: true,
+    centerCrop: false,
+    resample: 'bicubic',
+  },
+  // CLIP-336 shortest-edge resize and centre crop.
+  clip: {
+    size: 336,
+    mean: [0.48145466, 0.4578275, 0.40821073],
+    std: [0.26862954, 0.26130258, 0.27577711],
+    rescale: 1 / 255,
+    padToSquare: false,
+    centerCrop: true,
+    resample: 'bicubic',
+  },
 };
+const SPEC = SPECS[process.env.BENCH_SPEC ?? 'siglip']!;
 const COUNT = Number(process.env.BENCH_IMAGES ?? 80);
 let seed = Number(process.env.BENCH_SEED ?? 7);
 const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
@@ -176,7 +190,9 @@ function report(same: { copy: string; d: number }[], different: number[]): void 
     const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
     return `${label.padEnd(18)} n=${String(s.length).padStart(6)}  min ${q(0)}  p5 ${q(0.05)}  median ${q(0.5)}  p95 ${q(0.95)}  max ${s[s.length - 1]}`;
   };
-  console.log(`images: ${COUNT} originals x ${Object.keys(COPIES).length} copies; spec ${SPEC.size} pad`);
+  console.log(
+    `images: ${COUNT} originals x ${Object.keys(COPIES).length} copies; spec ${process.env.BENCH_SPEC ?? 'siglip'}`,
+  );
   console.log(
     line(
       'same image (all)',
