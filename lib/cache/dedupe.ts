@@ -71,28 +71,27 @@ export function parseDedupeImages(value: string): DedupeSetting {
 }
 
 /**
- * `dedupeImages` parsed; refused (`missing_option`) without the `scoreCache` directory that holds its store, and
- * (`bad_usage`) with a top fraction, whose first pass stages pairs that its cut may still reject: only accepted
- * images may be remembered.
+ * `dedupeImages` parsed; refused (`missing_option`) without the `scoreCache` directory that holds its store and, for
+ * a run (`run`, not for --print-config: a config file may hold both), (`bad_usage`) with a top fraction, whose first
+ * pass stages pairs that its cut may still reject: only accepted images may be remembered.
  */
-export function dedupeSetting(options: {
-  readonly dedupeImages?: string;
-  readonly scoreCache?: string;
-  readonly topFraction?: unknown;
-}): DedupeSetting | undefined {
+export function dedupeSetting(
+  options: { readonly dedupeImages?: string; readonly scoreCache?: string; readonly topFraction?: unknown },
+  run = true,
+): DedupeSetting | undefined {
   if (options.dedupeImages === undefined) return undefined;
   const setting = parseDedupeImages(options.dedupeImages);
-  if (options.topFraction !== undefined) {
-    throw new FilterError(
-      'bad_usage',
-      '--dedupe-images cannot run with --top-fraction: pairs are accepted only at the end, after the ranking',
-      { option: 'dedupeImages' },
-    );
-  }
   if (!options.scoreCache) {
     throw new FilterError(
       'missing_option',
       '--dedupe-images needs --score-cache DIR: the accepted images are remembered in that directory',
+      { option: 'dedupeImages' },
+    );
+  }
+  if (run && options.topFraction !== undefined) {
+    throw new FilterError(
+      'bad_usage',
+      '--dedupe-images cannot run with --top-fraction: pairs are accepted only at the end, after the ranking',
       { option: 'dedupeImages' },
     );
   }

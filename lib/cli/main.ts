@@ -392,7 +392,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
   const allowFractionThresholds: boolean | undefined = flags.allowFractionThresholds ?? config.allowFractionThresholds;
   refuseFractionThresholds(options, allowFractionThresholds);
   // Before --print-config and --dry-run too: a bad --dedupe-images value is one line, nothing read.
-  (await import('../cache/dedupe.ts')).dedupeSetting(options);
+  (await import('../cache/dedupe.ts')).dedupeSetting(options, !flags.printConfig);
   if (flags.printConfig || flags.dryRun) return planFilter({ ...options, allowFractionThresholds }, flags);
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);
