@@ -44,7 +44,8 @@ export type ReasonCode =
   | 'below_threshold'
   | 'duplicate'
   | 'scoring_failed'
-  | 'intake_failed';
+  | 'intake_failed'
+  | 'duplicate_image';
 
 export interface Reason {
   readonly code: ReasonCode;
@@ -158,6 +159,8 @@ export interface PreparedImage {
   readonly pixelValues: Float32Array;
   /** [3, H, W] */
   readonly shape: readonly [number, number, number];
+  /** 64-bit perceptual hash of the tensor, 16 hex digits (lib/cache/image-digest.ts): only when an image dedupe asked. */
+  readonly phash?: string;
 }
 
 /** How the model wants its pixels, from preprocessor_config.json + mlm_filter.json. */

@@ -10,12 +10,30 @@ import { readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { FilterError } from '../errors.ts';
 import { checkStoreHeader } from './lmdb-header.ts';
+import { IMAGE_DATABASES, type ImageEntry } from './store.ts';
 
 /** The files of an LMDB environment: all a score cache directory may hold. */
 export const STORE_FILES: readonly string[] = ['data.mdb', 'lock.mdb'];
 
 /** A score entry's key: a SHA-256 in hex (lib/cache/key.ts). */
 const SCORE_KEY = /^[0-9a-f]{64}$/;
+
+/** The main database's keys that name the image dedupe's sub-databases (their values are LMDB's, not entries). */
+const SUB_DATABASES: ReadonlySet<string> = new Set(Object.values(IMAGE_DATABASES));
+
+/** The main database's score keys and values, the sub-database names skipped (their values do not decode). */
+function* scoreEntries(db: Store): Generator<{ key: string; value: unknown }> {
+  for (const key of db.getKeys({})) {
+    if (typeof key === 'string' && SUB_DATABASES.has(key)) continue;
+    yield { key, value: db.get(key) };
+  }
+}
+
+/** When an entry (score or image) was first scored: `first.at`, or undefined. */
+const firstAt = (value: unknown): string | undefined => {
+  const at = (value as { first?: { at?: unknown } } | undefined)?.first?.at;
+  return typeof at === 'string' ? at : undefined;
+};
 
 /** `missing`: made by the first run; `empty`: an empty directory; `store`: holds a store (data.mdb). */
 export type CacheDirState = 'missing' | 'empty' | 'store';
@@ -73,6 +91,8 @@ export interface CacheStats {
   readonly entries: number;
   /** Keys that are not score entries (none in a store only this module's runs wrote). */
   readonly otherKeys: number;
+  /** Accepted images the image dedupe remembers (--dedupe-images). */
+  readonly images: number;
   /** data.mdb + lock.mdb: their size, and the disk blocks allocated to them (LMDB files may be sparse). */
   readonly fileBytes: number;
   readonly diskBytes: number;
@@ -94,9 +114,9 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
     let otherKeys = 0;
     let oldest: string | undefined;
     let newest: string | undefined;
-    for (const { key, value } of db.getRange({})) {
-      const at = (value as { first?: { at?: unknown } } | undefined)?.first?.at;
-      if (typeof key !== 'string' || !SCORE_KEY.test(key) || typeof at !== 'string') {
+    for (const { key, value } of scoreEntries(db)) {
+      const at = firstAt(value);
+      if (typeof key !== 'string' || !SCORE_KEY.test(key) || at === undefined) {
         otherKeys++;
         continue;
       }
@@ -109,7 +129,8 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
     const fileBytes = files.reduce((sum, s) => sum + (s?.size ?? 0), 0);
     const diskBytes = files.reduce((sum, s) => sum + (s ? s.blocks * 512 : 0), 0);
     const usedBytes = (env.lastPageNumber + 1) * env.pageSize;
-    return { dir, entries, otherKeys, fileBytes, diskBytes, usedBytes, oldest, newest, openBy };
+    const images = imageDatabases(db).images.getCount();
+    return { dir, entries, otherKeys, images, fileBytes, diskBytes, usedBytes, oldest, newest, openBy };
   } finally {
     await db.close();
   }
@@ -142,7 +163,9 @@ export async function clearCache(dir: string, options: { olderThan?: number } = 
     if (options.olderThan !== undefined || openBy > 0) {
       return { removed: await removeEntries(db, options.olderThan), mode: 'emptied', openBy };
     }
-    whole = { removed: db.getCount(), openBy };
+    let removed = 0;
+    for (const key of db.getKeys({})) if (!(typeof key === 'string' && SUB_DATABASES.has(key))) removed++;
+    whole = { removed, openBy };
   } finally {
     await db.close();
   }
@@ -153,18 +176,36 @@ export async function clearCache(dir: string, options: { olderThan?: number } = 
   return { ...whole, mode: 'deleted' };
 }
 
-/** Removes the entries first scored before `olderThan` (every entry without it) in one write transaction. */
+/**
+ * Removes the entries first scored before `olderThan` (every entry without it) in one write transaction, and the
+ * dedupe's accepted images recorded before it, from its image table and from every bucket that files them.
+ */
 async function removeEntries(db: Store, olderThan: number | undefined): Promise<number> {
   const cutoff = olderThan === undefined ? undefined : new Date(olderThan).toISOString();
+  const doomed = (value: unknown) => {
+    const at = firstAt(value);
+    return cutoff === undefined || (at !== undefined && at < cutoff);
+  };
+  const { images, buckets } = imageDatabases(db);
   return db.transaction(() => {
-    const doomed: string[] = [];
-    for (const { key, value } of db.getRange({})) {
-      const at = (value as { first?: { at?: unknown } } | undefined)?.first?.at;
-      if (cutoff === undefined || (typeof at === 'string' && at < cutoff)) doomed.push(key);
+    const keys = [...scoreEntries(db)].filter(({ value }) => doomed(value)).map(({ key }) => key);
+    for (const key of keys) void db.remove(key);
+    for (const { key, value } of images.getRange({})) if (doomed(value)) void images.remove(key);
+    for (const { key, value } of buckets.getRange({})) {
+      const kept = value.split('\n').filter((line) => !doomed(JSON.parse(line) as ImageEntry));
+      if (kept.length === 0) void buckets.remove(key);
+      else void buckets.put(key, kept.join('\n'));
     }
-    for (const key of doomed) void db.remove(key);
-    return doomed.length;
+    return keys.length;
   });
+}
+
+/** The image dedupe's sub-databases of a store (empty when no run used --dedupe-images). */
+function imageDatabases(db: Store) {
+  return {
+    images: db.openDB<ImageEntry, string>({ name: IMAGE_DATABASES.images, compression: false }),
+    buckets: db.openDB<string, string>({ name: IMAGE_DATABASES.buckets, encoding: 'string', compression: false }),
+  };
 }
 
 type Store = import('lmdb').RootDatabase<unknown, string>;
@@ -185,6 +226,7 @@ async function openExisting(dir: string): Promise<Store> {
 /** A store whose first keys are not score keys is someone else's LMDB: never cleared by us. */
 function refuseForeignKeys(db: Store, dir: string): void {
   for (const key of db.getKeys({ limit: 100 })) {
+    if (typeof key === 'string' && SUB_DATABASES.has(key)) continue;
     if (typeof key !== 'string' || !SCORE_KEY.test(key)) {
       const message = `score cache ${dir}: data.mdb holds keys a score cache does not (${JSON.stringify(key)}): not cleared`;
       throw new FilterError('score_cache_foreign', message, { dir });

@@ -6,7 +6,7 @@
  * nothing is compiled at install. The fleet's shared store (issue 24) is another implementation of ScoreStore.
  */
 import { mkdirSync } from 'node:fs';
-import { open, type RootDatabase } from 'lmdb';
+import { open, type Database, type RootDatabase } from 'lmdb';
 import { FilterError, type CachedFirst, type ScoreResult } from '../types.ts';
 import { checkStoreHeader } from './lmdb-header.ts';
 
@@ -27,16 +27,47 @@ export interface ScoreStore {
   close(): Promise<void>;
 }
 
+/**
+ * The most entries one image bucket files. Only images with one perceptual hash fill a bucket so (blank or flat
+ * images at many sizes, each its own digest); past it an image is still stored by digest, and still found as an exact
+ * copy (ImageDedupe looks digests up once a bucket shows an entry of the same hash, as a bucket that one hash filled
+ * does), but not filed there, so a near copy found only through that bucket may be missed: a missed duplicate, never
+ * a wrong one. It bounds the bytes a query reads and a write rewrites.
+ */
+export const MAX_BUCKET_ENTRIES = 1000;
+
+/**
+ * The image dedupe's named sub-databases: LMDB files their names as keys of the main database, so whoever walks the
+ * score entries (lib/cache/admin.ts) skips these two.
+ */
+export const IMAGE_DATABASES = { images: 'images', buckets: 'image-buckets' } as const;
+
 /** A growth bound for the memory map (sparse: a small cache uses little disk); 64 GiB holds ~100M entries. */
 const MAP_SIZE = 64 * 1024 ** 3;
 
-export class LmdbScoreStore implements ScoreStore {
+/**
+ * The score store and, in named sub-databases of the same environment (one file, one lock), the image store:
+ * `images` (digest -> ImageEntry) and `image-buckets` (bucket key -> the entries filed under it, as JSON lines in
+ * one string value). A near query reads 68 buckets, mostly empty: one plain get each and no second read per
+ * candidate (a dupSort cursor per bucket cost ~40 us, a msgpack entry read per candidate ~11 us; entries never
+ * change once written, so a copy in each bucket cannot go stale).
+ */
+export class LmdbScoreStore implements ScoreStore, ImageStore {
   notStored = 0;
+  private readonly images: Database<ImageEntry, string>;
+  private readonly buckets: Database<string, string>;
 
   private constructor(
     private readonly db: RootDatabase<ScoreEntry, string>,
     private readonly maxBytes: number,
-  ) {}
+  ) {
+    this.images = db.openDB<ImageEntry, string>({ name: IMAGE_DATABASES.images, compression: false });
+    this.buckets = db.openDB<string, string>({
+      name: IMAGE_DATABASES.buckets,
+      encoding: 'string',
+      compression: false,
+    });
+  }
 
   /**
    * `maxBytes`: stop storing new entries once the B-tree's pages hold this much (lookups go on). The tree, not the
@@ -77,9 +108,41 @@ export class LmdbScoreStore implements ScoreStore {
     await this.db.ifNoExists(key, () => void this.db.put(key, entry));
   }
 
+  async getImage(digest: string): Promise<ImageEntry | undefined> {
+    return this.images.get(digest);
+  }
+
+  async putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry> {
+    // One write transaction: LMDB serialises writers across processes, so of two runs recording one digest at once
+    // the first stays first and the second reads it back here.
+    return this.db.transaction(() => {
+      const held = this.images.get(entry.digest);
+      if (held) return held;
+      void this.images.put(entry.digest, entry);
+      const line = JSON.stringify(entry);
+      for (const key of buckets) {
+        const held = this.buckets.get(key);
+        if (held === undefined) void this.buckets.put(key, line);
+        else if (lineCount(held) < MAX_BUCKET_ENTRIES) void this.buckets.put(key, `${held}\n${line}`);
+      }
+      return entry;
+    });
+  }
+
+  async bucket(key: string): Promise<ImageEntry[]> {
+    const lines = this.buckets.get(key);
+    return lines === undefined ? [] : lines.split('\n').map((line) => JSON.parse(line) as ImageEntry);
+  }
+
   async close(): Promise<void> {
     await this.db.close();
   }
+}
+
+function lineCount(text: string): number {
+  let n = 1;
+  for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
+  return n;
 }
 
 /**
@@ -104,7 +167,8 @@ export interface ImageStore {
   getImage(digest: string): Promise<ImageEntry | undefined>;
   /**
    * Stores the entry unless its digest already has one, and adds it to each bucket of `buckets`; returns the entry
-   * that holds the digest afterwards (the earlier one when another writer was first). Atomic per digest.
+   * that holds the digest afterwards (the earlier one when another writer was first). Atomic per digest. A store may
+   * bound a bucket's size (the LMDB one files at most MAX_BUCKET_ENTRIES): ImageDedupe finds exact copies by digest.
    */
   putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry>;
   /** The entries filed under one bucket key (empty when none). */

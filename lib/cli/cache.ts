@@ -39,7 +39,8 @@ export function addCacheCommands(program: Command, io: CacheIo = {}): Command {
         return;
       }
       const lines = [
-        `score cache ${s.dir}: ${s.entries} entries${s.otherKeys ? ` (and ${s.otherKeys} other keys)` : ''}`,
+        `score cache ${s.dir}: ${s.entries} entries${s.otherKeys ? ` (and ${s.otherKeys} other keys)` : ''}` +
+          (s.images ? `, ${s.images} accepted images (--dedupe-images)` : ''),
         `  on disk: ${mib(s.diskBytes)} (files ${mib(s.fileBytes)}; pages used ${mib(s.usedBytes)}, free ones reused)`,
         s.entries ? `  first scored: oldest ${s.oldest}, newest ${s.newest}` : '  no entries',
         s.openBy ? `  open in ${s.openBy} other process(es) now` : '  not open in another process now',

@@ -16,6 +16,7 @@ import type { FilterConfig } from './filter-config.ts';
 import type { FilterJobOptions } from './filter.ts';
 import { checkOutput } from './run-output.ts';
 import { checkCachePlace } from '../cache/admin.ts';
+import { dedupeSetting } from '../cache/dedupe.ts';
 
 /** Keys a --config file cannot hold (command-line-only or in-process), and those filled in below. */
 const NOT_PRINTED = ['input', 'out', 'model', 'signal', 'abort', 'logger', 'intake', 'scorer', 'pair'];
@@ -70,6 +71,12 @@ export async function dryRun(options: FilterJobOptions): Promise<string[]> {
     `policy: ${policy.thresholds.map(formatThreshold).join(` ${policy.combine} `)}; metrics: ${metrics.join(',')}`,
   );
   if (options.scoreCache) lines.push(await checkCachePlace(options.scoreCache, options.out));
+  const dedupe = dedupeSetting(options);
+  if (dedupe) {
+    const within =
+      dedupe.mode === 'exact' ? 'same decoded pixels' : `perceptual hashes within ${dedupe.maxDistance} bits`;
+    lines.push(`image dedupe: ${dedupe.mode} (${within}), remembered in the score cache`);
+  }
   if (top) lines.push(`top fraction: ${top.fraction} on ${top.metric} (staged in ${out}/.staging, removed at the end)`);
   const mode = resume
     ? ' (--resume: added to the run it holds)'

@@ -37,6 +37,7 @@ import { toolInfo } from '../formats/curated-sample.ts';
 import { ScoreCache } from '../cache/score-cache.ts';
 import { scopeOfModel } from '../cache/key.ts';
 import { checkCachePlace } from '../cache/admin.ts';
+import { dedupeSetting, ImageDedupe } from '../cache/dedupe.ts';
 
 /** Everything `mlm-filter filter` takes; the same keys are accepted in a `--config` JSON file. */
 export interface FilterJobOptions {
@@ -107,6 +108,11 @@ export interface FilterJobOptions {
    * summary counts them as `notStored`). Default none. `mlm-filter cache clear --older-than` makes room.
    */
   readonly scoreCacheMaxGb?: number;
+  /**
+   * Image dedupe (lib/cache/dedupe.ts): `exact`, `near` or `near:D` rejects a pair whose image an accepted pair already
+   * had, by this run or any run on the same `scoreCache` directory (which holds it, and is required). Default off.
+   */
+  readonly dedupeImages?: string;
   /** Write `<out>/pairs.parquet`, a row per pair decided (lib/sinks/parquet-table.ts). Default true. */
   readonly parquet?: boolean;
   /** Progress display: `bar` on a TTY, `log` lines otherwise, or `none`. Default: by TTY. */
@@ -124,6 +130,7 @@ export async function runFilterJob(options: FilterJobOptions): Promise<RunSummar
   // In top-fraction mode the first pass applies the thresholds, if any, and stages what passes for the ranking.
   const policy = top ? new RankingPolicy(top, options.policy) : new Policy(options.policy);
   const metrics = scoredMetrics(options, policy);
+  dedupeSetting(options);
   const note = noteTo(options);
   if (options.scoreCache) await checkCachePlace(options.scoreCache, options.out);
   // One run per --out, from before it is looked at until the run ends (or the process exits).
@@ -150,9 +157,10 @@ async function runInLockedOutput(
   const { input, filter, prepareOutput } = await openInputs(options, policy, metrics);
   const { scorer, intake } = filter;
   let cache: ScoreCache | undefined;
+  let imageDedupe: ImageDedupe | undefined;
   try {
     // Before anything is written: a cache that cannot be opened fails the run with an untouched --out.
-    cache = options.scoreCache ? await openScoreCache(options, scorer) : undefined;
+    if (options.scoreCache) ({ cache, imageDedupe } = await openScoreCache(options, scorer));
     options.logger?.info('intake JPEG decoder', { jpegDecoder: intake.jpegDecoder });
     await mkdir(options.out, { recursive: true }).catch((err: Error) => {
       throw new FilterError('output_unwritable', `cannot create ${options.out}: ${err.message}`, { out: options.out });
@@ -162,9 +170,10 @@ async function runInLockedOutput(
     const sinks = await buildSinks(options, scorer.model);
     const summary = new SummaryCollector(previous?.summary);
     const resumed = previous !== undefined;
-    const passes = { source, filter, intake, scorer, policy, sinks, summary, resumed, cache };
+    const passes = { source, filter, intake, scorer, policy, sinks, summary, resumed, cache, imageDedupe };
     const outputs = await runPasses(options, passes);
-    return await summarise(options, { source, inputs: input, intake, scorer, policy, summary, outputs, cache });
+    const summarised = { source, inputs: input, intake, scorer, policy, summary, outputs, cache, imageDedupe };
+    return await summarise(options, summarised);
   } finally {
     await Promise.all([filter.close(), input.close(), cache?.close()]);
   }
@@ -192,7 +201,8 @@ async function openInputs(options: FilterJobOptions, policy: Policy, metrics: Re
       metrics,
       // A provider asked for and unavailable is a one-line error, unless the caller accepts cpu (scorer.fallbackToCpu).
       scorer: { ...options.scorer, fallbackToCpu: options.scorer?.fallbackToCpu ?? false },
-      intake: options.intake,
+      // The image dedupe reads each image's perceptual hash, made by the intake beside the tensor.
+      intake: options.dedupeImages ? { ...options.intake, perceptualHash: true } : options.intake,
       pair: options.pair,
       concurrency: options.concurrency,
     });
@@ -235,17 +245,25 @@ interface Passes {
   readonly resumed: boolean;
   /** --score-cache, open. */
   readonly cache?: ScoreCache;
+  /** --dedupe-images, on the --score-cache store. */
+  readonly imageDedupe?: ImageDedupe;
 }
 
 /**
- * The --score-cache store, keyed for this scorer's model, prompts and metrics. LMDB's native module is loaded only
- * here: a run without --score-cache never loads it.
+ * The --score-cache store, keyed for this scorer's model, prompts and metrics, and the --dedupe-images policy on the
+ * same store. LMDB's native module is loaded only here: a run without --score-cache never loads it.
  */
-async function openScoreCache(options: FilterJobOptions, scorer: MlmScorer): Promise<ScoreCache> {
+async function openScoreCache(
+  options: FilterJobOptions,
+  scorer: MlmScorer,
+): Promise<{ cache: ScoreCache; imageDedupe?: ImageDedupe }> {
   const { LmdbScoreStore } = await import('../cache/store.ts');
   const scope = await scopeOfModel(scorer.modelDir, scorer.model, scorer.metrics);
   const maxBytes = options.scoreCacheMaxGb === undefined ? undefined : options.scoreCacheMaxGb * 1e9;
-  return new ScoreCache(LmdbScoreStore.open(options.scoreCache!, { maxBytes }), scope);
+  const store = LmdbScoreStore.open(options.scoreCache!, { maxBytes });
+  const cache = new ScoreCache(store, scope);
+  const dedupe = dedupeSetting(options);
+  return { cache, ...(dedupe ? { imageDedupe: new ImageDedupe(store, { ...dedupe, spec: scorer.preprocess }) } : {}) };
 }
 
 /**
@@ -275,6 +293,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
       abort: options.abort,
       logger: options.logger,
       ...(run.cache ? { scoreCache: run.cache } : {}),
+      ...(run.imageDedupe ? { imageDedupe: run.imageDedupe } : {}),
       onDecided: (o) => counts.add(o),
       onOutcome: (o) => {
         if (!top || o.decision === 'reject') decided(o);
@@ -303,7 +322,7 @@ async function runPasses(options: FilterJobOptions, run: Passes): Promise<PoolOu
 /** The run's summary, also written durably to --out/summary.json with what the run was given. */
 async function summarise(
   options: FilterJobOptions,
-  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary' | 'cache'> & {
+  run: Pick<Passes, 'source' | 'intake' | 'scorer' | 'policy' | 'summary' | 'cache' | 'imageDedupe'> & {
     inputs: InputSource;
     outputs?: PoolOutputsSummary;
   },
@@ -354,6 +373,16 @@ async function summarise(
     // Hits took stored scores; misses went to the scorer (scorerPairs: the pairs it scored, this run).
     ...(run.cache
       ? { scoreCache: { dir: options.scoreCache, ...run.cache.counts, scorerPairs: run.scorer.stats().pairs, ...full } }
+      : {}),
+    // Pairs rejected duplicate_image this run, by kind of match.
+    ...(run.imageDedupe
+      ? {
+          imageDedupe: {
+            mode: run.imageDedupe.mode,
+            maxDistance: run.imageDedupe.maxDistance,
+            duplicates: { ...run.imageDedupe.counts },
+          },
+        }
       : {}),
   };
   await writeDurable(join(options.out, 'summary.json'), JSON.stringify(file, null, 2) + '\n');

@@ -302,6 +302,14 @@ function addFilterCommand(program: Command): void {
     )
     .addOption(
       opt(
+        '--dedupe-images <mode>',
+        'reject a pair whose image was already accepted (by this run or any run on --score-cache, which it needs): ' +
+          '`exact` (same decoded pixels) or `near`/`near:D` (perceptual hashes within D of 64 bits; near is near:6)',
+        'off',
+      ),
+    )
+    .addOption(
+      opt(
         '--config <file>',
         'JSON file with the same options (flags win), checked against schema/filter-config.schema.json',
         'none',
@@ -390,6 +398,7 @@ async function filterAction(flags: OptionValues): Promise<void> {
     keepShardNames: flags.keepShardNames ?? config.keepShardNames,
     scoreCache: flags.scoreCache ?? config.scoreCache,
     scoreCacheMaxGb: flags.scoreCacheMaxGb ?? config.scoreCacheMaxGb,
+    dedupeImages: flags.dedupeImages ?? config.dedupeImages,
     progress: flags.progress ?? config.progress,
     resume: flags.resume ?? config.resume,
     overwrite: flags.overwrite ?? config.overwrite,
@@ -400,6 +409,8 @@ async function filterAction(flags: OptionValues): Promise<void> {
   const allowFractionThresholds: boolean | undefined = flags.allowFractionThresholds ?? config.allowFractionThresholds;
   refuseFractionThresholds(options, allowFractionThresholds);
   refuseScoreCacheOptions(options);
+  // Before --print-config and --dry-run too: a bad --dedupe-images value is one line, nothing read.
+  (await import('../cache/dedupe.ts')).dedupeSetting(options, !flags.printConfig);
   if (flags.printConfig || flags.dryRun) return planFilter({ ...options, allowFractionThresholds }, flags);
   const { formatSummary, runFilterJob } = await import('./filter.ts');
   const summary = await runFilterJob(options);

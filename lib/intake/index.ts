@@ -16,6 +16,7 @@ import {
   prepareJpeg,
 } from './jpeg-native.ts';
 import { TensorPool, affine, padColour, toPixelValues } from './preprocess.ts';
+import { perceptualHash } from '../cache/image-digest.ts';
 import { fetchFailed } from './reject.ts';
 import { FilterError, RejectError, type ImageRef, type PreparedImage, type PreprocessSpec } from '../types.ts';
 import { httpStatus, isNotFound } from '../support/aws-errors.ts';
@@ -100,6 +101,11 @@ export interface IntakeOptions {
    * (encoders write about 10; libjpeg-turbo's djpeg -maxscans sets the same kind of limit).
    */
   jpegMaxScans?: number;
+  /**
+   * Compute each image's 64-bit perceptual hash (PreparedImage.phash) from its tensor, for the image dedupe
+   * (lib/cache/dedupe.ts): 0.1-0.3 ms per image at 384 px (BENCHMARKS.md). Default false: runs without a dedupe pay nothing.
+   */
+  perceptualHash?: boolean;
 }
 
 const DEFAULTS = {
@@ -154,6 +160,7 @@ export class Intake {
   readonly jpegDecoder: string;
   /** JPEGs the native path handed to sharp after libjpeg refused them (each is decoded twice). */
   nativeFallbacks = 0;
+  private readonly perceptualHash: boolean;
 
   constructor(
     options: IntakeOptions,
@@ -184,6 +191,7 @@ export class Intake {
       maxJpegScans: Math.max(1, positive('jpegMaxScans', o.jpegMaxScans)),
     };
     this.s3 = options.s3;
+    this.perceptualHash = options.perceptualHash === true;
     // Transparent areas get the pad colour: like padding, "no content" then normalises to ~0.
     this.background = { ...padColour(spec), alpha: 1 };
     if (!options.keepSharpCache) sharp.cache(false);
@@ -239,6 +247,7 @@ export class Intake {
         height: header.height,
         pixelValues: px.pixelValues,
         shape: px.shape,
+        ...(this.perceptualHash ? { phash: perceptualHash(px.pixelValues, this.spec) } : {}),
       };
       if (this.pool.max > 0) this.pooled.add(prepared);
       return prepared;

@@ -8,6 +8,7 @@ import { BatchLedger, type BatchEntry } from './ledger.ts';
 import { silentLogger, type Logger } from '../support/logger.ts';
 import { RecordProcessor, type ImageIntake } from './record-processor.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
+import type { ImageDedupe } from '../cache/dedupe.ts';
 import { RunFailure } from './run-failure.ts';
 import { SinkWriter, type DeadLetterPort } from './sink-writer.ts';
 
@@ -46,6 +47,11 @@ export interface PipelineOptions {
   readonly intakeAttempts?: number;
   /** Scores stored by earlier pairs and runs (lib/cache): a pair whose key it holds skips the scorer. Default none. */
   readonly scoreCache?: ScoreCache;
+  /**
+   * The image dedupe policy (lib/cache/dedupe.ts): a pair whose image was already accepted is rejected
+   * `duplicate_image` before scoring. Default none. (`dedupe` above is the in-run pair-id memory.)
+   */
+  readonly imageDedupe?: ImageDedupe;
   /** Backoff for sink writes that fail (a sink down): base and cap, ms. The pipeline retries until it succeeds. */
   readonly sinkRetryBaseMs?: number;
   readonly sinkRetryMaxMs?: number;
@@ -165,6 +171,7 @@ function assemble(options: PipelineOptions): Run {
     intakeAttempts: options.intakeAttempts ?? PIPELINE_DEFAULTS.intakeAttempts,
     onStage: options.onStage,
     scoreCache: options.scoreCache,
+    imageDedupe: options.imageDedupe,
     logger,
   });
   const pass = openPass(options, { dedupe: options.dedupe !== false, onIdle: () => batcher.flush() });

@@ -7,6 +7,7 @@ import type { Logger } from '../support/logger.ts';
 import { Semaphore } from './semaphore.ts';
 import { RetryPolicy } from '../support/retry.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
+import type { ImageDedupe } from '../cache/dedupe.ts';
 
 /** The image stage as the pipeline sees it (lib/intake's Intake implements it). */
 export interface ImageIntake {
@@ -30,6 +31,11 @@ export interface RecordProcessorOptions {
   readonly onStage?: (stage: 'intake' | 'score', ms: number) => void;
   /** Scores stored by earlier pairs and runs: a hit is not sent to the scorer (lib/cache). Default none. */
   readonly scoreCache?: ScoreCache;
+  /**
+   * Rejects a pair whose image an accepted pair already had (`duplicate_image`, lib/cache/dedupe.ts): checked before
+   * the score cache and the scorer, recorded once the policy accepts. Default none.
+   */
+  readonly imageDedupe?: ImageDedupe;
   readonly logger: Logger;
 }
 
@@ -85,10 +91,14 @@ export class RecordProcessor {
       if (isReason(image)) return reject(record, pair.id, image, pair);
       const scoreStart = performance.now();
       this.options.onStage?.('intake', scoreStart - intakeStart);
-      const result = await this.score(record, pair, image);
-      if (isReason(result)) return reject(record, pair.id, result, pair);
-      this.options.onStage?.('score', performance.now() - scoreStart);
-      return this.decide(record, pair, image, result);
+      const { imageDedupe } = this.options;
+      if (!imageDedupe) {
+        const result = await this.score(record, pair, image, true);
+        if (isReason(result)) return reject(record, pair.id, result, pair);
+        this.options.onStage?.('score', performance.now() - scoreStart);
+        return this.decide(record, pair, image, result);
+      }
+      return await this.scoreOnce(imageDedupe, record, pair, image, scoreStart);
     } finally {
       this.preparedSlots.release();
     }
@@ -125,20 +135,61 @@ export class RecordProcessor {
   }
 
   /**
-   * The scores (the score cache's, else the scorer's), or the reject reason (a poison pair, an unscorable caption).
-   * Frees the pixel tensor. A cache entry is written only after the scorer answered: never for a pair not scored.
+   * The image dedupe's path: a duplicate is rejected before the score cache and the scorer; an accepted pair's image
+   * is recorded, and the pair turned into a `duplicate_image` reject when another pair recorded the image first. The
+   * tensor is kept until then (the exact digest is computed from it), and freed once scoring has settled.
    */
-  private async score(record: SourceRecord, pair: Pair, image: PreparedImage): Promise<Scored | Reason> {
-    const { intake, scoreCache } = this.options;
+  private async scoreOnce(
+    dedupe: ImageDedupe,
+    record: SourceRecord,
+    pair: Pair,
+    image: PreparedImage,
+    scoreStart: number,
+  ): Promise<Outcome> {
+    const { intake } = this.options;
+    const who = { id: pair.id, origin: record.origin };
+    const duplicate = await dedupe.check(image, who);
+    if (duplicate) {
+      intake.release?.(image);
+      return reject(record, pair.id, duplicate, pair);
+    }
+    // A throw here (a scorer failure) leaves the tensor unreleased, as score() does: a batch may still hold it.
+    const result = await this.score(record, pair, image, false);
+    try {
+      if (isReason(result)) return reject(record, pair.id, result, pair);
+      this.options.onStage?.('score', performance.now() - scoreStart);
+      const outcome = this.decide(record, pair, image, result);
+      if (outcome.decision !== 'accept') return outcome;
+      const first = await dedupe.recordAccepted(image, who);
+      if (!first) return outcome;
+      const { image: _stored, ...scored } = outcome;
+      return { ...scored, decision: 'reject', reasons: [first] };
+    } finally {
+      intake.release?.(image);
+    }
+  }
+
+  /**
+   * The scores (the score cache's, else the scorer's), or the reject reason (a poison pair, an unscorable caption).
+   * Frees the pixel tensor when `release`. A cache entry is written only after the scorer answered: never for a pair
+   * not scored.
+   */
+  private async score(
+    record: SourceRecord,
+    pair: Pair,
+    image: PreparedImage,
+    release: boolean,
+  ): Promise<Scored | Reason> {
+    const { scoreCache } = this.options;
     const key = scoreCache?.key(image.encoded, pair.caption);
     const hit = key === undefined ? undefined : await scoreCache!.lookup(key);
     if (hit) {
-      intake.release?.(image);
+      if (release) this.options.intake.release?.(image);
       if (hit.result.unscorable) return { ...hit.result.unscorable, detail: { field: 'caption' } };
       return { ...hit.result, cached: { first: hit.first } };
     }
     try {
-      const result = await this.scoreMiss(pair, image);
+      const result = await this.scoreMiss(pair, image, release);
       if (key !== undefined && !isReason(result)) {
         await scoreCache!.remember(key, result, { id: pair.id, source: record.origin });
       }
@@ -151,8 +202,8 @@ export class RecordProcessor {
     }
   }
 
-  /** The scorer's result for a pair, or `scoring_failed` for a poison pair. Frees the pixel tensor. */
-  private async scoreMiss(pair: Pair, image: PreparedImage): Promise<ScoreResult | Reason> {
+  /** The scorer's result for a pair, or `scoring_failed` for a poison pair. Frees the pixel tensor when `release`. */
+  private async scoreMiss(pair: Pair, image: PreparedImage, release: boolean): Promise<ScoreResult | Reason> {
     const { batcher, intake } = this.options;
     let result: ScoreResult;
     try {
@@ -160,11 +211,11 @@ export class RecordProcessor {
     } catch (err) {
       // Only a settled poison verdict frees the tensor: after other errors a batch may still hold it.
       if (!(err instanceof PoisonInputError)) throw err;
-      intake.release?.(image);
+      if (release) intake.release?.(image);
       return { code: 'scoring_failed', message: err.message };
     }
     // The scorer copied the tensor when it posted it to its worker: it can be reused now.
-    intake.release?.(image);
+    if (release) intake.release?.(image);
     return result;
   }
 

@@ -340,6 +340,7 @@ test('every key the schema allows reaches the run: a config setting all of them 
     breakLock: true,
     scoreCache: 'score-cache-dir',
     scoreCacheMaxGb: 2.5,
+    dedupeImages: 'near:6',
   };
   const schema = JSON.parse(readFileSync(join(root, 'schema/filter-config.schema.json'), 'utf8'));
   const keyPaths = (s: { properties?: Record<string, object> }, prefix = ''): string[] =>
