@@ -259,6 +259,7 @@ export class MlmFilterPipeline extends Construct {
     if (this.scoreCacheTable) {
       contract.MLMF_SCORE_CACHE_TABLE = this.scoreCacheTable.tableName;
       contract.MLMF_SCORE_CACHE_TTL_DAYS = String(scoreCacheTtlDays(p.scoreCache ?? {}));
+      if (p.scoreCache?.dedupeImages) contract.MLMF_DEDUPE_IMAGES = p.scoreCache.dedupeImages;
     }
     return { ...(w.environment ?? {}), ...(contract as Record<string, string>) };
   }

@@ -309,6 +309,13 @@ export interface ScoreCacheOptions {
   readonly pointInTimeRecovery?: boolean;
   /** @default RemovalPolicy.RETAIN */
   readonly removalPolicy?: RemovalPolicy;
+  /**
+   * Image dedupe across the fleet (MLMF_DEDUPE_IMAGES): `exact` rejects a pair whose decoded image an accepted pair
+   * already had (reason `duplicate_image`, naming that pair), `near` / `near:D` one within D bits of its perceptual
+   * hash (near is near:6, measured in BENCHMARKS.md). The accepted images are remembered in this table.
+   * @default 'off'
+   */
+  readonly dedupeImages?: string;
 }
 
 export interface MlmFilterPipelineProps {
@@ -405,6 +412,13 @@ export function validateProps(scope: Construct, props: MlmFilterPipelineProps): 
   const ttl = props.scoreCache?.ttl;
   if (ttl && !ttl.isUnresolved() && (ttl.toSeconds() < 86_400 || ttl.toSeconds() % 86_400 !== 0)) {
     fail('scoreCache.ttl must be whole days, at least one (the workers write expiresAt in days)');
+  }
+  const dedupe = props.scoreCache?.dedupeImages;
+  if (dedupe !== undefined && !/^(off|exact|near(:([0-9]|[12][0-9]|3[0-2]))?)$/.test(dedupe)) {
+    fail(`scoreCache.dedupeImages must be off, exact, near or near:D with D 0..32, got ${JSON.stringify(dedupe)}`);
+  }
+  if (dedupe !== undefined && dedupe !== 'off' && props.scoreCache?.enabled === false) {
+    fail('scoreCache.dedupeImages needs the score cache table: scoreCache.enabled is false');
   }
   for (const [name, s] of [
     ['kafkaSource', props.kafkaSource],

@@ -10,6 +10,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { SummaryCollector } from '../metrics/run-summary.ts';
 import type { PairOptions } from '../pair/index.ts';
 import { runPipeline, type ImageIntake } from '../pipeline/index.ts';
+import type { ImageDedupe } from '../cache/dedupe.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
 import type { Logger } from '../support/logger.ts';
 import type { Policy } from '../policy/index.ts';
@@ -41,6 +42,8 @@ export interface ShardJobOptions {
   readonly policy: Policy;
   /** Scores stored by earlier runs (lib/cache): a hit is not scored again. Default none. */
   readonly scoreCache?: ScoreCache;
+  /** Rejects a pair whose image was already accepted (lib/cache/dedupe.ts). Default none. */
+  readonly imageDedupe?: ImageDedupe;
   /** Sinks every outcome also goes to (the audit topic, where the worker has one). */
   readonly extraSinks?: readonly Sink[];
   /** Accepted samples per curated shard. Default 1000. */
@@ -166,6 +169,7 @@ async function scoreShard(
     // One shard, one run: a repeated id inside the shard is a `duplicate` reject, as in `mlm-filter filter`.
     dedupe: true,
     ...(options.scoreCache ? { scoreCache: options.scoreCache } : {}),
+    ...(options.imageDedupe ? { imageDedupe: options.imageDedupe } : {}),
     abort: options.abort,
     onOutcome: (o) => {
       out.summary.add(o);

@@ -134,7 +134,7 @@ export interface WorkerConfig {
    * duplicate_image), near[:D] (the same within Hamming distance D of the perceptual hash). Needs
    * MLMF_SCORE_CACHE_TABLE (the images are remembered there).
    */
-  readonly dedupeImages?: ImageDedupe;
+  readonly dedupeImages?: DedupeImagesSetting;
   /** MLMF_SOURCE_BATCH: records per source batch (Kafka), hence at most one curated shard's worth. Default 1000. */
   readonly sourceBatch?: number;
   /** MLMF_INTAKE_CONCURRENCY: images fetched at once. Default 32. */
@@ -277,9 +277,10 @@ export function configFrom(settings: WorkerSettings): WorkerConfig {
 }
 
 /** An image dedupe policy: off, exact, or near with its Hamming distance (bits of the 64-bit perceptual hash). */
-export type ImageDedupe = { readonly mode: 'off' | 'exact' } | { readonly mode: 'near'; readonly distance?: number };
+export type DedupeImagesSetting =
+  { readonly mode: 'off' | 'exact' } | { readonly mode: 'near'; readonly distance?: number };
 
-function imageDedupe(v: string | undefined, name: string): ImageDedupe | undefined {
+function imageDedupe(v: string | undefined, name: string): DedupeImagesSetting | undefined {
   if (v === undefined || v === '') return undefined;
   const m = /^(off|exact|near)(?::(\d{1,2}))?$/.exec(v);
   const distance = m?.[2] === undefined ? undefined : Number(m[2]);
@@ -355,16 +356,6 @@ export function validateConfig(c: WorkerConfig): void {
   if (c.modelS3Uri && !c.modelSha256) missing.push('MLMF_MODEL_SHA256 (digest of MLMF_MODEL_S3_URI)');
   if (c.dedupeImages && c.dedupeImages.mode !== 'off' && !c.scoreCacheTable)
     missing.push('MLMF_SCORE_CACHE_TABLE (MLMF_DEDUPE_IMAGES remembers images there)');
-  if (c.dedupeImages && c.dedupeImages.mode !== 'off') {
-    // Parsed so that its form is checked now; refused rather than ignored until the image dedupe is wired in.
-    throw new FilterError(
-      'worker_config',
-      'MLMF_DEDUPE_IMAGES is not available in the worker yet: unset it or set off',
-      {
-        name: 'MLMF_DEDUPE_IMAGES',
-      },
-    );
-  }
   if (missing.length > 0) {
     throw new FilterError('worker_config', `worker configuration incomplete: ${[...new Set(missing)].join(', ')}`, {
       missing,

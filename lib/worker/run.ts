@@ -34,9 +34,10 @@ import { FilterError } from '../types.ts';
 import { Closers } from '../pipeline/closers.ts';
 import { s3Client, sqsClient } from '../support/aws.ts';
 import { jsonLogger, type Logger } from '../support/logger.ts';
+import type { ImageDedupe } from '../cache/dedupe.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
 import { runShardJobs } from './shard-jobs.ts';
-import { openScoreStore, scoreCacheFor } from './score-cache.ts';
+import { imageDedupeFor, openScoreStore, scoreCacheFor } from './score-cache.ts';
 import { policyFromConfig, scoredMetrics, validateConfig, type WorkerConfig } from './config.ts';
 
 export { configFrom, configFromEnv, validateConfig, type WorkerConfig } from './config.ts';
@@ -274,6 +275,8 @@ function buildIntake(config: WorkerConfig, s3: S3Client, scorer: Scorer, log: Lo
       ...(config.allowAddresses?.length ? { allowAddresses: [...config.allowAddresses] } : {}),
       ...(config.jpegDecoder ? { jpegDecoder: config.jpegDecoder } : {}),
       ...(config.jpegDctScaling !== undefined ? { jpegDctScaling: config.jpegDctScaling } : {}),
+      // The image dedupe reads each image's perceptual hash, made beside the tensor.
+      ...(config.dedupeImages && config.dedupeImages.mode !== 'off' ? { perceptualHash: true } : {}),
     },
     scorer.preprocess,
   );
@@ -298,6 +301,7 @@ interface PairParts {
   readonly policy: Policy;
   readonly intake: ImageIntake;
   readonly scoreCache?: ScoreCache;
+  readonly imageDedupe?: ImageDedupe;
   readonly metrics: WorkerMetrics;
   readonly log: Logger;
   readonly closers: Closers;
@@ -314,7 +318,7 @@ interface PairRun {
 
 /** Pair records from Kafka or SQS through the pipeline into the curated bucket and the topics. */
 async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResult> {
-  const { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, closers, region } = parts;
+  const { config, kafka, s3, scorer, policy, intake, scoreCache, imageDedupe, metrics, log, closers, region } = parts;
   const { sinks, curated, deadLetter } = await buildSinks(config, kafka, s3, scorer.model, run.abort, log);
   const source = openSource(config, kafka, metrics, region, log, closers);
   closers.first(() => source.close());
@@ -330,6 +334,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     model: scorer.model,
     scoredMetrics: scorer.metrics,
     scoreCacheTable: config.scoreCacheTable,
+    dedupeImages: imageDedupe ? { mode: imageDedupe.mode, maxDistance: imageDedupe.maxDistance } : 'off',
   });
   const stats = await runPipeline({
     source,
@@ -345,6 +350,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     // become a `duplicate` reject instead of the same outcome written twice (duplicates carry the same id).
     dedupe: config.dedupe ?? false,
     ...(scoreCache ? { scoreCache } : {}),
+    ...(imageDedupe ? { imageDedupe } : {}),
     onOutcome: (o) => metrics.observe(o),
     onStage: (stage, ms) => metrics.observeStage(stage, ms),
     logger: metrics.countingErrors(log, 'pipeline'),
@@ -357,6 +363,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     // Topic messages of offsets another owner (or an earlier attempt) had committed already: not published again.
     topicReplaySkipped: kafka.hub?.skippedReplayed ?? 0,
     ...(scoreCache ? { scoreCache: { ...scoreCache.counts } } : {}),
+    ...(imageDedupe ? { imageDedupe: { ...imageDedupe.counts } } : {}),
   });
   return { stats, shardsWritten: curated.shardsWritten };
 }
@@ -397,16 +404,17 @@ export async function runWorker(config: WorkerConfig, options: RunWorkerOptions 
     observeScorer(config, scorer, metrics, log, closers);
     const intake = buildIntake(config, s3, scorer, log);
     const scoreCache = cacheStore && (await scoreCacheFor(cacheStore, scorer));
+    const imageDedupe = cacheStore && imageDedupeFor(config, cacheStore, scorer);
     const consuming = () => {
       if (!graceful.aborted) state = 'consuming';
       options.onReady?.({ healthPort });
     };
     if (config.source === 'sqs-shards') {
       // Backfill: shard-job messages instead of pair records (lib/worker/shard-jobs.ts).
-      const o = { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, signal: graceful, abort: hard };
-      return await runShardJobs({ ...o, ready: consuming });
+      const o = { config, kafka, s3, scorer, policy, intake, scoreCache, imageDedupe, metrics, log };
+      return await runShardJobs({ ...o, signal: graceful, abort: hard, ready: consuming });
     }
-    const parts = { config, kafka, s3, scorer, policy, intake, scoreCache, metrics, log, closers, region };
+    const parts = { config, kafka, s3, scorer, policy, intake, scoreCache, imageDedupe, metrics, log, closers, region };
     return await consumePairs(parts, { signal: graceful, abort: hard, consuming, healthPort });
   } finally {
     state = 'draining';

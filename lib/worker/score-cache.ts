@@ -3,6 +3,7 @@
  * loaded scorer. The pair stream and the shard jobs share one. The table is opened before the model is loaded, so a
  * missing table fails the worker's start (score_cache_unusable) in a second, not after minutes of model download.
  */
+import { ImageDedupe } from '../cache/dedupe.ts';
 import { DynamoStore } from '../cache/dynamo-store.ts';
 import { scopeOfModel, type ScoreCacheScope } from '../cache/key.ts';
 import { ScoreCache } from '../cache/score-cache.ts';
@@ -23,6 +24,21 @@ export async function openScoreStore(config: WorkerConfig): Promise<DynamoStore 
 /** The cache over `store`, keyed for `scorer` (closing the cache closes the store). */
 export async function scoreCacheFor(store: DynamoStore, scorer: Scorer): Promise<ScoreCache> {
   return new ScoreCache(store, await scopeOf(scorer));
+}
+
+/**
+ * The image dedupe over `store` (MLMF_DEDUPE_IMAGES), for the scorer's preprocessing; undefined when off. Every worker
+ * and shard job of the fleet remembers accepted images in the one table, so a copy is caught across workers.
+ */
+export function imageDedupeFor(config: WorkerConfig, store: DynamoStore, scorer: Scorer): ImageDedupe | undefined {
+  const setting = config.dedupeImages;
+  if (!setting || setting.mode === 'off') return undefined;
+  const maxDistance = setting.mode === 'near' ? setting.distance : undefined;
+  return new ImageDedupe(store, {
+    mode: setting.mode,
+    ...(maxDistance !== undefined ? { maxDistance } : {}),
+    spec: scorer.preprocess,
+  });
 }
 
 /**

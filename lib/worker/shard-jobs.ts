@@ -54,6 +54,7 @@ import type { Policy } from '../policy/index.ts';
 import { KafkaAuditSink } from '../sinks/kafka-audit.ts';
 import type { ModelInfo, Outcome, Scorer, Sink } from '../types.ts';
 import { codeOf, FilterError } from '../errors.ts';
+import type { ImageDedupe } from '../cache/dedupe.ts';
 import type { ScoreCache } from '../cache/score-cache.ts';
 import type { WorkerConfig } from './config.ts';
 
@@ -67,6 +68,8 @@ export interface ShardJobWorkerOptions {
   readonly intake: ImageIntake;
   /** The fleet's score cache (MLMF_SCORE_CACHE_TABLE): a re-run or a redelivered shard skips what was scored. */
   readonly scoreCache?: ScoreCache;
+  /** MLMF_DEDUPE_IMAGES over the same table: accepted images remembered across workers and jobs. */
+  readonly imageDedupe?: ImageDedupe;
   readonly metrics: WorkerMetrics;
   readonly log: Logger;
   /** Graceful stop: no new job is taken; the one in progress finishes. */
@@ -142,7 +145,10 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
     sqs.destroy();
   }
   run.stats.finishedAt = Date.now();
-  const cache = o.scoreCache ? { scoreCache: { ...o.scoreCache.counts } } : {};
+  const cache = {
+    ...(o.scoreCache ? { scoreCache: { ...o.scoreCache.counts } } : {}),
+    ...(o.imageDedupe ? { imageDedupe: { ...o.imageDedupe.counts } } : {}),
+  };
   log.info('worker stopped', { ...run.stats, shards: run.shards, ...cache });
   return { stats: run.stats, shardsWritten: run.shards };
 }
@@ -283,6 +289,7 @@ function runJob(
     intake: o.intake,
     policy: o.policy,
     ...(o.scoreCache ? { scoreCache: o.scoreCache } : {}),
+    ...(o.imageDedupe ? { imageDedupe: o.imageDedupe } : {}),
     extraSinks: run.audit ? [run.audit] : [],
     samplesPerShard: o.config.samplesPerShard,
     maxSampleBytes: o.config.maxSampleBytes,

@@ -27,7 +27,7 @@ test('score cache settings from the environment', () => {
   }
 });
 
-test('MLMF_DEDUPE_IMAGES: its form is checked; anything but off is refused until the worker has the image dedupe', () => {
+test('MLMF_DEDUPE_IMAGES: its form is checked, and it needs MLMF_SCORE_CACHE_TABLE', () => {
   assert.deepEqual(configFromEnv({ ...base, MLMF_DEDUPE_IMAGES: 'near:6' }).dedupeImages, {
     mode: 'near',
     distance: 6,
@@ -37,8 +37,10 @@ test('MLMF_DEDUPE_IMAGES: its form is checked; anything but off is refused until
   for (const bad of ['near:33', 'exact:2', 'fuzzy', 'near:']) {
     assert.throws(() => configFromEnv({ ...base, MLMF_DEDUPE_IMAGES: bad }), workerConfig('MLMF_DEDUPE_IMAGES'));
   }
-  const exact = configFromEnv({ ...base, MLMF_DEDUPE_IMAGES: 'exact', MLMF_SCORE_CACHE_TABLE: 't' });
-  assert.throws(() => validateConfig(exact), workerConfig('MLMF_DEDUPE_IMAGES is not available'));
+  validateConfig(configFromEnv({ ...base, MLMF_DEDUPE_IMAGES: 'exact', MLMF_SCORE_CACHE_TABLE: 't' }));
+  // The images are remembered in the score cache table: without one the dedupe has nowhere to look.
+  const alone = configFromEnv({ ...base, MLMF_DEDUPE_IMAGES: 'near' });
+  assert.throws(() => validateConfig(alone), workerConfig('MLMF_SCORE_CACHE_TABLE'));
 });
 
 test(

@@ -66,6 +66,7 @@ describe('score cache table, defaults', () => {
       const env = workerEnv(s.template, name);
       assert.deepEqual(env.MLMF_SCORE_CACHE_TABLE, { Ref: table }, name);
       assert.equal(env.MLMF_SCORE_CACHE_TTL_DAYS, '30', name);
+      assert.equal(env.MLMF_DEDUPE_IMAGES, undefined, `${name}: image dedupe off by default`);
     }
   });
 
@@ -130,6 +131,19 @@ describe('score cache disabled', () => {
     assert.throws(
       () => synth((stack) => props(stack, { scoreCache: { ttl: Duration.hours(36) } }), { nag: false }),
       /scoreCache.ttl must be whole days/,
+    );
+  });
+
+  test('dedupeImages: on both services; a bad value or no table fails synth', () => {
+    const s = synth((stack) => props(stack, { scoreCache: { dedupeImages: 'near:8' } }), { nag: false });
+    for (const name of ['KafkaTask', 'SqsTask']) assert.equal(workerEnv(s.template, name).MLMF_DEDUPE_IMAGES, 'near:8');
+    assert.throws(
+      () => synth((stack) => props(stack, { scoreCache: { dedupeImages: 'near:40' } }), { nag: false }),
+      /scoreCache.dedupeImages must be off, exact, near or near:D/,
+    );
+    assert.throws(
+      () => synth((stack) => props(stack, { scoreCache: { enabled: false, dedupeImages: 'exact' } }), { nag: false }),
+      /needs the score cache table/,
     );
   });
 });

@@ -2,7 +2,10 @@
  * The fleet's score cache through the worker process (real Kafka, the local DynamoDB and S3 servers; FastScorer stands
  * in for the model): a second pass over the same records is all hits and never reaches the scorer, a model revision
  * change is all misses, and a worker killed (kill -9) after it wrote cache entries but before it could commit loses
- * nothing and doubles nothing: its successor replays the uncommitted records as cache hits, each written once.
+ * nothing and doubles nothing: its successor replays the uncommitted records as cache hits, each written once. With
+ * MLMF_DEDUPE_IMAGES=exact over the same table (every record here carries one image): one pair is kept, every other
+ * record is rejected (a later accepted one as duplicate_image naming it), a second pass keeps the same pair (never its
+ * own duplicate), and a kill -9 after the image was recorded but before the commit keeps the recorded pair.
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
@@ -34,6 +37,19 @@ interface Stopped {
   records: number;
   scorerBatches: number;
   scoreCache?: { hits: number; misses: number };
+  imageDedupe?: { exact: number; near: number };
+}
+
+/** The reason codes and first occurrence of each audit event, by pair id. */
+async function auditById(kafka: Kafka, topic: string) {
+  const byId = new Map<string, { codes: string[]; firstIds: unknown[] }[]>();
+  for (const m of await readTopicToEnd(kafka, topic)) {
+    const reasons = (m.value.reasons ?? []) as { code: string; detail?: { first?: { id?: unknown } } }[];
+    const seen = byId.get(m.key) ?? [];
+    seen.push({ codes: reasons.map((r) => r.code), firstIds: reasons.map((r) => r.detail?.first?.id) });
+    byId.set(m.key, seen);
+  }
+  return byId;
 }
 
 /** The worker's own summary: its `worker stopped` log line. */
@@ -88,7 +104,7 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
     } finally {
       await w.kill9();
     }
-    return { stopped: stoppedLine(w), curated: (await curatedIds(s3, bucket)).ids.sort() };
+    return { stopped: stoppedLine(w), curated: (await curatedIds(s3, bucket)).ids.sort(), bucket };
   }
 
   it('a second pass is all hits with the scorer untouched; a model revision change is all misses', async () => {
@@ -178,5 +194,90 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
       );
     }
     assert.equal(curated.size + rejected.size, n);
+  });
+
+  it('MLMF_DEDUPE_IMAGES=exact: one pair kept per image across passes; the kept pair is never its own duplicate', async () => {
+    const topic = uniq('dedupe-pass');
+    const audit = `${topic}-audit`;
+    await createTopics(admin, [{ topic }, { topic: audit }]);
+    const table = await createCacheTable(dynamo);
+    const n = 20;
+    await produce(kafka, topic, await makeRecords(topic, n));
+    const dedupe = { MLMF_DEDUPE_IMAGES: 'exact' };
+
+    const first = await pass(topic, table, n, dedupe);
+    assert.equal(first.curated.length, 1, 'one pair kept for the one image');
+    const kept = first.curated[0]!;
+    assert.equal(Number(kept.slice(topic.length + 1)) % 2, 0, 'the kept pair is one the policy accepts');
+    const images = await itemsOf(dynamo, table, 'image#');
+    assert.equal(images.length, 1);
+    assert.equal(JSON.parse(images[0]!.entry!.S!).first.id, kept, 'the table names the kept pair first');
+    const rejected = await auditById(kafka, audit);
+    assert.equal(rejected.size, n - 1, 'every other record on the audit topic');
+    for (const [id, events] of rejected) {
+      assert.equal(events.length, 1, `${id} once`);
+      const { codes, firstIds } = events[0]!;
+      // An accepted caption can only lose as a duplicate; a rejected one may be caught before it is scored too.
+      if (Number(id.slice(topic.length + 1)) % 2 === 0) assert.deepEqual(codes, ['duplicate_image'], id);
+      if (codes.includes('duplicate_image')) assert.deepEqual(firstIds, [kept], id);
+    }
+    assert.ok((first.stopped.imageDedupe?.exact ?? 0) >= n / 2 - 1);
+
+    const second = await pass(topic, table, n, dedupe);
+    assert.deepEqual(second.curated, [kept], 'the same pair kept again: a replay is not its own duplicate');
+  });
+
+  it('MLMF_DEDUPE_IMAGES=exact: kill -9 after the image was recorded and before the commit keeps that pair', async () => {
+    const topic = uniq('dedupe-crash');
+    const audit = `${topic}-audit`;
+    await createTopics(admin, [{ topic }, { topic: audit }]);
+    const table = await createCacheTable(dynamo);
+    const n = 20;
+    await produce(kafka, topic, await makeRecords(topic, n));
+    const groupId = `${topic}-g`;
+    // No curated bucket yet: the accepted pair's upload is retried, so nothing commits before the kill.
+    const bucket = uniq('dedupe-late');
+    const env = { ...baseEnv(topic, table), MLMF_GROUP_ID: groupId, MLMF_BUCKET: bucket, MLMF_DEDUPE_IMAGES: 'exact' };
+    const doomed = new WorkerProcess(env, { name: 'doomed' });
+    try {
+      await waitFor(
+        'the image recorded',
+        async () => {
+          doomed.assertRunning();
+          return (await itemsOf(dynamo, table, 'image#')).length === 1;
+        },
+        120_000,
+      );
+    } finally {
+      await doomed.kill9();
+    }
+    assert.equal(await committedTotal(admin, groupId, topic), 0, 'nothing was committed');
+    const recorded = JSON.parse((await itemsOf(dynamo, table, 'image#'))[0]!.entry!.S!).first.id as string;
+
+    await createBucket(s3, bucket);
+    const next = new WorkerProcess(env, { name: 'next' });
+    try {
+      await waitFor(
+        'the next worker committing every record',
+        async () => {
+          next.assertRunning();
+          return (await committedTotal(admin, groupId, topic)) === n;
+        },
+        120_000,
+      );
+      assert.equal(await next.stop(), 0, next.tail());
+    } finally {
+      await next.kill9();
+    }
+    const curated = tally((await curatedIds(s3, bucket)).ids);
+    assert.deepEqual(
+      [...curated],
+      [[recorded, 1]],
+      'the recorded pair is kept, once, not dropped as its own duplicate',
+    );
+    const rejected = await auditById(kafka, audit);
+    assert.equal(rejected.size, n - 1);
+    for (const [id, events] of rejected) assert.equal(events.length, 1, `${id} once on the audit topic`);
+    assert.ok(!rejected.has(recorded));
   });
 });
