@@ -16,16 +16,9 @@ import { bucketsOf } from '../../lib/cache/near-index.ts';
 import { LmdbScoreStore } from '../../lib/cache/store.ts';
 import { Intake } from '../../lib/intake/index.ts';
 import type { PreparedImage, PreprocessSpec } from '../../lib/types.ts';
+import { SIGLIP_PAD } from '../../test/intake/helpers.ts';
 
-const SPEC: PreprocessSpec = {
-  size: 384,
-  mean: [0.5, 0.5, 0.5],
-  std: [0.5, 0.5, 0.5],
-  rescale: 1 / 255,
-  padToSquare: true,
-  centerCrop: false,
-  resample: 'bicubic',
-};
+const SPEC: PreprocessSpec = SIGLIP_PAD;
 const IMAGES = Number(process.env.BENCH_IMAGES ?? 64);
 const ENTRIES = Number(process.env.BENCH_ENTRIES ?? 20_000);
 

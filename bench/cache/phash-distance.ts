@@ -15,18 +15,11 @@ import sharp from 'sharp';
 import { Intake } from '../../lib/intake/index.ts';
 import { hamming } from '../../lib/cache/near-index.ts';
 import type { PreprocessSpec } from '../../lib/types.ts';
+import { SIGLIP_PAD } from '../../test/intake/helpers.ts';
 
 const SPECS: Record<string, PreprocessSpec> = {
   // SigLIP-384 with LLaVA's pad-to-square (the Qwen-layout models).
-  siglip: {
-    size: 384,
-    mean: [0.5, 0.5, 0.5],
-    std: [0.5, 0.5, 0.5],
-    rescale: 1 / 255,
-    padToSquare: true,
-    centerCrop: false,
-    resample: 'bicubic',
-  },
+  siglip: SIGLIP_PAD,
   // CLIP-336 shortest-edge resize and centre crop.
   clip: {
     size: 336,

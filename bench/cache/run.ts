@@ -25,6 +25,7 @@ import { LmdbScoreStore } from '../../lib/cache/store.ts';
 import { scopeOfModel } from '../../lib/cache/key.ts';
 import type { PreprocessSpec, ScoreResult } from '../../lib/types.ts';
 import { crawlPairs, writeShard, type CrawlPair } from './crawl.ts';
+import { SIGLIP_PAD } from '../../test/intake/helpers.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const TINY_MODEL = `${ROOT}test/fixtures/models/tiny-llava-qwen`;
@@ -120,15 +121,7 @@ async function main(): Promise<void> {
   }
 }
 
-const SIGLIP_384: PreprocessSpec = {
-  size: 384,
-  mean: [0.5, 0.5, 0.5],
-  std: [0.5, 0.5, 0.5],
-  rescale: 1 / 255,
-  padToSquare: true,
-  centerCrop: false,
-  resample: 'bicubic',
-};
+const SIGLIP_384: PreprocessSpec = SIGLIP_PAD;
 const TINY_56: PreprocessSpec = { ...SIGLIP_384, size: 56 };
 
 /** CPU ms per item of `fn` over `items`, `inFlight` at once (process.cpuUsage: every thread of this process). */

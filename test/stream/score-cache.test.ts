@@ -85,15 +85,11 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
     MLMF_THRESHOLDS: 'itm>=50',
   });
 
-  /** Runs one worker over the whole topic in a fresh group and bucket; returns its summary and the curated ids. */
-  async function pass(topic: string, table: string, n: number, extra: Record<string, string> = {}) {
-    const groupId = uniq(`${topic}-g`);
-    const bucket = uniq('cache-curated');
-    await createBucket(s3, bucket);
-    const w = new WorkerProcess({ ...baseEnv(topic, table), MLMF_GROUP_ID: groupId, MLMF_BUCKET: bucket, ...extra });
+  /** Waits until `w` has committed all `n` records of `topic`, then stops it (exit 0); killed on any failure. */
+  async function runToEnd(w: WorkerProcess, groupId: string, topic: string, n: number): Promise<WorkerProcess> {
     try {
       await waitFor(
-        'the worker committing every record',
+        `${w.name} committing every record`,
         async () => {
           w.assertRunning();
           return (await committedTotal(admin, groupId, topic)) === n;
@@ -104,6 +100,16 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
     } finally {
       await w.kill9();
     }
+    return w;
+  }
+
+  /** Runs one worker over the whole topic in a fresh group and bucket; returns its summary and the curated ids. */
+  async function pass(topic: string, table: string, n: number, extra: Record<string, string> = {}) {
+    const groupId = uniq(`${topic}-g`);
+    const bucket = uniq('cache-curated');
+    await createBucket(s3, bucket);
+    const env = { ...baseEnv(topic, table), MLMF_GROUP_ID: groupId, MLMF_BUCKET: bucket, ...extra };
+    const w = await runToEnd(new WorkerProcess(env), groupId, topic, n);
     return { stopped: stoppedLine(w), curated: (await curatedIds(s3, bucket)).ids.sort(), bucket };
   }
 
@@ -163,20 +169,7 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
     t.diagnostic(`${cachedAtKill} of ${n} pairs cached, none committed, when the worker was killed`);
 
     await createBucket(s3, bucket);
-    const next = new WorkerProcess(env, { name: 'next' });
-    try {
-      await waitFor(
-        'the next worker committing every record',
-        async () => {
-          next.assertRunning();
-          return (await committedTotal(admin, groupId, topic)) === n;
-        },
-        120_000,
-      );
-      assert.equal(await next.stop(), 0, next.tail());
-    } finally {
-      await next.kill9();
-    }
+    const next = await runToEnd(new WorkerProcess(env, { name: 'next' }), groupId, topic, n);
     const stopped = stoppedLine(next);
     assert.deepEqual(stopped.scoreCache, { hits: cachedAtKill, misses: n - cachedAtKill });
     assert.equal(stopped.records, n);
@@ -255,20 +248,7 @@ describe('the worker with the fleet score cache (DynamoDB)', { skip }, () => {
     const recorded = JSON.parse((await itemsOf(dynamo, table, 'image#'))[0]!.entry!.S!).first.id as string;
 
     await createBucket(s3, bucket);
-    const next = new WorkerProcess(env, { name: 'next' });
-    try {
-      await waitFor(
-        'the next worker committing every record',
-        async () => {
-          next.assertRunning();
-          return (await committedTotal(admin, groupId, topic)) === n;
-        },
-        120_000,
-      );
-      assert.equal(await next.stop(), 0, next.tail());
-    } finally {
-      await next.kill9();
-    }
+    await runToEnd(new WorkerProcess(env, { name: 'next' }), groupId, topic, n);
     const curated = tally((await curatedIds(s3, bucket)).ids);
     assert.deepEqual(
       [...curated],
