@@ -4,7 +4,9 @@
  * fixture model as the scorer), each run in its own Node process:
  *   - off:   no --score-cache;
  *   - fresh: a new --score-cache directory (first occurrences miss, repeats hit);
- *   - warm:  the same directory again (every pair a hit).
+ *   - warm:  the same directory again (every pair a hit);
+ *   - dedupe: a new directory with --dedupe-images exact (an image repeat of an accepted pair is rejected
+ *     duplicate_image before the scorer; one the policy rejected is scored under its new caption).
  * Rounds interleave the three against load drift on a shared machine. Reported per run: pairs the scorer ran
  * (summary scoreCache.scorerPairs), the run's CPU (process.cpuUsage: main thread, libuv pool, scorer threads) and
  * pairs per CPU-second.
@@ -53,6 +55,8 @@ interface RunResult {
   readonly cpuMs: number;
   readonly wallMs: number;
   readonly accepted: number;
+  /** duplicate_image rejects (the dedupe variant). */
+  readonly duplicates: number;
 }
 
 /** One `filter` run, in this process; prints its RunResult as JSON. */
@@ -68,6 +72,7 @@ async function childRun(): Promise<void> {
     progress: 'none',
     parquet: false,
     ...(args.cache ? { scoreCache: args.cache } : {}),
+    ...(args.child === 'dedupe' ? { dedupeImages: 'exact' } : {}),
   });
   const cpu = process.cpuUsage(cpu0);
   const wallMs = performance.now() - wall0;
@@ -81,6 +86,7 @@ async function childRun(): Promise<void> {
     cpuMs: (cpu.user + cpu.system) / 1000,
     wallMs,
     accepted: summary.decisions.accept,
+    duplicates: file.imageDedupe?.duplicates?.exact ?? 0,
   };
   process.stdout.write(JSON.stringify(result) + '\n');
   process.exit(0);
@@ -112,6 +118,7 @@ async function main(): Promise<void> {
       const s = statSync(join(cache, 'data.mdb'));
       disk.push({ entries: fresh.misses, bytes: s.size, blocks: s.blocks * 512 });
       runs.push(spawnRun('warm', shard, join(tmp, `warm-${round}`), cache));
+      runs.push(spawnRun('dedupe', shard, join(tmp, `dedupe-${round}`), join(tmp, `dedupe-cache-${round}`)));
     }
     const micro = await microbench(crawl, tmp);
     report(crawl, runs, disk, micro);
@@ -214,12 +221,12 @@ function report(
   console.log(
     `machine: ${os.cpus().length} x ${cpuModel}, Node ${process.version}, load ${os.loadavg()[0]!.toFixed(1)}`,
   );
-  console.log('\n| run | pairs | scorer pairs | hits | CPU s | pairs per CPU-second | wall s |');
-  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  console.log('\n| run | pairs | scorer pairs | hits | duplicate_image | CPU s | pairs per CPU-second | wall s |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of runs) {
     const perCpu = r.pairs / (r.cpuMs / 1000);
     console.log(
-      `| ${r.variant} | ${r.pairs} | ${r.scorerPairs} | ${r.hits} | ${(r.cpuMs / 1000).toFixed(1)} | ` +
+      `| ${r.variant} | ${r.pairs} | ${r.scorerPairs} | ${r.hits} | ${r.duplicates} | ${(r.cpuMs / 1000).toFixed(1)} | ` +
         `${perCpu.toFixed(1)} | ${(r.wallMs / 1000).toFixed(1)} |`,
     );
   }
@@ -233,6 +240,13 @@ function report(
       `(${(((off.scorerPairs - fresh.scorerPairs) / off.scorerPairs) * 100).toFixed(1)}%); pairs per CPU-second ` +
       `(median): off ${rate('off').toFixed(1)}, fresh ${rate('fresh').toFixed(1)} ` +
       `(${(rate('fresh') / rate('off')).toFixed(2)}x), warm ${rate('warm').toFixed(1)} (${(rate('warm') / rate('off')).toFixed(2)}x)`,
+  );
+  const dedupe = byVariant('dedupe')[0]!;
+  console.log(
+    `with --dedupe-images exact on a fresh cache: ${off.scorerPairs - dedupe.scorerPairs} scorer calls saved ` +
+      `(${(((off.scorerPairs - dedupe.scorerPairs) / off.scorerPairs) * 100).toFixed(1)}%), ${dedupe.duplicates} ` +
+      `duplicate_image rejects, ${dedupe.accepted} accepted (off: ${off.accepted}); pairs per CPU-second ` +
+      `${rate('dedupe').toFixed(1)} (${(rate('dedupe') / rate('off')).toFixed(2)}x)`,
   );
   const d = disk[0]!;
   console.log(
