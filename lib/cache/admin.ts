@@ -129,7 +129,7 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
     const fileBytes = files.reduce((sum, s) => sum + (s?.size ?? 0), 0);
     const diskBytes = files.reduce((sum, s) => sum + (s ? s.blocks * 512 : 0), 0);
     const usedBytes = (env.lastPageNumber + 1) * env.pageSize;
-    const images = imageDatabases(db).images.getCount();
+    const images = imageDatabases(db)?.images.getCount() ?? 0;
     return { dir, entries, otherKeys, images, fileBytes, diskBytes, usedBytes, oldest, newest, openBy };
   } finally {
     await db.close();
@@ -186,10 +186,12 @@ async function removeEntries(db: Store, olderThan: number | undefined): Promise<
     const at = firstAt(value);
     return cutoff === undefined || (at !== undefined && at < cutoff);
   };
-  const { images, buckets } = imageDatabases(db);
+  const image = imageDatabases(db);
   return db.transaction(() => {
     const keys = [...scoreEntries(db)].filter(({ value }) => doomed(value)).map(({ key }) => key);
     for (const key of keys) void db.remove(key);
+    if (!image) return keys.length;
+    const { images, buckets } = image;
     for (const { key, value } of images.getRange({})) if (doomed(value)) void images.remove(key);
     for (const { key, value } of buckets.getRange({})) {
       const kept = value.split('\n').filter((line) => !doomed(JSON.parse(line) as ImageEntry));
@@ -200,8 +202,13 @@ async function removeEntries(db: Store, olderThan: number | undefined): Promise<
   });
 }
 
-/** The image dedupe's sub-databases of a store (empty when no run used --dedupe-images). */
+/**
+ * The image dedupe's sub-databases of a store, or undefined when no run used --dedupe-images (looked up by name
+ * first: opening one would create it, and stats must not write).
+ */
 function imageDatabases(db: Store) {
+  const named = (name: string) => Array.from(db.getKeys({ start: name, limit: 1 }))[0] === name;
+  if (!named(IMAGE_DATABASES.images)) return undefined;
   return {
     images: db.openDB<ImageEntry, string>({ name: IMAGE_DATABASES.images, compression: false }),
     buckets: db.openDB<string, string>({ name: IMAGE_DATABASES.buckets, encoding: 'string', compression: false }),

@@ -54,19 +54,24 @@ const MAP_SIZE = 64 * 1024 ** 3;
  */
 export class LmdbScoreStore implements ScoreStore, ImageStore {
   notStored = 0;
-  private readonly images: Database<ImageEntry, string>;
-  private readonly buckets: Database<string, string>;
+  /** The image dedupe's sub-databases, opened on its first use: a store only the score cache uses never has them. */
+  private imageDbs?: { images: Database<ImageEntry, string>; buckets: Database<string, string> };
 
   private constructor(
     private readonly db: RootDatabase<ScoreEntry, string>,
     private readonly maxBytes: number,
-  ) {
-    this.images = db.openDB<ImageEntry, string>({ name: IMAGE_DATABASES.images, compression: false });
-    this.buckets = db.openDB<string, string>({
-      name: IMAGE_DATABASES.buckets,
-      encoding: 'string',
-      compression: false,
-    });
+  ) {}
+
+  private get image(): { images: Database<ImageEntry, string>; buckets: Database<string, string> } {
+    this.imageDbs ??= {
+      images: this.db.openDB<ImageEntry, string>({ name: IMAGE_DATABASES.images, compression: false }),
+      buckets: this.db.openDB<string, string>({
+        name: IMAGE_DATABASES.buckets,
+        encoding: 'string',
+        compression: false,
+      }),
+    };
+    return this.imageDbs;
   }
 
   /**
@@ -109,28 +114,29 @@ export class LmdbScoreStore implements ScoreStore, ImageStore {
   }
 
   async getImage(digest: string): Promise<ImageEntry | undefined> {
-    return this.images.get(digest);
+    return this.image.images.get(digest);
   }
 
   async putImageIfAbsent(entry: ImageEntry, buckets: readonly string[]): Promise<ImageEntry> {
     // One write transaction: LMDB serialises writers across processes, so of two runs recording one digest at once
     // the first stays first and the second reads it back here.
+    const { images, buckets: bucketDb } = this.image;
     return this.db.transaction(() => {
-      const held = this.images.get(entry.digest);
+      const held = images.get(entry.digest);
       if (held) return held;
-      void this.images.put(entry.digest, entry);
+      void images.put(entry.digest, entry);
       const line = JSON.stringify(entry);
       for (const key of buckets) {
-        const held = this.buckets.get(key);
-        if (held === undefined) void this.buckets.put(key, line);
-        else if (lineCount(held) < MAX_BUCKET_ENTRIES) void this.buckets.put(key, `${held}\n${line}`);
+        const held = bucketDb.get(key);
+        if (held === undefined) void bucketDb.put(key, line);
+        else if (lineCount(held) < MAX_BUCKET_ENTRIES) void bucketDb.put(key, `${held}\n${line}`);
       }
       return entry;
     });
   }
 
   async bucket(key: string): Promise<ImageEntry[]> {
-    const lines = this.buckets.get(key);
+    const lines = this.image.buckets.get(key);
     return lines === undefined ? [] : lines.split('\n').map((line) => JSON.parse(line) as ImageEntry);
   }
 
