@@ -15,8 +15,8 @@
  *   first. `recordAccepted` of the other returns the duplicate reason; its own decision was accept, so it is turned
  *   into that reject. A pair the policy rejects is not recorded and keeps its own reasons. Exact copies are decided
  *   atomically by the store (putImageIfAbsent per digest, across processes); near copies are decided in recording
- *   order within a run (records are serialised and re-check the index first), but two runs recording two near (not
- *   exact) copies at the same moment may both accept theirs.
+ *   order within a run (near records are serialised and re-check the index first; exact ones run at once), but
+ *   two runs recording two near (not exact) copies at the same moment may both accept theirs.
  * - Entries are kept per preprocessing (the hashes are of the model's tensor): a model with another input size or
  *   resizing starts an empty memory in the same store.
  */
@@ -153,6 +153,9 @@ export class ImageDedupe {
    * Call it before the image's tensor is released: the digest is computed from it.
    */
   recordAccepted(image: PreparedImage, pair: DedupePair): Promise<Reason | undefined> {
+    // Exact copies are decided by the store's atomic put per digest: no need to wait for other records (on the
+    // fleet's table a record is a transaction, ~10-20 ms; serialised, that would cap a worker's accepted pairs).
+    if (this.mode === 'exact') return this.record(image, pair);
     const next = this.recording.then(() => this.record(image, pair));
     this.recording = next.catch(() => undefined);
     return next;
