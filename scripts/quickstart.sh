@@ -11,4 +11,6 @@ fi
 # The intake's native JPEG decoder (C, libjpeg-turbo); without it JPEGs go through sharp alone, about half as fast.
 MLMF_NATIVE_APT=1 bash scripts/build-native.sh
 rm -rf out/sample
-npx mlm-filter filter --input sample/pairs.jsonl --out out/sample --model test/fixtures/models/tiny-llava-qwen "$@"
+# The checkout's own bin, not `npx mlm-filter`: npm 11's exec installs the project into its npx cache first, and a
+# first call there was seen to leave that cache half-made (ENOENT on its package.json) and fail every later call.
+node bin/mlm-filter.js filter --input sample/pairs.jsonl --out out/sample --model test/fixtures/models/tiny-llava-qwen "$@"
