@@ -86,3 +86,15 @@ export async function packConstruct(work: string): Promise<string> {
   const [packed] = JSON.parse(stdout) as { filename: string }[];
   return join(work, packed!.filename);
 }
+
+/** tsc's exit status and output on a consumer project (the root's TypeScript). */
+export async function typecheck(app: string): Promise<{ code: number; output: string }> {
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  try {
+    const r = await promisify(execFile)(process.execPath, [tsc, '-p', app], { cwd: app });
+    return { code: 0, output: r.stdout + r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, output: e.stdout + e.stderr };
+  }
+}

@@ -5,26 +5,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { CONSTRUCT, ROOT, consumerProject, noBuild } from '../helpers/package-consumer.ts';
+import { CONSTRUCT, consumerProject, noBuild, typecheck } from '../helpers/package-consumer.ts';
 
-const run = promisify(execFile);
 const skip = process.env.MLMF_SLOW === '1' ? noBuild : 'slow suite: set MLMF_SLOW=1';
-
-/** tsc's exit status and output on the consumer project. */
-async function typecheck(app: string): Promise<{ code: number; output: string }> {
-  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  try {
-    const r = await run(process.execPath, [tsc, '-p', app], { cwd: app });
-    return { code: 0, output: r.stdout + r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, output: e.stdout + e.stderr };
-  }
-}
 
 test('a TypeScript CDK app type-checks against the construct through the exports map', { skip }, async (t) => {
   const app = consumerProject(['aws-cdk-lib', 'constructs', '@types/node']);

@@ -11,22 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { test } from 'node:test';
-import { noBuild, PKG, ROOT } from '../helpers/package-consumer.ts';
+import { noBuild, PKG, ROOT, typecheck } from '../helpers/package-consumer.ts';
 import { readmeBlock } from './readme-blocks.ts';
 
 const run = promisify(execFile);
 const skip = process.env.MLMF_SLOW === '1' ? noBuild : 'slow suite: set MLMF_SLOW=1';
-
-async function typecheck(app: string): Promise<{ code: number; output: string }> {
-  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  try {
-    const r = await run(process.execPath, [tsc, '-p', app], { cwd: app });
-    return { code: 0, output: r.stdout + r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, output: e.stdout + e.stderr };
-  }
-}
 
 test('the packed package runs and type-checks the README library example', { skip }, async (t) => {
   const app = mkdtempSync(join(tmpdir(), 'mlmf-packed-'));
