@@ -4,6 +4,7 @@
  * entry is written only once its scores exist, so a crash before the outcome is committed leaves an entry that a
  * replay simply hits.
  */
+import { isRetriable } from '../errors.ts';
 import type { ScoreResult, SourceOrigin } from '../types.ts';
 import { scoreKey, scopeDigest, type ScoreCacheScope } from './key.ts';
 import type { FirstOccurrence, ScoreStore } from './store.ts';
@@ -28,6 +29,13 @@ interface Flight {
 export class ScoreCache {
   private readonly scope: string;
   readonly counts: ScoreCacheCounts = { hits: 0, misses: 0 };
+  /**
+   * Store requests that failed past the store's own retries (score_cache_failed: throttling, an outage). A cache is an
+   * optimisation: such a lookup counts as a miss and such a write is skipped, so the pair is scored and decided as
+   * without a cache, instead of failing the run (a worker would crash-loop for as long as DynamoDB is down). Errors
+   * that are not retriable (an unusable store) still throw.
+   */
+  storeFailures = 0;
   private readonly flights = new Map<string, Flight>();
 
   constructor(
@@ -63,7 +71,10 @@ export class ScoreCache {
       entry = await this.store.get(key);
     } catch (err) {
       this.settle(key);
-      throw err;
+      if (!isRetriable(err)) throw err;
+      this.storeFailures++;
+      this.counts.misses++;
+      return undefined;
     }
     if (entry) {
       this.counts.hits++;
@@ -76,7 +87,13 @@ export class ScoreCache {
   /** Stores freshly computed scores under `key` with the pair they were computed for. */
   async remember(key: string, result: ScoreResult, first: { id: string; source: SourceOrigin }): Promise<void> {
     const entry = { result, first: { ...first, at: new Date().toISOString() } };
-    await this.store.putIfAbsent(key, entry);
+    try {
+      await this.store.putIfAbsent(key, entry);
+    } catch (err) {
+      if (!isRetriable(err)) throw err;
+      this.storeFailures++;
+      return;
+    }
     const flight = this.flights.get(key);
     if (flight) flight.stored = entry;
   }

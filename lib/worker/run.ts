@@ -362,7 +362,7 @@ async function consumePairs(parts: PairParts, run: PairRun): Promise<WorkerResul
     replaySkipped: curated.skippedReplayed,
     // Topic messages of offsets another owner (or an earlier attempt) had committed already: not published again.
     topicReplaySkipped: kafka.hub?.skippedReplayed ?? 0,
-    ...(scoreCache ? { scoreCache: { ...scoreCache.counts } } : {}),
+    ...(scoreCache ? { scoreCache: { ...scoreCache.counts }, scoreCacheStoreFailures: scoreCache.storeFailures } : {}),
     ...(imageDedupe ? { imageDedupe: { ...imageDedupe.counts } } : {}),
   });
   return { stats, shardsWritten: curated.shardsWritten };

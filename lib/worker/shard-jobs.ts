@@ -146,7 +146,9 @@ export async function runShardJobs(o: ShardJobWorkerOptions): Promise<{ stats: P
   }
   run.stats.finishedAt = Date.now();
   const cache = {
-    ...(o.scoreCache ? { scoreCache: { ...o.scoreCache.counts } } : {}),
+    ...(o.scoreCache
+      ? { scoreCache: { ...o.scoreCache.counts }, scoreCacheStoreFailures: o.scoreCache.storeFailures }
+      : {}),
     ...(o.imageDedupe ? { imageDedupe: { ...o.imageDedupe.counts } } : {}),
   };
   log.info('worker stopped', { ...run.stats, shards: run.shards, ...cache });
