@@ -213,7 +213,7 @@ export class HttpInputs {
       // 416: an empty body cannot serve byte 0.
       if (res.statusCode === 416 && o.range === `bytes=0-${HEAD_BYTES - 1}`) {
         discard(res.body);
-        return { status: 200, headers: {}, version: { total: 0 }, body: emptyBody() };
+        return { status: 200, headers: {}, version: { total: '0' }, body: emptyBody() };
       }
       // A resume's 416 (the object now ends before that byte) is for the resume to judge.
       const resumed416 = res.statusCode === 416 && o.ifRange !== undefined;
@@ -261,8 +261,11 @@ type Headers = Record<string, string | string[] | undefined>;
 interface Version {
   readonly etag?: string;
   readonly lastModified?: string;
-  /** The object's length, bytes (Content-Length of a 200, the total of a 206's Content-Range). */
-  readonly total?: number;
+  /**
+   * The object's length in bytes (Content-Length of a 200, the total of a 206's Content-Range), as its digits without
+   * leading zeros: compared, never computed with, so two lengths past 2^53 that differ are still told apart.
+   */
+  readonly total?: string;
 }
 
 /** An answer being read: its status, headers, what it says of its object, and its body. */
@@ -286,7 +289,7 @@ function versionOf(res: { statusCode: number; headers: Headers }): Version {
   return {
     ...(header(res.headers, 'etag') ? { etag: header(res.headers, 'etag') } : {}),
     ...(header(res.headers, 'last-modified') ? { lastModified: header(res.headers, 'last-modified') } : {}),
-    ...(length !== undefined && /^\d+$/.test(length) ? { total: Number(length) } : {}),
+    ...(length !== undefined && /^\d+$/.test(length) ? { total: length.replace(/^0+(?=\d)/, '') } : {}),
   };
 }
 

@@ -87,6 +87,23 @@ describe('http inputs', () => {
         }
         swapLengthFirst(req, res);
       },
+      // Lengths past 2^53 that differ by one (equal as doubles): cut after A, resumed with the other length.
+      '/swap-length-huge': (req, res) => {
+        const from = rangeStart(req);
+        if (from > 0) {
+          res.writeHead(206, {
+            'content-range': `bytes ${from}-${from + B.length - 1}/9007199254740992`,
+            'last-modified': 'Tue, 01 Dec 2026 00:00:00 GMT',
+          });
+          return res.end(B);
+        }
+        res.writeHead(200, {
+          'accept-ranges': 'bytes',
+          'content-length': '9007199254740993',
+          'last-modified': 'Tue, 01 Dec 2026 00:00:00 GMT',
+        });
+        res.write(A, () => res.destroy());
+      },
       // Cut halfway; by the resume the file is shorter than what was read (a Range past its end: 416).
       '/shrinks': (req, res) => {
         if (rangeStart(req) > 0) {
@@ -160,6 +177,13 @@ describe('http inputs', () => {
     const r = await readAll(http, `${served.base}/swap-length`);
     assert.equal(r.error?.code, 'input_changed', r.error?.message);
     assert.match(r.error!.message, /length 100000 became 200000/);
+    assert.ok(r.bytes.every((b) => b === 0x61));
+  });
+
+  it('lengths past 2^53 are compared exactly: a resume one byte off is refused, not spliced', async () => {
+    const r = await readAll(http, `${served.base}/swap-length-huge`);
+    assert.equal(r.error?.code, 'input_changed', r.error?.message);
+    assert.match(r.error!.message, /length 9007199254740993 became 9007199254740992/);
     assert.ok(r.bytes.every((b) => b === 0x61));
   });
 
