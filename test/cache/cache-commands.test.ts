@@ -64,6 +64,12 @@ test('clear --older-than removes only older entries; the next run scores those p
   assert.deepEqual(readRun(join(dir, 'out-b2')).summary.scoreCache.misses, stored, again.err);
   const bad = await cli(['cache', 'clear', '--score-cache', cache, '--older-than', 'yesterday-ish']);
   assert.equal(bad.code, 2);
+  // An age before any date a clock holds was an uncaught RangeError in the clear, after the store was opened.
+  for (const age of ['99999999999999d', '99999999999999999999']) {
+    const past = await cli(['cache', 'clear', '--score-cache', cache, '--older-than', age]);
+    assert.equal(past.code, 2, past.err);
+    assert.match(past.err, /invalid_option.*outside the dates a clock can hold/);
+  }
 });
 
 test('clear while a run has the cache open: entries removed inside the store, the run goes on and misses', async () => {
