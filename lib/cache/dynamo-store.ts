@@ -30,6 +30,7 @@ import {
 import { FilterError, isRetriable } from '../errors.ts';
 import { dynamoDbClient, type AwsClientOptions } from '../support/aws.ts';
 import { RetryPolicy } from '../support/retry.ts';
+import { MAX_BUCKET_ENTRIES } from './near-index.ts';
 import type { ImageEntry, ImageStore, ScoreEntry, ScoreStore } from './store.ts';
 
 export interface DynamoStoreOptions {
@@ -193,8 +194,11 @@ export class DynamoStore implements ScoreStore, ImageStore {
         if (entry) entries.push(entry);
       }
       start = page.LastEvaluatedKey;
-    } while (start);
-    return entries;
+      // Bounded as the LMDB store bounds a bucket (MAX_BUCKET_ENTRIES): a bucket one hash fills (flat images at many
+      // sizes) would otherwise cost every near check a read of all of it. Past the bound a near copy may be missed,
+      // never a wrong one found; exact copies are still found by digest (ImageDedupe).
+    } while (start && entries.length < MAX_BUCKET_ENTRIES);
+    return entries.slice(0, MAX_BUCKET_ENTRIES);
   }
 
   async close(): Promise<void> {

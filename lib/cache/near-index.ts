@@ -72,3 +72,12 @@ export function hamming(a: string, b: string): number {
   }
   return d;
 }
+
+/**
+ * The most entries one image bucket files. Only images with one perceptual hash fill a bucket so (blank or flat
+ * images at many sizes, each its own digest); past it an image is still stored by digest, and still found as an exact
+ * copy (ImageDedupe looks digests up once a bucket shows an entry of the same hash, as a bucket that one hash filled
+ * does), but not filed there, so a near copy found only through that bucket may be missed: a missed duplicate, never
+ * a wrong one. It bounds the bytes a query reads and a write rewrites.
+ */
+export const MAX_BUCKET_ENTRIES = 1000;

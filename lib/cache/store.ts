@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { FilterError, type CachedFirst, type ScoreResult } from '../types.ts';
 import { checkStoreHeader } from './lmdb-header.ts';
+import { MAX_BUCKET_ENTRIES } from './near-index.ts';
 
 /** Where a cached score was first computed. */
 export type FirstOccurrence = CachedFirst;
@@ -27,14 +28,8 @@ export interface ScoreStore {
   close(): Promise<void>;
 }
 
-/**
- * The most entries one image bucket files. Only images with one perceptual hash fill a bucket so (blank or flat
- * images at many sizes, each its own digest); past it an image is still stored by digest, and still found as an exact
- * copy (ImageDedupe looks digests up once a bucket shows an entry of the same hash, as a bucket that one hash filled
- * does), but not filed there, so a near copy found only through that bucket may be missed: a missed duplicate, never
- * a wrong one. It bounds the bytes a query reads and a write rewrites.
- */
-export const MAX_BUCKET_ENTRIES = 1000;
+// The bound lives with the bucket scheme, so the DynamoDB store reads it without loading LMDB.
+export { MAX_BUCKET_ENTRIES };
 
 /**
  * The image dedupe's named sub-databases: LMDB files their names as keys of the main database, so whoever walks the

@@ -18,7 +18,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { test } from 'node:test';
 import { DynamoStore, MAX_ENTRY_BYTES, retriable } from '../../lib/cache/dynamo-store.ts';
-import type { ImageEntry, ScoreEntry } from '../../lib/cache/store.ts';
+import { MAX_BUCKET_ENTRIES, type ImageEntry, type ScoreEntry } from '../../lib/cache/store.ts';
 import { FilterError } from '../../lib/errors.ts';
 import { needServices } from '../stream/helpers.ts';
 import { createCacheTable, DYNAMODB_ENDPOINT, dynamoClient, itemsOf, rawItem } from './dynamo-helpers.ts';
@@ -191,6 +191,29 @@ describe('DynamoStore on the local DynamoDB server', { skip }, () => {
       const members = await store.bucket('wide');
       assert.equal(members.length, 450);
       assert.equal(new Set(members.map((m) => m.digest)).size, 450);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a bucket past MAX_BUCKET_ENTRIES is read up to the bound, not whole', async () => {
+    const store = await DynamoStore.open({ table, aws });
+    try {
+      const n = MAX_BUCKET_ENTRIES + 50;
+      for (let i = 0; i < n; i += 25) {
+        const puts = Array.from({ length: Math.min(25, n - i) }, (_, j) => ({
+          PutRequest: {
+            Item: {
+              pk: { S: 'bucket#flat' },
+              sk: { S: `flat-${i + j}` },
+              entry: { S: JSON.stringify(image(`flat-${i + j}`, `p${i + j}`)) },
+              expiresAt: { N: String(Math.floor(Date.now() / 1000) + 3600) },
+            },
+          },
+        }));
+        await client.send(new BatchWriteItemCommand({ RequestItems: { [table]: puts } }));
+      }
+      assert.equal((await store.bucket('flat')).length, MAX_BUCKET_ENTRIES);
     } finally {
       await store.close();
     }
